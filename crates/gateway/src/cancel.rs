@@ -1,0 +1,112 @@
+//! Query cancellation. Each session gets a key minted by the gateway; clients never learn the
+//! database's own key. A CancelRequest quoting a gateway key is relayed, with the upstream key, to
+//! the server that runs that session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use phigate_wire::startup::{write_cancel, CancelKey};
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The key the gateway gave the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrontendKey(pub CancelKey);
+
+/// The key the database gave the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamKey(pub CancelKey);
+
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    addr: SocketAddr,
+    key: UpstreamKey,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CancelRegistry {
+    inner: Arc<Mutex<HashMap<FrontendKey, Target>>>,
+}
+
+/// Removes the session's key when the session ends, however it ends.
+pub struct Registration {
+    registry: CancelRegistry,
+    key: FrontendKey,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.inner.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// Mints a fresh, unguessable key for a session whose upstream is `addr` / `key`.
+    pub fn register(&self, addr: SocketAddr, key: UpstreamKey) -> (FrontendKey, Registration) {
+        let mut rng = rand::thread_rng();
+        let Ok(mut map) = self.inner.lock() else {
+            // A poisoned lock means another thread panicked while holding it; cancellation is
+            // best effort, so hand out a key that simply never matches.
+            let k = FrontendKey(CancelKey {
+                pid: -1,
+                secret: rng.gen(),
+            });
+            return (
+                k,
+                Registration {
+                    registry: self.clone(),
+                    key: k,
+                },
+            );
+        };
+        loop {
+            let k = FrontendKey(CancelKey {
+                pid: rng.gen_range(1..i32::MAX),
+                secret: rng.gen(),
+            });
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(k) {
+                e.insert(Target { addr, key });
+                return (
+                    k,
+                    Registration {
+                        registry: self.clone(),
+                        key: k,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Relays a client's CancelRequest. Unknown keys are ignored, as PostgreSQL does.
+    pub async fn cancel(&self, key: FrontendKey) -> bool {
+        let target = self.inner.lock().ok().and_then(|m| m.get(&key).copied());
+        let Some(target) = target else {
+            tracing::debug!("cancel request with an unknown key");
+            return false;
+        };
+        let mut buf = BytesMut::with_capacity(16);
+        write_cancel(&mut buf, target.key.0);
+        match TcpStream::connect(target.addr).await {
+            Ok(mut s) => {
+                if let Err(e) = s.write_all(&buf).await {
+                    tracing::warn!(error = %e, "could not relay cancel request");
+                    return false;
+                }
+                // The server closes the connection once it has read the request; wait for that
+                // so the cancel has been delivered when we return.
+                let mut sink = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reach the database to cancel");
+                false
+            }
+        }
+    }
+}

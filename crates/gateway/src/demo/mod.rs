@@ -1,0 +1,214 @@
+//! `phigate demo`: the whole product on an embedded default.
+//!
+//! Starts a throwaway PostgreSQL from the machine's binaries, seeds the synthetic clinic
+//! dataset, puts the gateway in front of it on loopback, prints ready-to-paste `psql` commands
+//! for each demo identity, and cleans everything up on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+
+use phigate_cluster::{Cluster, ClusterOptions};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::json;
+
+use crate::auth::token_sha256;
+use crate::config::{Config, Listen, Log, StaticIdentity, Upstream, UpstreamTlsMode};
+
+/// The synthetic, deterministic clinic dataset (no real person in it).
+pub const SEED_SQL: &str = include_str!("seed.sql");
+
+/// Database the demo creates and serves.
+pub const DATABASE: &str = "clinic";
+
+/// The database login the gateway uses; clients never learn its password.
+pub const UPSTREAM_USER: &str = "phigate_app";
+
+/// The demo identities: name in the ready file, subject, role (the startup `user`).
+pub const IDENTITIES: [(&str, &str, &str); 4] = [
+    ("agent", "coding-agent@demo.phigate", "ai-agent"),
+    ("clinician", "dr.rivera@demo.phigate", "clinician"),
+    ("admin", "admin@demo.phigate", "admin"),
+    ("reviewer", "privacy.officer@demo.phigate", "reviewer"),
+];
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Port for PostgreSQL clients (0 = any free port).
+    pub pg_port: u16,
+    /// Port for the HTTP endpoints (0 = any free port).
+    pub http_port: u16,
+    /// Where the demo keeps its state; a temporary directory if unset.
+    pub data_dir: Option<PathBuf>,
+    /// Written (JSON) once the gateway accepts connections.
+    pub ready_file: Option<PathBuf>,
+}
+
+fn token() -> String {
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    format!("phg_dev_{body}")
+}
+
+/// Runs the demo until SIGINT / SIGTERM.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (data_dir, _temp) = match &opts.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (std::fs::canonicalize(d)?, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("phigate-demo-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let pg_dir = data_dir.join("postgres");
+    if pg_dir.exists() {
+        // A previous demo that did not clean up (killed hard): start over.
+        std::fs::remove_dir_all(&pg_dir)?;
+    }
+    eprintln!(
+        "phigate demo: starting a throwaway PostgreSQL in {} ...",
+        pg_dir.display()
+    );
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start(ClusterOptions {
+            dir: Some(pg_dir),
+            ..Default::default()
+        })
+    })
+    .await??;
+
+    let app_password = token();
+    eprintln!("phigate demo: seeding the synthetic clinic dataset ...");
+    let setup = format!(
+        "CREATE ROLE {UPSTREAM_USER} LOGIN PASSWORD '{app_password}';\n\
+         CREATE DATABASE {DATABASE} OWNER {UPSTREAM_USER};\n"
+    );
+    let cluster = tokio::task::spawn_blocking(move || -> anyhow::Result<Cluster> {
+        cluster.psql("postgres", &setup)?;
+        cluster.psql(DATABASE, &format!("SET ROLE {UPSTREAM_USER};\n{SEED_SQL}"))?;
+        Ok(cluster)
+    })
+    .await??;
+
+    let tokens: Vec<String> = IDENTITIES.iter().map(|_| token()).collect();
+    let password_file = data_dir.join("upstream.password");
+    write_private(&password_file, &app_password)?;
+    let config = Config {
+        listen: Listen {
+            address: ([127, 0, 0, 1], opts.pg_port).into(),
+            http_address: Some(([127, 0, 0, 1], opts.http_port).into()),
+            max_message_bytes: 64 * 1024 * 1024,
+            startup_timeout_secs: 15,
+            shutdown_grace_secs: 10,
+            allow_plaintext_loopback: true,
+        },
+        tls: None,
+        upstream: Upstream {
+            host: cluster.host().to_owned(),
+            port: cluster.port(),
+            database: Some(DATABASE.to_owned()),
+            user: UPSTREAM_USER.to_owned(),
+            password: None,
+            password_env: None,
+            password_file: Some(password_file),
+            tls: UpstreamTlsMode::Disable,
+            ca_file: None,
+            connect_timeout_secs: 10,
+        },
+        identities: IDENTITIES
+            .iter()
+            .zip(&tokens)
+            .map(|((_, subject, role), tok)| StaticIdentity {
+                subject: (*subject).to_owned(),
+                token_sha256: hex::encode(token_sha256(tok)),
+                roles: vec![(*role).to_owned()],
+            })
+            .collect(),
+        log: Log::default(),
+    };
+    std::fs::write(
+        data_dir.join("phigate.toml"),
+        toml::to_string_pretty(&config)?,
+    )?;
+
+    let running = crate::server::start(&config).await?;
+    let pg = running.pg_addr;
+    let http = running
+        .http_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    let identities: serde_json::Map<String, serde_json::Value> = IDENTITIES
+        .iter()
+        .zip(&tokens)
+        .map(|((name, subject, role), tok)| {
+            (
+                (*name).to_owned(),
+                json!({"user": role, "password": tok, "subject": subject}),
+            )
+        })
+        .collect();
+    let ready = json!({
+        "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
+        "http": http,
+        "identities": identities,
+        "upstream": {
+            "host": cluster.host(),
+            "port": cluster.port(),
+            "user": phigate_cluster::SUPERUSER,
+            "password": cluster.superuser_password(),
+            "database": DATABASE,
+            "data_dir": cluster.data_dir(),
+        },
+        "data_dir": data_dir,
+    });
+    if let Some(path) = &opts.ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&ready)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+
+    println!(
+        "\nphigate demo is ready in {:.1}s.",
+        started.elapsed().as_secs_f64()
+    );
+    println!("Gateway: postgresql://{pg}/{DATABASE}   HTTP: {http}\n");
+    for ((name, subject, role), tok) in IDENTITIES.iter().zip(&tokens) {
+        println!("# {name} ({subject}, role {role})");
+        println!(
+            "PGPASSWORD={tok} psql \"host={} port={} dbname={DATABASE} user={role} sslmode=disable\"\n",
+            pg.ip(),
+            pg.port()
+        );
+    }
+    println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
+
+    let stop = running.stop_token();
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        stop.cancel();
+    });
+    running.wait().await;
+    if let Some(path) = &opts.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    eprintln!("phigate demo: stopped and cleaned up.");
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}

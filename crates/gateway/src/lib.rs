@@ -1,0 +1,15 @@
+//! phigate: a PostgreSQL gateway for patient data.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library. The data path of one session is
+//! in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
+
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod logging;
+pub mod net;
+pub mod server;
+pub mod session;
+pub mod tls;

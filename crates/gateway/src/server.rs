@@ -1,0 +1,183 @@
+//! The listener: accepts clients, runs one task per session, serves health endpoints, and shuts
+//! down gracefully (stop accepting, let sessions reach a resting point, close the rest at the
+//! deadline).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::session::upstream::UpstreamTarget;
+
+/// What every session shares. Immutable after start, except the shutdown tokens.
+pub struct Shared {
+    pub auth: Authenticator,
+    pub upstream: UpstreamTarget,
+    pub cancels: CancelRegistry,
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub tls_required: bool,
+    pub allow_plaintext_loopback: bool,
+    pub max_message: usize,
+    pub startup_timeout: Duration,
+    /// Set on SIGTERM: sessions close at their next resting point.
+    pub draining: CancellationToken,
+    /// Set at the shutdown deadline: sessions close now.
+    pub force_close: CancellationToken,
+    pub accepting: AtomicBool,
+}
+
+impl Shared {
+    pub fn from_config(config: &Config) -> anyhow::Result<Shared> {
+        let tls_acceptor = match &config.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &t.cert_file,
+                &t.key_file,
+            )?)),
+            None => None,
+        };
+        let up = &config.upstream;
+        Ok(Shared {
+            auth: Authenticator::new(&config.identities),
+            upstream: UpstreamTarget {
+                host: up.host.clone(),
+                port: up.port,
+                user: up.user.clone(),
+                password: up.resolve_password()?,
+                database: up.database.clone(),
+                tls: crate::tls::upstream_config(up.tls, up.ca_file.as_deref())?,
+                connect_timeout: up.connect_timeout(),
+            },
+            cancels: CancelRegistry::default(),
+            tls_required: config.tls.as_ref().is_some_and(|t| t.require),
+            tls_acceptor,
+            allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
+            max_message: config.listen.max_message_bytes,
+            startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
+            draining: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+            accepting: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A running gateway: where it listens, and how to stop it.
+pub struct Running {
+    pub pg_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+
+    /// A token that, once cancelled, starts the graceful shutdown.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Waits until the gateway has stopped (after a signal or [`Running::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds the listeners and starts serving. Returns once clients can connect.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let shared = Arc::new(Shared::from_config(config)?);
+    let listener = TcpListener::bind(config.listen.address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen.address))?;
+    let pg_addr = listener.local_addr()?;
+    let http = match config.listen.http_address {
+        Some(addr) => Some(crate::http::bind(addr, shared.clone()).await?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|h| h.local_addr);
+    let stop = CancellationToken::new();
+    let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
+    shared.accepting.store(true, Ordering::Release);
+    let done = tokio::spawn(run(listener, http, shared.clone(), stop.clone(), grace));
+    tracing::info!(%pg_addr, http = ?http_addr, "phigate is accepting connections");
+    Ok(Running {
+        pg_addr,
+        http_addr,
+        shared,
+        stop,
+        done,
+    })
+}
+
+async fn run(
+    listener: TcpListener,
+    http: Option<crate::http::HttpServer>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let sessions = TaskTracker::new();
+    let http_task = http.map(|h| tokio::spawn(h.serve(shared.force_close.clone())));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let shared = shared.clone();
+                    sessions.spawn(crate::session::handle(tcp, peer, shared));
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.cancelled() => break,
+        }
+    }
+    drop(listener);
+    shared.accepting.store(false, Ordering::Release);
+    sessions.close();
+    tracing::info!(
+        sessions = sessions.len(),
+        grace_secs = grace.as_secs(),
+        "draining"
+    );
+    shared.draining.cancel();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            "shutdown deadline reached; closing remaining sessions"
+        );
+        shared.force_close.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+    }
+    shared.force_close.cancel();
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

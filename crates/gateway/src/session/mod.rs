@@ -1,0 +1,332 @@
+//! One client connection, from the first byte to the last.
+//!
+//! The phases, in order (each a function below, so the state a phase may touch is exactly its
+//! arguments): [`negotiate`] (SSLRequest / GSSENCRequest / CancelRequest / StartupMessage),
+//! [`authenticate`] (token → identity → role), connect upstream ([`upstream`]), then
+//! [`proxy::relay`] until either side ends.
+
+pub mod proxy;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use phigate_wire::backend::{self, Notice};
+use phigate_wire::frontend::FrontendMessage;
+use phigate_wire::startup::{parse_startup, StartupMessage, StartupPacket, MAX_STARTUP_PACKET};
+use phigate_wire::{FrameReader, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{AuthError, Identity};
+use crate::cancel::FrontendKey;
+use crate::net::Stream;
+use crate::server::Shared;
+use upstream::UpstreamError;
+
+/// Largest PasswordMessage (a token) accepted during authentication.
+const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+
+/// Why a session ended before or outside the relay. `client_notice` alone decides what the
+/// client is told: never upstream internals, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client protocol error: {0}")]
+    Protocol(#[from] WireError),
+    #[error("client connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("startup timed out")]
+    StartupTimeout,
+    #[error("{0}")]
+    Startup(&'static str),
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("TLS handshake with client failed: {0}")]
+    Tls(std::io::Error),
+}
+
+impl SessionError {
+    /// The FATAL the client receives, if the connection can still carry one.
+    fn client_notice(&self) -> Option<(String, String, Option<&'static str>)> {
+        let (code, message, hint) = match self {
+            SessionError::Io(_) | SessionError::Tls(_) => return None,
+            SessionError::Protocol(e) => ("08P01", format!("phigate: invalid message: {e}"), None),
+            SessionError::StartupTimeout => ("08006", "phigate: startup timed out".into(), None),
+            SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
+            SessionError::Auth(AuthError::InvalidCredentials) => (
+                "28P01",
+                "phigate: authentication failed".into(),
+                Some("Put a valid phigate token in the password field."),
+            ),
+            SessionError::Auth(e @ AuthError::RoleNotAllowed { .. }) => (
+                "28000",
+                format!("phigate: {e}"),
+                Some("Connect with user set to one of your roles."),
+            ),
+            // Missing database, too many connections, database starting up: the client can
+            // act on these, and they reveal nothing about the gateway's credentials.
+            SessionError::Upstream(UpstreamError::Refused { code, message })
+                if code.starts_with("3D") || code.starts_with("53") || code == "57P03" =>
+            {
+                return Some((
+                    code.clone(),
+                    format!("phigate: the database refused the connection: {message}"),
+                    None,
+                ));
+            }
+            SessionError::Upstream(_) => (
+                "08006",
+                "phigate: the database is not available right now".into(),
+                Some("Try again shortly; the gateway operator can see the cause in its log."),
+            ),
+        };
+        Some((code.to_owned(), message, hint))
+    }
+}
+
+/// Drives one client connection to its end. Errors are logged here; nothing propagates.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = shared.startup_timeout;
+    let mut stream = Stream::Plain(tcp);
+    let started = tokio::time::timeout(timeout, start(&mut stream, peer, &shared)).await;
+    let started = match started {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::StartupTimeout),
+    };
+    match started {
+        Ok(None) => {}
+        Ok(Some(ready)) => proxy::relay(ready, &shared).await,
+        Err(e) => {
+            match &e {
+                SessionError::Auth(_) => tracing::warn!(%peer, error = %e, "login refused"),
+                SessionError::Upstream(_) => {
+                    tracing::error!(%peer, error = %e, "cannot open database session")
+                }
+                _ => tracing::info!(%peer, error = %e, "connection ended during startup"),
+            }
+            if let Some((code, message, hint)) = e.client_notice() {
+                let mut out = BytesMut::new();
+                let mut n = Notice::fatal(&code, &message);
+                if let Some(h) = hint {
+                    n = n.with_hint(h);
+                }
+                n.write(&mut out);
+                let _ = stream.write_all(&out).await;
+            }
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// A session that passed startup, ready for the relay.
+pub struct Ready {
+    pub client: Stream,
+    pub client_reader: FrameReader,
+    pub upstream: upstream::UpstreamConn,
+    pub identity: Identity,
+    pub peer: SocketAddr,
+    pub key: FrontendKey,
+    pub registration: crate::cancel::Registration,
+}
+
+async fn start(
+    stream: &mut Stream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Option<Ready>, SessionError> {
+    let Some((startup, leftover)) = negotiate(stream, peer, shared).await? else {
+        return Ok(None);
+    };
+    let plaintext_ok = shared.allow_plaintext_loopback && peer.ip().is_loopback();
+    if !stream.is_tls() && !plaintext_ok {
+        return Err(SessionError::Startup(
+            "TLS is required (tokens must not travel in plaintext); connect with sslmode=require",
+        ));
+    }
+    let mut out = BytesMut::with_capacity(1024);
+    if startup.minor > 0 {
+        // We speak 3.0; tell a newer client so, as PostgreSQL does.
+        let unknown: Vec<&str> = startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        backend::write_negotiate_protocol(&mut out, 0, &unknown);
+    }
+    let params = forwarded_params(&startup)?;
+    let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
+    let identity = authenticate(stream, &mut reader, &mut out, &startup, shared).await?;
+
+    let param_refs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let db = startup
+        .param("database")
+        .or(startup.param("user"))
+        .unwrap_or_default();
+    let mut with_db = param_refs.clone();
+    with_db.push(("database", db));
+    let upstream = shared.upstream.connect(&with_db).await?;
+
+    let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
+    out.clear();
+    backend::write_auth_ok(&mut out);
+    for ps in &upstream.parameter_status {
+        out.extend_from_slice(ps.as_bytes());
+    }
+    backend::write_backend_key(&mut out, key.0);
+    backend::write_ready_for_query(&mut out, backend::TransactionStatus::Idle);
+    stream.write_all(&out).await?;
+
+    let client_reader = FrameReader::with_buffer(reader.into_buffer(), shared.max_message);
+    tracing::info!(
+        %peer,
+        subject = %identity.subject,
+        role = %identity.role,
+        tls = stream.tls_version().unwrap_or("off"),
+        upstream_tls = upstream.tls_version.unwrap_or("off"),
+        "session started"
+    );
+    let client = std::mem::replace(stream, Stream::Detached);
+    Ok(Some(Ready {
+        client,
+        client_reader,
+        upstream,
+        identity,
+        peer,
+        key,
+        registration,
+    }))
+}
+
+/// Reads startup packets until a StartupMessage; handles SSL/GSSENC negotiation and cancels.
+/// Returns the StartupMessage and any bytes the client already sent after it.
+async fn negotiate(
+    stream: &mut Stream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Option<(StartupMessage, BytesMut)>, SessionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tried_tls = false;
+    loop {
+        let packet = loop {
+            if let Some(p) = parse_startup(&mut buf)? {
+                break p;
+            }
+            if buf.len() >= MAX_STARTUP_PACKET {
+                return Err(WireError::TooLarge {
+                    len: buf.len(),
+                    max: MAX_STARTUP_PACKET,
+                }
+                .into());
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                if tried_tls || stream.is_tls() {
+                    return Err(SessionError::Startup("duplicate SSLRequest"));
+                }
+                tried_tls = true;
+                // Bytes after the SSLRequest would be read as if they came over TLS: refuse
+                // them (the "buffer stuffing" attack, CVE-2021-23214).
+                if !buf.is_empty() {
+                    return Err(SessionError::Startup("unexpected data after SSLRequest"));
+                }
+                match &shared.tls_acceptor {
+                    Some(acceptor) => {
+                        stream.write_all(b"S").await?;
+                        let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
+                            return Err(SessionError::Startup("duplicate SSLRequest"));
+                        };
+                        let tls = acceptor.accept(tcp).await.map_err(SessionError::Tls)?;
+                        *stream = Stream::ServerTls(Box::new(tls));
+                    }
+                    None => stream.write_all(b"N").await?,
+                }
+            }
+            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            StartupPacket::Cancel(key) => {
+                let found = shared.cancels.cancel(FrontendKey(key)).await;
+                tracing::info!(%peer, relayed = found, "cancel request");
+                return Ok(None);
+            }
+            StartupPacket::Startup(m) => {
+                if shared.tls_required && !stream.is_tls() {
+                    return Err(SessionError::Startup(
+                        "TLS is required; connect with sslmode=require",
+                    ));
+                }
+                return Ok(Some((m, buf)));
+            }
+        }
+    }
+}
+
+/// Startup parameters passed on to the database. `user` and `database` are the gateway's to
+/// choose; `replication` and `options` (which can set any GUC, e.g. `role`) are refused.
+fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, SessionError> {
+    if m.param("user").is_none() {
+        return Err(SessionError::Startup("no user name in the startup message"));
+    }
+    let mut out = Vec::with_capacity(m.params.len());
+    for (k, v) in &m.params {
+        match k.as_str() {
+            "user" | "database" => {}
+            "replication" => {
+                return Err(SessionError::Startup(
+                    "replication connections are not allowed",
+                ))
+            }
+            "options" if v.trim().is_empty() => {}
+            "options" => {
+                return Err(SessionError::Startup(
+                    "the startup parameter \"options\" is not allowed; use SET after connecting",
+                ))
+            }
+            k if k.starts_with("_pq_.") => {}
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(out)
+}
+
+/// Asks for the password (the token), checks it, and resolves the role.
+async fn authenticate(
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+    out: &mut BytesMut,
+    startup: &StartupMessage,
+    shared: &Shared,
+) -> Result<Identity, SessionError> {
+    backend::write_auth_cleartext(out);
+    stream.write_all(out).await?;
+    let frame = loop {
+        if let Some(f) = reader.next_frame()? {
+            break f;
+        }
+        if stream.read_buf(reader.buf_mut()).await? == 0 {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    };
+    let FrontendMessage::Password(body) = FrontendMessage::decode(&frame)? else {
+        return Err(WireError::UnexpectedTag(frame.tag()).into());
+    };
+    let token = body
+        .strip_suffix(&[0])
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or(WireError::Malformed {
+            what: "PasswordMessage",
+            why: "not a NUL-terminated string",
+        })?;
+    let role = startup.param("user").unwrap_or_default();
+    Ok(shared.auth.authenticate(role, token)?)
+}

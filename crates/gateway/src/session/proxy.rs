@@ -1,0 +1,330 @@
+//! The relay: after startup, messages flow both ways until either side ends.
+//!
+//! Two halves run concurrently inside the session's task, one per direction, so that a client
+//! that pipelines many statements without reading (or a server streaming a huge result) can
+//! never deadlock the session: each half blocks only on its own peer.
+//!
+//! - [`Forward`] reads client messages, checks them and writes them to the database. It never
+//!   writes to the client; anything it must tell the client goes as an [`Event`] to the other
+//!   half, which alone owns the client's write side (so gateway messages and database messages
+//!   can be ordered in one place).
+//! - [`Backward`] reads database messages and writes them to the client, and handles events and
+//!   shutdown.
+//!
+//! Each half reads whatever the socket has, takes every whole frame out of its one read buffer,
+//! and writes the batch with one `write_all`: an exchange costs one read and one write per
+//! direction, not one per message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use phigate_wire::backend::{self, Notice, TransactionStatus};
+use phigate_wire::frontend::{self, FrontendMessage};
+use phigate_wire::{FrameReader, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::Ready;
+use crate::net::Stream;
+use crate::server::Shared;
+
+/// What the forward half asks the backward half to tell the client.
+#[derive(Debug)]
+enum Event {
+    /// Send this FATAL (already encoded) and close the session.
+    Fatal(BytesMut),
+}
+
+/// Counts of exchanges, shared by the halves: every Query, Sync and FunctionCall the client
+/// sends is answered by exactly one ReadyForQuery. Equal counts mean nothing is in flight.
+#[derive(Default)]
+struct InFlight {
+    sent: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl InFlight {
+    fn idle(&self) -> bool {
+        self.sent.load(Ordering::Acquire) == self.answered.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+enum End {
+    ClientTerminated,
+    ClientClosed,
+    ClientError(String),
+    UpstreamError(String),
+    Shutdown,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientTerminated => f.write_str("client terminated"),
+            End::ClientClosed => f.write_str("client closed the connection"),
+            End::ClientError(e) => write!(f, "client error: {e}"),
+            End::UpstreamError(e) => write!(f, "database connection lost: {e}"),
+            End::Shutdown => f.write_str("gateway shutdown"),
+        }
+    }
+}
+
+pub async fn relay(ready: Ready, shared: &Shared) {
+    let Ready {
+        client,
+        client_reader,
+        upstream,
+        identity,
+        peer,
+        key: _,
+        registration,
+    } = ready;
+    let (client_rd, client_wr) = tokio::io::split(client);
+    let (up_rd, up_wr) = tokio::io::split(upstream.stream);
+    let (events_tx, events_rx) = mpsc::channel(4);
+    let in_flight = Arc::new(InFlight::default());
+
+    let forward = Forward {
+        client: client_rd,
+        reader: client_reader,
+        upstream: up_wr,
+        events: events_tx,
+        in_flight: in_flight.clone(),
+        out: BytesMut::with_capacity(16 * 1024),
+    }
+    .run();
+    let backward = Backward {
+        upstream: up_rd,
+        reader: upstream.reader,
+        client: client_wr,
+        events: events_rx,
+        in_flight,
+        status: TransactionStatus::Idle,
+        out: BytesMut::with_capacity(16 * 1024),
+    }
+    .run(shared);
+    tokio::pin!(forward, backward);
+
+    // The backward half decides when the session is over: it owns the client's write side and
+    // so can say goodbye. The forward half ending (Terminate, EOF, bad message) closes the
+    // event channel or sends a FATAL through it, and the backward half follows.
+    let mut forward_end = None;
+    let end = loop {
+        tokio::select! {
+            end = &mut forward, if forward_end.is_none() => forward_end = Some(end),
+            end = &mut backward => break end,
+        }
+    };
+    drop(registration);
+    let end = match (forward_end, end) {
+        (Some(f), _) => f,
+        (None, b) => b,
+    };
+    tracing::info!(%peer, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
+}
+
+struct Forward {
+    client: ReadHalf<Stream>,
+    reader: FrameReader,
+    upstream: WriteHalf<Stream>,
+    events: mpsc::Sender<Event>,
+    in_flight: Arc<InFlight>,
+    out: BytesMut,
+}
+
+impl Forward {
+    async fn run(mut self) -> End {
+        match self.pump().await {
+            Ok(end) => end,
+            Err(ForwardError::Client(e)) => {
+                let mut fatal = BytesMut::new();
+                Notice::fatal("08P01", &format!("phigate: invalid message: {e}")).write(&mut fatal);
+                let _ = self.events.send(Event::Fatal(fatal)).await;
+                End::ClientError(e.to_string())
+            }
+            Err(ForwardError::ClientIo(e)) => End::ClientError(e.to_string()),
+            Err(ForwardError::UpstreamIo(e)) => End::UpstreamError(e.to_string()),
+        }
+    }
+
+    async fn pump(&mut self) -> Result<End, ForwardError> {
+        loop {
+            let n = self
+                .client
+                .read_buf(self.reader.buf_mut())
+                .await
+                .map_err(ForwardError::ClientIo)?;
+            if n == 0 {
+                // EOF without Terminate: tell the server we are done, politely.
+                frontend::write::terminate(&mut self.out);
+                let _ = self.flush().await;
+                return Ok(End::ClientClosed);
+            }
+            let mut terminated = false;
+            let mut exchanges = 0;
+            loop {
+                let frame = match self.reader.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Whatever complete messages came before the bad one still go.
+                        self.flush().await?;
+                        return Err(ForwardError::Client(e));
+                    }
+                };
+                match FrontendMessage::decode(&frame) {
+                    Ok(FrontendMessage::Terminate) => terminated = true,
+                    Ok(
+                        FrontendMessage::Query { .. }
+                        | FrontendMessage::Sync
+                        | FrontendMessage::FunctionCall { .. },
+                    ) => {
+                        exchanges += 1;
+                    }
+                    Ok(FrontendMessage::Password(_)) => {
+                        self.flush().await?;
+                        return Err(ForwardError::Client(WireError::UnexpectedTag(b'p')));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.flush().await?;
+                        return Err(ForwardError::Client(e));
+                    }
+                }
+                self.out.extend_from_slice(frame.as_bytes());
+                if terminated {
+                    break;
+                }
+            }
+            self.in_flight.sent.fetch_add(exchanges, Ordering::AcqRel);
+            self.flush().await?;
+            if terminated {
+                return Ok(End::ClientTerminated);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ForwardError> {
+        if !self.out.is_empty() {
+            self.upstream
+                .write_all(&self.out)
+                .await
+                .map_err(ForwardError::UpstreamIo)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+enum ForwardError {
+    Client(WireError),
+    ClientIo(std::io::Error),
+    UpstreamIo(std::io::Error),
+}
+
+struct Backward {
+    upstream: ReadHalf<Stream>,
+    reader: FrameReader,
+    client: WriteHalf<Stream>,
+    events: mpsc::Receiver<Event>,
+    in_flight: Arc<InFlight>,
+    status: TransactionStatus,
+    out: BytesMut,
+}
+
+impl Backward {
+    async fn run(mut self, shared: &Shared) -> End {
+        let end = self.pump(shared).await;
+        let _ = self.client.shutdown().await;
+        end
+    }
+
+    async fn pump(&mut self, shared: &Shared) -> End {
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(Event::Fatal(bytes)) => {
+                        let _ = self.client.write_all(&bytes).await;
+                        return End::ClientError("protocol violation".into());
+                    }
+                    // The forward half ended (Terminate or EOF): nobody is listening.
+                    None => return End::ClientClosed,
+                },
+                read = self.upstream.read_buf(self.reader.buf_mut()) => {
+                    match read {
+                        Ok(0) => return self.upstream_lost("the database closed the connection").await,
+                        Ok(_) => {}
+                        Err(e) => return self.upstream_lost(&e.to_string()).await,
+                    }
+                    if let Err(e) = self.take_frames() {
+                        return self.upstream_lost(&e.to_string()).await;
+                    }
+                    if let Err(e) = self.client.write_all(&self.out).await {
+                        return End::ClientError(e.to_string());
+                    }
+                    self.out.clear();
+                    if draining && self.at_rest() {
+                        return self.say_goodbye().await;
+                    }
+                }
+                _ = shared.draining.cancelled(), if !draining => {
+                    draining = true;
+                    if self.at_rest() {
+                        return self.say_goodbye().await;
+                    }
+                }
+                _ = shared.force_close.cancelled() => return self.say_goodbye().await,
+            }
+        }
+    }
+
+    /// Moves every whole frame into the output, noting ReadyForQuery.
+    fn take_frames(&mut self) -> Result<(), WireError> {
+        let mut answered = 0;
+        while let Some(frame) = self.reader.next_frame()? {
+            if frame.tag() == backend::tag::READY_FOR_QUERY {
+                self.status = backend::decode_ready_for_query(&frame)?;
+                answered += 1;
+            }
+            self.out.extend_from_slice(frame.as_bytes());
+        }
+        self.in_flight
+            .answered
+            .fetch_add(answered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Idle and outside a transaction: closing now loses nothing.
+    fn at_rest(&self) -> bool {
+        self.status == TransactionStatus::Idle
+            && self.in_flight.idle()
+            && self.reader.buffered() == 0
+    }
+
+    async fn say_goodbye(&mut self) -> End {
+        let mut out = BytesMut::new();
+        Notice::fatal(
+            "57P01",
+            "phigate: terminating connection because the gateway is shutting down",
+        )
+        .with_hint("Reconnect; another gateway instance or this one after restart will serve you.")
+        .write(&mut out);
+        let _ = self.client.write_all(&out).await;
+        End::Shutdown
+    }
+
+    async fn upstream_lost(&mut self, why: &str) -> End {
+        // Forward what did arrive (the server usually sends its own FATAL before closing), then
+        // make sure the client learns the session is gone.
+        let _ = self.client.write_all(&self.out).await;
+        let mut out = BytesMut::new();
+        Notice::fatal("08006", "phigate: the connection to the database was lost")
+            .with_hint("Reconnect; the gateway will open a new database session when the database is available.")
+            .write(&mut out);
+        let _ = self.client.write_all(&out).await;
+        End::UpstreamError(why.to_owned())
+    }
+}

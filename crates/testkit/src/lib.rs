@@ -1,0 +1,316 @@
+//! Test helpers shared by phigate's integration tests.
+//!
+//! - [`clinic`]: one throwaway PostgreSQL per test binary, seeded with the demo dataset, with a
+//!   least-privilege login for the gateway (`phigate_app`).
+//! - [`Gateway`]: the real `phigate` binary started as a process with a generated config, one
+//!   token per test identity, stopped on drop.
+//! - [`Certs`]: a CA and a server certificate generated at test time (no keys in the repo).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use phigate_cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
+use sha2::{Digest, Sha256};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The gateway's database login in test clusters.
+pub const APP_USER: &str = "phigate_app";
+pub const APP_PASSWORD: &str = "app-password-for-tests";
+pub const DATABASE: &str = "clinic";
+
+/// Identities every test gateway knows: (name, subject, role). The startup `user` is the role.
+pub const IDENTITIES: [(&str, &str, &str); 4] = [
+    ("agent", "agent@test.phigate", "ai-agent"),
+    ("clinician", "clinician@test.phigate", "clinician"),
+    ("admin", "admin@test.phigate", "admin"),
+    ("reviewer", "reviewer@test.phigate", "reviewer"),
+];
+
+/// Creates the gateway's login and the `clinic` database, seeded with `seed_sql`.
+pub fn prepare_clinic(cluster: &Cluster, seed_sql: &str) -> Result<(), Error> {
+    cluster.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}';\n\
+             CREATE DATABASE {DATABASE} OWNER {APP_USER};"
+        ),
+    )?;
+    cluster.psql(DATABASE, &format!("SET ROLE {APP_USER};\n{seed_sql}"))?;
+    Ok(())
+}
+
+/// The shared, seeded cluster of this test binary. Started on first use, deleted when the
+/// process exits.
+pub fn clinic(seed_sql: &str) -> &'static Cluster {
+    static CLUSTER: OnceLock<&'static Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = Cluster::start(ClusterOptions {
+            settings: vec![("max_connections".into(), "300".into())],
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"));
+        prepare_clinic(&cluster, seed_sql).unwrap_or_else(|e| panic!("cannot seed: {e}"));
+        cluster.leak_for_process().unwrap_or_else(|e| panic!("cannot keep the cluster: {e}"))
+    })
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A `phigate serve` process.
+pub struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub pg_port: u16,
+    pub http_port: u16,
+    tokens: HashMap<&'static str, String>,
+}
+
+/// What a test may change in the generated config.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub upstream_host: String,
+    pub upstream_port: u16,
+    pub upstream_user: String,
+    pub upstream_password: Option<String>,
+    /// Extra lines for the `[upstream]` table, e.g. `tls = "verify-full"`.
+    pub upstream_extra: String,
+    /// Extra lines for the `[listen]` table.
+    pub listen_extra: String,
+    /// Extra top-level TOML (e.g. a `[tls]` table), appended at the end.
+    pub extra: String,
+}
+
+impl GatewayOptions {
+    /// Defaults that front `cluster` with the gateway's least-privilege login.
+    pub fn for_cluster(cluster: &Cluster) -> Self {
+        GatewayOptions {
+            upstream_host: cluster.host().to_owned(),
+            upstream_port: cluster.port(),
+            upstream_user: APP_USER.into(),
+            upstream_password: Some(APP_PASSWORD.into()),
+            upstream_extra: String::new(),
+            listen_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts the binary at `bin` (use `env!("CARGO_BIN_EXE_phigate")`) and waits until it
+    /// accepts connections.
+    pub fn start(bin: &Path, opts: GatewayOptions) -> Result<Gateway, Error> {
+        let dir = tempfile::Builder::new().prefix("phigate-gw-").tempdir()?;
+        let pg_port = free_port()?;
+        let http_port = free_port()?;
+        let mut tokens = HashMap::new();
+        let mut identities = String::new();
+        for (name, subject, role) in IDENTITIES {
+            let token = format!("tok-{name}-{}", sha256_hex(&format!("{name}{pg_port}"))[..16].to_owned());
+            identities.push_str(&format!(
+                "\n[[identity]]\nsubject = \"{subject}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\n",
+                sha256_hex(&token)
+            ));
+            tokens.insert(name, token);
+        }
+        let password = opts
+            .upstream_password
+            .as_ref()
+            .map(|p| format!("password = \"{p}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "[listen]\naddress = \"127.0.0.1:{pg_port}\"\nhttp_address = \"127.0.0.1:{http_port}\"\n\
+             shutdown_grace_secs = 5\n{listen_extra}\n\n\
+             [upstream]\nhost = \"{host}\"\nport = {port}\ndatabase = \"{DATABASE}\"\nuser = \"{user}\"\n\
+             {password}{upstream_extra}\n{identities}\n{extra}\n",
+            listen_extra = opts.listen_extra,
+            host = opts.upstream_host,
+            port = opts.upstream_port,
+            user = opts.upstream_user,
+            upstream_extra = opts.upstream_extra,
+            extra = opts.extra,
+        );
+        let config_path = dir.path().join("phigate.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "phigate=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut gw = Gateway { child, dir, pg_port, http_port, tokens };
+        gw.wait_ready()?;
+        Ok(gw)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("gateway exited with {status}:\n{}", self.log()).into());
+            }
+            if TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("gateway did not start listening:\n{}", self.log()).into())
+    }
+
+    pub fn token(&self, identity: &str) -> &str {
+        self.tokens.get(identity).map(String::as_str).unwrap_or("no-such-identity")
+    }
+
+    /// The role an identity connects as (the startup `user`).
+    pub fn role(identity: &str) -> &'static str {
+        IDENTITIES.iter().find(|(n, _, _)| *n == identity).map(|(_, _, r)| *r).unwrap_or("nobody")
+    }
+
+    /// A libpq keyword/value connection string for `identity`.
+    pub fn conninfo(&self, identity: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={DATABASE} user={} password={} sslmode=disable",
+            self.pg_port,
+            Gateway::role(identity),
+            self.token(identity)
+        )
+    }
+
+    /// A `postgresql://` URL for `identity`.
+    pub fn url(&self, identity: &str) -> String {
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            Gateway::role(identity),
+            self.token(identity),
+            self.pg_port
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> Result<(), Error> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("kill -TERM failed".into())
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                return Err("gateway did not exit in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A plain HTTP/1.0 GET against the gateway's HTTP port: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String), Error> {
+        http_get(self.http_port, path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Error> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad HTTP response")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1, as PEM files.
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn generate() -> Result<Certs, Error> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::Builder::new().prefix("phigate-certs-").tempdir()?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "phigate test CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        std::fs::write(dir.path().join("ca.crt"), ca.pem())?;
+        std::fs::write(dir.path().join("server.crt"), cert.pem())?;
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem())?;
+        // An unrelated CA, for "wrong CA" tests.
+        let other_key = KeyPair::generate()?;
+        let mut other = CertificateParams::new(Vec::<String>::new())?;
+        other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        std::fs::write(dir.path().join("other-ca.crt"), other.self_signed(&other_key)?.pem())?;
+        // PostgreSQL reads these as the postgres user.
+        for f in ["ca.crt", "server.crt", "server.key", "other-ca.crt"] {
+            let _ = Command::new("chmod").arg("0644").arg(dir.path().join(f)).status();
+        }
+        let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
+        Ok(Certs { dir })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.crt")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// Runs a command, returning (exit success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> Result<(bool, String, String), Error> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
