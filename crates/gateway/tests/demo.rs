@@ -1,0 +1,97 @@
+//! `phigate demo`: ready within a minute, each identity connects, SIGTERM cleans everything up.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use phigate_testkit::{http_get, run};
+
+#[test]
+fn demo_serves_every_identity_and_cleans_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready_file = dir.path().join("ready.json");
+    let data_dir = dir.path().join("state");
+    let log = std::fs::File::create(dir.path().join("demo.log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phigate"))
+        .args(["demo", "--pg-port", "0", "--http-port", "0", "--ready-file"])
+        .arg(&ready_file)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("phigate demo starts");
+    let read_log = || std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default();
+
+    let started = Instant::now();
+    while !ready_file.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready in 60 s:\n{}", read_log());
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("demo exited early ({status}):\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ready_file).expect("ready file")).expect("JSON");
+    let host = ready["postgres"]["host"].as_str().expect("host");
+    let port = ready["postgres"]["port"].as_u64().expect("port");
+    assert_eq!(ready["postgres"]["database"], "clinic");
+
+    for name in ["agent", "clinician", "admin", "reviewer"] {
+        let id = &ready["identities"][name];
+        let user = id["user"].as_str().expect("user");
+        let password = id["password"].as_str().expect("password");
+        let (ok, out, err) = run(Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM patients"])
+            .arg(format!("host={host} port={port} dbname=clinic user={user} sslmode=disable"))
+            .env("PGPASSWORD", password))
+        .expect("psql");
+        assert!(ok, "{name}: {err}");
+        assert_eq!(out.trim(), "10000", "{name}");
+    }
+    // A token of one identity does not open another identity's role.
+    let agent_token = ready["identities"]["agent"]["password"].as_str().expect("token");
+    let (ok, _, err) = run(Command::new("psql")
+        .args(["-X", "-c", "SELECT 1"])
+        .arg(format!("host={host} port={port} dbname=clinic user=admin sslmode=disable"))
+        .env("PGPASSWORD", agent_token))
+    .expect("psql");
+    assert!(!ok && err.contains("may not assume role"), "{err}");
+
+    // The upstream entry is a direct superuser connection to the throwaway cluster.
+    let up = &ready["upstream"];
+    let (ok, out, err) = run(Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"])
+        .arg(format!(
+            "host={} port={} dbname={} user={} sslmode=disable",
+            up["host"].as_str().expect("host"),
+            up["port"],
+            up["database"].as_str().expect("db"),
+            up["user"].as_str().expect("user")
+        ))
+        .env("PGPASSWORD", up["password"].as_str().expect("password")))
+    .expect("psql");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "t");
+
+    let http = ready["http"].as_str().expect("http");
+    let http_port: u16 = http.rsplit(':').next().and_then(|p| p.parse().ok()).expect("http port");
+    let (code, body) = http_get(http_port, "/readyz").expect("readyz");
+    assert_eq!(code, 200, "{body}");
+
+    let pg_data = up["data_dir"].as_str().expect("data_dir").to_owned();
+    assert!(Path::new(&pg_data).exists());
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}:\n{}", read_log());
+    assert!(!Path::new(&pg_data).exists(), "the throwaway cluster was not deleted");
+    assert!(!ready_file.exists(), "the ready file was not removed");
+}
