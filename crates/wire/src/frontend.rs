@@ -51,20 +51,55 @@ pub enum FrontendMessage<'a> {
 pub struct Parse<'a> {
     pub name: &'a str,
     pub sql: &'a str,
-    pub param_types: Vec<u32>,
+    /// Parameter type OIDs, still encoded (4 bytes each); see [`Parse::param_types`].
+    param_types: &'a [u8],
 }
 
+impl Parse<'_> {
+    pub fn param_types(&self) -> impl Iterator<Item = u32> + '_ {
+        self.param_types
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    }
+}
+
+/// Bind as it travels: the names are decoded eagerly (the relay routes by them); parameters are
+/// decoded on demand with [`Bind::details`], because most binds are forwarded without a look.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
+    rest: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    /// Decodes formats and parameter values, checking the whole message structure.
+    pub fn details(&self) -> Result<BindDetails<'a>, WireError> {
+        let mut c = Cursor::new(self.rest, "Bind");
+        let n = c.count()?;
+        let param_formats = (0..n).map(|_| c.i16()).collect::<Result<_, _>>()?;
+        let n = c.count()?;
+        let params = (0..n).map(|_| c.value()).collect::<Result<_, _>>()?;
+        let n = c.count()?;
+        let result_formats = (0..n).map(|_| c.i16()).collect::<Result<_, _>>()?;
+        c.finish()?;
+        Ok(BindDetails {
+            param_formats,
+            params,
+            result_formats,
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct BindDetails<'a> {
     /// Format codes for the parameters: empty (all text), one (applies to all), or one each.
     pub param_formats: Vec<i16>,
     pub params: Vec<Option<&'a [u8]>>,
     pub result_formats: Vec<i16>,
 }
 
-impl Bind<'_> {
+impl BindDetails<'_> {
     /// Whether parameter `i` is sent in binary.
     pub fn param_is_binary(&self, i: usize) -> bool {
         match self.param_formats.as_slice() {
@@ -98,7 +133,7 @@ impl<'a> FrontendMessage<'a> {
                 let name = c.cstr()?;
                 let sql = c.cstr()?;
                 let n = c.count()?;
-                let param_types = (0..n).map(|_| c.u32()).collect::<Result<_, _>>()?;
+                let param_types = c.bytes(n * 4)?;
                 c.finish()?;
                 FrontendMessage::Parse(Parse {
                     name,
@@ -110,19 +145,10 @@ impl<'a> FrontendMessage<'a> {
                 let mut c = Cursor::new(body, "Bind");
                 let portal = c.cstr()?;
                 let statement = c.cstr()?;
-                let n = c.count()?;
-                let param_formats = (0..n).map(|_| c.i16()).collect::<Result<_, _>>()?;
-                let n = c.count()?;
-                let params = (0..n).map(|_| c.value()).collect::<Result<_, _>>()?;
-                let n = c.count()?;
-                let result_formats = (0..n).map(|_| c.i16()).collect::<Result<_, _>>()?;
-                c.finish()?;
                 FrontendMessage::Bind(Bind {
                     portal,
                     statement,
-                    param_formats,
-                    params,
-                    result_formats,
+                    rest: c.remaining(),
                 })
             }
             b'E' => {
@@ -233,14 +259,11 @@ mod tests {
             b.put_i16(1);
             b.put_u32(23);
         });
-        assert_eq!(
-            FrontendMessage::decode(&f),
-            Ok(FrontendMessage::Parse(Parse {
-                name: "s1",
-                sql: "select $1",
-                param_types: vec![23]
-            }))
-        );
+        let FrontendMessage::Parse(parse) = FrontendMessage::decode(&f).expect("parse") else {
+            panic!("not a parse")
+        };
+        assert_eq!((parse.name, parse.sql), ("s1", "select $1"));
+        assert_eq!(parse.param_types().collect::<Vec<_>>(), vec![23]);
         let f = frame(b'B', |b| {
             put_cstr(b, "");
             put_cstr(b, "s1");
@@ -255,6 +278,8 @@ mod tests {
         let FrontendMessage::Bind(bind) = FrontendMessage::decode(&f).expect("bind") else {
             panic!("not a bind")
         };
+        assert_eq!(bind.statement, "s1");
+        let bind = bind.details().expect("details");
         assert_eq!(bind.params, vec![Some(&42i32.to_be_bytes()[..]), None]);
         assert!(bind.param_is_binary(0) && bind.param_is_binary(1));
     }
@@ -268,10 +293,10 @@ mod tests {
             b.put_i16(1);
             b.put_i32(400); // claims 400 bytes, has none
         });
-        assert!(matches!(
-            FrontendMessage::decode(&f),
-            Err(WireError::Malformed { .. })
-        ));
+        let FrontendMessage::Bind(bind) = FrontendMessage::decode(&f).expect("names decode") else {
+            panic!("not a bind")
+        };
+        assert!(matches!(bind.details(), Err(WireError::Malformed { .. })));
         let f = frame(b'Q', |b| b.extend_from_slice(b"select 1")); // no NUL
         assert!(matches!(
             FrontendMessage::decode(&f),
