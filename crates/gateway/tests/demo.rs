@@ -26,7 +26,11 @@ fn demo_serves_every_identity_and_cleans_up() {
 
     let started = Instant::now();
     while !ready_file.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "not ready in 60 s:\n{}", read_log());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not ready in 60 s:\n{}",
+            read_log()
+        );
         if let Ok(Some(status)) = child.try_wait() {
             panic!("demo exited early ({status}):\n{}", read_log());
         }
@@ -44,17 +48,37 @@ fn demo_serves_every_identity_and_cleans_up() {
         let password = id["password"].as_str().expect("password");
         let (ok, out, err) = run(Command::new("psql")
             .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM patients"])
-            .arg(format!("host={host} port={port} dbname=clinic user={user} sslmode=disable"))
+            .arg(format!(
+                "host={host} port={port} dbname=clinic user={user} sslmode=disable"
+            ))
             .env("PGPASSWORD", password))
         .expect("psql");
         assert!(ok, "{name}: {err}");
         assert_eq!(out.trim(), "10000", "{name}");
     }
+    // TLS with the demo's self-signed certificate, verified.
+    let ca = ready["tls"]["ca_file"].as_str().expect("tls.ca_file");
+    let id = &ready["identities"]["clinician"];
+    let (ok, out, err) = run(Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT 'over tls'"])
+        .arg(format!(
+            "host=localhost port={port} dbname=clinic user={} sslmode=verify-full sslrootcert={ca}",
+            id["user"].as_str().expect("user")
+        ))
+        .env("PGPASSWORD", id["password"].as_str().expect("password")))
+    .expect("psql");
+    assert!(ok, "TLS: {err}");
+    assert_eq!(out.trim(), "over tls");
+
     // A token of one identity does not open another identity's role.
-    let agent_token = ready["identities"]["agent"]["password"].as_str().expect("token");
+    let agent_token = ready["identities"]["agent"]["password"]
+        .as_str()
+        .expect("token");
     let (ok, _, err) = run(Command::new("psql")
         .args(["-X", "-c", "SELECT 1"])
-        .arg(format!("host={host} port={port} dbname=clinic user=admin sslmode=disable"))
+        .arg(format!(
+            "host={host} port={port} dbname=clinic user=admin sslmode=disable"
+        ))
         .env("PGPASSWORD", agent_token))
     .expect("psql");
     assert!(!ok && err.contains("may not assume role"), "{err}");
@@ -62,7 +86,13 @@ fn demo_serves_every_identity_and_cleans_up() {
     // The upstream entry is a direct superuser connection to the throwaway cluster.
     let up = &ready["upstream"];
     let (ok, out, err) = run(Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+        ])
         .arg(format!(
             "host={} port={} dbname={} user={} sslmode=disable",
             up["host"].as_str().expect("host"),
@@ -76,22 +106,36 @@ fn demo_serves_every_identity_and_cleans_up() {
     assert_eq!(out.trim(), "t");
 
     let http = ready["http"].as_str().expect("http");
-    let http_port: u16 = http.rsplit(':').next().and_then(|p| p.parse().ok()).expect("http port");
+    let http_port: u16 = http
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("http port");
     let (code, body) = http_get(http_port, "/readyz").expect("readyz");
     assert_eq!(code, 200, "{body}");
 
     let pg_data = up["data_dir"].as_str().expect("data_dir").to_owned();
     assert!(Path::new(&pg_data).exists());
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "demo did not stop:\n{}", read_log());
+        assert!(
+            Instant::now() < deadline,
+            "demo did not stop:\n{}",
+            read_log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}:\n{}", read_log());
-    assert!(!Path::new(&pg_data).exists(), "the throwaway cluster was not deleted");
+    assert!(
+        !Path::new(&pg_data).exists(),
+        "the throwaway cluster was not deleted"
+    );
     assert!(!ready_file.exists(), "the ready file was not removed");
 }

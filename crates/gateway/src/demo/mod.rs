@@ -12,7 +12,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::auth::token_sha256;
-use crate::config::{Config, Listen, Log, StaticIdentity, Upstream, UpstreamTlsMode};
+use crate::config::{Config, Listen, Log, ServerTls, StaticIdentity, Upstream, UpstreamTlsMode};
 
 /// The synthetic, deterministic clinic dataset (no real person in it).
 pub const SEED_SQL: &str = include_str!("seed.sql");
@@ -96,6 +96,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     .await??;
 
     let tokens: Vec<String> = IDENTITIES.iter().map(|_| token()).collect();
+    let tls = self_signed(&data_dir.join("tls"))?;
     let password_file = data_dir.join("upstream.password");
     write_private(&password_file, &app_password)?;
     let config = Config {
@@ -107,7 +108,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             shutdown_grace_secs: 10,
             allow_plaintext_loopback: true,
         },
-        tls: None,
+        tls: Some(tls.clone()),
         upstream: Upstream {
             host: cluster.host().to_owned(),
             port: cluster.port(),
@@ -165,6 +166,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "data_dir": cluster.data_dir(),
         },
         "data_dir": data_dir,
+        "tls": {"ca_file": tls.cert_file},
     });
     if let Some(path) = &opts.ready_file {
         let tmp = path.with_extension("tmp");
@@ -185,6 +187,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             pg.port()
         );
     }
+    println!(
+        "TLS works too: add sslmode=verify-full sslrootcert={} (host=localhost or 127.0.0.1).",
+        tls.cert_file.display()
+    );
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
 
     let stop = running.stop_token();
@@ -199,6 +205,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     eprintln!("phigate demo: stopped and cleaned up.");
     Ok(())
+}
+
+/// A self-signed certificate for localhost, so the demo shows TLS without any setup. The
+/// certificate is its own trust anchor: clients verify it with `sslrootcert=<cert>`.
+fn self_signed(dir: &Path) -> anyhow::Result<ServerTls> {
+    std::fs::create_dir_all(dir)?;
+    let key = rcgen::KeyPair::generate()?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let cert = params.self_signed(&key)?;
+    let cert_file = dir.join("server.crt");
+    let key_file = dir.join("server.key");
+    std::fs::write(&cert_file, cert.pem())?;
+    write_private(&key_file, &key.serialize_pem())?;
+    Ok(ServerTls {
+        cert_file,
+        key_file,
+        require: false,
+    })
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
