@@ -380,7 +380,11 @@ impl Cluster {
     /// process waits for our pid to disappear, then stops the server and removes the directory.
     pub fn leak_for_process(self) -> Result<&'static Cluster, ClusterError> {
         let pg_ctl = self.bin.join("pg_ctl");
-        let runas = if self.as_postgres { "runuser -u postgres --" } else { "" };
+        let runas = if self.as_postgres {
+            "runuser -u postgres --"
+        } else {
+            ""
+        };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
              {runas} '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{root}'",

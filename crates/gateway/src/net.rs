@@ -86,3 +86,71 @@ fn detached() -> io::Error {
         "stream was handed to another phase",
     )
 }
+
+/// The read side of a [`Stream`] split for the relay. Plain TCP splits without a lock; TLS
+/// shares one session state between the halves and needs tokio's locked split.
+pub enum StreamRead {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Shared(tokio::io::ReadHalf<Stream>),
+}
+
+/// The write side of a [`Stream`] split for the relay.
+pub enum StreamWrite {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Shared(tokio::io::WriteHalf<Stream>),
+}
+
+impl Stream {
+    pub fn split(self) -> (StreamRead, StreamWrite) {
+        match self {
+            Stream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (StreamRead::Tcp(r), StreamWrite::Tcp(w))
+            }
+            other => {
+                let (r, w) = tokio::io::split(other);
+                (StreamRead::Shared(r), StreamWrite::Shared(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for StreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            StreamRead::Shared(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            StreamWrite::Shared(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
+            StreamWrite::Shared(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            StreamWrite::Shared(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -56,7 +56,9 @@ pub fn clinic(seed_sql: &str) -> &'static Cluster {
         })
         .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"));
         prepare_clinic(&cluster, seed_sql).unwrap_or_else(|e| panic!("cannot seed: {e}"));
-        cluster.leak_for_process().unwrap_or_else(|e| panic!("cannot keep the cluster: {e}"))
+        cluster
+            .leak_for_process()
+            .unwrap_or_else(|e| panic!("cannot keep the cluster: {e}"))
     })
 }
 
@@ -113,7 +115,10 @@ impl Gateway {
         let mut tokens = HashMap::new();
         let mut identities = String::new();
         for (name, subject, role) in IDENTITIES {
-            let token = format!("tok-{name}-{}", sha256_hex(&format!("{name}{pg_port}"))[..16].to_owned());
+            let token = format!(
+                "tok-{name}-{}",
+                sha256_hex(&format!("{name}{pg_port}"))[..16].to_owned()
+            );
             identities.push_str(&format!(
                 "\n[[identity]]\nsubject = \"{subject}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\n",
                 sha256_hex(&token)
@@ -149,7 +154,13 @@ impl Gateway {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut gw = Gateway { child, dir, pg_port, http_port, tokens };
+        let mut gw = Gateway {
+            child,
+            dir,
+            pg_port,
+            http_port,
+            tokens,
+        };
         gw.wait_ready()?;
         Ok(gw)
     }
@@ -169,12 +180,19 @@ impl Gateway {
     }
 
     pub fn token(&self, identity: &str) -> &str {
-        self.tokens.get(identity).map(String::as_str).unwrap_or("no-such-identity")
+        self.tokens
+            .get(identity)
+            .map(String::as_str)
+            .unwrap_or("no-such-identity")
     }
 
     /// The role an identity connects as (the startup `user`).
     pub fn role(identity: &str) -> &'static str {
-        IDENTITIES.iter().find(|(n, _, _)| *n == identity).map(|(_, _, r)| *r).unwrap_or("nobody")
+        IDENTITIES
+            .iter()
+            .find(|(n, _, _)| *n == identity)
+            .map(|(_, _, r)| *r)
+            .unwrap_or("nobody")
     }
 
     /// A libpq keyword/value connection string for `identity`.
@@ -211,7 +229,10 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<(), Error> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if status.success() {
             Ok(())
         } else {
@@ -253,8 +274,15 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Error> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad HTTP response")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("bad HTTP response")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -266,14 +294,19 @@ pub struct Certs {
 impl Certs {
     pub fn generate() -> Result<Certs, Error> {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let dir = tempfile::Builder::new().prefix("phigate-certs-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("phigate-certs-")
+            .tempdir()?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "phigate test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "phigate test CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let key = KeyPair::generate()?;
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
         let cert = params.signed_by(&key, &ca, &ca_key)?;
         std::fs::write(dir.path().join("ca.crt"), ca.pem())?;
         std::fs::write(dir.path().join("server.crt"), cert.pem())?;
@@ -282,10 +315,16 @@ impl Certs {
         let other_key = KeyPair::generate()?;
         let mut other = CertificateParams::new(Vec::<String>::new())?;
         other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        std::fs::write(dir.path().join("other-ca.crt"), other.self_signed(&other_key)?.pem())?;
+        std::fs::write(
+            dir.path().join("other-ca.crt"),
+            other.self_signed(&other_key)?.pem(),
+        )?;
         // PostgreSQL reads these as the postgres user.
         for f in ["ca.crt", "server.crt", "server.key", "other-ca.crt"] {
-            let _ = Command::new("chmod").arg("0644").arg(dir.path().join(f)).status();
+            let _ = Command::new("chmod")
+                .arg("0644")
+                .arg(dir.path().join(f))
+                .status();
         }
         let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
         Ok(Certs { dir })

@@ -38,6 +38,8 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
     #[error("startup timed out")]
     StartupTimeout,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     #[error("{0}")]
     Startup(&'static str),
     #[error("authentication: {0}")]
@@ -55,6 +57,13 @@ impl SessionError {
             SessionError::Io(_) | SessionError::Tls(_) => return None,
             SessionError::Protocol(e) => ("08P01", format!("phigate: invalid message: {e}"), None),
             SessionError::StartupTimeout => ("08006", "phigate: startup timed out".into(), None),
+            SessionError::ShuttingDown => (
+                "57P03",
+                "phigate: the gateway is shutting down".into(),
+                Some(
+                    "Reconnect; another gateway instance or this one after restart will serve you.",
+                ),
+            ),
             SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
             SessionError::Auth(AuthError::InvalidCredentials) => (
                 "28P01",
@@ -66,15 +75,31 @@ impl SessionError {
                 format!("phigate: {e}"),
                 Some("Connect with user set to one of your roles."),
             ),
-            // Missing database, too many connections, database starting up: the client can
-            // act on these, and they reveal nothing about the gateway's credentials.
-            SessionError::Upstream(UpstreamError::Refused { code, message })
-                if code.starts_with("3D") || code.starts_with("53") || code == "57P03" =>
+            // Missing database, too many connections, database starting up: the client can act
+            // on these. The wording is ours: the database's own text names the gateway's login.
+            SessionError::Upstream(UpstreamError::Refused { code, .. })
+                if code.starts_with("3D") =>
             {
                 return Some((
                     code.clone(),
-                    format!("phigate: the database refused the connection: {message}"),
+                    "phigate: the requested database does not exist".into(),
                     None,
+                ));
+            }
+            SessionError::Upstream(UpstreamError::Refused { code, .. })
+                if code.starts_with("53") =>
+            {
+                return Some((
+                    code.clone(),
+                    "phigate: the database is at its connection limit".into(),
+                    Some("Try again shortly."),
+                ));
+            }
+            SessionError::Upstream(UpstreamError::Refused { code, .. }) if code == "57P03" => {
+                return Some((
+                    code.clone(),
+                    "phigate: the database is starting up or shutting down".into(),
+                    Some("Try again shortly."),
                 ));
             }
             SessionError::Upstream(_) => (
@@ -92,10 +117,14 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.startup_timeout;
     let mut stream = Stream::Plain(tcp);
-    let started = tokio::time::timeout(timeout, start(&mut stream, peer, &shared)).await;
-    let started = match started {
-        Ok(r) => r,
-        Err(_) => Err(SessionError::StartupTimeout),
+    // A connection still in startup has nothing to lose: on shutdown it is refused at once
+    // rather than holding the drain up until its startup timeout.
+    let started = tokio::select! {
+        r = tokio::time::timeout(timeout, start(&mut stream, peer, &shared)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::StartupTimeout),
+        },
+        _ = shared.draining.cancelled() => Err(SessionError::ShuttingDown),
     };
     match started {
         Ok(None) => {}
@@ -292,11 +321,20 @@ fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, Session
                     "the startup parameter \"options\" is not allowed; use SET after connecting",
                 ))
             }
+            // The gateway reads statement text as UTF-8, so the session is pinned to UTF8; the
+            // client learns the encoding from ParameterStatus, as with any server default.
+            "client_encoding" => out.push((k.clone(), "UTF8".to_owned())),
             k if k.starts_with("_pq_.") => {}
             _ => out.push((k.clone(), v.clone())),
         }
     }
     Ok(out)
+}
+
+/// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).
+pub(crate) fn is_utf8(name: &str) -> bool {
+    let norm: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    norm.eq_ignore_ascii_case("utf8") || norm.eq_ignore_ascii_case("unicode")
 }
 
 /// Asks for the password (the token), checks it, and resolves the role.

@@ -22,11 +22,11 @@ use bytes::BytesMut;
 use phigate_wire::backend::{self, Notice, TransactionStatus};
 use phigate_wire::frontend::{self, FrontendMessage};
 use phigate_wire::{FrameReader, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Ready;
-use crate::net::Stream;
+use crate::net::{StreamRead, StreamWrite};
 use crate::server::Shared;
 
 /// What the forward half asks the backward half to tell the client.
@@ -81,8 +81,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         key: _,
         registration,
     } = ready;
-    let (client_rd, client_wr) = tokio::io::split(client);
-    let (up_rd, up_wr) = tokio::io::split(upstream.stream);
+    let (client_rd, client_wr) = client.split();
+    let (up_rd, up_wr) = upstream.stream.split();
     let (events_tx, events_rx) = mpsc::channel(4);
     let in_flight = Arc::new(InFlight::default());
 
@@ -126,9 +126,9 @@ pub async fn relay(ready: Ready, shared: &Shared) {
 }
 
 struct Forward {
-    client: ReadHalf<Stream>,
+    client: StreamRead,
     reader: FrameReader,
-    upstream: WriteHalf<Stream>,
+    upstream: StreamWrite,
     events: mpsc::Sender<Event>,
     in_flight: Arc<InFlight>,
     out: BytesMut,
@@ -218,6 +218,18 @@ impl Forward {
     }
 }
 
+enum RelayError {
+    Wire(WireError),
+    /// `SET client_encoding` to something else: the gateway reads statement text as UTF-8.
+    Encoding,
+}
+
+impl From<WireError> for RelayError {
+    fn from(e: WireError) -> Self {
+        RelayError::Wire(e)
+    }
+}
+
 enum ForwardError {
     Client(WireError),
     ClientIo(std::io::Error),
@@ -225,9 +237,9 @@ enum ForwardError {
 }
 
 struct Backward {
-    upstream: ReadHalf<Stream>,
+    upstream: StreamRead,
     reader: FrameReader,
-    client: WriteHalf<Stream>,
+    client: StreamWrite,
     events: mpsc::Receiver<Event>,
     in_flight: Arc<InFlight>,
     status: TransactionStatus,
@@ -243,6 +255,11 @@ impl Backward {
 
     async fn pump(&mut self, shared: &Shared) -> End {
         let mut draining = false;
+        // Created once: a fresh `cancelled()` per iteration would register and unregister a
+        // waiter (a lock each way) on every message batch.
+        let drain = shared.draining.cancelled();
+        let force = shared.force_close.cancelled();
+        tokio::pin!(drain, force);
         loop {
             tokio::select! {
                 ev = self.events.recv() => match ev {
@@ -259,8 +276,10 @@ impl Backward {
                         Ok(_) => {}
                         Err(e) => return self.upstream_lost(&e.to_string()).await,
                     }
-                    if let Err(e) = self.take_frames() {
-                        return self.upstream_lost(&e.to_string()).await;
+                    match self.take_frames() {
+                        Ok(()) => {}
+                        Err(RelayError::Encoding) => return self.refuse_encoding().await,
+                        Err(RelayError::Wire(e)) => return self.upstream_lost(&e.to_string()).await,
                     }
                     if let Err(e) = self.client.write_all(&self.out).await {
                         return End::ClientError(e.to_string());
@@ -270,24 +289,34 @@ impl Backward {
                         return self.say_goodbye().await;
                     }
                 }
-                _ = shared.draining.cancelled(), if !draining => {
+                _ = &mut drain, if !draining => {
                     draining = true;
                     if self.at_rest() {
                         return self.say_goodbye().await;
                     }
                 }
-                _ = shared.force_close.cancelled() => return self.say_goodbye().await,
+                _ = &mut force => return self.say_goodbye().await,
             }
         }
     }
 
-    /// Moves every whole frame into the output, noting ReadyForQuery.
-    fn take_frames(&mut self) -> Result<(), WireError> {
+    /// Moves every whole frame into the output, noting ReadyForQuery. Fails closed when the
+    /// session switches to an encoding the gateway cannot read.
+    fn take_frames(&mut self) -> Result<(), RelayError> {
         let mut answered = 0;
         while let Some(frame) = self.reader.next_frame()? {
-            if frame.tag() == backend::tag::READY_FOR_QUERY {
-                self.status = backend::decode_ready_for_query(&frame)?;
-                answered += 1;
+            match frame.tag() {
+                backend::tag::READY_FOR_QUERY => {
+                    self.status = backend::decode_ready_for_query(&frame)?;
+                    answered += 1;
+                }
+                backend::tag::PARAMETER_STATUS => {
+                    let (name, value) = backend::decode_parameter_status(&frame)?;
+                    if name == "client_encoding" && !super::is_utf8(value) {
+                        return Err(RelayError::Encoding);
+                    }
+                }
+                _ => {}
             }
             self.out.extend_from_slice(frame.as_bytes());
         }
@@ -302,6 +331,15 @@ impl Backward {
         self.status == TransactionStatus::Idle
             && self.in_flight.idle()
             && self.reader.buffered() == 0
+    }
+
+    async fn refuse_encoding(&mut self) -> End {
+        let mut out = BytesMut::new();
+        Notice::fatal("0A000", "phigate: only client_encoding UTF8 is supported")
+            .with_hint("Reconnect and keep client_encoding at UTF8.")
+            .write(&mut out);
+        let _ = self.client.write_all(&out).await;
+        End::ClientError("client_encoding changed away from UTF8".into())
     }
 
     async fn say_goodbye(&mut self) -> End {

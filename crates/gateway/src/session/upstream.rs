@@ -97,7 +97,12 @@ impl UpstreamTarget {
 
         let mut out = BytesMut::with_capacity(512);
         let mut startup: Vec<(&str, &str)> = vec![("user", &self.user)];
-        if let Some(db) = &self.database {
+        // The configured database wins; otherwise the one the client asked for.
+        let client_db = params
+            .iter()
+            .find(|(k, _)| *k == "database")
+            .map(|(_, v)| *v);
+        if let Some(db) = self.database.as_deref().or(client_db) {
             startup.push(("database", db));
         }
         startup.extend(

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Side-by-side pgbench: direct PostgreSQL, pgbouncer (session pooling) and phigate.
+
+One run starts a throwaway PostgreSQL 15 cluster, pgbouncer and `phigate serve`, all on
+loopback, and runs pgbench select-only (-S) in the simple, extended and prepared query modes at
+several client counts, with TLS off and on, through each path. It prints a markdown table (TPS,
+p50 and p99 latency, ratios to direct and to pgbouncer), writes it with the raw figures as JSON,
+and draws a PNG chart when matplotlib is available.
+
+    benches/pgbench_compare.py [--duration 10] [--clients 1,8,64] [--modes simple,extended,prepared]
+                               [--tls off,on] [--scale 10] [--out bench-results]
+
+Needs: PostgreSQL server binaries, pgbench, pgbouncer, openssl, and a release build of phigate
+(`cargo build --release`). scripts/bench does all of that.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_USER = "phigate_app"
+APP_PASSWORD = "bench-password"
+TOKEN = "phg_bench_token_0123456789"
+DB = "bench"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin():
+    env = os.environ.get("PHIGATE_PG_BIN")
+    if env:
+        return Path(env)
+    versions = sorted(
+        (int(p.name), p / "bin") for p in Path("/usr/lib/postgresql").glob("*") if p.name.isdigit()
+    )
+    if not versions:
+        sys.exit("PostgreSQL server binaries not found: apt-get install postgresql")
+    return versions[-1][1]
+
+
+def as_postgres(cmd):
+    return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def wait_port(port, proc=None, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Env:
+    """The cluster, pgbouncer and phigate, cleaned up on exit."""
+
+    def __init__(self, scale):
+        self.dir = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
+        os.chmod(self.dir, 0o755)
+        self.procs = []
+        self.bin = pg_bin()
+        self.pg_port, self.bouncer_port, self.gw_port = free_port(), free_port(), free_port()
+        self._certs()
+        self._postgres(scale)
+        self._pgbouncer()
+        self._phigate()
+
+    def _certs(self):
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(self.dir / "server.key"), "-out", str(self.dir / "server.crt")])
+        os.chmod(self.dir / "server.key", 0o600)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir / "server.key", "postgres")
+            shutil.chown(self.dir / "server.crt", "postgres")
+
+    def _postgres(self, scale):
+        data = self.dir / "pg"
+        data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres")
+        pw = self.dir / "pw"
+        pw.write_text(APP_PASSWORD + "\n")
+        os.chmod(pw, 0o644)
+        run(as_postgres([str(self.bin / "initdb"), "-D", str(data / "data"), "-U", "postgres",
+                         "-A", "scram-sha-256", f"--pwfile={pw}", "--no-sync", "-E", "UTF8", "--locale=C"]))
+        with open(data / "data" / "postgresql.conf", "a") as f:
+            f.write(f"port = {self.pg_port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{data}'\nmax_connections = 400\n"
+                    f"shared_buffers = '256MB'\nfsync = off\nsynchronous_commit = off\n"
+                    f"ssl = on\nssl_cert_file = '{self.dir / 'server.crt'}'\n"
+                    f"ssl_key_file = '{self.dir / 'server.key'}'\n")
+        with open(data / "data" / "pg_hba.conf", "w") as f:
+            f.write("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        run(as_postgres([str(self.bin / "pg_ctl"), "-D", str(data / "data"), "-l", str(data / "log"),
+                         "-w", "start"]))
+        self.pg_data = data / "data"
+        psql = as_postgres([str(self.bin / "psql"), "-X", "-q", "-h", str(data), "-p", str(self.pg_port),
+                            "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+        run(psql + ["-c", f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"])
+        run(psql + ["-c", f"CREATE DATABASE {DB} OWNER {APP_USER}"])
+        env = dict(os.environ, PGPASSWORD=APP_PASSWORD)
+        run(["pgbench", "-i", "-q", "-s", str(scale),
+             f"host=127.0.0.1 port={self.pg_port} user={APP_USER} dbname={DB}"], env=env)
+
+    def _pgbouncer(self):
+        d = self.dir / "bouncer"
+        d.mkdir()
+        (d / "userlist.txt").write_text(f'"{APP_USER}" "{APP_PASSWORD}"\n')
+        (d / "pgbouncer.ini").write_text(
+            f"[databases]\n{DB} = host=127.0.0.1 port={self.pg_port} dbname={DB}\n\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.bouncer_port}\n"
+            f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {d / 'userlist.txt'}\n"
+            f"pool_mode = session\nmax_client_conn = 1000\ndefault_pool_size = 200\n"
+            f"max_db_connections = 0\nlogfile = {d / 'log'}\n"
+            f"client_tls_sslmode = allow\nclient_tls_key_file = {self.dir / 'server.key'}\n"
+            f"client_tls_cert_file = {self.dir / 'server.crt'}\n")
+        if os.geteuid() == 0:
+            for p in [d, d / "userlist.txt", d / "pgbouncer.ini"]:
+                shutil.chown(p, "postgres")
+        p = subprocess.Popen(as_postgres(["pgbouncer", str(d / "pgbouncer.ini")]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(self.bouncer_port, p)
+
+    def _phigate(self):
+        binary = ROOT / "target" / "release" / "phigate"
+        if not binary.exists():
+            sys.exit("build phigate first: cargo build --release")
+        token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
+        cfg = self.dir / "phigate.toml"
+        cfg.write_text(
+            f'[listen]\naddress = "127.0.0.1:{self.gw_port}"\n\n'
+            f'[tls]\ncert_file = "{self.dir / "server.crt"}"\nkey_file = "{self.dir / "server.key"}"\n\n'
+            f'[upstream]\nhost = "127.0.0.1"\nport = {self.pg_port}\ndatabase = "{DB}"\n'
+            f'user = "{APP_USER}"\npassword = "{APP_PASSWORD}"\n\n'
+            f'[[identity]]\nsubject = "bench@phigate"\ntoken_sha256 = "{token_hash}"\nroles = ["bench"]\n\n'
+            f'[log]\nlevel = "warn"\n')
+        self.gw_log = open(self.dir / "phigate.log", "w")
+        p = subprocess.Popen([str(binary), "serve", "--config", str(cfg)],
+                             stdout=self.gw_log, stderr=self.gw_log)
+        self.procs.append(p)
+        self.gateway = p
+        wait_port(self.gw_port, p)
+
+    def targets(self):
+        return {
+            "direct": (self.pg_port, APP_USER, APP_PASSWORD),
+            "pgbouncer": (self.bouncer_port, APP_USER, APP_PASSWORD),
+            "phigate": (self.gw_port, "bench", TOKEN),
+        }
+
+    def rss_kib(self, pid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.pg_data), "-m", "immediate",
+                                    "-w", "stop"]), capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgbench(port, user, password, mode, clients, tls, duration, logdir):
+    for f in logdir.glob("pgbench_log.*"):
+        f.unlink()
+    threads = min(clients, os.cpu_count() or 2)
+    conn = f"host=127.0.0.1 port={port} user={user} dbname={DB} sslmode={'require' if tls else 'disable'}"
+    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(threads),
+           "-T", str(duration), "-l", "--log-prefix", str(logdir / "pgbench_log"), conn]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD=password))
+    if r.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+    tps = next(float(l.split("=")[1].split()[0]) for l in r.stdout.splitlines() if l.startswith("tps ="))
+    failed = next((l for l in r.stdout.splitlines() if "failed transactions" in l), "")
+    lat = []
+    for f in logdir.glob("pgbench_log.*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+    lat.sort()
+    q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [float("nan")] * 99
+    return {"tps": tps, "p50_us": q[49], "p99_us": q[98], "transactions": len(lat), "failed": failed.strip()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--modes", default="simple,extended,prepared")
+    ap.add_argument("--tls", default="off,on")
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--out", default=str(ROOT / "bench-results"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = Env(args.scale)
+    results = []
+    try:
+        logdir = env.dir / "logs"
+        logdir.mkdir()
+        for tls in [t == "on" for t in args.tls.split(",")]:
+            for mode in args.modes.split(","):
+                for clients in [int(c) for c in args.clients.split(",")]:
+                    row = {"tls": tls, "mode": mode, "clients": clients}
+                    for name, (port, user, pw) in env.targets().items():
+                        row[name] = pgbench(port, user, pw, mode, clients, tls, args.duration, logdir)
+                        print(f"tls={'on' if tls else 'off'} {mode:9} c={clients:<3} {name:10} "
+                              f"tps={row[name]['tps']:>10.0f} p50={row[name]['p50_us']:>7.0f}us "
+                              f"p99={row[name]['p99_us']:>7.0f}us", file=sys.stderr)
+                    row["phigate_rss_kib"] = env.rss_kib(env.gateway.pid)
+                    results.append(row)
+    finally:
+        env.close()
+    table = render(results)
+    print(table)
+    machine = {"cpus": os.cpu_count(), "kernel": os.uname().release,
+               "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                            if l.startswith("model name")), "?")}
+    (out / "pgbench.json").write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=1))
+    (out / "pgbench.md").write_text(table + "\n")
+    chart(results, out / "pgbench.png")
+
+
+def render(results):
+    lines = ["| TLS | mode | clients | direct TPS | pgbouncer TPS | phigate TPS | phigate/direct | phigate/pgbouncer "
+             "| p50 direct / pgbouncer / phigate (µs) | p99 direct / pgbouncer / phigate (µs) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in results:
+        d, b, g = r["direct"], r["pgbouncer"], r["phigate"]
+        lines.append(
+            f"| {'on' if r['tls'] else 'off'} | {r['mode']} | {r['clients']} | {d['tps']:.0f} | {b['tps']:.0f} | "
+            f"{g['tps']:.0f} | {g['tps'] / d['tps']:.2f} | {g['tps'] / b['tps']:.2f} | "
+            f"{d['p50_us']:.0f} / {b['p50_us']:.0f} / {g['p50_us']:.0f} | "
+            f"{d['p99_us']:.0f} / {b['p99_us']:.0f} / {g['p99_us']:.0f} |")
+    return "\n".join(lines)
+
+
+def chart(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install matplotlib)", file=sys.stderr)
+        return
+    labels = [f"{'TLS ' if r['tls'] else ''}{r['mode'][:4]} c{r['clients']}" for r in results]
+    x = range(len(results))
+    fig, ax = plt.subplots(figsize=(max(8, len(results) * 0.7), 5))
+    w = 0.27
+    for i, name in enumerate(["direct", "pgbouncer", "phigate"]):
+        ax.bar([p + (i - 1) * w for p in x], [r[name]["tps"] for r in results], w, label=name)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("TPS (pgbench -S)")
+    ax.set_title("pgbench select-only: direct vs pgbouncer vs phigate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
