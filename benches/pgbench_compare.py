@@ -76,7 +76,8 @@ def wait_port(port, proc=None, timeout=30):
 class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
-    def __init__(self, scale):
+    def __init__(self, scale, worker_threads):
+        self.worker_threads = worker_threads
         self.dir = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
         os.chmod(self.dir, 0o755)
         self.procs = []
@@ -158,7 +159,8 @@ class Env:
             f'[upstream]\nhost = "127.0.0.1"\nport = {self.pg_port}\ndatabase = "{DB}"\n'
             f'user = "{APP_USER}"\npassword = "{APP_PASSWORD}"\n\n'
             f'[[identity]]\nsubject = "bench@phigate"\ntoken_sha256 = "{token_hash}"\nroles = ["bench"]\n\n'
-            f'[log]\nlevel = "warn"\n')
+            f'[log]\nlevel = "warn"\n\n'
+            f'[runtime]\nworker_threads = {self.worker_threads}\n')
         self.gw_log = open(self.dir / "phigate.log", "w")
         p = subprocess.Popen([str(binary), "serve", "--config", str(cfg)],
                              stdout=self.gw_log, stderr=self.gw_log)
@@ -226,10 +228,14 @@ def main():
     ap.add_argument("--tls", default="off,on")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
+    ap.add_argument("--worker-threads", type=int, default=1,
+                    help="phigate runtime threads (1 = single-threaded, like pgbouncer)")
+    ap.add_argument("--targets", default="direct,pgbouncer,phigate",
+                    help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = Env(args.scale)
+    env = Env(args.scale, args.worker_threads)
     results = []
     try:
         logdir = env.dir / "logs"
@@ -239,6 +245,8 @@ def main():
                 for clients in [int(c) for c in args.clients.split(",")]:
                     row = {"tls": tls, "mode": mode, "clients": clients}
                     for name, (port, user, pw) in env.targets().items():
+                        if name not in args.targets.split(","):
+                            continue
                         row[name] = pgbench(port, user, pw, mode, clients, tls, args.duration, logdir)
                         print(f"tls={'on' if tls else 'off'} {mode:9} c={clients:<3} {name:10} "
                               f"tps={row[name]['tps']:>10.0f} p50={row[name]['p50_us']:>7.0f}us "
@@ -247,6 +255,9 @@ def main():
                     results.append(row)
     finally:
         env.close()
+    if set(args.targets.split(",")) != {"direct", "pgbouncer", "phigate"}:
+        print(json.dumps(results, indent=1))
+        return
     table = render(results)
     print(table)
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release,

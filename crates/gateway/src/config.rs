@@ -34,6 +34,18 @@ pub struct Config {
     pub identities: Vec<StaticIdentity>,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// How the gateway uses the machine's cores.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Threads that run sessions. Unset: one per core. `1` runs everything on one thread (like
+    /// pgbouncer), the cheapest choice when the gateway shares a small machine with the
+    /// database or the clients: no cross-thread wake-ups.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -87,9 +87,20 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 fn serve(path: PathBuf, log_format: Option<String>) -> anyhow::Result<()> {
@@ -100,7 +111,7 @@ fn serve(path: PathBuf, log_format: Option<String>) -> anyhow::Result<()> {
         None => config.log.format,
     };
     phigate::logging::init(format, config.log.level.as_deref());
-    runtime()?.block_on(async {
+    runtime_with(config.runtime.worker_threads)?.block_on(async {
         let running = phigate::server::start(&config).await?;
         let stop = running.stop_token();
         tokio::spawn(async move {

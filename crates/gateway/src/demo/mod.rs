@@ -131,6 +131,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             })
             .collect(),
         log: Log::default(),
+        runtime: Default::default(),
     };
     std::fs::write(
         data_dir.join("phigate.toml"),
