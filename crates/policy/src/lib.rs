@@ -1,0 +1,606 @@
+//! Policy: who may do what, decided from a statement's analysis. Pure: no IO, no clock, so it
+//! is tested with tables of cases.
+//!
+//! [`Policy::decide`] looks at every statement of a message (one refusal refuses the whole
+//! message) in this order: the config's rules (first match wins), the built-in guards (dangerous
+//! functions, server-side COPY, and for restricted roles opaque code, role switching, unsafe
+//! settings, unknown functions and catalog views that leak data), read-only, then the grants.
+
+mod builtin;
+mod model;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use phigate_sql::{Access, Action, Analysis, FuncName, Kind, RelName, Statement};
+
+pub use model::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("role {0} is defined twice")]
+    DuplicateRole(String),
+    #[error("rule {rule}: unknown role {role}")]
+    UnknownRole { rule: String, role: String },
+    #[error("rule {rule}: unknown statement kind {kind}")]
+    UnknownKind { rule: String, kind: String },
+    #[error("role {role}: unknown action {action}")]
+    UnknownAction { role: String, action: String },
+    #[error(
+        "role {role}: {field}: {value} is not a duration (use e.g. \"30s\", \"500ms\", \"15min\")"
+    )]
+    BadDuration {
+        role: String,
+        field: &'static str,
+        value: String,
+    },
+}
+
+/// What happens to a statement (or a whole message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(Refusal),
+    RequireApproval(Refusal),
+}
+
+/// Why a statement is refused, in words for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: String,
+    /// `phigate: DELETE on public.patients denied by rule read-only`
+    pub message: String,
+    pub hint: String,
+    /// For statements that do not parse: 42601 rather than 42501.
+    pub sqlstate: &'static str,
+    /// Byte position for syntax errors (1-based, characters).
+    pub position: Option<usize>,
+}
+
+/// A role, compiled.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub restricted: bool,
+    pub read_only: bool,
+    pub search_path: Vec<String>,
+    pub statement_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    allow_functions: HashSet<String>,
+    grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    schema: String,
+    tables: Vec<String>,
+    actions: HashSet<&'static str>,
+}
+
+/// The policy, compiled from the config. Immutable; a reload builds a new one.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    roles: HashMap<String, Arc<Role>>,
+    rules: Vec<RuleConfig>,
+    /// Names of PostgreSQL's built-in functions (`pg_catalog`), from the database's catalog. A
+    /// restricted role may call only these (and its `allow_functions`).
+    builtins: Arc<HashSet<String>>,
+}
+
+const ACTIONS: [&str; 9] = [
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "truncate",
+    "lock",
+    "ddl",
+    "privilege",
+    "maintenance",
+];
+
+fn parse_duration(
+    role: &str,
+    field: &'static str,
+    v: &Option<String>,
+) -> Result<Option<u64>, PolicyError> {
+    let Some(v) = v else { return Ok(None) };
+    let bad = || PolicyError::BadDuration {
+        role: role.to_owned(),
+        field,
+        value: v.clone(),
+    };
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "min" | "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(bad()),
+    };
+    Ok(Some(ms))
+}
+
+impl Policy {
+    pub fn new(roles: &[RoleConfig], rules: &[RuleConfig]) -> Result<Policy, PolicyError> {
+        let mut map = HashMap::new();
+        for r in roles {
+            let mut grants = Vec::new();
+            for g in &r.grants {
+                let mut actions = HashSet::new();
+                for a in &g.actions {
+                    match a.as_str() {
+                        "*" | "all" => actions.extend(ACTIONS),
+                        "write" => actions.extend(["insert", "update", "delete"]),
+                        other => match ACTIONS.iter().find(|x| **x == other) {
+                            Some(x) => {
+                                actions.insert(*x);
+                            }
+                            None => {
+                                return Err(PolicyError::UnknownAction {
+                                    role: r.name.clone(),
+                                    action: other.to_owned(),
+                                })
+                            }
+                        },
+                    }
+                }
+                grants.push(Grant {
+                    schema: g.schema.clone(),
+                    tables: g.tables.clone(),
+                    actions,
+                });
+            }
+            let role = Role {
+                name: r.name.clone(),
+                restricted: r.restricted,
+                read_only: r.read_only,
+                search_path: r.search_path.clone(),
+                statement_timeout_ms: parse_duration(
+                    &r.name,
+                    "statement_timeout",
+                    &r.statement_timeout,
+                )?,
+                idle_timeout_ms: parse_duration(&r.name, "idle_timeout", &r.idle_timeout)?,
+                allow_functions: r.allow_functions.iter().cloned().collect(),
+                grants,
+            };
+            if map.insert(r.name.clone(), Arc::new(role)).is_some() {
+                return Err(PolicyError::DuplicateRole(r.name.clone()));
+            }
+        }
+        for rule in rules {
+            for role in &rule.roles {
+                if !map.contains_key(role) {
+                    return Err(PolicyError::UnknownRole {
+                        rule: rule.name.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
+            for kind in &rule.kinds {
+                if !builtin::KIND_NAMES.contains(&kind.as_str()) {
+                    return Err(PolicyError::UnknownKind {
+                        rule: rule.name.clone(),
+                        kind: kind.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Policy {
+            roles: map,
+            rules: rules.to_vec(),
+            builtins: Arc::default(),
+        })
+    }
+
+    /// Supplies the names of the database's built-in functions.
+    pub fn with_builtins(mut self, builtins: Arc<HashSet<String>>) -> Policy {
+        self.builtins = builtins;
+        self
+    }
+
+    pub fn has_builtins(&self) -> bool {
+        !self.builtins.is_empty()
+    }
+
+    pub fn role(&self, name: &str) -> Option<Arc<Role>> {
+        self.roles.get(name).cloned()
+    }
+
+    /// Decides a whole message: the first refusal (deny before approval) wins.
+    pub fn decide(&self, role: &Role, analysis: &Analysis, search_path: &[String]) -> Decision {
+        let stmts =
+            match analysis {
+                Analysis::Invalid { message, position } => return Decision::Deny(Refusal {
+                    rule: "syntax".into(),
+                    message: format!("phigate: {message}"),
+                    hint:
+                        "The statement does not parse; phigate only forwards what it can analyse."
+                            .into(),
+                    sqlstate: "42601",
+                    position: *position,
+                }),
+                Analysis::Parsed(stmts) => stmts,
+            };
+        let mut approval = None;
+        for st in stmts {
+            match self.decide_statement(role, st, search_path) {
+                Decision::Allow => {}
+                d @ Decision::Deny(_) => return d,
+                d @ Decision::RequireApproval(_) => {
+                    approval.get_or_insert(d);
+                }
+            }
+        }
+        approval.unwrap_or(Decision::Allow)
+    }
+
+    /// Decides one statement.
+    pub fn decide_statement(
+        &self,
+        role: &Role,
+        st: &Statement,
+        search_path: &[String],
+    ) -> Decision {
+        let resolved: Vec<(RelName, Action)> = st
+            .accesses
+            .iter()
+            .map(|a| (resolve(&a.relation, role, search_path), a.action))
+            .collect();
+        for rule in &self.rules {
+            if self.rule_matches(rule, role, st, &resolved) {
+                let what = describe(st, &resolved);
+                let hint = rule.hint.clone().unwrap_or_default();
+                return match rule.action {
+                    RuleAction::Allow => self.guards(role, st, &resolved).unwrap_or(Decision::Allow),
+                    RuleAction::Deny => deny(&rule.name, format!("phigate: {what} denied by rule {}", rule.name), or(hint, "Ask an administrator if you need this.")),
+                    RuleAction::RequireApproval => Decision::RequireApproval(Refusal {
+                        rule: rule.name.clone(),
+                        message: format!("phigate: {what} requires approval by rule {}", rule.name),
+                        hint: or(hint, "A reviewer must approve this statement; the approval workflow is not enabled on this gateway yet, so it is refused."),
+                        sqlstate: "42501",
+                        position: None,
+                    }),
+                };
+            }
+        }
+        if let Some(d) = self.guards(role, st, &resolved) {
+            return d;
+        }
+        if role.read_only {
+            if let Some((rel, action)) = resolved.iter().find(|(_, a)| a.is_write()) {
+                return deny(
+                    "read-only",
+                    format!(
+                        "phigate: {} on {rel} denied by rule read-only",
+                        action.as_str().to_uppercase()
+                    ),
+                    format!("Role {} is read-only.", role.name),
+                );
+            }
+            if is_write_kind(&st.kind) {
+                return deny(
+                    "read-only",
+                    format!(
+                        "phigate: {} denied by rule read-only",
+                        st.kind.label().to_uppercase()
+                    ),
+                    format!("Role {} is read-only.", role.name),
+                );
+            }
+        }
+        self.grants_check(role, st, &resolved)
+    }
+
+    fn rule_matches(
+        &self,
+        rule: &RuleConfig,
+        role: &Role,
+        st: &Statement,
+        resolved: &[(RelName, Action)],
+    ) -> bool {
+        if !rule.roles.is_empty() && !rule.roles.contains(&role.name) {
+            return false;
+        }
+        if !rule.kinds.is_empty() {
+            let mut names: Vec<&str> = st.kind.names().to_vec();
+            if let Some(inner) = &st.inner {
+                names.extend(inner.kind.names());
+            }
+            // A write hidden in a CTE makes the statement a write too.
+            for (_, a) in resolved {
+                match a {
+                    Action::Insert => names.extend(["insert", "write"]),
+                    Action::Update => names.extend(["update", "write"]),
+                    Action::Delete => names.extend(["delete", "write"]),
+                    Action::Truncate => names.extend(["truncate", "write", "destructive"]),
+                    Action::Ddl => names.push("ddl"),
+                    _ => {}
+                }
+            }
+            if !rule.kinds.iter().any(|k| names.contains(&k.as_str())) {
+                return false;
+            }
+        }
+        if !rule.relations.is_empty()
+            && !resolved
+                .iter()
+                .any(|(rel, _)| rule.relations.iter().any(|p| relation_matches(p, rel)))
+        {
+            return false;
+        }
+        if !rule.functions.is_empty()
+            && !st
+                .functions
+                .iter()
+                .any(|f| rule.functions.iter().any(|p| function_matches(p, f)))
+        {
+            return false;
+        }
+        true
+    }
+
+    /// The built-in guards. `Some` refuses.
+    fn guards(
+        &self,
+        role: &Role,
+        st: &Statement,
+        resolved: &[(RelName, Action)],
+    ) -> Option<Decision> {
+        for f in &st.functions {
+            let allowed = role.allow_functions.contains(&f.to_string())
+                || role.allow_functions.contains(&f.name);
+            if !allowed && builtin::is_dangerous(f) {
+                return Some(deny("dangerous-function", format!("phigate: function {f} denied by rule dangerous-function"), "It reads or writes server files, large objects, other databases, backends or settings; an administrator can allow it per role with allow_functions.".into()));
+            }
+        }
+        if st.copy_program || st.copy_file {
+            return Some(deny(
+                "server-copy",
+                "phigate: COPY to or from a server file or program denied by rule server-copy"
+                    .into(),
+                "Use COPY ... FROM STDIN / TO STDOUT (psql: \\copy).".into(),
+            ));
+        }
+        if !role.restricted {
+            return None;
+        }
+        if st.opaque {
+            return Some(deny(
+                "opaque-code",
+                "phigate: DO blocks denied by rule opaque-code".into(),
+                "phigate cannot see what a DO block does; run the statements themselves.".into(),
+            ));
+        }
+        for s in &st.settings {
+            if s == "role" || s == "session_authorization" {
+                return Some(deny(
+                    "role-switch",
+                    "phigate: SET ROLE / SET SESSION AUTHORIZATION denied by rule role-switch"
+                        .into(),
+                    "Connect as the role you need (the startup user).".into(),
+                ));
+            }
+            if !builtin::SAFE_SETTINGS.contains(&s.as_str()) {
+                return Some(deny("pinned-setting", format!("phigate: SET {s} denied by rule pinned-setting"), format!("Role {} may only change display settings such as DateStyle or application_name.", role.name)));
+            }
+        }
+        if let Some((rel, _)) = resolved.iter().find(|(rel, _)| builtin::leaks_data(rel)) {
+            return Some(deny("catalog-leak", format!("phigate: reading {rel} denied by rule catalog-leak"), "Statistics and activity views expose table contents and other sessions' statements.".into()));
+        }
+        for f in &st.functions {
+            let allowed = role.allow_functions.contains(&f.to_string())
+                || role.allow_functions.contains(&f.name);
+            let builtin = match f.schema.as_deref() {
+                None | Some("pg_catalog") => self.builtins.contains(&f.name),
+                Some(_) => false,
+            };
+            if !allowed && !builtin {
+                return Some(deny("unknown-function", format!("phigate: function {f} denied by rule unknown-function"), format!("Role {} may call PostgreSQL's built-in functions and those in its allow_functions; phigate cannot tell what {f} does.", role.name)));
+            }
+            if !allowed && builtin::leaks_via_function(&f.name) {
+                return Some(deny(
+                    "catalog-leak",
+                    format!("phigate: function {f} denied by rule catalog-leak"),
+                    "It exposes other sessions' statements or table contents.".into(),
+                ));
+            }
+        }
+        if matches!(st.kind, Kind::Call) && st.functions.is_empty() {
+            return Some(deny(
+                "unknown-function",
+                "phigate: CALL denied by rule unknown-function".into(),
+                String::new(),
+            ));
+        }
+        if let Kind::Other(tag) = &st.kind {
+            return Some(deny(
+                "unclassified",
+                format!("phigate: {tag} denied by rule unclassified"),
+                "phigate does not let restricted roles run statements it does not classify.".into(),
+            ));
+        }
+        None
+    }
+
+    fn grants_check(
+        &self,
+        role: &Role,
+        st: &Statement,
+        resolved: &[(RelName, Action)],
+    ) -> Decision {
+        for (rel, action) in resolved {
+            if *action == Action::Select && builtin::is_catalog(rel) {
+                continue; // catalog reads (psql \d, drivers' metadata); leaks handled above
+            }
+            if !role.grants.iter().any(|g| g.covers(rel, action.as_str())) {
+                return deny(
+                    "grants",
+                    format!(
+                        "phigate: {} on {rel} denied by rule grants",
+                        action.as_str().to_uppercase()
+                    ),
+                    format!(
+                        "Role {} has no {} grant on {rel}.",
+                        role.name,
+                        action.as_str()
+                    ),
+                );
+            }
+        }
+        // Statements whose targets are not relations: they need the action itself.
+        let needed = match &st.kind {
+            Kind::Ddl(_) if !resolved.iter().any(|(_, a)| *a == Action::Ddl) => Some("ddl"),
+            Kind::Privilege => Some("privilege"),
+            Kind::Maintenance if resolved.is_empty() => Some("maintenance"),
+            Kind::Other(_) => Some("ddl"),
+            Kind::Call => Some("ddl"),
+            _ => None,
+        };
+        if let Some(action) = needed {
+            if !role.grants.iter().any(|g| g.actions.contains(action)) {
+                return deny(
+                    "grants",
+                    format!(
+                        "phigate: {} denied by rule grants",
+                        st.kind.label().to_uppercase()
+                    ),
+                    format!("Role {} has no {action} grant.", role.name),
+                );
+            }
+        }
+        Decision::Allow
+    }
+}
+
+impl Grant {
+    fn covers(&self, rel: &RelName, action: &str) -> bool {
+        let schema_ok = self.schema == "*" || Some(&self.schema) == rel.schema.as_ref();
+        schema_ok
+            && self.actions.contains(action)
+            && self.tables.iter().any(|t| t == "*" || *t == rel.name)
+    }
+}
+
+fn or(s: String, default: &str) -> String {
+    if s.is_empty() {
+        default.to_owned()
+    } else {
+        s
+    }
+}
+
+fn deny(rule: &str, message: String, hint: String) -> Decision {
+    Decision::Deny(Refusal {
+        rule: rule.to_owned(),
+        message,
+        hint,
+        sqlstate: "42501",
+        position: None,
+    })
+}
+
+fn is_write_kind(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Insert
+            | Kind::Update
+            | Kind::Delete
+            | Kind::Merge
+            | Kind::Truncate
+            | Kind::Ddl(_)
+            | Kind::Privilege
+            | Kind::Lock
+            | Kind::Maintenance
+            | Kind::Call
+            | Kind::Do
+            | Kind::Other(_)
+    )
+}
+
+/// "SELECT on public.patients" / "DELETE" — how a refusal names the statement.
+fn describe(st: &Statement, resolved: &[(RelName, Action)]) -> String {
+    let kind = st
+        .inner
+        .as_ref()
+        .map(|i| &i.kind)
+        .unwrap_or(&st.kind)
+        .label()
+        .to_uppercase();
+    match resolved
+        .iter()
+        .find(|(_, a)| a.is_write())
+        .or(resolved.first())
+    {
+        Some((rel, _)) => format!("{kind} on {rel}"),
+        None => kind,
+    }
+}
+
+/// Resolves an unqualified relation name. Restricted roles run with a pinned search_path; for
+/// others the session's tracked one applies. PostgreSQL searches `pg_catalog` first, so catalog
+/// names resolve there.
+pub fn resolve(rel: &RelName, role: &Role, search_path: &[String]) -> RelName {
+    if rel.schema.is_some() {
+        return rel.clone();
+    }
+    if builtin::is_catalog_name(&rel.name) {
+        return RelName {
+            schema: Some("pg_catalog".into()),
+            name: rel.name.clone(),
+        };
+    }
+    let path = if role.restricted || search_path.is_empty() {
+        &role.search_path
+    } else {
+        search_path
+    };
+    let schema = path
+        .iter()
+        .find(|s| s.as_str() != "$user" && s.as_str() != "pg_catalog")
+        .cloned()
+        .unwrap_or_else(|| "public".into());
+    RelName {
+        schema: Some(schema),
+        name: rel.name.clone(),
+    }
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((pre, post)) => {
+            text.len() >= pre.len() + post.len() && text.starts_with(pre) && text.ends_with(post)
+        }
+    }
+}
+
+fn relation_matches(pattern: &str, rel: &RelName) -> bool {
+    match pattern.split_once('.') {
+        Some((schema, name)) => {
+            rel.schema.as_deref().is_some_and(|s| glob(schema, s)) && glob(name, &rel.name)
+        }
+        None => glob(pattern, &rel.name),
+    }
+}
+
+fn function_matches(pattern: &str, f: &FuncName) -> bool {
+    match pattern.split_once('.') {
+        Some((schema, name)) => {
+            f.schema.as_deref().unwrap_or("pg_catalog") == schema && glob(name, &f.name)
+        }
+        None => glob(pattern, &f.name),
+    }
+}
+
+/// Whether an access list mentions a relation, for callers that log or audit.
+pub fn touches(accesses: &[Access], name: &str) -> bool {
+    accesses.iter().any(|a| a.relation.name == name)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! The policy as written in the config file (`[[role]]`, `[[rule]]`). Every field is documented:
+//! these doc comments become the published JSON schema.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A gateway role: what a session that assumes it may do. Identities are mapped to roles in the
+/// `[[identity]]` tables; the startup `user` picks one.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// The role's name, used as the startup `user`.
+    pub name: String,
+    /// Restricted roles (the default) get the fail-closed guards: no `DO` blocks, no functions
+    /// outside PostgreSQL's built-ins unless listed in `allow_functions`, no `SET ROLE` or
+    /// settings outside a safe list, a pinned `search_path`, no statistics or activity views
+    /// that leak data. Set `false` only for trusted human administrators.
+    #[serde(default = "yes")]
+    pub restricted: bool,
+    /// Refuse every write, DDL, lock and privilege change.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The search_path the session runs with (pinned for restricted roles).
+    #[serde(default = "default_search_path")]
+    pub search_path: Vec<String>,
+    /// Statement timeout applied in the database, e.g. `"30s"`, `"500ms"`, `"5min"`.
+    pub statement_timeout: Option<String>,
+    /// Idle sessions are closed after this long (HIPAA automatic logoff), e.g. `"15min"`.
+    pub idle_timeout: Option<String>,
+    /// Functions this role may call although they are not built-ins or are on the deny list,
+    /// e.g. `["public.refresh_report", "pg_cancel_backend"]`.
+    #[serde(default)]
+    pub allow_functions: Vec<String>,
+    /// What the role may do to which relations.
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<GrantConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_search_path() -> Vec<String> {
+    vec!["public".to_owned()]
+}
+
+/// Actions on relations of a schema.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// Schema name, or `"*"` for every schema.
+    pub schema: String,
+    /// Relation names in that schema, or `["*"]` (the default) for all of them.
+    #[serde(default = "all")]
+    pub tables: Vec<String>,
+    /// `select`, `insert`, `update`, `delete`, `truncate`, `lock`, `ddl`, `privilege`,
+    /// `maintenance`; `write` means insert + update + delete; `*` means everything.
+    pub actions: Vec<String>,
+}
+
+fn all() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Let the statement through without the grant checks (built-in guards still apply).
+    Allow,
+    /// Refuse it.
+    Deny,
+    /// Hold it for a reviewer (until the approval workflow is enabled: refuse, saying so).
+    RequireApproval,
+}
+
+/// A rule: matches statements by role, kind, relation and function. Rules are tried in order;
+/// the first that matches decides. Every non-empty matcher must match.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Named in denials: `phigate: ... denied by rule NAME`.
+    pub name: String,
+    /// Roles it applies to; empty means every role.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Statement kinds: `select`, `insert`, `update`, `delete`, `merge`, `write` (any of those
+    /// four), `truncate`, `destructive` (truncate, drop), `ddl`, `create`, `alter`, `drop`,
+    /// `copy`, `explain`, `prepare`, `execute`, `cursor`, `do`, `call`, `set`, `show`,
+    /// `transaction`, `listen`, `notify`, `privilege`, `lock`, `maintenance`, `session`, `other`.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Relations, `schema.name` or `name` (any schema), `*` wildcards allowed: `public.*`.
+    #[serde(default)]
+    pub relations: Vec<String>,
+    /// Functions called, `name` or `schema.name`.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    pub action: RuleAction,
+    /// Hint shown to the caller with the refusal: what to do instead.
+    pub hint: Option<String>,
+}

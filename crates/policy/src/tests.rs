@@ -1,0 +1,230 @@
+use super::*;
+
+fn policy() -> Policy {
+    let text = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+tables = ["patients", "encounters"]
+actions = ["select"]
+
+[[role]]
+name = "clinician"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "admin"
+restricted = false
+[[role.grant]]
+schema = "*"
+actions = ["*"]
+
+[[role]]
+name = "auditor"
+read_only = true
+[[role.grant]]
+schema = "public"
+actions = ["*"]
+
+[[rule]]
+name = "agent-writes-need-approval"
+roles = ["ai-agent"]
+kinds = ["write", "ddl"]
+action = "require_approval"
+
+[[rule]]
+name = "destructive-ddl"
+roles = ["admin"]
+kinds = ["destructive"]
+action = "require_approval"
+"#;
+    #[derive(serde::Deserialize)]
+    struct File {
+        role: Vec<RoleConfig>,
+        rule: Vec<RuleConfig>,
+    }
+    let f: File = toml::from_str(text).expect("test policy parses");
+    let builtins: HashSet<String> = [
+        "count",
+        "max",
+        "now",
+        "lower",
+        "upper",
+        "pg_read_file",
+        "set_config",
+        "pg_sleep",
+        "pg_stat_get_activity",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Policy::new(&f.role, &f.rule)
+        .expect("valid")
+        .with_builtins(Arc::new(builtins))
+}
+
+fn decide(role: &str, sql: &str) -> Decision {
+    let p = policy();
+    let role = p.role(role).expect("role");
+    p.decide(&role, &phigate_sql::analyze(sql), &[])
+}
+
+fn verdict(d: &Decision) -> String {
+    match d {
+        Decision::Allow => "allow".into(),
+        Decision::Deny(r) => format!("deny:{}", r.rule),
+        Decision::RequireApproval(r) => format!("approve:{}", r.rule),
+    }
+}
+
+#[test]
+fn decisions_table() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("ai-agent", "SELECT * FROM patients", "allow"),
+        ("ai-agent", "select count(*) from PUBLIC.Patients", "allow"),
+        ("ai-agent", "SELECT * FROM lab_results", "deny:grants"),
+        (
+            "ai-agent",
+            "DELETE FROM patients",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "WITH d AS (DELETE FROM patients RETURNING *) SELECT * FROM d",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "SELECT 1; DROP TABLE patients",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "SELECT pg_read_file('/etc/passwd')",
+            "deny:dangerous-function",
+        ),
+        (
+            "ai-agent",
+            "SELECT set_config('role', 'postgres', false)",
+            "deny:dangerous-function",
+        ),
+        ("ai-agent", "SET ROLE postgres", "deny:role-switch"),
+        ("ai-agent", "SET search_path = evil", "deny:pinned-setting"),
+        ("ai-agent", "SET application_name = 'x'", "allow"),
+        (
+            "ai-agent",
+            "DO $$ BEGIN DELETE FROM patients; END $$",
+            "deny:opaque-code",
+        ),
+        ("ai-agent", "SELECT * FROM pg_stats", "deny:catalog-leak"),
+        (
+            "ai-agent",
+            "SELECT query FROM pg_catalog.pg_stat_activity",
+            "deny:catalog-leak",
+        ),
+        ("ai-agent", "SELECT relname FROM pg_class", "allow"),
+        ("ai-agent", "SELECT my_func(1)", "deny:unknown-function"),
+        (
+            "ai-agent",
+            "COPY patients TO PROGRAM 'curl x'",
+            "deny:server-copy",
+        ),
+        ("ai-agent", "COPY patients TO STDOUT", "allow"),
+        (
+            "ai-agent",
+            "COPY patients FROM STDIN",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "EXPLAIN ANALYZE DELETE FROM patients",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "PREPARE p AS DELETE FROM patients",
+            "approve:agent-writes-need-approval",
+        ),
+        ("ai-agent", "selec 1", "deny:syntax"),
+        (
+            "ai-agent",
+            "SELECT * FROM (SELECT * FROM lab_results) s",
+            "deny:grants",
+        ),
+        (
+            "ai-agent",
+            "SELECT (SELECT max(value) FROM lab_results)",
+            "deny:grants",
+        ),
+        (
+            "ai-agent",
+            "SELECT * FROM patients LIMIT (SELECT count(*) FROM lab_results)",
+            "deny:grants",
+        ),
+        ("clinician", "INSERT INTO lab_results VALUES (1)", "allow"),
+        ("clinician", "TRUNCATE lab_results", "deny:grants"),
+        ("clinician", "CREATE TABLE x (a int)", "deny:grants"),
+        ("admin", "CREATE TABLE x (a int)", "allow"),
+        ("admin", "DROP TABLE patients", "approve:destructive-ddl"),
+        ("admin", "TRUNCATE patients", "approve:destructive-ddl"),
+        ("admin", "SET ROLE postgres", "allow"),
+        (
+            "admin",
+            "SELECT pg_read_file('x')",
+            "deny:dangerous-function",
+        ),
+        ("auditor", "SELECT * FROM lab_results", "allow"),
+        (
+            "auditor",
+            "UPDATE lab_results SET value = 1",
+            "deny:read-only",
+        ),
+        (
+            "auditor",
+            "SELECT * FROM lab_results FOR UPDATE",
+            "deny:read-only",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (role, sql, want) in cases {
+        let got = verdict(&decide(role, sql));
+        if got != *want {
+            failures.push(format!("{role}: {sql}\n   want {want}, got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn denial_names_the_rule_and_statement() {
+    let Decision::Deny(r) = decide("ai-agent", "SELECT * FROM lab_results") else {
+        panic!("must deny")
+    };
+    assert_eq!(
+        r.message,
+        "phigate: SELECT on public.lab_results denied by rule grants"
+    );
+    assert_eq!(r.sqlstate, "42501");
+    assert!(r.hint.contains("ai-agent"));
+}
+
+#[test]
+fn bad_config_is_rejected() {
+    let role = RoleConfig {
+        name: "r".into(),
+        restricted: true,
+        read_only: false,
+        search_path: vec!["public".into()],
+        statement_timeout: Some("soon".into()),
+        idle_timeout: None,
+        allow_functions: vec![],
+        grants: vec![],
+    };
+    assert!(matches!(
+        Policy::new(&[role], &[]),
+        Err(PolicyError::BadDuration { .. })
+    ));
+}

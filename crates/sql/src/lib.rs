@@ -1,0 +1,314 @@
+//! Statement analysis over PostgreSQL's own parser (libpg_query, via the `pg_query` crate).
+//!
+//! phigate decides from the parse tree, never from the SQL text: comments, quoting, case,
+//! dollar quoting and unicode escapes are gone by the time we look. [`analyze`] turns a
+//! statement string (one or many statements) into an [`Analysis`]: for each statement its kind,
+//! every relation it touches and how (read, insert, update, delete, truncate, DDL), every
+//! function it calls, the settings it changes, and the flags policy cares about (opaque code in
+//! `DO`, `COPY ... PROGRAM`, `EXPLAIN ANALYZE`, ...).
+//!
+//! The tree is walked exhaustively: it is converted to a generic value and every field of every
+//! node is visited, so a relation or a function call nested where nobody expected it (a CTE, a
+//! subquery in `LIMIT`, a function in `FROM`, an `ON CONFLICT` clause) is still found. Relations
+//! and function calls are recognised by shape, wherever they sit.
+//!
+//! [`Analyzer`] caches analyses by statement text: a repeated statement costs a hash lookup.
+
+mod walk;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use walk::analyze_tree;
+
+/// A relation as written in the statement. `schema` is `None` when the name was unqualified; the
+/// caller resolves it with the session's search_path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for RelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A function as called. `schema` is `None` when unqualified.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FuncName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for FuncName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// How a statement touches a relation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// Row locks (`SELECT ... FOR UPDATE`, `LOCK TABLE`).
+    Lock,
+    /// Creating, altering or dropping it.
+    Ddl,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Select => "select",
+            Action::Insert => "insert",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Truncate => "truncate",
+            Action::Lock => "lock",
+            Action::Ddl => "ddl",
+        }
+    }
+
+    pub fn is_write(self) -> bool {
+        !matches!(self, Action::Select)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub relation: RelName,
+    pub action: Action,
+}
+
+/// What a statement is, as policy rules name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Truncate,
+    Copy,
+    Explain,
+    Prepare,
+    Execute,
+    Deallocate,
+    Cursor,
+    Do,
+    Call,
+    Set,
+    Show,
+    Transaction,
+    Listen,
+    Notify,
+    Privilege,
+    Lock,
+    Maintenance,
+    Session,
+    Ddl(DdlKind),
+    /// A statement type phigate does not classify; restricted roles are refused it.
+    Other(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdlKind {
+    Create,
+    Alter,
+    Drop,
+}
+
+impl Kind {
+    /// The names policy rules use (`kinds = ["ddl", "drop"]`): the specific one and its family.
+    pub fn names(&self) -> &'static [&'static str] {
+        match self {
+            Kind::Select => &["select"],
+            Kind::Insert => &["insert", "write"],
+            Kind::Update => &["update", "write"],
+            Kind::Delete => &["delete", "write"],
+            Kind::Merge => &["merge", "write"],
+            Kind::Truncate => &["truncate", "write", "destructive"],
+            Kind::Copy => &["copy"],
+            Kind::Explain => &["explain"],
+            Kind::Prepare => &["prepare"],
+            Kind::Execute => &["execute"],
+            Kind::Deallocate => &["deallocate"],
+            Kind::Cursor => &["cursor"],
+            Kind::Do => &["do"],
+            Kind::Call => &["call"],
+            Kind::Set => &["set"],
+            Kind::Show => &["show"],
+            Kind::Transaction => &["transaction"],
+            Kind::Listen => &["listen"],
+            Kind::Notify => &["notify"],
+            Kind::Privilege => &["privilege"],
+            Kind::Lock => &["lock"],
+            Kind::Maintenance => &["maintenance"],
+            Kind::Session => &["session"],
+            Kind::Ddl(DdlKind::Create) => &["ddl", "create"],
+            Kind::Ddl(DdlKind::Alter) => &["ddl", "alter"],
+            Kind::Ddl(DdlKind::Drop) => &["ddl", "drop", "destructive"],
+            Kind::Other(_) => &["other"],
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        match self {
+            Kind::Other(tag) => tag,
+            other => other.names()[0],
+        }
+    }
+}
+
+/// One statement of a statement string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub kind: Kind,
+    /// The parse node's name, e.g. `SelectStmt`, for logs and audit.
+    pub node: String,
+    pub accesses: Vec<Access>,
+    pub functions: Vec<FuncName>,
+    /// Settings changed (`SET name`, `RESET name`; `RESET ALL` is `all`), lower case.
+    pub settings: Vec<String>,
+    /// PREPARE / EXECUTE / DEALLOCATE name, DECLARE cursor name.
+    pub name: Option<String>,
+    /// Executes code phigate cannot see into (`DO`).
+    pub opaque: bool,
+    /// `COPY ... PROGRAM`.
+    pub copy_program: bool,
+    /// `COPY ... TO/FROM 'file'` on the server.
+    pub copy_file: bool,
+    /// `EXPLAIN ANALYZE`: the inner statement runs.
+    pub explain_analyze: bool,
+    /// For PREPARE, DECLARE and EXPLAIN: the statement inside, analysed on its own.
+    pub inner: Option<Box<Statement>>,
+}
+
+impl Statement {
+    fn new(kind: Kind, node: &str) -> Self {
+        Statement {
+            kind,
+            node: node.to_owned(),
+            accesses: Vec::new(),
+            functions: Vec::new(),
+            settings: Vec::new(),
+            name: None,
+            opaque: false,
+            copy_program: false,
+            copy_file: false,
+            explain_analyze: false,
+            inner: None,
+        }
+    }
+}
+
+/// The analysis of one statement string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Analysis {
+    Parsed(Vec<Statement>),
+    /// The parser refused it: its message, and a byte position when it names a token.
+    Invalid {
+        message: String,
+        position: Option<usize>,
+    },
+}
+
+/// Parses and analyses `sql`. Never panics: a failure anywhere is an `Invalid` analysis, which
+/// policy refuses.
+pub fn analyze(sql: &str) -> Analysis {
+    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0));
+    let result = match parsed {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let message = match e {
+                pg_query::Error::Parse(m) => m,
+                other => other.to_string(),
+            };
+            let position = error_position(sql, &message);
+            return Analysis::Invalid { message, position };
+        }
+        Err(_) => {
+            return Analysis::Invalid {
+                message: "statement could not be analysed".into(),
+                position: None,
+            }
+        }
+    };
+    match serde_json::to_value(&result.protobuf) {
+        Ok(tree) => match std::panic::catch_unwind(|| analyze_tree(&tree)) {
+            Ok(Some(stmts)) => Analysis::Parsed(stmts),
+            _ => Analysis::Invalid {
+                message: "statement could not be analysed".into(),
+                position: None,
+            },
+        },
+        Err(_) => Analysis::Invalid {
+            message: "statement could not be analysed".into(),
+            position: None,
+        },
+    }
+}
+
+/// `syntax error at or near "X"`: the 1-based character position of the first `X` (what
+/// PostgreSQL would report for the usual case of a single occurrence).
+fn error_position(sql: &str, message: &str) -> Option<usize> {
+    let token = message.split("at or near \"").nth(1)?.strip_suffix('"')?;
+    let byte = sql.find(token)?;
+    Some(sql[..byte].chars().count() + 1)
+}
+
+/// Analyses with a cache keyed by statement text. Bounded: when full, it starts over (cheap, and
+/// a working set that large is not a cache's to keep).
+pub struct Analyzer {
+    cache: Mutex<HashMap<Arc<str>, Arc<Analysis>>>,
+    capacity: usize,
+}
+
+impl Analyzer {
+    pub fn new(capacity: usize) -> Self {
+        Analyzer {
+            cache: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
+            return hit;
+        }
+        let analysis = Arc::new(analyze(sql));
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= self.capacity {
+                cache.clear();
+            }
+            cache.insert(Arc::from(sql), analysis.clone());
+        }
+        analysis
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Analyzer::new(10_000)
+    }
+}

@@ -1,0 +1,462 @@
+//! The exhaustive walk over a parse tree converted to a generic value.
+//!
+//! Nodes in `Node` fields appear as `{"node": {"SelectStmt": {...}}}`; nodes in typed fields
+//! (e.g. `InsertStmt.relation`) appear as bare objects. So relations and function calls are
+//! recognised by their shape (`relname` + `inh`; `funcname` + `agg_star`), and statement nodes
+//! by their tag, wherever they are.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use crate::{Access, Action, DdlKind, FuncName, Kind, RelName, Statement};
+
+/// Analyses every top-level statement of a parse tree. `None` if the tree has an unexpected
+/// shape (which the caller treats as "cannot analyse").
+pub fn analyze_tree(tree: &Value) -> Option<Vec<Statement>> {
+    let stmts = tree.get("stmts")?.as_array()?;
+    let mut out = Vec::with_capacity(stmts.len());
+    for raw in stmts {
+        let node = raw.get("stmt")?.get("node")?.as_object()?;
+        let (tag, body) = node.iter().next()?;
+        out.push(statement(tag, body));
+    }
+    Some(out)
+}
+
+fn kind_of(tag: &str, body: &Value) -> Kind {
+    match tag {
+        "SelectStmt" if !is_null(body.get("into_clause")) => Kind::Ddl(DdlKind::Create),
+        "SelectStmt" => Kind::Select,
+        "InsertStmt" => Kind::Insert,
+        "UpdateStmt" => Kind::Update,
+        "DeleteStmt" => Kind::Delete,
+        "MergeStmt" => Kind::Merge,
+        "TruncateStmt" => Kind::Truncate,
+        "CopyStmt" => Kind::Copy,
+        "ExplainStmt" => Kind::Explain,
+        "PrepareStmt" => Kind::Prepare,
+        "ExecuteStmt" => Kind::Execute,
+        "DeallocateStmt" => Kind::Deallocate,
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => Kind::Cursor,
+        "DoStmt" => Kind::Do,
+        "CallStmt" => Kind::Call,
+        "VariableSetStmt" => Kind::Set,
+        "VariableShowStmt" => Kind::Show,
+        "TransactionStmt" => Kind::Transaction,
+        "ListenStmt" | "UnlistenStmt" => Kind::Listen,
+        "NotifyStmt" => Kind::Notify,
+        "GrantStmt"
+        | "GrantRoleStmt"
+        | "CreateRoleStmt"
+        | "AlterRoleStmt"
+        | "AlterRoleSetStmt"
+        | "DropRoleStmt"
+        | "AlterDefaultPrivilegesStmt"
+        | "ReassignOwnedStmt"
+        | "DropOwnedStmt"
+        | "AlterOwnerStmt"
+        | "CreatePolicyStmt"
+        | "AlterPolicyStmt" => Kind::Privilege,
+        "LockStmt" => Kind::Lock,
+        "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" => Kind::Maintenance,
+        "DiscardStmt" => Kind::Session,
+        "DropStmt"
+        | "DropdbStmt"
+        | "DropTableSpaceStmt"
+        | "DropSubscriptionStmt"
+        | "DropUserMappingStmt" => Kind::Ddl(DdlKind::Drop),
+        t if t.starts_with("Create")
+            || t.starts_with("Define")
+            || t == "IndexStmt"
+            || t == "ViewStmt"
+            || t == "RuleStmt"
+            || t == "CompositeTypeStmt" =>
+        {
+            Kind::Ddl(DdlKind::Create)
+        }
+        t if t.starts_with("Alter")
+            || t.starts_with("Rename")
+            || t == "CommentStmt"
+            || t == "SecLabelStmt"
+            || t == "RefreshMatViewStmt"
+            || t == "ImportForeignSchemaStmt" =>
+        {
+            Kind::Ddl(DdlKind::Alter)
+        }
+        other => Kind::Other(other.to_owned()),
+    }
+}
+
+fn statement(tag: &str, body: &Value) -> Statement {
+    let mut st = Statement::new(kind_of(tag, body), tag);
+    let mut w = Walker {
+        st: &mut st,
+        scopes: Vec::new(),
+    };
+    w.statement_node(tag, body, None);
+    dedup(&mut st);
+    st
+}
+
+fn dedup(st: &mut Statement) {
+    let mut seen = HashSet::new();
+    st.accesses.retain(|a| seen.insert(a.clone()));
+    let mut seen = HashSet::new();
+    st.functions.retain(|f| seen.insert(f.clone()));
+}
+
+fn is_null(v: Option<&Value>) -> bool {
+    matches!(v, None | Some(Value::Null))
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The strings of a list of `{"node": {"String": {"sval": ..}}}`.
+fn strings(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("node")?.get("String")?.get("sval")?.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Walker<'a> {
+    st: &'a mut Statement,
+    /// CTE names visible at this point, innermost last.
+    scopes: Vec<HashSet<String>>,
+}
+
+impl Walker<'_> {
+    /// Handles a statement node (top level or nested). `ctx` is the action implied for bare
+    /// relations found in it when the statement type does not say otherwise.
+    fn statement_node(&mut self, tag: &str, body: &Value, ctx: Option<Action>) {
+        let pushed = self.enter_with(body);
+        match tag {
+            "SelectStmt" => {
+                if let Some(into) = body.get("into_clause").filter(|v| !v.is_null()) {
+                    self.walk(into, Action::Ddl);
+                }
+                if body
+                    .get("locking_clause")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+                {
+                    self.relations_in(body.get("from_clause"), Action::Lock);
+                }
+                self.walk_except(body, &["into_clause", "with_clause"], Action::Select);
+            }
+            "InsertStmt" => {
+                self.target(body, Action::Insert);
+                if !is_null(body.get("on_conflict_clause")) {
+                    self.target(body, Action::Update);
+                }
+                self.walk_except(body, &["relation", "with_clause"], Action::Select);
+            }
+            "UpdateStmt" => {
+                self.target(body, Action::Update);
+                self.walk_except(body, &["relation", "with_clause"], Action::Select);
+            }
+            "DeleteStmt" => {
+                self.target(body, Action::Delete);
+                self.walk_except(body, &["relation", "with_clause"], Action::Select);
+            }
+            "MergeStmt" => {
+                for a in [Action::Insert, Action::Update, Action::Delete] {
+                    self.target(body, a);
+                }
+                self.walk_except(body, &["relation", "with_clause"], Action::Select);
+            }
+            "TruncateStmt" => self.walk(body, Action::Truncate),
+            "LockStmt" => self.walk(body, Action::Lock),
+            "CopyStmt" => {
+                let is_from = body
+                    .get("is_from")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                self.target(
+                    body,
+                    if is_from {
+                        Action::Insert
+                    } else {
+                        Action::Select
+                    },
+                );
+                self.st.copy_program |= body
+                    .get("is_program")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                self.st.copy_file |= !str_field(body, "filename").is_empty();
+                self.walk_except(body, &["relation"], Action::Select);
+            }
+            "ExplainStmt" | "PrepareStmt" | "DeclareCursorStmt" => {
+                if tag == "ExplainStmt" {
+                    self.st.explain_analyze = explain_analyzes(body);
+                }
+                if tag == "PrepareStmt" {
+                    self.st.name = Some(str_field(body, "name").to_owned());
+                }
+                if tag == "DeclareCursorStmt" {
+                    self.st.name = Some(str_field(body, "portalname").to_owned());
+                }
+                if let Some((itag, ibody)) = body.get("query").and_then(node_of) {
+                    let mut inner = Statement::new(kind_of(itag, ibody), itag);
+                    let mut w = Walker {
+                        st: &mut inner,
+                        scopes: self.scopes.clone(),
+                    };
+                    w.statement_node(itag, ibody, None);
+                    dedup(&mut inner);
+                    // The outer statement touches whatever the inner one does.
+                    self.st.accesses.extend(inner.accesses.iter().cloned());
+                    self.st.functions.extend(inner.functions.iter().cloned());
+                    self.st.opaque |= inner.opaque;
+                    self.st.copy_program |= inner.copy_program;
+                    self.st.copy_file |= inner.copy_file;
+                    self.st.settings.extend(inner.settings.iter().cloned());
+                    self.st.inner = Some(Box::new(inner));
+                }
+                self.walk_except(body, &["query"], Action::Select);
+            }
+            "ExecuteStmt" | "DeallocateStmt" => {
+                let name = str_field(body, "name");
+                self.st.name = Some(if name.is_empty() {
+                    "all".to_owned()
+                } else {
+                    name.to_owned()
+                });
+                self.walk(body, Action::Select);
+            }
+            "DoStmt" => self.st.opaque = true,
+            "VariableSetStmt" => {
+                // kind 6 = VAR_RESET_ALL.
+                let name = str_field(body, "name").to_ascii_lowercase();
+                let all = body.get("kind").and_then(Value::as_i64) == Some(6);
+                self.st
+                    .settings
+                    .push(if all { "all".to_owned() } else { name });
+                self.walk(body, Action::Select);
+            }
+            "DropStmt" => {
+                for name in body
+                    .get("objects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let parts = strings(
+                        name.get("node")
+                            .and_then(|n| n.get("List"))
+                            .and_then(|l| l.get("items")),
+                    );
+                    if let Some((last, rest)) = parts.split_last() {
+                        let relation = RelName {
+                            schema: rest.last().cloned(),
+                            name: last.clone(),
+                        };
+                        self.st.accesses.push(Access {
+                            relation,
+                            action: Action::Ddl,
+                        });
+                    }
+                }
+                self.walk(body, Action::Ddl);
+            }
+            _ => {
+                let action = ctx.unwrap_or(match self.st.kind {
+                    Kind::Select => Action::Select,
+                    _ if tag.ends_with("Stmt") => Action::Ddl,
+                    _ => Action::Select,
+                });
+                self.walk(body, action);
+            }
+        }
+        if pushed {
+            self.scopes.pop();
+        }
+    }
+
+    /// If `body` has a WITH clause: walks the CTE bodies (each sees the CTEs before it, or all of
+    /// them when RECURSIVE) and pushes the CTE names for the rest of the statement.
+    fn enter_with(&mut self, body: &Value) -> bool {
+        let Some(with) = body.get("with_clause").filter(|v| !v.is_null()) else {
+            return false;
+        };
+        let recursive = with
+            .get("recursive")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let ctes: Vec<(&str, Option<&Value>)> = with
+            .get("ctes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("node")?.get("CommonTableExpr"))
+            .map(|c| (str_field(c, "ctename"), c.get("ctequery")))
+            .collect();
+        let all: HashSet<String> = ctes.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let mut visible = HashSet::new();
+        for (name, query) in &ctes {
+            self.scopes.push(if recursive {
+                all.clone()
+            } else {
+                visible.clone()
+            });
+            if let Some(q) = query {
+                self.walk(q, Action::Select);
+            }
+            self.scopes.pop();
+            visible.insert((*name).to_owned());
+        }
+        self.scopes.push(all);
+        true
+    }
+
+    fn target(&mut self, body: &Value, action: Action) {
+        if let Some(rel) = body.get("relation").filter(|v| !v.is_null()) {
+            self.walk(rel, action);
+        }
+    }
+
+    fn relations_in(&mut self, v: Option<&Value>, action: Action) {
+        if let Some(v) = v {
+            let mut found = Vec::new();
+            collect_range_vars(v, &mut found);
+            for rv in found {
+                self.range_var(rv, action);
+            }
+        }
+    }
+
+    fn walk_except(&mut self, body: &Value, skip: &[&str], action: Action) {
+        if let Some(map) = body.as_object() {
+            for (k, v) in map {
+                if !skip.contains(&k.as_str()) {
+                    self.walk(v, action);
+                }
+            }
+        }
+    }
+
+    fn walk(&mut self, v: &Value, action: Action) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| self.walk(i, action)),
+            Value::Object(map) => self.object(map, action),
+            _ => {}
+        }
+    }
+
+    fn object(&mut self, map: &Map<String, Value>, action: Action) {
+        if map.contains_key("relname") && map.contains_key("inh") {
+            self.range_var(map, action);
+            return;
+        }
+        if map.contains_key("funcname") && map.contains_key("agg_star") {
+            let parts = strings(map.get("funcname"));
+            if let Some((name, rest)) = parts.split_last() {
+                self.st.functions.push(FuncName {
+                    schema: rest.last().cloned(),
+                    name: name.clone(),
+                });
+            }
+        }
+        // A nested statement (`{"SelectStmt": {...}}` inside a `node`, or a set operation's
+        // branches, which are bare SelectStmt bodies with `larg`/`rarg`).
+        if map.len() == 1 {
+            if let Some((tag, body)) = map.iter().next() {
+                if tag.ends_with("Stmt") && body.is_object() {
+                    let nested_action = match tag.as_str() {
+                        "SelectStmt" => Some(Action::Select),
+                        _ => Some(action),
+                    };
+                    self.statement_node(tag, body, nested_action);
+                    return;
+                }
+            }
+        }
+        if map.contains_key("with_clause") && map.contains_key("target_list") {
+            // A bare SelectStmt body (set operation branch) may carry its own WITH.
+            self.statement_node(
+                "SelectStmt",
+                &Value::Object(map.clone()),
+                Some(Action::Select),
+            );
+            return;
+        }
+        for v in map.values() {
+            self.walk(v, action);
+        }
+    }
+
+    fn range_var(&mut self, map: &Map<String, Value>, action: Action) {
+        let name = map
+            .get("relname")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let schema = map
+            .get("schemaname")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if schema.is_none() && self.scopes.iter().any(|s| s.contains(&name)) {
+            return; // a CTE in scope, not a relation
+        }
+        self.st.accesses.push(Access {
+            relation: RelName { schema, name },
+            action,
+        });
+    }
+}
+
+fn node_of(v: &Value) -> Option<(&str, &Value)> {
+    let (tag, body) = v.get("node")?.as_object()?.iter().next()?;
+    Some((tag.as_str(), body))
+}
+
+fn collect_range_vars<'a>(v: &'a Value, out: &mut Vec<&'a Map<String, Value>>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect_range_vars(i, out)),
+        Value::Object(map) => {
+            if map.contains_key("relname") && map.contains_key("inh") {
+                out.push(map);
+            } else if !(map.len() == 1 && map.keys().any(|k| k.ends_with("Stmt"))) {
+                // Subqueries lock nothing of their own unless they say so.
+                map.values().for_each(|i| collect_range_vars(i, out));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `EXPLAIN (ANALYZE)`, `EXPLAIN (ANALYZE true)`, `EXPLAIN ANALYZE`: yes. `(ANALYZE false)`: no.
+fn explain_analyzes(body: &Value) -> bool {
+    body.get("options")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|o| {
+            let Some(def) = o.get("node").and_then(|n| n.get("DefElem")) else {
+                return false;
+            };
+            if str_field(def, "defname") != "analyze" {
+                return false;
+            }
+            match def.get("arg").and_then(|a| a.get("node")) {
+                None => true,
+                Some(arg) => {
+                    let text = arg.to_string().to_ascii_lowercase();
+                    !(text.contains("false")
+                        || text.contains("\"off\"")
+                        || text.contains("\"0\"")
+                        || text.contains("ival\":0"))
+                }
+            }
+        })
+}
