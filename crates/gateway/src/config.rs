@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use phigate_policy::{RoleConfig, RuleConfig};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +24,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: Listen,
@@ -36,10 +38,16 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub runtime: Runtime,
+    /// Gateway roles: what each may do.
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RoleConfig>,
+    /// Rules tried in order before the grants: deny, hold for approval, or allow.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
 }
 
 /// How the gateway uses the machine's cores.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Threads that run sessions. Unset: one per core. `1` runs everything on one thread (like
@@ -48,7 +56,7 @@ pub struct Runtime {
     pub worker_threads: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// Address for PostgreSQL clients, e.g. `0.0.0.0:6432`.
@@ -84,7 +92,7 @@ fn default_true() -> bool {
 }
 
 /// TLS towards clients.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     pub cert_file: PathBuf,
@@ -94,7 +102,7 @@ pub struct ServerTls {
     pub require: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTlsMode {
     /// Plaintext (only sensible on loopback or a unix-socket-like private link).
@@ -107,7 +115,7 @@ pub enum UpstreamTlsMode {
 }
 
 /// The protected database. The gateway alone holds these credentials.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub host: String,
@@ -173,7 +181,7 @@ impl Upstream {
 
 /// A caller known by the SHA-256 of its token (placeholder until the identity providers land).
 /// The token goes in the password field; the startup `user` names the role to assume.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticIdentity {
     /// The individual: a person's e-mail or a service name.
@@ -184,7 +192,7 @@ pub struct StaticIdentity {
     pub roles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     #[serde(default)]
@@ -193,7 +201,7 @@ pub struct Log {
     pub level: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -219,8 +227,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Compiles the policy (roles and rules).
+    pub fn policy(&self) -> Result<phigate_policy::Policy, ConfigError> {
+        phigate_policy::Policy::new(&self.roles, &self.rules)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The JSON schema of this file, published as docs/config.schema.json.
+    pub fn json_schema() -> String {
+        serde_json::to_string_pretty(&schemars::schema_for!(Config)).unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.upstream.resolve_password()?;
+        let policy = self.policy()?;
+        for id in &self.identities {
+            for role in &id.roles {
+                if policy.role(role).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "identity {}: role {role} is not defined (add a [[role]] named {role})",
+                        id.subject
+                    )));
+                }
+            }
+        }
         if self.listen.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "listen.max_message_bytes must be at least 1024".into(),
@@ -300,7 +330,7 @@ password = "x"
         let err = Config::parse(&text, Path::new("t.toml"))
             .expect_err("must fail")
             .to_string();
-        assert!(err.contains("line 9"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
         assert!(err.contains("pasword"), "{err}");
     }
 

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod http;
 pub mod logging;
 pub mod net;
+pub mod policy;
 pub mod server;
 pub mod session;
 pub mod tls;

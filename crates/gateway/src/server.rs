@@ -19,6 +19,8 @@ use crate::session::upstream::UpstreamTarget;
 /// What every session shares. Immutable after start, except the shutdown tokens.
 pub struct Shared {
     pub auth: Authenticator,
+    pub policy: crate::policy::PolicyStore,
+    pub analyzer: phigate_sql::Analyzer,
     pub upstream: UpstreamTarget,
     pub cancels: CancelRegistry,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -45,6 +47,8 @@ impl Shared {
         let up = &config.upstream;
         Ok(Shared {
             auth: Authenticator::new(&config.identities),
+            policy: crate::policy::PolicyStore::new(config.policy()?),
+            analyzer: phigate_sql::Analyzer::default(),
             upstream: UpstreamTarget {
                 host: up.host.clone(),
                 port: up.port,

@@ -42,20 +42,46 @@ fn demo_serves_every_identity_and_cleans_up() {
     let port = ready["postgres"]["port"].as_u64().expect("port");
     assert_eq!(ready["postgres"]["database"], "clinic");
 
-    for name in ["agent", "clinician", "admin", "reviewer"] {
+    let psql_as = |name: &str, sql: &str| {
         let id = &ready["identities"][name];
         let user = id["user"].as_str().expect("user");
         let password = id["password"].as_str().expect("password");
-        let (ok, out, err) = run(Command::new("psql")
-            .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM patients"])
+        run(Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .arg(format!(
                 "host={host} port={port} dbname=clinic user={user} sslmode=disable"
             ))
             .env("PGPASSWORD", password))
-        .expect("psql");
+        .expect("psql")
+    };
+    // The demo policy: agent, clinician and admin read the clinical tables; the reviewer has no
+    // data access; the agent's changes need approval; the admin's DROP needs approval.
+    for name in ["agent", "clinician", "admin"] {
+        let (ok, out, err) = psql_as(name, "SELECT count(*) FROM patients");
         assert!(ok, "{name}: {err}");
         assert_eq!(out.trim(), "10000", "{name}");
     }
+    let (ok, _, err) = psql_as("reviewer", "SELECT count(*) FROM patients");
+    assert!(
+        !ok && err.contains("phigate: SELECT on public.patients denied by rule grants"),
+        "{err}"
+    );
+    let (ok, _, err) = psql_as("agent", "DELETE FROM encounters WHERE id = 1");
+    assert!(
+        !ok && err.contains("requires approval by rule agent-changes-need-approval"),
+        "{err}"
+    );
+    let (ok, _, err) = psql_as("admin", "DROP TABLE departments");
+    assert!(
+        !ok && err.contains("requires approval by rule destructive-ddl-needs-approval"),
+        "{err}"
+    );
+    let (ok, out, err) = psql_as(
+        "clinician",
+        "UPDATE encounters SET attending = attending WHERE id = 1",
+    );
+    assert!(ok, "clinician update: {err}");
+    assert_eq!(out.trim(), "UPDATE 1");
     // TLS with the demo's self-signed certificate, verified.
     let ca = ready["tls"]["ca_file"].as_str().expect("tls.ca_file");
     let id = &ready["identities"]["clinician"];

@@ -1533,10 +1533,12 @@ async fn client_chooses_the_database_when_the_config_does_not() {
         format!(
             "[listen]\naddress = \"127.0.0.1:{port}\"\n\n\
              [upstream]\nhost = \"{}\"\nport = {}\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
-             [[identity]]\nsubject = \"db@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"ai-agent\"]\n",
+             [[identity]]\nsubject = \"db@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"ai-agent\"]\n\n\
+             {}",
             cluster.host(),
             cluster.port(),
             phigate_testkit::sha256_hex(token),
+            phigate_testkit::PASS_THROUGH_POLICY,
         )
     });
     let conninfo = format!(

@@ -88,7 +88,41 @@ pub struct GatewayOptions {
     pub listen_extra: String,
     /// Extra top-level TOML (e.g. a `[tls]` table), appended at the end.
     pub extra: String,
+    /// The `[[role]]` / `[[rule]]` tables. Default: [`PASS_THROUGH_POLICY`].
+    pub policy: String,
 }
+
+/// Every test role unrestricted with every grant: the gateway relays like a plain proxy (the
+/// built-in guards against server files and dangerous functions still apply).
+pub const PASS_THROUGH_POLICY: &str = r#"
+[[role]]
+name = "ai-agent"
+restricted = false
+[[role.grant]]
+schema = "*"
+actions = ["*"]
+
+[[role]]
+name = "clinician"
+restricted = false
+[[role.grant]]
+schema = "*"
+actions = ["*"]
+
+[[role]]
+name = "admin"
+restricted = false
+[[role.grant]]
+schema = "*"
+actions = ["*"]
+
+[[role]]
+name = "reviewer"
+restricted = false
+[[role.grant]]
+schema = "*"
+actions = ["*"]
+"#;
 
 impl GatewayOptions {
     /// Defaults that front `cluster` with the gateway's least-privilege login.
@@ -101,6 +135,7 @@ impl GatewayOptions {
             upstream_extra: String::new(),
             listen_extra: String::new(),
             extra: String::new(),
+            policy: PASS_THROUGH_POLICY.to_owned(),
         }
     }
 }
@@ -134,13 +169,14 @@ impl Gateway {
             "[listen]\naddress = \"127.0.0.1:{pg_port}\"\nhttp_address = \"127.0.0.1:{http_port}\"\n\
              shutdown_grace_secs = 5\n{listen_extra}\n\n\
              [upstream]\nhost = \"{host}\"\nport = {port}\ndatabase = \"{DATABASE}\"\nuser = \"{user}\"\n\
-             {password}{upstream_extra}\n{identities}\n{extra}\n",
+             {password}{upstream_extra}\n{identities}\n{extra}\n{policy}\n",
             listen_extra = opts.listen_extra,
             host = opts.upstream_host,
             port = opts.upstream_port,
             user = opts.upstream_user,
             upstream_extra = opts.upstream_extra,
             extra = opts.extra,
+            policy = opts.policy,
         );
         let config_path = dir.path().join("phigate.toml");
         std::fs::write(&config_path, config)?;

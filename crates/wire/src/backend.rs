@@ -162,6 +162,8 @@ pub struct Notice<'a> {
     pub message: &'a str,
     pub detail: Option<&'a str>,
     pub hint: Option<&'a str>,
+    /// Cursor position in the statement text (1-based, characters).
+    pub position: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +193,7 @@ impl<'a> Notice<'a> {
             message,
             detail: None,
             hint: None,
+            position: None,
         }
     }
 
@@ -215,6 +218,10 @@ impl<'a> Notice<'a> {
         }
     }
 
+    pub fn with_position(self, position: Option<usize>) -> Self {
+        Notice { position, ..self }
+    }
+
     /// Appends it as ErrorResponse (errors, fatals) or NoticeResponse (notices, warnings).
     pub fn write(&self, out: &mut BytesMut) {
         let tag = match self.severity {
@@ -222,6 +229,7 @@ impl<'a> Notice<'a> {
             Severity::Notice | Severity::Warning => tag::NOTICE_RESPONSE,
         };
         write_message(out, tag, |b| {
+            let position = self.position.map(|p| p.to_string());
             for (t, v) in [
                 (b'S', Some(self.severity.as_str())),
                 (b'V', Some(self.severity.as_str())),
@@ -229,6 +237,7 @@ impl<'a> Notice<'a> {
                 (b'M', Some(self.message)),
                 (b'D', self.detail),
                 (b'H', self.hint),
+                (b'P', position.as_deref()),
             ] {
                 if let Some(v) = v {
                     b.put_u8(t);

@@ -73,6 +73,11 @@ pub struct Bind<'a> {
 }
 
 impl<'a> Bind<'a> {
+    /// Everything after the two names (formats, values, result formats), still encoded.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
     /// Decodes formats and parameter values, checking the whole message structure.
     pub fn details(&self) -> Result<BindDetails<'a>, WireError> {
         let mut c = Cursor::new(self.rest, "Bind");
@@ -232,6 +237,30 @@ pub mod write {
 
     pub fn sasl_response(out: &mut BytesMut, data: &[u8]) {
         write_message(out, b'p', |b| b.extend_from_slice(data));
+    }
+
+    pub fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+        write_message(out, b'P', |b| {
+            put_cstr(b, name);
+            put_cstr(b, sql);
+            b.put_i16(0);
+        });
+    }
+
+    /// A Bind naming `statement`, with the rest of an original Bind copied unchanged.
+    pub fn bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+        write_message(out, b'B', |b| {
+            put_cstr(b, portal);
+            put_cstr(b, statement);
+            b.extend_from_slice(rest);
+        });
+    }
+
+    pub fn describe_statement(out: &mut BytesMut, name: &str) {
+        write_message(out, b'D', |b| {
+            b.put_u8(b'S');
+            put_cstr(b, name);
+        });
     }
 
     pub fn terminate(out: &mut BytesMut) {

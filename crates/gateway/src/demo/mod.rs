@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::auth::token_sha256;
 use crate::config::{Config, Listen, Log, ServerTls, StaticIdentity, Upstream, UpstreamTlsMode};
+use phigate_policy::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
 
 /// The synthetic, deterministic clinic dataset (no real person in it).
 pub const SEED_SQL: &str = include_str!("seed.sql");
@@ -132,6 +133,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .collect(),
         log: Log::default(),
         runtime: Default::default(),
+        roles: demo_roles(),
+        rules: demo_rules(),
     };
     std::fs::write(
         data_dir.join("phigate.toml"),
@@ -206,6 +209,81 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     eprintln!("phigate demo: stopped and cleaned up.");
     Ok(())
+}
+
+/// The clinical tables of the demo dataset.
+const CLINICAL: [&str; 5] = [
+    "patients",
+    "encounters",
+    "prescriptions",
+    "lab_results",
+    "departments",
+];
+
+/// The demo policy: the agent reads the clinical tables and needs approval for anything else;
+/// the clinician reads and writes them; the admin runs DDL, destructive DDL needs approval; the
+/// reviewer has no data access.
+pub fn demo_roles() -> Vec<RoleConfig> {
+    let clinical = || CLINICAL.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    let grant = |actions: &[&str], tables: Vec<String>| GrantConfig {
+        schema: "public".into(),
+        tables,
+        actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let role = |name: &str, restricted: bool, grants: Vec<GrantConfig>| RoleConfig {
+        name: name.into(),
+        restricted,
+        read_only: false,
+        search_path: vec!["public".into()],
+        statement_timeout: Some("60s".into()),
+        idle_timeout: Some("30min".into()),
+        allow_functions: vec![],
+        grants,
+    };
+    vec![
+        role("ai-agent", true, vec![grant(&["select"], clinical())]),
+        role(
+            "clinician",
+            true,
+            vec![grant(&["select", "write"], clinical())],
+        ),
+        role(
+            "admin",
+            false,
+            vec![GrantConfig {
+                schema: "*".into(),
+                tables: vec!["*".into()],
+                actions: vec!["*".into()],
+            }],
+        ),
+        role("reviewer", true, vec![]),
+    ]
+}
+
+pub fn demo_rules() -> Vec<RuleConfig> {
+    let rule = |name: &str, roles: &[&str], kinds: &[&str], hint: &str| RuleConfig {
+        name: name.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        relations: vec![],
+        functions: vec![],
+        action: RuleAction::RequireApproval,
+        hint: Some(hint.into()),
+    };
+    vec![
+        rule(
+            "agent-changes-need-approval",
+            &["ai-agent"],
+            &["write", "ddl", "privilege", "maintenance", "lock"],
+            "The agent may read the clinical tables; a reviewer must approve any change.",
+        ),
+        rule(
+            "destructive-ddl-needs-approval",
+            &["admin"],
+            &["destructive"],
+            "DROP and TRUNCATE need a reviewer's approval.",
+        ),
+    ]
 }
 
 /// A self-signed certificate for localhost, so the demo shows TLS without any setup. The

@@ -5,6 +5,7 @@
 //! [`authenticate`] (token → identity → role), connect upstream ([`upstream`]), then
 //! [`proxy::relay`] until either side ends.
 
+pub mod guard;
 pub mod proxy;
 pub mod upstream;
 
@@ -160,6 +161,7 @@ pub struct Ready {
     pub peer: SocketAddr,
     pub key: FrontendKey,
     pub registration: crate::cancel::Registration,
+    pub guard: guard::Guard,
 }
 
 async fn start(
@@ -190,6 +192,15 @@ async fn start(
     let params = forwarded_params(&startup)?;
     let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
     let identity = authenticate(stream, &mut reader, &mut out, &startup, shared).await?;
+
+    shared.policy.ensure_builtins(&shared.upstream).await;
+    let (policy, version) = shared.policy.snapshot();
+    let role = policy.role(&identity.role.0).ok_or(SessionError::Startup(
+        "the role has no policy; ask an administrator",
+    ))?;
+    let mut params = params;
+    role_settings(&role, &mut params);
+    let guard = guard::Guard::new(role, policy, version, identity.clone());
 
     let param_refs: Vec<(&str, &str)> = params
         .iter()
@@ -231,6 +242,7 @@ async fn start(
         peer,
         key,
         registration,
+        guard,
     }))
 }
 
@@ -329,6 +341,26 @@ fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, Session
         }
     }
     Ok(out)
+}
+
+/// Settings the role imposes on its database session, as startup parameters (which PostgreSQL
+/// applies like `SET` before the first statement): the pinned search_path of restricted roles,
+/// the statement timeout, and the idle timeout (HIPAA automatic logoff, enforced by the database
+/// itself with `idle_session_timeout`, reported to the client as FATAL 57P05).
+fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>) {
+    let mut set = |k: &str, v: String| {
+        params.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+        params.push((k.to_owned(), v));
+    };
+    if role.restricted {
+        set("search_path", role.search_path.join(", "));
+    }
+    if let Some(ms) = role.statement_timeout_ms {
+        set("statement_timeout", ms.to_string());
+    }
+    if let Some(ms) = role.idle_timeout_ms {
+        set("idle_session_timeout", ms.to_string());
+    }
 }
 
 /// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).

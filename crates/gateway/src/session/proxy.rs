@@ -15,7 +15,7 @@
 //! and writes the batch with one `write_all`: an exchange costs one read and one write per
 //! direction, not one per message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -38,10 +38,21 @@ enum Event {
 
 /// Counts of exchanges, shared by the halves: every Query, Sync and FunctionCall the client
 /// sends is answered by exactly one ReadyForQuery. Equal counts mean nothing is in flight.
-#[derive(Default)]
 struct InFlight {
     sent: AtomicU64,
     answered: AtomicU64,
+    /// The last ReadyForQuery said "idle, outside a transaction".
+    idle_status: AtomicBool,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            sent: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            idle_status: AtomicBool::new(true),
+        }
+    }
 }
 
 impl InFlight {
@@ -80,13 +91,17 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         peer,
         key: _,
         registration,
+        guard,
     } = ready;
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = upstream.stream.split();
     let (events_tx, events_rx) = mpsc::channel(4);
     let in_flight = Arc::new(InFlight::default());
 
+    let denials = guard.denials.clone();
     let forward = Forward {
+        guard,
+        shared,
         client: client_rd,
         reader: client_reader,
         upstream: up_wr,
@@ -101,6 +116,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         client: client_wr,
         events: events_rx,
         in_flight,
+        denials,
         status: TransactionStatus::Idle,
         out: BytesMut::with_capacity(16 * 1024),
     }
@@ -125,7 +141,9 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     tracing::info!(%peer, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
 }
 
-struct Forward {
+struct Forward<'s> {
+    guard: super::guard::Guard,
+    shared: &'s Shared,
     client: StreamRead,
     reader: FrameReader,
     upstream: StreamWrite,
@@ -134,7 +152,7 @@ struct Forward {
     out: BytesMut,
 }
 
-impl Forward {
+impl Forward<'_> {
     async fn run(mut self) -> End {
         match self.pump().await {
             Ok(end) => end,
@@ -162,6 +180,7 @@ impl Forward {
                 let _ = self.flush().await;
                 return Ok(End::ClientClosed);
             }
+            self.refresh_policy();
             let mut terminated = false;
             let mut exchanges = 0;
             loop {
@@ -174,26 +193,28 @@ impl Forward {
                         return Err(ForwardError::Client(e));
                     }
                 };
-                match FrontendMessage::decode(&frame) {
-                    Ok(FrontendMessage::Terminate) => terminated = true,
-                    Ok(
-                        FrontendMessage::Query { .. }
-                        | FrontendMessage::Sync
-                        | FrontendMessage::FunctionCall { .. },
-                    ) => {
-                        exchanges += 1;
-                    }
-                    Ok(FrontendMessage::Password(_)) => {
-                        self.flush().await?;
-                        return Err(ForwardError::Client(WireError::UnexpectedTag(b'p')));
-                    }
-                    Ok(_) => {}
+                let msg = match FrontendMessage::decode(&frame) {
+                    Ok(msg) => msg,
                     Err(e) => {
                         self.flush().await?;
                         return Err(ForwardError::Client(e));
                     }
+                };
+                match msg {
+                    FrontendMessage::Terminate => terminated = true,
+                    FrontendMessage::Query { .. }
+                    | FrontendMessage::Sync
+                    | FrontendMessage::FunctionCall { .. } => {
+                        exchanges += 1;
+                    }
+                    FrontendMessage::Password(_) => {
+                        self.flush().await?;
+                        return Err(ForwardError::Client(WireError::UnexpectedTag(b'p')));
+                    }
+                    _ => {}
                 }
-                self.out.extend_from_slice(frame.as_bytes());
+                self.guard
+                    .filter(&frame, &msg, &self.shared.analyzer, &mut self.out);
                 if terminated {
                     break;
                 }
@@ -203,6 +224,19 @@ impl Forward {
             if terminated {
                 return Ok(End::ClientTerminated);
             }
+        }
+    }
+
+    /// A reloaded policy applies from the session's next transaction: a transaction runs under
+    /// one policy from start to end.
+    fn refresh_policy(&mut self) {
+        let version = self.shared.policy.version();
+        if version != self.guard.policy_version()
+            && self.in_flight.idle()
+            && self.in_flight.idle_status.load(Ordering::Acquire)
+        {
+            let (policy, version) = self.shared.policy.snapshot();
+            self.guard.update_policy(policy, version);
         }
     }
 
@@ -242,6 +276,7 @@ struct Backward {
     client: StreamWrite,
     events: mpsc::Receiver<Event>,
     in_flight: Arc<InFlight>,
+    denials: Arc<super::guard::Denials>,
     status: TransactionStatus,
     out: BytesMut,
 }
@@ -308,7 +343,16 @@ impl Backward {
             match frame.tag() {
                 backend::tag::READY_FOR_QUERY => {
                     self.status = backend::decode_ready_for_query(&frame)?;
+                    self.in_flight
+                        .idle_status
+                        .store(self.status == TransactionStatus::Idle, Ordering::Release);
                     answered += 1;
+                }
+                backend::tag::ERROR_RESPONSE => {
+                    if let Some(refusal) = self.denials.rewrite(&frame) {
+                        self.out.extend_from_slice(&refusal);
+                        continue;
+                    }
                 }
                 backend::tag::PARAMETER_STATUS => {
                     let (name, value) = backend::decode_parameter_status(&frame)?;

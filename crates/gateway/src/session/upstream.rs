@@ -142,6 +142,35 @@ impl UpstreamTarget {
         })
     }
 
+    /// Runs one query on a fresh connection and returns its first column as text. For the
+    /// gateway's own catalog lookups.
+    pub async fn query_column(&self, sql: &str) -> Result<Vec<String>, UpstreamError> {
+        let mut conn = self
+            .connect(&[("application_name", "phigate catalog")])
+            .await?;
+        let mut out = BytesMut::new();
+        write::query(&mut out, sql);
+        conn.stream.write_all(&out).await?;
+        let mut values = Vec::new();
+        loop {
+            let frame = next(&mut conn.stream, &mut conn.reader).await?;
+            match frame.tag() {
+                backend::tag::DATA_ROW => {
+                    if let Some(Ok(Some(v))) = backend::DataRow::decode(&frame)?.next() {
+                        values.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+                backend::tag::ERROR_RESPONSE => return Err(refused(&frame)),
+                backend::tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        out.clear();
+        write::terminate(&mut out);
+        let _ = conn.stream.write_all(&out).await;
+        Ok(values)
+    }
+
     async fn start_tls(
         &self,
         mut tcp: TcpStream,
