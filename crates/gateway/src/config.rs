@@ -335,6 +335,28 @@ password = "x"
     }
 
     #[test]
+    fn published_schema_is_current() {
+        let published = include_str!("../../../docs/config.schema.json");
+        assert_eq!(
+            published.trim(),
+            Config::json_schema().trim(),
+            "docs/config.schema.json is stale: run `phigate schema > docs/config.schema.json`"
+        );
+    }
+
+    #[test]
+    fn identity_with_an_undefined_role_is_rejected() {
+        let text = format!(
+            "{MINIMAL}\n[[identity]]\nsubject = \"a@b\"\ntoken_sha256 = \"{}\"\nroles = [\"ghost\"]\n",
+            "0".repeat(64)
+        );
+        let err = Config::parse(&text, Path::new("t.toml"))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("role ghost is not defined"), "{err}");
+    }
+
+    #[test]
     fn two_password_sources_are_rejected() {
         let text = MINIMAL.replace(
             "password = \"x\"",

@@ -27,6 +27,8 @@ enum Command {
         #[arg(long, value_parser = ["text", "json"])]
         log_format: Option<String>,
     },
+    /// Print the JSON schema of the configuration file.
+    Schema,
     /// Check a configuration file and exit.
     Check {
         #[arg(long, short)]
@@ -59,6 +61,10 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Schema => {
+            println!("{}", Config::json_schema());
+            Ok(())
+        }
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::Demo {
             pg_port,
@@ -113,6 +119,7 @@ fn serve(path: PathBuf, log_format: Option<String>) -> anyhow::Result<()> {
     phigate::logging::init(format, config.log.level.as_deref());
     runtime_with(config.runtime.worker_threads)?.block_on(async {
         let running = phigate::server::start(&config).await?;
+        phigate::server::spawn_reload_on_sighup(running.shared.clone(), path.clone());
         let stop = running.stop_token();
         tokio::spawn(async move {
             phigate::server::shutdown_signal().await;

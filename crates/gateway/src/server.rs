@@ -173,6 +173,29 @@ async fn run(
     tracing::info!("stopped");
 }
 
+/// Reloads the policy from `path` on every SIGHUP. A file that does not load leaves the running
+/// policy in place (and says why in the log): a typo never opens or closes the gates.
+pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; policy reload disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match crate::config::Config::load(&path).and_then(|c| c.policy()) {
+                Ok(policy) => {
+                    shared.policy.replace(policy);
+                    tracing::info!(path = %path.display(), version = shared.policy.version(), "policy reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload failed; keeping the current policy")
+                }
+            }
+        }
+    });
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,109 @@
+//! SIGHUP reloads the policy atomically; a session keeps its snapshot until its transaction
+//! ends; a broken file leaves the running policy in place.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use phigate_testkit::{Gateway, GatewayOptions};
+use tokio_postgres::NoTls;
+
+const DENY_LABS: &str = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+tables = ["patients"]
+actions = ["select"]
+"#;
+
+const ALLOW_LABS: &str = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+tables = ["patients", "lab_results"]
+actions = ["select"]
+"#;
+
+fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string())
+}
+
+fn hup(gw: &Gateway) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+/// Waits until the gateway logged `n` reloads (or failures) in total.
+fn wait_log(gw: &Gateway, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.log().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no '{needle}' in log:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_policy_between_transactions() {
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    // Only the agent has a policy: the other test identities must go for this gateway.
+    opts.policy = DENY_LABS.into();
+    let gw =
+        Gateway::start_with_identities(Path::new(env!("CARGO_BIN_EXE_phigate")), opts, &["agent"])
+            .expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let (client, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+
+    let err = client
+        .simple_query("SELECT count(*) FROM lab_results")
+        .await
+        .expect_err("denied");
+    assert!(db_message(&err).contains("denied by rule grants"), "{err:?}");
+
+    // Open a transaction under the old policy, then reload.
+    client.batch_execute("BEGIN").await.expect("begin");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace(DENY_LABS, ALLOW_LABS)).expect("rewrite");
+    hup(&gw);
+    wait_log(&gw, "policy reloaded", 1);
+    let err = client
+        .simple_query("SELECT count(*) FROM lab_results")
+        .await
+        .expect_err("old snapshot");
+    assert!(db_message(&err).contains("denied by rule grants"), "{err:?}");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+
+    // The next transaction runs under the new policy.
+    let rows = client
+        .query_one("SELECT count(*) FROM lab_results", &[])
+        .await
+        .expect("allowed now");
+    assert_eq!(rows.get::<_, i64>(0), 40_000);
+
+    // A broken file is refused and the running policy stays.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("actions = [\"select\"]", "actions = [\"selct\"]"),
+    )
+    .expect("rewrite");
+    hup(&gw);
+    wait_log(&gw, "policy reload failed", 1);
+    let rows = client
+        .query_one("SELECT count(*) FROM lab_results", &[])
+        .await
+        .expect("still allowed");
+    assert_eq!(rows.get::<_, i64>(0), 40_000);
+}
