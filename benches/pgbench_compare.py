@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_USER = "phigate_app"
 APP_PASSWORD = "bench-password"
 TOKEN = "phg_bench_token_0123456789"
+GUARDED_TOKEN = "phg_bench_guarded_0123456789"
 DB = "bench"
 
 
@@ -159,6 +161,16 @@ class Env:
             f'[upstream]\nhost = "127.0.0.1"\nport = {self.pg_port}\ndatabase = "{DB}"\n'
             f'user = "{APP_USER}"\npassword = "{APP_PASSWORD}"\n\n'
             f'[[identity]]\nsubject = "bench@phigate"\ntoken_sha256 = "{token_hash}"\nroles = ["bench"]\n\n'
+            f'[[identity]]\nsubject = "guarded@phigate"\n'
+            f'token_sha256 = "{hashlib.sha256(GUARDED_TOKEN.encode()).hexdigest()}"\nroles = ["guarded"]\n\n'
+            # Pass-through: unrestricted, every grant (the built-in guards still run).
+            f'[[role]]\nname = "bench"\nrestricted = false\n[[role.grant]]\nschema = "*"\nactions = ["*"]\n\n'
+            # Every guardrail that exists: restricted role, pinned search_path, grants per table,
+            # a rule, statement timeout.
+            f'[[role]]\nname = "guarded"\nstatement_timeout = "30s"\n[[role.grant]]\nschema = "public"\n'
+            f'tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]\n'
+            f'actions = ["select"]\n\n'
+            f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n'
             f'[log]\nlevel = "warn"\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
         self.gw_log = open(self.dir / "phigate.log", "w")
@@ -173,6 +185,7 @@ class Env:
             "direct": (self.pg_port, APP_USER, APP_PASSWORD),
             "pgbouncer": (self.bouncer_port, APP_USER, APP_PASSWORD),
             "phigate": (self.gw_port, "bench", TOKEN),
+            "phigate-guarded": (self.gw_port, "guarded", GUARDED_TOKEN),
         }
 
     def rss_kib(self, pid):
@@ -220,7 +233,13 @@ def pgbench(port, user, password, mode, clients, tls, duration, logdir):
     return {"tps": tps, "p50_us": q[49], "p99_us": q[98], "transactions": len(lat), "failed": failed.strip()}
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main():
+    # Clean up the cluster and daemons on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--clients", default="1,8,64")
@@ -230,7 +249,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
     ap.add_argument("--worker-threads", type=int, default=1,
                     help="phigate runtime threads (1 = single-threaded, like pgbouncer)")
-    ap.add_argument("--targets", default="direct,pgbouncer,phigate",
+    ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -255,7 +274,7 @@ def main():
                     results.append(row)
     finally:
         env.close()
-    if set(args.targets.split(",")) != {"direct", "pgbouncer", "phigate"}:
+    if not {"direct", "pgbouncer", "phigate"} <= set(args.targets.split(",")):
         print(json.dumps(results, indent=1))
         return
     table = render(results)
@@ -269,16 +288,20 @@ def main():
 
 
 def render(results):
-    lines = ["| TLS | mode | clients | direct TPS | pgbouncer TPS | phigate TPS | phigate/direct | phigate/pgbouncer "
-             "| p50 direct / pgbouncer / phigate (µs) | p99 direct / pgbouncer / phigate (µs) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    names = [n for n in ["direct", "pgbouncer", "phigate", "phigate-guarded"] if n in results[0]]
+    gws = [n for n in names if n.startswith("phigate")]
+    head = (["TLS", "mode", "clients"] + [f"{n} TPS" for n in names]
+            + [f"{g}/direct" for g in gws] + [f"{g}/pgbouncer" for g in gws]
+            + [f"p50 µs ({' / '.join(names)})", f"p99 µs ({' / '.join(names)})"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        d, b, g = r["direct"], r["pgbouncer"], r["phigate"]
-        lines.append(
-            f"| {'on' if r['tls'] else 'off'} | {r['mode']} | {r['clients']} | {d['tps']:.0f} | {b['tps']:.0f} | "
-            f"{g['tps']:.0f} | {g['tps'] / d['tps']:.2f} | {g['tps'] / b['tps']:.2f} | "
-            f"{d['p50_us']:.0f} / {b['p50_us']:.0f} / {g['p50_us']:.0f} | "
-            f"{d['p99_us']:.0f} / {b['p99_us']:.0f} / {g['p99_us']:.0f} |")
+        cells = ["on" if r["tls"] else "off", r["mode"], str(r["clients"])]
+        cells += [f"{r[n]['tps']:.0f}" for n in names]
+        cells += [f"{r[g]['tps'] / r['direct']['tps']:.2f}" for g in gws]
+        cells += [f"{r[g]['tps'] / r['pgbouncer']['tps']:.2f}" for g in gws]
+        cells.append(" / ".join(f"{r[n]['p50_us']:.0f}" for n in names))
+        cells.append(" / ".join(f"{r[n]['p99_us']:.0f}" for n in names))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -293,13 +316,14 @@ def chart(results, path):
     labels = [f"{'TLS ' if r['tls'] else ''}{r['mode'][:4]} c{r['clients']}" for r in results]
     x = range(len(results))
     fig, ax = plt.subplots(figsize=(max(8, len(results) * 0.7), 5))
-    w = 0.27
-    for i, name in enumerate(["direct", "pgbouncer", "phigate"]):
-        ax.bar([p + (i - 1) * w for p in x], [r[name]["tps"] for r in results], w, label=name)
+    names = [n for n in ["direct", "pgbouncer", "phigate", "phigate-guarded"] if n in results[0]]
+    w = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([p + (i - (len(names) - 1) / 2) * w for p in x], [r[name]["tps"] for r in results], w, label=name)
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("TPS (pgbench -S)")
-    ax.set_title("pgbench select-only: direct vs pgbouncer vs phigate")
+    ax.set_title("pgbench select-only: direct, pgbouncer, phigate (pass-through and guarded)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
