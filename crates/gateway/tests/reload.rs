@@ -27,7 +27,9 @@ actions = ["select"]
 "#;
 
 fn db_message(err: &tokio_postgres::Error) -> String {
-    err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string())
+    err.as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_else(|| err.to_string())
 }
 
 fn hup(gw: &Gateway) {
@@ -70,7 +72,10 @@ async fn sighup_swaps_the_policy_between_transactions() {
         .simple_query("SELECT count(*) FROM lab_results")
         .await
         .expect_err("denied");
-    assert!(db_message(&err).contains("denied by rule grants"), "{err:?}");
+    assert!(
+        db_message(&err).contains("denied by rule grants"),
+        "{err:?}"
+    );
 
     // Open a transaction under the old policy, then reload.
     client.batch_execute("BEGIN").await.expect("begin");
@@ -82,7 +87,10 @@ async fn sighup_swaps_the_policy_between_transactions() {
         .simple_query("SELECT count(*) FROM lab_results")
         .await
         .expect_err("old snapshot");
-    assert!(db_message(&err).contains("denied by rule grants"), "{err:?}");
+    assert!(
+        db_message(&err).contains("denied by rule grants"),
+        "{err:?}"
+    );
     client.batch_execute("ROLLBACK").await.expect("rollback");
 
     // The next transaction runs under the new policy.

@@ -134,13 +134,15 @@ const DANGEROUS: &[&str] = &[
     "pg_advisory_xact_lock",
     "pg_log_backend_memory_contexts",
     "pg_nextoid",
+    // Full-text search functions that run the SQL text they are given.
+    "ts_stat",
+    "ts_rewrite",
 ];
 
+/// In any schema: extensions (dblink, adminpack, pg_stat_statements) can be installed in any
+/// schema, and an unrestricted role may call `ext.dblink_exec(...)` by its qualified name.
 pub fn is_dangerous(f: &FuncName) -> bool {
-    matches!(
-        f.schema.as_deref(),
-        None | Some("pg_catalog") | Some("public")
-    ) && DANGEROUS.contains(&f.name.as_str())
+    DANGEROUS.contains(&f.name.as_str())
 }
 
 /// Built-in functions that return other sessions' statements or column statistics.
@@ -148,11 +150,22 @@ pub fn leaks_via_function(name: &str) -> bool {
     matches!(
         name,
         "pg_stat_get_activity"
+            | "pg_stat_get_backend_activity"
+            | "pg_prepared_xact"
+            | "pg_show_all_file_settings"
+            | "pg_hba_file_rules"
+            | "pg_ident_file_mappings"
             | "pg_stat_statements"
             | "pg_stat_statements_info"
             | "pg_get_backend_memory_contexts"
     )
 }
+
+/// Settings no role may change: they change how the database reads statement text, and phigate
+/// reads it as PostgreSQL does by default. With `standard_conforming_strings = off`, `'\'` no
+/// longer ends a string, so `SELECT '\', ' ; DELETE FROM t; -- '` (one SELECT of two strings to
+/// phigate) runs a DELETE.
+pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings"];
 
 /// Settings a restricted role may change: presentation and harmless client-side choices.
 pub const SAFE_SETTINGS: &[&str] = &[
@@ -170,7 +183,6 @@ pub const SAFE_SETTINGS: &[&str] = &[
     "default_transaction_isolation",
     "lock_timeout",
     "xmloption",
-    "standard_conforming_strings",
     "escape_string_warning",
     "jit",
     "enable_seqscan",
@@ -214,10 +226,165 @@ pub fn leaks_data(rel: &RelName) -> bool {
     ) && LEAKS.contains(&rel.name.as_str())
 }
 
-/// Unqualified names that resolve to `pg_catalog` (searched before the search_path).
+/// Unqualified names that resolve to `pg_catalog` (searched before the search_path): the
+/// catalog's tables and views (PostgreSQL 12 to 18). Any other name, even one starting with
+/// `pg_`, is a user relation found through the search_path.
 pub fn is_catalog_name(name: &str) -> bool {
-    name.starts_with("pg_") && name.len() > 3
+    CATALOG_RELATIONS.binary_search(&name).is_ok()
 }
+
+/// The tables and views of `pg_catalog`, sorted, plus `pg_stat_statements` (an extension's
+/// views, refused as leaks wherever they live).
+pub(crate) const CATALOG_RELATIONS: &[&str] = &[
+    "pg_aggregate",
+    "pg_aios",
+    "pg_am",
+    "pg_amop",
+    "pg_amproc",
+    "pg_attrdef",
+    "pg_attribute",
+    "pg_auth_members",
+    "pg_authid",
+    "pg_available_extension_versions",
+    "pg_available_extensions",
+    "pg_backend_memory_contexts",
+    "pg_cast",
+    "pg_class",
+    "pg_collation",
+    "pg_config",
+    "pg_constraint",
+    "pg_conversion",
+    "pg_cursors",
+    "pg_database",
+    "pg_db_role_setting",
+    "pg_default_acl",
+    "pg_depend",
+    "pg_description",
+    "pg_dsm_registry_allocations",
+    "pg_enum",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_file_settings",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_foreign_table",
+    "pg_group",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_index",
+    "pg_indexes",
+    "pg_inherits",
+    "pg_init_privs",
+    "pg_language",
+    "pg_largeobject",
+    "pg_largeobject_metadata",
+    "pg_locks",
+    "pg_matviews",
+    "pg_namespace",
+    "pg_opclass",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_parameter_acl",
+    "pg_partitioned_table",
+    "pg_pltemplate",
+    "pg_policies",
+    "pg_policy",
+    "pg_prepared_statements",
+    "pg_prepared_xacts",
+    "pg_proc",
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_publication_tables",
+    "pg_range",
+    "pg_replication_origin",
+    "pg_replication_origin_status",
+    "pg_replication_slots",
+    "pg_rewrite",
+    "pg_roles",
+    "pg_rules",
+    "pg_seclabel",
+    "pg_seclabels",
+    "pg_sequence",
+    "pg_sequences",
+    "pg_settings",
+    "pg_shadow",
+    "pg_shdepend",
+    "pg_shdescription",
+    "pg_shmem_allocations",
+    "pg_shmem_allocations_numa",
+    "pg_shseclabel",
+    "pg_stat_activity",
+    "pg_stat_all_indexes",
+    "pg_stat_all_tables",
+    "pg_stat_archiver",
+    "pg_stat_bgwriter",
+    "pg_stat_checkpointer",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_gssapi",
+    "pg_stat_io",
+    "pg_stat_progress_analyze",
+    "pg_stat_progress_basebackup",
+    "pg_stat_progress_cluster",
+    "pg_stat_progress_copy",
+    "pg_stat_progress_create_index",
+    "pg_stat_progress_vacuum",
+    "pg_stat_recovery_prefetch",
+    "pg_stat_replication",
+    "pg_stat_replication_slots",
+    "pg_stat_slru",
+    "pg_stat_ssl",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_stat_subscription",
+    "pg_stat_subscription_stats",
+    "pg_stat_sys_indexes",
+    "pg_stat_sys_tables",
+    "pg_stat_user_functions",
+    "pg_stat_user_indexes",
+    "pg_stat_user_tables",
+    "pg_stat_wal",
+    "pg_stat_wal_receiver",
+    "pg_stat_xact_all_tables",
+    "pg_stat_xact_sys_tables",
+    "pg_stat_xact_user_functions",
+    "pg_stat_xact_user_tables",
+    "pg_statio_all_indexes",
+    "pg_statio_all_sequences",
+    "pg_statio_all_tables",
+    "pg_statio_sys_indexes",
+    "pg_statio_sys_sequences",
+    "pg_statio_sys_tables",
+    "pg_statio_user_indexes",
+    "pg_statio_user_sequences",
+    "pg_statio_user_tables",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_subscription",
+    "pg_subscription_rel",
+    "pg_tables",
+    "pg_tablespace",
+    "pg_timezone_abbrevs",
+    "pg_timezone_names",
+    "pg_transform",
+    "pg_trigger",
+    "pg_ts_config",
+    "pg_ts_config_map",
+    "pg_ts_dict",
+    "pg_ts_parser",
+    "pg_ts_template",
+    "pg_type",
+    "pg_user",
+    "pg_user_mapping",
+    "pg_user_mappings",
+    "pg_views",
+    "pg_wait_events",
+];
 
 /// Relations every role may read: the system catalogs and information_schema (clients use them
 /// for `\d`, metadata and type lookups). The leaking ones are refused before this applies.

@@ -258,13 +258,14 @@ impl Policy {
                 return match rule.action {
                     RuleAction::Allow => self.guards(role, st, &resolved).unwrap_or(Decision::Allow),
                     RuleAction::Deny => deny(&rule.name, format!("phigate: {what} denied by rule {}", rule.name), or(hint, "Ask an administrator if you need this.")),
-                    RuleAction::RequireApproval => Decision::RequireApproval(Refusal {
+                    // What the built-in guards refuse, no reviewer can approve: deny it now.
+                    RuleAction::RequireApproval => self.guards(role, st, &resolved).unwrap_or_else(|| Decision::RequireApproval(Refusal {
                         rule: rule.name.clone(),
                         message: format!("phigate: {what} requires approval by rule {}", rule.name),
                         hint: or(hint, "A reviewer must approve this statement; the approval workflow is not enabled on this gateway yet, so it is refused."),
                         sqlstate: "42501",
                         position: None,
-                    }),
+                    })),
                 };
             }
         }
@@ -319,7 +320,8 @@ impl Policy {
                     Action::Delete => names.extend(["delete", "write"]),
                     Action::Truncate => names.extend(["truncate", "write", "destructive"]),
                     Action::Ddl => names.push("ddl"),
-                    _ => {}
+                    Action::Lock => names.push("lock"),
+                    Action::Select => {}
                 }
             }
             if !rule.kinds.iter().any(|k| names.contains(&k.as_str())) {
@@ -351,7 +353,8 @@ impl Policy {
         st: &Statement,
         resolved: &[(RelName, Action)],
     ) -> Option<Decision> {
-        for f in &st.functions {
+        // Field notation may call a function too (`('/etc/passwd'::text).pg_read_file`).
+        for f in st.functions.iter().chain(&st.attribute_calls) {
             let allowed = role.allow_functions.contains(&f.to_string())
                 || role.allow_functions.contains(&f.name);
             if !allowed && builtin::is_dangerous(f) {
@@ -364,6 +367,17 @@ impl Policy {
                 "phigate: COPY to or from a server file or program denied by rule server-copy"
                     .into(),
                 "Use COPY ... FROM STDIN / TO STDOUT (psql: \\copy).".into(),
+            ));
+        }
+        if let Some(s) = st
+            .settings
+            .iter()
+            .find(|s| builtin::PINNED_FOR_ALL.contains(&s.as_str()))
+        {
+            return Some(deny(
+                "pinned-setting",
+                format!("phigate: SET {s} denied by rule pinned-setting"),
+                "phigate reads statements as PostgreSQL does with standard_conforming_strings = on; it cannot change.".into(),
             ));
         }
         if !role.restricted {
@@ -403,6 +417,15 @@ impl Policy {
                 return Some(deny("unknown-function", format!("phigate: function {f} denied by rule unknown-function"), format!("Role {} may call PostgreSQL's built-in functions and those in its allow_functions; phigate cannot tell what {f} does.", role.name)));
             }
             if !allowed && builtin::leaks_via_function(&f.name) {
+                return Some(deny(
+                    "catalog-leak",
+                    format!("phigate: function {f} denied by rule catalog-leak"),
+                    "It exposes other sessions' statements or table contents.".into(),
+                ));
+            }
+        }
+        for f in &st.attribute_calls {
+            if !role.allow_functions.contains(&f.name) && builtin::leaks_via_function(&f.name) {
                 return Some(deny(
                     "catalog-leak",
                     format!("phigate: function {f} denied by rule catalog-leak"),
@@ -542,8 +565,9 @@ fn describe(st: &Statement, resolved: &[(RelName, Action)]) -> String {
 }
 
 /// Resolves an unqualified relation name. Restricted roles run with a pinned search_path; for
-/// others the session's tracked one applies. PostgreSQL searches `pg_catalog` first, so catalog
-/// names resolve there.
+/// others the session's tracked one applies. PostgreSQL searches `pg_catalog` first, so the
+/// names of catalog relations resolve there; any other name, `pg_`-prefixed or not, is looked
+/// up in the search_path (`public.pg_notes` is a user table).
 pub fn resolve(rel: &RelName, role: &Role, search_path: &[String]) -> RelName {
     if rel.schema.is_some() {
         return rel.clone();

@@ -29,10 +29,20 @@ read_only = true
 schema = "public"
 actions = ["*"]
 
+[[role]]
+name = "reviewer"
+
+[[role]]
+name = "intake"
+[[role.grant]]
+schema = "public"
+tables = ["lab_results"]
+actions = ["insert"]
+
 [[rule]]
 name = "agent-writes-need-approval"
 roles = ["ai-agent"]
-kinds = ["write", "ddl"]
+kinds = ["write", "ddl", "lock"]
 action = "require_approval"
 
 [[rule]]
@@ -57,6 +67,11 @@ action = "require_approval"
         "set_config",
         "pg_sleep",
         "pg_stat_get_activity",
+        "pg_stat_get_backend_activity",
+        "pg_stat_get_backend_idset",
+        "pg_terminate_backend",
+        "ts_stat",
+        "generate_series",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -187,6 +202,139 @@ fn decisions_table() {
             "SELECT * FROM lab_results FOR UPDATE",
             "deny:read-only",
         ),
+        // PostgreSQL opens the target of INSERT / UPDATE / DELETE as a table even when a CTE of
+        // the same name is in scope: the CTE must not hide it.
+        (
+            "reviewer",
+            "WITH lab_results AS (SELECT 1 AS id) DELETE FROM lab_results",
+            "deny:grants",
+        ),
+        (
+            "reviewer",
+            "WITH patients AS (SELECT 1) UPDATE patients SET city = 'x'",
+            "deny:grants",
+        ),
+        (
+            "reviewer",
+            "WITH d AS (SELECT 1) INSERT INTO d VALUES (1)",
+            "deny:grants",
+        ),
+        (
+            "reviewer",
+            "WITH a AS (SELECT 1), b AS (DELETE FROM a RETURNING 1) SELECT * FROM b",
+            "deny:grants",
+        ),
+        (
+            "clinician",
+            "WITH patients AS (SELECT 1) SELECT * INTO patients FROM patients",
+            "deny:grants",
+        ),
+        (
+            "reviewer",
+            "WITH lab_results AS (SELECT 1 AS id) SELECT * FROM lab_results",
+            "allow",
+        ),
+        // A pg_-prefixed name is a catalog relation only if the catalog has it.
+        ("reviewer", "SELECT * FROM pg_notes", "deny:grants"),
+        ("reviewer", "SELECT relname FROM pg_class", "allow"),
+        ("reviewer", "SELECT * FROM pg_stats", "deny:catalog-leak"),
+        // Field notation calls functions: `(x).f` is `f(x)`.
+        (
+            "ai-agent",
+            "SELECT ('/etc/passwd'::text).pg_read_file",
+            "deny:dangerous-function",
+        ),
+        (
+            "admin",
+            "SELECT (0).pg_terminate_backend",
+            "deny:dangerous-function",
+        ),
+        (
+            "ai-agent",
+            "SELECT (1).pg_stat_get_backend_activity",
+            "deny:catalog-leak",
+        ),
+        ("ai-agent", "SELECT p.id, (p).mrn FROM patients p", "allow"),
+        // Functions that run SQL text or show other sessions' statements.
+        (
+            "reviewer",
+            "SELECT * FROM ts_stat('SELECT to_tsvector(ssn) FROM patients')",
+            "deny:dangerous-function",
+        ),
+        (
+            "ai-agent",
+            "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+            "deny:catalog-leak",
+        ),
+        // Dangerous in any schema (extensions live where they are installed).
+        (
+            "admin",
+            "SELECT ext.dblink_exec('dbname=x', 'DROP TABLE t')",
+            "deny:dangerous-function",
+        ),
+        // What a guard refuses is denied, not held for approval.
+        (
+            "ai-agent",
+            "COPY patients FROM PROGRAM 'id'",
+            "deny:server-copy",
+        ),
+        (
+            "ai-agent",
+            "DELETE FROM patients WHERE pg_read_file('/etc/passwd') IS NULL",
+            "deny:dangerous-function",
+        ),
+        // Row locks are locks for rules too, as LOCK TABLE is.
+        (
+            "ai-agent",
+            "SELECT * FROM patients FOR UPDATE",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "LOCK TABLE patients",
+            "approve:agent-writes-need-approval",
+        ),
+        // standard_conforming_strings = off would make the database read string literals
+        // differently from phigate: nobody may change it, in the session or for later ones.
+        (
+            "ai-agent",
+            "SET standard_conforming_strings = off",
+            "deny:pinned-setting",
+        ),
+        (
+            "admin",
+            "SET standard_conforming_strings TO off",
+            "deny:pinned-setting",
+        ),
+        (
+            "admin",
+            "ALTER DATABASE clinic SET standard_conforming_strings = off",
+            "deny:pinned-setting",
+        ),
+        (
+            "admin",
+            "ALTER ROLE app SET standard_conforming_strings = off",
+            "deny:pinned-setting",
+        ),
+        ("admin", "ALTER ROLE app SET work_mem = '8MB'", "allow"),
+        (
+            "ai-agent",
+            "ALTER ROLE app SET search_path = evil",
+            "deny:pinned-setting",
+        ),
+        // ON CONFLICT DO NOTHING only inserts; DO UPDATE updates too.
+        (
+            "intake",
+            "INSERT INTO lab_results VALUES (1) ON CONFLICT DO NOTHING",
+            "allow",
+        ),
+        (
+            "intake",
+            "INSERT INTO lab_results VALUES (1) ON CONFLICT (id) DO UPDATE SET value = 2",
+            "deny:grants",
+        ),
+        // SET CONSTRAINTS is transaction control, not an unknown statement.
+        ("clinician", "SET CONSTRAINTS ALL DEFERRED", "allow"),
     ];
     let mut failures = Vec::new();
     for (role, sql, want) in cases {
@@ -196,6 +344,16 @@ fn decisions_table() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn catalog_relations_are_sorted_for_binary_search() {
+    let list = builtin::CATALOG_RELATIONS;
+    assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    for name in ["pg_class", "pg_stats", "pg_stat_activity", "pg_views"] {
+        assert!(builtin::is_catalog_name(name), "{name}");
+    }
+    assert!(!builtin::is_catalog_name("pg_notes"));
 }
 
 #[test]

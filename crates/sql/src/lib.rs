@@ -180,7 +180,12 @@ pub struct Statement {
     pub node: String,
     pub accesses: Vec<Access>,
     pub functions: Vec<FuncName>,
-    /// Settings changed (`SET name`, `RESET name`; `RESET ALL` is `all`), lower case.
+    /// Names used in field notation (`(x).name`, `t.name`): PostgreSQL calls the one-argument
+    /// function `name(x)` when `x` has no field of that name, so these may be function calls
+    /// too. Policy checks them against the functions it refuses by name.
+    pub attribute_calls: Vec<FuncName>,
+    /// Settings changed (`SET name`, `RESET name`; `RESET ALL` is `all`; also the setting of
+    /// `ALTER ROLE / DATABASE / SYSTEM ... SET name`), lower case.
     pub settings: Vec<String>,
     /// PREPARE / EXECUTE / DEALLOCATE name, DECLARE cursor name.
     pub name: Option<String>,
@@ -203,6 +208,7 @@ impl Statement {
             node: node.to_owned(),
             accesses: Vec::new(),
             functions: Vec::new(),
+            attribute_calls: Vec::new(),
             settings: Vec::new(),
             name: None,
             opaque: false,

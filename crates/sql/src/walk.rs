@@ -43,7 +43,8 @@ fn kind_of(tag: &str, body: &Value) -> Kind {
         "CallStmt" => Kind::Call,
         "VariableSetStmt" => Kind::Set,
         "VariableShowStmt" => Kind::Show,
-        "TransactionStmt" => Kind::Transaction,
+        // SET CONSTRAINTS only changes when the current transaction checks its constraints.
+        "TransactionStmt" | "ConstraintsSetStmt" => Kind::Transaction,
         "ListenStmt" | "UnlistenStmt" => Kind::Listen,
         "NotifyStmt" => Kind::Notify,
         "GrantStmt"
@@ -104,6 +105,8 @@ fn dedup(st: &mut Statement) {
     st.accesses.retain(|a| seen.insert(a.clone()));
     let mut seen = HashSet::new();
     st.functions.retain(|f| seen.insert(f.clone()));
+    let mut seen = HashSet::new();
+    st.attribute_calls.retain(|f| seen.insert(f.clone()));
 }
 
 fn is_null(v: Option<&Value>) -> bool {
@@ -137,11 +140,21 @@ impl Walker<'_> {
     /// Handles a statement node (top level or nested). `ctx` is the action implied for bare
     /// relations found in it when the statement type does not say otherwise.
     fn statement_node(&mut self, tag: &str, body: &Value, ctx: Option<Action>) {
+        // `ALTER ROLE / DATABASE / SYSTEM ... SET name`: the setting changes for later sessions.
+        if matches!(
+            tag,
+            "AlterRoleSetStmt" | "AlterDatabaseSetStmt" | "AlterSystemStmt"
+        ) {
+            if let Some(set) = body.get("setstmt").filter(|v| v.is_object()) {
+                self.st.settings.push(setting_name(set));
+            }
+        }
         let pushed = self.enter_with(body);
         match tag {
             "SelectStmt" => {
                 if let Some(into) = body.get("into_clause").filter(|v| !v.is_null()) {
-                    self.walk(into, Action::Ddl);
+                    // The table created is a table whatever CTEs are in scope.
+                    self.unscoped(|w| w.walk(into, Action::Ddl));
                 }
                 if body
                     .get("locking_clause")
@@ -154,8 +167,11 @@ impl Walker<'_> {
             }
             "InsertStmt" => {
                 self.target(body, Action::Insert);
-                if !is_null(body.get("on_conflict_clause")) {
-                    self.target(body, Action::Update);
+                // ON CONFLICT DO UPDATE updates; DO NOTHING (action 2) only inserts.
+                if let Some(conflict) = body.get("on_conflict_clause").filter(|v| !v.is_null()) {
+                    if conflict.get("action").and_then(Value::as_i64) != Some(2) {
+                        self.target(body, Action::Update);
+                    }
                 }
                 self.walk_except(body, &["relation", "with_clause"], Action::Select);
             }
@@ -216,6 +232,9 @@ impl Walker<'_> {
                     // The outer statement touches whatever the inner one does.
                     self.st.accesses.extend(inner.accesses.iter().cloned());
                     self.st.functions.extend(inner.functions.iter().cloned());
+                    self.st
+                        .attribute_calls
+                        .extend(inner.attribute_calls.iter().cloned());
                     self.st.opaque |= inner.opaque;
                     self.st.copy_program |= inner.copy_program;
                     self.st.copy_file |= inner.copy_file;
@@ -235,12 +254,7 @@ impl Walker<'_> {
             }
             "DoStmt" => self.st.opaque = true,
             "VariableSetStmt" => {
-                // kind 6 = VAR_RESET_ALL.
-                let name = str_field(body, "name").to_ascii_lowercase();
-                let all = body.get("kind").and_then(Value::as_i64) == Some(6);
-                self.st
-                    .settings
-                    .push(if all { "all".to_owned() } else { name });
+                self.st.settings.push(setting_name(body));
                 self.walk(body, Action::Select);
             }
             "DropStmt" => {
@@ -318,10 +332,20 @@ impl Walker<'_> {
         true
     }
 
+    /// The target of INSERT / UPDATE / DELETE / MERGE / COPY. PostgreSQL opens it as a table
+    /// even when a CTE of the same name is in scope (`WITH t AS (...) DELETE FROM t` deletes
+    /// from the table `t`), so CTE names do not shadow it.
     fn target(&mut self, body: &Value, action: Action) {
         if let Some(rel) = body.get("relation").filter(|v| !v.is_null()) {
-            self.walk(rel, action);
+            self.unscoped(|w| w.walk(rel, action));
         }
+    }
+
+    /// Runs `f` with no CTE names in scope.
+    fn unscoped(&mut self, f: impl FnOnce(&mut Self)) {
+        let saved = std::mem::take(&mut self.scopes);
+        f(self);
+        self.scopes = saved;
     }
 
     fn relations_in(&mut self, v: Option<&Value>, action: Action) {
@@ -356,6 +380,17 @@ impl Walker<'_> {
         if map.contains_key("relname") && map.contains_key("inh") {
             self.range_var(map, action);
             return;
+        }
+        // Field notation: PostgreSQL resolves `(x).name` (and `t.name` for a whole-row `t`) to
+        // the call `name(x)` when `x` has no such field, e.g. `('/etc/passwd'::text).pg_read_file`.
+        if let Some(body) = map.get("AIndirection") {
+            self.attribute_names(strings(body.get("indirection")));
+        }
+        if let Some(body) = map.get("ColumnRef") {
+            let fields = strings(body.get("fields"));
+            if fields.len() > 1 {
+                self.attribute_names(fields.into_iter().skip(1).collect());
+            }
         }
         if map.contains_key("funcname") && map.contains_key("agg_star") {
             let parts = strings(map.get("funcname"));
@@ -394,6 +429,14 @@ impl Walker<'_> {
         }
     }
 
+    fn attribute_names(&mut self, names: Vec<String>) {
+        self.st.attribute_calls.extend(
+            names
+                .into_iter()
+                .map(|name| FuncName { schema: None, name }),
+        );
+    }
+
     fn range_var(&mut self, map: &Map<String, Value>, action: Action) {
         let name = map
             .get("relname")
@@ -412,6 +455,16 @@ impl Walker<'_> {
             relation: RelName { schema, name },
             action,
         });
+    }
+}
+
+/// The setting a `VariableSetStmt` body changes, lower case; `all` for `RESET ALL`.
+fn setting_name(set: &Value) -> String {
+    // kind 6 = VAR_RESET_ALL.
+    if set.get("kind").and_then(Value::as_i64) == Some(6) {
+        "all".to_owned()
+    } else {
+        str_field(set, "name").to_ascii_lowercase()
     }
 }
 
