@@ -1254,7 +1254,6 @@ async fn a_statement_whose_parse_was_refused_cannot_be_bound_or_described() {
 /// gateway's parser: a statement the gateway reads as one harmless SELECT of two strings runs as
 /// `SELECT ...; DELETE ...`. The gateway must refuse that parameter or pin the setting.
 #[tokio::test]
-#[ignore = "gateway bug: session/mod.rs forwarded_params passes any startup parameter to the database"]
 async fn startup_parameters_cannot_change_how_statements_are_read() {
     let gw = gateway();
     let db = direct().await;

@@ -100,6 +100,40 @@ async fn sighup_swaps_the_policy_between_transactions() {
         .expect("allowed now");
     assert_eq!(rows.get::<_, i64>(0), 40_000);
 
+    // A statement prepared under the generous policy is decided again after a reload that
+    // takes the grant away (extended protocol and SQL-level PREPARE alike).
+    let stmt = client
+        .prepare("SELECT count(*) FROM lab_results")
+        .await
+        .expect("prepare");
+    client
+        .batch_execute("PREPARE labs AS SELECT count(*) FROM lab_results")
+        .await
+        .expect("PREPARE");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
+    hup(&gw);
+    wait_log(&gw, "policy reloaded", 2);
+    let err = client
+        .query_one(&stmt, &[])
+        .await
+        .expect_err("prepared under the old policy");
+    assert!(
+        db_message(&err).contains("denied by rule grants"),
+        "{err:?}"
+    );
+    let err = client
+        .simple_query("EXECUTE labs")
+        .await
+        .expect_err("SQL-level prepared");
+    assert!(
+        db_message(&err).contains("denied by rule grants"),
+        "{err:?}"
+    );
+    std::fs::write(&config, text).expect("restore");
+    hup(&gw);
+    wait_log(&gw, "policy reloaded", 3);
+
     // A broken file is refused and the running policy stays.
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(

@@ -686,6 +686,28 @@ async fn refused_logins_say_why_and_reveal_nothing() {
             message: "replication",
         },
         Case {
+            name: "role as a startup parameter",
+            params: vec![
+                ("user", "ai-agent"),
+                ("database", "clinic"),
+                ("role", "postgres"),
+            ],
+            password: &agent,
+            code: "42501",
+            message: "\"role\" is not allowed",
+        },
+        Case {
+            name: "standard_conforming_strings as a startup parameter",
+            params: vec![
+                ("user", "ai-agent"),
+                ("database", "clinic"),
+                ("standard_conforming_strings", "off"),
+            ],
+            password: &agent,
+            code: "42501",
+            message: "is not allowed through phigate",
+        },
+        Case {
             name: "options role",
             params: vec![
                 ("user", "ai-agent"),

@@ -43,6 +43,8 @@ pub enum SessionError {
     ShuttingDown,
     #[error("{0}")]
     Startup(&'static str),
+    #[error("{0}")]
+    StartupParam(String),
     #[error("authentication: {0}")]
     Auth(#[from] AuthError),
     #[error("upstream: {0}")]
@@ -66,6 +68,7 @@ impl SessionError {
                 ),
             ),
             SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
+            SessionError::StartupParam(msg) => ("42501", format!("phigate: {msg}"), None),
             SessionError::Auth(AuthError::InvalidCredentials) => (
                 "28P01",
                 "phigate: authentication failed".into(),
@@ -312,8 +315,20 @@ async fn negotiate(
     }
 }
 
+/// Startup parameters the database gets from the client: presentation settings only. PostgreSQL
+/// applies any other startup parameter as a setting before the first statement (`role`,
+/// `search_path`, `standard_conforming_strings`, ...), where no policy would see it.
+const CLIENT_STARTUP_PARAMS: &[&str] = &[
+    "application_name",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "extra_float_digits",
+];
+
 /// Startup parameters passed on to the database. `user` and `database` are the gateway's to
-/// choose; `replication` and `options` (which can set any GUC, e.g. `role`) are refused.
+/// choose; `client_encoding` is pinned to UTF8; presentation settings pass; anything else
+/// (`replication`, `options`, any setting) is refused.
 fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, SessionError> {
     if m.param("user").is_none() {
         return Err(SessionError::Startup("no user name in the startup message"));
@@ -337,7 +352,15 @@ fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, Session
             // client learns the encoding from ParameterStatus, as with any server default.
             "client_encoding" => out.push((k.clone(), "UTF8".to_owned())),
             k if k.starts_with("_pq_.") => {}
-            _ => out.push((k.clone(), v.clone())),
+            k if CLIENT_STARTUP_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                out.push((k.to_owned(), v.clone()))
+            }
+            k => {
+                return Err(SessionError::StartupParam(format!(
+                    "the startup parameter \"{k}\" is not allowed through phigate; \
+                     allowed: application_name, DateStyle, TimeZone, IntervalStyle, extra_float_digits"
+                )))
+            }
         }
     }
     Ok(out)
@@ -352,6 +375,10 @@ fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>
         params.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
         params.push((k.to_owned(), v));
     };
+    // With standard_conforming_strings off, backslashes in '...' escape quotes: the database
+    // would split a statement differently from the way the gateway parsed it. Pinned for every
+    // role (it also overrides an ALTER ROLE / DATABASE default).
+    set("standard_conforming_strings", "on".to_owned());
     if role.restricted {
         set("search_path", role.search_path.join(", "));
     }

@@ -181,6 +181,7 @@ impl Forward<'_> {
                 return Ok(End::ClientClosed);
             }
             self.refresh_policy();
+            let sent_base = self.in_flight.sent.load(Ordering::Acquire);
             let mut terminated = false;
             let mut exchanges = 0;
             loop {
@@ -213,8 +214,21 @@ impl Forward<'_> {
                     }
                     _ => {}
                 }
-                self.guard
-                    .filter(&frame, &msg, &self.shared.analyzer, &mut self.out);
+                // The ReadyForQuery that concludes this message: a Query's or FunctionCall's
+                // own, otherwise the next Sync's.
+                let concludes = match msg {
+                    FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. } => {
+                        exchanges
+                    }
+                    _ => exchanges + 1,
+                };
+                self.guard.filter(
+                    &frame,
+                    &msg,
+                    &self.shared.analyzer,
+                    sent_base + concludes,
+                    &mut self.out,
+                );
                 if terminated {
                     break;
                 }
@@ -338,6 +352,7 @@ impl Backward {
     /// Moves every whole frame into the output, noting ReadyForQuery. Fails closed when the
     /// session switches to an encoding the gateway cannot read.
     fn take_frames(&mut self) -> Result<(), RelayError> {
+        let answered_base = self.in_flight.answered.load(Ordering::Acquire);
         let mut answered = 0;
         while let Some(frame) = self.reader.next_frame()? {
             match frame.tag() {
@@ -347,6 +362,7 @@ impl Backward {
                         .idle_status
                         .store(self.status == TransactionStatus::Idle, Ordering::Release);
                     answered += 1;
+                    self.denials.exchange_done(answered_base + answered);
                 }
                 backend::tag::ERROR_RESPONSE => {
                     if let Some(refusal) = self.denials.rewrite(&frame) {
