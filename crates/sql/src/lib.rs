@@ -14,7 +14,10 @@
 //!
 //! [`Analyzer`] caches analyses by statement text: a repeated statement costs a hash lookup.
 
+mod normalize;
 mod walk;
+
+pub use normalize::cache_key;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -291,15 +294,27 @@ impl Analyzer {
     }
 
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
+        let key = cache_key(sql);
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(key.as_ref()).cloned())
+        {
             return hit;
         }
         let analysis = Arc::new(analyze(sql));
+        // A parser error quotes the offending token, which may be a number: an invalid
+        // statement is cached under its exact text only.
+        let key: &str = match (&*analysis, &key) {
+            (Analysis::Invalid { .. }, std::borrow::Cow::Owned(_)) => sql,
+            _ => key.as_ref(),
+        };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= self.capacity {
                 cache.clear();
             }
-            cache.insert(Arc::from(sql), analysis.clone());
+            cache.insert(Arc::from(key), analysis.clone());
         }
         analysis
     }
@@ -316,5 +331,50 @@ impl Analyzer {
 impl Default for Analyzer {
     fn default() -> Self {
         Analyzer::new(10_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache folds numeric literals; that is only sound if the analysis of a statement and
+    /// of its folded key are the same.
+    #[test]
+    fn analysis_does_not_depend_on_numeric_literals() {
+        let corpus = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345",
+            "SELECT * FROM patients LIMIT 10 OFFSET 5",
+            "EXPLAIN (ANALYZE 1) DELETE FROM patients WHERE id = 3",
+            "EXPLAIN (ANALYZE 0) DELETE FROM patients WHERE id = 3",
+            "UPDATE encounters SET department_id = 7 WHERE id = 99",
+            "SELECT pg_sleep(1.5), pg_terminate_backend(4242)",
+            "SET statement_timeout = 5000",
+            "FETCH 10 FROM c",
+            "SELECT a[1:2], 1e10, 0x1F FROM t WHERE x IN (1, 2, 3)",
+            "COPY (SELECT 1) TO STDOUT",
+            "SELECT (42).pg_terminate_backend",
+            "WITH x AS (SELECT 1 AS n) DELETE FROM t WHERE id = 1",
+        ];
+        for sql in corpus {
+            let key = cache_key(sql);
+            assert_ne!(key.as_ref(), sql, "{sql}: nothing folded");
+            assert_eq!(analyze(sql), analyze(&key), "{sql}");
+        }
+    }
+
+    #[test]
+    fn invalid_statements_keep_their_own_message() {
+        let a = Analyzer::default();
+        let one = a.analyze("SELECT 1 2");
+        let other = a.analyze("SELECT 5 6");
+        assert!(
+            matches!(&*one, Analysis::Invalid { message, .. } if message.contains("\"2\"")),
+            "{one:?}"
+        );
+        assert!(
+            matches!(&*other, Analysis::Invalid { message, .. } if message.contains("\"6\"")),
+            "{other:?}"
+        );
     }
 }

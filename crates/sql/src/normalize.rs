@@ -22,12 +22,16 @@ pub fn cache_key(sql: &str) -> std::borrow::Cow<'_, str> {
         let c = b[i];
         match c {
             b'\'' => {
-                let backslash = i > 0 && matches!(b[i - 1], b'e' | b'E') && !ident_char_before(b, i - 1);
+                let backslash =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && !ident_char_before(b, i - 1);
                 i = skip_quoted(b, i, b'\'', backslash);
             }
             b'"' => i = skip_quoted(b, i, b'"', false),
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| i + p + 1);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
             b'$' => i = skip_dollar(b, i),
@@ -179,11 +183,23 @@ mod tests {
     #[test]
     fn folds_numbers_only_outside_strings_identifiers_and_comments() {
         let cases = [
-            ("SELECT * FROM t WHERE id = 42", "SELECT * FROM t WHERE id = 0"),
+            (
+                "SELECT * FROM t WHERE id = 42",
+                "SELECT * FROM t WHERE id = 0",
+            ),
             ("SELECT 1.5e3, .5, 0x1F, 1_000", "SELECT 0, 0, 0, 0"),
-            ("SELECT * FROM t1 WHERE c2 = $1", "SELECT * FROM t1 WHERE c2 = $1"),
-            ("SELECT '42', \"col 42\", E'\\'7'", "SELECT '42', \"col 42\", E'\\'7'"),
-            ("SELECT 1 -- 2\n, 3 /* 4 /* 5 */ 6 */", "SELECT 0 -- 2\n, 0 /* 4 /* 5 */ 6 */"),
+            (
+                "SELECT * FROM t1 WHERE c2 = $1",
+                "SELECT * FROM t1 WHERE c2 = $1",
+            ),
+            (
+                "SELECT '42', \"col 42\", E'\\'7'",
+                "SELECT '42', \"col 42\", E'\\'7'",
+            ),
+            (
+                "SELECT 1 -- 2\n, 3 /* 4 /* 5 */ 6 */",
+                "SELECT 0 -- 2\n, 0 /* 4 /* 5 */ 6 */",
+            ),
             ("SELECT $q$ 9 $q$, 8", "SELECT $q$ 9 $q$, 0"),
             ("COPY t TO '/tmp/9'", "COPY t TO '/tmp/9'"),
             ("SELECT a[1:2] FROM t", "SELECT a[0:0] FROM t"),
@@ -195,7 +211,16 @@ mod tests {
 
     #[test]
     fn unterminated_tokens_do_not_panic() {
-        for s in ["SELECT 'abc", "SELECT \"x", "SELECT $a$ 1", "/* 1", "SELECT 1e", "SELECT 0x", "$", "E'\\"] {
+        for s in [
+            "SELECT 'abc",
+            "SELECT \"x",
+            "SELECT $a$ 1",
+            "/* 1",
+            "SELECT 1e",
+            "SELECT 0x",
+            "$",
+            "E'\\",
+        ] {
             let _ = cache_key(s);
         }
     }

@@ -505,10 +505,10 @@ fn explain_analyzes(body: &Value) -> bool {
                 None => true,
                 Some(arg) => {
                     let text = arg.to_string().to_ascii_lowercase();
-                    !(text.contains("false")
-                        || text.contains("\"off\"")
-                        || text.contains("\"0\"")
-                        || text.contains("ival\":0"))
+                    // Only the keyword forms turn it off. A numeric argument counts as "on"
+                    // whatever its value: the analysis never depends on a number (the cache
+                    // folds numeric literals, see normalize.rs).
+                    !(text.contains("false") || text.contains("\"off\""))
                 }
             }
         })
