@@ -85,6 +85,9 @@ pub struct Policy {
     /// Names of PostgreSQL's built-in functions (`pg_catalog`), from the database's catalog. A
     /// restricted role may call only these (and its `allow_functions`).
     builtins: Arc<HashSet<String>>,
+    /// Views (and materialized views) and the relations their definitions read, from the
+    /// database's catalog: reading a view counts as reading what is under it.
+    views: Arc<HashMap<RelName, Vec<RelName>>>,
 }
 
 const ACTIONS: [&str; 9] = [
@@ -194,12 +197,19 @@ impl Policy {
             roles: map,
             rules: rules.to_vec(),
             builtins: Arc::default(),
+            views: Arc::default(),
         })
     }
 
     /// Supplies the names of the database's built-in functions.
     pub fn with_builtins(mut self, builtins: Arc<HashSet<String>>) -> Policy {
         self.builtins = builtins;
+        self
+    }
+
+    /// Supplies the views of the database and the relations under each.
+    pub fn with_views(mut self, views: Arc<HashMap<RelName, Vec<RelName>>>) -> Policy {
+        self.views = views;
         self
     }
 
@@ -246,11 +256,12 @@ impl Policy {
         st: &Statement,
         search_path: &[String],
     ) -> Decision {
-        let resolved: Vec<(RelName, Action)> = st
+        let mut resolved: Vec<(RelName, Action)> = st
             .accesses
             .iter()
             .map(|a| (resolve(&a.relation, role, search_path), a.action))
             .collect();
+        self.expand_views(&mut resolved);
         for rule in &self.rules {
             if self.rule_matches(rule, role, st, &resolved) {
                 let what = describe(st, &resolved);
@@ -295,6 +306,31 @@ impl Policy {
             }
         }
         self.grants_check(role, st, &resolved)
+    }
+
+    /// Adds, for every view the statement reads or writes through, the relations under it
+    /// (transitively), with the same action: a view is a window, and what is behind it must be
+    /// granted too. DDL on a view concerns the view alone.
+    fn expand_views(&self, resolved: &mut Vec<(RelName, Action)>) {
+        if self.views.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        let mut seen: HashSet<(RelName, Action)> = resolved.iter().cloned().collect();
+        while i < resolved.len() {
+            let (rel, action) = resolved[i].clone();
+            i += 1;
+            if action == Action::Ddl {
+                continue;
+            }
+            if let Some(bases) = self.views.get(&rel) {
+                for base in bases {
+                    if seen.insert((base.clone(), action)) {
+                        resolved.push((base.clone(), action));
+                    }
+                }
+            }
+        }
     }
 
     fn rule_matches(

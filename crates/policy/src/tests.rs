@@ -386,3 +386,48 @@ fn bad_config_is_rejected() {
         Err(PolicyError::BadDuration { .. })
     ));
 }
+
+#[test]
+fn reading_a_view_counts_as_reading_what_is_under_it() {
+    let rel = |s: &str, n: &str| RelName {
+        schema: Some(s.into()),
+        name: n.into(),
+    };
+    let mut views = HashMap::new();
+    // patient_summary reads patients; lab_view reads lab_results through another view.
+    views.insert(
+        rel("public", "patient_summary"),
+        vec![rel("public", "patients")],
+    );
+    views.insert(
+        rel("public", "inner_labs"),
+        vec![rel("public", "lab_results")],
+    );
+    views.insert(rel("public", "lab_view"), vec![rel("public", "inner_labs")]);
+    let text = r#"
+[[role]]
+name = "viewer"
+[[role.grant]]
+schema = "public"
+tables = ["patient_summary", "lab_view", "inner_labs", "patients"]
+actions = ["select"]
+"#;
+    #[derive(serde::Deserialize)]
+    struct File {
+        role: Vec<RoleConfig>,
+    }
+    let f: File = toml::from_str(text).expect("parses");
+    let p = Policy::new(&f.role, &[])
+        .expect("valid")
+        .with_views(Arc::new(views));
+    let role = p.role("viewer").expect("role");
+    let d = |sql: &str| verdict(&p.decide(&role, &phigate_sql::analyze(sql), &[]));
+    assert_eq!(d("SELECT * FROM patient_summary"), "allow");
+    // lab_view is granted, but lab_results under it is not.
+    assert_eq!(d("SELECT * FROM lab_view"), "deny:grants");
+    let Decision::Deny(r) = p.decide(&role, &phigate_sql::analyze("SELECT * FROM lab_view"), &[])
+    else {
+        panic!("must deny")
+    };
+    assert!(r.message.contains("public.lab_results"), "{}", r.message);
+}

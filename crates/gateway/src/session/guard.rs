@@ -113,6 +113,8 @@ pub struct Guard {
     sql_prepared: HashMap<String, Prepared>,
     pub denials: Arc<Denials>,
     identity: Identity,
+    /// Set when an allowed statement may have changed views (DDL): the catalog is read again.
+    pub ddl_seen: bool,
 }
 
 impl Guard {
@@ -134,6 +136,7 @@ impl Guard {
             sql_prepared: HashMap::new(),
             denials: Arc::default(),
             identity,
+            ddl_seen: false,
         }
     }
 
@@ -173,13 +176,24 @@ impl Guard {
         token
     }
 
-    fn decide(&self, analysis: &Analysis) -> Decision {
-        self.policy.decide(&self.role, analysis, &[])
+    fn decide(&mut self, analysis: &Analysis) -> Decision {
+        let decision = self.policy.decide(&self.role, analysis, &[]);
+        if decision == Decision::Allow {
+            if let Analysis::Parsed(stmts) = analysis {
+                self.ddl_seen |= stmts.iter().any(|s| {
+                    matches!(s.kind, Kind::Ddl(_))
+                        || s.inner
+                            .as_ref()
+                            .is_some_and(|i| matches!(i.kind, Kind::Ddl(_)))
+                });
+            }
+        }
+        decision
     }
 
     /// A Query's decision, including SQL-level EXECUTEs of statements prepared under an older
     /// policy (decided again now).
-    fn decide_query(&self, analysis: &Analysis) -> Decision {
+    fn decide_query(&mut self, analysis: &Analysis) -> Decision {
         let decision = self.decide(analysis);
         if decision != Decision::Allow {
             return decision;
@@ -192,7 +206,8 @@ impl Guard {
                 continue;
             };
             if prepared.version != self.policy_version {
-                let again = self.decide(&prepared.analysis);
+                let analysis = prepared.analysis.clone();
+                let again = self.decide(&analysis);
                 if again != Decision::Allow {
                     return again;
                 }
@@ -318,7 +333,8 @@ impl Guard {
         if prepared.version == self.policy_version {
             return None;
         }
-        let decision = self.decide(&prepared.analysis);
+        let analysis = prepared.analysis.clone();
+        let decision = self.decide(&analysis);
         if decision == Decision::Allow {
             if let Some(p) = self.statements.get_mut(name) {
                 p.version = self.policy_version;

@@ -196,7 +196,7 @@ async fn start(
     let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
     let identity = authenticate(stream, &mut reader, &mut out, &startup, shared).await?;
 
-    shared.policy.ensure_builtins(&shared.upstream).await;
+    shared.policy.ensure_catalog(&shared.upstream).await;
     let (policy, version) = shared.policy.snapshot();
     let role = policy.role(&identity.role.0).ok_or(SessionError::Startup(
         "the role has no policy; ask an administrator",

@@ -43,6 +43,9 @@ struct InFlight {
     answered: AtomicU64,
     /// The last ReadyForQuery said "idle, outside a transaction".
     idle_status: AtomicBool,
+    /// DDL was forwarded: once the session is back outside a transaction, the views it may
+    /// have changed are read again from the catalog.
+    ddl_pending: AtomicBool,
 }
 
 impl Default for InFlight {
@@ -51,6 +54,7 @@ impl Default for InFlight {
             sent: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             idle_status: AtomicBool::new(true),
+            ddl_pending: AtomicBool::new(false),
         }
     }
 }
@@ -118,6 +122,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         in_flight,
         denials,
         status: TransactionStatus::Idle,
+        views_changed: false,
         out: BytesMut::with_capacity(16 * 1024),
     }
     .run(shared);
@@ -180,7 +185,7 @@ impl Forward<'_> {
                 let _ = self.flush().await;
                 return Ok(End::ClientClosed);
             }
-            self.refresh_policy();
+            self.refresh_policy().await;
             let sent_base = self.in_flight.sent.load(Ordering::Acquire);
             let mut terminated = false;
             let mut exchanges = 0;
@@ -229,6 +234,9 @@ impl Forward<'_> {
                     sent_base + concludes,
                     &mut self.out,
                 );
+                if std::mem::take(&mut self.guard.ddl_seen) {
+                    self.in_flight.ddl_pending.store(true, Ordering::Release);
+                }
                 if terminated {
                     break;
                 }
@@ -243,7 +251,14 @@ impl Forward<'_> {
 
     /// A reloaded policy applies from the session's next transaction: a transaction runs under
     /// one policy from start to end.
-    fn refresh_policy(&mut self) {
+    async fn refresh_policy(&mut self) {
+        let at_rest = self.in_flight.idle() && self.in_flight.idle_status.load(Ordering::Acquire);
+        if at_rest && self.shared.policy.views_stale() {
+            self.shared
+                .policy
+                .ensure_catalog(&self.shared.upstream)
+                .await;
+        }
         let version = self.shared.policy.version();
         if version != self.guard.policy_version()
             && self.in_flight.idle()
@@ -292,6 +307,8 @@ struct Backward {
     in_flight: Arc<InFlight>,
     denials: Arc<super::guard::Denials>,
     status: TransactionStatus,
+    /// Set by `take_frames` when committed DDL may have changed views.
+    views_changed: bool,
     out: BytesMut,
 }
 
@@ -330,6 +347,11 @@ impl Backward {
                         Err(RelayError::Encoding) => return self.refuse_encoding().await,
                         Err(RelayError::Wire(e)) => return self.upstream_lost(&e.to_string()).await,
                     }
+                    // Before the client hears that its DDL committed, so its next statement,
+                    // or anyone's, is decided with the views read again.
+                    if std::mem::take(&mut self.views_changed) {
+                        shared.policy.mark_views_stale();
+                    }
                     if let Err(e) = self.client.write_all(&self.out).await {
                         return End::ClientError(e.to_string());
                     }
@@ -363,6 +385,11 @@ impl Backward {
                         .store(self.status == TransactionStatus::Idle, Ordering::Release);
                     answered += 1;
                     self.denials.exchange_done(answered_base + answered);
+                    if self.status == TransactionStatus::Idle
+                        && self.in_flight.ddl_pending.swap(false, Ordering::AcqRel)
+                    {
+                        self.views_changed = true;
+                    }
                 }
                 backend::tag::ERROR_RESPONSE => {
                     if let Some(refusal) = self.denials.rewrite(&frame) {
