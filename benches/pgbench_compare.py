@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -78,8 +79,9 @@ def wait_port(port, proc=None, timeout=30):
 class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
-    def __init__(self, scale, worker_threads):
+    def __init__(self, scale, worker_threads, max_connections=400):
         self.worker_threads = worker_threads
+        self.max_connections = max_connections
         self.dir = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
         os.chmod(self.dir, 0o755)
         self.procs = []
@@ -112,7 +114,7 @@ class Env:
                          "-A", "scram-sha-256", f"--pwfile={pw}", "--no-sync", "-E", "UTF8", "--locale=C"]))
         with open(data / "data" / "postgresql.conf", "a") as f:
             f.write(f"port = {self.pg_port}\nlisten_addresses = '127.0.0.1'\n"
-                    f"unix_socket_directories = '{data}'\nmax_connections = 400\n"
+                    f"unix_socket_directories = '{data}'\nmax_connections = {self.max_connections}\n"
                     f"shared_buffers = '256MB'\nfsync = off\nsynchronous_commit = off\n"
                     f"ssl = on\nssl_cert_file = '{self.dir / 'server.crt'}'\n"
                     f"ssl_key_file = '{self.dir / 'server.key'}'\n")
@@ -137,14 +139,18 @@ class Env:
             f"[databases]\n{DB} = host=127.0.0.1 port={self.pg_port} dbname={DB}\n\n"
             f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.bouncer_port}\n"
             f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {d / 'userlist.txt'}\n"
-            f"pool_mode = session\nmax_client_conn = 1000\ndefault_pool_size = 200\n"
+            f"pool_mode = session\nmax_client_conn = {self.max_connections + 100}\n"
+            f"default_pool_size = {self.max_connections}\n"
             f"max_db_connections = 0\nlogfile = {d / 'log'}\n"
             f"client_tls_sslmode = allow\nclient_tls_key_file = {self.dir / 'server.key'}\n"
             f"client_tls_cert_file = {self.dir / 'server.crt'}\n")
         if os.geteuid() == 0:
             for p in [d, d / "userlist.txt", d / "pgbouncer.ini"]:
                 shutil.chown(p, "postgres")
-        p = subprocess.Popen(as_postgres(["pgbouncer", str(d / "pgbouncer.ini")]),
+        # runuser resets the soft descriptor limit to 1024: raise it, or pgbouncer stops
+        # accepting at about 500 clients (a client and a server socket each).
+        cmd = f"ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} && exec pgbouncer {d / 'pgbouncer.ini'}"
+        p = subprocess.Popen(as_postgres(["sh", "-c", cmd]),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
         wait_port(self.bouncer_port, p)
