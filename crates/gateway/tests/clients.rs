@@ -387,3 +387,16 @@ fn node_postgres_gives_the_same_results_through_the_gateway() {
     assert!(direct.contains("\"driver\":\"pg\""), "{direct}");
     assert_eq!(direct, through);
 }
+
+#[test]
+fn asyncpg_gives_the_same_results_through_the_gateway() {
+    let _serial = exclusive();
+    let gw = gateway();
+    let script = repo_root().join("tests/clients/python/check_asyncpg.py");
+    let script = script.to_str().expect("utf8 path");
+    let py = python();
+    let direct = driver_check(&py, script, &direct_url(), &[]);
+    let through = driver_check(&py, script, &gw.url("agent"), &[]);
+    assert!(direct.contains("\"driver\": \"asyncpg\""), "{direct}");
+    assert_eq!(direct, through);
+}

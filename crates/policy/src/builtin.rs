@@ -88,7 +88,6 @@ const DANGEROUS: &[&str] = &[
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_rotate_logfile_old",
-    "set_config",
     "pg_switch_wal",
     "pg_promote",
     "pg_wal_replay_pause",

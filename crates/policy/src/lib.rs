@@ -405,11 +405,9 @@ impl Policy {
                 "Use COPY ... FROM STDIN / TO STDOUT (psql: \\copy).".into(),
             ));
         }
-        if let Some(s) = st
-            .settings
-            .iter()
-            .find(|s| builtin::PINNED_FOR_ALL.contains(&s.as_str()))
-        {
+        if let Some(s) = st.settings.iter().find(|s| {
+            builtin::PINNED_FOR_ALL.contains(&s.as_str()) || *s == phigate_sql::DYNAMIC_SETTING
+        }) {
             return Some(deny(
                 "pinned-setting",
                 format!("phigate: SET {s} denied by rule pinned-setting"),

@@ -65,6 +65,7 @@ action = "require_approval"
         "upper",
         "pg_read_file",
         "set_config",
+        "current_setting",
         "pg_sleep",
         "pg_stat_get_activity",
         "pg_stat_get_backend_activity",
@@ -124,7 +125,37 @@ fn decisions_table() {
         (
             "ai-agent",
             "SELECT set_config('role', 'postgres', false)",
-            "deny:dangerous-function",
+            "deny:role-switch",
+        ),
+        (
+            "ai-agent",
+            "SELECT set_config('jit', 'off', false)",
+            "allow",
+        ),
+        (
+            "ai-agent",
+            "SELECT current_setting('jit'), set_config('jit', 'off', false)",
+            "allow",
+        ),
+        (
+            "ai-agent",
+            "SELECT set_config('search_path', 'evil', true)",
+            "deny:pinned-setting",
+        ),
+        (
+            "admin",
+            "SELECT set_config('work_mem', '8MB', false)",
+            "allow",
+        ),
+        (
+            "admin",
+            "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', false)",
+            "deny:pinned-setting",
+        ),
+        (
+            "admin",
+            "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false)",
+            "deny:pinned-setting",
         ),
         ("ai-agent", "SET ROLE postgres", "deny:role-switch"),
         ("ai-agent", "SET search_path = evil", "deny:pinned-setting"),

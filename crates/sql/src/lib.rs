@@ -24,6 +24,10 @@ use std::sync::{Arc, Mutex};
 
 pub use walk::analyze_tree;
 
+/// The setting name recorded for `set_config(<expression>, ...)`: phigate cannot tell which
+/// setting it changes, so policy refuses it for every role.
+pub const DYNAMIC_SETTING: &str = "(computed setting name)";
+
 /// A relation as written in the statement. `schema` is `None` when the name was unqualified; the
 /// caller resolves it with the session's search_path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

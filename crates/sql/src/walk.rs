@@ -395,8 +395,14 @@ impl Walker<'_> {
         if map.contains_key("funcname") && map.contains_key("agg_star") {
             let parts = strings(map.get("funcname"));
             if let Some((name, rest)) = parts.split_last() {
+                let schema = rest.last().cloned();
+                // set_config(name, value, is_local) is SET by another spelling: record the
+                // setting it changes, or that it changes one nobody can tell.
+                if name == "set_config" && matches!(schema.as_deref(), None | Some("pg_catalog")) {
+                    self.st.settings.push(set_config_name(map.get("args")));
+                }
                 self.st.functions.push(FuncName {
-                    schema: rest.last().cloned(),
+                    schema,
                     name: name.clone(),
                 });
             }
@@ -456,6 +462,23 @@ impl Walker<'_> {
             action,
         });
     }
+}
+
+/// What `set_config`'s first argument names: a string constant, lower case, or
+/// [`crate::DYNAMIC_SETTING`] when it is computed.
+fn set_config_name(args: Option<&Value>) -> String {
+    args.and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|a| {
+            a.get("node")?
+                .get("AConst")?
+                .get("val")?
+                .get("Sval")?
+                .get("sval")?
+                .as_str()
+        })
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| crate::DYNAMIC_SETTING.to_owned())
 }
 
 /// The setting a `VariableSetStmt` body changes, lower case; `all` for `RESET ALL`.
