@@ -141,7 +141,9 @@ impl PolicyStore {
                 }
             }
         }
-        if self.views_stale.swap(false, Ordering::AcqRel) {
+        if self.views_stale() {
+            // Cleared only after a successful read: a refresh that fails or is cancelled
+            // leaves the views stale, to be read again (fail closed, not "no views").
             match upstream.query_column(VIEWS_SQL).await {
                 Ok(rows) => {
                     let views = parse_views(&rows);
@@ -150,10 +152,10 @@ impl PolicyStore {
                         Ok(mut v) => *v = Arc::new(views),
                         Err(e) => *e.into_inner() = Arc::new(views),
                     }
+                    self.views_stale.store(false, Ordering::Release);
                     changed = true;
                 }
                 Err(e) => {
-                    self.views_stale.store(true, Ordering::Release);
                     tracing::warn!(error = %e, "cannot read view dependencies");
                 }
             }

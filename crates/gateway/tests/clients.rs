@@ -1,6 +1,6 @@
 //! Real clients through the gateway and directly, with the same results: psql (scripts, `\copy`
 //! both ways, Ctrl-C), pgbench in every query mode, tokio-postgres (extended protocol, binary,
-//! pipelining, COPY), psycopg 3 and node-postgres.
+//! pipelining, COPY), psycopg 3, asyncpg, node-postgres and JDBC.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -398,5 +398,35 @@ fn asyncpg_gives_the_same_results_through_the_gateway() {
     let direct = driver_check(&py, script, &direct_url(), &[]);
     let through = driver_check(&py, script, &gw.url("agent"), &[]);
     assert!(direct.contains("\"driver\": \"asyncpg\""), "{direct}");
+    assert_eq!(direct, through);
+}
+
+#[test]
+fn jdbc_gives_the_same_results_through_the_gateway() {
+    let _serial = exclusive();
+    let gw = gateway();
+    let jar = "/usr/share/java/postgresql.jar";
+    let classes = tempfile::tempdir().expect("tempdir");
+    let source = repo_root().join("tests/clients/java/CheckJdbc.java");
+    let (ok, out, err) = run(Command::new("javac")
+        .args(["-cp", jar, "-d"])
+        .arg(classes.path())
+        .arg(&source))
+    .expect("javac runs");
+    assert!(ok, "javac: {out}{err}");
+    let classpath = format!("{jar}:{}", classes.path().display());
+    let url = |port: u16, user: &str, password: &str| {
+        format!("jdbc:postgresql://127.0.0.1:{port}/{DATABASE}?user={user}&password={password}&sslmode=disable")
+    };
+    let check = |jdbc_url: String| {
+        let (ok, out, err) =
+            run(Command::new("java").args(["-cp", &classpath, "CheckJdbc", &jdbc_url]))
+                .expect("java runs");
+        assert!(ok, "CheckJdbc failed against {jdbc_url}:\n{out}\n{err}");
+        out
+    };
+    let direct = check(url(cluster().port(), APP_USER, APP_PASSWORD));
+    let through = check(url(gw.pg_port, Gateway::role("agent"), gw.token("agent")));
+    assert!(direct.contains("patients=10000"), "{direct}");
     assert_eq!(direct, through);
 }

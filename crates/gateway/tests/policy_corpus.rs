@@ -137,7 +137,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("admin", "GRANT SELECT ON departments TO phigate_app", "allow"),
     ("admin", "VACUUM (ANALYZE) departments", "allow"),
     ("admin", "SELECT count(*) FROM pg_stats WHERE tablename = 'patients'", "allow"),
-    ("admin", "DO $$ BEGIN PERFORM 1; END $$", "allow"),
+    ("admin", "DO $$ BEGIN PERFORM 1; END $$", "approval:destructive-ddl-needs-approval"), // opaque: held to the rules about DDL
     ("admin", "CREATE TABLE IF NOT EXISTS pc_admin_ctas AS SELECT id, name FROM departments", "allow"),
     ("admin", "SELECT id, name INTO pc_admin_into FROM departments", "allow x!42P07"),
     ("admin", "SET search_path = public", "allow"),
@@ -145,7 +145,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("admin", "SET ROLE postgres", "allow !42501"),
     ("admin", "SET SESSION AUTHORIZATION postgres", "allow !42501"),
     ("admin", "RESET ROLE", "allow"),
-    ("admin", "CALL pc_no_such_procedure()", "allow !42883"),
+    ("admin", "CALL pc_no_such_procedure()", "approval:destructive-ddl-needs-approval"),
     ("admin", "ALTER ROLE phigate_app CONNECTION LIMIT 5", "allow !42501"),
     ("admin", "SELECT * FROM \"PUBLIC\".\"patients\"", "allow !42P01"),
     ("admin", "CREATE TABLE IF NOT EXISTS pg_pc_notes (note text)", "allow"),
@@ -317,7 +317,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "set \"search_path\" to pg_temp, public", "deny:pinned-setting"),
     ("clinician", "SET statement_timeout = 0", "deny:pinned-setting"),
     ("agent", "RESET ALL", "deny:pinned-setting"),
-    ("clinician", "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'", "deny:grants"),
+    ("clinician", "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'", "deny:catalog-write"),
     // standard_conforming_strings = off would let `'\'` continue a string the parser ends.
     ("reviewer", "SET standard_conforming_strings = off", "deny:pinned-setting"),
     ("admin", "SET standard_conforming_strings = off", "deny:pinned-setting"),

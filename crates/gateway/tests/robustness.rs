@@ -1664,18 +1664,32 @@ fn non_utf8_client_encoding_is_pinned_or_works() {
 }
 
 #[tokio::test]
-async fn switching_client_encoding_mid_session_ends_it_clearly() {
+async fn switching_client_encoding_mid_session_is_refused() {
     let gw = gateway("");
     let (client, _conn) = session(&gw.conninfo("agent")).await;
     assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
-    let err = client
-        .simple_query("SET client_encoding TO 'LATIN1'")
-        .await
-        .expect_err("the gateway cannot read LATIN1 statement text");
-    let db = err.as_db_error().expect("a FATAL from the gateway");
-    assert_eq!(db.code(), &SqlState::FEATURE_NOT_SUPPORTED);
-    assert!(db.message().contains("client_encoding UTF8"), "{db}");
-    // Other sessions are unaffected.
+    for sql in [
+        "SET client_encoding TO 'LATIN1'",
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        "SET standard_conforming_strings = off",
+    ] {
+        let err = client
+            .simple_query(sql)
+            .await
+            .expect_err("the gateway reads statements as UTF-8 with standard strings");
+        let db = err.as_db_error().expect("a refusal from the gateway");
+        assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{sql}");
+        assert!(
+            db.message().contains("denied by rule pinned-setting"),
+            "{sql}: {db}"
+        );
+    }
+    // The session goes on, unchanged.
+    assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
+    assert_eq!(
+        scalar(&client, "SHOW standard_conforming_strings").await,
+        "on"
+    );
     let (other, _c) = session(&gw.conninfo("clinician")).await;
     assert_eq!(scalar(&other, "SELECT 'ok'").await, "ok");
 }

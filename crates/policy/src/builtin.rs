@@ -164,7 +164,7 @@ pub fn leaks_via_function(name: &str) -> bool {
 /// reads it as PostgreSQL does by default. With `standard_conforming_strings = off`, `'\'` no
 /// longer ends a string, so `SELECT '\', ' ; DELETE FROM t; -- '` (one SELECT of two strings to
 /// phigate) runs a DELETE.
-pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings"];
+pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings", "client_encoding"];
 
 /// Settings a restricted role may change: presentation and harmless client-side choices.
 pub const SAFE_SETTINGS: &[&str] = &[

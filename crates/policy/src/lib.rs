@@ -414,6 +414,20 @@ impl Policy {
                 "phigate reads statements as PostgreSQL does with standard_conforming_strings = on; it cannot change.".into(),
             ));
         }
+        if let Some((rel, action)) = resolved
+            .iter()
+            .find(|(rel, a)| a.is_write() && builtin::is_catalog(rel))
+        {
+            return Some(deny(
+                "catalog-write",
+                format!(
+                    "phigate: {} on {rel} denied by rule catalog-write",
+                    action.as_str().to_uppercase()
+                ),
+                "The system catalogs (pg_settings included) are not written through phigate."
+                    .into(),
+            ));
+        }
         if !role.restricted {
             return None;
         }
@@ -515,7 +529,7 @@ impl Policy {
             Kind::Privilege => Some("privilege"),
             Kind::Maintenance if resolved.is_empty() => Some("maintenance"),
             Kind::Other(_) => Some("ddl"),
-            Kind::Call => Some("ddl"),
+            Kind::Call | Kind::Do => Some("ddl"),
             _ => None,
         };
         if let Some(action) = needed {

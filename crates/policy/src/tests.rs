@@ -127,6 +127,24 @@ fn decisions_table() {
             "SELECT set_config('role', 'postgres', false)",
             "deny:role-switch",
         ),
+        // Opaque code is held to the rules about what it could do.
+        (
+            "admin",
+            "DO $$ BEGIN EXECUTE 'DROP TABLE patients'; END $$",
+            "approve:destructive-ddl",
+        ),
+        ("admin", "CALL public.cleanup()", "approve:destructive-ddl"),
+        // Catalog writes would unpin settings (pg_settings) or worse.
+        (
+            "admin",
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+            "deny:catalog-write",
+        ),
+        (
+            "admin",
+            "SET client_encoding TO 'SJIS'",
+            "deny:pinned-setting",
+        ),
         (
             "ai-agent",
             "SELECT set_config('jit', 'off', false)",

@@ -153,8 +153,10 @@ impl Kind {
             Kind::Execute => &["execute"],
             Kind::Deallocate => &["deallocate"],
             Kind::Cursor => &["cursor"],
-            Kind::Do => &["do"],
-            Kind::Call => &["call"],
+            // Opaque code can do anything a statement can: rules about writes, DDL and privilege
+            // changes apply to it as if it did all of them.
+            Kind::Do => &["do", "write", "ddl", "destructive", "privilege"],
+            Kind::Call => &["call", "write", "ddl", "destructive", "privilege"],
             Kind::Set => &["set"],
             Kind::Show => &["show"],
             Kind::Transaction => &["transaction"],
@@ -238,9 +240,25 @@ pub enum Analysis {
     },
 }
 
+/// Statements longer than this are refused unanalysed: parsing cost and the parse tree's memory
+/// grow with the text, and one session must not stall the others.
+pub const MAX_ANALYZED_BYTES: usize = 1 << 20;
+
+/// Texts longer than this are analysed but not cached.
+const MAX_CACHED_BYTES: usize = 16 * 1024;
+
 /// Parses and analyses `sql`. Never panics: a failure anywhere is an `Invalid` analysis, which
 /// policy refuses.
 pub fn analyze(sql: &str) -> Analysis {
+    if sql.len() > MAX_ANALYZED_BYTES {
+        return Analysis::Invalid {
+            message: format!(
+                "statement of {} bytes exceeds the {MAX_ANALYZED_BYTES}-byte limit for analysis",
+                sql.len()
+            ),
+            position: None,
+        };
+    }
     let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0));
     let result = match parsed {
         Ok(Ok(r)) => r,
@@ -314,6 +332,9 @@ impl Analyzer {
             (Analysis::Invalid { .. }, std::borrow::Cow::Owned(_)) => sql,
             _ => key.as_ref(),
         };
+        if key.len() > MAX_CACHED_BYTES {
+            return analysis;
+        }
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= self.capacity {
                 cache.clear();

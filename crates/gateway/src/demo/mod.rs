@@ -174,7 +174,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     });
     if let Some(path) = &opts.ready_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&ready)?)?;
+        // It holds every token and the superuser password: owner-only.
+        write_private(&tmp, &serde_json::to_string_pretty(&ready)?)?;
         std::fs::rename(&tmp, path)?;
     }
 

@@ -107,10 +107,9 @@ pub struct Guard {
     counter: u64,
     /// Extended-protocol statement names whose Parse was refused.
     refused_statements: HashSet<String>,
-    /// Extended-protocol statements that were allowed.
-    statements: HashMap<String, Prepared>,
-    /// SQL-level prepared statements (`PREPARE name AS ...`) that were allowed.
-    sql_prepared: HashMap<String, Prepared>,
+    /// Prepared statements that were allowed, by name: Parse and SQL-level PREPARE share one
+    /// namespace in PostgreSQL, and so do they here (the unnamed statement is "").
+    prepared: HashMap<String, Prepared>,
     pub denials: Arc<Denials>,
     identity: Identity,
     /// Set when an allowed statement may have changed views (DDL): the catalog is read again.
@@ -132,8 +131,7 @@ impl Guard {
             nonce: format!("{nonce:016x}"),
             counter: 0,
             refused_statements: HashSet::new(),
-            statements: HashMap::new(),
-            sql_prepared: HashMap::new(),
+            prepared: HashMap::new(),
             denials: Arc::default(),
             identity,
             ddl_seen: false,
@@ -202,7 +200,7 @@ impl Guard {
             return decision;
         };
         for st in stmts.iter().filter(|s| s.kind == Kind::Execute) {
-            let Some(prepared) = st.name.as_ref().and_then(|n| self.sql_prepared.get(n)) else {
+            let Some(prepared) = st.name.as_ref().and_then(|n| self.prepared.get(n)) else {
                 continue;
             };
             if prepared.version != self.policy_version {
@@ -216,23 +214,25 @@ impl Guard {
         Decision::Allow
     }
 
-    /// Keeps track of SQL-level PREPARE / DEALLOCATE in an allowed Query.
+    /// Keeps track of SQL-level PREPARE / DEALLOCATE in an allowed Query (DEALLOCATE ALL also
+    /// drops the protocol-level statements, as in PostgreSQL).
     fn track_sql_prepared(&mut self, analysis: &Arc<Analysis>) {
         let Analysis::Parsed(stmts) = analysis.as_ref() else {
             return;
         };
         for st in stmts {
             match (&st.kind, &st.name) {
-                (Kind::Prepare, Some(name)) => {
+                // PostgreSQL refuses a PREPARE whose name exists and keeps the old statement.
+                (Kind::Prepare, Some(name)) if !self.prepared.contains_key(name) => {
                     let prepared = Prepared {
                         analysis: Arc::new(single(st)),
                         version: self.policy_version,
                     };
-                    self.sql_prepared.insert(name.clone(), prepared);
+                    self.prepared.insert(name.clone(), prepared);
                 }
-                (Kind::Deallocate, Some(name)) if name == "all" => self.sql_prepared.clear(),
+                (Kind::Deallocate, Some(name)) if name == "all" => self.prepared.clear(),
                 (Kind::Deallocate, Some(name)) => {
-                    self.sql_prepared.remove(name);
+                    self.prepared.remove(name);
                 }
                 _ => {}
             }
@@ -267,17 +267,19 @@ impl Guard {
                 let decision = self.decide(&analysis);
                 if decision == Decision::Allow {
                     self.refused_statements.remove(parse.name);
-                    if !parse.name.is_empty() {
+                    // The unnamed statement is replaced by every Parse; a named one that exists
+                    // is kept (PostgreSQL refuses the duplicate).
+                    if parse.name.is_empty() || !self.prepared.contains_key(parse.name) {
                         let prepared = Prepared {
                             analysis,
                             version: self.policy_version,
                         };
-                        self.statements.insert(parse.name.to_owned(), prepared);
+                        self.prepared.insert(parse.name.to_owned(), prepared);
                     }
                     out.extend_from_slice(frame.as_bytes());
                 } else {
                     let token = self.refuse(decision, "parse", exchange);
-                    self.statements.remove(parse.name);
+                    self.prepared.remove(parse.name);
                     self.refused_statements.insert(parse.name.to_owned());
                     write::parse(out, parse.name, &token);
                 }
@@ -308,10 +310,12 @@ impl Guard {
                 name,
             } => {
                 self.refused_statements.remove(*name);
-                self.statements.remove(*name);
+                self.prepared.remove(*name);
                 out.extend_from_slice(frame.as_bytes());
             }
-            FrontendMessage::FunctionCall { .. } if self.role.restricted => {
+            // The legacy fast path names a function by OID: phigate cannot tell which one it is,
+            // so no role may use it (set_config by OID would unpin any setting).
+            FrontendMessage::FunctionCall { .. } => {
                 let refusal = Decision::Deny(Refusal {
                     rule: "function-call-message".into(),
                     message: "phigate: the FunctionCall protocol message denied by rule function-call-message"
@@ -329,14 +333,14 @@ impl Guard {
 
     /// A named statement prepared under an older policy is decided again before it is bound.
     fn redecide(&mut self, name: &str) -> Option<Decision> {
-        let prepared = self.statements.get(name)?;
+        let prepared = self.prepared.get(name)?;
         if prepared.version == self.policy_version {
             return None;
         }
         let analysis = prepared.analysis.clone();
         let decision = self.decide(&analysis);
         if decision == Decision::Allow {
-            if let Some(p) = self.statements.get_mut(name) {
+            if let Some(p) = self.prepared.get_mut(name) {
                 p.version = self.policy_version;
             }
             None

@@ -402,6 +402,11 @@ impl Backward {
                     if name == "client_encoding" && !super::is_utf8(value) {
                         return Err(RelayError::Encoding);
                     }
+                    // The gateway parses statements as PostgreSQL does with this on; if the
+                    // session turned it off anyhow, stop before another statement is read.
+                    if name == "standard_conforming_strings" && value != "on" {
+                        return Err(RelayError::Encoding);
+                    }
                 }
                 _ => {}
             }
@@ -422,9 +427,12 @@ impl Backward {
 
     async fn refuse_encoding(&mut self) -> End {
         let mut out = BytesMut::new();
-        Notice::fatal("0A000", "phigate: only client_encoding UTF8 is supported")
-            .with_hint("Reconnect and keep client_encoding at UTF8.")
-            .write(&mut out);
+        Notice::fatal(
+            "0A000",
+            "phigate: only client_encoding UTF8 with standard_conforming_strings on is supported",
+        )
+        .with_hint("Reconnect and leave client_encoding and standard_conforming_strings alone.")
+        .write(&mut out);
         let _ = self.client.write_all(&out).await;
         End::ClientError("client_encoding changed away from UTF8".into())
     }

@@ -145,6 +145,15 @@ impl UpstreamTarget {
     /// Runs one query on a fresh connection and returns its first column as text. For the
     /// gateway's own catalog lookups.
     pub async fn query_column(&self, sql: &str) -> Result<Vec<String>, UpstreamError> {
+        // Bounded as a whole: a catalog read that hangs must not hold up the sessions waiting
+        // for it.
+        match tokio::time::timeout(self.connect_timeout * 2, self.query_column_inner(sql)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    async fn query_column_inner(&self, sql: &str) -> Result<Vec<String>, UpstreamError> {
         let mut conn = self
             .connect(&[("application_name", "phigate catalog")])
             .await?;
