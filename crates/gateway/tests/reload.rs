@@ -149,3 +149,49 @@ async fn sighup_swaps_the_policy_between_transactions() {
         .expect("still allowed");
     assert_eq!(rows.get::<_, i64>(0), 40_000);
 }
+
+/// A COPY FROM STDIN over the extended protocol makes PostgreSQL ignore the Sync sent with it:
+/// the session must still come to rest afterwards, or no reload would ever reach it.
+#[tokio::test]
+async fn a_reload_reaches_a_session_after_an_extended_copy() {
+    use futures_util::SinkExt;
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    // The scratch table the COPY fills (a temp table is checked like a table in the role's
+    // search_path schema).
+    opts.policy = format!(
+        "{ALLOW_LABS}[[role.grant]]\nschema = \"public\"\ntables = [\"c\"]\nactions = [\"ddl\", \"insert\"]\n"
+    );
+    let gw =
+        Gateway::start_with_identities(Path::new(env!("CARGO_BIN_EXE_phigate")), opts, &["agent"])
+            .expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let (client, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TEMP TABLE c (v int)")
+        .await
+        .expect("temp table");
+    for _ in 0..3 {
+        let sink = client.copy_in("COPY c FROM STDIN").await.expect("copy in");
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+            .await
+            .expect("data");
+        sink.finish().await.expect("copy done");
+    }
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
+    hup(&gw);
+    wait_log(&gw, "policy reloaded", 1);
+    let err = client
+        .simple_query("SELECT count(*) FROM lab_results")
+        .await
+        .expect_err("new policy");
+    assert!(
+        db_message(&err).contains("denied by rule grants"),
+        "{err:?}"
+    );
+}

@@ -379,9 +379,9 @@ fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>
     // would split a statement differently from the way the gateway parsed it. Pinned for every
     // role (it also overrides an ALTER ROLE / DATABASE default).
     set("standard_conforming_strings", "on".to_owned());
-    if role.restricted {
-        set("search_path", role.search_path.join(", "));
-    }
+    // The search_path names are resolved with: pinned for restricted roles (SET search_path is
+    // refused), the starting point for the others.
+    set("search_path", role.search_path.join(", "));
     if let Some(ms) = role.statement_timeout_ms {
         set("statement_timeout", ms.to_string());
     }

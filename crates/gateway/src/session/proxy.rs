@@ -105,6 +105,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let denials = guard.denials.clone();
     let forward = Forward {
         guard,
+        syncs_since_start: 0,
         shared,
         client: client_rd,
         reader: client_reader,
@@ -148,6 +149,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
 
 struct Forward<'s> {
     guard: super::guard::Guard,
+    /// Syncs forwarded since the last Query or Execute (see CopyDone below).
+    syncs_since_start: u64,
     shared: &'s Shared,
     client: StreamRead,
     reader: FrameReader,
@@ -208,10 +211,25 @@ impl Forward<'_> {
                 };
                 match msg {
                     FrontendMessage::Terminate => terminated = true,
-                    FrontendMessage::Query { .. }
-                    | FrontendMessage::Sync
-                    | FrontendMessage::FunctionCall { .. } => {
+                    FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. } => {
                         exchanges += 1;
+                        self.syncs_since_start = 0;
+                    }
+                    FrontendMessage::Execute { .. } => self.syncs_since_start = 0,
+                    FrontendMessage::Sync => {
+                        exchanges += 1;
+                        self.syncs_since_start += 1;
+                    }
+                    // The client ends a COPY FROM STDIN it was told had started (by the last
+                    // Query or Execute). PostgreSQL ignored every Sync that reached it in
+                    // copy-in mode, so those bring no ReadyForQuery: uncount them.
+                    FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                        let ignored = std::mem::take(&mut self.syncs_since_start);
+                        let local = ignored.min(exchanges);
+                        exchanges -= local;
+                        self.in_flight
+                            .sent
+                            .fetch_sub(ignored - local, Ordering::AcqRel);
                     }
                     FrontendMessage::Password(_) => {
                         self.flush().await?;
