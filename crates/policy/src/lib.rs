@@ -12,7 +12,7 @@ mod model;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use phigate_sql::{Access, Action, Analysis, FuncName, Kind, RelName, Statement};
+use phigate_sql::{Action, Analysis, FuncName, Kind, RelName, Statement};
 
 pub use model::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
 
@@ -211,10 +211,6 @@ impl Policy {
     pub fn with_views(mut self, views: Arc<HashMap<RelName, Vec<RelName>>>) -> Policy {
         self.views = views;
         self
-    }
-
-    pub fn has_builtins(&self) -> bool {
-        !self.builtins.is_empty()
     }
 
     pub fn role(&self, name: &str) -> Option<Arc<Role>> {
@@ -667,11 +663,6 @@ fn function_matches(pattern: &str, f: &FuncName) -> bool {
         }
         None => glob(pattern, &f.name),
     }
-}
-
-/// Whether an access list mentions a relation, for callers that log or audit.
-pub fn touches(accesses: &[Access], name: &str) -> bool {
-    accesses.iter().any(|a| a.relation.name == name)
 }
 
 #[cfg(test)]
