@@ -241,6 +241,16 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.upstream.resolve_password()?;
         let policy = self.policy()?;
+        // Views and built-in functions are read from the configured database; with the client
+        // choosing, a restricted role's checks would be made against another database's catalog.
+        if self.upstream.database.is_none() {
+            if let Some(r) = self.roles.iter().find(|r| r.restricted) {
+                return Err(ConfigError::Invalid(format!(
+                    "role {} is restricted, so upstream.database must name the protected database",
+                    r.name
+                )));
+            }
+        }
         for id in &self.identities {
             for role in &id.roles {
                 if policy.role(role).is_none() {
@@ -354,6 +364,20 @@ password = "x"
             .expect_err("must fail")
             .to_string();
         assert!(err.contains("role ghost is not defined"), "{err}");
+    }
+
+    #[test]
+    fn restricted_roles_need_a_fixed_database() {
+        let text = format!("{MINIMAL}\n[[role]]\nname = \"agent\"\n");
+        let err = Config::parse(&text, Path::new("t.toml"))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("upstream.database"), "{err}");
+        let text = text.replace(
+            "password = \"x\"",
+            "password = \"x\"\ndatabase = \"clinic\"",
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("valid with a database");
     }
 
     #[test]
