@@ -5,7 +5,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use phigate_wire::{Frame, FrameReader, WireError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 pub enum Stream {
@@ -151,6 +152,23 @@ impl AsyncWrite for StreamWrite {
         match self.get_mut() {
             StreamWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             StreamWrite::Shared(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Reads from `stream` until `reader` holds one whole frame, and takes it. For the exchanges
+/// before the relay (authentication, upstream startup, catalog reads), which go one message at
+/// a time.
+pub async fn read_frame<E>(stream: &mut Stream, reader: &mut FrameReader) -> Result<Frame, E>
+where
+    E: From<WireError> + From<io::Error>,
+{
+    loop {
+        if let Some(f) = reader.next_frame()? {
+            return Ok(f);
+        }
+        if stream.read_buf(reader.buf_mut()).await? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
     }
 }

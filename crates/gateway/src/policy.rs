@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use phigate_policy::Policy;
 use phigate_sql::RelName;
@@ -60,8 +60,8 @@ impl PolicyStore {
         let policy = self
             .current
             .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         (policy, self.version.load(Ordering::Acquire))
     }
 
@@ -72,10 +72,7 @@ impl PolicyStore {
     /// Installs a new policy (SIGHUP). Sessions pick it up when their transaction ends. The
     /// views are read again too.
     pub fn replace(&self, policy: Policy) {
-        match self.configured.lock() {
-            Ok(mut c) => *c = policy,
-            Err(e) => *e.into_inner() = policy,
-        }
+        *lock(&self.configured) = policy;
         self.views_stale.store(true, Ordering::Release);
         self.publish();
     }
@@ -91,23 +88,12 @@ impl PolicyStore {
 
     /// Builds the current policy from the configured one and the catalog knowledge.
     fn publish(&self) {
-        let configured = match self.configured.lock() {
-            Ok(c) => c.clone(),
-            Err(e) => e.into_inner().clone(),
-        };
-        let mut policy = configured;
+        let mut policy = lock(&self.configured).clone();
         if let Some(b) = self.builtins.get() {
             policy = policy.with_builtins(b.clone());
         }
-        let views = match self.views.lock() {
-            Ok(v) => v.clone(),
-            Err(e) => e.into_inner().clone(),
-        };
-        policy = policy.with_views(views);
-        match self.current.write() {
-            Ok(mut p) => *p = Arc::new(policy),
-            Err(e) => *e.into_inner() = Arc::new(policy),
-        }
+        policy = policy.with_views(lock(&self.views).clone());
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
         self.version.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -148,10 +134,7 @@ impl PolicyStore {
                 Ok(rows) => {
                     let views = parse_views(&rows);
                     tracing::debug!(views = views.len(), "loaded view dependencies");
-                    match self.views.lock() {
-                        Ok(mut v) => *v = Arc::new(views),
-                        Err(e) => *e.into_inner() = Arc::new(views),
-                    }
+                    *lock(&self.views) = Arc::new(views);
                     self.views_stale.store(false, Ordering::Release);
                     changed = true;
                 }
@@ -164,6 +147,12 @@ impl PolicyStore {
             self.publish();
         }
     }
+}
+
+/// The state behind a lock stays usable even if a thread panicked while holding it: every
+/// update here replaces a whole value, so there is no half-written state to fear.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn parse_views(rows: &[String]) -> HashMap<RelName, Vec<RelName>> {

@@ -162,7 +162,6 @@ pub struct Ready {
     pub upstream: upstream::UpstreamConn,
     pub identity: Identity,
     pub peer: SocketAddr,
-    pub key: FrontendKey,
     pub registration: crate::cancel::Registration,
     pub guard: guard::Guard,
 }
@@ -243,7 +242,6 @@ async fn start(
         upstream,
         identity,
         peer,
-        key,
         registration,
         guard,
     }))
@@ -406,14 +404,7 @@ async fn authenticate(
 ) -> Result<Identity, SessionError> {
     backend::write_auth_cleartext(out);
     stream.write_all(out).await?;
-    let frame = loop {
-        if let Some(f) = reader.next_frame()? {
-            break f;
-        }
-        if stream.read_buf(reader.buf_mut()).await? == 0 {
-            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    };
+    let frame = crate::net::read_frame::<SessionError>(stream, reader).await?;
     let FrontendMessage::Password(body) = FrontendMessage::decode(&frame)? else {
         return Err(WireError::UnexpectedTag(frame.tag()).into());
     };

@@ -93,7 +93,6 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         upstream,
         identity,
         peer,
-        key: _,
         registration,
         guard,
     } = ready;
@@ -277,11 +276,7 @@ impl Forward<'_> {
                 .ensure_catalog(&self.shared.upstream)
                 .await;
         }
-        let version = self.shared.policy.version();
-        if version != self.guard.policy_version()
-            && self.in_flight.idle()
-            && self.in_flight.idle_status.load(Ordering::Acquire)
-        {
+        if at_rest && self.shared.policy.version() != self.guard.policy_version() {
             let (policy, version) = self.shared.policy.snapshot();
             self.guard.update_policy(policy, version);
         }

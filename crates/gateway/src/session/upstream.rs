@@ -297,14 +297,6 @@ fn refused(frame: &Frame) -> UpstreamError {
     }
 }
 
-/// Reads until one whole frame is buffered.
-pub async fn next(stream: &mut Stream, reader: &mut FrameReader) -> Result<Frame, UpstreamError> {
-    loop {
-        if let Some(f) = reader.next_frame()? {
-            return Ok(f);
-        }
-        if stream.read_buf(reader.buf_mut()).await? == 0 {
-            return Err(UpstreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
+async fn next(stream: &mut Stream, reader: &mut FrameReader) -> Result<Frame, UpstreamError> {
+    crate::net::read_frame(stream, reader).await
 }
