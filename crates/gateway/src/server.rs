@@ -19,6 +19,11 @@ use crate::session::upstream::UpstreamTarget;
 /// What every session shares. Immutable after start, except the shutdown tokens.
 pub struct Shared {
     pub auth: Authenticator,
+    /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
+    pub session_token_ttl: Duration,
+    pub development: bool,
+    /// Where PostgreSQL clients connect.
+    pub pg_addr: SocketAddr,
     pub policy: crate::policy::PolicyStore,
     pub analyzer: phigate_sql::Analyzer,
     pub upstream: UpstreamTarget,
@@ -36,7 +41,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn from_config(config: &Config) -> anyhow::Result<Shared> {
+    /// `http` is where the HTTP side listens, if it does (the default issuer of gateway tokens).
+    pub fn from_config(
+        config: &Config,
+        pg_addr: SocketAddr,
+        http: Option<SocketAddr>,
+    ) -> anyhow::Result<Shared> {
         let tls_acceptor = match &config.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
                 &t.cert_file,
@@ -46,7 +56,10 @@ impl Shared {
         };
         let up = &config.upstream;
         Ok(Shared {
-            auth: Authenticator::new(&config.identities),
+            auth: Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?,
+            session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
+            development: config.auth.development,
+            pg_addr,
             policy: crate::policy::PolicyStore::new(config.policy()?),
             analyzer: phigate_sql::Analyzer::default(),
             upstream: UpstreamTarget {
@@ -100,16 +113,18 @@ impl Running {
 
 /// Binds the listeners and starts serving. Returns once clients can connect.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let shared = Arc::new(Shared::from_config(config)?);
     let listener = TcpListener::bind(config.listen.address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen.address))?;
     let pg_addr = listener.local_addr()?;
-    let http = match config.listen.http_address {
-        Some(addr) => Some(crate::http::bind(addr, shared.clone()).await?),
+    let http_listener = match config.listen.http_address {
+        Some(addr) => Some(crate::http::bind(addr).await?),
         None => None,
     };
-    let http_addr = http.as_ref().map(|h| h.local_addr);
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
+    let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
+    spawn_key_watch(&shared);
     let stop = CancellationToken::new();
     let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
     shared.accepting.store(true, Ordering::Release);
@@ -171,6 +186,33 @@ async fn run(
         let _ = t.await;
     }
     tracing::info!("stopped");
+}
+
+/// Notices API keys created or revoked by the CLI within a second (sessions opened with a
+/// revoked key end), and records key use.
+fn spawn_key_watch(shared: &Arc<Shared>) {
+    let Some(store) = shared.auth.keys().cloned() else {
+        return;
+    };
+    let stop = shared.force_close.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            if let Err(e) = store.reload_if_changed() {
+                tracing::error!(error = %e, "cannot read the API key file");
+            }
+            n += 1;
+            if n.is_multiple_of(5) {
+                store.flush_last_used();
+            }
+        }
+        store.flush_last_used();
+    });
 }
 
 /// Reloads the policy from `path` on every SIGHUP. A file that does not load leaves the running

@@ -109,6 +109,48 @@ fn demo_serves_every_identity_and_cleans_up() {
     .expect("psql");
     assert!(!ok && err.contains("may not assume role"), "{err}");
 
+    // The tokens are JWTs of the development issuer: the database sees the individual.
+    for name in ["agent", "clinician", "admin", "reviewer"] {
+        let (ok, out, err) = psql_as(name, "SELECT current_setting('phigate.subject')");
+        assert!(ok, "{name}: {err}");
+        assert_eq!(
+            out.trim(),
+            ready["identities"][name]["subject"]
+                .as_str()
+                .expect("subject"),
+            "{name}"
+        );
+    }
+    // `phigate token mint` against the demo's config signs more tokens the gateway accepts.
+    let data_dir = ready["data_dir"].as_str().expect("data_dir");
+    let (ok, minted, err) = run(Command::new(env!("CARGO_BIN_EXE_phigate")).args([
+        "token",
+        "mint",
+        "--config",
+        &format!("{data_dir}/phigate.toml"),
+        "--subject",
+        "intern@demo.phigate",
+        "--group",
+        "agents",
+    ]))
+    .expect("mint");
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT current_setting('phigate.subject')",
+        ])
+        .arg(format!(
+            "host={host} port={port} dbname=clinic user=ai-agent sslmode=disable"
+        ))
+        .env("PGPASSWORD", minted.trim()))
+    .expect("psql");
+    assert!(ok, "minted token: {err}");
+    assert_eq!(out.trim(), "intern@demo.phigate");
+
     // The upstream entry is a direct superuser connection to the throwaway cluster.
     let up = &ready["upstream"];
     let (ok, out, err) = run(Command::new("psql")

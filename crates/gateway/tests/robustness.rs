@@ -1337,7 +1337,11 @@ fn vanished_clients_release_their_database_sessions() {
         clinic()
             .psql(
                 "postgres",
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"),
+                // The gateway adds the subject: "<app> (phigate:<subject>)".
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = '{app} (phigate:agent@test.phigate)'"
+                ),
             )
             .expect("count sessions")
             .parse()

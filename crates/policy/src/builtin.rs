@@ -166,6 +166,11 @@ pub fn leaks_via_function(name: &str) -> bool {
 /// phigate) runs a DELETE.
 pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings", "client_encoding"];
 
+/// Settings under this prefix carry the caller's identity to the database (`phigate.subject`,
+/// `phigate.role`, `phigate.issuer`): set by the gateway at startup, changed by no role, so
+/// row-level security and the database's own logs can trust them.
+pub const IDENTITY_SETTINGS_PREFIX: &str = "phigate.";
+
 /// Settings a restricted role may change: presentation and harmless client-side choices.
 pub const SAFE_SETTINGS: &[&str] = &[
     "application_name",

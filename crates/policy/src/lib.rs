@@ -402,12 +402,18 @@ impl Policy {
             ));
         }
         if let Some(s) = st.settings.iter().find(|s| {
-            builtin::PINNED_FOR_ALL.contains(&s.as_str()) || *s == phigate_sql::DYNAMIC_SETTING
+            builtin::PINNED_FOR_ALL.contains(&s.as_str())
+                || s.starts_with(builtin::IDENTITY_SETTINGS_PREFIX)
+                || *s == phigate_sql::DYNAMIC_SETTING
         }) {
             return Some(deny(
                 "pinned-setting",
                 format!("phigate: SET {s} denied by rule pinned-setting"),
-                "phigate reads statements as PostgreSQL does with standard_conforming_strings = on; it cannot change.".into(),
+                if s.starts_with(builtin::IDENTITY_SETTINGS_PREFIX) {
+                    "The phigate.* settings carry the caller's identity for the database; they are set by the gateway.".into()
+                } else {
+                    "phigate reads statements as PostgreSQL does with standard_conforming_strings = on; it cannot change.".into()
+                },
             ));
         }
         if let Some((rel, action)) = resolved

@@ -175,6 +175,28 @@ fn decisions_table() {
             "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false)",
             "deny:pinned-setting",
         ),
+        // The identity settings the gateway sets for the database: nobody changes them.
+        (
+            "admin",
+            "SET phigate.subject = 'someone'",
+            "deny:pinned-setting",
+        ),
+        (
+            "ai-agent",
+            "SET LOCAL phigate.role = 'admin'",
+            "deny:pinned-setting",
+        ),
+        ("admin", "RESET phigate.subject", "deny:pinned-setting"),
+        (
+            "admin",
+            "SELECT set_config('phigate.subject', 'someone', false)",
+            "deny:pinned-setting",
+        ),
+        (
+            "ai-agent",
+            "SELECT current_setting('phigate.subject')",
+            "allow",
+        ),
         ("ai-agent", "SET ROLE postgres", "deny:role-switch"),
         ("ai-agent", "SET search_path = evil", "deny:pinned-setting"),
         ("ai-agent", "SET application_name = 'x'", "allow"),

@@ -90,6 +90,10 @@ pub struct GatewayOptions {
     pub extra: String,
     /// The `[[role]]` / `[[rule]]` tables. Default: [`PASS_THROUGH_POLICY`].
     pub policy: String,
+    /// Top-level keys, placed before every table (e.g. `auth.leeway_secs = 1`).
+    pub top: String,
+    /// Give the gateway a data directory (API keys, its signing key): [`Gateway::data_dir`].
+    pub data_dir: bool,
 }
 
 /// Every test role unrestricted with every grant: the gateway relays like a plain proxy (the
@@ -136,6 +140,8 @@ impl GatewayOptions {
             listen_extra: String::new(),
             extra: String::new(),
             policy: PASS_THROUGH_POLICY.to_owned(),
+            top: String::new(),
+            data_dir: false,
         }
     }
 }
@@ -176,8 +182,15 @@ impl Gateway {
             .as_ref()
             .map(|p| format!("password = \"{p}\"\n"))
             .unwrap_or_default();
+        let mut top = opts.top.clone();
+        if opts.data_dir {
+            top = format!(
+                "data_dir = \"{}\"\n{top}",
+                dir.path().join("data").display()
+            );
+        }
         let config = format!(
-            "[listen]\naddress = \"127.0.0.1:{pg_port}\"\nhttp_address = \"127.0.0.1:{http_port}\"\n\
+            "{top}\n[listen]\naddress = \"127.0.0.1:{pg_port}\"\nhttp_address = \"127.0.0.1:{http_port}\"\n\
              shutdown_grace_secs = 5\n{listen_extra}\n\n\
              [upstream]\nhost = \"{host}\"\nport = {port}\ndatabase = \"{DATABASE}\"\nuser = \"{user}\"\n\
              {password}{upstream_extra}\n{identities}\n{extra}\n{policy}\n",
@@ -268,6 +281,15 @@ impl Gateway {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The data directory (when started with `data_dir: true`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("phigate.toml")
     }
 
     pub fn pid(&self) -> u32 {

@@ -11,8 +11,10 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::json;
 
-use crate::auth::token_sha256;
-use crate::config::{Config, Listen, Log, ServerTls, StaticIdentity, Upstream, UpstreamTlsMode};
+use crate::auth::DEVELOPMENT_ISSUER;
+use crate::config::{
+    AuthConfig, BindingConfig, Config, Listen, Log, ServerTls, Upstream, UpstreamTlsMode,
+};
 use phigate_policy::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
 
 /// The synthetic, deterministic clinic dataset (no real person in it).
@@ -24,13 +26,27 @@ pub const DATABASE: &str = "clinic";
 /// The database login the gateway uses; clients never learn its password.
 pub const UPSTREAM_USER: &str = "phigate_app";
 
-/// The demo identities: name in the ready file, subject, role (the startup `user`).
-pub const IDENTITIES: [(&str, &str, &str); 4] = [
-    ("agent", "coding-agent@demo.phigate", "ai-agent"),
-    ("clinician", "dr.rivera@demo.phigate", "clinician"),
-    ("admin", "admin@demo.phigate", "admin"),
-    ("reviewer", "privacy.officer@demo.phigate", "reviewer"),
+/// The demo identities: name in the ready file, subject, role (the startup `user`), and the
+/// group their token carries (bound to that role).
+pub const IDENTITIES: [(&str, &str, &str, &str); 4] = [
+    ("agent", "coding-agent@demo.phigate", "ai-agent", "agents"),
+    (
+        "clinician",
+        "dr.rivera@demo.phigate",
+        "clinician",
+        "clinicians",
+    ),
+    ("admin", "admin@demo.phigate", "admin", "admins"),
+    (
+        "reviewer",
+        "privacy.officer@demo.phigate",
+        "reviewer",
+        "reviewers",
+    ),
 ];
+
+/// How long the demo's tokens live.
+pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -96,7 +112,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     })
     .await??;
 
-    let tokens: Vec<String> = IDENTITIES.iter().map(|_| token()).collect();
     let tls = self_signed(&data_dir.join("tls"))?;
     let password_file = data_dir.join("upstream.password");
     write_private(&password_file, &app_password)?;
@@ -122,26 +137,39 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             ca_file: None,
             connect_timeout_secs: 10,
         },
-        identities: IDENTITIES
-            .iter()
-            .zip(&tokens)
-            .map(|((_, subject, role), tok)| StaticIdentity {
-                subject: (*subject).to_owned(),
-                token_sha256: hex::encode(token_sha256(tok)),
-                roles: vec![(*role).to_owned()],
-            })
-            .collect(),
+        data_dir: Some(data_dir.clone()),
+        // The development issuer: the gateway signs each demo identity's token itself.
+        auth: AuthConfig {
+            development: true,
+            ..AuthConfig::default()
+        },
+        bindings: demo_bindings(),
+        identities: Vec::new(),
         log: Log::default(),
         runtime: Default::default(),
         roles: demo_roles(),
         rules: demo_rules(),
     };
+    let running = crate::server::start(&config).await?;
+    let signer = running
+        .shared
+        .auth
+        .signer()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the demo gateway has no signing key"))?;
+    let mut tokens = Vec::new();
+    for (_, subject, _, group) in IDENTITIES {
+        let (tok, _) = signer.mint(subject, &[group.to_owned()], DEVELOPMENT_ISSUER, TOKEN_TTL)?;
+        tokens.push(tok);
+    }
+    // The config as it runs (issuer pinned to the bound HTTP address), for `phigate token mint
+    // --config` and `phigate keys ... --config`.
+    let mut written = config.clone();
+    written.auth.issuer = Some(signer.issuer.clone());
     std::fs::write(
         data_dir.join("phigate.toml"),
-        toml::to_string_pretty(&config)?,
+        toml::to_string_pretty(&written)?,
     )?;
-
-    let running = crate::server::start(&config).await?;
     let pg = running.pg_addr;
     let http = running
         .http_addr
@@ -150,10 +178,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let identities: serde_json::Map<String, serde_json::Value> = IDENTITIES
         .iter()
         .zip(&tokens)
-        .map(|((name, subject, role), tok)| {
+        .map(|((name, subject, role, group), tok)| {
             (
                 (*name).to_owned(),
-                json!({"user": role, "password": tok, "subject": subject}),
+                json!({"user": role, "password": tok, "subject": subject, "groups": [group]}),
             )
         })
         .collect();
@@ -184,7 +212,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("Gateway: postgresql://{pg}/{DATABASE}   HTTP: {http}\n");
-    for ((name, subject, role), tok) in IDENTITIES.iter().zip(&tokens) {
+    for ((name, subject, role, _), tok) in IDENTITIES.iter().zip(&tokens) {
         println!("# {name} ({subject}, role {role})");
         println!(
             "PGPASSWORD={tok} psql \"host={} port={} dbname={DATABASE} user={role} sslmode=disable\"\n",
@@ -259,6 +287,19 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         ),
         role("reviewer", true, vec![]),
     ]
+}
+
+/// Each demo group may assume its role, on the development issuer's word only.
+pub fn demo_bindings() -> Vec<BindingConfig> {
+    IDENTITIES
+        .iter()
+        .map(|(_, _, role, group)| BindingConfig {
+            roles: vec![(*role).to_owned()],
+            groups: vec![(*group).to_owned()],
+            subjects: vec![],
+            issuer: Some(DEVELOPMENT_ISSUER.to_owned()),
+        })
+        .collect()
 }
 
 pub fn demo_rules() -> Vec<RuleConfig> {

@@ -69,15 +69,32 @@ impl SessionError {
             ),
             SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
             SessionError::StartupParam(msg) => ("42501", format!("phigate: {msg}"), None),
-            SessionError::Auth(AuthError::InvalidCredentials) => (
-                "28P01",
-                "phigate: authentication failed".into(),
-                Some("Put a valid phigate token in the password field."),
-            ),
             SessionError::Auth(e @ AuthError::RoleNotAllowed { .. }) => (
                 "28000",
                 format!("phigate: {e}"),
-                Some("Connect with user set to one of your roles."),
+                Some("Connect with user set to one of your roles, or leave it to get your default role."),
+            ),
+            SessionError::Auth(e @ AuthError::NoRole { .. }) => (
+                "28000",
+                format!("phigate: {e}"),
+                Some("Ask an administrator to bind your identity or groups to a role."),
+            ),
+            SessionError::Auth(e @ AuthError::RateLimited(_)) => ("28000", format!("phigate: {e}"), None),
+            SessionError::Auth(e @ AuthError::IdpUnavailable) => (
+                "08006",
+                format!("phigate: {e}"),
+                Some("Try again shortly."),
+            ),
+            SessionError::Auth(AuthError::InvalidCredentials) => (
+                "28P01",
+                "phigate: authentication failed".into(),
+                Some("Put a valid phigate token or API key in the password field."),
+            ),
+            // Each says what was wrong with the credential, never what it contained.
+            SessionError::Auth(e) => (
+                "28P01",
+                format!("phigate: authentication failed: {e}"),
+                Some("Get a fresh token (phigate login) or API key and reconnect."),
             ),
             // Missing database, too many connections, database starting up: the client can act
             // on these. The wording is ours: the database's own text names the gateway's login.
@@ -193,7 +210,7 @@ async fn start(
     }
     let params = forwarded_params(&startup)?;
     let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
-    let identity = authenticate(stream, &mut reader, &mut out, &startup, shared).await?;
+    let identity = authenticate(stream, &mut reader, &mut out, &startup, peer, shared).await?;
 
     shared.policy.ensure_catalog(&shared.upstream).await;
     let (policy, version) = shared.policy.snapshot();
@@ -202,6 +219,7 @@ async fn start(
     ))?;
     let mut params = params;
     role_settings(&role, &mut params);
+    identity_settings(&identity, &mut params);
     let guard = guard::Guard::new(role, policy, version, identity.clone());
 
     let param_refs: Vec<(&str, &str)> = params
@@ -388,6 +406,43 @@ fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>
     }
 }
 
+/// The identity, for the database's own logs and row-level security: `application_name`
+/// carries the subject, and the settings `phigate.subject`, `phigate.role` and `phigate.issuer`
+/// can be read with `current_setting('phigate.subject', true)`. No role may change them
+/// (policy rule pinned-setting).
+fn identity_settings(identity: &Identity, params: &mut Vec<(String, String)>) {
+    let client_app = params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let tag = format!("phigate:{}", identity.subject);
+    let app = if client_app.is_empty() {
+        tag
+    } else {
+        format!("{client_app} ({tag})")
+    };
+    params
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("application_name") && !k.starts_with("phigate."));
+    // PostgreSQL truncates application_name to 63 bytes; keep the subject rather than the app.
+    params.push(("application_name".into(), truncate_utf8(&app, 63)));
+    params.push(("phigate.subject".into(), identity.subject.0.clone()));
+    params.push(("phigate.role".into(), identity.role.0.clone()));
+    params.push(("phigate.issuer".into(), identity.issuer.clone()));
+}
+
+fn truncate_utf8(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    // Prefer the tail: "(phigate:<subject>)" is what matters.
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_owned()
+}
+
 /// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).
 pub(crate) fn is_utf8(name: &str) -> bool {
     let norm: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
@@ -400,6 +455,7 @@ async fn authenticate(
     reader: &mut FrameReader,
     out: &mut BytesMut,
     startup: &StartupMessage,
+    peer: SocketAddr,
     shared: &Shared,
 ) -> Result<Identity, SessionError> {
     backend::write_auth_cleartext(out);
@@ -416,5 +472,10 @@ async fn authenticate(
             why: "not a NUL-terminated string",
         })?;
     let role = startup.param("user").unwrap_or_default();
-    Ok(shared.auth.authenticate(role, token)?)
+    let (policy, _) = shared.policy.snapshot();
+    let is_role = |r: &str| policy.role(r).is_some();
+    Ok(shared
+        .auth
+        .authenticate(peer.ip(), role, token, &is_role)
+        .await?)
 }

@@ -72,6 +72,92 @@ enum End {
     ClientError(String),
     UpstreamError(String),
     Shutdown,
+    CredentialEnded(Ended),
+}
+
+/// Why a session's credential stopped being valid.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    Expired,
+    Revoked,
+}
+
+impl Ended {
+    fn fatal(self) -> BytesMut {
+        let mut out = BytesMut::new();
+        let message = match self {
+            Ended::Expired => "phigate: authentication expired",
+            Ended::Revoked => "phigate: the credential of this session was revoked",
+        };
+        Notice::fatal("28000", message)
+            .with_hint("Get a fresh token (phigate login) or API key and reconnect.")
+            .write(&mut out);
+        out
+    }
+}
+
+/// Watches the session's credential: its expiry, and (API keys) revocation.
+#[derive(Clone)]
+struct CredentialWatch {
+    identity: crate::auth::Identity,
+    expires_at: Option<std::time::SystemTime>,
+    revocations: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl CredentialWatch {
+    fn new(identity: &crate::auth::Identity, shared: &Shared) -> Self {
+        let revocations = match identity.credential {
+            crate::auth::Credential::ApiKey { .. } => shared.auth.revocations(),
+            _ => None,
+        };
+        CredentialWatch {
+            identity: identity.clone(),
+            expires_at: identity.expires_at,
+            revocations,
+        }
+    }
+
+    /// Checked before each batch of client messages: cheap (a clock read; the key store only
+    /// when it changed).
+    fn check(&mut self, shared: &Shared) -> Option<Ended> {
+        if self
+            .expires_at
+            .is_some_and(|t| std::time::SystemTime::now() >= t)
+        {
+            return Some(Ended::Expired);
+        }
+        if let Some(rx) = &mut self.revocations {
+            if rx.has_changed().unwrap_or(false) {
+                rx.borrow_and_update();
+                if !shared.auth.still_valid(&self.identity) {
+                    return Some(Ended::Revoked);
+                }
+            }
+        }
+        None
+    }
+
+    /// When the credential expires, as a timer deadline.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let left = self
+            .expires_at?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    /// Resolves when the credential may have been revoked (never, for credentials that
+    /// cannot be).
+    async fn changed(&mut self) {
+        match &mut self.revocations {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl std::fmt::Display for End {
@@ -82,6 +168,8 @@ impl std::fmt::Display for End {
             End::ClientError(e) => write!(f, "client error: {e}"),
             End::UpstreamError(e) => write!(f, "database connection lost: {e}"),
             End::Shutdown => f.write_str("gateway shutdown"),
+            End::CredentialEnded(Ended::Expired) => f.write_str("authentication expired"),
+            End::CredentialEnded(Ended::Revoked) => f.write_str("credential revoked"),
         }
     }
 }
@@ -102,7 +190,9 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let in_flight = Arc::new(InFlight::default());
 
     let denials = guard.denials.clone();
+    let credential = CredentialWatch::new(&identity, shared);
     let forward = Forward {
+        credential: credential.clone(),
         guard,
         syncs_since_start: 0,
         shared,
@@ -115,6 +205,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     }
     .run();
     let backward = Backward {
+        credential,
         upstream: up_rd,
         reader: upstream.reader,
         client: client_wr,
@@ -147,6 +238,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
 }
 
 struct Forward<'s> {
+    credential: CredentialWatch,
     guard: super::guard::Guard,
     /// Syncs forwarded since the last Query or Execute (see CopyDone below).
     syncs_since_start: u64,
@@ -169,6 +261,10 @@ impl Forward<'_> {
                 let _ = self.events.send(Event::Fatal(fatal)).await;
                 End::ClientError(e.to_string())
             }
+            Err(ForwardError::Credential(why)) => {
+                let _ = self.events.send(Event::Fatal(why.fatal())).await;
+                End::CredentialEnded(why)
+            }
             Err(ForwardError::ClientIo(e)) => End::ClientError(e.to_string()),
             Err(ForwardError::UpstreamIo(e)) => End::UpstreamError(e.to_string()),
         }
@@ -186,6 +282,10 @@ impl Forward<'_> {
                 frontend::write::terminate(&mut self.out);
                 let _ = self.flush().await;
                 return Ok(End::ClientClosed);
+            }
+            // Nothing more runs on a credential that expired or was revoked.
+            if let Some(why) = self.credential.check(self.shared) {
+                return Err(ForwardError::Credential(why));
             }
             self.refresh_policy().await;
             let sent_base = self.in_flight.sent.load(Ordering::Acquire);
@@ -308,11 +408,13 @@ impl From<WireError> for RelayError {
 
 enum ForwardError {
     Client(WireError),
+    Credential(Ended),
     ClientIo(std::io::Error),
     UpstreamIo(std::io::Error),
 }
 
 struct Backward {
+    credential: CredentialWatch,
     upstream: StreamRead,
     reader: FrameReader,
     client: StreamWrite,
@@ -334,6 +436,18 @@ impl Backward {
 
     async fn pump(&mut self, shared: &Shared) -> End {
         let mut draining = false;
+        // Set when the credential ended while a statement ran: the session ends once it is
+        // answered.
+        let mut ending: Option<Ended> = None;
+        let expiry = self.credential.deadline();
+        let expired = async move {
+            match expiry {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let mut watch = self.credential.clone();
         // Created once: a fresh `cancelled()` per iteration would register and unregister a
         // waiter (a lock each way) on every message batch.
         let drain = shared.draining.cancelled();
@@ -371,6 +485,23 @@ impl Backward {
                     self.out.clear();
                     if draining && self.at_rest() {
                         return self.say_goodbye().await;
+                    }
+                    if let Some(why) = ending.filter(|_| self.quiet()) {
+                        return self.credential_ended(why).await;
+                    }
+                }
+                _ = &mut expired, if ending.is_none() => {
+                    if self.quiet() {
+                        return self.credential_ended(Ended::Expired).await;
+                    }
+                    ending = Some(Ended::Expired);
+                }
+                _ = watch.changed(), if ending.is_none() => {
+                    if !shared.auth.still_valid(&watch.identity) {
+                        if self.quiet() {
+                            return self.credential_ended(Ended::Revoked).await;
+                        }
+                        ending = Some(Ended::Revoked);
                     }
                 }
                 _ = &mut drain, if !draining => {
@@ -436,6 +567,17 @@ impl Backward {
         self.status == TransactionStatus::Idle
             && self.in_flight.idle()
             && self.reader.buffered() == 0
+    }
+
+    /// Nothing in flight (a transaction may be open: it is rolled back when the database
+    /// session closes).
+    fn quiet(&self) -> bool {
+        self.in_flight.idle() && self.reader.buffered() == 0
+    }
+
+    async fn credential_ended(&mut self, why: Ended) -> End {
+        let _ = self.client.write_all(&why.fatal()).await;
+        End::CredentialEnded(why)
     }
 
     async fn refuse_encoding(&mut self) -> End {

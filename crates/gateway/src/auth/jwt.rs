@@ -1,0 +1,238 @@
+//! JWT checks shared by every issuer: the header and the unverified `iss` are read first (to
+//! pick the issuer and its key), then the signature and the time and audience claims.
+//!
+//! Only asymmetric algorithms are ever accepted. `none` is refused by name before anything
+//! else, and so is every HS* algorithm: with HS256 the verification key is also the signing key,
+//! and an attacker who signs with an issuer's *public* RSA key as an HMAC secret would otherwise
+//! forge any token (the classic algorithm-confusion attack).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde_json::Value;
+
+use super::AuthError;
+
+/// Largest token accepted (a JWT with a generous set of groups is a few KiB).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Accepted when an issuer's config does not narrow the list.
+pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Parses an algorithm name from the config; symmetric ones are refused.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown signature algorithm {name:?}"))?;
+    if !DEFAULT_ALGORITHMS.contains(&alg) {
+        return Err(format!(
+            "algorithm {name} is not allowed: symmetric (HS*) keys would let anyone holding the \
+             verification key sign tokens"
+        ));
+    }
+    Ok(alg)
+}
+
+/// What the token says about itself before any check: enough to choose the key.
+#[derive(Debug)]
+pub struct Unverified {
+    pub header: Header,
+    pub issuer: String,
+}
+
+/// Reads the header and the `iss` claim. Refuses `none` and HS* at once.
+pub fn peek(token: &str) -> Result<Unverified, AuthError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge(MAX_TOKEN_BYTES));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let header_json = decode_json(h)?;
+    let alg = header_json
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(AuthError::Malformed)?;
+    match alg.parse::<Algorithm>() {
+        Ok(a) if DEFAULT_ALGORITHMS.contains(&a) => {}
+        _ => return Err(AuthError::AlgorithmNotAllowed),
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    let issuer = decode_json(p)?
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(AuthError::MissingClaim("iss"))?
+        .to_owned();
+    Ok(Unverified { header, issuer })
+}
+
+fn decode_json(part: &str) -> Result<Value, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    if !value.is_object() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(value)
+}
+
+/// What a token must satisfy besides its signature.
+pub struct Expect<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a [String],
+    pub algorithms: &'a [Algorithm],
+    pub leeway: Duration,
+}
+
+/// Checks signature, algorithm, `iss`, `aud`, `exp`, `nbf` and `iat`; returns the claims.
+pub fn verify(
+    token: &str,
+    header: &Header,
+    key: &DecodingKey,
+    expect: &Expect<'_>,
+) -> Result<Value, AuthError> {
+    if !expect.algorithms.contains(&header.alg) {
+        return Err(AuthError::AlgorithmNotAllowed);
+    }
+    let mut v = Validation::new(header.alg);
+    v.set_issuer(&[expect.issuer]);
+    v.set_audience(expect.audience);
+    v.leeway = expect.leeway.as_secs();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let data = jsonwebtoken::decode::<Value>(token, key, &v).map_err(|e| match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::UntrustedIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "aud" => "aud",
+            _ => "iss",
+        }),
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        // A key the library cannot use for this algorithm is a signature that cannot verify.
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
+            AuthError::BadSignature
+        }
+        _ => AuthError::Malformed,
+    })?;
+    let claims = data.claims;
+    // A token issued in the future is as suspect as one not yet valid.
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_f64().ok_or(AuthError::Malformed)?;
+        if iat > unix_now() as f64 + expect.leeway.as_secs_f64() {
+            return Err(AuthError::NotYetValid);
+        }
+    }
+    Ok(claims)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `exp` claim as a time (present: [`verify`] requires it).
+pub fn expiry(claims: &Value) -> Option<SystemTime> {
+    let exp = claims.get("exp")?.as_f64()?;
+    (exp >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))
+}
+
+/// A claim by name, or by a dotted path into nested objects (`realm_access.roles`). A claim
+/// whose own name contains dots (`https://example.org/groups`) is found first.
+pub fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(claims, |v, key| v.get(key))
+}
+
+/// The individual: a non-empty string of printable characters.
+pub fn subject(claims: &Value, path: &str) -> Result<String, AuthError> {
+    let s = claim(claims, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty() && s.len() <= 256 && !s.chars().any(char::is_control))
+        .ok_or(AuthError::MissingSubject)?;
+    Ok(s.to_owned())
+}
+
+/// Groups: an array of strings (others ignored), or one string. At most 1,000 kept.
+pub fn groups(claims: &Value, path: Option<&str>) -> Vec<String> {
+    let Some(v) = path.and_then(|p| claim(claims, p)) else {
+        return Vec::new();
+    };
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .take(1000)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn symmetric_and_unknown_algorithms_are_refused_in_config() {
+        assert!(parse_algorithm("RS256").is_ok());
+        assert!(parse_algorithm("EdDSA").is_ok());
+        assert!(parse_algorithm("HS256").is_err());
+        assert!(parse_algorithm("none").is_err());
+    }
+
+    #[test]
+    fn none_and_hs_tokens_are_refused_before_any_key_lookup() {
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let body = enc(json!({"iss": "https://idp", "sub": "x"}));
+        for alg in ["none", "HS256", "None", "hs512"] {
+            let token = format!("{}.{body}.", enc(json!({"alg": alg, "typ": "JWT"})));
+            assert!(
+                matches!(peek(&token), Err(AuthError::AlgorithmNotAllowed)),
+                "{alg}"
+            );
+        }
+        assert!(matches!(peek("a.b"), Err(AuthError::Malformed)));
+        assert!(matches!(peek("a.b.c.d"), Err(AuthError::Malformed)));
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(peek(&big), Err(AuthError::TooLarge(_))));
+    }
+
+    #[test]
+    fn claim_paths() {
+        let c = json!({"realm_access": {"roles": ["a", "b", 3]}, "https://x.org/g": "solo", "email": "e@x"});
+        assert_eq!(groups(&c, Some("realm_access.roles")), vec!["a", "b"]);
+        assert_eq!(groups(&c, Some("https://x.org/g")), vec!["solo"]);
+        assert!(groups(&c, Some("missing")).is_empty());
+        assert_eq!(subject(&c, "email").ok().as_deref(), Some("e@x"));
+        assert!(subject(&json!({"sub": ""}), "sub").is_err());
+        assert!(subject(&json!({"sub": "a\nb"}), "sub").is_err());
+    }
+}

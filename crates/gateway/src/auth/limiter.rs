@@ -1,0 +1,96 @@
+//! Failed logins per source address. Past the limit, an address is refused without any check
+//! until its window passes: guessing tokens or keys gets `max_failures` tries per window.
+//!
+//! IPv6 addresses count per /64 (one host usually holds a whole /64, and could otherwise rotate
+//! through it). A success does not reset the count: one valid credential must not buy an attacker
+//! fresh guesses.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept before expired ones are swept.
+const SWEEP_AT: usize = 10_000;
+
+pub struct FailedLogins {
+    max: u32,
+    window: Duration,
+    by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl FailedLogins {
+    pub fn new(max: u32, window: Duration) -> Self {
+        FailedLogins {
+            max,
+            window,
+            by_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` while the address is over its limit.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&source(ip)) {
+            Some((n, since)) if *n >= self.max && since.elapsed() < self.window => {
+                Err((self.window - since.elapsed()).as_secs() + 1)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure; returns the count in the current window.
+    pub fn failed(&self, ip: IpAddr) -> u32 {
+        let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SWEEP_AT {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        let entry = map.entry(source(ip)).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+        entry.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_per_source_and_v6_prefix() {
+        let l = FailedLogins::new(2, Duration::from_secs(60));
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert!(l.check(a).is_ok());
+        l.failed(a);
+        assert!(l.check(a).is_ok());
+        l.failed(a);
+        assert!(l.check(a).is_err());
+        assert!(l.check(b).is_ok());
+        let v6a: IpAddr = "2001:db8::1".parse().expect("ip");
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().expect("ip");
+        l.failed(v6a);
+        l.failed(v6b);
+        assert!(l.check(v6a).is_err(), "same /64 counts together");
+        let w = FailedLogins::new(1, Duration::ZERO);
+        w.failed(a);
+        assert!(w.check(a).is_ok(), "window passed");
+    }
+}

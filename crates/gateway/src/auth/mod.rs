@@ -1,0 +1,605 @@
+//! Who is calling. The client puts a credential in the password field; the startup `user`
+//! names the role it wants to assume.
+//!
+//! Credentials, tried in this order:
+//! 1. a static token from the config (by its SHA-256);
+//! 2. an API key (`phk_...`, [`keys`]);
+//! 3. a JWT: signed by this gateway ([`signer`]: `phigate login` session tokens, development
+//!    tokens) or by a configured OIDC issuer ([`jwt`], [`jwks`]).
+//!
+//! Everything after this module sees only an [`Identity`]: an individual subject, the role it
+//! assumed, and when its credential stops being valid.
+
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
+pub mod limiter;
+pub mod signer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::Algorithm;
+use sha2::{Digest, Sha256};
+
+use crate::config::{BindingConfig, Config, OidcConfig, StaticIdentity};
+
+/// The issuer name of tokens minted by `phigate token mint` (development only).
+pub const DEVELOPMENT_ISSUER: &str = "development";
+
+/// The individual behind a session: a person or a machine identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject(pub String);
+
+/// A gateway role, chosen by the startup `user` among those the identity may assume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleName(pub String);
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the caller presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    StaticToken,
+    ApiKey {
+        id: String,
+    },
+    /// A JWT from a configured OIDC issuer.
+    Oidc,
+    /// A JWT this gateway signed (`phigate login`, development tokens).
+    GatewayToken,
+}
+
+impl Credential {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::StaticToken => "static-token",
+            Credential::ApiKey { .. } => "api-key",
+            Credential::Oidc => "oidc",
+            Credential::GatewayToken => "gateway-token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: Subject,
+    pub role: RoleName,
+    pub groups: Vec<String>,
+    /// Who vouched for the subject: an `[[auth.oidc]]` name, `development`, `api-key`, `static`.
+    pub issuer: String,
+    pub credential: Credential,
+    /// When the credential stops being valid; the session ends then.
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Unknown token or key, or a wrong secret: deliberately says nothing more.
+    #[error("authentication failed")]
+    InvalidCredentials,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issuer is not trusted")]
+    UntrustedIssuer,
+    #[error("token audience is not this gateway")]
+    WrongAudience,
+    #[error("token signature algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token signing key is unknown")]
+    UnknownKey,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("token lacks the {0} claim")]
+    MissingClaim(&'static str),
+    #[error("token does not name an individual (subject claim missing or empty)")]
+    MissingSubject,
+    #[error("API key revoked")]
+    KeyRevoked,
+    #[error("API key expired")]
+    KeyExpired,
+    #[error("the identity provider's keys cannot be fetched right now")]
+    IdpUnavailable,
+    #[error("too many failed logins from this address; try again in {0} s")]
+    RateLimited(u64),
+    #[error("identity {subject} may not assume role \"{role}\"")]
+    RoleNotAllowed { subject: String, role: String },
+    #[error("identity {subject} is not granted any role")]
+    NoRole { subject: String },
+}
+
+impl AuthError {
+    /// Counts towards the failed-login limit: a wrong or forged credential. Not: a valid
+    /// credential asking for the wrong role, an IdP outage, or the limit itself.
+    fn is_failed_guess(&self) -> bool {
+        !matches!(
+            self,
+            AuthError::RoleNotAllowed { .. }
+                | AuthError::NoRole { .. }
+                | AuthError::IdpUnavailable
+                | AuthError::RateLimited(_)
+        )
+    }
+}
+
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// `http://127.0.0.1...`, `http://localhost...`, `http://[::1]...`.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+struct OidcIssuer {
+    cfg: OidcConfig,
+    algorithms: Vec<Algorithm>,
+    jwks: jwks::Jwks,
+}
+
+/// Who the credential names, before a role is chosen.
+struct Principal {
+    subject: String,
+    groups: Vec<String>,
+    issuer: String,
+    credential: Credential,
+    expires_at: Option<SystemTime>,
+    /// Roles the credential itself carries (API keys, static tokens); else the bindings decide.
+    roles: Option<Vec<String>>,
+}
+
+pub struct Authenticator {
+    statics: HashMap<[u8; 32], StaticIdentity>,
+    oidc: Vec<OidcIssuer>,
+    signer: Option<Arc<signer::Signer>>,
+    keys: Option<Arc<keys::KeyStore>>,
+    bindings: Vec<BindingConfig>,
+    leeway: Duration,
+    failed: limiter::FailedLogins,
+}
+
+impl Authenticator {
+    /// Builds the authenticator; with a data directory, opens the API keys and the gateway's
+    /// signing key (created on first start).
+    pub fn from_config(config: &Config, issuer: &str) -> anyhow::Result<Authenticator> {
+        let mut oidc = Vec::new();
+        for o in &config.auth.oidc {
+            let algorithms = if o.algorithms.is_empty() {
+                jwt::DEFAULT_ALGORITHMS.to_vec()
+            } else {
+                o.algorithms
+                    .iter()
+                    .map(|a| jwt::parse_algorithm(a).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            oidc.push(OidcIssuer {
+                algorithms,
+                jwks: jwks::Jwks::new(
+                    &o.issuer,
+                    o.jwks_uri.clone(),
+                    jwks::client(o.ca_file.as_deref())?,
+                    Duration::from_secs(o.jwks_min_refresh_secs),
+                    Duration::from_secs(o.jwks_max_age_secs),
+                ),
+                cfg: o.clone(),
+            });
+        }
+        let (signer, keys) = match &config.data_dir {
+            Some(dir) => (
+                Some(Arc::new(signer::Signer::load_or_create(dir, issuer)?)),
+                Some(Arc::new(keys::KeyStore::open(dir)?)),
+            ),
+            None => (None, None),
+        };
+        let mut a = Authenticator::with_statics(&config.identities);
+        a.oidc = oidc;
+        a.signer = signer;
+        a.keys = keys;
+        a.bindings = config.bindings.clone();
+        a.leeway = Duration::from_secs(config.auth.leeway_secs);
+        a.failed = limiter::FailedLogins::new(
+            config.auth.failed_logins.max_failures,
+            Duration::from_secs(config.auth.failed_logins.window_secs),
+        );
+        Ok(a)
+    }
+
+    fn with_statics(identities: &[StaticIdentity]) -> Authenticator {
+        let statics = identities
+            .iter()
+            .filter_map(|id| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&id.token_sha256, &mut hash).ok()?;
+                Some((hash, id.clone()))
+            })
+            .collect();
+        Authenticator {
+            statics,
+            oidc: Vec::new(),
+            signer: None,
+            keys: None,
+            bindings: Vec::new(),
+            leeway: Duration::from_secs(30),
+            failed: limiter::FailedLogins::new(10, Duration::from_secs(60)),
+        }
+    }
+
+    pub fn signer(&self) -> Option<&Arc<signer::Signer>> {
+        self.signer.as_ref()
+    }
+
+    pub fn keys(&self) -> Option<&Arc<keys::KeyStore>> {
+        self.keys.as_ref()
+    }
+
+    /// Checks the credential and resolves the role. `requested_role` is the startup `user`:
+    /// a defined role (per `is_role`) must be one the identity may assume; anything else (an
+    /// OS user name a client filled in) picks the identity's default role.
+    pub async fn authenticate(
+        &self,
+        peer: IpAddr,
+        requested_role: &str,
+        token: &str,
+        is_role: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Identity, AuthError> {
+        if let Err(wait) = self.failed.check(peer) {
+            return Err(AuthError::RateLimited(wait));
+        }
+        let result = match self.principal(token).await {
+            Ok(p) => self.assume(p, requested_role, is_role),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            if e.is_failed_guess() {
+                let n = self.failed.failed(peer);
+                tracing::warn!(%peer, failures = n, error = %e, "failed login");
+            }
+        }
+        result
+    }
+
+    async fn principal(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge(jwt::MAX_TOKEN_BYTES));
+        }
+        // A hash lookup: the time it takes says nothing about how close a guess was.
+        if let Some(id) = self.statics.get(&token_sha256(token)) {
+            return Ok(Principal {
+                subject: id.subject.clone(),
+                groups: Vec::new(),
+                issuer: "static".into(),
+                credential: Credential::StaticToken,
+                expires_at: None,
+                roles: Some(id.roles.clone()),
+            });
+        }
+        if token.starts_with(keys::PREFIX) {
+            let store = self.keys.as_ref().ok_or(AuthError::InvalidCredentials)?;
+            let key = store.authenticate(token)?;
+            return Ok(Principal {
+                subject: key.subject,
+                groups: Vec::new(),
+                issuer: "api-key".into(),
+                credential: Credential::ApiKey { id: key.id },
+                expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(key.expires_at)),
+                roles: Some(key.roles),
+            });
+        }
+        if token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let unverified = jwt::peek(token)?;
+        if let Some(s) = self
+            .signer
+            .as_ref()
+            .filter(|s| s.issuer == unverified.issuer)
+        {
+            let claims = s.verify(token, &unverified.header, self.leeway)?;
+            let idp = claims
+                .get(signer::IDP_CLAIM)
+                .and_then(|v| v.as_str())
+                .ok_or(AuthError::MissingClaim(signer::IDP_CLAIM))?
+                .to_owned();
+            return Ok(Principal {
+                subject: jwt::subject(&claims, "sub")?,
+                groups: jwt::groups(&claims, Some("groups")),
+                issuer: idp,
+                credential: Credential::GatewayToken,
+                expires_at: jwt::expiry(&claims),
+                roles: None,
+            });
+        }
+        let issuer = self
+            .oidc
+            .iter()
+            .find(|o| o.cfg.issuer == unverified.issuer)
+            .ok_or(AuthError::UntrustedIssuer)?;
+        let claims = self.verify_oidc(issuer, token, &unverified).await?;
+        Ok(Principal {
+            subject: jwt::subject(&claims, &issuer.cfg.subject_claim)?,
+            groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
+            issuer: issuer.cfg.name.clone(),
+            credential: Credential::Oidc,
+            expires_at: jwt::expiry(&claims),
+            roles: None,
+        })
+    }
+
+    async fn verify_oidc(
+        &self,
+        issuer: &OidcIssuer,
+        token: &str,
+        unverified: &jwt::Unverified,
+    ) -> Result<serde_json::Value, AuthError> {
+        let header = &unverified.header;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let key = issuer.jwks.key(header.kid.as_deref(), header.alg).await?;
+        jwt::verify(
+            token,
+            header,
+            &key,
+            &jwt::Expect {
+                issuer: &issuer.cfg.issuer,
+                audience: &issuer.cfg.audience,
+                algorithms: &issuer.algorithms,
+                leeway: self.leeway,
+            },
+        )
+    }
+
+    /// Checks an OIDC token (an ID token or access token from `phigate login`) and returns
+    /// the subject, groups and issuer name it vouches for. Counts towards the failed-login limit.
+    pub async fn exchange(
+        &self,
+        peer: IpAddr,
+        token: &str,
+    ) -> Result<(String, Vec<String>, String), AuthError> {
+        if let Err(wait) = self.failed.check(peer) {
+            return Err(AuthError::RateLimited(wait));
+        }
+        let result = self.verify_for_exchange(token).await;
+        if let Err(e) = &result {
+            if e.is_failed_guess() {
+                let n = self.failed.failed(peer);
+                tracing::warn!(%peer, failures = n, error = %e, "failed token exchange");
+            }
+        }
+        result
+    }
+
+    /// What `phigate login` needs to know of each issuer that has a login client.
+    pub fn login_issuers(&self) -> Vec<serde_json::Value> {
+        self.oidc
+            .iter()
+            .filter_map(|o| {
+                let client_id = o.cfg.client_id.as_ref()?;
+                Some(serde_json::json!({
+                    "name": o.cfg.name,
+                    "issuer": o.cfg.issuer,
+                    "client_id": client_id,
+                    "scopes": o.cfg.scopes,
+                }))
+            })
+            .collect()
+    }
+
+    async fn verify_for_exchange(
+        &self,
+        token: &str,
+    ) -> Result<(String, Vec<String>, String), AuthError> {
+        if token.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge(jwt::MAX_TOKEN_BYTES));
+        }
+        let unverified = jwt::peek(token)?;
+        let issuer = self
+            .oidc
+            .iter()
+            .find(|o| o.cfg.issuer == unverified.issuer)
+            .ok_or(AuthError::UntrustedIssuer)?;
+        let claims = self.verify_oidc(issuer, token, &unverified).await?;
+        Ok((
+            jwt::subject(&claims, &issuer.cfg.subject_claim)?,
+            jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
+            issuer.cfg.name.clone(),
+        ))
+    }
+
+    /// The roles an identity may assume, in order of preference (the first is its default).
+    pub fn roles_for(&self, subject: &str, groups: &[String], issuer: &str) -> Vec<String> {
+        let mut roles: Vec<String> = Vec::new();
+        for b in &self.bindings {
+            if b.issuer.as_deref().is_some_and(|i| i != issuer) {
+                continue;
+            }
+            let matches = b.subjects.iter().any(|s| s == subject)
+                || b.groups.iter().any(|g| groups.contains(g));
+            if matches {
+                for r in &b.roles {
+                    if !roles.contains(r) {
+                        roles.push(r.clone());
+                    }
+                }
+            }
+        }
+        roles
+    }
+
+    fn assume(
+        &self,
+        p: Principal,
+        requested: &str,
+        is_role: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Identity, AuthError> {
+        let allowed = match p.roles {
+            Some(r) => r,
+            None => self.roles_for(&p.subject, &p.groups, &p.issuer),
+        };
+        if !allowed.iter().any(|r| is_role(r)) {
+            return Err(AuthError::NoRole { subject: p.subject });
+        }
+        let role = if is_role(requested) {
+            if !allowed.iter().any(|r| r == requested) {
+                return Err(AuthError::RoleNotAllowed {
+                    subject: p.subject,
+                    role: requested.to_owned(),
+                });
+            }
+            requested.to_owned()
+        } else {
+            allowed
+                .iter()
+                .find(|r| is_role(r))
+                .cloned()
+                .ok_or_else(|| AuthError::NoRole {
+                    subject: p.subject.clone(),
+                })?
+        };
+        Ok(Identity {
+            subject: Subject(p.subject),
+            role: RoleName(role),
+            groups: p.groups,
+            issuer: p.issuer,
+            credential: p.credential,
+            expires_at: p.expires_at,
+        })
+    }
+
+    /// Whether the credential behind a running session is still good (not revoked).
+    pub fn still_valid(&self, identity: &Identity) -> bool {
+        match (&identity.credential, &self.keys) {
+            (Credential::ApiKey { id }, Some(store)) => store.still_valid(id),
+            (Credential::ApiKey { .. }, None) => false,
+            _ => true,
+        }
+    }
+
+    /// Ticks whenever credentials may have been revoked.
+    pub fn revocations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.keys.as_ref().map(|k| k.subscribe())
+    }
+}
+
+/// The issuer name the gateway signs with.
+pub fn gateway_issuer(config: &Config, http: Option<std::net::SocketAddr>) -> String {
+    if let Some(i) = &config.auth.issuer {
+        return i.clone();
+    }
+    match http {
+        Some(a) => format!("http://{a}"),
+        None => "phigate".into(),
+    }
+}
+
+/// Whether a data directory holds a signing key (for CLI commands that must not create one).
+pub fn has_signing_key(dir: &Path) -> bool {
+    signer::key_path(dir).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::with_statics(&[StaticIdentity {
+            subject: "agent@example.org".into(),
+            token_sha256: hex::encode(token_sha256("tok-1")),
+            roles: vec!["ai-agent".into(), "readonly".into()],
+        }])
+    }
+
+    fn is_role(r: &str) -> bool {
+        ["ai-agent", "readonly", "admin"].contains(&r)
+    }
+
+    #[tokio::test]
+    async fn token_and_role_checks() {
+        let a = auth();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let role = |r: &'static str, t: &'static str| {
+            let a = &a;
+            async move { a.authenticate(ip, r, t, &is_role).await.map(|i| i.role.0) }
+        };
+        assert_eq!(role("readonly", "tok-1").await, Ok("readonly".to_owned()));
+        assert_eq!(role("", "tok-1").await, Ok("ai-agent".to_owned()));
+        assert_eq!(role("postgres", "tok-1").await, Ok("ai-agent".to_owned()));
+        assert_eq!(
+            role("ai-agent", "tok-2").await,
+            Err(AuthError::InvalidCredentials)
+        );
+        assert!(matches!(
+            role("admin", "tok-1").await,
+            Err(AuthError::RoleNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn bindings_match_groups_subjects_and_issuer() {
+        let mut a = auth();
+        a.bindings = vec![
+            BindingConfig {
+                roles: vec!["clinician".into()],
+                groups: vec!["clinicians".into()],
+                subjects: vec![],
+                issuer: Some("corp".into()),
+            },
+            BindingConfig {
+                roles: vec!["readonly".into(), "clinician".into()],
+                groups: vec![],
+                subjects: vec!["bob".into()],
+                issuer: None,
+            },
+        ];
+        assert_eq!(
+            a.roles_for("alice", &["clinicians".into()], "corp"),
+            vec!["clinician"]
+        );
+        assert!(a
+            .roles_for("alice", &["clinicians".into()], "other")
+            .is_empty());
+        assert_eq!(
+            a.roles_for("bob", &["clinicians".into()], "corp"),
+            vec!["clinician", "readonly"]
+        );
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8080/x"));
+        assert!(is_loopback_url("http://localhost"));
+        assert!(is_loopback_url("http://[::1]:9/"));
+        assert!(!is_loopback_url("http://idp.example.org"));
+        assert!(!is_loopback_url("https://127.0.0.1"));
+        assert!(!is_loopback_url("http://127.0.0.1.evil.org/"));
+    }
+}

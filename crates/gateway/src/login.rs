@@ -1,0 +1,369 @@
+//! `phigate login`: signs the caller in with the identity provider the gateway trusts, then
+//! exchanges the IdP's ID token for a short-lived gateway session token.
+//!
+//! Two OAuth flows for a public client (no secret on the caller's machine):
+//! - authorization code with PKCE (S256) and a loopback redirect (RFC 8252): the browser comes
+//!   back to `http://127.0.0.1:<port>/callback`, where this command listens for one request;
+//! - the device flow (RFC 8628), for a machine without a browser: the user opens a page
+//!   elsewhere and types a code.
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::auth::jwks::get_json;
+
+pub struct LoginOptions {
+    /// The gateway's HTTP address.
+    pub url: String,
+    pub issuer: Option<String>,
+    pub device: bool,
+    pub open_browser: bool,
+    pub role: Option<String>,
+    pub database: Option<String>,
+    pub json: bool,
+}
+
+/// How long the user has to finish signing in.
+const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn str_field<'a>(v: &'a Value, name: &str) -> anyhow::Result<&'a str> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("the identity provider's response has no {name}"))
+}
+
+pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
+    let gateway = opts.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let auth_config = get_json(&client, &format!("{gateway}/v1/auth/config")).await?;
+    let issuers = auth_config
+        .get("issuers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let chosen = match &opts.issuer {
+        Some(name) => issuers
+            .iter()
+            .find(|i| i.get("name").and_then(Value::as_str) == Some(name.as_str())),
+        None if issuers.len() == 1 => issuers.first(),
+        None => None,
+    };
+    let Some(issuer) = chosen else {
+        let names: Vec<&str> = issuers
+            .iter()
+            .filter_map(|i| i.get("name").and_then(Value::as_str))
+            .collect();
+        anyhow::bail!(
+            "choose an issuer with --issuer (this gateway offers sign-in with: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let issuer_url = str_field(issuer, "issuer")?
+        .trim_end_matches('/')
+        .to_owned();
+    let client_id = str_field(issuer, "client_id")?.to_owned();
+    let mut scopes = vec!["openid".to_owned()];
+    if let Some(extra) = issuer.get("scopes").and_then(Value::as_array) {
+        scopes.extend(extra.iter().filter_map(Value::as_str).map(str::to_owned));
+    }
+    let scope = scopes.join(" ");
+    let discovery = get_json(
+        &client,
+        &format!("{issuer_url}/.well-known/openid-configuration"),
+    )
+    .await?;
+    let token_endpoint = str_field(&discovery, "token_endpoint")?.to_owned();
+
+    let tokens = if opts.device {
+        let endpoint = str_field(&discovery, "device_authorization_endpoint")?;
+        device_flow(&client, endpoint, &token_endpoint, &client_id, &scope).await?
+    } else {
+        let endpoint = str_field(&discovery, "authorization_endpoint")?;
+        code_flow(
+            &client,
+            endpoint,
+            &token_endpoint,
+            &client_id,
+            &scope,
+            opts.open_browser,
+        )
+        .await?
+    };
+    let id_token = str_field(&tokens, "id_token")?;
+
+    let resp = client
+        .post(format!("{gateway}/v1/auth/token"))
+        .bearer_auth(id_token)
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "the gateway refused the sign-in ({status}): {}",
+            body.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+        );
+    }
+    let token = str_field(&body, "token")?;
+    let roles: Vec<&str> = body
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let role = opts
+        .role
+        .as_deref()
+        .or(roles.first().copied())
+        .unwrap_or_default();
+    let host = reqwest::Url::parse(&gateway)?
+        .host_str()
+        .unwrap_or("localhost")
+        .to_owned();
+    let port = auth_config
+        .get("postgres_port")
+        .and_then(Value::as_u64)
+        .unwrap_or(5432);
+    let db = opts
+        .database
+        .clone()
+        .or_else(|| {
+            auth_config
+                .get("database")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "postgres".into());
+    let conn = format!("host={host} port={port} dbname={db} user={role} sslmode=require");
+    if opts.json {
+        let mut out = body.clone();
+        out["connection"] = Value::String(conn);
+        println!("{out}");
+    } else {
+        eprintln!(
+            "Signed in as {} (roles: {}); the token expires {}.",
+            body.get("subject").and_then(Value::as_str).unwrap_or("?"),
+            roles.join(", "),
+            body.get("expires_at")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        );
+        println!("export PGPASSWORD='{token}'");
+        println!("psql \"{conn}\"");
+    }
+    Ok(())
+}
+
+async fn code_flow(
+    client: &reqwest::Client,
+    authorization_endpoint: &str,
+    token_endpoint: &str,
+    client_id: &str,
+    scope: &str,
+    open_browser: bool,
+) -> anyhow::Result<Value> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let redirect_uri = format!(
+        "http://127.0.0.1:{}/callback",
+        listener.local_addr()?.port()
+    );
+    let verifier = random_b64(32);
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let state = random_b64(16);
+    let nonce = random_b64(16);
+    let mut url = reqwest::Url::parse(authorization_endpoint)?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("scope", scope)
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    eprintln!("Open this address to sign in:\n{url}");
+    if open_browser {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url.as_str())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let code = tokio::time::timeout(SIGN_IN_TIMEOUT, wait_for_code(&listener, &state))
+        .await
+        .map_err(|_| anyhow::anyhow!("sign-in was not completed within 5 minutes"))??;
+    let resp = client
+        .post(token_endpoint)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("client_id", client_id),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await?;
+    token_response(resp).await
+}
+
+/// Accepts connections on the loopback redirect until one brings the code for our `state`.
+async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyhow::Result<String> {
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 8192];
+        let mut len = 0;
+        // The request line is all that matters; read until the end of the headers.
+        while len < buf.len() {
+            let n = sock.read(&mut buf[len..]).await?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..len]);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        let Ok(url) = reqwest::Url::parse(&format!("http://127.0.0.1{target}")) else {
+            continue;
+        };
+        if url.path() != "/callback" {
+            let _ = sock
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        }
+        let param = |k: &str| {
+            url.query_pairs()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.into_owned())
+        };
+        let (page, result) =
+            if param("state").as_deref() != Some(state) {
+                (
+                "Sign-in failed: the response does not match this login. Run phigate login again.",
+                Err(anyhow::anyhow!("the sign-in response carried the wrong state")),
+            )
+            } else if let Some(e) = param("error") {
+                (
+                    "Sign-in failed; see the terminal.",
+                    Err(anyhow::anyhow!(
+                        "the identity provider refused: {e} {}",
+                        param("error_description").unwrap_or_default()
+                    )),
+                )
+            } else if let Some(code) = param("code") {
+                (
+                    "Signed in. You can close this window and return to the terminal.",
+                    Ok(code),
+                )
+            } else {
+                continue;
+            };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+            page.len()
+        );
+        let _ = sock.write_all(response.as_bytes()).await;
+        return result;
+    }
+}
+
+async fn device_flow(
+    client: &reqwest::Client,
+    device_endpoint: &str,
+    token_endpoint: &str,
+    client_id: &str,
+    scope: &str,
+) -> anyhow::Result<Value> {
+    let resp = client
+        .post(device_endpoint)
+        .form(&[("client_id", client_id), ("scope", scope)])
+        .send()
+        .await?;
+    let start: Value = resp.json().await?;
+    let device_code = str_field(&start, "device_code")?.to_owned();
+    let user_code = str_field(&start, "user_code")?;
+    let uri = str_field(&start, "verification_uri")?;
+    match start
+        .get("verification_uri_complete")
+        .and_then(Value::as_str)
+    {
+        Some(complete) => eprintln!("Open {complete}\n(or {uri} and enter the code {user_code})"),
+        None => eprintln!("Open {uri} and enter the code {user_code}"),
+    }
+    let mut interval =
+        Duration::from_secs(start.get("interval").and_then(Value::as_u64).unwrap_or(5));
+    let deadline = Instant::now()
+        + Duration::from_secs(
+            start
+                .get("expires_in")
+                .and_then(Value::as_u64)
+                .unwrap_or(300),
+        );
+    loop {
+        if Instant::now() > deadline {
+            anyhow::bail!("the device code expired before sign-in was completed");
+        }
+        tokio::time::sleep(interval).await;
+        let resp = client
+            .post(token_endpoint)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code.as_str()),
+                ("client_id", client_id),
+            ])
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            return token_response(resp).await;
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match body.get("error").and_then(Value::as_str) {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += Duration::from_secs(5),
+            Some(e) => anyhow::bail!("the identity provider refused: {e}"),
+            None => anyhow::bail!("the identity provider's token endpoint failed"),
+        }
+    }
+}
+
+async fn token_response(resp: reqwest::Response) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "the identity provider refused the code ({status}): {}",
+            body.get("error").and_then(Value::as_str).unwrap_or("?")
+        );
+    }
+    Ok(body)
+}
