@@ -808,15 +808,16 @@ async fn failed_logins_are_rate_limited_per_address() {
     assert!(gw.log().contains("failed login"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_with_the_code_flow_gives_a_gateway_session_token() {
-    let idp = Idp::start(600);
-    // The ID token carries the groups in `groups` (access tokens also in realm_access.roles).
-    let config = auth_config(&idp, None, None, "").replace("realm_access.roles", "groups");
-    let gw = start(config, true);
-    let mut login = Command::new(bin())
-        .args(["login", "--no-browser", "--json", "--url"])
-        .arg(format!("http://127.0.0.1:{}", gw.http_port))
+/// Runs `phigate login` (code flow, or device flow) with the scripted browser signing in as
+/// `user`; returns the JSON it printed.
+fn login(gw: &Gateway, device: bool, user: &str) -> Value {
+    let mut cmd = Command::new(bin());
+    cmd.args(["login", "--no-browser", "--json", "--url"])
+        .arg(format!("http://127.0.0.1:{}", gw.http_port));
+    if device {
+        cmd.arg("--device");
+    }
+    let mut login = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -824,21 +825,23 @@ async fn login_with_the_code_flow_gives_a_gateway_session_token() {
         .expect("phigate login");
     let stderr = login.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    // Code flow: the authorization URL on a line of its own; device flow: "Open <url>".
     let url = loop {
         let line = lines
             .next()
             .expect("login printed no address")
             .expect("line");
+        let line = line.strip_prefix("Open ").unwrap_or(&line).to_owned();
         if line.starts_with("http://") {
             break line;
         }
     };
-    let browser = Command::new("node")
-        .arg(repo_root().join("tests/idp/browser.mjs"))
-        .arg(&url)
-        .arg("dr.rivera@demo.phigate")
-        .output()
-        .expect("browser");
+    let mut browser = Command::new("node");
+    browser.arg(repo_root().join("tests/idp/browser.mjs"));
+    if device {
+        browser.arg("--device");
+    }
+    let browser = browser.arg(&url).arg(user).output().expect("browser");
     assert!(
         browser.status.success(),
         "{}",
@@ -856,7 +859,16 @@ async fn login_with_the_code_flow_gives_a_gateway_session_token() {
         login.wait().expect("wait").success(),
         "login failed: {out} {rest:?}"
     );
-    let result: Value = serde_json::from_str(out.trim()).expect("login JSON");
+    serde_json::from_str(out.trim()).expect("login JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_gives_a_gateway_session_token() {
+    let idp = Idp::start(600);
+    // The ID token carries the groups in `groups` (access tokens also in realm_access.roles).
+    let config = auth_config(&idp, None, None, "").replace("realm_access.roles", "groups");
+    let gw = start(config, true);
+    let result = login(&gw, false, "dr.rivera@demo.phigate");
     assert_eq!(result["subject"], "dr.rivera@demo.phigate");
     assert_eq!(result["roles"][0], "clinician");
     assert!(result["connection"]
@@ -876,6 +888,17 @@ async fn login_with_the_code_flow_gives_a_gateway_session_token() {
     let who = whoami(&client).await;
     assert_eq!(who[0], "dr.rivera@demo.phigate");
     assert_eq!(who[2], "corp");
+
+    // The device flow, for a machine without a browser: the code is confirmed elsewhere.
+    let result = login(&gw, true, "coding-agent@demo.phigate");
+    assert_eq!(result["subject"], "coding-agent@demo.phigate");
+    assert_eq!(result["roles"][0], "ai-agent");
+    let token = result["token"].as_str().expect("token");
+    let (client, _conn) = connect(&gw, "ai-agent", token).await.expect("device token");
+    assert_eq!(whoami(&client).await[0], "coding-agent@demo.phigate");
+    // A person's session token does not open a role their groups are not bound to.
+    let (_, msg) = refusal(&gw, "clinician", token).await;
+    assert!(msg.contains("may not assume role"), "{msg}");
 }
 
 #[test]
