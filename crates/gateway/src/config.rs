@@ -446,13 +446,33 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut names = std::collections::HashSet::new();
         for o in &self.auth.oidc {
-            if !names.insert(o.name.as_str()) || o.name == crate::auth::DEVELOPMENT_ISSUER {
+            let reserved = [crate::auth::DEVELOPMENT_ISSUER, "static", "api-key"];
+            if !names.insert(o.name.as_str()) || reserved.contains(&o.name.as_str()) {
                 return invalid(format!(
                     "auth.oidc: the name {} is used twice or reserved",
                     o.name
                 ));
             }
-            if o.audience.iter().all(|a| a.trim().is_empty()) {
+            if self
+                .auth
+                .oidc
+                .iter()
+                .filter(|x| x.issuer == o.issuer)
+                .count()
+                > 1
+            {
+                return invalid(format!(
+                    "auth.oidc {}: the issuer {} is configured twice",
+                    o.name, o.issuer
+                ));
+            }
+            if self.auth.issuer.as_deref() == Some(o.issuer.as_str()) {
+                return invalid(format!(
+                    "auth.issuer equals the issuer of auth.oidc {}: gateway tokens would shadow it",
+                    o.name
+                ));
+            }
+            if o.audience.is_empty() || o.audience.iter().any(|a| a.trim().is_empty()) {
                 return invalid(format!(
                     "auth.oidc {}: audience must name this gateway's audience; without it any token \
                      the issuer minted for any application would open a session",
@@ -516,8 +536,29 @@ impl Config {
         if self.auth.session_token_ttl_secs == 0 || self.auth.session_token_ttl_secs > 24 * 3600 {
             return invalid("auth.session_token_ttl_secs must be between 1 and 86400".into());
         }
-        if self.auth.failed_logins.max_failures == 0 {
-            return invalid("auth.failed_logins.max_failures must be at least 1".into());
+        if self.auth.failed_logins.max_failures == 0 || self.auth.failed_logins.window_secs == 0 {
+            return invalid(
+                "auth.failed_logins: max_failures and window_secs must be at least 1".into(),
+            );
+        }
+        if self.auth.leeway_secs > 300 {
+            return invalid("auth.leeway_secs is at most 300 (a small clock skew)".into());
+        }
+        if let Some(o) = self.auth.oidc.iter().find(|o| o.jwks_min_refresh_secs == 0) {
+            return invalid(format!(
+                "auth.oidc {}: jwks_min_refresh_secs must be at least 1",
+                o.name
+            ));
+        }
+        if let Some(id) = self.identities.iter().find(|i| {
+            i.subject.trim().is_empty()
+                || i.subject.len() > 256
+                || i.subject.chars().any(char::is_control)
+        }) {
+            return invalid(format!(
+                "identity {:?}: a subject is 1 to 256 printable characters",
+                id.subject
+            ));
         }
         Ok(())
     }

@@ -149,6 +149,15 @@ async fn exchange_token(
             "this gateway signs no tokens (no data_dir)",
         );
     };
+    // The IdP token goes in and a session token comes out: never in plaintext across a
+    // network. The HTTP port speaks plain HTTP, so only local callers (or a TLS-terminating
+    // proxy on this machine) may exchange.
+    if !peer.ip().is_loopback() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the token exchange is served to local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+        );
+    }
     let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -46,6 +46,11 @@ fn str_field<'a>(v: &'a Value, name: &str) -> anyhow::Result<&'a str> {
 
 pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
     let gateway = opts.url.trim_end_matches('/').to_owned();
+    // The session token comes back over this connection: only TLS, or loopback.
+    let lower = gateway.to_ascii_lowercase();
+    if !lower.starts_with("https://") && !crate::auth::is_loopback_url(&lower) {
+        anyhow::bail!("--url must be https:// (plain http only to a gateway on this machine)");
+    }
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(Duration::from_secs(15))
@@ -154,7 +159,22 @@ pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "postgres".into());
-    let conn = format!("host={host} port={port} dbname={db} user={role} sslmode=require");
+    // A token of base64url segments and dots needs no quoting; anything else is refused
+    // rather than printed into a shell command.
+    let safe = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+    };
+    if !safe(token) || !safe(role) || !safe(&db) || !safe(&host) {
+        anyhow::bail!("the gateway returned values that are not safe to print as a command");
+    }
+    let sslmode = if crate::auth::is_loopback_url(&lower) {
+        "prefer"
+    } else {
+        "verify-full"
+    };
+    let conn = format!("host={host} port={port} dbname={db} user={role} sslmode={sslmode}");
     if opts.json {
         let mut out = body.clone();
         out["connection"] = Value::String(conn);
@@ -202,7 +222,9 @@ async fn code_flow(
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
     eprintln!("Open this address to sign in:\n{url}");
-    if open_browser {
+    let endpoint = authorization_endpoint.to_ascii_lowercase();
+    if open_browser && (endpoint.starts_with("https://") || crate::auth::is_loopback_url(&endpoint))
+    {
         let _ = std::process::Command::new("xdg-open")
             .arg(url.as_str())
             .stdout(std::process::Stdio::null())
@@ -232,9 +254,15 @@ async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyho
         let (mut sock, _) = listener.accept().await?;
         let mut buf = vec![0u8; 8192];
         let mut len = 0;
-        // The request line is all that matters; read until the end of the headers.
+        // The request line is all that matters; read until the end of the headers. A
+        // connection that sends nothing (a browser's preconnect) must not block the real one.
         while len < buf.len() {
-            let n = sock.read(&mut buf[len..]).await?;
+            let Ok(read) =
+                tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf[len..])).await
+            else {
+                break;
+            };
+            let n = read?;
             if n == 0 {
                 break;
             }
@@ -266,28 +294,36 @@ async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyho
                 .find(|(name, _)| name == k)
                 .map(|(_, v)| v.into_owned())
         };
-        let (page, result) =
-            if param("state").as_deref() != Some(state) {
-                (
-                "Sign-in failed: the response does not match this login. Run phigate login again.",
-                Err(anyhow::anyhow!("the sign-in response carried the wrong state")),
+        if param("state").as_deref() != Some(state) {
+            // Not ours (another tab, a stray local request): ignore it and keep waiting.
+            let page = "This sign-in response does not belong to the running phigate login.";
+            let _ = sock
+                .write_all(
+                    format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                        page.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            continue;
+        }
+        let (page, result) = if let Some(e) = param("error") {
+            (
+                "Sign-in failed; see the terminal.",
+                Err(anyhow::anyhow!(
+                    "the identity provider refused: {e} {}",
+                    param("error_description").unwrap_or_default()
+                )),
             )
-            } else if let Some(e) = param("error") {
-                (
-                    "Sign-in failed; see the terminal.",
-                    Err(anyhow::anyhow!(
-                        "the identity provider refused: {e} {}",
-                        param("error_description").unwrap_or_default()
-                    )),
-                )
-            } else if let Some(code) = param("code") {
-                (
-                    "Signed in. You can close this window and return to the terminal.",
-                    Ok(code),
-                )
-            } else {
-                continue;
-            };
+        } else if let Some(code) = param("code") {
+            (
+                "Signed in. You can close this window and return to the terminal.",
+                Ok(code),
+            )
+        } else {
+            continue;
+        };
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
             page.len()

@@ -391,13 +391,12 @@ fn mint(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{}: no data_dir set", config.display()))?;
     let issuer = phigate::auth::gateway_issuer(&c, c.listen.http_address);
+    let ttl = parse_ttl(ttl)?;
+    if ttl > std::time::Duration::from_secs(7 * 24 * 3600) {
+        anyhow::bail!("--ttl is at most 7d for development tokens");
+    }
     let signer = phigate::auth::signer::Signer::load(&dir, &issuer)?;
-    let (token, expires) = signer.mint(
-        subject,
-        groups,
-        phigate::auth::DEVELOPMENT_ISSUER,
-        parse_ttl(ttl)?,
-    )?;
+    let (token, expires) = signer.mint(subject, groups, phigate::auth::DEVELOPMENT_ISSUER, ttl)?;
     eprintln!(
         "Development token for {subject}, expires {}:",
         humantime::format_rfc3339_seconds(expires)

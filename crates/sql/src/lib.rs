@@ -17,7 +17,7 @@
 mod normalize;
 mod walk;
 
-pub use normalize::cache_key;
+pub use normalize::{cache_key, redact_literals};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

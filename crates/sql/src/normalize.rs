@@ -65,6 +65,118 @@ pub fn cache_key(sql: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The statement text for the audit log: every literal (numbers, `'...'` strings with their
+/// `E`/`B`/`X` prefix, `$tag$...$tag$` bodies) replaced by a placeholder `$n` numbered after the
+/// statement's own parameters, and comments removed (they may carry anything). Returns the
+/// redacted text and the literals in order, so the caller can store keyed hashes of them:
+/// `SELECT * FROM patients WHERE ssn = '123-45-6789'` → `SELECT * FROM patients WHERE ssn = $1`.
+pub fn redact_literals<'a>(sql: &'a str) -> (String, Vec<&'a str>) {
+    let b = sql.as_bytes();
+    let first = max_param(b) + 1;
+    let mut out = String::with_capacity(sql.len());
+    let mut literals = Vec::new();
+    let mut copied = 0;
+    let mut i = 0;
+    let push = |out: &mut String,
+                literals: &mut Vec<&'a str>,
+                copied: &mut usize,
+                from: usize,
+                to: usize,
+                keep: bool| {
+        out.push_str(&sql[*copied..from]);
+        if keep {
+            literals.push(&sql[from..to]);
+            out.push('$');
+            out.push_str(&(first + literals.len() - 1).to_string());
+        } else {
+            out.push(' ');
+        }
+        *copied = to;
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                let prefixed = i > 0
+                    && matches!(b[i - 1], b'e' | b'E' | b'b' | b'B' | b'x' | b'X')
+                    && !ident_char_before(b, i - 1);
+                let backslash = prefixed && matches!(b[i - 1], b'e' | b'E');
+                let start = if prefixed { i - 1 } else { i };
+                let end = skip_quoted(b, i, b'\'', backslash);
+                push(&mut out, &mut literals, &mut copied, start, end, true);
+                i = end;
+            }
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                let end = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| i + p);
+                push(&mut out, &mut literals, &mut copied, i, end, false);
+                i = end;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let end = skip_block_comment(b, i);
+                push(&mut out, &mut literals, &mut copied, i, end, false);
+                i = end;
+            }
+            b'$' => {
+                let end = skip_dollar(b, i);
+                let is_body = end > i + 1 && !b[i + 1].is_ascii_digit();
+                if is_body {
+                    push(&mut out, &mut literals, &mut copied, i, end, true);
+                }
+                i = end;
+            }
+            b'0'..=b'9' | b'.' if !ident_char_before(b, i) => {
+                let end = numeric_end(b, i);
+                if end == i || (end < b.len() && is_ident_char(b[end])) {
+                    i = end.max(i + 1);
+                    continue;
+                }
+                push(&mut out, &mut literals, &mut copied, i, end, true);
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[copied..]);
+    (out, literals)
+}
+
+/// The highest `$n` parameter outside strings, identifiers and comments.
+fn max_param(b: &[u8]) -> usize {
+    let mut max = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => i = skip_quoted(b, i, b'\'', i > 0 && matches!(b[i - 1], b'e' | b'E')),
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| i + p)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            b'$' => {
+                let end = skip_dollar(b, i);
+                if end > i + 1 && b[i + 1].is_ascii_digit() {
+                    if let Ok(n) = std::str::from_utf8(&b[i + 1..end])
+                        .unwrap_or("0")
+                        .parse::<usize>()
+                    {
+                        max = max.max(n.min(65535));
+                    }
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    max
+}
+
 fn is_ident_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
@@ -178,6 +290,24 @@ fn numeric_end(b: &[u8], start: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn literals_are_redacted_for_the_audit() {
+        let (text, lits) = super::redact_literals(
+            "SELECT * FROM patients WHERE ssn = '123-45-6789' AND age > 89 -- Jane Doe\n AND x = $1 /* MRN 555 */ AND n = E'O\\'Brien' AND b = $q$body$q$",
+        );
+        assert_eq!(
+            text,
+            "SELECT * FROM patients WHERE ssn = $2 AND age > $3  \n AND x = $1   AND n = $4 AND b = $5"
+        );
+        assert_eq!(
+            lits,
+            vec!["'123-45-6789'", "89", "E'O\\'Brien'", "$q$body$q$"]
+        );
+        let (text, lits) = super::redact_literals("SELECT \"col1\", t1.c2 FROM t1");
+        assert_eq!(text, "SELECT \"col1\", t1.c2 FROM t1");
+        assert!(lits.is_empty());
+    }
+
     use super::cache_key;
 
     #[test]

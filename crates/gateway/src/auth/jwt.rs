@@ -154,10 +154,18 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `exp` claim as a time (present: [`verify`] requires it).
-pub fn expiry(claims: &Value) -> Option<SystemTime> {
-    let exp = claims.get("exp")?.as_f64()?;
-    (exp >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))
+/// The `exp` claim as a time ([`verify`] requires it; an absurd value is malformed).
+pub fn expiry(claims: &Value) -> Result<SystemTime, AuthError> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or(AuthError::MissingClaim("exp"))?;
+    if !(0.0..4.0e9).contains(&exp) {
+        return Err(AuthError::Malformed);
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs_f64(exp))
+        .ok_or(AuthError::Malformed)
 }
 
 /// A claim by name, or by a dotted path into nested objects (`realm_access.roles`). A claim

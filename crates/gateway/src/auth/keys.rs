@@ -126,6 +126,11 @@ pub fn create(
     if roles.is_empty() {
         anyhow::bail!("a key needs at least one role (--role)");
     }
+    if let Some(s) = subject {
+        if s.trim().is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+            anyhow::bail!("--subject must be 1 to 256 printable characters");
+        }
+    }
     if ttl.is_zero() || ttl > MAX_TTL {
         anyhow::bail!("--ttl must be between 1s and 366d: keys must expire");
     }
@@ -240,21 +245,30 @@ impl KeyStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the key file again if it changed since the last read.
+    /// Reads the key file again if it changed since the last read. If it cannot be read, no
+    /// key is valid until it can (fail closed: a revocation must never be missed), and the
+    /// sessions opened with keys are told to check again.
     pub fn reload_if_changed(&self) -> anyhow::Result<()> {
+        let mut st = self.state();
         let stamp = std::fs::metadata(keys_path(&self.dir))
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        if stamp == self.state().stamp && stamp.is_some() {
+        if stamp == st.stamp && stamp.is_some() {
             return Ok(());
         }
-        let file = read_file(&self.dir)?;
-        let mut st = self.state();
+        let result = read_file(&self.dir);
         st.stamp = stamp;
-        st.by_id = file.keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        st.by_id = match &result {
+            Ok(file) => file
+                .keys
+                .iter()
+                .map(|k| (k.id.clone(), k.clone()))
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
         drop(st);
         self.changed.send_modify(|g| *g += 1);
-        Ok(())
+        result.map(|_| ())
     }
 
     /// Checks an API key. Unknown id and wrong secret are the same failure.
@@ -264,7 +278,7 @@ impl KeyStore {
             .and_then(|rest| rest.split_once('_'))
             .ok_or(AuthError::InvalidCredentials)?;
         if let Err(e) = self.reload_if_changed() {
-            // A damaged key file opens nothing new; what was loaded stays in force.
+            // An unreadable key file opens nothing (see reload_if_changed).
             tracing::error!(error = %e, "cannot read the API key file");
         }
         let key = self

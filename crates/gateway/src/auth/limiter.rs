@@ -46,8 +46,13 @@ impl FailedLogins {
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&source(ip)) {
-            Some((n, since)) if *n >= self.max && since.elapsed() < self.window => {
-                Err((self.window - since.elapsed()).as_secs() + 1)
+            Some((n, since)) if *n >= self.max => {
+                let elapsed = since.elapsed();
+                if elapsed < self.window {
+                    Err(self.window.saturating_sub(elapsed).as_secs() + 1)
+                } else {
+                    Ok(())
+                }
             }
             _ => Ok(()),
         }

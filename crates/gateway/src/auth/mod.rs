@@ -185,6 +185,7 @@ pub struct Authenticator {
     bindings: Vec<BindingConfig>,
     leeway: Duration,
     failed: limiter::FailedLogins,
+    development: bool,
 }
 
 impl Authenticator {
@@ -226,6 +227,7 @@ impl Authenticator {
         a.keys = keys;
         a.bindings = config.bindings.clone();
         a.leeway = Duration::from_secs(config.auth.leeway_secs);
+        a.development = config.auth.development;
         a.failed = limiter::FailedLogins::new(
             config.auth.failed_logins.max_failures,
             Duration::from_secs(config.auth.failed_logins.window_secs),
@@ -250,6 +252,7 @@ impl Authenticator {
             bindings: Vec::new(),
             leeway: Duration::from_secs(30),
             failed: limiter::FailedLogins::new(10, Duration::from_secs(60)),
+            development: false,
         }
     }
 
@@ -329,12 +332,22 @@ impl Authenticator {
                 .and_then(|v| v.as_str())
                 .ok_or(AuthError::MissingClaim(signer::IDP_CLAIM))?
                 .to_owned();
+            // A gateway token vouches only as far as its issuer is still trusted: development
+            // tokens die with `auth.development`, login tokens with their OIDC issuer.
+            let trusted = if idp == DEVELOPMENT_ISSUER {
+                self.development
+            } else {
+                self.oidc.iter().any(|o| o.cfg.name == idp)
+            };
+            if !trusted {
+                return Err(AuthError::UntrustedIssuer);
+            }
             return Ok(Principal {
                 subject: jwt::subject(&claims, "sub")?,
                 groups: jwt::groups(&claims, Some("groups")),
                 issuer: idp,
                 credential: Credential::GatewayToken,
-                expires_at: jwt::expiry(&claims),
+                expires_at: Some(jwt::expiry(&claims)?),
                 roles: None,
             });
         }
@@ -349,7 +362,7 @@ impl Authenticator {
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
             issuer: issuer.cfg.name.clone(),
             credential: Credential::Oidc,
-            expires_at: jwt::expiry(&claims),
+            expires_at: Some(jwt::expiry(&claims)?),
             roles: None,
         })
     }

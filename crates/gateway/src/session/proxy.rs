@@ -107,7 +107,12 @@ struct CredentialWatch {
 impl CredentialWatch {
     fn new(identity: &crate::auth::Identity, shared: &Shared) -> Self {
         let revocations = match identity.credential {
-            crate::auth::Credential::ApiKey { .. } => shared.auth.revocations(),
+            crate::auth::Credential::ApiKey { .. } => shared.auth.revocations().map(|mut rx| {
+                // A revocation between the login check and now must not be missed: check
+                // once at the start, whatever the channel says.
+                rx.mark_changed();
+                rx
+            }),
             _ => None,
         };
         CredentialWatch {

@@ -1,0 +1,171 @@
+//! The audit records: one JSON object per line, documented in docs/audit.md. Field names are a
+//! public contract: add fields, never rename them.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the log: the chain fields, then the event's own fields (flattened), then
+/// (written by [`crate::chain`]) the record's hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// 1, 2, 3, ... without gaps across segments.
+    pub seq: u64,
+    /// When the writer appended it (RFC 3339, UTC, microseconds).
+    pub ts: String,
+    /// The previous record's hash (64 zeros for the first record).
+    pub prev: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    GatewayStart {
+        version: String,
+        pid: u32,
+    },
+    GatewayStop {
+        reason: String,
+    },
+    SessionStart {
+        session: String,
+        subject: String,
+        role: String,
+        issuer: String,
+        credential: String,
+        client_addr: String,
+        tls: Option<String>,
+        application_name: Option<String>,
+        database: Option<String>,
+    },
+    SessionEnd {
+        session: String,
+        subject: String,
+        role: String,
+        reason: String,
+        duration_ms: u64,
+        statements: u64,
+    },
+    Statement(StatementRecord),
+    StatementEnd {
+        session: String,
+        /// The statement's number within its session (`n` of its `statement` record).
+        n: u64,
+        /// `00000` on success.
+        sqlstate: String,
+        /// Rows returned or affected, when the command tag says.
+        rows: Option<u64>,
+        /// The command tag's verb (`SELECT`, `UPDATE`, ...).
+        command: Option<String>,
+        duration_us: u64,
+    },
+    LoginFailed {
+        client_addr: String,
+        /// The startup `user` (the role asked for).
+        user: String,
+        reason: String,
+    },
+    ConfigReload {
+        ok: bool,
+        policy_version: Option<u64>,
+        error: Option<String>,
+    },
+    /// The log could not be written for a while; statements were refused meanwhile.
+    AuditRecovered {
+        failed_since: String,
+        lost_events: u64,
+        error: String,
+    },
+    /// A torn last line (a crash in the middle of a write, never acknowledged) was cut off at
+    /// start.
+    AuditRepaired {
+        segment: String,
+        bytes_removed: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StatementRecord {
+    pub session: String,
+    pub subject: String,
+    pub role: String,
+    /// The statement's number within its session, from 1.
+    pub n: u64,
+    /// `simple` (Query) or `extended` (Parse/Bind/Execute).
+    pub protocol: String,
+    /// The text with literals replaced by `$n` placeholders and comments removed, or the full
+    /// text when the config says so.
+    pub text: String,
+    /// Set when `text` was cut at 64 KiB: the SHA-256 of the whole (redacted) text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_sha256: Option<String>,
+    /// Hex SHA-256 (first 16 bytes) of the redacted text: the statement's shape.
+    pub fingerprint: String,
+    /// Keyed hashes (`hmac:<hex>`) of the literals, in placeholder order (or the literals
+    /// themselves in full mode).
+    pub literals: Vec<String>,
+    /// Keyed hashes of the bound parameters (null for SQL NULL), extended protocol only.
+    pub params: Vec<Option<String>>,
+    /// Statement kinds (`read`, `write`, `ddl`, ...), one per statement in the text.
+    pub kinds: Vec<String>,
+    /// Relations touched: `schema.table:action`.
+    pub tables: Vec<String>,
+    /// PHI columns masked in the result (filled in once masking runs).
+    pub masked_columns: Vec<String>,
+    /// `allow`, `deny` or `require_approval`.
+    pub decision: String,
+    pub rule: Option<String>,
+    /// The review that approved it, if one did.
+    pub approval: Option<String>,
+}
+
+impl Record {
+    /// The session the record belongs to, if any.
+    pub fn session(&self) -> Option<&str> {
+        match &self.event {
+            Event::SessionStart { session, .. }
+            | Event::SessionEnd { session, .. }
+            | Event::StatementEnd { session, .. } => Some(session),
+            Event::Statement(s) => Some(&s.session),
+            _ => None,
+        }
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        match &self.event {
+            Event::SessionStart { subject, .. } | Event::SessionEnd { subject, .. } => {
+                Some(subject)
+            }
+            Event::Statement(s) => Some(&s.subject),
+            _ => None,
+        }
+    }
+
+    pub fn role(&self) -> Option<&str> {
+        match &self.event {
+            Event::SessionStart { role, .. } | Event::SessionEnd { role, .. } => Some(role),
+            Event::Statement(s) => Some(&s.role),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match &self.event {
+            Event::GatewayStart { .. } => "gateway_start",
+            Event::GatewayStop { .. } => "gateway_stop",
+            Event::SessionStart { .. } => "session_start",
+            Event::SessionEnd { .. } => "session_end",
+            Event::Statement(_) => "statement",
+            Event::StatementEnd { .. } => "statement_end",
+            Event::LoginFailed { .. } => "login_failed",
+            Event::ConfigReload { .. } => "config_reload",
+            Event::AuditRecovered { .. } => "audit_recovered",
+            Event::AuditRepaired { .. } => "audit_repaired",
+        }
+    }
+}
+
+/// Unix time as RFC 3339 with microseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}

@@ -1,0 +1,276 @@
+//! `phigate audit verify`: proves the log whole, or names the first record that is not.
+//!
+//! Checks, in one pass: every line matches its hash; `seq` runs 1, 2, 3, ... without gaps or
+//! reordering; every `prev` is the previous record's hash; every checkpoint (in the log's
+//! directory and any mirror) is signed by the trusted key and names a record that exists with
+//! exactly that hash. A checkpoint past the end of the log means the tail was cut off; a log
+//! that starts after record 1 must start right after a signed checkpoint (retention).
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use crate::chain::{self, GENESIS};
+use crate::checkpoint::{Checkpoint, PublicKey};
+use crate::store::{segments, CHECKPOINTS};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub records: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub segments: usize,
+    pub checkpoints: usize,
+    pub last_checkpoint_seq: u64,
+    /// Records after the last checkpoint (not yet covered by a signature).
+    pub unsigned_tail: u64,
+    pub key_id: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize)]
+#[error("{what}")]
+pub struct Failure {
+    /// The first bad record's sequence number, when there is one.
+    pub seq: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u64>,
+    pub what: String,
+}
+
+fn fail(seq: Option<u64>, file: &Path, line: Option<u64>, what: String) -> Failure {
+    Failure {
+        seq,
+        file: Some(file.display().to_string()),
+        line,
+        what,
+    }
+}
+
+fn read_checkpoints(
+    path: &Path,
+    key: &PublicKey,
+    into: &mut BTreeMap<u64, (Checkpoint, String)>,
+) -> Result<usize, Failure> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(fail(None, path, None, format!("cannot read: {e}"))),
+    };
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        let at = Some(i as u64 + 1);
+        let cp: Checkpoint = serde_json::from_str(line)
+            .map_err(|e| fail(None, path, at, format!("not a checkpoint: {e}")))?;
+        if !cp.verify(key) {
+            return Err(fail(
+                Some(cp.seq),
+                path,
+                at,
+                format!(
+                    "checkpoint for record {} is not signed by the audit key {} (replaced or forged)",
+                    cp.seq,
+                    key.id()
+                ),
+            ));
+        }
+        let origin = format!("{}:{}", path.display(), i + 1);
+        if let Some((other, _)) = into.get(&cp.seq) {
+            if other.hash != cp.hash {
+                return Err(fail(
+                    Some(cp.seq),
+                    path,
+                    at,
+                    format!("two signed checkpoints disagree about record {}", cp.seq),
+                ));
+            }
+        }
+        into.insert(cp.seq, (cp, origin));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Verifies the log in `dir` against `key`; `mirrors` are further directories holding copies
+/// of the checkpoints.
+pub fn verify(dir: &Path, key: &PublicKey, mirrors: &[PathBuf]) -> Result<Report, Failure> {
+    let mut checkpoints = BTreeMap::new();
+    let mut cp_files = 0;
+    for d in std::iter::once(dir).chain(mirrors.iter().map(PathBuf::as_path)) {
+        cp_files += read_checkpoints(&d.join(CHECKPOINTS), key, &mut checkpoints)?;
+    }
+    let segs = segments(dir).map_err(|e| fail(None, dir, None, format!("cannot list: {e}")))?;
+    let mut warnings = Vec::new();
+    let mut expected: Option<u64> = None;
+    let mut prev = String::new();
+    let mut first_seq = 0;
+    let mut records = 0u64;
+    let mut last_seq = 0u64;
+    for (si, seg) in segs.iter().enumerate() {
+        let bytes =
+            std::fs::read(seg).map_err(|e| fail(None, seg, None, format!("cannot read: {e}")))?;
+        let is_last = si + 1 == segs.len();
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        // split leaves "" after a final newline; anything else there is a torn last line.
+        if let Some(tail) = lines.pop() {
+            if !tail.is_empty() {
+                if is_last {
+                    warnings.push(format!(
+                        "{}: an incomplete last line of {} bytes (a write interrupted by a crash; never acknowledged) was ignored",
+                        seg.display(),
+                        tail.len()
+                    ));
+                } else {
+                    return Err(fail(
+                        Some(last_seq + 1),
+                        seg,
+                        Some(lines.len() as u64 + 1),
+                        "a segment other than the last ends in an incomplete record".into(),
+                    ));
+                }
+            }
+        }
+        for (li, line) in lines.iter().enumerate() {
+            let at = Some(li as u64 + 1);
+            let next = expected.map_or("?".to_owned(), |e| e.to_string());
+            let (record, hash) = chain::decode(line)
+                .map_err(|e| fail(expected, seg, at, format!("record {next}: {e}")))?;
+            match expected {
+                None => {
+                    first_seq = record.seq;
+                    if record.seq == 1 {
+                        if record.prev != GENESIS {
+                            return Err(fail(
+                                Some(1),
+                                seg,
+                                at,
+                                "record 1 does not start the chain".into(),
+                            ));
+                        }
+                    } else {
+                        // Older segments were removed (retention): the first kept record must
+                        // follow a signed checkpoint.
+                        let anchored = checkpoints
+                            .get(&(record.seq - 1))
+                            .is_some_and(|(cp, _)| cp.hash == record.prev);
+                        if !anchored {
+                            return Err(fail(
+                                Some(record.seq),
+                                seg,
+                                at,
+                                format!(
+                                    "the log starts at record {} without a signed checkpoint for record {} (records were removed from the start)",
+                                    record.seq,
+                                    record.seq - 1
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Some(e) if record.seq != e => {
+                    let why = if record.seq > e {
+                        format!("record {e} is missing (found {} next): deleted", record.seq)
+                    } else {
+                        format!(
+                            "record {} appears where record {e} belongs: reordered or duplicated",
+                            record.seq
+                        )
+                    };
+                    return Err(fail(Some(e), seg, at, why));
+                }
+                Some(e) if record.prev != prev => {
+                    return Err(fail(
+                        Some(e),
+                        seg,
+                        at,
+                        format!(
+                            "record {e} does not link to record {} (prev hash differs)",
+                            e - 1
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some((cp, origin)) = checkpoints.get(&record.seq) {
+                if cp.hash != hash {
+                    return Err(fail(
+                        Some(record.seq),
+                        seg,
+                        at,
+                        format!(
+                            "record {} differs from the signed checkpoint ({origin})",
+                            record.seq
+                        ),
+                    ));
+                }
+            }
+            prev = hash;
+            last_seq = record.seq;
+            expected = Some(record.seq + 1);
+            records += 1;
+        }
+    }
+    if let Some((&seq, (_, origin))) = checkpoints.range(last_seq + 1..).next() {
+        let file = segs.last().map(PathBuf::as_path).unwrap_or(dir);
+        return Err(fail(
+            Some(last_seq + 1),
+            file,
+            None,
+            format!(
+                "the log ends at record {last_seq} but a signed checkpoint ({origin}) covers record {seq}: records were cut off the end"
+            ),
+        ));
+    }
+    let last_checkpoint_seq = checkpoints
+        .range(..=last_seq)
+        .next_back()
+        .map(|(s, _)| *s)
+        .unwrap_or(0);
+    if checkpoints.is_empty() && records > 0 {
+        warnings.push("no checkpoint covers the log yet: a cut-off tail would go unnoticed".into());
+    }
+    Ok(Report {
+        records,
+        first_seq,
+        last_seq,
+        segments: segs.len(),
+        checkpoints: cp_files,
+        last_checkpoint_seq,
+        unsigned_tail: last_seq - last_checkpoint_seq.min(last_seq),
+        key_id: key.id(),
+        warnings,
+    })
+}
+
+/// Reads records without verifying (for search, export and reports; run verify to prove
+/// them). Stops at the first unreadable line with an error.
+pub fn read_records(
+    dir: &Path,
+    mut each: impl FnMut(crate::record::Record) -> bool,
+) -> std::io::Result<()> {
+    for seg in segments(dir)? {
+        let f = std::io::BufReader::new(std::fs::File::open(&seg)?);
+        for line in f.split(b'\n') {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            match chain::decode(&line) {
+                Ok((r, _)) => {
+                    if !each(r) {
+                        return Ok(());
+                    }
+                }
+                // A torn last line after a crash: nothing more to read.
+                Err(chain::LineError::NoHash) => break,
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "{}: {e}; run `phigate audit verify`",
+                        seg.display()
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
