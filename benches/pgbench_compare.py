@@ -177,6 +177,7 @@ class Env:
             f'tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]\n'
             f'actions = ["select"]\n\n'
             f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n'
+            f'[audit]\nenabled = false\n\n'
             f'[log]\nlevel = "warn"\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
         self.gw_log = open(self.dir / "phigate.log", "w")

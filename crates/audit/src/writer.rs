@@ -170,6 +170,21 @@ impl Auditor {
         Ticket(t)
     }
 
+    /// Queues several events under one lock; returns the last one's ticket (durable implies
+    /// all are).
+    pub fn submit_all(&self, items: Vec<Pending>) -> Ticket {
+        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for p in items {
+            let t = q.next_ticket;
+            q.next_ticket += 1;
+            q.items.push((t, p));
+        }
+        let last = q.next_ticket - 1;
+        drop(q);
+        self.inner.cv.notify_one();
+        Ticket(last)
+    }
+
     /// Waits until the ticket's record is on disk.
     pub async fn durable(&self, t: Ticket) -> Result<(), AuditError> {
         let mut rx = self.inner.state.subscribe();

@@ -40,6 +40,9 @@ pub struct Config {
     /// Which identities (by group or subject, per issuer) may assume which roles.
     #[serde(default, rename = "binding")]
     pub bindings: Vec<BindingConfig>,
+    /// The audit log (on by default; needs `data_dir` or `audit.dir`).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Individuals known by the SHA-256 of a static token (service accounts, tests). Prefer
     /// OIDC or API keys: they expire and can be revoked without editing the config.
     #[serde(default, rename = "identity")]
@@ -200,6 +203,98 @@ pub struct StaticIdentity {
     pub token_sha256: String,
     /// Roles this identity may assume; the first is its default.
     pub roles: Vec<String>,
+}
+
+/// The tamper-evident, write-ahead audit log (docs/audit.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Off only for development: then statements run with no audit record.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where the log lives; `<data_dir>/audit` if unset.
+    pub dir: Option<PathBuf>,
+    /// A second directory (another disk or mount) that receives a copy of every checkpoint,
+    /// so deleting the log's tail together with its checkpoints is still detected.
+    pub mirror_dir: Option<PathBuf>,
+    /// A signed checkpoint every this many records ...
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_every_records: u64,
+    /// ... or this many seconds (when records were written), and at shutdown.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
+    /// A new segment file starts past this size.
+    #[serde(default = "default_segment_mb")]
+    pub segment_max_mb: u64,
+    /// Segments older than this are removed (HIPAA keeps documentation six years).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// `redacted` (default): literals and parameters stored as keyed hashes (equal values hash
+    /// equally, so an investigator can still match them); `full`: stored as sent.
+    #[serde(default)]
+    pub statement_text: StatementText,
+    /// The checkpoint signing key (Ed25519, PKCS#8 DER); created in
+    /// `<data_dir>/keys/audit-signing.ed25519.pk8` if unset.
+    pub signing_key_file: Option<PathBuf>,
+    /// Or: an environment variable holding the key, base64 PKCS#8.
+    pub signing_key_env: Option<String>,
+    /// The key of the keyed hashes; created in `<data_dir>/keys/audit-hmac.key` if unset.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Roles whose identities may read the audit log over the HTTP API (bearer token).
+    #[serde(default)]
+    pub reader_roles: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            dir: None,
+            mirror_dir: None,
+            checkpoint_every_records: default_checkpoint_records(),
+            checkpoint_every_secs: default_checkpoint_secs(),
+            segment_max_mb: default_segment_mb(),
+            retention_days: default_retention_days(),
+            statement_text: StatementText::default(),
+            signing_key_file: None,
+            signing_key_env: None,
+            hmac_key_file: None,
+            reader_roles: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementText {
+    #[default]
+    Redacted,
+    Full,
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    10
+}
+fn default_segment_mb() -> u64 {
+    256
+}
+fn default_retention_days() -> u64 {
+    2192
+}
+
+impl AuditConfig {
+    /// The log's directory, if the audit is on.
+    pub fn resolved_dir(&self, data_dir: Option<&Path>) -> Option<PathBuf> {
+        if !self.enabled {
+            return None;
+        }
+        self.dir
+            .clone()
+            .or_else(|| data_dir.map(|d| d.join("audit")))
+    }
 }
 
 /// Authentication settings.
@@ -431,6 +526,31 @@ impl Config {
                 )));
             }
         }
+        if self.audit.enabled && self.audit.resolved_dir(self.data_dir.as_deref()).is_none() {
+            return Err(ConfigError::Invalid(
+                "the audit log needs a place: set data_dir (or audit.dir); audit.enabled = false \
+                 runs statements with no audit record and is for development only"
+                    .into(),
+            ));
+        }
+        if self.audit.checkpoint_every_records == 0 || self.audit.checkpoint_every_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "audit: checkpoint_every_records and checkpoint_every_secs must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.audit.signing_key_file.is_some() && self.audit.signing_key_env.is_some() {
+            return Err(ConfigError::Invalid(
+                "audit: set signing_key_file or signing_key_env, not both".into(),
+            ));
+        }
+        for r in &self.audit.reader_roles {
+            if policy.role(r).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.reader_roles: role {r} is not defined"
+                )));
+            }
+        }
         if self.upstream.tls != UpstreamTlsMode::VerifyFull && self.upstream.ca_file.is_some() {
             return Err(ConfigError::Invalid(
                 "upstream.ca_file is only used with tls = \"verify-full\"".into(),
@@ -587,6 +707,8 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+data_dir = "/var/lib/phigate"
+
 [listen]
 address = "127.0.0.1:6432"
 
@@ -613,7 +735,7 @@ password = "x"
         let err = Config::parse(&text, Path::new("t.toml"))
             .expect_err("must fail")
             .to_string();
-        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
         assert!(err.contains("pasword"), "{err}");
     }
 

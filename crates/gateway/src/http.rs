@@ -5,14 +5,17 @@
 //!   of its own session tokens, so others can verify them;
 //! - `GET /v1/auth/config`: what `phigate login` needs (the OIDC issuers and client ids);
 //! - `POST /v1/auth/token`: exchanges an IdP token (`Authorization: Bearer ...`) for a
-//!   short-lived gateway session token.
+//!   short-lived gateway session token;
+//! - `GET /v1/audit/records`, `/v1/audit/report`, `/v1/audit/verify`: the audit log, for
+//!   identities of `audit.reader_roles` (`Authorization: Bearer <token or API key>`);
+//! - `GET /metrics`: Prometheus text (sessions accepted, audit writer counters and health).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -49,6 +52,10 @@ impl HttpServer {
             .route("/.well-known/jwks.json", get(jwks))
             .route("/v1/auth/config", get(auth_config))
             .route("/v1/auth/token", post(exchange_token))
+            .route("/v1/audit/records", get(audit_records))
+            .route("/v1/audit/report", get(audit_report))
+            .route("/v1/audit/verify", get(audit_verify))
+            .route("/metrics", get(metrics))
             .with_state(self.shared);
         let result = axum::serve(
             self.listener,
@@ -77,7 +84,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) 
         .await,
         Ok(Ok(_))
     );
-    let ready = accepting && reachable;
+    let audit_ok = shared.audit.as_ref().is_none_or(|a| a.healthy());
+    let ready = accepting && reachable && audit_ok;
     let code = if ready {
         StatusCode::OK
     } else {
@@ -89,6 +97,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) 
             "status": if ready { "ready" } else { "not ready" },
             "accepting": accepting,
             "upstream": if reachable { "reachable" } else { "unreachable" },
+            "audit": match &shared.audit {
+                None => "disabled",
+                Some(a) if a.healthy() => "ok",
+                Some(_) => "failing",
+            },
         })),
     )
 }
@@ -209,4 +222,193 @@ async fn exchange_token(
             )
         }
     }
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The caller must hold a credential for one of `audit.reader_roles`.
+async fn audit_reader(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<std::path::PathBuf, Reply> {
+    let Some(dir) = shared.audit_dir.clone() else {
+        return Err(error(StatusCode::NOT_FOUND, "the audit log is disabled"));
+    };
+    let Some(token) = bearer(headers) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "send a token or API key as Authorization: Bearer <credential>",
+        ));
+    };
+    if shared.audit_reader_roles.is_empty() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "no role may read the audit log over HTTP (audit.reader_roles is empty)",
+        ));
+    }
+    let (policy, _) = shared.policy.snapshot();
+    let is_role = |r: &str| policy.role(r).is_some();
+    for role in &shared.audit_reader_roles {
+        match shared
+            .auth
+            .authenticate(peer.ip(), role, token, &is_role)
+            .await
+        {
+            Ok(id) => {
+                tracing::info!(%peer, subject = %id.subject, role = %id.role, "audit log read over HTTP");
+                return Ok(dir);
+            }
+            Err(
+                crate::auth::AuthError::RoleNotAllowed { .. }
+                | crate::auth::AuthError::NoRole { .. },
+            ) => continue,
+            Err(e) => {
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    &format!("authentication failed: {e}"),
+                ))
+            }
+        }
+    }
+    Err(error(
+        StatusCode::FORBIDDEN,
+        "this identity may not read the audit log (audit.reader_roles)",
+    ))
+}
+
+fn filter_from(q: &std::collections::HashMap<String, String>) -> phigate_audit::query::Filter {
+    let get = |k: &str| q.get(k).cloned();
+    phigate_audit::query::Filter {
+        subject: get("subject"),
+        role: get("role"),
+        table: get("table"),
+        column: get("column"),
+        since: get("since"),
+        until: get("until"),
+        decision: get("decision"),
+        session: get("session"),
+        kind: get("type"),
+    }
+}
+
+/// `GET /v1/audit/records?subject=&role=&table=&column=&since=&until=&decision=&session=&type=&limit=`
+async fn audit_records(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let dir = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let filter = filter_from(&q);
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1000usize)
+        .min(100_000);
+    let found =
+        tokio::task::spawn_blocking(move || phigate_audit::query::search(&dir, &filter, limit))
+            .await;
+    match found {
+        Ok(Ok(records)) => (StatusCode::OK, Json(json!({"records": records}))),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the audit log",
+        ),
+    }
+}
+
+/// `GET /v1/audit/report?since=&until=`
+async fn audit_report(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let dir = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let (since, until) = (q.get("since").cloned(), q.get("until").cloned());
+    let report = tokio::task::spawn_blocking(move || {
+        phigate_audit::query::report(&dir, since.as_deref(), until.as_deref())
+    })
+    .await;
+    match report {
+        Ok(Ok(r)) => (StatusCode::OK, Json(json!(r))),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the audit log",
+        ),
+    }
+}
+
+/// `GET /v1/audit/verify`: the same proof as `phigate audit verify`, with the key beside the
+/// log and the configured mirror.
+async fn audit_verify(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Reply {
+    let dir = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let mirrors: Vec<_> = shared.audit_mirror.iter().cloned().collect();
+    let result = tokio::task::spawn_blocking(move || {
+        let key = phigate_audit::PublicKey::load(&dir.join(phigate_audit::store::PUBLIC_KEY))?;
+        Ok::<_, std::io::Error>(phigate_audit::verify::verify(&dir, &key, &mirrors))
+    })
+    .await;
+    match result {
+        Ok(Ok(Ok(report))) => (StatusCode::OK, Json(json!({"ok": true, "report": report}))),
+        Ok(Ok(Err(failure))) => (
+            StatusCode::OK,
+            Json(json!({"ok": false, "failure": failure})),
+        ),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the audit log",
+        ),
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> String {
+    let mut out = String::new();
+    if let Some(a) = &shared.audit {
+        let s = a.stats();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "# TYPE phigate_audit_healthy gauge\nphigate_audit_healthy {}\n\
+             # TYPE phigate_audit_records_total counter\nphigate_audit_records_total {}\n\
+             # TYPE phigate_audit_fsyncs_total counter\nphigate_audit_fsyncs_total {}\n\
+             # TYPE phigate_audit_write_failures_total counter\nphigate_audit_write_failures_total {}\n\
+             # TYPE phigate_audit_checkpoints_total counter\nphigate_audit_checkpoints_total {}\n\
+             # TYPE phigate_audit_bytes_total counter\nphigate_audit_bytes_total {}\n\
+             # TYPE phigate_audit_last_seq gauge\nphigate_audit_last_seq {}\n",
+            u8::from(a.healthy()),
+            get(&s.records),
+            get(&s.fsyncs),
+            get(&s.failures),
+            get(&s.checkpoints),
+            get(&s.bytes),
+            get(&s.last_seq),
+        ));
+    }
+    out.push_str(&format!(
+        "# TYPE phigate_accepting gauge\nphigate_accepting {}\n",
+        u8::from(shared.accepting.load(Ordering::Acquire))
+    ));
+    out
 }

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library. The data path of one session is
 //! in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
 
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod config;

@@ -19,6 +19,12 @@ use crate::session::upstream::UpstreamTarget;
 /// What every session shares. Immutable after start, except the shutdown tokens.
 pub struct Shared {
     pub auth: Authenticator,
+    /// The audit log (`None` only when the config turns it off).
+    pub audit: Option<phigate_audit::Auditor>,
+    /// Where the audit log lives, for the HTTP API.
+    pub audit_dir: Option<std::path::PathBuf>,
+    pub audit_reader_roles: Vec<String>,
+    pub audit_mirror: Option<std::path::PathBuf>,
     /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
     pub session_token_ttl: Duration,
     pub development: bool,
@@ -57,6 +63,10 @@ impl Shared {
         let up = &config.upstream;
         Ok(Shared {
             auth: Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?,
+            audit: crate::audit::open(config)?,
+            audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
+            audit_reader_roles: config.audit.reader_roles.clone(),
+            audit_mirror: config.audit.mirror_dir.clone(),
             session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
             development: config.auth.development,
             pg_addr,
@@ -185,6 +195,23 @@ async fn run(
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    if let Some(audit) = &shared.audit {
+        // Every session has ended: the last records, then the final signed checkpoint.
+        let _ = audit
+            .write(phigate_audit::Pending::Event(
+                phigate_audit::Event::GatewayStop {
+                    reason: "shutdown".into(),
+                },
+            ))
+            .await;
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(a) = &s.audit {
+                a.shutdown()
+            }
+        })
+        .await;
+    }
     tracing::info!("stopped");
 }
 
@@ -225,14 +252,27 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match crate::config::Config::load(&path).and_then(|c| c.policy()) {
+            let event = match crate::config::Config::load(&path).and_then(|c| c.policy()) {
                 Ok(policy) => {
                     shared.policy.replace(policy);
                     tracing::info!(path = %path.display(), version = shared.policy.version(), "policy reloaded");
+                    phigate_audit::Event::ConfigReload {
+                        ok: true,
+                        policy_version: Some(shared.policy.version()),
+                        error: None,
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "policy reload failed; keeping the current policy")
+                    tracing::error!(error = %e, "policy reload failed; keeping the current policy");
+                    phigate_audit::Event::ConfigReload {
+                        ok: false,
+                        policy_version: None,
+                        error: Some(e.to_string()),
+                    }
                 }
+            };
+            if let Some(a) = &shared.audit {
+                a.submit(phigate_audit::Pending::Event(event));
             }
         }
     });

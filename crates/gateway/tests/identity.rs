@@ -248,10 +248,9 @@ roles = ["clinician", "ai-agent"]
     s
 }
 
-fn start(extra: String, data_dir: bool) -> Gateway {
+fn start(extra: String) -> Gateway {
     let mut opts = GatewayOptions::for_cluster(clinic());
     opts.extra = extra;
-    opts.data_dir = data_dir;
     Gateway::start_with_identities(bin(), opts, &[])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
@@ -326,7 +325,7 @@ fn phigate(args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_tokens_from_a_real_idp_open_individual_sessions() {
     let idp = Idp::start(600);
-    let gw = start(auth_config(&idp, None, None, ""), false);
+    let gw = start(auth_config(&idp, None, None, ""));
 
     // The agent's client-credentials token: its group (from realm_access.roles) binds ai-agent.
     let token = idp.token("agent-ci", None).await;
@@ -376,7 +375,7 @@ async fn oidc_tokens_from_a_real_idp_open_individual_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idp_key_rotation_is_followed() {
     let idp = Idp::start(600);
-    let gw = start(auth_config(&idp, None, None, ""), false);
+    let gw = start(auth_config(&idp, None, None, ""));
     let first = idp.token("agent-ci", None).await;
     connect(&gw, "ai-agent", &first).await.expect("first key");
 
@@ -416,15 +415,12 @@ async fn bad_credentials_are_refused_clearly() {
     let short = Idp::start(1);
     let stranger = Idp::start(600);
     let edge = EdgeIssuer::start();
-    let gw = start(
-        auth_config(
-            &idp,
-            Some(&short),
-            Some(&edge),
-            "failed_logins.max_failures = 1000",
-        ),
-        true,
-    );
+    let gw = start(auth_config(
+        &idp,
+        Some(&short),
+        Some(&edge),
+        "failed_logins.max_failures = 1000",
+    ));
     let good = idp.token("agent-ci", None).await;
     let expiring = short.token("agent-ci", None).await;
     let data_dir = gw.data_dir();
@@ -653,15 +649,12 @@ async fn bad_credentials_are_refused_clearly() {
 
     // A token over plaintext when TLS is required never reaches the check.
     let certs = Certs::generate().expect("certs");
-    let tls_gw = start(
-        format!(
-            "{}\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nrequire = true\n",
-            auth_config(&idp, None, None, ""),
-            certs.cert().display(),
-            certs.key().display()
-        ),
-        false,
-    );
+    let tls_gw = start(format!(
+        "{}\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nrequire = true\n",
+        auth_config(&idp, None, None, ""),
+        certs.cert().display(),
+        certs.key().display()
+    ));
     let (code, msg) = refusal(&tls_gw, "ai-agent", &good).await;
     assert_eq!(code, "28000");
     assert!(msg.contains("TLS is required"), "{msg}");
@@ -671,10 +664,12 @@ async fn bad_credentials_are_refused_clearly() {
 async fn unknown_key_ids_cannot_make_the_gateway_hammer_the_idp() {
     let idp = Idp::start(600);
     let edge = EdgeIssuer::start();
-    let gw = start(
-        auth_config(&idp, None, Some(&edge), "failed_logins.max_failures = 1000"),
-        false,
-    );
+    let gw = start(auth_config(
+        &idp,
+        None,
+        Some(&edge),
+        "failed_logins.max_failures = 1000",
+    ));
     let good = edge.sign(edge.claims(json!({})), "edge-1");
     connect(&gw, "ai-agent", &good).await.expect("edge token");
     let before = edge.jwks_hits.load(Ordering::SeqCst);
@@ -700,7 +695,7 @@ async fn unknown_key_ids_cannot_make_the_gateway_hammer_the_idp() {
 async fn a_session_ends_when_its_token_expires() {
     let idp = Idp::start(600);
     let short = Idp::start(3);
-    let gw = start(auth_config(&idp, Some(&short), None, ""), false);
+    let gw = start(auth_config(&idp, Some(&short), None, ""));
 
     // Idle when the token expires: ended at once.
     let token = short.token("agent-ci", None).await;
@@ -729,7 +724,7 @@ async fn a_session_ends_when_its_token_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_create_list_revoke() {
     let idp = Idp::start(600);
-    let gw = start(auth_config(&idp, None, None, ""), true);
+    let gw = start(auth_config(&idp, None, None, ""));
     let config = gw.config_path();
     let cfg = config.to_str().expect("utf-8");
     let (ok, _, err) = phigate(&[
@@ -788,15 +783,12 @@ async fn api_keys_create_list_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_rate_limited_per_address() {
     let idp = Idp::start(600);
-    let gw = start(
-        auth_config(
-            &idp,
-            None,
-            None,
-            "failed_logins.max_failures = 3\nfailed_logins.window_secs = 60",
-        ),
-        false,
-    );
+    let gw = start(auth_config(
+        &idp,
+        None,
+        None,
+        "failed_logins.max_failures = 3\nfailed_logins.window_secs = 60",
+    ));
     for _ in 0..3 {
         refusal(&gw, "ai-agent", "wrong-guess").await;
     }
@@ -867,7 +859,7 @@ async fn login_gives_a_gateway_session_token() {
     let idp = Idp::start(600);
     // The ID token carries the groups in `groups` (access tokens also in realm_access.roles).
     let config = auth_config(&idp, None, None, "").replace("realm_access.roles", "groups");
-    let gw = start(config, true);
+    let gw = start(config);
     let result = login(&gw, false, "dr.rivera@demo.phigate");
     assert_eq!(result["subject"], "dr.rivera@demo.phigate");
     assert_eq!(result["roles"][0], "clinician");

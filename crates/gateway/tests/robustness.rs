@@ -1501,7 +1501,9 @@ impl CustomGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg_port = phigate_testkit::free_port().expect("free port");
         let path = dir.path().join("phigate.toml");
-        std::fs::write(&path, config(pg_port)).expect("write config");
+        // The audit log (on by default) lives in the data directory.
+        let data = format!("data_dir = \"{}\"\n", dir.path().join("data").display());
+        std::fs::write(&path, data + &config(pg_port)).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
         let child = Command::new(bin())
             .arg("serve")

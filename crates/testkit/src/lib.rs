@@ -141,7 +141,8 @@ impl GatewayOptions {
             extra: String::new(),
             policy: PASS_THROUGH_POLICY.to_owned(),
             top: String::new(),
-            data_dir: false,
+            // The audit log (on by default) lives in the data directory.
+            data_dir: true,
         }
     }
 }

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::auth::DEVELOPMENT_ISSUER;
 use crate::config::{
-    AuthConfig, BindingConfig, Config, Listen, Log, ServerTls, Upstream, UpstreamTlsMode,
+    AuditConfig, AuthConfig, BindingConfig, Config, Listen, Log, ServerTls, Upstream,
+    UpstreamTlsMode,
 };
 use phigate_policy::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
 
@@ -144,6 +145,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             ..AuthConfig::default()
         },
         bindings: demo_bindings(),
+        // The audit log in <data-dir>/audit; the reviewer reads it over the HTTP API.
+        audit: AuditConfig {
+            reader_roles: vec!["reviewer".into()],
+            ..AuditConfig::default()
+        },
         identities: Vec::new(),
         log: Log::default(),
         runtime: Default::default(),

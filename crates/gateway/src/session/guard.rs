@@ -63,9 +63,25 @@ impl Denials {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// The SQLSTATE of the refusal `frame` stands in for, without claiming it.
+    pub fn rewrite_code(&self, frame: &Frame) -> Option<&'static str> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let fields = Fields::decode(frame).ok()?;
+        let message = fields.message()?;
+        let start = message.find(TOKEN_PREFIX)?;
+        let token: String = message[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let m = self.map.lock().ok()?;
+        m.get(&token).map(|(r, _)| r.sqlstate)
+    }
+
     /// If `frame` is the database's error for a substituted message, the gateway's refusal to
     /// send instead.
-    pub fn rewrite(&self, frame: &Frame) -> Option<BytesMut> {
+    pub fn rewrite(&self, frame: &Frame) -> Option<(BytesMut, &'static str)> {
         if self.pending.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -87,7 +103,7 @@ impl Denials {
             .with_hint(&refusal.hint)
             .with_position(refusal.position)
             .write(&mut out);
-        Some(out)
+        Some((out, refusal.sqlstate))
     }
 }
 
@@ -97,6 +113,32 @@ impl Denials {
 struct Prepared {
     analysis: Arc<Analysis>,
     version: u64,
+    sql: Arc<str>,
+}
+
+/// What a bound portal will run, for its Execute's audit record.
+struct Portal {
+    sql: Arc<str>,
+    analysis: Arc<Analysis>,
+    params: Vec<Option<Vec<u8>>>,
+}
+
+/// Portals remembered for audit records; past this many, the oldest names are forgotten (their
+/// Executes are still recorded, by portal name).
+const MAX_PORTALS: usize = 1024;
+
+/// One statement on its way through the database, for its `statement_end` record: the
+/// backward half completes it from the responses.
+#[derive(Debug)]
+pub struct Unit {
+    /// The statement's number in the session.
+    pub n: u64,
+    /// The ReadyForQuery that concludes it.
+    pub exchange: u64,
+    /// Execute (completed by its own CommandComplete / error) rather than Query (completed
+    /// at ReadyForQuery) or a refused message (completed by its error).
+    pub execute: bool,
+    pub started: std::time::Instant,
 }
 
 pub struct Guard {
@@ -114,6 +156,19 @@ pub struct Guard {
     identity: Identity,
     /// Set when an allowed statement may have changed views (DDL): the catalog is read again.
     pub ddl_seen: bool,
+    /// The session's id in audit records and logs.
+    pub session: Arc<str>,
+    /// Whether statements are audited (the log is configured).
+    audit_on: bool,
+    /// Set for a batch while the audit log cannot be written: every statement is refused.
+    pub audit_down: bool,
+    /// Statements numbered in the session.
+    statements: u64,
+    /// Audit records of the batch being filtered, written (durably) before it is forwarded.
+    pub audit_batch: Vec<phigate_audit::Pending>,
+    /// The batch's statements, in the order the database will answer them.
+    pub audit_units: Vec<Unit>,
+    portals: HashMap<String, Portal>,
 }
 
 impl Guard {
@@ -122,6 +177,8 @@ impl Guard {
         policy: Arc<Policy>,
         policy_version: u64,
         identity: Identity,
+        session: Arc<str>,
+        audit_on: bool,
     ) -> Self {
         let nonce: u64 = rand::thread_rng().gen();
         Guard {
@@ -135,7 +192,52 @@ impl Guard {
             denials: Arc::default(),
             identity,
             ddl_seen: false,
+            session,
+            audit_on,
+            audit_down: false,
+            statements: 0,
+            audit_batch: Vec::new(),
+            audit_units: Vec::new(),
+            portals: HashMap::new(),
         }
+    }
+
+    /// Notes a statement for the audit log: its record (written before the batch is
+    /// forwarded) and its unit (completed from the responses).
+    fn audit(&mut self, a: AuditNote<'_>) {
+        if !self.audit_on || self.audit_down {
+            return;
+        }
+        self.statements += 1;
+        let (kinds, tables) = describe(a.analysis);
+        let (decision, rule) = match a.decision {
+            Decision::Allow => ("allow", None),
+            Decision::Deny(r) => ("deny", Some(r.rule.clone())),
+            Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
+        };
+        let meta = phigate_audit::StatementRecord {
+            session: self.session.to_string(),
+            subject: self.identity.subject.0.clone(),
+            role: self.identity.role.0.clone(),
+            n: self.statements,
+            protocol: if a.simple { "simple" } else { "extended" }.into(),
+            kinds,
+            tables,
+            decision: decision.into(),
+            rule,
+            ..Default::default()
+        };
+        self.audit_batch.push(phigate_audit::Pending::Statement {
+            meta,
+            sql: a.sql,
+            params: a.params,
+        });
+        self.audit_units.push(Unit {
+            n: self.statements,
+            exchange: a.exchange,
+            execute: a.execute,
+            started: std::time::Instant::now(),
+        });
     }
 
     pub fn policy_version(&self) -> u64 {
@@ -175,6 +277,9 @@ impl Guard {
     }
 
     fn decide(&mut self, analysis: &Analysis) -> Decision {
+        if self.audit_down {
+            return audit_unavailable();
+        }
         let decision = self.policy.decide(&self.role, analysis, &[]);
         if decision == Decision::Allow {
             if let Analysis::Parsed(stmts) = analysis {
@@ -227,6 +332,7 @@ impl Guard {
                     let prepared = Prepared {
                         analysis: Arc::new(single(st)),
                         version: self.policy_version,
+                        sql: Arc::from(format!("EXECUTE {name}").as_str()),
                     };
                     self.prepared.insert(name.clone(), prepared);
                 }
@@ -254,6 +360,15 @@ impl Guard {
             FrontendMessage::Query { sql } => {
                 let analysis = analyzer.analyze(sql);
                 let decision = self.decide_query(&analysis);
+                self.audit(AuditNote {
+                    sql: Arc::from(*sql),
+                    params: Vec::new(),
+                    analysis: &analysis,
+                    decision: &decision,
+                    simple: true,
+                    execute: false,
+                    exchange,
+                });
                 if decision == Decision::Allow {
                     self.track_sql_prepared(&analysis);
                     out.extend_from_slice(frame.as_bytes());
@@ -265,6 +380,19 @@ impl Guard {
             FrontendMessage::Parse(parse) => {
                 let analysis = analyzer.analyze(parse.sql);
                 let decision = self.decide(&analysis);
+                let sql: Arc<str> = Arc::from(parse.sql);
+                if decision != Decision::Allow {
+                    // Recorded now: a refused statement never reaches an Execute.
+                    self.audit(AuditNote {
+                        sql: sql.clone(),
+                        params: Vec::new(),
+                        analysis: &analysis,
+                        decision: &decision,
+                        simple: false,
+                        execute: false,
+                        exchange,
+                    });
+                }
                 if decision == Decision::Allow {
                     self.refused_statements.remove(parse.name);
                     // The unnamed statement is replaced by every Parse; a named one that exists
@@ -273,6 +401,7 @@ impl Guard {
                         let prepared = Prepared {
                             analysis,
                             version: self.policy_version,
+                            sql,
                         };
                         self.prepared.insert(parse.name.to_owned(), prepared);
                     }
@@ -292,10 +421,32 @@ impl Guard {
                 };
                 match refusal {
                     Some(refusal) => {
+                        let analysis = self
+                            .prepared
+                            .get(bind.statement)
+                            .map(|p| (p.sql.clone(), p.analysis.clone()));
+                        let (sql, analysis) = analysis.unwrap_or_else(|| {
+                            (Arc::from(""), Arc::new(Analysis::Parsed(Vec::new())))
+                        });
+                        self.audit(AuditNote {
+                            sql,
+                            params: Vec::new(),
+                            analysis: &analysis,
+                            decision: &refusal,
+                            simple: false,
+                            execute: false,
+                            exchange,
+                        });
+                        self.portals.remove(bind.portal);
                         let token = self.refuse(refusal, "bind", exchange);
                         write::bind(out, bind.portal, &token, bind.rest());
                     }
-                    None => out.extend_from_slice(frame.as_bytes()),
+                    None => {
+                        if self.audit_on {
+                            self.remember_portal(bind);
+                        }
+                        out.extend_from_slice(frame.as_bytes())
+                    }
                 }
             }
             FrontendMessage::Describe {
@@ -313,6 +464,35 @@ impl Guard {
                 self.prepared.remove(*name);
                 out.extend_from_slice(frame.as_bytes());
             }
+            FrontendMessage::Execute { portal, .. } => {
+                if self.audit_on && !self.audit_down {
+                    let (sql, analysis, params) = match self.portals.get(*portal) {
+                        Some(p) => (p.sql.clone(), p.analysis.clone(), p.params.clone()),
+                        None => (
+                            Arc::from(format!("-- portal {portal}").as_str()),
+                            Arc::new(Analysis::Parsed(Vec::new())),
+                            Vec::new(),
+                        ),
+                    };
+                    self.audit(AuditNote {
+                        sql,
+                        params,
+                        analysis: &analysis,
+                        decision: &Decision::Allow,
+                        simple: false,
+                        execute: true,
+                        exchange,
+                    });
+                }
+                out.extend_from_slice(frame.as_bytes());
+            }
+            FrontendMessage::Close {
+                target: Target::Portal,
+                name,
+            } => {
+                self.portals.remove(*name);
+                out.extend_from_slice(frame.as_bytes());
+            }
             // The legacy fast path names a function by OID: phigate cannot tell which one it is,
             // so no role may use it (set_config by OID would unpin any setting).
             FrontendMessage::FunctionCall { .. } => {
@@ -323,6 +503,15 @@ impl Guard {
                     hint: "Call functions with SELECT so phigate can see which one.".into(),
                     sqlstate: "42501",
                     position: None,
+                });
+                self.audit(AuditNote {
+                    sql: Arc::from("-- FunctionCall message"),
+                    params: Vec::new(),
+                    analysis: &Analysis::Parsed(Vec::new()),
+                    decision: &refusal,
+                    simple: true,
+                    execute: false,
+                    exchange,
                 });
                 let token = self.refuse(refusal, "function-call", exchange);
                 write::query(out, &token);
@@ -348,6 +537,76 @@ impl Guard {
             Some(decision)
         }
     }
+}
+
+/// What [`Guard::audit`] records of one statement.
+struct AuditNote<'a> {
+    sql: Arc<str>,
+    params: Vec<Option<Vec<u8>>>,
+    analysis: &'a Analysis,
+    decision: &'a Decision,
+    simple: bool,
+    execute: bool,
+    exchange: u64,
+}
+
+impl Guard {
+    fn remember_portal(&mut self, bind: &phigate_wire::frontend::Bind<'_>) {
+        let Some(p) = self.prepared.get(bind.statement) else {
+            self.portals.remove(bind.portal);
+            return;
+        };
+        let params = bind
+            .details()
+            .map(|d| d.params.iter().map(|v| v.map(<[u8]>::to_vec)).collect())
+            .unwrap_or_default();
+        if self.portals.len() >= MAX_PORTALS && !self.portals.contains_key(bind.portal) {
+            self.portals.clear();
+        }
+        let portal = Portal {
+            sql: p.sql.clone(),
+            analysis: p.analysis.clone(),
+            params,
+        };
+        self.portals.insert(bind.portal.to_owned(), portal);
+    }
+}
+
+/// Statement kinds and `relation:action` entries for the audit record.
+fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
+    match analysis {
+        Analysis::Parsed(stmts) => {
+            let mut kinds = Vec::new();
+            let mut tables: Vec<String> = Vec::new();
+            let add = |st: &Statement, tables: &mut Vec<String>| {
+                for a in &st.accesses {
+                    let entry = format!("{}:{}", a.relation, a.action.as_str());
+                    if !tables.contains(&entry) {
+                        tables.push(entry);
+                    }
+                }
+            };
+            for st in stmts {
+                kinds.push(st.kind.label().to_owned());
+                add(st, &mut tables);
+                if let Some(inner) = &st.inner {
+                    add(inner, &mut tables);
+                }
+            }
+            (kinds, tables)
+        }
+        Analysis::Invalid { .. } => (vec!["invalid".into()], Vec::new()),
+    }
+}
+
+fn audit_unavailable() -> Decision {
+    Decision::Deny(Refusal {
+        rule: "audit-unavailable".into(),
+        message: "phigate: statement refused: the audit log cannot be written".into(),
+        hint: "Nothing runs unaudited. Try again shortly; the gateway's health endpoint shows the audit state.".into(),
+        sqlstate: "58030",
+        position: None,
+    })
 }
 
 fn single(st: &Statement) -> Analysis {
@@ -407,7 +666,8 @@ mod tests {
         let mut out = BytesMut::new();
         Notice::error("42601", "syntax error at or near \"phigate_denied_ab_7\"").write(&mut out);
         let frame = Frame::from_raw(out.freeze()).expect("frame");
-        let rewritten = d.rewrite(&frame).expect("rewritten");
+        let (rewritten, code) = d.rewrite(&frame).expect("rewritten");
+        assert_eq!(code, "42501");
         let frame = Frame::from_raw(rewritten.freeze()).expect("frame");
         let fields = Fields::decode(&frame).expect("fields");
         assert_eq!(fields.code(), Some("42501"));

@@ -51,6 +51,8 @@ pub enum SessionError {
     Upstream(#[from] UpstreamError),
     #[error("TLS handshake with client failed: {0}")]
     Tls(std::io::Error),
+    #[error("the audit log cannot be written")]
+    Audit,
 }
 
 impl SessionError {
@@ -68,6 +70,11 @@ impl SessionError {
                 ),
             ),
             SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
+            SessionError::Audit => (
+                "57P03",
+                "phigate: no session can start: the audit log cannot be written".into(),
+                Some("Nothing runs unaudited. Try again shortly."),
+            ),
             SessionError::StartupParam(msg) => ("42501", format!("phigate: {msg}"), None),
             SessionError::Auth(e @ AuthError::RoleNotAllowed { .. }) => (
                 "28000",
@@ -220,7 +227,15 @@ async fn start(
     let mut params = params;
     role_settings(&role, &mut params);
     identity_settings(&identity, &mut params);
-    let guard = guard::Guard::new(role, policy, version, identity.clone());
+    let session: Arc<str> = Arc::from(crate::audit::session_id().as_str());
+    let guard = guard::Guard::new(
+        role,
+        policy,
+        version,
+        identity.clone(),
+        session.clone(),
+        shared.audit.is_some(),
+    );
 
     let param_refs: Vec<(&str, &str)> = params
         .iter()
@@ -234,6 +249,33 @@ async fn start(
     with_db.push(("database", db));
     let upstream = shared.upstream.connect(&with_db).await?;
 
+    // Write-ahead: the session's start is on disk before the client may send a statement.
+    if let Some(audit) = &shared.audit {
+        let event = phigate_audit::Event::SessionStart {
+            session: session.to_string(),
+            subject: identity.subject.0.clone(),
+            role: identity.role.0.clone(),
+            issuer: identity.issuer.clone(),
+            credential: identity.credential.kind().to_owned(),
+            client_addr: peer.to_string(),
+            tls: stream.tls_version().map(str::to_owned),
+            application_name: startup.param("application_name").map(str::to_owned),
+            database: Some(
+                shared
+                    .upstream
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| db.to_owned()),
+            ),
+        };
+        if audit
+            .write(phigate_audit::Pending::Event(event))
+            .await
+            .is_err()
+        {
+            return Err(SessionError::Audit);
+        }
+    }
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     out.clear();
     backend::write_auth_ok(&mut out);
@@ -247,6 +289,7 @@ async fn start(
     let client_reader = FrameReader::with_buffer(reader.into_buffer(), shared.max_message);
     tracing::info!(
         %peer,
+        session = %session,
         subject = %identity.subject,
         role = %identity.role,
         tls = stream.tls_version().unwrap_or("off"),
@@ -474,8 +517,18 @@ async fn authenticate(
     let role = startup.param("user").unwrap_or_default();
     let (policy, _) = shared.policy.snapshot();
     let is_role = |r: &str| policy.role(r).is_some();
-    Ok(shared
+    let result = shared
         .auth
         .authenticate(peer.ip(), role, token, &is_role)
-        .await?)
+        .await;
+    if let (Err(e), Some(audit)) = (&result, &shared.audit) {
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::LoginFailed {
+                client_addr: peer.to_string(),
+                user: role.chars().take(64).collect(),
+                reason: e.to_string(),
+            },
+        ));
+    }
+    Ok(result?)
 }

@@ -15,6 +15,7 @@
 //! and writes the batch with one `write_all`: an exchange costs one read and one write per
 //! direction, not one per message.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use phigate_wire::{FrameReader, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::guard::Unit;
 use super::Ready;
 use crate::net::{StreamRead, StreamWrite};
 use crate::server::Shared;
@@ -73,6 +75,7 @@ enum End {
     UpstreamError(String),
     Shutdown,
     CredentialEnded(Ended),
+    AuditUnavailable,
 }
 
 /// Why a session's credential stopped being valid.
@@ -175,6 +178,7 @@ impl std::fmt::Display for End {
             End::Shutdown => f.write_str("gateway shutdown"),
             End::CredentialEnded(Ended::Expired) => f.write_str("authentication expired"),
             End::CredentialEnded(Ended::Revoked) => f.write_str("credential revoked"),
+            End::AuditUnavailable => f.write_str("audit log unavailable"),
         }
     }
 }
@@ -195,6 +199,10 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let in_flight = Arc::new(InFlight::default());
 
     let denials = guard.denials.clone();
+    let session = guard.session.clone();
+    let started = std::time::Instant::now();
+    let units: Arc<std::sync::Mutex<VecDeque<Unit>>> = Arc::default();
+    let statements = Arc::new(AtomicU64::new(0));
     let credential = CredentialWatch::new(&identity, shared);
     let forward = Forward {
         credential: credential.clone(),
@@ -207,6 +215,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         events: events_tx,
         in_flight: in_flight.clone(),
         out: BytesMut::with_capacity(16 * 1024),
+        units: units.clone(),
+        statements: statements.clone(),
     }
     .run();
     let backward = Backward {
@@ -220,6 +230,16 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         status: TransactionStatus::Idle,
         views_changed: false,
         out: BytesMut::with_capacity(16 * 1024),
+        completions: Completions {
+            shared_units: units,
+            units: VecDeque::new(),
+            session: session.clone(),
+            exchange_error: None,
+            head_rows: 0,
+            head_tag_rows: None,
+            head_command: None,
+            head_error: None,
+        },
     }
     .run(shared);
     tokio::pin!(forward, backward);
@@ -239,7 +259,19 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         (Some(f), _) => f,
         (None, b) => b,
     };
-    tracing::info!(%peer, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
+    if let Some(audit) = &shared.audit {
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::SessionEnd {
+                session: session.to_string(),
+                subject: identity.subject.0.clone(),
+                role: identity.role.0.clone(),
+                reason: end.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                statements: statements.load(Ordering::Relaxed),
+            },
+        ));
+    }
+    tracing::info!(%peer, session = %session, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
 }
 
 struct Forward<'s> {
@@ -254,6 +286,9 @@ struct Forward<'s> {
     events: mpsc::Sender<Event>,
     in_flight: Arc<InFlight>,
     out: BytesMut,
+    /// Statements on their way, for the backward half's `statement_end` records.
+    units: Arc<std::sync::Mutex<VecDeque<Unit>>>,
+    statements: Arc<AtomicU64>,
 }
 
 impl Forward<'_> {
@@ -269,6 +304,17 @@ impl Forward<'_> {
             Err(ForwardError::Credential(why)) => {
                 let _ = self.events.send(Event::Fatal(why.fatal())).await;
                 End::CredentialEnded(why)
+            }
+            Err(ForwardError::Audit) => {
+                let mut fatal = BytesMut::new();
+                Notice::fatal(
+                    "58030",
+                    "phigate: the audit log cannot be written; the statement was not run",
+                )
+                .with_hint("Nothing runs unaudited. Reconnect shortly.")
+                .write(&mut fatal);
+                let _ = self.events.send(Event::Fatal(fatal)).await;
+                End::AuditUnavailable
             }
             Err(ForwardError::ClientIo(e)) => End::ClientError(e.to_string()),
             Err(ForwardError::UpstreamIo(e)) => End::UpstreamError(e.to_string()),
@@ -293,6 +339,9 @@ impl Forward<'_> {
                 return Err(ForwardError::Credential(why));
             }
             self.refresh_policy().await;
+            // While the audit log cannot be written, every statement is refused (nothing runs
+            // unaudited); the session itself goes on.
+            self.guard.audit_down = self.shared.audit.as_ref().is_some_and(|a| !a.healthy());
             let sent_base = self.in_flight.sent.load(Ordering::Acquire);
             let mut terminated = false;
             let mut exchanges = 0;
@@ -363,6 +412,7 @@ impl Forward<'_> {
                     break;
                 }
             }
+            self.write_ahead().await?;
             self.in_flight.sent.fetch_add(exchanges, Ordering::AcqRel);
             self.flush().await?;
             if terminated {
@@ -385,6 +435,26 @@ impl Forward<'_> {
             let (policy, version) = self.shared.policy.snapshot();
             self.guard.update_policy(policy, version);
         }
+    }
+
+    /// The batch's audit records go to disk (one shared fsync) before any of its statements
+    /// reaches the database.
+    async fn write_ahead(&mut self) -> Result<(), ForwardError> {
+        let Some(audit) = &self.shared.audit else {
+            return Ok(());
+        };
+        if self.guard.audit_batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.guard.audit_batch);
+        self.statements
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let ticket = audit.submit_all(batch);
+        {
+            let mut units = self.units.lock().unwrap_or_else(|e| e.into_inner());
+            units.extend(self.guard.audit_units.drain(..));
+        }
+        audit.durable(ticket).await.map_err(|_| ForwardError::Audit)
     }
 
     async fn flush(&mut self) -> Result<(), ForwardError> {
@@ -412,6 +482,7 @@ impl From<WireError> for RelayError {
 }
 
 enum ForwardError {
+    Audit,
     Client(WireError),
     Credential(Ended),
     ClientIo(std::io::Error),
@@ -430,6 +501,116 @@ struct Backward {
     /// Set by `take_frames` when committed DDL may have changed views.
     views_changed: bool,
     out: BytesMut,
+    completions: Completions,
+}
+
+/// Completes the statements the forward half sent (`statement_end` records): rows, SQLSTATE,
+/// duration, from the database's responses in order.
+struct Completions {
+    shared_units: Arc<std::sync::Mutex<VecDeque<Unit>>>,
+    /// Taken from the shared queue once per read, so rows cost no lock.
+    units: VecDeque<Unit>,
+    session: Arc<str>,
+    /// The error that ended the current exchange: the reason later statements of it were
+    /// skipped.
+    exchange_error: Option<String>,
+    head_rows: u64,
+    head_tag_rows: Option<u64>,
+    head_command: Option<String>,
+    head_error: Option<String>,
+}
+
+impl Completions {
+    fn refill(&mut self) {
+        let mut shared = self.shared_units.lock().unwrap_or_else(|e| e.into_inner());
+        self.units.extend(shared.drain(..));
+    }
+
+    fn finish_head(&mut self, shared: &Shared) {
+        let Some(unit) = self.units.pop_front() else {
+            return;
+        };
+        let sqlstate = self
+            .head_error
+            .take()
+            .or_else(|| self.exchange_error.clone())
+            .unwrap_or_else(|| "00000".to_owned());
+        let rows = self.head_tag_rows.take().or(Some(self.head_rows));
+        if let Some(audit) = &shared.audit {
+            audit.submit(phigate_audit::Pending::Event(
+                phigate_audit::Event::StatementEnd {
+                    session: self.session.to_string(),
+                    n: unit.n,
+                    sqlstate,
+                    rows,
+                    command: self.head_command.take(),
+                    duration_us: unit.started.elapsed().as_micros() as u64,
+                },
+            ));
+        }
+        self.head_rows = 0;
+    }
+
+    fn on_frame(
+        &mut self,
+        tag: u8,
+        frame: &phigate_wire::Frame,
+        code: Option<&str>,
+        exchange: u64,
+        shared: &Shared,
+    ) {
+        if self.units.is_empty() {
+            return;
+        }
+        let execute = self.units.front().is_some_and(|u| u.execute);
+        match tag {
+            backend::tag::DATA_ROW => self.head_rows += 1,
+            backend::tag::COMMAND_COMPLETE => {
+                if let Some((command, rows)) = command_tag(frame) {
+                    self.head_command.get_or_insert(command);
+                    if let Some(r) = rows {
+                        *self.head_tag_rows.get_or_insert(0) += r;
+                    }
+                }
+                if execute {
+                    self.finish_head(shared);
+                }
+            }
+            backend::tag::PORTAL_SUSPENDED | backend::tag::EMPTY_QUERY_RESPONSE if execute => {
+                self.finish_head(shared)
+            }
+            backend::tag::ERROR_RESPONSE => {
+                let code = code.unwrap_or("XX000").to_owned();
+                self.exchange_error.get_or_insert(code.clone());
+                // A refused message's stand-in error, or an Execute's: its own end.
+                // The error of the head statement's own exchange: an Execute's ends it; a
+                // Query's or a refused message's is recorded when its ReadyForQuery comes.
+                if self.units.front().is_some_and(|u| u.exchange == exchange) {
+                    self.head_error.get_or_insert(code);
+                    if execute {
+                        self.finish_head(shared);
+                    }
+                }
+            }
+            backend::tag::READY_FOR_QUERY => {
+                while self.units.front().is_some_and(|u| u.exchange <= exchange) {
+                    self.finish_head(shared);
+                }
+                self.exchange_error = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `SELECT 5` → ("SELECT", Some(5)); `INSERT 0 3` → ("INSERT", Some(3)); `BEGIN` → ("BEGIN", None).
+fn command_tag(frame: &phigate_wire::Frame) -> Option<(String, Option<u64>)> {
+    let body = frame.body();
+    let text = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).ok()?;
+    let mut words = text.split(' ');
+    let command = words.next()?.to_owned();
+    let rows = text.rsplit(' ').next().and_then(|n| n.parse().ok());
+    Some((command, rows))
 }
 
 impl Backward {
@@ -474,7 +655,7 @@ impl Backward {
                         Ok(_) => {}
                         Err(e) => return self.upstream_lost(&e.to_string()).await,
                     }
-                    match self.take_frames() {
+                    match self.take_frames(shared) {
                         Ok(()) => {}
                         Err(RelayError::Encoding) => return self.refuse_encoding().await,
                         Err(RelayError::Wire(e)) => return self.upstream_lost(&e.to_string()).await,
@@ -522,11 +703,33 @@ impl Backward {
 
     /// Moves every whole frame into the output, noting ReadyForQuery. Fails closed when the
     /// session switches to an encoding the gateway cannot read.
-    fn take_frames(&mut self) -> Result<(), RelayError> {
+    fn take_frames(&mut self, shared: &Shared) -> Result<(), RelayError> {
         let answered_base = self.in_flight.answered.load(Ordering::Acquire);
         let mut answered = 0;
+        let audited = shared.audit.is_some();
+        if audited {
+            self.completions.refill();
+        }
         while let Some(frame) = self.reader.next_frame()? {
-            match frame.tag() {
+            let tag = frame.tag();
+            if audited {
+                // The exchange this frame belongs to: the next ReadyForQuery's number (its own,
+                // for a ReadyForQuery).
+                let exchange = answered_base + answered + 1;
+                let code = if tag == backend::tag::ERROR_RESPONSE {
+                    match self.denials.rewrite_code(&frame) {
+                        Some(c) => Some(c.to_owned()),
+                        None => phigate_wire::backend::Fields::decode(&frame)
+                            .ok()
+                            .and_then(|f| f.code().map(str::to_owned)),
+                    }
+                } else {
+                    None
+                };
+                self.completions
+                    .on_frame(tag, &frame, code.as_deref(), exchange, shared);
+            }
+            match tag {
                 backend::tag::READY_FOR_QUERY => {
                     self.status = backend::decode_ready_for_query(&frame)?;
                     self.in_flight
@@ -541,7 +744,7 @@ impl Backward {
                     }
                 }
                 backend::tag::ERROR_RESPONSE => {
-                    if let Some(refusal) = self.denials.rewrite(&frame) {
+                    if let Some((refusal, _)) = self.denials.rewrite(&frame) {
                         self.out.extend_from_slice(&refusal);
                         continue;
                     }
