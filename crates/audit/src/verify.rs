@@ -169,10 +169,13 @@ pub fn verify(dir: &Path, key: &PublicKey, mirrors: &[PathBuf]) -> Result<Report
                 }
                 Some(e) if record.seq != e => {
                     let why = if record.seq > e {
-                        format!("record {e} is missing (found {} next): deleted", record.seq)
+                        format!(
+                            "record {e} is missing or out of order (record {} is in its place)",
+                            record.seq
+                        )
                     } else {
                         format!(
-                            "record {} appears where record {e} belongs: reordered or duplicated",
+                            "record {} appears again where record {e} belongs: reordered or duplicated",
                             record.seq
                         )
                     };

@@ -35,8 +35,15 @@ pub enum Pending {
     Statement {
         meta: StatementRecord,
         sql: Arc<str>,
-        params: Vec<Option<Vec<u8>>>,
+        params: Vec<Option<Param>>,
     },
+}
+
+/// A bound parameter as sent: text or binary format.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub binary: bool,
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -425,7 +432,7 @@ impl Writer {
         &self,
         mut meta: StatementRecord,
         sql: &str,
-        params: Vec<Option<Vec<u8>>>,
+        params: Vec<Option<Param>>,
     ) -> StatementRecord {
         let (text, literals) = if self.opts.full_text {
             (sql.to_owned(), Vec::new())
@@ -451,14 +458,14 @@ impl Writer {
         meta.params = params
             .into_iter()
             .map(|p| {
-                p.map(|v| {
-                    if self.opts.full_text {
-                        match std::str::from_utf8(&v) {
-                            Ok(s) if s.len() <= 4096 => s.to_owned(),
-                            _ => format!("\\x{}", hex::encode(&v[..v.len().min(2048)])),
-                        }
-                    } else {
-                        self.keyed(&v)
+                p.map(|p| {
+                    let v = &p.value;
+                    if !self.opts.full_text {
+                        return self.keyed(v);
+                    }
+                    match std::str::from_utf8(v) {
+                        Ok(s) if !p.binary && s.len() <= 4096 => s.to_owned(),
+                        _ => format!("\\x{}", hex::encode(&v[..v.len().min(2048)])),
                     }
                 })
             })

@@ -120,7 +120,7 @@ struct Prepared {
 struct Portal {
     sql: Arc<str>,
     analysis: Arc<Analysis>,
-    params: Vec<Option<Vec<u8>>>,
+    params: Vec<Option<phigate_audit::Param>>,
 }
 
 /// Portals remembered for audit records; past this many, the oldest names are forgotten (their
@@ -542,7 +542,7 @@ impl Guard {
 /// What [`Guard::audit`] records of one statement.
 struct AuditNote<'a> {
     sql: Arc<str>,
-    params: Vec<Option<Vec<u8>>>,
+    params: Vec<Option<phigate_audit::Param>>,
     analysis: &'a Analysis,
     decision: &'a Decision,
     simple: bool,
@@ -558,7 +558,18 @@ impl Guard {
         };
         let params = bind
             .details()
-            .map(|d| d.params.iter().map(|v| v.map(<[u8]>::to_vec)).collect())
+            .map(|d| {
+                d.params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.map(|v| phigate_audit::Param {
+                            binary: d.param_is_binary(i),
+                            value: v.to_vec(),
+                        })
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         if self.portals.len() >= MAX_PORTALS && !self.portals.contains_key(bind.portal) {
             self.portals.clear();
