@@ -87,10 +87,14 @@ class Env:
         self.procs = []
         self.bin = pg_bin()
         self.pg_port, self.bouncer_port, self.gw_port = free_port(), free_port(), free_port()
+        self.guarded_port = free_port()
         self._certs()
         self._postgres(scale)
         self._pgbouncer()
-        self._phigate()
+        # Two gateways: the bare relay (pass-through role, audit off) and every guardrail that
+        # exists (restricted role with grants and rules, durable write-ahead audit).
+        self._phigate("relay", self.gw_port, audit=False)
+        self._phigate("guarded", self.guarded_port, audit=True)
 
     def _certs(self):
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -155,14 +159,17 @@ class Env:
         self.procs.append(p)
         wait_port(self.bouncer_port, p)
 
-    def _phigate(self):
+    def _phigate(self, name, port, audit):
         binary = ROOT / "target" / "release" / "phigate"
         if not binary.exists():
             sys.exit("build phigate first: cargo build --release")
         token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
-        cfg = self.dir / "phigate.toml"
+        cfg = self.dir / f"phigate-{name}.toml"
+        audit_cfg = (f'data_dir = "{self.dir / ("data-" + name)}"\n\n' if audit
+                     else "")
         cfg.write_text(
-            f'[listen]\naddress = "127.0.0.1:{self.gw_port}"\n\n'
+            audit_cfg +
+            f'[listen]\naddress = "127.0.0.1:{port}"\n\n'
             f'[tls]\ncert_file = "{self.dir / "server.crt"}"\nkey_file = "{self.dir / "server.key"}"\n\n'
             f'[upstream]\nhost = "127.0.0.1"\nport = {self.pg_port}\ndatabase = "{DB}"\n'
             f'user = "{APP_USER}"\npassword = "{APP_PASSWORD}"\n\n'
@@ -176,23 +183,26 @@ class Env:
             f'[[role]]\nname = "guarded"\nstatement_timeout = "30s"\n[[role.grant]]\nschema = "public"\n'
             f'tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]\n'
             f'actions = ["select"]\n\n'
-            f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n'
-            f'[audit]\nenabled = false\n\n'
+            f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n' +
+            ('[audit]\nenabled = false\n\n' if not audit else "") +
             f'[log]\nlevel = "warn"\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
-        self.gw_log = open(self.dir / "phigate.log", "w")
+        log = open(self.dir / f"phigate-{name}.log", "w")
         p = subprocess.Popen([str(binary), "serve", "--config", str(cfg)],
-                             stdout=self.gw_log, stderr=self.gw_log)
+                             stdout=log, stderr=log)
         self.procs.append(p)
-        self.gateway = p
-        wait_port(self.gw_port, p)
+        if name == "relay":
+            self.gateway = p
+        else:
+            self.guarded_gateway = p
+        wait_port(port, p)
 
     def targets(self):
         return {
             "direct": (self.pg_port, APP_USER, APP_PASSWORD),
             "pgbouncer": (self.bouncer_port, APP_USER, APP_PASSWORD),
             "phigate": (self.gw_port, "bench", TOKEN),
-            "phigate-guarded": (self.gw_port, "guarded", GUARDED_TOKEN),
+            "phigate-guarded": (self.guarded_port, "guarded", GUARDED_TOKEN),
         }
 
     def rss_kib(self, pid):

@@ -43,6 +43,13 @@ pub struct Config {
     /// The audit log (on by default; needs `data_dir` or `audit.dir`).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// PHI tags: which columns of which tables hold which kind of identifier. Masked roles see
+    /// these columns through masking views (docs/masking.md).
+    #[serde(default)]
+    pub phi: Vec<phigate_policy::masking::PhiTableConfig>,
+    /// Key of the deterministic masking tokens; `<data_dir>/keys/masking-token.key` (created)
+    /// if unset. Replacing it (and reloading) changes every token.
+    pub masking_key_file: Option<PathBuf>,
     /// Individuals known by the SHA-256 of a static token (service accounts, tests). Prefer
     /// OIDC or API keys: they expire and can be revoked without editing the config.
     #[serde(default, rename = "identity")]
@@ -532,6 +539,19 @@ impl Config {
                  runs statements with no audit record and is for development only"
                     .into(),
             ));
+        }
+        if let Some(r) = self.roles.iter().find(|r| r.masked) {
+            if self.phi.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "role {} is masked but no [[phi]] table is tagged",
+                    r.name
+                )));
+            }
+            if self.upstream.database.is_none() {
+                return Err(ConfigError::Invalid(
+                    "masked roles need upstream.database (the masking views live there)".into(),
+                ));
+            }
         }
         if self.audit.checkpoint_every_records == 0 || self.audit.checkpoint_every_secs == 0 {
             return Err(ConfigError::Invalid(

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod http;
 pub mod logging;
 pub mod login;
+pub mod masking;
 pub mod net;
 pub mod policy;
 pub mod server;

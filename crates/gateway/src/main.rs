@@ -54,6 +54,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Propose PHI tags for a database's columns from their names and sampled contents, as a
+    /// `[[phi]]` config snippet for a person to review (no sampled value is printed).
+    Discover {
+        /// The config whose upstream database is examined.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Values sampled per text column.
+        #[arg(long, default_value_t = 200)]
+        sample: usize,
+    },
     /// The audit log: verify it, search it, export it, report on it (works while the gateway
     /// runs).
     Audit {
@@ -271,6 +281,26 @@ fn main() -> ExitCode {
         }
         Command::Keys { command } => keys(command),
         Command::Audit { command } => audit(command),
+        Command::Discover { config, sample } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let c = Config::load(&config)?;
+                let up = &c.upstream;
+                let target = phigate::session::upstream::UpstreamTarget {
+                    host: up.host.clone(),
+                    port: up.port,
+                    user: up.user.clone(),
+                    password: up.resolve_password()?,
+                    database: up.database.clone(),
+                    tls: phigate::tls::upstream_config(up.tls, up.ca_file.as_deref())?,
+                    connect_timeout: up.connect_timeout(),
+                };
+                print!(
+                    "{}",
+                    phigate::masking::discover(&target, sample.clamp(1, 10_000)).await?
+                );
+                Ok(())
+            })
+        }),
         Command::Token {
             command:
                 TokenCommand::Mint {

@@ -25,6 +25,8 @@ pub struct Shared {
     pub audit_dir: Option<std::path::PathBuf>,
     pub audit_reader_roles: Vec<String>,
     pub audit_mirror: Option<std::path::PathBuf>,
+    /// The database logins of masked roles (provisioned at start and on reload).
+    pub masked: std::sync::RwLock<std::collections::HashMap<String, crate::masking::MaskedLogin>>,
     /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
     pub session_token_ttl: Duration,
     pub development: bool,
@@ -67,6 +69,7 @@ impl Shared {
             audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
             audit_reader_roles: config.audit.reader_roles.clone(),
             audit_mirror: config.audit.mirror_dir.clone(),
+            masked: Default::default(),
             session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
             development: config.auth.development,
             pg_addr,
@@ -133,6 +136,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
+    // Masked roles cannot work without their views: provisioning failure stops the start.
+    let logins = crate::masking::provision(config, &shared.upstream).await?;
+    if let Ok(mut m) = shared.masked.write() {
+        *m = logins;
+    }
     let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
     spawn_key_watch(&shared);
     let stop = CancellationToken::new();
@@ -252,8 +260,21 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let event = match crate::config::Config::load(&path).and_then(|c| c.policy()) {
-                Ok(policy) => {
+            let loaded =
+                crate::config::Config::load(&path).and_then(|c| c.policy().map(|p| (c, p)));
+            let event = match loaded {
+                Ok((config, policy)) => {
+                    // New views and login passwords first, then the policy that uses them.
+                    match crate::masking::provision(&config, &shared.upstream).await {
+                        Ok(logins) => {
+                            if let Ok(mut m) = shared.masked.write() {
+                                *m = logins;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "masking re-provisioning failed; masked roles keep their current views")
+                        }
+                    }
                     shared.policy.replace(policy);
                     tracing::info!(path = %path.display(), version = shared.policy.version(), "policy reloaded");
                     phigate_audit::Event::ConfigReload {

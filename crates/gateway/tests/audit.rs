@@ -561,7 +561,10 @@ async fn a_full_disk_refuses_statements_and_recovers() {
         }
         assert!(ran < 200, "the audit log never filled up");
     };
-    let text = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let text = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(text.contains("audit log cannot be written"), "{err:?}");
     // Other sessions: refused with a clear error, and they go on.
     let err = second

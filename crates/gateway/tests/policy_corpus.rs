@@ -53,6 +53,10 @@ fn demo_policy() -> String {
         "rule".into(),
         toml::Value::try_from(phigate::demo::demo_rules()).expect("rules serialize"),
     );
+    t.insert(
+        "phi".into(),
+        toml::Value::try_from(phigate::demo::demo_phi()).expect("PHI tags serialize"),
+    );
     toml::to_string(&t).expect("policy serializes")
 }
 
@@ -146,7 +150,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("admin", "SET SESSION AUTHORIZATION postgres", "allow !42501"),
     ("admin", "RESET ROLE", "allow"),
     ("admin", "CALL pc_no_such_procedure()", "approval:destructive-ddl-needs-approval"),
-    ("admin", "ALTER ROLE phigate_app CONNECTION LIMIT 5", "allow !42501"),
+    // The gateway's login may manage the masking logins (CREATEROLE), never a superuser.
+    ("admin", "ALTER ROLE postgres CONNECTION LIMIT 5", "allow !42501"),
     ("admin", "SELECT * FROM \"PUBLIC\".\"patients\"", "allow !42P01"),
     ("admin", "CREATE TABLE IF NOT EXISTS pg_pc_notes (note text)", "allow"),
     ("admin", "INSERT INTO pg_pc_notes VALUES ('not for the reviewer')", "allow"),
@@ -197,8 +202,10 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "-- nothing but a comment", "allow nolog"),
     // --- Quoting and case ----------------------------------------------------------------------
     ("agent", "SELECT count(*) FROM \"patients\"", "allow"),
-    ("agent", "SELECT count(*) FROM \"public\".\"patients\"", "allow"),
-    ("agent", "SELECT count(*) FROM PUBLIC.PATIENTS", "allow"),
+    // Allowed by policy; the masked agent's database login cannot read the table itself, only
+    // its masking view (unqualified `patients`): the database refuses.
+    ("agent", "SELECT count(*) FROM \"public\".\"patients\"", "allow !42501"),
+    ("agent", "SELECT count(*) FROM PUBLIC.PATIENTS", "allow !42501"),
     ("agent", "SELECT count(*) FROM \"PUBLIC\".\"patients\"", "deny:grants"),
     ("agent", "SELECT count(*) FROM \"Patients\"", "deny:grants"),
     ("reviewer", "SELECT * FROM \"lab_results\"", "deny:grants"),

@@ -7,6 +7,7 @@
 //! settings, unknown functions and catalog views that leak data), read-only, then the grants.
 
 mod builtin;
+pub mod masking;
 mod model;
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,8 @@ pub use model::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
 pub enum PolicyError {
     #[error("role {0} is defined twice")]
     DuplicateRole(String),
+    #[error("role {0} is masked, so it must be restricted (an unrestricted role could switch roles or run code the masking cannot see)")]
+    MaskedUnrestricted(String),
     #[error("rule {rule}: unknown role {role}")]
     UnknownRole { rule: String, role: String },
     #[error("rule {rule}: unknown statement kind {kind}")]
@@ -68,6 +71,10 @@ pub struct Role {
     pub idle_timeout_ms: Option<u64>,
     allow_functions: HashSet<String>,
     grants: Vec<Grant>,
+    /// Sees PHI through masking views.
+    pub masked: bool,
+    /// Strategy overrides per PHI type.
+    pub masking: std::collections::BTreeMap<masking::PhiType, masking::Strategy>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +177,12 @@ impl Policy {
                 idle_timeout_ms: parse_duration(&r.name, "idle_timeout", &r.idle_timeout)?,
                 allow_functions: r.allow_functions.iter().cloned().collect(),
                 grants,
+                masked: r.masked,
+                masking: r.masking.clone(),
             };
+            if r.masked && !r.restricted {
+                return Err(PolicyError::MaskedUnrestricted(r.name.clone()));
+            }
             if map.insert(r.name.clone(), Arc::new(role)).is_some() {
                 return Err(PolicyError::DuplicateRole(r.name.clone()));
             }

@@ -1,8 +1,12 @@
 //! The policy as written in the config file (`[[role]]`, `[[rule]]`). Every field is documented:
 //! these doc comments become the published JSON schema.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::masking::{PhiType, Strategy};
 
 /// A gateway role: what a session that assumes it may do. Identities are mapped to roles in the
 /// `[[identity]]` tables; the startup `user` picks one.
@@ -34,6 +38,14 @@ pub struct RoleConfig {
     /// What the role may do to which relations.
     #[serde(default, rename = "grant")]
     pub grants: Vec<GrantConfig>,
+    /// Sees PHI masked: every column tagged in `[[phi]]` reaches this role through a masking
+    /// view in the database (docs/masking.md), with the default strategy of its type unless
+    /// `masking` says otherwise. Masked roles must be restricted.
+    #[serde(default)]
+    pub masked: bool,
+    /// Strategy per PHI type for this role, e.g. `{ ssn = "partial", date_of_birth = "null" }`.
+    #[serde(default)]
+    pub masking: BTreeMap<PhiType, Strategy>,
 }
 
 fn yes() -> bool {

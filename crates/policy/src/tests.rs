@@ -451,6 +451,8 @@ fn bad_config_is_rejected() {
         idle_timeout: None,
         allow_functions: vec![],
         grants: vec![],
+        masked: false,
+        masking: Default::default(),
     };
     assert!(matches!(
         Policy::new(&[role], &[]),

@@ -37,7 +37,7 @@ pub fn prepare_clinic(cluster: &Cluster, seed_sql: &str) -> Result<(), Error> {
     cluster.psql(
         "postgres",
         &format!(
-            "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}';\n\
+            "CREATE ROLE {APP_USER} LOGIN CREATEROLE PASSWORD '{APP_PASSWORD}';\n\
              CREATE DATABASE {DATABASE} OWNER {APP_USER};"
         ),
     )?;

@@ -103,7 +103,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let app_password = token();
     eprintln!("phigate demo: seeding the synthetic clinic dataset ...");
     let setup = format!(
-        "CREATE ROLE {UPSTREAM_USER} LOGIN PASSWORD '{app_password}';\n\
+        "CREATE ROLE {UPSTREAM_USER} LOGIN CREATEROLE PASSWORD '{app_password}';\n\
          CREATE DATABASE {DATABASE} OWNER {UPSTREAM_USER};\n"
     );
     let cluster = tokio::task::spawn_blocking(move || -> anyhow::Result<Cluster> {
@@ -151,6 +151,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             ..AuditConfig::default()
         },
         identities: Vec::new(),
+        phi: demo_phi(),
+        masking_key_file: None,
         log: Log::default(),
         runtime: Default::default(),
         roles: demo_roles(),
@@ -274,6 +276,9 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         idle_timeout: Some("30min".into()),
         allow_functions: vec![],
         grants,
+        // The agent sees PHI masked; the others see it as stored.
+        masked: name == "ai-agent",
+        masking: Default::default(),
     };
     vec![
         role("ai-agent", true, vec![grant(&["select"], clinical())]),
@@ -292,6 +297,45 @@ pub fn demo_roles() -> Vec<RoleConfig> {
             }],
         ),
         role("reviewer", true, vec![]),
+    ]
+}
+
+/// The PHI of the demo dataset (the HIPAA Safe Harbor identifiers among its columns).
+pub fn demo_phi() -> Vec<phigate_policy::masking::PhiTableConfig> {
+    use phigate_policy::masking::{PhiTableConfig, PhiType};
+    let table = |name: &str, cols: &[(&str, PhiType)]| PhiTableConfig {
+        table: format!("public.{name}"),
+        columns: cols.iter().map(|(c, t)| ((*c).to_owned(), *t)).collect(),
+    };
+    vec![
+        table(
+            "patients",
+            &[
+                ("mrn", PhiType::Mrn),
+                ("first_name", PhiType::Name),
+                ("last_name", PhiType::Name),
+                ("ssn", PhiType::Ssn),
+                ("date_of_birth", PhiType::DateOfBirth),
+                ("email", PhiType::Email),
+                ("phone", PhiType::Phone),
+                ("address", PhiType::Address),
+                ("city", PhiType::Address),
+                ("zip", PhiType::Zip),
+                ("insurance_member_id", PhiType::MemberId),
+                // Safe Harbor: every date tied to an individual, except the year.
+                ("created_at", PhiType::Date),
+            ],
+        ),
+        table(
+            "encounters",
+            &[
+                ("admitted_at", PhiType::Date),
+                ("discharged_at", PhiType::Date),
+                ("notes", PhiType::FreeText),
+            ],
+        ),
+        table("prescriptions", &[("prescribed_at", PhiType::Date)]),
+        table("lab_results", &[("taken_at", PhiType::Date)]),
     ]
 }
 

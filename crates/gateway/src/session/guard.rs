@@ -169,6 +169,8 @@ pub struct Guard {
     /// The batch's statements, in the order the database will answer them.
     pub audit_units: Vec<Unit>,
     portals: HashMap<String, Portal>,
+    /// For a masked role: its PHI columns by `schema.table`, for the audit records.
+    pub phi: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Guard {
@@ -199,6 +201,7 @@ impl Guard {
             audit_batch: Vec::new(),
             audit_units: Vec::new(),
             portals: HashMap::new(),
+            phi: Default::default(),
         }
     }
 
@@ -215,6 +218,24 @@ impl Guard {
             Decision::Deny(r) => ("deny", Some(r.rule.clone())),
             Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
         };
+        // The PHI columns of the tables it reads, which this (masked) role sees masked.
+        let mut masked_columns = Vec::new();
+        for entry in &tables {
+            let rel = entry.split(':').next().unwrap_or(entry);
+            let key = if rel.contains('.') {
+                rel.to_owned()
+            } else {
+                format!("public.{rel}")
+            };
+            if let Some(cols) = self.phi.get(&key) {
+                for c in cols {
+                    let name = format!("{key}.{c}");
+                    if !masked_columns.contains(&name) {
+                        masked_columns.push(name);
+                    }
+                }
+            }
+        }
         let meta = phigate_audit::StatementRecord {
             session: self.session.to_string(),
             subject: self.identity.subject.0.clone(),
@@ -225,6 +246,7 @@ impl Guard {
             tables,
             decision: decision.into(),
             rule,
+            masked_columns,
             ..Default::default()
         };
         self.audit_batch.push(phigate_audit::Pending::Statement {

@@ -228,8 +228,8 @@ async fn start(
     role_settings(&role, &mut params);
     identity_settings(&identity, &mut params);
     let session: Arc<str> = Arc::from(crate::audit::session_id().as_str());
-    let guard = guard::Guard::new(
-        role,
+    let mut guard = guard::Guard::new(
+        role.clone(),
         policy,
         version,
         identity.clone(),
@@ -247,7 +247,37 @@ async fn start(
         .unwrap_or_default();
     let mut with_db = param_refs.clone();
     with_db.push(("database", db));
-    let upstream = shared.upstream.connect(&with_db).await?;
+    // A masked role logs in as its own database login, whose search_path finds the masking
+    // views first: raw PHI never reaches the session.
+    let masked_login = if role.masked {
+        let login = shared
+            .masked
+            .read()
+            .ok()
+            .and_then(|m| m.get(&role.name).cloned())
+            .ok_or(SessionError::Startup(
+                "the masking views of this role are not provisioned; ask an administrator",
+            ))?;
+        Some(login)
+    } else {
+        None
+    };
+    if let Some(login) = &masked_login {
+        guard.phi = login.phi_columns.clone();
+    }
+    let upstream = match &masked_login {
+        Some(login) => {
+            let path = format!("{}, {}", login.schema, role.search_path.join(", "));
+            with_db.retain(|(k, _)| !k.eq_ignore_ascii_case("search_path"));
+            with_db.push(("search_path", path.as_str()));
+            shared
+                .upstream
+                .with_login(&login.user, &login.password)
+                .connect(&with_db)
+                .await?
+        }
+        None => shared.upstream.connect(&with_db).await?,
+    };
 
     // Write-ahead: the session's start is on disk before the client may send a statement.
     if let Some(audit) = &shared.audit {

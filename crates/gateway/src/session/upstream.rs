@@ -22,6 +22,7 @@ use crate::net::Stream;
 pub const MAX_UPSTREAM_MESSAGE: usize = (1 << 30) + (1 << 20);
 
 /// Where and how to reach the database. Built once from the config.
+#[derive(Clone)]
 pub struct UpstreamTarget {
     pub host: String,
     pub port: u16,
@@ -71,6 +72,15 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamTarget {
+    /// The same database, reached with another login (a masked role's).
+    pub fn with_login(&self, user: &str, password: &str) -> UpstreamTarget {
+        UpstreamTarget {
+            user: user.to_owned(),
+            password: Some(password.to_owned()),
+            ..self.clone()
+        }
+    }
+
     pub async fn connect(&self, params: &[(&str, &str)]) -> Result<UpstreamConn, UpstreamError> {
         match tokio::time::timeout(self.connect_timeout, self.connect_inner(params)).await {
             Ok(r) => r,
