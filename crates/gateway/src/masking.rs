@@ -39,6 +39,9 @@ pub struct MaskedLogin {
     pub schema: String,
     /// `schema.table` → its PHI columns (for audit records).
     pub phi_columns: BTreeMap<String, Vec<String>>,
+    /// `schema.table` → its PHI columns that are not tokenized (predicates on them follow the
+    /// role's `phi_predicates`).
+    pub predicate_guarded: BTreeMap<String, Vec<String>>,
 }
 
 /// `phigate_m_<role>_<tag>`, lower case, `[a-z0-9_]` only. The tag depends on the role and the
@@ -292,6 +295,7 @@ pub async fn provision(
             opad = hex::encode(&opad),
         ));
         let mut phi_columns = BTreeMap::new();
+        let mut predicate_guarded = BTreeMap::new();
         for (t, phi) in tables.iter().zip(&config.phi) {
             let Some(have) = cols.get(t) else { continue };
             let select = have
@@ -315,6 +319,19 @@ pub async fn provision(
             phi_columns.insert(
                 format!("{}.{}", t.0, t.1),
                 phi.columns.keys().cloned().collect(),
+            );
+            predicate_guarded.insert(
+                format!("{}.{}", t.0, t.1),
+                phi.columns
+                    .iter()
+                    .filter(|(_, kind)| {
+                        !matches!(
+                            strategy_for(&role.masking, **kind),
+                            Strategy::Token | Strategy::Clear
+                        )
+                    })
+                    .map(|(c, _)| c.to_lowercase())
+                    .collect(),
             );
         }
         // Base tables: SELECT on what the grants name, never on a table holding PHI.
@@ -348,6 +365,7 @@ pub async fn provision(
                 password,
                 schema,
                 phi_columns,
+                predicate_guarded,
             },
         );
     }

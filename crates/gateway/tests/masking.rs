@@ -554,3 +554,41 @@ fn discover_proposes_tags_without_printing_values() {
     let mut leaks = Leaks::new();
     leaks.check("discover output", text.as_bytes());
 }
+
+/// Predicates on non-tokenized PHI are refused for the agent (rule phi-predicate); tokens may
+/// be joined and grouped on; the clinician is not masked and not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicates_on_phi_follow_the_policy() {
+    let gw = demo_gateway("");
+    let (agent, _) = agent(&gw).await;
+    for sql in [
+        "SELECT id FROM patients WHERE ssn LIKE '1%'",
+        "SELECT id FROM patients ORDER BY date_of_birth",
+        "SELECT zip, count(*) FROM patients GROUP BY zip",
+        "SELECT p.id FROM patients p JOIN encounters e ON e.patient_id = p.id WHERE e.admitted_at > now() - interval '1 year'",
+        "SELECT id FROM patients WHERE id IN (SELECT id FROM patients WHERE phone LIKE '%555%')",
+    ] {
+        let err = agent.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "42501", "{sql}");
+        assert!(db.message().contains("rule phi-predicate"), "{sql}: {}", db.message());
+    }
+    for sql in [
+        "SELECT count(*) FROM patients a JOIN patients b ON a.mrn = b.mrn",
+        "SELECT last_name, count(*) FROM patients GROUP BY last_name",
+        "SELECT id, ssn FROM patients WHERE id < 10 ORDER BY id",
+    ] {
+        agent
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let (clinician, conn) = tokio_postgres::connect(&gw.conninfo("clinician"), NoTls)
+        .await
+        .expect("clinician");
+    tokio::spawn(conn);
+    clinician
+        .simple_query("SELECT id FROM patients WHERE ssn LIKE '1%' ORDER BY date_of_birth")
+        .await
+        .expect("the clinician is not masked");
+}

@@ -75,6 +75,8 @@ pub struct Role {
     pub masked: bool,
     /// Strategy overrides per PHI type.
     pub masking: std::collections::BTreeMap<masking::PhiType, masking::Strategy>,
+    /// What happens to predicates on non-tokenized PHI columns (masked roles).
+    pub phi_predicates: RuleAction,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +181,7 @@ impl Policy {
                 grants,
                 masked: r.masked,
                 masking: r.masking.clone(),
+                phi_predicates: r.phi_predicates,
             };
             if r.masked && !r.restricted {
                 return Err(PolicyError::MaskedUnrestricted(r.name.clone()));

@@ -46,6 +46,16 @@ pub struct RoleConfig {
     /// Strategy per PHI type for this role, e.g. `{ ssn = "partial", date_of_birth = "null" }`.
     #[serde(default)]
     pub masking: BTreeMap<PhiType, Strategy>,
+    /// For a masked role: statements that filter, join, sort or group on a PHI column that is
+    /// not tokenized (`WHERE ssn LIKE '1%'`, `ORDER BY date_of_birth`) are refused (`deny`, the
+    /// default), held (`require_approval`) or let through (`allow`: they then only compare
+    /// masked values). Tokenized columns may always be joined and grouped on.
+    #[serde(default = "deny_action")]
+    pub phi_predicates: RuleAction,
+}
+
+fn deny_action() -> RuleAction {
+    RuleAction::Deny
 }
 
 fn yes() -> bool {

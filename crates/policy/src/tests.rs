@@ -453,6 +453,7 @@ fn bad_config_is_rejected() {
         grants: vec![],
         masked: false,
         masking: Default::default(),
+        phi_predicates: RuleAction::Deny,
     };
     assert!(matches!(
         Policy::new(&[role], &[]),

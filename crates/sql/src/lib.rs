@@ -208,6 +208,10 @@ pub struct Statement {
     pub explain_analyze: bool,
     /// For PREPARE, DECLARE and EXPLAIN: the statement inside, analysed on its own.
     pub inner: Option<Box<Statement>>,
+    /// Column names (lower case, unqualified) used to filter, join, sort or group rows: in
+    /// WHERE, HAVING, ORDER BY, GROUP BY, DISTINCT ON, JOIN ... ON / USING, window clauses.
+    /// Over-approximate: names in a subquery inside those clauses count too.
+    pub predicate_columns: Vec<String>,
 }
 
 impl Statement {
@@ -225,6 +229,7 @@ impl Statement {
             copy_file: false,
             explain_analyze: false,
             inner: None,
+            predicate_columns: Vec::new(),
         }
     }
 }
@@ -362,6 +367,30 @@ impl Default for Analyzer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predicate_columns_are_collected_from_every_clause() {
+        let Analysis::Parsed(st) = analyze(
+            "SELECT p.id FROM patients p JOIN visits v USING (mrn) JOIN x ON x.a = p.b \
+             WHERE p.ssn LIKE '1%' AND p.id IN (SELECT id FROM t WHERE phone = '1') \
+             GROUP BY zip HAVING max(dob) > now() ORDER BY last_name",
+        ) else {
+            panic!("parses");
+        };
+        let mut cols = st[0].predicate_columns.clone();
+        cols.sort();
+        for want in ["a", "b", "dob", "last_name", "mrn", "phone", "ssn", "zip"] {
+            assert!(
+                cols.iter().any(|c| c == want),
+                "{want} missing from {cols:?}"
+            );
+        }
+        assert!(!cols.iter().any(|c| c == "~~" || c == "p"), "{cols:?}");
+        let Analysis::Parsed(st) = analyze("SELECT ssn, first_name FROM patients") else {
+            panic!("parses");
+        };
+        assert!(st[0].predicate_columns.is_empty());
+    }
 
     /// The cache folds numeric literals; that is only sound if the analysis of a statement and
     /// of its folded key are the same.

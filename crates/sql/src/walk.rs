@@ -100,6 +100,37 @@ fn statement(tag: &str, body: &Value) -> Statement {
     st
 }
 
+/// Parse-tree fields whose columns decide which rows come back, or in which order.
+const PREDICATE_KEYS: &[&str] = &[
+    "where_clause",
+    "having_clause",
+    "sort_clause",
+    "group_clause",
+    "distinct_clause",
+    "quals",
+    "partition_clause",
+    "order_clause",
+];
+
+/// The last name of every ColumnRef under `v` (`p.ssn` → `ssn`), lower case.
+fn column_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| column_names(i, out)),
+        Value::Object(map) => {
+            if let Some(body) = map.get("ColumnRef") {
+                if let Some(last) = strings(body.get("fields")).pop() {
+                    let last = last.to_lowercase();
+                    if !out.contains(&last) {
+                        out.push(last);
+                    }
+                }
+            }
+            map.values().for_each(|i| column_names(i, out));
+        }
+        _ => {}
+    }
+}
+
 fn dedup(st: &mut Statement) {
     let mut seen = HashSet::new();
     st.accesses.retain(|a| seen.insert(a.clone()));
@@ -140,6 +171,9 @@ impl Walker<'_> {
     /// Handles a statement node (top level or nested). `ctx` is the action implied for bare
     /// relations found in it when the statement type does not say otherwise.
     fn statement_node(&mut self, tag: &str, body: &Value, ctx: Option<Action>) {
+        if let Some(map) = body.as_object() {
+            self.predicates(map);
+        }
         // `ALTER ROLE / DATABASE / SYSTEM ... SET name`: the setting changes for later sessions.
         if matches!(
             tag,
@@ -358,6 +392,25 @@ impl Walker<'_> {
         }
     }
 
+    /// Columns that filter, join, sort or group rows: an oracle on their values even when the
+    /// values themselves are not returned.
+    fn predicates(&mut self, map: &Map<String, Value>) {
+        for key in PREDICATE_KEYS {
+            if let Some(v) = map.get(*key).filter(|v| !v.is_null()) {
+                column_names(v, &mut self.st.predicate_columns);
+            }
+        }
+        // JOIN ... USING (a, b) lists bare names.
+        if let Some(names) = map.get("using_clause") {
+            for n in strings(Some(names)) {
+                let n = n.to_lowercase();
+                if !self.st.predicate_columns.contains(&n) {
+                    self.st.predicate_columns.push(n);
+                }
+            }
+        }
+    }
+
     fn walk_except(&mut self, body: &Value, skip: &[&str], action: Action) {
         if let Some(map) = body.as_object() {
             for (k, v) in map {
@@ -381,6 +434,7 @@ impl Walker<'_> {
             self.range_var(map, action);
             return;
         }
+        self.predicates(map);
         // Field notation: PostgreSQL resolves `(x).name` (and `t.name` for a whole-row `t`) to
         // the call `name(x)` when `x` has no such field, e.g. `('/etc/passwd'::text).pg_read_file`.
         if let Some(body) = map.get("AIndirection") {

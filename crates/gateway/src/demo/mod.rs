@@ -279,6 +279,8 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         // The agent sees PHI masked; the others see it as stored.
         masked: name == "ai-agent",
         masking: Default::default(),
+        // The agent may join and group on tokens, never filter or sort on other PHI.
+        phi_predicates: RuleAction::Deny,
     };
     vec![
         role("ai-agent", true, vec![grant(&["select"], clinical())]),

@@ -171,6 +171,8 @@ pub struct Guard {
     portals: HashMap<String, Portal>,
     /// For a masked role: its PHI columns by `schema.table`, for the audit records.
     pub phi: std::collections::BTreeMap<String, Vec<String>>,
+    /// For a masked role: its non-tokenized PHI columns by `schema.table`.
+    pub predicate_guarded: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Guard {
@@ -202,6 +204,7 @@ impl Guard {
             audit_units: Vec::new(),
             portals: HashMap::new(),
             phi: Default::default(),
+            predicate_guarded: Default::default(),
         }
     }
 
@@ -302,7 +305,12 @@ impl Guard {
         if self.audit_down {
             return audit_unavailable();
         }
-        let decision = self.policy.decide(&self.role, analysis, &[]);
+        let mut decision = self.policy.decide(&self.role, analysis, &[]);
+        if decision == Decision::Allow {
+            if let Some(refusal) = self.phi_predicate(analysis) {
+                decision = refusal;
+            }
+        }
         if decision == Decision::Allow {
             if let Analysis::Parsed(stmts) = analysis {
                 self.ddl_seen |= stmts.iter().any(|s| {
@@ -558,6 +566,57 @@ impl Guard {
         } else {
             Some(decision)
         }
+    }
+}
+
+impl Guard {
+    /// A masked role filtering, joining, sorting or grouping on a non-tokenized PHI column of a
+    /// table it reads: refused or held as its `phi_predicates` says.
+    fn phi_predicate(&self, analysis: &Analysis) -> Option<Decision> {
+        if self.predicate_guarded.is_empty()
+            || self.role.phi_predicates == phigate_policy::RuleAction::Allow
+        {
+            return None;
+        }
+        let Analysis::Parsed(stmts) = analysis else {
+            return None;
+        };
+        let all = stmts
+            .iter()
+            .flat_map(|st| std::iter::once(st).chain(st.inner.as_deref()));
+        for st in all {
+            for access in &st.accesses {
+                let rel = &access.relation;
+                let guarded = self
+                    .predicate_guarded
+                    .iter()
+                    .filter(|(key, _)| match &rel.schema {
+                        Some(s) => **key == format!("{s}.{}", rel.name),
+                        None => key.rsplit('.').next() == Some(rel.name.as_str()),
+                    });
+                for (table, cols) in guarded {
+                    if let Some(col) = st.predicate_columns.iter().find(|c| cols.contains(c)) {
+                        let refusal = Refusal {
+                            rule: "phi-predicate".into(),
+                            message: format!(
+                                "phigate: filtering, joining, sorting or grouping on the PHI column {col} of {table} is not allowed for role {} (rule phi-predicate)",
+                                self.role.name
+                            ),
+                            hint: "A condition on a masked value reveals it a little at a time. Use ids or codes; tokenized columns (names, MRNs) may be joined and grouped on.".into(),
+                            sqlstate: "42501",
+                            position: None,
+                        };
+                        return Some(match self.role.phi_predicates {
+                            phigate_policy::RuleAction::RequireApproval => {
+                                Decision::RequireApproval(refusal)
+                            }
+                            _ => Decision::Deny(refusal),
+                        });
+                    }
+                }
+            }
+        }
+        None
     }
 }
 

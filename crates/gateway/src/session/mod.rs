@@ -264,6 +264,7 @@ async fn start(
     };
     if let Some(login) = &masked_login {
         guard.phi = login.phi_columns.clone();
+        guard.predicate_guarded = login.predicate_guarded.clone();
     }
     let upstream = match &masked_login {
         Some(login) => {
