@@ -54,6 +54,7 @@ def main():
     if not binary.exists():
         sys.exit("build phigate first: cargo build --release")
     tmp = Path(tempfile.mkdtemp(prefix="phigate-maskbench-"))
+    os.chmod(tmp, 0o755)  # the throwaway PostgreSQL runs as the postgres user
     ready = tmp / "ready.json"
     demo = subprocess.Popen([str(binary), "demo", "--pg-port", "0", "--http-port", "0",
                              "--data-dir", str(tmp / "data"), "--ready-file", str(ready)],

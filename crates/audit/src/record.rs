@@ -70,6 +70,22 @@ pub enum Event {
         policy_version: Option<u64>,
         error: Option<String>,
     },
+    /// A statement was held for review.
+    ReviewRequested {
+        review: String,
+        session: String,
+        subject: String,
+        role: String,
+        rule: String,
+        justification: Option<String>,
+    },
+    /// A review ended: approved or denied (by whom, why), expired, or withdrawn.
+    ReviewDecided {
+        review: String,
+        status: String,
+        by: Option<String>,
+        reason: Option<String>,
+    },
     /// The log could not be written for a while; statements were refused meanwhile.
     AuditRecovered {
         failed_since: String,
@@ -127,6 +143,7 @@ impl Record {
             | Event::SessionEnd { session, .. }
             | Event::StatementEnd { session, .. } => Some(session),
             Event::Statement(s) => Some(&s.session),
+            Event::ReviewRequested { session, .. } => Some(session),
             _ => None,
         }
     }
@@ -161,6 +178,8 @@ impl Record {
             Event::ConfigReload { .. } => "config_reload",
             Event::AuditRecovered { .. } => "audit_recovered",
             Event::AuditRepaired { .. } => "audit_repaired",
+            Event::ReviewRequested { .. } => "review_requested",
+            Event::ReviewDecided { .. } => "review_decided",
         }
     }
 }

@@ -20,10 +20,12 @@ pub struct FrontendKey(pub CancelKey);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UpstreamKey(pub CancelKey);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Target {
     addr: SocketAddr,
     key: UpstreamKey,
+    /// Woken by a CancelRequest: a statement held for review is withdrawn.
+    held: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -35,6 +37,8 @@ pub struct CancelRegistry {
 pub struct Registration {
     registry: CancelRegistry,
     key: FrontendKey,
+    /// Notified when the client asks to cancel (withdraws a held statement).
+    pub cancelled: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Registration {
@@ -61,6 +65,7 @@ impl CancelRegistry {
                 Registration {
                     registry: self.clone(),
                     key: k,
+                    cancelled: Arc::default(),
                 },
             );
         };
@@ -70,12 +75,18 @@ impl CancelRegistry {
                 secret: rng.gen(),
             });
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(k) {
-                e.insert(Target { addr, key });
+                let held: Arc<tokio::sync::Notify> = Arc::default();
+                e.insert(Target {
+                    addr,
+                    key,
+                    held: held.clone(),
+                });
                 return (
                     k,
                     Registration {
                         registry: self.clone(),
                         key: k,
+                        cancelled: held,
                     },
                 );
             }
@@ -84,11 +95,13 @@ impl CancelRegistry {
 
     /// Relays a client's CancelRequest. Unknown keys are ignored, as PostgreSQL does.
     pub async fn cancel(&self, key: FrontendKey) -> bool {
-        let target = self.inner.lock().ok().and_then(|m| m.get(&key).copied());
+        let target = self.inner.lock().ok().and_then(|m| m.get(&key).cloned());
         let Some(target) = target else {
             tracing::debug!("cancel request with an unknown key");
             return false;
         };
+        // A statement waiting for review is withdrawn; one running is cancelled in the database.
+        target.held.notify_waiters();
         let mut buf = BytesMut::with_capacity(16);
         write_cancel(&mut buf, target.key.0);
         match TcpStream::connect(target.addr).await {

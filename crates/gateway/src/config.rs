@@ -43,6 +43,9 @@ pub struct Config {
     /// The audit log (on by default; needs `data_dir` or `audit.dir`).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Holding statements for a reviewer (rules with `action = "require_approval"`).
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// PHI tags: which columns of which tables hold which kind of identifier. Masked roles see
     /// these columns through masking views (docs/masking.md).
     #[serde(default)]
@@ -210,6 +213,38 @@ pub struct StaticIdentity {
     pub token_sha256: String,
     /// Roles this identity may assume; the first is its default.
     pub roles: Vec<String>,
+}
+
+/// Just-in-time approval (docs/approvals.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Hold statements that need approval until a reviewer decides. Off: they are refused.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Roles whose identities may approve or deny (never their own statements).
+    #[serde(default = "default_reviewer_roles")]
+    pub reviewer_roles: Vec<String>,
+    /// A held statement is denied after this many seconds without a decision.
+    #[serde(default = "default_review_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            enabled: true,
+            reviewer_roles: default_reviewer_roles(),
+            timeout_secs: default_review_timeout(),
+        }
+    }
+}
+
+fn default_reviewer_roles() -> Vec<String> {
+    vec!["reviewer".into()]
+}
+fn default_review_timeout() -> u64 {
+    300
 }
 
 /// The tamper-evident, write-ahead audit log (docs/audit.md).

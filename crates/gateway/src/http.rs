@@ -8,6 +8,9 @@
 //!   short-lived gateway session token;
 //! - `GET /v1/audit/records`, `/v1/audit/report`, `/v1/audit/verify`: the audit log, for
 //!   identities of `audit.reader_roles` (`Authorization: Bearer <token or API key>`);
+//! - `GET /v1/reviews`, `GET /v1/reviews/{id}`, `POST /v1/reviews/{id}/approve|deny`: held
+//!   statements, for identities of `approvals.reviewer_roles`;
+//! - `GET /v1/openapi.json`: this API, described;
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit writer counters and health).
 
 use std::net::SocketAddr;
@@ -56,6 +59,11 @@ impl HttpServer {
             .route("/v1/audit/report", get(audit_report))
             .route("/v1/audit/verify", get(audit_verify))
             .route("/metrics", get(metrics))
+            .route("/v1/reviews", get(reviews_list))
+            .route("/v1/reviews/{id}", get(review_show))
+            .route("/v1/reviews/{id}/approve", post(review_approve))
+            .route("/v1/reviews/{id}/deny", post(review_deny))
+            .route("/v1/openapi.json", get(openapi))
             .with_state(self.shared);
         let result = axum::serve(
             self.listener,
@@ -233,38 +241,45 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// The caller must hold a credential for one of `audit.reader_roles`.
-async fn audit_reader(
+/// The caller's identity, if its bearer credential is valid for one of `roles`. Credentials
+/// travel in the Authorization header of plain HTTP: served to local callers only (a
+/// TLS-terminating proxy on this machine for remote ones).
+async fn authorize(
     shared: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,
-) -> Result<std::path::PathBuf, Reply> {
-    let Some(dir) = shared.audit_dir.clone() else {
-        return Err(error(StatusCode::NOT_FOUND, "the audit log is disabled"));
-    };
+    roles: &[String],
+    what: &str,
+) -> Result<crate::auth::Identity, Reply> {
+    if !peer.ip().is_loopback() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "credentials are accepted from local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+        ));
+    }
     let Some(token) = bearer(headers) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "send a token or API key as Authorization: Bearer <credential>",
         ));
     };
-    if shared.audit_reader_roles.is_empty() {
+    if roles.is_empty() {
         return Err(error(
             StatusCode::FORBIDDEN,
-            "no role may read the audit log over HTTP (audit.reader_roles is empty)",
+            &format!("no role may {what} over HTTP"),
         ));
     }
     let (policy, _) = shared.policy.snapshot();
     let is_role = |r: &str| policy.role(r).is_some();
-    for role in &shared.audit_reader_roles {
+    for role in roles {
         match shared
             .auth
             .authenticate(peer.ip(), role, token, &is_role)
             .await
         {
             Ok(id) => {
-                tracing::info!(%peer, subject = %id.subject, role = %id.role, "audit log read over HTTP");
-                return Ok(dir);
+                tracing::info!(%peer, subject = %id.subject, role = %id.role, what, "HTTP API call");
+                return Ok(id);
             }
             Err(
                 crate::auth::AuthError::RoleNotAllowed { .. }
@@ -280,8 +295,144 @@ async fn audit_reader(
     }
     Err(error(
         StatusCode::FORBIDDEN,
-        "this identity may not read the audit log (audit.reader_roles)",
+        &format!("this identity may not {what}"),
     ))
+}
+
+/// The caller must hold a credential for one of `audit.reader_roles`.
+async fn audit_reader(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<std::path::PathBuf, Reply> {
+    let Some(dir) = shared.audit_dir.clone() else {
+        return Err(error(StatusCode::NOT_FOUND, "the audit log is disabled"));
+    };
+    authorize(
+        shared,
+        peer,
+        headers,
+        &shared.audit_reader_roles,
+        "read the audit log (audit.reader_roles)",
+    )
+    .await?;
+    Ok(dir)
+}
+
+async fn reviewer(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Identity, Reply> {
+    authorize(
+        shared,
+        peer,
+        headers,
+        &shared.approvals.reviewer_roles,
+        "review held statements (approvals.reviewer_roles)",
+    )
+    .await
+}
+
+/// `GET /v1/reviews?all=true`: pending reviews (all recent ones with `all`).
+async fn reviews_list(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    if let Err(r) = reviewer(&shared, peer, &headers).await {
+        return r;
+    }
+    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    (
+        StatusCode::OK,
+        Json(json!({"reviews": shared.reviews.list(all)})),
+    )
+}
+
+async fn review_show(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Reply {
+    if let Err(r) = reviewer(&shared, peer, &headers).await {
+        return r;
+    }
+    match shared.reviews.get(&id) {
+        Some(r) => (StatusCode::OK, Json(json!(r))),
+        None => error(StatusCode::NOT_FOUND, &format!("no review {id}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DecisionBody {
+    reason: String,
+}
+
+async fn decide(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    approve: bool,
+    body: &[u8],
+) -> Reply {
+    let who = match reviewer(shared, peer, headers).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(d) = serde_json::from_slice::<DecisionBody>(body) else {
+        return error(StatusCode::BAD_REQUEST, "send JSON {\"reason\": \"...\"}");
+    };
+    if d.reason.trim().is_empty() || d.reason.len() > 2000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a reason (1 to 2000 characters) is required",
+        );
+    }
+    match shared
+        .reviews
+        .decide(id, &who.subject.0, approve, d.reason.trim())
+    {
+        Ok(r) => {
+            tracing::info!(review = %id, by = %who.subject, approve, "review decided");
+            (StatusCode::OK, Json(json!(r)))
+        }
+        Err(e @ crate::reviews::DecideError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e @ crate::reviews::DecideError::OwnStatement(_)) => {
+            error(StatusCode::FORBIDDEN, &e.to_string())
+        }
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+async fn review_approve(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    decide(&shared, peer, &headers, &id, true, &body).await
+}
+
+async fn review_deny(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    decide(&shared, peer, &headers, &id, false, &body).await
+}
+
+/// The API, as OpenAPI 3.1 (docs/openapi.json).
+async fn openapi() -> Json<Value> {
+    Json(serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap_or(Value::Null))
 }
 
 fn filter_from(q: &std::collections::HashMap<String, String>) -> phigate_audit::query::Filter {

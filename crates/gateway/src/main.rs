@@ -70,6 +70,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Statements held for review: list, show, approve, deny (through the gateway's HTTP API).
+    Review {
+        /// The gateway's HTTP address.
+        #[arg(long, env = "PHIGATE_URL", global = true)]
+        url: Option<String>,
+        /// Your token or API key (a reviewer role's).
+        #[arg(long, env = "PHIGATE_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
     /// Development tokens (refused unless the config sets auth.development).
     Token {
         #[command(subcommand)]
@@ -233,6 +244,31 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum ReviewCommand {
+    /// Pending reviews (all recent ones with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One review: who, what exactly, why, which rule.
+    Show { id: String },
+    /// Let the held statement run (once).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Refuse it; the requester sees the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Sign a token for any subject with the gateway's key (development configs only).
     Mint {
@@ -281,6 +317,11 @@ fn main() -> ExitCode {
         }
         Command::Keys { command } => keys(command),
         Command::Audit { command } => audit(command),
+        Command::Review {
+            url,
+            token,
+            command,
+        } => runtime().and_then(|rt| rt.block_on(review(url, token, command))),
         Command::Discover { config, sample } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let c = Config::load(&config)?;
@@ -747,6 +788,97 @@ fn write_report(
                 d.text
             )?;
         }
+    }
+    Ok(())
+}
+
+async fn review(
+    url: Option<String>,
+    token: Option<String>,
+    command: ReviewCommand,
+) -> anyhow::Result<()> {
+    let url = url.ok_or_else(|| anyhow::anyhow!("give --url (or PHIGATE_URL)"))?;
+    let token = token.ok_or_else(|| anyhow::anyhow!("give --token (or PHIGATE_TOKEN)"))?;
+    let base = url.trim_end_matches('/');
+    let lower = base.to_ascii_lowercase();
+    if !lower.starts_with("https://") && !phigate::auth::is_loopback_url(&lower) {
+        anyhow::bail!("--url must be https:// (plain http only to a gateway on this machine)");
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()?;
+    let (method, path, body) = match &command {
+        ReviewCommand::List { all, .. } => (
+            reqwest::Method::GET,
+            format!("/v1/reviews{}", if *all { "?all=true" } else { "" }),
+            None,
+        ),
+        ReviewCommand::Show { id } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
+        ReviewCommand::Approve { id, reason } => (
+            reqwest::Method::POST,
+            format!("/v1/reviews/{id}/approve"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+        ReviewCommand::Deny { id, reason } => (
+            reqwest::Method::POST,
+            format!("/v1/reviews/{id}/deny"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+    };
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(&token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed")
+        );
+    }
+    let show = |r: &serde_json::Value| {
+        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        format!(
+            "{}  {}  {} as {}  rule {}  {}\n  {}{}",
+            s("id"),
+            s("status"),
+            s("requester"),
+            s("role"),
+            s("rule"),
+            s("created_at"),
+            s("statement"),
+            r.get("justification")
+                .and_then(|j| j.as_str())
+                .map(|j| format!("\n  justification: {j}"))
+                .unwrap_or_default()
+        )
+    };
+    match command {
+        ReviewCommand::List { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&v["reviews"])?)
+        }
+        ReviewCommand::List { .. } => {
+            let list = v["reviews"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no reviews pending");
+            }
+            for r in list {
+                println!("{}", show(&r));
+            }
+        }
+        ReviewCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        ReviewCommand::Approve { .. } | ReviewCommand::Deny { .. } => println!(
+            "review {} {} by {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["status"].as_str().unwrap_or("?"),
+            v["decided_by"].as_str().unwrap_or("?")
+        ),
     }
     Ok(())
 }

@@ -296,6 +296,10 @@ pub async fn provision(
         ));
         let mut phi_columns = BTreeMap::new();
         let mut predicate_guarded = BTreeMap::new();
+        // With approvals on, a write a reviewer approved must be able to run: the login may
+        // write the tables its grants name (through the views), and the gateway's policy and
+        // rules decide which writes reach it. Without approvals the login cannot write at all.
+        let write_through = config.approvals.enabled;
         for (t, phi) in tables.iter().zip(&config.phi) {
             let Some(have) = cols.get(t) else { continue };
             let select = have
@@ -312,7 +316,14 @@ pub async fn provision(
                 .join(", ");
             sql.push_str(&format!(
                 "CREATE VIEW {s}.{view} WITH (security_barrier) AS SELECT {select} FROM {src}.{view};\n\
-                 GRANT SELECT ON {s}.{view} TO {u};\n",
+                 GRANT SELECT ON {s}.{view} TO {u};\n\
+                 {writes}",
+                writes = if write_through {
+                    // Approved writes go through the view (masked columns cannot be written).
+                    format!("GRANT INSERT, UPDATE, DELETE ON {s}.{} TO {u};\n", ident(&t.1))
+                } else {
+                    String::new()
+                },
                 view = ident(&t.1),
                 src = ident(&t.0),
             ));
@@ -351,6 +362,9 @@ pub async fn provision(
             if granted && !is_phi {
                 schemas.insert(schema_name.to_owned());
                 sql.push_str(&format!("GRANT SELECT ON {obj} TO {u};\n"));
+                if write_through {
+                    sql.push_str(&format!("GRANT INSERT, UPDATE, DELETE ON {obj} TO {u};\n"));
+                }
             } else {
                 sql.push_str(&format!("REVOKE ALL ON {obj} FROM {u};\n"));
             }

@@ -25,6 +25,9 @@ pub struct Shared {
     pub audit_dir: Option<std::path::PathBuf>,
     pub audit_reader_roles: Vec<String>,
     pub audit_mirror: Option<std::path::PathBuf>,
+    /// Statements held for review.
+    pub reviews: crate::reviews::Reviews,
+    pub approvals: crate::config::ApprovalsConfig,
     /// The database logins of masked roles (provisioned at start and on reload).
     pub masked: std::sync::RwLock<std::collections::HashMap<String, crate::masking::MaskedLogin>>,
     /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
@@ -70,6 +73,8 @@ impl Shared {
             audit_reader_roles: config.audit.reader_roles.clone(),
             audit_mirror: config.audit.mirror_dir.clone(),
             masked: Default::default(),
+            reviews: crate::reviews::Reviews::open(config.data_dir.as_deref()),
+            approvals: config.approvals.clone(),
             session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
             development: config.auth.development,
             pg_addr,

@@ -66,16 +66,62 @@ fn demo_serves_every_identity_and_cleans_up() {
         !ok && err.contains("phigate: SELECT on public.patients denied by rule grants"),
         "{err}"
     );
-    let (ok, _, err) = psql_as("agent", "DELETE FROM encounters WHERE id = 1");
-    assert!(
-        !ok && err.contains("requires approval by rule agent-changes-need-approval"),
-        "{err}"
-    );
-    let (ok, _, err) = psql_as("admin", "DROP TABLE departments");
-    assert!(
-        !ok && err.contains("requires approval by rule destructive-ddl-needs-approval"),
-        "{err}"
-    );
+    // The agent's change waits on the wire for a reviewer; the reviewer approves it with the
+    // CLI and it runs, once.
+    let http = ready["http"].as_str().expect("http").to_owned();
+    let reviewer_token = ready["identities"]["reviewer"]["password"]
+        .as_str()
+        .expect("reviewer token")
+        .to_owned();
+    let review_cli = |args: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_phigate"))
+            .arg("review")
+            .args(args)
+            .env("PHIGATE_URL", &http)
+            .env("PHIGATE_TOKEN", &reviewer_token))
+        .expect("phigate review")
+    };
+    let pending = |want: usize| -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let (ok, out, err) = review_cli(&["list", "--json"]);
+            assert!(ok, "review list: {err}");
+            let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+            if list.len() >= want {
+                return list;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no review appeared");
+    };
+    std::thread::scope(|scope| {
+        let agent_delete = scope.spawn(|| {
+            psql_as(
+                "agent",
+                "UPDATE encounters SET diagnosis_code = 'I10' WHERE id = 1 /* phigate: reason=coding fix */",
+            )
+        });
+        let list = pending(1);
+        assert_eq!(list[0]["requester"], "coding-agent@demo.phigate");
+        assert_eq!(list[0]["rule"], "agent-changes-need-approval");
+        assert_eq!(list[0]["justification"], "coding fix");
+        let id = list[0]["id"].as_str().expect("id").to_owned();
+        let (ok, out, err) = review_cli(&["approve", &id, "--reason", "code checked"]);
+        assert!(ok && out.contains("approved"), "{out} {err}");
+        let (ok, out, err) = agent_delete.join().expect("agent psql");
+        assert!(ok, "the approved UPDATE: {err}");
+        assert_eq!(out.trim(), "UPDATE 1");
+        assert!(err.contains("held for review"), "the notice: {err}");
+        // The admin's DROP: denied, with the reviewer's reason.
+        let admin_drop = scope.spawn(|| psql_as("admin", "DROP TABLE departments"));
+        let id = pending(1)[0]["id"].as_str().expect("id").to_owned();
+        let (ok, out, err) = review_cli(&["deny", &id, "--reason", "departments stay"]);
+        assert!(ok && out.contains("denied"), "{out} {err}");
+        let (ok, _, err) = admin_drop.join().expect("admin psql");
+        assert!(
+            !ok && err.contains("denied by privacy.officer@demo.phigate: departments stay"),
+            "{err}"
+        );
+    });
     let (ok, out, err) = psql_as(
         "clinician",
         "UPDATE encounters SET attending = attending WHERE id = 1",

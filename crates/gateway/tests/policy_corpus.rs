@@ -63,6 +63,9 @@ fn demo_policy() -> String {
 fn gateway() -> Gateway {
     let mut opts = GatewayOptions::for_cluster(cluster());
     opts.policy = demo_policy();
+    // This corpus is about decisions: statements that need approval are refused at once (with
+    // approvals on they would wait for a reviewer; tests/approvals.rs covers that).
+    opts.extra = "[approvals]\nenabled = false\n".into();
     Gateway::start(Path::new(env!("CARGO_BIN_EXE_phigate")), opts).expect("gateway starts")
 }
 

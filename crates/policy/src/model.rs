@@ -92,7 +92,7 @@ pub enum RuleAction {
     Allow,
     /// Refuse it.
     Deny,
-    /// Hold it for a reviewer (until the approval workflow is enabled: refuse, saying so).
+    /// Hold it for a reviewer (`[approvals]`); refused at once when approvals are off.
     RequireApproval,
 }
 

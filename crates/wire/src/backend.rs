@@ -199,6 +199,13 @@ impl<'a> Notice<'a> {
         }
     }
 
+    pub fn note(code: &'a str, message: &'a str) -> Self {
+        Notice {
+            severity: Severity::Notice,
+            ..Notice::error(code, message)
+        }
+    }
+
     pub fn fatal(code: &'a str, message: &'a str) -> Self {
         Notice {
             severity: Severity::Fatal,

@@ -152,6 +152,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         },
         identities: Vec::new(),
         phi: demo_phi(),
+        approvals: Default::default(),
         masking_key_file: None,
         log: Log::default(),
         runtime: Default::default(),

@@ -127,6 +127,19 @@ struct Portal {
 /// Executes are still recorded, by portal name).
 const MAX_PORTALS: usize = 1024;
 
+/// A statement a rule holds for review: not forwarded until a reviewer decides.
+pub struct Held {
+    pub refusal: Refusal,
+    /// The message as the client sent it (forwarded as is if approved).
+    pub frame: bytes::Bytes,
+    pub sql: Arc<str>,
+    pub analysis: Arc<Analysis>,
+    /// The ReadyForQuery that concludes it.
+    pub exchange: u64,
+    /// `Some(statement name)` for a Parse, `None` for a Query.
+    pub parse: Option<String>,
+}
+
 /// One statement on its way through the database, for its `statement_end` record: the
 /// backward half completes it from the responses.
 #[derive(Debug)]
@@ -173,6 +186,10 @@ pub struct Guard {
     pub phi: std::collections::BTreeMap<String, Vec<String>>,
     /// For a masked role: its non-tokenized PHI columns by `schema.table`.
     pub predicate_guarded: std::collections::BTreeMap<String, Vec<String>>,
+    /// Hold statements that need approval (else they are refused).
+    pub approvals_on: bool,
+    /// Set by `filter` when it held the message: the forward half waits for the review.
+    pub held: Option<Held>,
 }
 
 impl Guard {
@@ -205,6 +222,8 @@ impl Guard {
             portals: HashMap::new(),
             phi: Default::default(),
             predicate_guarded: Default::default(),
+            approvals_on: false,
+            held: None,
         }
     }
 
@@ -250,6 +269,7 @@ impl Guard {
             decision: decision.into(),
             rule,
             masked_columns,
+            approval: a.approval,
             ..Default::default()
         };
         self.audit_batch.push(phigate_audit::Pending::Statement {
@@ -391,6 +411,7 @@ impl Guard {
                 let analysis = analyzer.analyze(sql);
                 let decision = self.decide_query(&analysis);
                 self.audit(AuditNote {
+                    approval: None,
                     sql: Arc::from(*sql),
                     params: Vec::new(),
                     analysis: &analysis,
@@ -402,6 +423,17 @@ impl Guard {
                 if decision == Decision::Allow {
                     self.track_sql_prepared(&analysis);
                     out.extend_from_slice(frame.as_bytes());
+                } else if let (true, Decision::RequireApproval(refusal)) =
+                    (self.approvals_on, &decision)
+                {
+                    self.held = Some(Held {
+                        refusal: refusal.clone(),
+                        frame: bytes::Bytes::copy_from_slice(frame.as_bytes()),
+                        sql: Arc::from(*sql),
+                        analysis: analysis.clone(),
+                        exchange,
+                        parse: None,
+                    });
                 } else {
                     let token = self.refuse(decision, "query", exchange);
                     write::query(out, &token);
@@ -411,9 +443,21 @@ impl Guard {
                 let analysis = analyzer.analyze(parse.sql);
                 let decision = self.decide(&analysis);
                 let sql: Arc<str> = Arc::from(parse.sql);
+                if let (true, Decision::RequireApproval(refusal)) = (self.approvals_on, &decision) {
+                    self.held = Some(Held {
+                        refusal: refusal.clone(),
+                        frame: bytes::Bytes::copy_from_slice(frame.as_bytes()),
+                        sql,
+                        analysis,
+                        exchange,
+                        parse: Some(parse.name.to_owned()),
+                    });
+                    return;
+                }
                 if decision != Decision::Allow {
                     // Recorded now: a refused statement never reaches an Execute.
                     self.audit(AuditNote {
+                        approval: None,
                         sql: sql.clone(),
                         params: Vec::new(),
                         analysis: &analysis,
@@ -459,6 +503,7 @@ impl Guard {
                             (Arc::from(""), Arc::new(Analysis::Parsed(Vec::new())))
                         });
                         self.audit(AuditNote {
+                            approval: None,
                             sql,
                             params: Vec::new(),
                             analysis: &analysis,
@@ -505,6 +550,7 @@ impl Guard {
                         ),
                     };
                     self.audit(AuditNote {
+                        approval: None,
                         sql,
                         params,
                         analysis: &analysis,
@@ -535,6 +581,7 @@ impl Guard {
                     position: None,
                 });
                 self.audit(AuditNote {
+                    approval: None,
                     sql: Arc::from("-- FunctionCall message"),
                     params: Vec::new(),
                     analysis: &Analysis::Parsed(Vec::new()),
@@ -570,6 +617,59 @@ impl Guard {
 }
 
 impl Guard {
+    /// A reviewer approved the held statement: record it (with the review) and forward it.
+    pub fn release(&mut self, held: Held, review: &str, out: &mut BytesMut) {
+        self.audit(AuditNote {
+            approval: Some(review.to_owned()),
+            sql: held.sql.clone(),
+            params: Vec::new(),
+            analysis: &held.analysis,
+            decision: &Decision::Allow,
+            simple: held.parse.is_none(),
+            execute: false,
+            exchange: held.exchange,
+        });
+        match &held.parse {
+            Some(name) => {
+                self.refused_statements.remove(name.as_str());
+                if name.is_empty() || !self.prepared.contains_key(name.as_str()) {
+                    let prepared = Prepared {
+                        analysis: held.analysis.clone(),
+                        version: self.policy_version,
+                        sql: held.sql.clone(),
+                    };
+                    self.prepared.insert(name.clone(), prepared);
+                }
+            }
+            None => self.track_sql_prepared(&held.analysis),
+        }
+        out.extend_from_slice(&held.frame);
+    }
+
+    /// The held statement was denied, timed out or withdrawn: the client gets `refusal` in its
+    /// place, exactly as for any refused statement.
+    pub fn reject(&mut self, held: Held, review: &str, refusal: Refusal, out: &mut BytesMut) {
+        self.audit(AuditNote {
+            approval: Some(review.to_owned()),
+            sql: held.sql.clone(),
+            params: Vec::new(),
+            analysis: &held.analysis,
+            decision: &Decision::RequireApproval(refusal.clone()),
+            simple: held.parse.is_none(),
+            execute: false,
+            exchange: held.exchange,
+        });
+        let token = self.refuse(Decision::Deny(refusal), "held", held.exchange);
+        match &held.parse {
+            Some(name) => {
+                self.prepared.remove(name.as_str());
+                self.refused_statements.insert(name.clone());
+                write::parse(out, name, &token);
+            }
+            None => write::query(out, &token),
+        }
+    }
+
     /// A masked role filtering, joining, sorting or grouping on a non-tokenized PHI column of a
     /// table it reads: refused or held as its `phi_predicates` says.
     fn phi_predicate(&self, analysis: &Analysis) -> Option<Decision> {
@@ -622,6 +722,7 @@ impl Guard {
 
 /// What [`Guard::audit`] records of one statement.
 struct AuditNote<'a> {
+    approval: Option<String>,
     sql: Arc<str>,
     params: Vec<Option<phigate_audit::Param>>,
     analysis: &'a Analysis,
@@ -665,7 +766,7 @@ impl Guard {
 }
 
 /// Statement kinds and `relation:action` entries for the audit record.
-fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
+pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
     match analysis {
         Analysis::Parsed(stmts) => {
             let mut kinds = Vec::new();

@@ -262,6 +262,7 @@ async fn start(
     } else {
         None
     };
+    guard.approvals_on = shared.approvals.enabled;
     if let Some(login) = &masked_login {
         guard.phi = login.phi_columns.clone();
         guard.predicate_guarded = login.predicate_guarded.clone();

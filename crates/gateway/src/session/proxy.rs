@@ -36,6 +36,8 @@ use crate::server::Shared;
 enum Event {
     /// Send this FATAL (already encoded) and close the session.
     Fatal(BytesMut),
+    /// Send this NoticeResponse now (a statement is held for review).
+    Notice(BytesMut),
 }
 
 /// Counts of exchanges, shared by the halves: every Query, Sync and FunctionCall the client
@@ -217,6 +219,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         out: BytesMut::with_capacity(16 * 1024),
         units: units.clone(),
         statements: statements.clone(),
+        cancelled: registration.cancelled.clone(),
     }
     .run();
     let backward = Backward {
@@ -289,6 +292,8 @@ struct Forward<'s> {
     /// Statements on their way, for the backward half's `statement_end` records.
     units: Arc<std::sync::Mutex<VecDeque<Unit>>>,
     statements: Arc<AtomicU64>,
+    /// Notified by the client's CancelRequest (withdraws a held statement).
+    cancelled: Arc<tokio::sync::Notify>,
 }
 
 impl Forward<'_> {
@@ -342,7 +347,7 @@ impl Forward<'_> {
             // While the audit log cannot be written, every statement is refused (nothing runs
             // unaudited); the session itself goes on.
             self.guard.audit_down = self.shared.audit.as_ref().is_some_and(|a| !a.healthy());
-            let sent_base = self.in_flight.sent.load(Ordering::Acquire);
+            let mut sent_base = self.in_flight.sent.load(Ordering::Acquire);
             let mut terminated = false;
             let mut exchanges = 0;
             loop {
@@ -408,6 +413,16 @@ impl Forward<'_> {
                 if std::mem::take(&mut self.guard.ddl_seen) {
                     self.in_flight.ddl_pending.store(true, Ordering::Release);
                 }
+                if let Some(held) = self.guard.held.take() {
+                    // What came before the held statement runs now; it waits for a reviewer,
+                    // and whatever the client sent after it waits behind it.
+                    self.in_flight.sent.fetch_add(exchanges, Ordering::AcqRel);
+                    sent_base += exchanges;
+                    exchanges = 0;
+                    self.write_ahead().await?;
+                    self.flush().await?;
+                    self.hold(held).await?;
+                }
                 if terminated {
                     break;
                 }
@@ -435,6 +450,151 @@ impl Forward<'_> {
             let (policy, version) = self.shared.policy.snapshot();
             self.guard.update_policy(policy, version);
         }
+    }
+
+    /// Waits for the review of a held statement, then appends to `out` the statement (approved)
+    /// or its refusal (denied, timed out, withdrawn by a cancel; a disconnect ends the session).
+    async fn hold(&mut self, held: super::guard::Held) -> Result<(), ForwardError> {
+        let shared = self.shared;
+        let timeout = std::time::Duration::from_secs(shared.approvals.timeout_secs);
+        let (kinds, tables) = super::guard::describe(&held.analysis);
+        let identity = self.credential.identity.clone();
+        let (review, mut decided) = shared.reviews.open_review(
+            &identity.subject.0,
+            &identity.role.0,
+            &self.guard.session,
+            &held.sql,
+            kinds,
+            tables,
+            &held.refusal.rule,
+            timeout,
+        );
+        let id = review.id.clone();
+        if let Some(audit) = &shared.audit {
+            audit.submit(phigate_audit::Pending::Event(
+                phigate_audit::Event::ReviewRequested {
+                    review: id.clone(),
+                    session: self.guard.session.to_string(),
+                    subject: identity.subject.0.clone(),
+                    role: identity.role.0.clone(),
+                    rule: held.refusal.rule.clone(),
+                    justification: review.justification.clone(),
+                },
+            ));
+        }
+        tracing::info!(review = %id, subject = %identity.subject, rule = %held.refusal.rule, "statement held for review");
+        let message = format!(
+            "phigate: statement held for review {id} by rule {} ; it runs once a reviewer approves (waiting up to {} s)",
+            held.refusal.rule,
+            timeout.as_secs()
+        );
+        let hint = format!(
+            "A reviewer runs: phigate review approve {id} --reason '...' (or POST /v1/reviews/{id}/approve). Cancel the query to withdraw it. {}",
+            held.refusal.hint
+        );
+        let mut notice = BytesMut::new();
+        backend::Notice::note("01000", &message)
+            .with_hint(&hint)
+            .write(&mut notice);
+        let _ = self.events.send(Event::Notice(notice)).await;
+
+        enum Waited {
+            Decided(crate::reviews::Outcome),
+            TimedOut,
+            Withdrawn,
+            Gone(std::io::Error),
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let cancelled = self.cancelled.clone();
+        let waited = loop {
+            tokio::select! {
+                d = &mut decided => break match d {
+                    Ok(o) => Waited::Decided(o),
+                    Err(_) => Waited::Withdrawn,
+                },
+                _ = &mut deadline => break Waited::TimedOut,
+                _ = cancelled.notified() => break Waited::Withdrawn,
+                _ = shared.force_close.cancelled() => break Waited::Withdrawn,
+                // Keep reading (a disconnect withdraws the review); what arrives waits behind
+                // the held statement.
+                n = self.client.read_buf(self.reader.buf_mut()), if self.reader.buffered() < (1 << 20) => match n {
+                    Ok(0) => break Waited::Gone(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) => break Waited::Gone(e),
+                },
+            }
+        };
+        let decided_event = |status: &str, by: Option<String>, reason: Option<String>| {
+            phigate_audit::Pending::Event(phigate_audit::Event::ReviewDecided {
+                review: id.clone(),
+                status: status.to_owned(),
+                by,
+                reason,
+            })
+        };
+        let refusal = |message: String, sqlstate: &'static str| phigate_policy::Refusal {
+            rule: held.refusal.rule.clone(),
+            message,
+            hint: "Nothing ran.".into(),
+            sqlstate,
+            position: None,
+        };
+        let (event, rejection) = match waited {
+            Waited::Decided(crate::reviews::Outcome::Approved { by, reason }) => {
+                if let Some(a) = &shared.audit {
+                    a.submit(decided_event("approved", Some(by), Some(reason)));
+                }
+                self.guard.release(held, &id, &mut self.out);
+                return Ok(());
+            }
+            Waited::Decided(crate::reviews::Outcome::Denied { by, reason }) => (
+                decided_event("denied", Some(by.clone()), Some(reason.clone())),
+                refusal(
+                    format!("phigate: review {id} denied by {by}: {reason}"),
+                    "42501",
+                ),
+            ),
+            Waited::TimedOut => {
+                shared.reviews.close(&id, "expired");
+                (
+                    decided_event("expired", None, None),
+                    refusal(
+                        format!(
+                            "phigate: review {id} was not decided within {} s; the statement did not run",
+                            timeout.as_secs()
+                        ),
+                        "57014",
+                    ),
+                )
+            }
+            Waited::Withdrawn => {
+                shared.reviews.close(&id, "withdrawn");
+                (
+                    decided_event("withdrawn", None, None),
+                    refusal(
+                        format!("phigate: review {id} withdrawn; the statement did not run"),
+                        "57014",
+                    ),
+                )
+            }
+            Waited::Gone(e) => {
+                shared.reviews.close(&id, "withdrawn");
+                if let Some(a) = &shared.audit {
+                    a.submit(decided_event(
+                        "withdrawn",
+                        None,
+                        Some("client disconnected".into()),
+                    ));
+                }
+                return Err(ForwardError::ClientIo(e));
+            }
+        };
+        if let Some(a) = &shared.audit {
+            a.submit(event);
+        }
+        self.guard.reject(held, &id, rejection, &mut self.out);
+        Ok(())
     }
 
     /// The batch's audit records go to disk (one shared fsync) before any of its statements
@@ -645,6 +805,11 @@ impl Backward {
                     Some(Event::Fatal(bytes)) => {
                         let _ = self.client.write_all(&bytes).await;
                         return End::ClientError("protocol violation".into());
+                    }
+                    Some(Event::Notice(bytes)) => {
+                        if let Err(e) = self.client.write_all(&bytes).await {
+                            return End::ClientError(e.to_string());
+                        }
                     }
                     // The forward half ended (Terminate or EOF): nobody is listening.
                     None => return End::ClientClosed,

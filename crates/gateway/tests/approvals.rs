@@ -1,0 +1,347 @@
+//! Just-in-time approval with real clients: a held statement waits on the wire until a reviewer
+//! decides through the HTTP API (the CLI's path); approved, it runs exactly once; denied, timed
+//! out or withdrawn (cancel, disconnect), it never runs. Separation of duties; the extended
+//! protocol; transaction blocks; pipelined messages behind a held one; a gateway restart while
+//! a review is pending.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use phigate_testkit::{sha256_hex, Cluster, Gateway, GatewayOptions};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_phigate"))
+}
+
+fn cluster() -> &'static Cluster {
+    phigate_testkit::clinic(
+        "CREATE TABLE notes (id serial PRIMARY KEY, body text);\n\
+         CREATE TABLE departments (id int PRIMARY KEY, name text);",
+    )
+}
+
+const POLICY: &str = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "reviewer"
+
+[[rule]]
+name = "writes-need-approval"
+roles = ["ai-agent"]
+kinds = ["write"]
+action = "require_approval"
+hint = "A reviewer approves agent writes."
+"#;
+
+/// A person who may both write as the agent and review: separation of duties applies.
+const BOTH_TOKEN: &str = "tok-both-roles-for-separation-of-duties";
+
+fn gateway() -> Gateway {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = POLICY.into();
+    opts.extra = format!(
+        "[approvals]\ntimeout_secs = 3\n\n[[identity]]\nsubject = \"both@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"ai-agent\", \"reviewer\"]\n",
+        sha256_hex(BOTH_TOKEN)
+    );
+    Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+}
+
+async fn connect(info: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(info, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+fn http(gw: &Gateway) -> String {
+    format!("http://127.0.0.1:{}", gw.http_port)
+}
+
+/// The pending reviews, waiting until `n` are there.
+async fn pending(gw: &Gateway, token: &str, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/v1/reviews", http(gw)))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let list = v["reviews"].as_array().cloned().unwrap_or_default();
+        if list.len() >= n {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pending review appeared");
+}
+
+async fn decide(gw: &Gateway, token: &str, id: &str, verb: &str, reason: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/reviews/{id}/{verb}", http(gw)))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "reason": reason }))
+        .send()
+        .await
+        .expect("decide");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn count(marker: &str) -> String {
+    cluster()
+        .psql(
+            "clinic",
+            &format!("SELECT count(*) FROM notes WHERE body = '{marker}'"),
+        )
+        .expect("count")
+        .trim()
+        .to_owned()
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} {}", d.code().code(), d.message()))
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_statements_wait_for_a_reviewer() {
+    let gw = gateway();
+    let reviewer = gw.token("reviewer").to_owned();
+    let agent = connect(&gw.conninfo("agent")).await;
+
+    // Extended protocol, approved through the CLI: it runs exactly once.
+    let insert = {
+        let agent = &agent;
+        async move {
+            agent
+                .execute(
+                    "INSERT INTO notes (body) VALUES ($1) /* phigate: reason=log the run */",
+                    &[&"approved-once"],
+                )
+                .await
+        }
+    };
+    let approve = async {
+        let list = pending(&gw, &reviewer, 1).await;
+        assert_eq!(list[0]["requester"], "agent@test.phigate");
+        assert_eq!(list[0]["justification"], "log the run");
+        assert!(list[0]["statement"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("INSERT INTO notes"));
+        let id = list[0]["id"].as_str().expect("id").to_owned();
+        let out = phigate_testkit::run(
+            Command::new(bin())
+                .args(["review", "approve", &id, "--reason", "fine"])
+                .env("PHIGATE_URL", http(&gw))
+                .env("PHIGATE_TOKEN", &reviewer),
+        )
+        .expect("phigate review approve");
+        assert!(out.0 && out.1.contains("approved"), "{out:?}");
+        id
+    };
+    let (inserted, id) = tokio::join!(insert, approve);
+    assert_eq!(inserted.expect("the approved INSERT"), 1);
+    assert_eq!(count("approved-once"), "1");
+    // A decided review cannot be decided again.
+    let (code, _) = decide(&gw, &reviewer, &id, "approve", "again").await;
+    assert_eq!(code, 409);
+
+    // Denied: the client gets the reviewer's reason; nothing runs.
+    let denied = async {
+        agent
+            .simple_query("INSERT INTO notes (body) VALUES ('denied')")
+            .await
+    };
+    let deny = async {
+        let list = pending(&gw, &reviewer, 1).await;
+        let id = list[0]["id"].as_str().expect("id").to_owned();
+        assert_eq!(
+            decide(&gw, &reviewer, &id, "deny", "not today").await.0,
+            200
+        );
+    };
+    let (denied, ()) = tokio::join!(denied, deny);
+    let msg = db_message(&denied.expect_err("denied"));
+    assert!(
+        msg.contains("denied by reviewer@test.phigate: not today"),
+        "{msg}"
+    );
+    assert_eq!(count("denied"), "0");
+
+    // Timed out (3 s here): refused, nothing runs; the session goes on.
+    let err = agent
+        .simple_query("INSERT INTO notes (body) VALUES ('timeout')")
+        .await
+        .expect_err("timeout");
+    let msg = db_message(&err);
+    assert!(
+        msg.starts_with("57014") && msg.contains("not decided within 3 s"),
+        "{msg}"
+    );
+    assert_eq!(count("timeout"), "0");
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
+
+    // Inside a transaction block, with a pipelined SELECT behind the held INSERT.
+    agent.batch_execute("BEGIN").await.expect("begin");
+    let held = agent.execute("INSERT INTO notes (body) VALUES ($1)", &[&"in-tx"]);
+    let behind = agent.query_one("SELECT count(*) FROM notes WHERE body = 'in-tx'", &[]);
+    let approve = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        decide(&gw, &reviewer, &id, "approve", "ok").await.0
+    };
+    let (held, behind, code) = tokio::join!(held, behind, approve);
+    assert_eq!(code, 200);
+    assert_eq!(held.expect("held insert"), 1);
+    assert_eq!(
+        behind.expect("pipelined select").get::<_, i64>(0),
+        1,
+        "the SELECT ran after the INSERT"
+    );
+    agent.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(count("in-tx"), "1");
+
+    // Separation of duties: a person holding both roles cannot approve their own statement.
+    let both = connect(&format!(
+        "host=127.0.0.1 port={} dbname=clinic user=ai-agent password={BOTH_TOKEN} sslmode=disable",
+        gw.pg_port
+    ))
+    .await;
+    let own = async {
+        both.simple_query("INSERT INTO notes (body) VALUES ('own')")
+            .await
+    };
+    let try_self = async {
+        let list = pending(&gw, BOTH_TOKEN, 1).await;
+        let id = list[0]["id"].as_str().expect("id").to_owned();
+        let (code, body) = decide(&gw, BOTH_TOKEN, &id, "approve", "mine").await;
+        assert_eq!(code, 403, "{body}");
+        assert!(body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("separation of duties"));
+        // The agent itself is no reviewer.
+        let (code, _) = decide(&gw, gw.token("agent"), &id, "approve", "me").await;
+        assert_eq!(code, 403);
+        assert_eq!(
+            decide(&gw, &reviewer, &id, "deny", "ask someone else")
+                .await
+                .0,
+            200
+        );
+    };
+    let (own, ()) = tokio::join!(own, try_self);
+    assert!(db_message(&own.expect_err("denied")).contains("ask someone else"));
+
+    // A cancel withdraws the review.
+    let cancel = agent.cancel_token();
+    let held = agent.simple_query("INSERT INTO notes (body) VALUES ('withdrawn')");
+    let withdraw = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        cancel.cancel_query(NoTls).await.expect("cancel");
+        id
+    };
+    let (held, id) = tokio::join!(held, withdraw);
+    let msg = db_message(&held.expect_err("withdrawn"));
+    assert!(msg.contains("withdrawn"), "{msg}");
+    assert_eq!(decide(&gw, &reviewer, &id, "approve", "late").await.0, 409);
+    assert_eq!(count("withdrawn"), "0");
+
+    // Every step is in the audit log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dd = gw.data_dir();
+    let (ok, out, err) = phigate_testkit::run(Command::new(bin()).args([
+        "audit",
+        "search",
+        "--data-dir",
+        dd.to_str().expect("utf-8"),
+        "--type",
+        "review_decided",
+    ]))
+    .expect("audit search");
+    assert!(ok, "{err}");
+    let statuses: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for s in ["approved", "denied", "expired", "withdrawn"] {
+        assert!(statuses.iter().any(|x| x == s), "no {s} in {statuses:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_pending_fails_the_client_and_expires_the_review() {
+    let mut gw = gateway();
+    let reviewer = gw.token("reviewer").to_owned();
+    let agent = connect(&gw.conninfo("agent")).await;
+    let held = agent.simple_query("INSERT INTO notes (body) VALUES ('restart')");
+    let stop = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        gw.terminate().expect("SIGTERM");
+        id
+    };
+    let (held, id) = tokio::join!(held, stop);
+    assert!(
+        held.is_err(),
+        "the held statement must fail when the gateway stops"
+    );
+    gw.wait_exit(Duration::from_secs(20)).expect("stopped");
+    assert_eq!(count("restart"), "0");
+
+    // The same config and data directory, started again: the review is recorded expired.
+    let log = std::fs::File::create(gw.dir().join("second.log")).expect("log");
+    let mut second = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("second gateway");
+    let history = gw.data_dir().join("reviews.jsonl");
+    let mut expired = false;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&history).unwrap_or_default();
+        if text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["id"] == id.as_str() && v["status"] == "expired")
+        {
+            expired = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(expired, "review {id} not marked expired after the restart");
+    let text = std::fs::read_to_string(&history).unwrap_or_default();
+    assert!(
+        !text.contains("'restart'"),
+        "the history keeps redacted text only"
+    );
+}
