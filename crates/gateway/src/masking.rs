@@ -1,9 +1,9 @@
 //! PHI masking, enforced by the database itself (docs/masking.md).
 //!
 //! For each masked role the gateway provisions, from its policy:
-//! - a database login `phigate_m_<role>` with a password only the gateway knows (new at every
-//!   provisioning), no privilege on any table that holds PHI, and SELECT on the non-PHI tables
-//!   its grants name;
+//! - a database login `phigate_m_<role>_<tag>` with a password only the gateway can derive (from
+//!   the token key; the database receives a SCRAM verifier), no privilege on any table that holds
+//!   PHI, and SELECT on the non-PHI tables its grants name;
 //! - a schema `phigate_m_<role>` with one security-barrier view per PHI table, under the table's
 //!   own name, whose PHI columns are computed by the role's strategies (same column types, so
 //!   every driver decodes them, text and binary);
@@ -13,9 +13,9 @@
 //! Raw values never reach a masked session, so every path — expressions, whole-row references,
 //! aggregates, functions, CTEs, cursors, COPY, error messages that quote a value, `LIKE`
 //! probes — can only ever see masked values: the wire-level policy is the layer users see; this
-//! is the floor under it. Deterministic tokens come from `<schema>.token(text)`, an HMAC-SHA-256
-//! under a key kept in a table no masked login can read; restricted roles cannot call it
-//! directly (it is not a built-in), so it is no dictionary oracle.
+//! is the floor under it. Deterministic tokens come from `<schema>.phigate_token(text)`, an HMAC-SHA-256
+//! under a key kept in a table no masked login can read; no role may call it directly, by name
+//! or by field notation (policy rule gateway-internal), so it is no dictionary oracle.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -130,7 +130,7 @@ fn mask_expr(c: &Column, t: PhiType, s: Strategy, schema: &str) -> String {
             _ => null,
         },
         Strategy::Token => {
-            let tok = format!("{}.token({col}::text)", ident(schema));
+            let tok = format!("{}.phigate_token({col}::text)", ident(schema));
             match c.base.as_str() {
                 _ if string => format!("CAST('tok_' || left({tok}, 16) AS {ty})"),
                 "int4" => format!("('x' || left({tok}, 8))::bit(32)::int4"),
@@ -259,6 +259,26 @@ pub async fn provision(
              AND n.nspname NOT LIKE 'phigate\\_m%'",
         )
         .await?;
+    // Everything that holds or shows a tagged table's rows: its partitions and inheritance
+    // children, and the views and materialized views over any of those (recursively). A masked
+    // login gets no privilege on any of them: only the masking views show their rows.
+    let tagged = tables
+        .iter()
+        .map(|(s, t)| format!("({}, {})", literal(s), literal(t)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let exposing = format!(
+        "WITH RECURSIVE x(oid) AS ( \
+           SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE (n.nspname, c.relname) IN ({tagged}) \
+           UNION SELECT c.child FROM x, LATERAL ( \
+                 SELECT i.inhrelid AS child FROM pg_inherits i WHERE i.inhparent = x.oid \
+                 UNION SELECT r.ev_class FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                 WHERE d.refobjid = x.oid AND r.ev_class <> x.oid) c) \
+         SELECT n.nspname || E'\\x1f' || c.relname FROM x JOIN pg_class c ON c.oid = x.oid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT LIKE 'phigate\\_m%'"
+    );
+    let exposing: std::collections::HashSet<String> =
+        target.query_column(&exposing).await?.into_iter().collect();
     let (ipad, opad) = pads(&key);
     // Gateways provisioning at once take turns (one transaction each).
     let mut sql = String::from("SELECT pg_advisory_xact_lock(hashtext('phigate-masking'));\n");
@@ -276,21 +296,34 @@ pub async fn provision(
                  RAISE EXCEPTION 'role % has superuser, bypassrls or replication: refusing to use it for a masked role', {lit};\n\
                END IF;\n\
              END $$;\n\
-             ALTER ROLE {u} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {pw};\n\
+             ALTER ROLE {u} LOGIN NOCREATEDB NOCREATEROLE NOINHERIT PASSWORD {pw};\n\
+             DO $$ DECLARE r record; BEGIN\n\
+               FOR r IN SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid\n\
+                        JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = {lit} LOOP\n\
+                 EXECUTE format('REVOKE %I FROM %I', r.rolname, {lit});\n\
+               END LOOP;\n\
+               FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\n\
+                        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'phigate\\_m%'\n\
+                        AND has_table_privilege({lit}, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') LOOP\n\
+                 BEGIN EXECUTE format('REVOKE ALL ON %s FROM %I', r.rel, {lit});\n\
+                 EXCEPTION WHEN insufficient_privilege THEN NULL; END;\n\
+               END LOOP;\n\
+             END $$;\n\
              DROP SCHEMA IF EXISTS {s} CASCADE;\n\
              CREATE SCHEMA {s};\n\
              REVOKE ALL ON SCHEMA {s} FROM PUBLIC;\n\
              CREATE TABLE {s}.token_key (ipad bytea NOT NULL, opad bytea NOT NULL);\n\
              REVOKE ALL ON {s}.token_key FROM PUBLIC;\n\
              INSERT INTO {s}.token_key VALUES ('\\x{ipad}', '\\x{opad}');\n\
-             CREATE FUNCTION {s}.token(v text) RETURNS text\n\
+             CREATE FUNCTION {s}.phigate_token(v text) RETURNS text\n\
                LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp\n\
                AS $$ SELECT encode(sha256(k.opad || sha256(k.ipad || convert_to(v, 'UTF8'))), 'hex') FROM {s}.token_key k $$;\n\
-             REVOKE ALL ON FUNCTION {s}.token(text) FROM PUBLIC;\n\
+             REVOKE ALL ON FUNCTION {s}.phigate_token(text) FROM PUBLIC;\n\
              GRANT USAGE ON SCHEMA {s} TO {u};\n\
-             GRANT EXECUTE ON FUNCTION {s}.token(text) TO {u};\n",
+             GRANT EXECUTE ON FUNCTION {s}.phigate_token(text) TO {u};\n",
             lit = literal(&user),
-            pw = literal(&password),
+            // A SCRAM verifier, never the password: the statement may land in the server log.
+            pw = literal(&postgres_protocol::password::scram_sha_256(password.as_bytes())),
             ipad = hex::encode(&ipad),
             opad = hex::encode(&opad),
         ));
@@ -352,21 +385,24 @@ pub async fn provision(
             let Some((schema_name, table)) = row.split_once('\u{1f}') else {
                 continue;
             };
-            let is_phi = tables
-                .iter()
-                .any(|(ps, pt)| ps == schema_name && pt == table);
+            let is_phi = exposing.contains(row.as_str());
             let granted = patterns
                 .iter()
                 .any(|(ps, pt)| (ps == "*" || ps == schema_name) && (pt == "*" || pt == table));
             let obj = format!("{}.{}", ident(schema_name), ident(table));
             if granted && !is_phi {
                 schemas.insert(schema_name.to_owned());
-                sql.push_str(&format!("GRANT SELECT ON {obj} TO {u};\n"));
-                if write_through {
-                    sql.push_str(&format!("GRANT INSERT, UPDATE, DELETE ON {obj} TO {u};\n"));
-                }
-            } else {
-                sql.push_str(&format!("REVOKE ALL ON {obj} FROM {u};\n"));
+                let privileges = if write_through {
+                    "SELECT, INSERT, UPDATE, DELETE"
+                } else {
+                    "SELECT"
+                };
+                // A table the gateway's login may not grant on stays unreadable (fail closed).
+                sql.push_str(&format!(
+                    "DO $$ BEGIN GRANT {privileges} ON {obj} TO {u}; \
+                     EXCEPTION WHEN insufficient_privilege THEN RAISE NOTICE 'phigate: cannot grant on %', {}; END $$;\n",
+                    literal(&obj)
+                ));
             }
         }
         for sc in schemas {
@@ -388,6 +424,33 @@ pub async fn provision(
         .query_column(&sql)
         .await
         .map_err(|e| anyhow::anyhow!("cannot provision the masking views: {e}"))?;
+    // Prove it: no masked login may read any relation that holds or shows PHI rows, whatever
+    // else the database grants (PUBLIC, memberships, default privileges).
+    for login in logins.values() {
+        let names = exposing
+            .iter()
+            .filter_map(|r| r.split_once('\u{1f}'))
+            .map(|(s, t)| literal(&format!("{}.{}", ident(s), ident(t))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.is_empty() {
+            continue;
+        }
+        let leaks = target
+            .query_column(&format!(
+                "SELECT r FROM unnest(ARRAY[{names}]) r \
+                 WHERE has_table_privilege({u}, r, 'SELECT') OR has_any_column_privilege({u}, r, 'SELECT')",
+                u = literal(&login.user)
+            ))
+            .await?;
+        if !leaks.is_empty() {
+            anyhow::bail!(
+                "masking: the database lets {} read {} directly (a PUBLIC grant or a role membership?); revoke it",
+                login.user,
+                leaks.join(", ")
+            );
+        }
+    }
     tracing::info!(roles = logins.len(), "masking views provisioned");
     Ok(logins)
 }

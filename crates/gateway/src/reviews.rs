@@ -225,13 +225,14 @@ impl Reviews {
         Ok(review)
     }
 
-    /// The session stopped waiting: timeout, cancel or disconnect.
-    pub fn close(&self, id: &str, status: &str) {
+    /// The session stopped waiting: timeout, cancel or disconnect. False if a reviewer decided
+    /// first (the decision then stands and is on its way to the session).
+    pub fn close(&self, id: &str, status: &str) -> bool {
         let review = {
             let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(e) = m.get_mut(id) else { return };
+            let Some(e) = m.get_mut(id) else { return false };
             if e.review.status != "pending" {
-                return;
+                return false;
             }
             e.review.status = status.to_owned();
             e.review.decided_at = Some(now());
@@ -239,6 +240,7 @@ impl Reviews {
             e.review.clone()
         };
         self.log(&review);
+        true
     }
 
     pub fn list(&self, all: bool) -> Vec<Review> {

@@ -269,18 +269,30 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
                 crate::config::Config::load(&path).and_then(|c| c.policy().map(|p| (c, p)));
             let event = match loaded {
                 Ok((config, policy)) => {
-                    // New views and login passwords first, then the policy that uses them.
+                    // New views and logins first, then the policy that uses them. If the views
+                    // cannot be provisioned, nothing changes (a newly tagged table must never be
+                    // served under the new policy with its old, raw grant).
                     match crate::masking::provision(&config, &shared.upstream).await {
                         Ok(logins) => {
                             if let Ok(mut m) = shared.masked.write() {
                                 *m = logins;
                             }
+                            shared.policy.replace(policy);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "masking re-provisioning failed; masked roles keep their current views")
+                            tracing::error!(error = %e, "masking re-provisioning failed; keeping the current policy and views");
+                            if let Some(a) = &shared.audit {
+                                a.submit(phigate_audit::Pending::Event(
+                                    phigate_audit::Event::ConfigReload {
+                                        ok: false,
+                                        policy_version: None,
+                                        error: Some(e.to_string()),
+                                    },
+                                ));
+                            }
+                            continue;
                         }
                     }
-                    shared.policy.replace(policy);
                     tracing::info!(path = %path.display(), version = shared.policy.version(), "policy reloaded");
                     phigate_audit::Event::ConfigReload {
                         ok: true,

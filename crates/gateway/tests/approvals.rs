@@ -159,6 +159,38 @@ async fn held_statements_wait_for_a_reviewer() {
     let (code, _) = decide(&gw, &reviewer, &id, "approve", "again").await;
     assert_eq!(code, 409);
 
+    // An approval covers one execution of a prepared statement.
+    let prepare = agent.prepare("INSERT INTO notes (body) VALUES ($1)");
+    let approve = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        decide(&gw, &reviewer, &id, "approve", "one row").await.0
+    };
+    let (stmt, code) = tokio::join!(prepare, approve);
+    assert_eq!(code, 200);
+    let stmt = stmt.expect("prepared once approved");
+    assert_eq!(
+        agent.execute(&stmt, &[&"one-shot"]).await.expect("first"),
+        1
+    );
+    let err = agent
+        .execute(&stmt, &[&"one-shot"])
+        .await
+        .expect_err("a second execution needs a new review");
+    assert!(
+        db_message(&err).contains("covered one execution"),
+        "{err:?}"
+    );
+    assert_eq!(count("one-shot"), "1");
+    // PREPARE of a statement that needs approval is refused (one approval, many EXECUTEs).
+    let err = agent
+        .simple_query("PREPARE p(text) AS INSERT INTO notes (body) VALUES ($1)")
+        .await
+        .expect_err("refused");
+    assert!(db_message(&err).contains("cannot be prepared"), "{err:?}");
+
     // Denied: the client gets the reviewer's reason; nothing runs.
     let denied = async {
         agent
@@ -197,10 +229,11 @@ async fn held_statements_wait_for_a_reviewer() {
         .await
         .expect("the session goes on");
 
-    // Inside a transaction block, with a pipelined SELECT behind the held INSERT.
+    // Inside a transaction block, with a pipelined SELECT behind the held INSERT (simple
+    // protocol: the Query messages reach the gateway in order; the SELECT waits behind).
     agent.batch_execute("BEGIN").await.expect("begin");
-    let held = agent.execute("INSERT INTO notes (body) VALUES ($1)", &[&"in-tx"]);
-    let behind = agent.query_one("SELECT count(*) FROM notes WHERE body = 'in-tx'", &[]);
+    let held = agent.simple_query("INSERT INTO notes (body) VALUES ('in-tx')");
+    let behind = agent.simple_query("SELECT count(*) FROM notes WHERE body = 'in-tx'");
     let approve = async {
         let id = pending(&gw, &reviewer, 1).await[0]["id"]
             .as_str()
@@ -210,10 +243,17 @@ async fn held_statements_wait_for_a_reviewer() {
     };
     let (held, behind, code) = tokio::join!(held, behind, approve);
     assert_eq!(code, 200);
-    assert_eq!(held.expect("held insert"), 1);
+    held.expect("held insert");
+    let seen = behind
+        .expect("pipelined select")
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
     assert_eq!(
-        behind.expect("pipelined select").get::<_, i64>(0),
-        1,
+        seen.as_deref(),
+        Some("1"),
         "the SELECT ran after the INSERT"
     );
     agent.batch_execute("COMMIT").await.expect("commit");

@@ -168,7 +168,8 @@ const CORPUS: &[&str] = &[
     "UPDATE patients SET ssn = ssn RETURNING ssn",
     "INSERT INTO patients SELECT * FROM patients LIMIT 1 RETURNING *",
     "DELETE FROM patients WHERE id = 1 RETURNING *",
-    "SELECT token('000-00-0000')",
+    "SELECT phigate_token('000-00-0000')",
+    "SELECT ('000-00-0000'::text).phigate_token",
     "SELECT * FROM token_key",
     "SELECT pg_get_viewdef('patients'::regclass)",
     "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'patients'",
@@ -592,4 +593,52 @@ async fn predicates_on_phi_follow_the_policy() {
         .simple_query("SELECT id FROM patients WHERE ssn LIKE '1%' ORDER BY date_of_birth")
         .await
         .expect("the clinician is not masked");
+}
+
+/// A view (or partition) over a PHI table is never granted to a masked login, even when the
+/// role's grants cover every table of the schema: only the masking views show PHI rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_phi_tables_are_not_granted() {
+    clinic()
+        .psql(
+            "clinic",
+            "CREATE OR REPLACE VIEW public.patient_names AS SELECT id, first_name, last_name FROM public.patients",
+        )
+        .expect("view");
+    let mut roles = phigate::demo::demo_roles();
+    for r in roles.iter_mut().filter(|r| r.name == "ai-agent") {
+        r.grants = vec![phigate_policy::GrantConfig {
+            schema: "public".into(),
+            tables: vec!["*".into()],
+            actions: vec!["select".into()],
+        }];
+    }
+    let mut opts = GatewayOptions::for_cluster(clinic());
+    opts.policy = toml::to_string(&DemoPolicy {
+        role: roles,
+        rule: phigate::demo::demo_rules(),
+        phi: phigate::demo::demo_phi(),
+    })
+    .expect("policy TOML");
+    opts.extra = "[approvals]\nenabled = false\n".into();
+    let gw = Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    if tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        panic!("agent cannot connect:\n{}", gw.log());
+    }
+    let (agent, _) = agent(&gw).await;
+    let err = agent
+        .simple_query("SELECT * FROM patient_names LIMIT 5")
+        .await
+        .expect_err("the database refuses");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "42501", "{}", db.message());
+    // The non-PHI tables the grant covers are readable as before.
+    agent
+        .simple_query("SELECT count(*) FROM departments")
+        .await
+        .expect("departments");
 }

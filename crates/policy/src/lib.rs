@@ -402,6 +402,15 @@ impl Policy {
     ) -> Option<Decision> {
         // Field notation may call a function too (`('/etc/passwd'::text).pg_read_file`).
         for f in st.functions.iter().chain(&st.attribute_calls) {
+            // The functions the gateway provisions in the database (masking tokens) are for its
+            // views only: called directly they would compute the token of any guessed value.
+            if f.name.to_ascii_lowercase().starts_with("phigate_") {
+                return Some(deny(
+                    "gateway-internal",
+                    format!("phigate: function {f} denied by rule gateway-internal"),
+                    "It belongs to phigate's masking; masked values come from the tables themselves.".into(),
+                ));
+            }
             let allowed = role.allow_functions.contains(&f.to_string())
                 || role.allow_functions.contains(&f.name);
             if !allowed && builtin::is_dangerous(f) {

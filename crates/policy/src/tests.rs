@@ -197,6 +197,22 @@ fn decisions_table() {
             "SELECT current_setting('phigate.subject')",
             "allow",
         ),
+        // The masking token function, by any spelling: no dictionary oracle.
+        (
+            "admin",
+            "SELECT phigate_token('Jane')",
+            "deny:gateway-internal",
+        ),
+        (
+            "ai-agent",
+            "SELECT ('Jane'::text).phigate_token",
+            "deny:gateway-internal",
+        ),
+        (
+            "ai-agent",
+            "SELECT (x).PHIGATE_TOKEN FROM (VALUES ('Smith')) v(x)",
+            "deny:gateway-internal",
+        ),
         ("ai-agent", "SET ROLE postgres", "deny:role-switch"),
         ("ai-agent", "SET search_path = evil", "deny:pinned-setting"),
         ("ai-agent", "SET application_name = 'x'", "allow"),

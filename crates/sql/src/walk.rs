@@ -110,6 +110,10 @@ const PREDICATE_KEYS: &[&str] = &[
     "quals",
     "partition_clause",
     "order_clause",
+    "agg_filter",
+    "agg_order",
+    "join_condition",
+    "condition",
 ];
 
 /// The last name of every ColumnRef under `v` (`p.ssn` → `ssn`), lower case.

@@ -190,6 +190,8 @@ pub struct Guard {
     pub approvals_on: bool,
     /// Set by `filter` when it held the message: the forward half waits for the review.
     pub held: Option<Held>,
+    /// Approved extended-protocol statements: an approval covers one Bind (one execution).
+    one_shot: HashMap<String, u32>,
 }
 
 impl Guard {
@@ -224,6 +226,7 @@ impl Guard {
             predicate_guarded: Default::default(),
             approvals_on: false,
             held: None,
+            one_shot: HashMap::new(),
         }
     }
 
@@ -410,6 +413,11 @@ impl Guard {
             FrontendMessage::Query { sql } => {
                 let analysis = analyzer.analyze(sql);
                 let decision = self.decide_query(&analysis);
+                let decision = if self.approvals_on {
+                    no_prepared_approvals(&analysis, decision)
+                } else {
+                    decision
+                };
                 self.audit(AuditNote {
                     approval: None,
                     sql: Arc::from(*sql),
@@ -443,6 +451,12 @@ impl Guard {
                 let analysis = analyzer.analyze(parse.sql);
                 let decision = self.decide(&analysis);
                 let sql: Arc<str> = Arc::from(parse.sql);
+                self.one_shot.remove(parse.name);
+                let decision = if self.approvals_on {
+                    no_prepared_approvals(&analysis, decision)
+                } else {
+                    decision
+                };
                 if let (true, Decision::RequireApproval(refusal)) = (self.approvals_on, &decision) {
                     self.held = Some(Held {
                         refusal: refusal.clone(),
@@ -490,6 +504,22 @@ impl Guard {
             FrontendMessage::Bind(bind) => {
                 let refusal = if self.refused_statements.contains(bind.statement) {
                     Some(statement_refusal(bind.statement))
+                } else if let Some(left) = self.one_shot.get_mut(bind.statement) {
+                    if *left == 0 {
+                        Some(Decision::Deny(Refusal {
+                            rule: "approval-used".into(),
+                            message: format!(
+                                "phigate: the approval of statement \"{}\" covered one execution",
+                                bind.statement
+                            ),
+                            hint: "Send the statement again (Parse) for a new review.".into(),
+                            sqlstate: "42501",
+                            position: None,
+                        }))
+                    } else {
+                        *left -= 1;
+                        None
+                    }
                 } else {
                     self.redecide(bind.statement)
                 };
@@ -537,6 +567,7 @@ impl Guard {
             } => {
                 self.refused_statements.remove(*name);
                 self.prepared.remove(*name);
+                self.one_shot.remove(*name);
                 out.extend_from_slice(frame.as_bytes());
             }
             FrontendMessage::Execute { portal, .. } => {
@@ -631,6 +662,7 @@ impl Guard {
         });
         match &held.parse {
             Some(name) => {
+                self.one_shot.insert(name.clone(), 1);
                 self.refused_statements.remove(name.as_str());
                 if name.is_empty() || !self.prepared.contains_key(name.as_str()) {
                     let prepared = Prepared {
@@ -790,6 +822,28 @@ pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
         }
         Analysis::Invalid { .. } => (vec!["invalid".into()], Vec::new()),
     }
+}
+
+/// A statement that needs approval cannot be approved inside PREPARE (one approval would then
+/// cover any number of EXECUTEs): it is refused, asking for the statement itself.
+fn no_prepared_approvals(analysis: &Analysis, decision: Decision) -> Decision {
+    let Decision::RequireApproval(r) = &decision else {
+        return decision;
+    };
+    let prepares = matches!(analysis, Analysis::Parsed(stmts) if stmts.iter().any(|s| s.kind == Kind::Prepare));
+    if !prepares {
+        return decision;
+    }
+    Decision::Deny(Refusal {
+        rule: r.rule.clone(),
+        message: format!(
+            "phigate: a statement that needs approval (rule {}) cannot be prepared with PREPARE",
+            r.rule
+        ),
+        hint: "Send the statement itself; it waits for a reviewer and runs once.".into(),
+        sqlstate: "42501",
+        position: None,
+    })
 }
 
 fn audit_unavailable() -> Decision {

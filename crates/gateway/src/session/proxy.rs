@@ -496,7 +496,17 @@ impl Forward<'_> {
         backend::Notice::note("01000", &message)
             .with_hint(&hint)
             .write(&mut notice);
-        let _ = self.events.send(Event::Notice(notice)).await;
+        // However this function is left (a drain or an expiry may drop it mid-wait), a review
+        // still pending is withdrawn.
+        struct Withdraw<'a>(&'a crate::reviews::Reviews, String);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                self.0.close(&self.1, "withdrawn");
+            }
+        }
+        let _withdraw = Withdraw(&shared.reviews, id.clone());
+        // A client that does not read cannot stall the hold past its timeout.
+        let _ = tokio::time::timeout(timeout, self.events.send(Event::Notice(notice))).await;
 
         enum Waited {
             Decided(crate::reviews::Outcome),
@@ -540,6 +550,35 @@ impl Forward<'_> {
             sqlstate,
             position: None,
         };
+        // A reviewer who decided just as the wait ended still decides.
+        let waited = match waited {
+            Waited::TimedOut | Waited::Withdrawn => {
+                let status = if matches!(waited, Waited::TimedOut) {
+                    "expired"
+                } else {
+                    "withdrawn"
+                };
+                if shared.reviews.close(&id, status) {
+                    waited
+                } else {
+                    match decided.try_recv() {
+                        Ok(o) => Waited::Decided(o),
+                        Err(_) => waited,
+                    }
+                }
+            }
+            w => w,
+        };
+        // The credential may have ended, or the audit failed, while the statement waited.
+        let waited = match waited {
+            Waited::Decided(crate::reviews::Outcome::Approved { .. })
+                if self.credential.check(shared).is_some()
+                    || shared.audit.as_ref().is_some_and(|a| !a.healthy()) =>
+            {
+                Waited::Withdrawn
+            }
+            w => w,
+        };
         let (event, rejection) = match waited {
             Waited::Decided(crate::reviews::Outcome::Approved { by, reason }) => {
                 if let Some(a) = &shared.audit {
@@ -556,7 +595,6 @@ impl Forward<'_> {
                 ),
             ),
             Waited::TimedOut => {
-                shared.reviews.close(&id, "expired");
                 (
                     decided_event("expired", None, None),
                     refusal(

@@ -164,8 +164,14 @@ impl UpstreamTarget {
     }
 
     async fn query_column_inner(&self, sql: &str) -> Result<Vec<String>, UpstreamError> {
+        // Names resolve in pg_catalog only: a function planted in a schema on the login's
+        // search_path cannot capture the gateway's catalog reads or provisioning.
         let mut conn = self
-            .connect(&[("application_name", "phigate catalog")])
+            .connect(&[
+                ("application_name", "phigate catalog"),
+                ("search_path", "pg_catalog, pg_temp"),
+                ("standard_conforming_strings", "on"),
+            ])
             .await?;
         let mut out = BytesMut::new();
         write::query(&mut out, sql);
