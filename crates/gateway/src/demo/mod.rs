@@ -233,6 +233,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "TLS works too: add sslmode=verify-full sslrootcert={} (host=localhost or 127.0.0.1).",
         tls.cert_file.display()
     );
+    if let Some(reviewer) = IDENTITIES
+        .iter()
+        .zip(&tokens)
+        .find(|((name, ..), _)| *name == "reviewer")
+        .map(|(_, tok)| tok)
+    {
+        println!(
+            "\nThe agent sees PHI masked; its changes wait for a reviewer. As the reviewer:\n\
+             export PHIGATE_URL={http} PHIGATE_TOKEN={reviewer}\n\
+             phigate review list        # then: phigate review approve ID --reason \"...\"\n\
+             Audit: phigate audit verify --data-dir {dir}; phigate audit report --data-dir {dir}\n",
+            dir = data_dir.display()
+        );
+    }
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
 
     let stop = running.stop_token();

@@ -839,6 +839,10 @@ impl Backward {
         tokio::pin!(drain, force);
         loop {
             tokio::select! {
+                // Events first: when the forward half ends on a bad message, its FATAL is in the
+                // channel before the database can see the connection close; the client must get
+                // that FATAL, not "the connection to the database was lost".
+                biased;
                 ev = self.events.recv() => match ev {
                     Some(Event::Fatal(bytes)) => {
                         let _ = self.client.write_all(&bytes).await;
