@@ -228,6 +228,20 @@ pub struct ApprovalsConfig {
     /// A held statement is denied after this many seconds without a decision.
     #[serde(default = "default_review_timeout")]
     pub timeout_secs: u64,
+    /// Notified (POST, retried) when a review opens and when it ends. https, or http on
+    /// loopback. The statement text is sent redacted (literals replaced by `$n`).
+    pub webhook_url: Option<String>,
+    /// `json` (the review as JSON) or `slack` (a Slack-compatible `{"text": ...}` message).
+    #[serde(default)]
+    pub webhook_format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 impl Default for ApprovalsConfig {
@@ -236,6 +250,8 @@ impl Default for ApprovalsConfig {
             enabled: true,
             reviewer_roles: default_reviewer_roles(),
             timeout_secs: default_review_timeout(),
+            webhook_url: None,
+            webhook_format: WebhookFormat::default(),
         }
     }
 }
@@ -585,6 +601,14 @@ impl Config {
             if self.upstream.database.is_none() {
                 return Err(ConfigError::Invalid(
                     "masked roles need upstream.database (the masking views live there)".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.approvals.webhook_url {
+            let lower = url.to_ascii_lowercase();
+            if !lower.starts_with("https://") && !crate::auth::is_loopback_url(&lower) {
+                return Err(ConfigError::Invalid(
+                    "approvals.webhook_url must be https (plain http only on loopback)".into(),
                 ));
             }
         }

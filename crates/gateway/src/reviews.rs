@@ -60,9 +60,101 @@ pub enum DecideError {
     OwnStatement(String),
 }
 
+/// Where reviews are announced: a webhook, retried with backoff.
+pub struct Notifier {
+    url: String,
+    slack: bool,
+    client: reqwest::Client,
+}
+
+impl Notifier {
+    pub fn new(url: &str, slack: bool) -> Option<Notifier> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        Some(Notifier {
+            url: url.to_owned(),
+            slack,
+            client,
+        })
+    }
+
+    /// Announces a review's state (in the background: nothing waits for the webhook).
+    fn send(&self, review: &Review) {
+        let (statement, _) = phigate_sql::redact_literals(&review.statement);
+        let body = if self.slack {
+            let text = if review.status == "pending" {
+                format!(
+                    ":hourglass: phigate review *{}*: {} (role {}) wants to run `{}` (rule {}){}. Approve: `phigate review approve {} --reason \"...\"`",
+                    review.id,
+                    review.requester,
+                    review.role,
+                    statement,
+                    review.rule,
+                    review
+                        .justification
+                        .as_deref()
+                        .map(|j| format!(", because: {j}"))
+                        .unwrap_or_default(),
+                    review.id
+                )
+            } else {
+                format!(
+                    "phigate review *{}* {}{}{}",
+                    review.id,
+                    review.status,
+                    review
+                        .decided_by
+                        .as_deref()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default(),
+                    review
+                        .decision_reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+            };
+            serde_json::json!({ "text": text })
+        } else {
+            let mut r = serde_json::json!(review);
+            r["statement"] = serde_json::Value::String(statement);
+            serde_json::json!({
+                "event": if review.status == "pending" { "review.requested" } else { "review.decided" },
+                "review": r,
+            })
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (url, client, id) = (self.url.clone(), self.client.clone(), review.id.clone());
+        handle.spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            for attempt in 1..=5 {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::info!(review = %id, attempt, "review webhook delivered");
+                        return;
+                    }
+                    Ok(r) => tracing::warn!(review = %id, attempt, status = %r.status(), "review webhook refused"),
+                    Err(e) => tracing::warn!(review = %id, attempt, error = %e, "review webhook failed"),
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            tracing::error!(review = %id, "review webhook not delivered after 5 attempts");
+        });
+    }
+}
+
 pub struct Reviews {
     entries: Mutex<HashMap<String, Entry>>,
     history: Option<PathBuf>,
+    /// Announces every review state.
+    pub notifier: Option<Notifier>,
     /// Reviews that were pending when the gateway last stopped.
     pub expired_at_start: usize,
 }
@@ -112,11 +204,15 @@ impl Reviews {
         Reviews {
             entries: Mutex::new(HashMap::new()),
             history,
+            notifier: None,
             expired_at_start: expired,
         }
     }
 
     fn log(&self, review: &Review) {
+        if let Some(n) = &self.notifier {
+            n.send(review);
+        }
         if let Some(path) = &self.history {
             // Redacted: the history outlives the session; the text may carry PHI.
             let (text, _) = phigate_sql::redact_literals(&review.statement);

@@ -73,7 +73,16 @@ impl Shared {
             audit_reader_roles: config.audit.reader_roles.clone(),
             audit_mirror: config.audit.mirror_dir.clone(),
             masked: Default::default(),
-            reviews: crate::reviews::Reviews::open(config.data_dir.as_deref()),
+            reviews: {
+                let mut r = crate::reviews::Reviews::open(config.data_dir.as_deref());
+                r.notifier = config.approvals.webhook_url.as_deref().and_then(|u| {
+                    crate::reviews::Notifier::new(
+                        u,
+                        config.approvals.webhook_format == crate::config::WebhookFormat::Slack,
+                    )
+                });
+                r
+            },
             approvals: config.approvals.clone(),
             session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
             development: config.auth.development,

@@ -45,10 +45,14 @@ hint = "A reviewer approves agent writes."
 const BOTH_TOKEN: &str = "tok-both-roles-for-separation-of-duties";
 
 fn gateway() -> Gateway {
+    gateway_with("")
+}
+
+fn gateway_with(approvals_extra: &str) -> Gateway {
     let mut opts = GatewayOptions::for_cluster(cluster());
     opts.policy = POLICY.into();
     opts.extra = format!(
-        "[approvals]\ntimeout_secs = 3\n\n[[identity]]\nsubject = \"both@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"ai-agent\", \"reviewer\"]\n",
+        "[approvals]\ntimeout_secs = 3\n{approvals_extra}\n\n[[identity]]\nsubject = \"both@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"ai-agent\", \"reviewer\"]\n",
         sha256_hex(BOTH_TOKEN)
     );
     Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
@@ -384,4 +388,119 @@ async fn a_restart_while_pending_fails_the_client_and_expires_the_review() {
         !text.contains("'restart'"),
         "the history keeps redacted text only"
     );
+}
+
+/// A webhook receiver that refuses the first delivery (to see the retry) and keeps the rest.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut first = true;
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // Read the headers, then the body by content-length.
+            let body = loop {
+                let n = conn.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_owned());
+                    }
+                }
+            };
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            if !first {
+                if let Some(v) = body.and_then(|b| serde_json::from_str::<Value>(&b).ok()) {
+                    if let Ok(mut g) = sink.lock() {
+                        g.push(v);
+                    }
+                }
+            }
+            first = false;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_are_announced_by_webhook_with_retries() {
+    let (url, got) = webhook_receiver();
+    let gw = gateway_with(&format!("webhook_url = \"{url}\"\n"));
+    let reviewer = gw.token("reviewer").to_owned();
+    let agent = connect(&gw.conninfo("agent")).await;
+    let held = agent.simple_query("INSERT INTO notes (body) VALUES ('hooked-secret-value')");
+    let approve = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        // The first delivery is refused; the retry arrives.
+        let mut requested = None;
+        for _ in 0..60 {
+            requested = got
+                .lock()
+                .ok()
+                .and_then(|g| g.iter().find(|v| v["event"] == "review.requested").cloned());
+            if requested.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let requested = requested.expect("review.requested delivered after a retry");
+        assert_eq!(requested["review"]["id"], id.as_str());
+        let statement = requested["review"]["statement"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            statement.contains("INSERT INTO notes") && !statement.contains("hooked-secret-value"),
+            "{statement}"
+        );
+        decide(&gw, &reviewer, &id, "approve", "fine").await.0
+    };
+    let (held, code) = tokio::join!(held, approve);
+    assert_eq!(code, 200);
+    held.expect("approved");
+    let mut decided = false;
+    for _ in 0..50 {
+        decided = got
+            .lock()
+            .map(|g| {
+                g.iter().any(|v| {
+                    v["event"] == "review.decided"
+                        && v["review"]["status"] == "approved"
+                        && v["review"]["decided_by"] == "reviewer@test.phigate"
+                })
+            })
+            .unwrap_or(false);
+        if decided {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(decided, "review.decided not delivered");
 }
