@@ -351,12 +351,7 @@ impl Authenticator {
                 roles: None,
             });
         }
-        let issuer = self
-            .oidc
-            .iter()
-            .find(|o| o.cfg.issuer == unverified.issuer)
-            .ok_or(AuthError::UntrustedIssuer)?;
-        let claims = self.verify_oidc(issuer, token, &unverified).await?;
+        let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
         Ok(Principal {
             subject: jwt::subject(&claims, &issuer.cfg.subject_claim)?,
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
@@ -367,18 +362,24 @@ impl Authenticator {
         })
     }
 
+    /// Checks a JWT of a configured OIDC issuer (chosen by its unverified `iss`); returns the
+    /// issuer and the verified claims.
     async fn verify_oidc(
         &self,
-        issuer: &OidcIssuer,
         token: &str,
         unverified: &jwt::Unverified,
-    ) -> Result<serde_json::Value, AuthError> {
+    ) -> Result<(&OidcIssuer, serde_json::Value), AuthError> {
+        let issuer = self
+            .oidc
+            .iter()
+            .find(|o| o.cfg.issuer == unverified.issuer)
+            .ok_or(AuthError::UntrustedIssuer)?;
         let header = &unverified.header;
         if !issuer.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
         let key = issuer.jwks.key(header.kid.as_deref(), header.alg).await?;
-        jwt::verify(
+        let claims = jwt::verify(
             token,
             header,
             &key,
@@ -388,7 +389,8 @@ impl Authenticator {
                 algorithms: &issuer.algorithms,
                 leeway: self.leeway,
             },
-        )
+        )?;
+        Ok((issuer, claims))
     }
 
     /// Checks an OIDC token (an ID token or access token from `phigate login`) and returns
@@ -431,16 +433,9 @@ impl Authenticator {
         &self,
         token: &str,
     ) -> Result<(String, Vec<String>, String), AuthError> {
-        if token.len() > jwt::MAX_TOKEN_BYTES {
-            return Err(AuthError::TooLarge(jwt::MAX_TOKEN_BYTES));
-        }
+        // peek refuses oversized tokens and `none` / HS* before anything else.
         let unverified = jwt::peek(token)?;
-        let issuer = self
-            .oidc
-            .iter()
-            .find(|o| o.cfg.issuer == unverified.issuer)
-            .ok_or(AuthError::UntrustedIssuer)?;
-        let claims = self.verify_oidc(issuer, token, &unverified).await?;
+        let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
         Ok((
             jwt::subject(&claims, &issuer.cfg.subject_claim)?,
             jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),

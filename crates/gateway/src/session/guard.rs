@@ -63,22 +63,6 @@ impl Denials {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// The SQLSTATE of the refusal `frame` stands in for, without claiming it.
-    pub fn rewrite_code(&self, frame: &Frame) -> Option<&'static str> {
-        if self.pending.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let fields = Fields::decode(frame).ok()?;
-        let message = fields.message()?;
-        let start = message.find(TOKEN_PREFIX)?;
-        let token: String = message[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let m = self.map.lock().ok()?;
-        m.get(&token).map(|(r, _)| r.sqlstate)
-    }
-
     /// If `frame` is the database's error for a substituted message, the gateway's refusal to
     /// send instead.
     pub fn rewrite(&self, frame: &Frame) -> Option<(BytesMut, &'static str)> {

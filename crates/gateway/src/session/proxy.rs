@@ -919,19 +919,24 @@ impl Backward {
         }
         while let Some(frame) = self.reader.next_frame()? {
             let tag = frame.tag();
+            // The database's error for a substituted message becomes the gateway's refusal.
+            let refusal = if tag == backend::tag::ERROR_RESPONSE {
+                self.denials.rewrite(&frame)
+            } else {
+                None
+            };
             if audited {
                 // The exchange this frame belongs to: the next ReadyForQuery's number (its own,
                 // for a ReadyForQuery).
                 let exchange = answered_base + answered + 1;
-                let code = if tag == backend::tag::ERROR_RESPONSE {
-                    match self.denials.rewrite_code(&frame) {
-                        Some(c) => Some(c.to_owned()),
-                        None => phigate_wire::backend::Fields::decode(&frame)
+                let code = match &refusal {
+                    Some((_, c)) => Some((*c).to_owned()),
+                    None if tag == backend::tag::ERROR_RESPONSE => {
+                        phigate_wire::backend::Fields::decode(&frame)
                             .ok()
-                            .and_then(|f| f.code().map(str::to_owned)),
+                            .and_then(|f| f.code().map(str::to_owned))
                     }
-                } else {
-                    None
+                    None => None,
                 };
                 self.completions
                     .on_frame(tag, &frame, code.as_deref(), exchange, shared);
@@ -951,7 +956,7 @@ impl Backward {
                     }
                 }
                 backend::tag::ERROR_RESPONSE => {
-                    if let Some((refusal, _)) = self.denials.rewrite(&frame) {
+                    if let Some((refusal, _)) = refusal {
                         self.out.extend_from_slice(&refusal);
                         continue;
                     }
