@@ -726,7 +726,7 @@ async fn a_session_ends_when_its_token_expires() {
         .expect("join");
     assert!(ended.is_err());
     assert!(busy.simple_query("SELECT 1").await.is_err());
-    assert!(gw.log().contains("authentication expired"));
+    gw.wait_log("authentication expired", 1).expect("logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -805,7 +805,7 @@ async fn failed_logins_are_rate_limited_per_address() {
     let (code, msg) = refusal(&gw, "ai-agent", &good).await;
     assert_eq!(code, "28000");
     assert!(msg.contains("too many failed logins"), "{msg}");
-    assert!(gw.log().contains("failed login"));
+    gw.wait_log("failed login", 1).expect("logged");
 }
 
 /// Runs `phigate login` (code flow, or device flow) with the scripted browser signing in as

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use phigate_testkit::{Gateway, GatewayOptions};
 use tokio_postgres::NoTls;
@@ -40,19 +39,6 @@ fn hup(gw: &Gateway) {
     assert!(ok.success());
 }
 
-/// Waits until the gateway logged `n` reloads (or failures) in total.
-fn wait_log(gw: &Gateway, needle: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.log().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no '{needle}' in log:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn sighup_swaps_the_policy_between_transactions() {
     let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
@@ -82,7 +68,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(DENY_LABS, ALLOW_LABS)).expect("rewrite");
     hup(&gw);
-    wait_log(&gw, "policy reloaded", 1);
+    gw.wait_log("policy reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
         .await
@@ -113,7 +99,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
     hup(&gw);
-    wait_log(&gw, "policy reloaded", 2);
+    gw.wait_log("policy reloaded", 2).expect("log line");
     let err = client
         .query_one(&stmt, &[])
         .await
@@ -132,7 +118,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     );
     std::fs::write(&config, text).expect("restore");
     hup(&gw);
-    wait_log(&gw, "policy reloaded", 3);
+    gw.wait_log("policy reloaded", 3).expect("log line");
 
     // A broken file is refused and the running policy stays.
     let text = std::fs::read_to_string(&config).expect("config");
@@ -142,7 +128,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     )
     .expect("rewrite");
     hup(&gw);
-    wait_log(&gw, "policy reload failed", 1);
+    gw.wait_log("policy reload failed", 1).expect("log line");
     let rows = client
         .query_one("SELECT count(*) FROM lab_results", &[])
         .await
@@ -185,7 +171,7 @@ async fn a_reload_reaches_a_session_after_an_extended_copy() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
     hup(&gw);
-    wait_log(&gw, "policy reloaded", 1);
+    gw.wait_log("policy reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
         .await

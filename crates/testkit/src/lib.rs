@@ -280,6 +280,23 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// Waits up to ten seconds until the log holds `needle` at least `n` times. The gateway
+    /// writes its log after it answers the client, so a test that just saw an answer must
+    /// wait for the line rather than read the log once.
+    pub fn wait_log(&self, needle: &str, n: usize) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no {n}× '{needle}' in the gateway log:\n{log}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
