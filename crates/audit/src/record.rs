@@ -86,6 +86,24 @@ pub enum Event {
         by: Option<String>,
         reason: Option<String>,
     },
+    /// A session's recording was sealed: its file (relative to the recordings directory) and
+    /// digest, so `audit verify` proves it unaltered. Written before the session's
+    /// `session_end` (or at the next start, for a session a crash cut short).
+    Recording {
+        session: String,
+        file: String,
+        /// Hex SHA-256 of the file's bytes.
+        sha256: String,
+        bytes: u64,
+        /// Events in the recording.
+        events: u64,
+        /// Encrypted at rest (the role's results include unmasked values).
+        encrypted: bool,
+        /// Events were left out (a cap was reached, or the writer fell behind).
+        truncated: bool,
+        /// `false` when the session did not end cleanly (sealed at the next start).
+        complete: bool,
+    },
     /// The log could not be written for a while; statements were refused meanwhile.
     AuditRecovered {
         failed_since: String,
@@ -143,7 +161,9 @@ impl Record {
             | Event::SessionEnd { session, .. }
             | Event::StatementEnd { session, .. } => Some(session),
             Event::Statement(s) => Some(&s.session),
-            Event::ReviewRequested { session, .. } => Some(session),
+            Event::ReviewRequested { session, .. } | Event::Recording { session, .. } => {
+                Some(session)
+            }
             _ => None,
         }
     }
@@ -180,6 +200,7 @@ impl Record {
             Event::AuditRepaired { .. } => "audit_repaired",
             Event::ReviewRequested { .. } => "review_requested",
             Event::ReviewDecided { .. } => "review_decided",
+            Event::Recording { .. } => "recording",
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Report {
     /// Records after the last checkpoint (not yet covered by a signature).
     pub unsigned_tail: u64,
     pub key_id: String,
+    /// Session recordings whose digest was checked against their `recording` record.
+    pub recordings: u64,
     pub warnings: Vec<String>,
 }
 
@@ -91,9 +93,72 @@ fn read_checkpoints(
     Ok(n)
 }
 
+/// A `recording` record: the file it names must still hash to its digest.
+struct Sealed {
+    seq: u64,
+    session: String,
+    file: String,
+    sha256: String,
+}
+
+/// Checks each sealed recording in `dir` against its record.
+fn verify_recordings(dir: &Path, sealed: &[Sealed]) -> Result<(), Failure> {
+    use sha2::{Digest, Sha256};
+    for r in sealed {
+        let plain_name =
+            !r.file.is_empty() && !r.file.contains(['/', '\\']) && r.file != "." && r.file != "..";
+        let path = dir.join(&r.file);
+        if !plain_name {
+            return Err(fail(
+                Some(r.seq),
+                &path,
+                None,
+                format!("record {} names an invalid recording file", r.seq),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let hashed =
+            std::fs::File::open(&path).and_then(|mut f| std::io::copy(&mut f, &mut hasher));
+        match hashed {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fail(
+                    Some(r.seq),
+                    &path,
+                    None,
+                    format!(
+                        "the recording of session {} (record {}) is missing",
+                        r.session, r.seq
+                    ),
+                ))
+            }
+            Err(e) => return Err(fail(Some(r.seq), &path, None, format!("cannot read: {e}"))),
+        }
+        if hex::encode(hasher.finalize()) != r.sha256 {
+            return Err(fail(
+                Some(r.seq),
+                &path,
+                None,
+                format!(
+                    "the recording of session {} was altered: its digest differs from record {}",
+                    r.session, r.seq
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Verifies the log in `dir` against `key`; `mirrors` are further directories holding copies
-/// of the checkpoints.
-pub fn verify(dir: &Path, key: &PublicKey, mirrors: &[PathBuf]) -> Result<Report, Failure> {
+/// of the checkpoints; `recordings`, when given, is where the session recordings live: each
+/// one the log seals is hashed again.
+pub fn verify(
+    dir: &Path,
+    key: &PublicKey,
+    mirrors: &[PathBuf],
+    recordings: Option<&Path>,
+) -> Result<Report, Failure> {
+    let mut sealed = Vec::new();
     let mut checkpoints = BTreeMap::new();
     let mut cp_files = 0;
     for d in std::iter::once(dir).chain(mirrors.iter().map(PathBuf::as_path)) {
@@ -207,6 +272,20 @@ pub fn verify(dir: &Path, key: &PublicKey, mirrors: &[PathBuf]) -> Result<Report
                     ));
                 }
             }
+            if let crate::record::Event::Recording {
+                session,
+                file,
+                sha256,
+                ..
+            } = record.event
+            {
+                sealed.push(Sealed {
+                    seq: record.seq,
+                    session,
+                    file,
+                    sha256,
+                });
+            }
             prev = hash;
             last_seq = record.seq;
             expected = Some(record.seq + 1);
@@ -232,7 +311,15 @@ pub fn verify(dir: &Path, key: &PublicKey, mirrors: &[PathBuf]) -> Result<Report
     if checkpoints.is_empty() && records > 0 {
         warnings.push("no checkpoint covers the log yet: a cut-off tail would go unnoticed".into());
     }
+    if let Some(rdir) = recordings {
+        verify_recordings(rdir, &sealed)?;
+    }
     Ok(Report {
+        recordings: if recordings.is_some() {
+            sealed.len() as u64
+        } else {
+            0
+        },
         records,
         first_seq,
         last_seq,

@@ -46,6 +46,9 @@ pub struct Config {
     /// Holding statements for a reviewer (rules with `action = "require_approval"`).
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// Session recordings: what each session sent and received, for replay (docs/recording.md).
+    #[serde(default)]
+    pub recording: RecordingConfig,
     /// PHI tags: which columns of which tables hold which kind of identifier. Masked roles see
     /// these columns through masking views (docs/masking.md).
     #[serde(default)]
@@ -319,6 +322,116 @@ impl Default for AuditConfig {
             hmac_key_file: None,
             reader_roles: Vec::new(),
         }
+    }
+}
+
+/// Session recordings (docs/recording.md). Each role's `record` setting says how much of its
+/// results a recording keeps.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Record sessions (needs the audit log: each recording's digest goes into it).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where recordings live; `<data_dir>/recordings` if unset.
+    pub dir: Option<PathBuf>,
+    /// Rows kept per result (the rest are counted, not kept).
+    #[serde(default = "default_recording_rows")]
+    pub max_rows_per_result: u64,
+    /// Bytes kept per value (longer values are cut, their length noted).
+    #[serde(default = "default_recording_value_bytes")]
+    pub max_value_bytes: usize,
+    /// A session's recording stops growing past this (uncompressed); the statements go on,
+    /// and the audit log still has every one.
+    #[serde(default = "default_recording_session_mb")]
+    pub max_session_mb: u64,
+    /// No new recordings once the directory holds this much (they resume when space is
+    /// freed); the audit log is unaffected.
+    #[serde(default = "default_recording_total_mb")]
+    pub max_total_mb: u64,
+    /// The key that encrypts recordings of roles that see unmasked PHI (AES-256-GCM): a file
+    /// of 32 random bytes, or 64 hex digits. Keep it off the gateway's data disk.
+    pub key_file: Option<PathBuf>,
+    /// Or: an environment variable holding the key as 64 hex digits.
+    pub key_env: Option<String>,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            enabled: true,
+            dir: None,
+            max_rows_per_result: default_recording_rows(),
+            max_value_bytes: default_recording_value_bytes(),
+            max_session_mb: default_recording_session_mb(),
+            max_total_mb: default_recording_total_mb(),
+            key_file: None,
+            key_env: None,
+        }
+    }
+}
+
+fn default_recording_rows() -> u64 {
+    100
+}
+fn default_recording_value_bytes() -> usize {
+    1024
+}
+fn default_recording_session_mb() -> u64 {
+    64
+}
+fn default_recording_total_mb() -> u64 {
+    10 * 1024
+}
+
+impl RecordingConfig {
+    /// The recordings' directory, if sessions are recorded.
+    pub fn resolved_dir(&self, data_dir: Option<&Path>) -> Option<PathBuf> {
+        if !self.enabled {
+            return None;
+        }
+        self.dir
+            .clone()
+            .or_else(|| data_dir.map(|d| d.join("recordings")))
+    }
+
+    fn validate(
+        &self,
+        config: &Config,
+        policy: &phigate_policy::Policy,
+    ) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("recording: {m}")));
+        if !self.enabled {
+            return Ok(());
+        }
+        if !config.audit.enabled {
+            return invalid(
+                "recordings need the audit log (their digests go into it):                  set recording.enabled = false with audit.enabled = false",
+            );
+        }
+        if self.resolved_dir(config.data_dir.as_deref()).is_none() {
+            return invalid("set data_dir (or recording.dir)");
+        }
+        if self.key_file.is_some() && self.key_env.is_some() {
+            return invalid("set key_file or key_env, not both");
+        }
+        if self.max_session_mb == 0 || self.max_value_bytes == 0 {
+            return invalid("max_session_mb and max_value_bytes must be at least 1");
+        }
+        let keyed = self.key_file.is_some() || self.key_env.is_some();
+        for r in &config.roles {
+            let Some(role) = policy.role(&r.name) else {
+                continue;
+            };
+            if !role.masked && role.record == phigate_policy::RecordMode::Rows && !keyed {
+                return Err(ConfigError::Invalid(format!(
+                    "role {} sees unmasked PHI and records rows: recordings of it must be \
+                     encrypted, so set recording.key_file (or key_env), or record = \"shape\"",
+                    r.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -630,6 +743,7 @@ impl Config {
                 )));
             }
         }
+        self.recording.validate(self, &policy)?;
         if self.upstream.tls != UpstreamTlsMode::VerifyFull && self.upstream.ca_file.is_some() {
             return Err(ConfigError::Invalid(
                 "upstream.ca_file is only used with tls = \"verify-full\"".into(),

@@ -58,6 +58,8 @@ impl HttpServer {
             .route("/v1/audit/records", get(audit_records))
             .route("/v1/audit/report", get(audit_report))
             .route("/v1/audit/verify", get(audit_verify))
+            .route("/v1/sessions", get(sessions_list))
+            .route("/v1/sessions/{id}", get(session_replay))
             .route("/metrics", get(metrics))
             .route("/v1/reviews", get(reviews_list))
             .route("/v1/reviews/{id}", get(review_show))
@@ -479,6 +481,68 @@ async fn audit_records(
     }
 }
 
+/// `GET /v1/sessions?subject=&role=&since=&until=&table=`: as `phigate sessions list --json`.
+async fn sessions_list(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let dir = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let filter = crate::recording::replay::ListFilter {
+        subject: q.get("subject").cloned(),
+        role: q.get("role").cloned(),
+        since: q.get("since").cloned(),
+        until: q.get("until").cloned(),
+        table: q.get("table").cloned(),
+    };
+    let found =
+        tokio::task::spawn_blocking(move || crate::recording::replay::list(&dir, &filter)).await;
+    match found {
+        Ok(Ok(sessions)) => (StatusCode::OK, Json(json!({"sessions": sessions}))),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the audit log",
+        ),
+    }
+}
+
+/// `GET /v1/sessions/{id}`: the session's replay, as `phigate replay --json` (encrypted
+/// recordings decrypted with the gateway's recording key).
+async fn session_replay(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Reply {
+    let dir = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let Some(recorder) = shared.recorder.clone() else {
+        return error(StatusCode::NOT_FOUND, "session recordings are off");
+    };
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::recording::replay::load(&dir, recorder.dir(), &id, recorder.key())
+    })
+    .await;
+    use crate::recording::replay::ReplayError;
+    match loaded {
+        Ok(Ok(replay)) => (StatusCode::OK, Json(json!(replay))),
+        Ok(Err(e @ (ReplayError::UnknownSession(_) | ReplayError::NoRecording(_)))) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Ok(Err(e @ ReplayError::Altered { .. })) => error(StatusCode::CONFLICT, &e.to_string()),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the recording",
+        ),
+    }
+}
+
 /// `GET /v1/audit/report?since=&until=`
 async fn audit_report(
     State(shared): State<Arc<Shared>>,
@@ -516,9 +580,15 @@ async fn audit_verify(
         Err(r) => return r,
     };
     let mirrors: Vec<_> = shared.audit_mirror.iter().cloned().collect();
+    let recordings = shared.recorder.as_ref().map(|r| r.dir().to_path_buf());
     let result = tokio::task::spawn_blocking(move || {
         let key = phigate_audit::PublicKey::load(&dir.join(phigate_audit::store::PUBLIC_KEY))?;
-        Ok::<_, std::io::Error>(phigate_audit::verify::verify(&dir, &key, &mirrors))
+        Ok::<_, std::io::Error>(phigate_audit::verify::verify(
+            &dir,
+            &key,
+            &mirrors,
+            recordings.as_deref(),
+        ))
     })
     .await;
     match result {
@@ -555,6 +625,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> String {
             get(&s.checkpoints),
             get(&s.bytes),
             get(&s.last_seq),
+        ));
+    }
+    if let Some(r) = &shared.recorder {
+        let s = &r.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "# TYPE phigate_recordings_total counter\nphigate_recordings_total {}\n\
+             # TYPE phigate_recordings_skipped_total counter\nphigate_recordings_skipped_total {}\n\
+             # TYPE phigate_recording_bytes_total counter\nphigate_recording_bytes_total {}\n\
+             # TYPE phigate_recording_dropped_events_total counter\nphigate_recording_dropped_events_total {}\n\
+             # TYPE phigate_recording_write_failures_total counter\nphigate_recording_write_failures_total {}\n",
+            get(&s.sessions),
+            get(&s.skipped),
+            get(&s.bytes),
+            get(&s.dropped_events),
+            get(&s.failures),
         ));
     }
     out.push_str(&format!(

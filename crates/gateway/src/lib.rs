@@ -15,6 +15,7 @@ pub mod login;
 pub mod masking;
 pub mod net;
 pub mod policy;
+pub mod recording;
 pub mod reviews;
 pub mod server;
 pub mod session;

@@ -70,6 +70,35 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Recorded sessions: who, when, from where, what they touched (from the audit log).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Replay a recorded session: what the caller sent and what it received, step by step
+    /// with the original timing. Refuses a recording whose digest differs from the audit log.
+    Replay {
+        /// The session's id (from `phigate sessions list`).
+        session: String,
+        #[command(flatten)]
+        dir: AuditDir,
+        /// Where the recordings are (default: the data directory's recordings/).
+        #[arg(long)]
+        recordings_dir: Option<PathBuf>,
+        /// Playback speed: 2 is twice as fast; 0 prints everything at once.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Wait for Enter before each step.
+        #[arg(long)]
+        step: bool,
+        /// Print the session as one JSON document (no waiting).
+        #[arg(long)]
+        json: bool,
+        /// The recording key, for encrypted recordings (or PHIGATE_RECORDING_KEY, 64 hex
+        /// digits).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Statements held for review: list, show, approve, deny (through the gateway's HTTP API).
     Review {
         /// The gateway's HTTP address.
@@ -208,6 +237,10 @@ enum AuditCommand {
         /// A directory holding a copy of the checkpoints (repeatable).
         #[arg(long)]
         mirror: Vec<PathBuf>,
+        /// Where the session recordings are (default: the data directory's recordings/, when
+        /// it exists); each one the log seals is hashed again.
+        #[arg(long)]
+        recordings_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -238,6 +271,30 @@ enum AuditCommand {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Sessions in the audit log, oldest first, with their recordings.
+    List {
+        #[command(flatten)]
+        dir: AuditDir,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// Sessions active from this time: RFC 3339, a date, or an age such as 24h.
+        #[arg(long)]
+        since: Option<String>,
+        /// ... until this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// Sessions with a statement that touched this table (`name` or `schema.name`).
+        #[arg(long)]
+        table: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -317,6 +374,24 @@ fn main() -> ExitCode {
         }
         Command::Keys { command } => keys(command),
         Command::Audit { command } => audit(command),
+        Command::Sessions { command } => sessions(command),
+        Command::Replay {
+            session,
+            dir,
+            recordings_dir,
+            speed,
+            step,
+            json,
+            key_file,
+        } => replay(ReplayArgs {
+            session,
+            dir,
+            recordings_dir,
+            speed,
+            step,
+            json,
+            key_file,
+        }),
         Command::Review {
             url,
             token,
@@ -582,6 +657,113 @@ fn audit_dir(dir: &AuditDir) -> anyhow::Result<PathBuf> {
     )
 }
 
+fn sessions(command: SessionsCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    let SessionsCommand::List {
+        dir,
+        subject,
+        role,
+        since,
+        until,
+        table,
+        json,
+    } = command;
+    let filter = phigate::recording::replay::ListFilter {
+        subject,
+        role,
+        since: time_bound(&since)?,
+        until: time_bound(&until)?,
+        table,
+    };
+    let rows = phigate::recording::replay::list(&audit_dir(&dir)?, &filter)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<18} {:<27} {:<28} {:<12} {:>5} {:>6}  {:<10} TABLES",
+        "SESSION", "STARTED", "SUBJECT", "ROLE", "STMTS", "DENIED", "RECORDING"
+    )?;
+    for r in &rows {
+        let rec = match &r.recording {
+            Some(x) if x.encrypted => format!("{}B enc", x.bytes),
+            Some(x) => format!("{}B", x.bytes),
+            None if r.ended.is_none() => "open".into(),
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<18} {:<27} {:<28} {:<12} {:>5} {:>6}  {:<10} {}",
+            r.session,
+            r.started,
+            r.subject,
+            r.role,
+            r.statements,
+            r.denied,
+            rec,
+            r.tables.iter().cloned().collect::<Vec<_>>().join(",")
+        )?;
+    }
+    Ok(())
+}
+
+struct ReplayArgs {
+    session: String,
+    dir: AuditDir,
+    recordings_dir: Option<PathBuf>,
+    speed: f64,
+    step: bool,
+    json: bool,
+    key_file: Option<PathBuf>,
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use phigate::recording::{file::Key, replay};
+    use std::io::{BufRead, Write};
+    let key = match (&a.key_file, std::env::var("PHIGATE_RECORDING_KEY")) {
+        (Some(f), _) => Some(Key::from_file(f).map_err(anyhow::Error::msg)?),
+        (None, Ok(_)) => Some(Key::from_env("PHIGATE_RECORDING_KEY").map_err(anyhow::Error::msg)?),
+        (None, Err(_)) => None,
+    };
+    let recordings = a
+        .recordings_dir
+        .clone()
+        .unwrap_or_else(|| a.dir.data_dir.join("recordings"));
+    let r = replay::load(&audit_dir(&a.dir)?, &recordings, &a.session, key.as_ref())?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(());
+    }
+    if !(a.speed >= 0.0 && a.speed.is_finite()) {
+        anyhow::bail!("--speed must be 0 or more");
+    }
+    replay::render_header(&r, &mut out)?;
+    let stdin = std::io::stdin();
+    let mut last = 0.0;
+    for step in &r.steps {
+        if a.step {
+            write!(out, "-- Enter for the next step --")?;
+            out.flush()?;
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                break;
+            }
+        } else if a.speed > 0.0 {
+            let wait = ((step.t_ms - last) / 1000.0 / a.speed).clamp(0.0, 3600.0);
+            out.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs_f64(wait));
+        }
+        last = step.t_ms;
+        replay::render_step(step, &mut out)?;
+    }
+    Ok(())
+}
+
 /// RFC 3339, a date, or an age (`24h`: that long ago).
 fn time_bound(text: &Option<String>) -> anyhow::Result<Option<String>> {
     let Some(t) = text else { return Ok(None) };
@@ -623,8 +805,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             dir,
             public_key,
             mirror,
+            recordings_dir,
             json,
         } => {
+            let recordings = recordings_dir.or_else(|| {
+                let d = dir.data_dir.join("recordings");
+                d.is_dir().then_some(d)
+            });
             let dir = audit_dir(&dir)?;
             let key_path = public_key.unwrap_or_else(|| dir.join(phigate_audit::store::PUBLIC_KEY));
             let key = phigate_audit::PublicKey::load(&key_path)?;
@@ -635,7 +822,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     anyhow::bail!("{}: the mirror names another signing key", m.display());
                 }
             }
-            match phigate_audit::verify::verify(&dir, &key, &mirror) {
+            match phigate_audit::verify::verify(&dir, &key, &mirror, recordings.as_deref()) {
                 Ok(report) => {
                     if json {
                         writeln!(out, "{}", serde_json::json!({"ok": true, "report": report}))?;
@@ -652,6 +839,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                             report.last_checkpoint_seq,
                             report.unsigned_tail
                         )?;
+                        if recordings.is_some() {
+                            writeln!(
+                                out,
+                                "ok: {} session recording(s) match their digests",
+                                report.recordings
+                            )?;
+                        }
                         for w in &report.warnings {
                             writeln!(out, "warning: {w}")?;
                         }

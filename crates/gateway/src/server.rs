@@ -25,6 +25,8 @@ pub struct Shared {
     pub audit_dir: Option<std::path::PathBuf>,
     pub audit_reader_roles: Vec<String>,
     pub audit_mirror: Option<std::path::PathBuf>,
+    /// Session recordings (`None` when off).
+    pub recorder: Option<Arc<crate::recording::Recorder>>,
     /// Statements held for review.
     pub reviews: crate::reviews::Reviews,
     pub approvals: crate::config::ApprovalsConfig,
@@ -66,9 +68,15 @@ impl Shared {
             None => None,
         };
         let up = &config.upstream;
+        let audit = crate::audit::open(config)?;
+        let recorder = match &audit {
+            Some(a) => crate::recording::Recorder::start(config, a)?,
+            None => None,
+        };
         Ok(Shared {
             auth: Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?,
-            audit: crate::audit::open(config)?,
+            audit,
+            recorder,
             audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
             audit_reader_roles: config.audit.reader_roles.clone(),
             audit_mirror: config.audit.mirror_dir.clone(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use phigate_sql::{Action, Analysis, FuncName, Kind, RelName, Statement};
 
-pub use model::{GrantConfig, RoleConfig, RuleAction, RuleConfig};
+pub use model::{GrantConfig, RecordMode, RoleConfig, RuleAction, RuleConfig};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -77,6 +77,8 @@ pub struct Role {
     pub masking: std::collections::BTreeMap<masking::PhiType, masking::Strategy>,
     /// What happens to predicates on non-tokenized PHI columns (masked roles).
     pub phi_predicates: RuleAction,
+    /// What its session recordings keep.
+    pub record: RecordMode,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +184,11 @@ impl Policy {
                 masked: r.masked,
                 masking: r.masking.clone(),
                 phi_predicates: r.phi_predicates,
+                record: r.record.unwrap_or(if r.masked {
+                    RecordMode::Rows
+                } else {
+                    RecordMode::Shape
+                }),
             };
             if r.masked && !r.restricted {
                 return Err(PolicyError::MaskedUnrestricted(r.name.clone()));

@@ -52,6 +52,25 @@ pub struct RoleConfig {
     /// masked values). Tokenized columns may always be joined and grouped on.
     #[serde(default = "deny_action")]
     pub phi_predicates: RuleAction,
+    /// What a session recording keeps of this role's results (docs/recording.md): `none`,
+    /// `shape` (columns, row counts, error codes) or `rows` (values as the client received
+    /// them, up to a cap per result). Unset: `rows` for a masked role, `shape` otherwise. A
+    /// role that sees unmasked PHI gets `rows` only with a recording key: then its recordings
+    /// are encrypted.
+    #[serde(default)]
+    pub record: Option<RecordMode>,
+}
+
+/// How much of a session's results its recording keeps.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordMode {
+    /// No recording for this role.
+    None,
+    /// Statements, timings, decisions, columns, row counts and error codes: no values.
+    Shape,
+    /// Also the rows and messages as the client received them, up to the per-result cap.
+    Rows,
 }
 
 fn deny_action() -> RuleAction {

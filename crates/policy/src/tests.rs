@@ -470,6 +470,7 @@ fn bad_config_is_rejected() {
         masked: false,
         masking: Default::default(),
         phi_predicates: RuleAction::Deny,
+        record: None,
     };
     assert!(matches!(
         Policy::new(&[role], &[]),

@@ -114,6 +114,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     .await??;
 
     let tls = self_signed(&data_dir.join("tls"))?;
+    // The key of the clinician's encrypted recordings. In production it lives off the data
+    // disk (recording.key_env from a secret store); the demo keeps everything in one place.
+    let recording_key = data_dir.join("keys").join("recording.key");
+    std::fs::create_dir_all(data_dir.join("keys"))?;
+    if !recording_key.exists() {
+        let mut key = [0u8; 32];
+        rand::thread_rng().fill(&mut key[..]);
+        write_private(&recording_key, &hex::encode(key))?;
+    }
     let password_file = data_dir.join("upstream.password");
     write_private(&password_file, &app_password)?;
     let config = Config {
@@ -153,6 +162,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         identities: Vec::new(),
         phi: demo_phi(),
         approvals: Default::default(),
+        recording: crate::config::RecordingConfig {
+            key_file: Some(recording_key),
+            ..Default::default()
+        },
         masking_key_file: None,
         log: Log::default(),
         runtime: Default::default(),
@@ -296,6 +309,8 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         masking: Default::default(),
         // The agent may join and group on tokens, never filter or sort on other PHI.
         phi_predicates: RuleAction::Deny,
+        // The clinician's recordings keep the rows it saw, encrypted (the agent's are masked).
+        record: (name == "clinician").then_some(phigate_policy::RecordMode::Rows),
     };
     vec![
         role("ai-agent", true, vec![grant(&["select"], clinical())]),

@@ -176,6 +176,8 @@ pub struct Guard {
     pub held: Option<Held>,
     /// Approved extended-protocol statements: an approval covers one Bind (one execution).
     one_shot: HashMap<String, u32>,
+    /// The session's recording, if it is recorded.
+    pub tape: Option<Arc<crate::recording::Tape>>,
 }
 
 impl Guard {
@@ -211,6 +213,7 @@ impl Guard {
             approvals_on: false,
             held: None,
             one_shot: HashMap::new(),
+            tape: None,
         }
     }
 
@@ -221,6 +224,9 @@ impl Guard {
             return;
         }
         self.statements += 1;
+        if let Some(tape) = &self.tape {
+            tape.statement(self.statements);
+        }
         let (kinds, tables) = describe(a.analysis);
         let (decision, rule) = match a.decision {
             Decision::Allow => ("allow", None),

@@ -308,6 +308,10 @@ async fn start(
             return Err(SessionError::Audit);
         }
     }
+    guard.tape = shared
+        .recorder
+        .as_ref()
+        .and_then(|r| r.tape(&session, &identity, &role));
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     out.clear();
     backend::write_auth_ok(&mut out);

@@ -202,6 +202,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
 
     let denials = guard.denials.clone();
     let session = guard.session.clone();
+    let tape = guard.tape.clone();
     let started = std::time::Instant::now();
     let units: Arc<std::sync::Mutex<VecDeque<Unit>>> = Arc::default();
     let statements = Arc::new(AtomicU64::new(0));
@@ -230,6 +231,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         events: events_rx,
         in_flight,
         denials,
+        tape: tape.clone(),
         status: TransactionStatus::Idle,
         views_changed: false,
         out: BytesMut::with_capacity(16 * 1024),
@@ -262,6 +264,28 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         (Some(f), _) => f,
         (None, b) => b,
     };
+    if let (Some(tape), Some(audit)) = (&tape, &shared.audit) {
+        let summary = tape.seal(&end.to_string()).await;
+        match summary.sealed {
+            Ok(sealed) => {
+                audit.submit(phigate_audit::Pending::Event(
+                    phigate_audit::Event::Recording {
+                        session: session.to_string(),
+                        file: sealed.file,
+                        sha256: sealed.sha256,
+                        bytes: sealed.bytes,
+                        events: summary.events,
+                        encrypted: summary.encrypted,
+                        truncated: summary.truncated,
+                        complete: true,
+                    },
+                ));
+            }
+            Err(e) => {
+                tracing::error!(session = %session, error = %e, "the session's recording could not be sealed")
+            }
+        }
+    }
     if let Some(audit) = &shared.audit {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::SessionEnd {
@@ -470,6 +494,9 @@ impl Forward<'_> {
             timeout,
         );
         let id = review.id.clone();
+        if let Some(tape) = &self.guard.tape {
+            tape.held(&id);
+        }
         if let Some(audit) = &shared.audit {
             audit.submit(phigate_audit::Pending::Event(
                 phigate_audit::Event::ReviewRequested {
@@ -695,6 +722,7 @@ struct Backward {
     events: mpsc::Receiver<Event>,
     in_flight: Arc<InFlight>,
     denials: Arc<super::guard::Denials>,
+    tape: Option<Arc<crate::recording::Tape>>,
     status: TransactionStatus,
     /// Set by `take_frames` when committed DDL may have changed views.
     views_changed: bool,
@@ -845,10 +873,16 @@ impl Backward {
                 biased;
                 ev = self.events.recv() => match ev {
                     Some(Event::Fatal(bytes)) => {
+                        if let Some(tape) = &self.tape {
+                            tape.sent_to_client(&bytes);
+                        }
                         let _ = self.client.write_all(&bytes).await;
                         return End::ClientError("protocol violation".into());
                     }
                     Some(Event::Notice(bytes)) => {
+                        if let Some(tape) = &self.tape {
+                            tape.sent_to_client(&bytes);
+                        }
                         if let Err(e) = self.client.write_all(&bytes).await {
                             return End::ClientError(e.to_string());
                         }
@@ -871,6 +905,9 @@ impl Backward {
                     // or anyone's, is decided with the views read again.
                     if std::mem::take(&mut self.views_changed) {
                         shared.policy.mark_views_stale();
+                    }
+                    if let Some(tape) = &self.tape {
+                        tape.sent_to_client(&self.out);
                     }
                     if let Err(e) = self.client.write_all(&self.out).await {
                         return End::ClientError(e.to_string());

@@ -1,0 +1,851 @@
+//! Session recordings (docs/recording.md): each session as its caller experienced it —
+//! statements (by their audit record), holds, and what came back after masking: columns,
+//! rows up to a cap, command tags, errors, notices — with their timing, for `phigate replay`.
+//!
+//! The data path only appends JSON lines to a per-session buffer (one lock per batch of
+//! database messages); a writer thread compresses the buffers into gzip members (encrypting
+//! them for roles that see unmasked PHI) and appends them to the session's file. At session
+//! end the file is synced and its digest goes into the audit chain (`recording` record), so
+//! `phigate audit verify` proves it unaltered. Memory and disk are bounded: rows and values
+//! per result, bytes per session, bytes queued for the writer, bytes in the directory.
+
+pub mod file;
+pub mod replay;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use phigate_policy::RecordMode;
+use phigate_wire::backend::{self, tag};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+/// One line of a recording. `t` is microseconds since the session started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Ev {
+    Start {
+        v: u32,
+        session: String,
+        subject: String,
+        role: String,
+        /// `shape` or `rows`.
+        mode: String,
+        max_rows: u64,
+        at: String,
+    },
+    /// The client sent statement `n` (its text, decision and parameters are in the audit
+    /// log's `statement` record `n` of the session).
+    Statement {
+        t: u64,
+        n: u64,
+    },
+    /// The client's next statement was held for review.
+    Held {
+        t: u64,
+        review: String,
+    },
+    Columns {
+        t: u64,
+        names: Vec<String>,
+        types: Vec<u32>,
+    },
+    Row {
+        t: u64,
+        values: Vec<Option<String>>,
+    },
+    /// One COPY TO STDOUT data message.
+    CopyData {
+        t: u64,
+        data: String,
+    },
+    Complete {
+        t: u64,
+        tag: String,
+        /// Rows (or COPY messages) of this result kept in the recording.
+        rows_kept: u64,
+    },
+    /// An execution stopped at its row limit (PortalSuspended).
+    Suspended {
+        t: u64,
+        rows_kept: u64,
+    },
+    Empty {
+        t: u64,
+    },
+    Error(Message),
+    Notice(Message),
+    Ready {
+        t: u64,
+        status: String,
+    },
+    /// Events left out: the writer fell behind.
+    Gap {
+        t: u64,
+        events: u64,
+    },
+    /// The recording stops here (its size cap); the session went on.
+    Truncated {
+        t: u64,
+        why: String,
+    },
+    End {
+        t: u64,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub t: u64,
+    pub severity: String,
+    pub code: String,
+    /// Absent when the role's recordings keep no message text (see docs/recording.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// A buffer is handed to the writer past this size, or at a ReadyForQuery a second after
+/// the last hand-over.
+const FLUSH_BYTES: usize = 32 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// A session buffers at most this much while the writer is behind; past it, events are
+/// counted and left out.
+const MAX_BUFFER: usize = 1 << 20;
+/// All sessions together queue at most this much for the writer.
+const MAX_QUEUED: u64 = 64 << 20;
+
+enum Job {
+    Append {
+        name: Arc<str>,
+        encrypt: bool,
+        data: Vec<u8>,
+    },
+    Seal {
+        name: Arc<str>,
+        encrypt: bool,
+        data: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<Result<Sealed, String>>,
+    },
+}
+
+/// A finished recording, for its audit record.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub sessions: AtomicU64,
+    pub skipped: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dropped_events: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The process's recorder: settings, budgets, and the writer thread's queue.
+pub struct Recorder {
+    dir: PathBuf,
+    key: Option<Arc<file::Key>>,
+    max_rows: u64,
+    max_value: usize,
+    max_session: u64,
+    max_total: u64,
+    /// Bytes in the directory (scanned at start, then counted).
+    used: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
+    tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("dir", &self.dir).finish()
+    }
+}
+
+/// The recording key the config names, if it names one.
+pub fn load_key(config: &Config) -> anyhow::Result<Option<file::Key>> {
+    let r = &config.recording;
+    let key = match (&r.key_file, &r.key_env) {
+        (Some(f), _) => Some(file::Key::from_file(f)),
+        (None, Some(v)) => Some(file::Key::from_env(v)),
+        (None, None) => None,
+    };
+    key.transpose()
+        .map_err(|e| anyhow::anyhow!("recording key: {e}"))
+}
+
+/// The file a session's recording has while it is written.
+fn part_name(name: &str) -> String {
+    format!("{name}.part")
+}
+
+impl Recorder {
+    /// Starts the recorder (`None` when recordings are off) and seals, with a `recording`
+    /// record each, the files that sessions cut short by a crash left behind.
+    pub fn start(
+        config: &Config,
+        audit: &phigate_audit::Auditor,
+    ) -> anyhow::Result<Option<Arc<Recorder>>> {
+        let Some(dir) = config.recording.resolved_dir(config.data_dir.as_deref()) else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let key = load_key(config)?.map(Arc::new);
+        let used = Arc::new(AtomicU64::new(0));
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let size = entry.metadata()?.len();
+            used.fetch_add(size, Ordering::Relaxed);
+            if let Some(done) = name.strip_suffix(".part") {
+                recover(&dir, done, audit)?;
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(Stats::default());
+        let writer = Writer {
+            dir: dir.clone(),
+            key: key.clone(),
+            files: HashMap::new(),
+            queued: queued.clone(),
+            used: used.clone(),
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("phigate-recorder".into())
+            .spawn(move || writer.run(rx))?;
+        let r = &config.recording;
+        Ok(Some(Arc::new(Recorder {
+            dir,
+            key,
+            max_rows: r.max_rows_per_result,
+            max_value: r.max_value_bytes,
+            max_session: r.max_session_mb.saturating_mul(1 << 20),
+            max_total: r.max_total_mb.saturating_mul(1 << 20),
+            used,
+            queued,
+            tx: Mutex::new(tx),
+            stats,
+        })))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn key(&self) -> Option<&file::Key> {
+        self.key.as_deref()
+    }
+
+    fn send(&self, job: Job) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.send(job).is_ok()
+    }
+
+    /// A tape for a new session, or `None` when its role records nothing or the directory
+    /// is full.
+    pub fn tape(
+        self: &Arc<Self>,
+        session: &Arc<str>,
+        identity: &crate::auth::Identity,
+        role: &phigate_policy::Role,
+    ) -> Option<Arc<Tape>> {
+        if role.record == RecordMode::None {
+            return None;
+        }
+        if self.used.load(Ordering::Relaxed) >= self.max_total {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                session = %session,
+                dir = %self.dir.display(),
+                "the recordings directory is at recording.max_total_mb: this session is not recorded"
+            );
+            return None;
+        }
+        let rows = role.record == RecordMode::Rows;
+        // Unmasked values on disk only encrypted (the config requires a key for that).
+        let encrypt = rows && !role.masked;
+        if encrypt && self.key.is_none() {
+            return None;
+        }
+        let ext = if encrypt { "jsonl.gz.enc" } else { "jsonl.gz" };
+        let tape = Tape {
+            recorder: self.clone(),
+            name: format!("{session}.{ext}").into(),
+            encrypt,
+            rows,
+            // A masked role's errors and notices are scrubbed before it sees them; an unmasked
+            // role's are kept only where its recording is encrypted.
+            messages: rows || role.masked,
+            started: Instant::now(),
+            buf: Mutex::new(Buf {
+                out: Vec::with_capacity(4096),
+                last_flush: Some(Instant::now()),
+                ..Buf::default()
+            }),
+        };
+        tape.push_at(&Ev::Start {
+            v: 1,
+            session: session.to_string(),
+            subject: identity.subject.0.clone(),
+            role: identity.role.0.clone(),
+            mode: if rows { "rows" } else { "shape" }.into(),
+            max_rows: if rows { self.max_rows } else { 0 },
+            at: phigate_audit::record::rfc3339(std::time::SystemTime::now()),
+        });
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::new(tape))
+    }
+}
+
+/// Seals a recording a crash left half written: renamed to its final name, recorded as
+/// incomplete.
+fn recover(dir: &Path, name: &str, audit: &phigate_audit::Auditor) -> anyhow::Result<()> {
+    let part = dir.join(part_name(name));
+    let done = dir.join(name);
+    std::fs::rename(&part, &done)?;
+    let (sha256, bytes) = digest(&done)?;
+    let session = name.split('.').next().unwrap_or(name).to_owned();
+    audit.submit(phigate_audit::Pending::Event(
+        phigate_audit::Event::Recording {
+            session,
+            file: name.to_owned(),
+            sha256,
+            bytes,
+            events: 0,
+            encrypted: name.ends_with(".enc"),
+            truncated: false,
+            complete: false,
+        },
+    ));
+    tracing::warn!(file = %done.display(), "sealed a recording left unfinished by a crash");
+    Ok(())
+}
+
+fn digest(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+#[derive(Default)]
+struct Buf {
+    out: Vec<u8>,
+    events: u64,
+    /// JSON bytes produced so far (the session cap counts these).
+    size: u64,
+    truncated: bool,
+    /// Events left out while the writer was behind, not yet noted in the recording.
+    dropped: u64,
+    dropped_total: u64,
+    /// Rows (or COPY messages) of the current result kept so far.
+    kept: u64,
+    last_flush: Option<Instant>,
+}
+
+/// One session's recording.
+pub struct Tape {
+    recorder: Arc<Recorder>,
+    name: Arc<str>,
+    encrypt: bool,
+    rows: bool,
+    messages: bool,
+    started: Instant,
+    buf: Mutex<Buf>,
+}
+
+/// What the tape says at its end, for the `recording` audit record.
+pub struct Summary {
+    pub sealed: Result<Sealed, String>,
+    pub events: u64,
+    pub encrypted: bool,
+    pub truncated: bool,
+}
+
+impl Tape {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buf> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_at(&self, ev: &Ev) {
+        let mut b = self.lock();
+        self.push(&mut b, ev);
+    }
+
+    fn push(&self, b: &mut Buf, ev: &Ev) {
+        if b.truncated {
+            return;
+        }
+        if b.out.len() >= MAX_BUFFER {
+            b.dropped += 1;
+            b.dropped_total += 1;
+            return;
+        }
+        let before = b.out.len();
+        if serde_json::to_writer(&mut b.out, ev).is_err() {
+            b.out.truncate(before);
+            return;
+        }
+        b.out.push(b'\n');
+        b.events += 1;
+        b.size += (b.out.len() - before) as u64;
+        if b.size > self.recorder.max_session {
+            b.truncated = true;
+            let why = format!(
+                "recording.max_session_mb ({} MiB) reached",
+                self.recorder.max_session >> 20
+            );
+            let line = serde_json::to_vec(&Ev::Truncated { t: self.now(), why });
+            if let Ok(line) = line {
+                b.out.extend_from_slice(&line);
+                b.out.push(b'\n');
+                b.events += 1;
+            }
+        }
+    }
+
+    /// The client sent statement `n`.
+    pub fn statement(&self, n: u64) {
+        self.push_at(&Ev::Statement { t: self.now(), n });
+    }
+
+    /// The client's statement was held for review `review`.
+    pub fn held(&self, review: &str) {
+        self.push_at(&Ev::Held {
+            t: self.now(),
+            review: review.to_owned(),
+        });
+    }
+
+    /// Messages on their way to the client, all of one read: records them, then hands the
+    /// buffer to the writer when it is due.
+    pub fn sent_to_client(&self, bytes: &[u8]) {
+        let mut b = self.lock();
+        let t = self.now();
+        let mut at = 0;
+        while bytes.len() - at >= 5 {
+            let len =
+                u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]])
+                    as usize;
+            let end = at + 1 + len;
+            if len < 4 || end > bytes.len() {
+                break;
+            }
+            self.message(&mut b, t, bytes[at], &bytes[at + 5..end]);
+            at = end;
+        }
+        self.maybe_flush(&mut b, false);
+    }
+
+    fn message(&self, b: &mut Buf, t: u64, tag: u8, body: &[u8]) {
+        match tag {
+            tag::ROW_DESCRIPTION => {
+                b.kept = 0;
+                let Ok(frame) = frame_of(tag, body) else {
+                    return;
+                };
+                let Ok(fields) = backend::decode_row_description(&frame) else {
+                    return;
+                };
+                let ev = Ev::Columns {
+                    t,
+                    names: fields.iter().map(|f| f.name.to_owned()).collect(),
+                    types: fields.iter().map(|f| f.type_oid).collect(),
+                };
+                self.push(b, &ev);
+            }
+            tag::DATA_ROW => {
+                if !self.rows || b.kept >= self.recorder.max_rows {
+                    return;
+                }
+                let Ok(frame) = frame_of(tag, body) else {
+                    return;
+                };
+                let Ok(row) = backend::DataRow::decode(&frame) else {
+                    return;
+                };
+                let mut values = Vec::with_capacity(row.len());
+                for v in row {
+                    match v {
+                        Ok(v) => values.push(v.map(|v| self.value(v))),
+                        Err(_) => return,
+                    }
+                }
+                b.kept += 1;
+                self.push(b, &Ev::Row { t, values });
+            }
+            b'd' => {
+                // CopyData on its way out (COPY TO STDOUT).
+                if !self.rows || b.kept >= self.recorder.max_rows {
+                    return;
+                }
+                b.kept += 1;
+                let data = self.value(body);
+                self.push(b, &Ev::CopyData { t, data });
+            }
+            tag::COPY_OUT_RESPONSE => b.kept = 0,
+            tag::COMMAND_COMPLETE => {
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
+                let ev = Ev::Complete {
+                    t,
+                    tag: String::from_utf8_lossy(text).into_owned(),
+                    rows_kept: b.kept,
+                };
+                b.kept = 0;
+                self.push(b, &ev);
+            }
+            tag::PORTAL_SUSPENDED => {
+                let ev = Ev::Suspended {
+                    t,
+                    rows_kept: b.kept,
+                };
+                b.kept = 0;
+                self.push(b, &ev);
+            }
+            tag::EMPTY_QUERY_RESPONSE => self.push(b, &Ev::Empty { t }),
+            tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
+                let Ok(frame) = frame_of(tag, body) else {
+                    return;
+                };
+                let Ok(fields) = backend::Fields::decode(&frame) else {
+                    return;
+                };
+                let message = fields.message().unwrap_or_default();
+                // The gateway's own messages carry no data; the database's may.
+                let keep = self.messages || message.starts_with("phigate: ");
+                let m = Message {
+                    t,
+                    severity: fields.severity().unwrap_or_default().to_owned(),
+                    code: fields.code().unwrap_or_default().to_owned(),
+                    message: keep.then(|| message.to_owned()),
+                    detail: fields.get(b'D').filter(|_| keep).map(str::to_owned),
+                    hint: fields.get(b'H').filter(|_| keep).map(str::to_owned),
+                };
+                let ev = if tag == tag::ERROR_RESPONSE {
+                    Ev::Error(m)
+                } else {
+                    Ev::Notice(m)
+                };
+                self.push(b, &ev);
+            }
+            tag::READY_FOR_QUERY => {
+                let status = match body.first() {
+                    Some(b'T') => "in transaction",
+                    Some(b'E') => "failed transaction",
+                    _ => "idle",
+                };
+                self.push(
+                    b,
+                    &Ev::Ready {
+                        t,
+                        status: status.into(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A value as kept: text as is, anything else (binary format) as `\x` hex; cut at
+    /// `max_value_bytes` with the full length noted.
+    fn value(&self, v: &[u8]) -> String {
+        let max = self.recorder.max_value;
+        let cut = &v[..v.len().min(max)];
+        let mut s = match std::str::from_utf8(cut) {
+            Ok(s) => s.to_owned(),
+            // Cut inside a character: keep the whole ones.
+            Err(e) if e.error_len().is_none() && v.len() > max => {
+                String::from_utf8_lossy(&cut[..e.valid_up_to()]).into_owned()
+            }
+            Err(_) => format!("\\x{}", hex::encode(cut)),
+        };
+        if v.len() > max {
+            s.push_str(&format!("…[{} bytes]", v.len()));
+        }
+        s
+    }
+
+    fn maybe_flush(&self, b: &mut Buf, force: bool) {
+        let due = force
+            || b.out.len() >= FLUSH_BYTES
+            || b.last_flush.is_none_or(|at| at.elapsed() >= FLUSH_EVERY);
+        if !due || b.out.is_empty() {
+            return;
+        }
+        let queued = self.recorder.queued.load(Ordering::Relaxed);
+        if queued + b.out.len() as u64 > MAX_QUEUED {
+            return;
+        }
+        if b.dropped > 0 {
+            let gap = Ev::Gap {
+                t: self.now(),
+                events: std::mem::take(&mut b.dropped),
+            };
+            if let Ok(line) = serde_json::to_vec(&gap) {
+                b.out.extend_from_slice(&line);
+                b.out.push(b'\n');
+            }
+        }
+        let data = std::mem::replace(&mut b.out, Vec::with_capacity(4096));
+        self.recorder
+            .queued
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        b.last_flush = Some(Instant::now());
+        self.recorder.send(Job::Append {
+            name: self.name.clone(),
+            encrypt: self.encrypt,
+            data,
+        });
+    }
+
+    /// Ends the recording: the last events, synced to disk, and its digest.
+    pub async fn seal(&self, reason: &str) -> Summary {
+        let (data, events, truncated) = {
+            let mut b = self.lock();
+            let was_truncated = b.truncated;
+            b.truncated = false;
+            let end = Ev::End {
+                t: self.now(),
+                reason: reason.to_owned(),
+            };
+            if let Ok(line) = serde_json::to_vec(&end) {
+                b.out.extend_from_slice(&line);
+                b.out.push(b'\n');
+                b.events += 1;
+            }
+            if b.dropped > 0 {
+                let gap = Ev::Gap {
+                    t: self.now(),
+                    events: b.dropped,
+                };
+                if let Ok(line) = serde_json::to_vec(&gap) {
+                    b.out.extend_from_slice(&line);
+                    b.out.push(b'\n');
+                }
+            }
+            self.recorder
+                .stats
+                .dropped_events
+                .fetch_add(b.dropped_total, Ordering::Relaxed);
+            (
+                std::mem::take(&mut b.out),
+                b.events,
+                was_truncated || b.dropped_total > 0,
+            )
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.recorder
+            .queued
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let sent = self.recorder.send(Job::Seal {
+            name: self.name.clone(),
+            encrypt: self.encrypt,
+            data,
+            done,
+        });
+        let sealed = if sent {
+            match tokio::time::timeout(Duration::from_secs(30), wait).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the recorder stopped".into()),
+                Err(_) => Err("the recorder did not answer in 30 s".into()),
+            }
+        } else {
+            Err("the recorder stopped".into())
+        };
+        Summary {
+            sealed,
+            events,
+            encrypted: self.encrypt,
+            truncated,
+        }
+    }
+}
+
+fn frame_of(tag: u8, body: &[u8]) -> Result<phigate_wire::Frame, phigate_wire::WireError> {
+    let mut raw = Vec::with_capacity(body.len() + 5);
+    raw.push(tag);
+    raw.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    raw.extend_from_slice(body);
+    phigate_wire::Frame::from_raw(raw.into())
+}
+
+/// The writer thread's state for one file being written.
+struct Open {
+    sha: Sha256,
+    bytes: u64,
+    sealer: Option<file::Sealer>,
+    failed: Option<String>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    key: Option<Arc<file::Key>>,
+    files: HashMap<Arc<str>, Open>,
+    queued: Arc<AtomicU64>,
+    used: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Append {
+                    name,
+                    encrypt,
+                    data,
+                } => {
+                    self.queued.fetch_sub(data.len() as u64, Ordering::Relaxed);
+                    self.append(&name, encrypt, &data, false);
+                }
+                Job::Seal {
+                    name,
+                    encrypt,
+                    data,
+                    done,
+                } => {
+                    self.queued.fetch_sub(data.len() as u64, Ordering::Relaxed);
+                    self.append(&name, encrypt, &data, true);
+                    let _ = done.send(self.seal(&name));
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, name: &Arc<str>, encrypt: bool, lines: &[u8], last: bool) {
+        if !self.files.contains_key(name) {
+            let open = self.create(name, encrypt);
+            self.files.insert(name.clone(), open);
+        }
+        let Some(open) = self.files.get_mut(name) else {
+            return;
+        };
+        if open.failed.is_some() || (lines.is_empty() && !last) {
+            return;
+        }
+        let result = (|| -> Result<Vec<u8>, String> {
+            let gz = if lines.is_empty() {
+                Vec::new()
+            } else {
+                file::compress(lines).map_err(|e| e.to_string())?
+            };
+            match &mut open.sealer {
+                Some(s) => s.frame(&gz, last),
+                None => Ok(gz),
+            }
+        })();
+        let written = result.and_then(|bytes| {
+            write_append(&self.dir.join(part_name(name)), &bytes)
+                .map(|()| bytes)
+                .map_err(|e| e.to_string())
+        });
+        match written {
+            Ok(bytes) => {
+                open.sha.update(&bytes);
+                open.bytes += bytes.len() as u64;
+                self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %name, error = %e, "cannot write a session recording");
+                open.failed = Some(e);
+            }
+        }
+    }
+
+    fn create(&self, name: &str, encrypt: bool) -> Open {
+        let mut open = Open {
+            sha: Sha256::new(),
+            bytes: 0,
+            sealer: None,
+            failed: None,
+        };
+        let header = if encrypt {
+            let Some(key) = &self.key else {
+                open.failed = Some("no recording key".into());
+                return open;
+            };
+            match file::Sealer::new(key) {
+                Ok((sealer, header)) => {
+                    open.sealer = Some(sealer);
+                    header
+                }
+                Err(e) => {
+                    open.failed = Some(e);
+                    return open;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let created = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(part_name(name)))
+            .and_then(|mut f| f.write_all(&header));
+        match created {
+            Ok(()) => {
+                open.sha.update(&header);
+                open.bytes = header.len() as u64;
+            }
+            Err(e) => open.failed = Some(e.to_string()),
+        }
+        open
+    }
+
+    fn seal(&mut self, name: &Arc<str>) -> Result<Sealed, String> {
+        let open = self
+            .files
+            .remove(name)
+            .ok_or_else(|| "nothing was recorded".to_owned())?;
+        if let Some(e) = open.failed {
+            return Err(e);
+        }
+        let part = self.dir.join(part_name(name));
+        let done = self.dir.join(&**name);
+        let synced = std::fs::File::open(&part)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&part, &done))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        if let Err(e) = synced {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e.to_string());
+        }
+        Ok(Sealed {
+            file: name.to_string(),
+            sha256: hex::encode(open.sha.finalize()),
+            bytes: open.bytes,
+        })
+    }
+}
+
+fn write_append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(bytes)
+}
