@@ -169,7 +169,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         masking_key_file: None,
         log: Log::default(),
         runtime: Default::default(),
-        roles: demo_roles(),
+        // The clinician's recordings keep the rows it saw, encrypted with the demo's recording
+        // key (the agent's keep masked rows, as it received them).
+        roles: demo_roles()
+            .into_iter()
+            .map(|mut r| {
+                if r.name == "clinician" {
+                    r.record = Some(phigate_policy::RecordMode::Rows);
+                }
+                r
+            })
+            .collect(),
         rules: demo_rules(),
     };
     let running = crate::server::start(&config).await?;
@@ -309,8 +319,7 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         masking: Default::default(),
         // The agent may join and group on tokens, never filter or sort on other PHI.
         phi_predicates: RuleAction::Deny,
-        // The clinician's recordings keep the rows it saw, encrypted (the agent's are masked).
-        record: (name == "clinician").then_some(phigate_policy::RecordMode::Rows),
+        record: None,
     };
     vec![
         role("ai-agent", true, vec![grant(&["select"], clinical())]),
