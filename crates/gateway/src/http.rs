@@ -8,10 +8,13 @@
 //!   short-lived gateway session token;
 //! - `GET /v1/audit/records`, `/v1/audit/report`, `/v1/audit/verify`: the audit log, for
 //!   identities of `audit.reader_roles` (`Authorization: Bearer <token or API key>`);
+//! - `GET /v1/sessions`, `GET /v1/sessions/{id}`: recorded sessions and their replay, for the
+//!   same identities;
 //! - `GET /v1/reviews`, `GET /v1/reviews/{id}`, `POST /v1/reviews/{id}/approve|deny`: held
 //!   statements, for identities of `approvals.reviewer_roles`;
 //! - `GET /v1/openapi.json`: this API, described;
-//! - `GET /metrics`: Prometheus text (sessions accepted, audit writer counters and health).
+//! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
+//!   health).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
