@@ -79,8 +79,9 @@ def wait_port(port, proc=None, timeout=30):
 class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
-    def __init__(self, scale, worker_threads, max_connections=400):
+    def __init__(self, scale, worker_threads, record="shape", max_connections=400):
         self.worker_threads = worker_threads
+        self.record = record
         self.max_connections = max_connections
         self.dir = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
         os.chmod(self.dir, 0o755)
@@ -94,6 +95,7 @@ class Env:
         # Two gateways: the bare relay (pass-through role, audit off) and every guardrail that
         # exists (restricted role with grants and rules, durable write-ahead audit).
         self._phigate("relay", self.gw_port, audit=False)
+        (self.dir / "recording.key").write_text(os.urandom(32).hex())
         self._phigate("guarded", self.guarded_port, audit=True)
 
     def _certs(self):
@@ -180,11 +182,13 @@ class Env:
             f'[[role]]\nname = "bench"\nrestricted = false\n[[role.grant]]\nschema = "*"\nactions = ["*"]\n\n'
             # Every guardrail that exists: restricted role, pinned search_path, grants per table,
             # a rule, statement timeout.
-            f'[[role]]\nname = "guarded"\nstatement_timeout = "30s"\n[[role.grant]]\nschema = "public"\n'
+            f'[[role]]\nname = "guarded"\nstatement_timeout = "30s"\nrecord = "{self.record}"\n'
+            f'[[role.grant]]\nschema = "public"\n'
             f'tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]\n'
             f'actions = ["select"]\n\n'
             f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n' +
-            ('[audit]\nenabled = false\n\n' if not audit else "") +
+            ('[audit]\nenabled = false\n\n[recording]\nenabled = false\n\n' if not audit else
+             f'[recording]\nkey_file = "{self.dir / "recording.key"}"\n\n') +
             f'[log]\nlevel = "warn"\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
         log = open(self.dir / f"phigate-{name}.log", "w")
@@ -266,12 +270,15 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
     ap.add_argument("--worker-threads", type=int, default=1,
                     help="phigate runtime threads (1 = single-threaded, like pgbouncer)")
+    ap.add_argument("--guarded-record", default="shape", choices=["none", "shape", "rows"],
+                    help="what the guarded gateway's session recordings keep (docs/recording.md); "
+                         "shape is the default for an unmasked role, rows is encrypted")
     ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = Env(args.scale, args.worker_threads)
+    env = Env(args.scale, args.worker_threads, args.guarded_record)
     results = []
     try:
         logdir = env.dir / "logs"

@@ -103,6 +103,18 @@ pub enum Event {
         truncated: bool,
         /// `false` when the session did not end cleanly (sealed at the next start).
         complete: bool,
+        /// Set when the recording could not be finished (then `sha256` is empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Someone replayed a session's recording through the HTTP API.
+    RecordingReplayed {
+        session: String,
+        /// Who replayed it.
+        subject: String,
+        role: String,
+        /// The recording was encrypted and the gateway decrypted it for them.
+        decrypted: bool,
     },
     /// The log could not be written for a while; statements were refused meanwhile.
     AuditRecovered {
@@ -201,6 +213,7 @@ impl Record {
             Event::ReviewRequested { .. } => "review_requested",
             Event::ReviewDecided { .. } => "review_decided",
             Event::Recording { .. } => "recording",
+            Event::RecordingReplayed { .. } => "recording_replayed",
         }
     }
 }

@@ -276,15 +276,22 @@ pub fn verify(
                 session,
                 file,
                 sha256,
+                error,
                 ..
             } = record.event
             {
-                sealed.push(Sealed {
-                    seq: record.seq,
-                    session,
-                    file,
-                    sha256,
-                });
+                match error {
+                    None => sealed.push(Sealed {
+                        seq: record.seq,
+                        session,
+                        file,
+                        sha256,
+                    }),
+                    Some(e) => warnings.push(format!(
+                        "record {}: the recording of session {session} was not finished: {e}",
+                        record.seq
+                    )),
+                }
             }
             prev = hash;
             last_seq = record.seq;

@@ -354,6 +354,11 @@ pub struct RecordingConfig {
     pub key_file: Option<PathBuf>,
     /// Or: an environment variable holding the key as 64 hex digits.
     pub key_env: Option<String>,
+    /// Roles whose identities may have encrypted recordings decrypted by
+    /// `GET /v1/sessions/{id}` (they must also be audit readers). Every replay over HTTP is
+    /// audited (`recording_replayed`).
+    #[serde(default)]
+    pub decrypt_roles: Vec<String>,
 }
 
 impl Default for RecordingConfig {
@@ -367,6 +372,7 @@ impl Default for RecordingConfig {
             max_total_mb: default_recording_total_mb(),
             key_file: None,
             key_env: None,
+            decrypt_roles: Vec::new(),
         }
     }
 }
@@ -417,6 +423,16 @@ impl RecordingConfig {
         }
         if self.max_session_mb == 0 || self.max_value_bytes == 0 {
             return invalid("max_session_mb and max_value_bytes must be at least 1");
+        }
+        if self.max_value_bytes > 64 * 1024 {
+            return invalid("max_value_bytes is at most 65536");
+        }
+        for r in &self.decrypt_roles {
+            if policy.role(r).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "recording.decrypt_roles: role {r} is not defined"
+                )));
+            }
         }
         let keyed = self.key_file.is_some() || self.key_env.is_some();
         for r in &config.roles {

@@ -513,28 +513,66 @@ async fn sessions_list(
     }
 }
 
-/// `GET /v1/sessions/{id}`: the session's replay, as `phigate replay --json` (encrypted
-/// recordings decrypted with the gateway's recording key).
+/// `GET /v1/sessions/{id}`: the session's replay, as `phigate replay --json`. Encrypted
+/// recordings are decrypted only for identities of `recording.decrypt_roles`; every replay is
+/// audited.
 async fn session_replay(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Reply {
-    let dir = match audit_reader(&shared, peer, &headers).await {
-        Ok(d) => d,
+    let Some(dir) = shared.audit_dir.clone() else {
+        return error(StatusCode::NOT_FOUND, "the audit log is disabled");
+    };
+    let who = match authorize(
+        &shared,
+        peer,
+        &headers,
+        &shared.audit_reader_roles,
+        "read the audit log (audit.reader_roles)",
+    )
+    .await
+    {
+        Ok(who) => who,
         Err(r) => return r,
     };
     let Some(recorder) = shared.recorder.clone() else {
         return error(StatusCode::NOT_FOUND, "session recordings are off");
     };
+    let may_decrypt = recorder.decrypt_roles.contains(&who.role.0);
+    let session = id.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        crate::recording::replay::load(&dir, recorder.dir(), &id, recorder.key())
+        let key = recorder.key().filter(|_| may_decrypt);
+        crate::recording::replay::load(&dir, recorder.dir(), &id, key)
     })
     .await;
     use crate::recording::replay::ReplayError;
     match loaded {
-        Ok(Ok(replay)) => (StatusCode::OK, Json(json!(replay))),
+        Ok(Ok(replay)) => {
+            if let Some(audit) = &shared.audit {
+                let done = audit.write(phigate_audit::Pending::Event(
+                    phigate_audit::Event::RecordingReplayed {
+                        session,
+                        subject: who.subject.0.clone(),
+                        role: who.role.0.clone(),
+                        decrypted: replay.recording.encrypted,
+                    },
+                ));
+                // Nothing is shown that the audit log does not know was shown.
+                if done.await.is_err() {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the audit log cannot be written",
+                    );
+                }
+            }
+            (StatusCode::OK, Json(json!(replay)))
+        }
+        Ok(Err(ReplayError::Read(e))) if e.contains("encrypted") && !may_decrypt => error(
+            StatusCode::FORBIDDEN,
+            "the recording is encrypted and your role may not have it decrypted (recording.decrypt_roles)",
+        ),
         Ok(Err(e @ (ReplayError::UnknownSession(_) | ReplayError::NoRecording(_)))) => {
             error(StatusCode::NOT_FOUND, &e.to_string())
         }

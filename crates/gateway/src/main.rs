@@ -687,6 +687,7 @@ fn sessions(command: SessionsCommand) -> anyhow::Result<()> {
         "{:<18} {:<27} {:<28} {:<12} {:>5} {:>6}  {:<10} TABLES",
         "SESSION", "STARTED", "SUBJECT", "ROLE", "STMTS", "DENIED", "RECORDING"
     )?;
+    use phigate::recording::replay::clean;
     for r in &rows {
         let rec = match &r.recording {
             Some(x) if x.encrypted => format!("{}B enc", x.bytes),
@@ -697,14 +698,14 @@ fn sessions(command: SessionsCommand) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<18} {:<27} {:<28} {:<12} {:>5} {:>6}  {:<10} {}",
-            r.session,
-            r.started,
-            r.subject,
-            r.role,
+            clean(&r.session),
+            clean(&r.started),
+            clean(&r.subject),
+            clean(&r.role),
             r.statements,
             r.denied,
             rec,
-            r.tables.iter().cloned().collect::<Vec<_>>().join(",")
+            clean(&r.tables.iter().cloned().collect::<Vec<_>>().join(","))
         )?;
     }
     Ok(())

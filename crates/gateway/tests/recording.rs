@@ -480,6 +480,24 @@ fn a_demo_session_replays_as_the_client_saw_it() {
     let (_, agent_token) = demo.conninfo("agent");
     let (code, _) = get(format!("/v1/sessions/{session}"), &agent_token);
     assert_eq!(code, 403);
+    // The clinician's encrypted recording: not decrypted for a role outside
+    // recording.decrypt_roles. Every replay over HTTP is in the audit log.
+    let (code, body) = get(format!("/v1/sessions/{clin_session}"), &reviewer_token);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.to_string().contains("decrypt_roles"), "{body}");
+    let (ok, out, err) = phigate(&[
+        "audit",
+        "search",
+        "--data-dir",
+        &dd,
+        "--type",
+        "recording_replayed",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&session) && out.contains("privacy.officer@demo.phigate"),
+        "{out}"
+    );
 
     // Verify proves the recordings; one flipped byte is caught, and replay refuses it.
     let (ok, out, err) = phigate(&["audit", "verify", "--data-dir", &dd]);

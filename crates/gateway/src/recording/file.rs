@@ -158,6 +158,11 @@ pub struct ReadNotes {
 /// encrypted. Fails on any frame that does not authenticate.
 pub fn read(path: &Path, key: Option<&Key>) -> Result<(Vec<u8>, ReadNotes), String> {
     let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(raw, key).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`read`] over a file's bytes already in memory (the bytes whose digest was checked).
+pub fn parse(raw: Vec<u8>, key: Option<&Key>) -> Result<(Vec<u8>, ReadNotes), String> {
     let mut notes = ReadNotes::default();
     let gz = if raw.starts_with(MAGIC) {
         notes.encrypted = true;
@@ -175,7 +180,7 @@ pub fn read(path: &Path, key: Option<&Key>) -> Result<(Vec<u8>, ReadNotes), Stri
     if let Err(e) = dec.read_to_end(&mut lines) {
         // A chunk cut short by a crash: keep the whole lines before it.
         if e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(format!("{}: not a recording: {e}", path.display()));
+            return Err(format!("not a recording: {e}"));
         }
         notes.incomplete = true;
         let keep = lines.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);

@@ -125,6 +125,10 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MAX_BUFFER: usize = 1 << 20;
 /// All sessions together queue at most this much for the writer.
 const MAX_QUEUED: u64 = 64 << 20;
+/// Bytes of values one recorded row keeps.
+const MAX_ROW: usize = 256 << 10;
+/// The largest encrypted frame the writer makes (a chunk is split across frames).
+const FRAME_BYTES: usize = 4 << 20;
 
 enum Job {
     Append {
@@ -146,6 +150,8 @@ pub struct Sealed {
     pub file: String,
     pub sha256: String,
     pub bytes: u64,
+    /// Chunks were left out at the directory's size cap.
+    pub capped: bool,
 }
 
 #[derive(Default)]
@@ -169,6 +175,10 @@ pub struct Recorder {
     used: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
     tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// When `used` was last measured from the directory (it only grows between).
+    recounted: Mutex<Instant>,
+    /// Roles that may have encrypted recordings decrypted over HTTP.
+    pub decrypt_roles: Vec<String>,
     pub stats: Arc<Stats>,
 }
 
@@ -215,14 +225,20 @@ impl Recorder {
             let size = entry.metadata()?.len();
             used.fetch_add(size, Ordering::Relaxed);
             if let Some(done) = name.strip_suffix(".part") {
-                recover(&dir, done, audit)?;
+                // A recording that cannot be sealed is left as it is (and logged): the
+                // gateway still starts.
+                if let Err(e) = recover(&dir, done, audit) {
+                    tracing::error!(file = %name, error = %e, "cannot seal a recording left unfinished by a crash");
+                }
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Stats::default());
+        let max_total = config.recording.max_total_mb.saturating_mul(1 << 20);
         let writer = Writer {
             dir: dir.clone(),
+            max_total,
             key: key.clone(),
             files: HashMap::new(),
             queued: queued.clone(),
@@ -239,7 +255,9 @@ impl Recorder {
             max_rows: r.max_rows_per_result,
             max_value: r.max_value_bytes,
             max_session: r.max_session_mb.saturating_mul(1 << 20),
-            max_total: r.max_total_mb.saturating_mul(1 << 20),
+            max_total,
+            recounted: Mutex::new(Instant::now()),
+            decrypt_roles: r.decrypt_roles.clone(),
             used,
             queued,
             tx: Mutex::new(tx),
@@ -253,6 +271,19 @@ impl Recorder {
 
     pub fn key(&self) -> Option<&file::Key> {
         self.key.as_deref()
+    }
+
+    /// Measures the directory again (at most every ten seconds), so recordings resume once
+    /// space is freed.
+    fn recount(&self) {
+        let mut at = self.recounted.lock().unwrap_or_else(|e| e.into_inner());
+        if at.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        *at = Instant::now();
+        if let Ok(size) = dir_size(&self.dir) {
+            self.used.store(size, Ordering::Relaxed);
+        }
     }
 
     fn send(&self, job: Job) -> bool {
@@ -270,6 +301,9 @@ impl Recorder {
     ) -> Option<Arc<Tape>> {
         if role.record == RecordMode::None {
             return None;
+        }
+        if self.used.load(Ordering::Relaxed) >= self.max_total {
+            self.recount();
         }
         if self.used.load(Ordering::Relaxed) >= self.max_total {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -321,6 +355,9 @@ impl Recorder {
 fn recover(dir: &Path, name: &str, audit: &phigate_audit::Auditor) -> anyhow::Result<()> {
     let part = dir.join(part_name(name));
     let done = dir.join(name);
+    if done.exists() {
+        anyhow::bail!("{} exists already", done.display());
+    }
     std::fs::rename(&part, &done)?;
     let (sha256, bytes) = digest(&done)?;
     let session = name.split('.').next().unwrap_or(name).to_owned();
@@ -334,10 +371,19 @@ fn recover(dir: &Path, name: &str, audit: &phigate_audit::Auditor) -> anyhow::Re
             encrypted: name.ends_with(".enc"),
             truncated: false,
             complete: false,
+            error: None,
         },
     ));
     tracing::warn!(file = %done.display(), "sealed a recording left unfinished by a crash");
     Ok(())
+}
+
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
 }
 
 fn digest(path: &Path) -> std::io::Result<(String, u64)> {
@@ -374,6 +420,7 @@ pub struct Tape {
 
 /// What the tape says at its end, for the `recording` audit record.
 pub struct Summary {
+    pub file: String,
     pub sealed: Result<Sealed, String>,
     pub events: u64,
     pub encrypted: bool,
@@ -439,27 +486,25 @@ impl Tape {
         });
     }
 
-    /// Messages on their way to the client, all of one read: records them, then hands the
-    /// buffer to the writer when it is due.
-    pub fn sent_to_client(&self, bytes: &[u8]) {
-        let mut b = self.lock();
-        let t = self.now();
-        let mut at = 0;
-        while bytes.len() - at >= 5 {
-            let len =
-                u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]])
-                    as usize;
-            let end = at + 1 + len;
-            if len < 4 || end > bytes.len() {
-                break;
-            }
-            self.message(&mut b, t, bytes[at], &bytes[at + 5..end]);
-            at = end;
-        }
-        self.maybe_flush(&mut b, false);
+    /// Messages the gateway itself sends the client (its notices and FATALs).
+    pub fn from_gateway(&self, bytes: &[u8]) {
+        let mut batch = self.batch();
+        batch.bytes(bytes, true);
     }
 
-    fn message(&self, b: &mut Buf, t: u64, tag: u8, body: &[u8]) {
+    /// A batch of messages on their way to the client (one lock); the buffer goes to the
+    /// writer, when due, as the batch ends.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            tape: self,
+            buf: self.lock(),
+            t: self.now(),
+        }
+    }
+
+    /// `gateway`: the message was made by the gateway (a refusal, a notice), never by the
+    /// database, so it carries no data and its text is kept whatever the mode.
+    fn message(&self, b: &mut Buf, t: u64, tag: u8, body: &[u8], gateway: bool) {
         match tag {
             tag::ROW_DESCRIPTION => {
                 b.kept = 0;
@@ -487,9 +532,16 @@ impl Tape {
                     return;
                 };
                 let mut values = Vec::with_capacity(row.len());
+                // A row keeps at most MAX_ROW bytes of values, whatever its width.
+                let mut budget = MAX_ROW;
                 for v in row {
                     match v {
-                        Ok(v) => values.push(v.map(|v| self.value(v))),
+                        Ok(Some(_)) if budget == 0 => values.push(Some("…[cut: row]".to_owned())),
+                        Ok(v) => {
+                            let v = v.map(|v| self.value(v));
+                            budget = budget.saturating_sub(v.as_ref().map_or(0, String::len));
+                            values.push(v);
+                        }
                         Err(_) => return,
                     }
                 }
@@ -532,16 +584,22 @@ impl Tape {
                 let Ok(fields) = backend::Fields::decode(&frame) else {
                     return;
                 };
-                let message = fields.message().unwrap_or_default();
-                // The gateway's own messages carry no data; the database's may.
-                let keep = self.messages || message.starts_with("phigate: ");
+                // The gateway's own messages carry no data; the database's may (a RAISE can
+                // say anything, a "phigate: " prefix included).
+                let keep = self.messages || gateway;
+                let text = |f: u8| {
+                    fields
+                        .get(f)
+                        .filter(|_| keep)
+                        .map(|v| self.value(v.as_bytes()))
+                };
                 let m = Message {
                     t,
-                    severity: fields.severity().unwrap_or_default().to_owned(),
-                    code: fields.code().unwrap_or_default().to_owned(),
-                    message: keep.then(|| message.to_owned()),
-                    detail: fields.get(b'D').filter(|_| keep).map(str::to_owned),
-                    hint: fields.get(b'H').filter(|_| keep).map(str::to_owned),
+                    severity: self.value(fields.severity().unwrap_or_default().as_bytes()),
+                    code: self.value(fields.code().unwrap_or_default().as_bytes()),
+                    message: text(b'M'),
+                    detail: text(b'D'),
+                    hint: text(b'H'),
                 };
                 let ev = if tag == tag::ERROR_RESPONSE {
                     Ev::Error(m)
@@ -626,15 +684,6 @@ impl Tape {
             let mut b = self.lock();
             let was_truncated = b.truncated;
             b.truncated = false;
-            let end = Ev::End {
-                t: self.now(),
-                reason: reason.to_owned(),
-            };
-            if let Ok(line) = serde_json::to_vec(&end) {
-                b.out.extend_from_slice(&line);
-                b.out.push(b'\n');
-                b.events += 1;
-            }
             if b.dropped > 0 {
                 let gap = Ev::Gap {
                     t: self.now(),
@@ -644,6 +693,15 @@ impl Tape {
                     b.out.extend_from_slice(&line);
                     b.out.push(b'\n');
                 }
+            }
+            let end = Ev::End {
+                t: self.now(),
+                reason: self.value(reason.as_bytes()),
+            };
+            if let Ok(line) = serde_json::to_vec(&end) {
+                b.out.extend_from_slice(&line);
+                b.out.push(b'\n');
+                b.events += 1;
             }
             self.recorder
                 .stats
@@ -675,11 +733,55 @@ impl Tape {
             Err("the recorder stopped".into())
         };
         Summary {
+            file: self.name.to_string(),
             sealed,
             events,
             encrypted: self.encrypt,
             truncated,
         }
+    }
+}
+
+/// Messages recorded under one lock; see [`Tape::batch`].
+pub struct Batch<'a> {
+    tape: &'a Tape,
+    buf: std::sync::MutexGuard<'a, Buf>,
+    t: u64,
+}
+
+impl Batch<'_> {
+    /// One message the database sent, on its way to the client.
+    pub fn frame(&mut self, frame: &phigate_wire::Frame) {
+        self.tape
+            .message(&mut self.buf, self.t, frame.tag(), frame.body(), false);
+    }
+
+    /// Whole messages in `bytes`; `gateway` when the gateway made them.
+    pub fn bytes(&mut self, bytes: &[u8], gateway: bool) {
+        let mut at = 0;
+        while bytes.len() - at >= 5 {
+            let len =
+                u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]])
+                    as usize;
+            let end = at + 1 + len;
+            if len < 4 || end > bytes.len() {
+                break;
+            }
+            self.tape.message(
+                &mut self.buf,
+                self.t,
+                bytes[at],
+                &bytes[at + 5..end],
+                gateway,
+            );
+            at = end;
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.tape.maybe_flush(&mut self.buf, false);
     }
 }
 
@@ -697,10 +799,13 @@ struct Open {
     bytes: u64,
     sealer: Option<file::Sealer>,
     failed: Option<String>,
+    /// Chunks left out: the directory reached `max_total_mb`.
+    capped: bool,
 }
 
 struct Writer {
     dir: PathBuf,
+    max_total: u64,
     key: Option<Arc<file::Key>>,
     files: HashMap<Arc<str>, Open>,
     queued: Arc<AtomicU64>,
@@ -745,6 +850,18 @@ impl Writer {
         if open.failed.is_some() || (lines.is_empty() && !last) {
             return;
         }
+        // The directory's budget holds while sessions run: past it, chunks are left out (the
+        // file stays readable; its audit record says `truncated`).
+        let over = self.used.load(Ordering::Relaxed) + lines.len() as u64 / 4 > self.max_total;
+        let lines = if over {
+            open.capped = true;
+            &[][..]
+        } else {
+            lines
+        };
+        if lines.is_empty() && !last {
+            return;
+        }
         let result = (|| -> Result<Vec<u8>, String> {
             let gz = if lines.is_empty() {
                 Vec::new()
@@ -752,7 +869,17 @@ impl Writer {
                 file::compress(lines).map_err(|e| e.to_string())?
             };
             match &mut open.sealer {
-                Some(s) => s.frame(&gz, last),
+                // The gzip bytes in frames of at most FRAME_BYTES; the last frame is empty.
+                Some(s) => {
+                    let mut out = Vec::with_capacity(gz.len() + 64);
+                    for part in gz.chunks(FRAME_BYTES) {
+                        out.extend(s.frame(part, false)?);
+                    }
+                    if last {
+                        out.extend(s.frame(&[], true)?);
+                    }
+                    Ok(out)
+                }
                 None => Ok(gz),
             }
         })();
@@ -784,6 +911,7 @@ impl Writer {
             bytes: 0,
             sealer: None,
             failed: None,
+            capped: false,
         };
         let header = if encrypt {
             let Some(key) = &self.key else {
@@ -841,6 +969,7 @@ impl Writer {
             file: name.to_string(),
             sha256: hex::encode(open.sha.finalize()),
             bytes: open.bytes,
+            capped: open.capped,
         })
     }
 }
@@ -848,4 +977,110 @@ impl Writer {
 fn write_append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn tape(rows: bool, messages: bool) -> (Tape, std::sync::mpsc::Receiver<Job>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let recorder = Arc::new(Recorder {
+            dir: PathBuf::from("/nonexistent"),
+            key: None,
+            max_rows: 2,
+            max_value: 8,
+            max_session: 1 << 20,
+            max_total: 1 << 30,
+            used: Arc::default(),
+            queued: Arc::default(),
+            tx: Mutex::new(tx),
+            recounted: Mutex::new(Instant::now()),
+            decrypt_roles: Vec::new(),
+            stats: Arc::default(),
+        });
+        let tape = Tape {
+            recorder,
+            name: "s.jsonl.gz".into(),
+            encrypt: false,
+            rows,
+            messages,
+            started: Instant::now(),
+            buf: Mutex::new(Buf {
+                last_flush: Some(Instant::now()),
+                ..Buf::default()
+            }),
+        };
+        (tape, rx)
+    }
+
+    fn events(tape: &Tape) -> Vec<Ev> {
+        let b = tape.lock();
+        b.out
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("event"))
+            .collect()
+    }
+
+    fn error(message: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        backend::Notice::error("P0001", message)
+            .with_detail("Key (ssn)=(123-45-6789)")
+            .write(&mut out);
+        out
+    }
+
+    #[test]
+    fn shape_keeps_no_database_text_even_in_the_gateways_words() {
+        let (tape, _rx) = tape(false, false);
+        // A RAISE can start with "phigate: " too: only what the gateway made is kept.
+        tape.batch().bytes(&error("phigate: 123-45-6789"), false);
+        tape.from_gateway(&error("phigate: refused"));
+        let evs = events(&tape);
+        let [Ev::Error(db), Ev::Error(gw)] = &evs[..] else {
+            panic!("{evs:?}");
+        };
+        assert_eq!(
+            (db.code.as_str(), &db.message, &db.detail),
+            ("P0001", &None, &None)
+        );
+        assert_eq!(gw.message.as_deref(), Some("phigate:…[16 bytes]"));
+    }
+
+    #[test]
+    fn rows_are_capped_per_result_and_counted() {
+        let (tape, _rx) = tape(true, true);
+        let mut out = BytesMut::new();
+        phigate_wire::frame::write_message(&mut out, tag::ROW_DESCRIPTION, |b| {
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(b"v\0");
+            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(&25u32.to_be_bytes());
+            b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        });
+        for i in 0..5u8 {
+            phigate_wire::frame::write_message(&mut out, tag::DATA_ROW, |b| {
+                b.extend_from_slice(&1i16.to_be_bytes());
+                b.extend_from_slice(&1i32.to_be_bytes());
+                b.extend_from_slice(&[b'0' + i]);
+            });
+        }
+        phigate_wire::frame::write_message(&mut out, tag::COMMAND_COMPLETE, |b| {
+            b.extend_from_slice(b"SELECT 5\0")
+        });
+        tape.batch().bytes(&out, false);
+        let evs = events(&tape);
+        assert!(
+            matches!(&evs[0], Ev::Columns { names, .. } if names == &["v"]),
+            "{evs:?}"
+        );
+        assert!(matches!(&evs[1], Ev::Row { values, .. } if values == &[Some("0".to_owned())]));
+        assert!(matches!(&evs[2], Ev::Row { values, .. } if values == &[Some("1".to_owned())]));
+        assert!(
+            matches!(&evs[3], Ev::Complete { tag, rows_kept: 2, .. } if tag == "SELECT 5"),
+            "{evs:?}"
+        );
+    }
 }

@@ -96,13 +96,11 @@ pub fn list(audit_dir: &Path, filter: &ListFilter) -> std::io::Result<Vec<Sessio
             Event::Statement(st) => {
                 if let Some(row) = rows.get_mut(&st.session) {
                     row.statements += 1;
+                    // A held statement has two records: the hold, then the decision.
                     match st.decision.as_str() {
                         "deny" => row.denied += 1,
                         "require_approval" if st.approval.is_none() => row.held += 1,
                         _ => {}
-                    }
-                    if st.approval.is_some() {
-                        row.held += 1;
                     }
                     for t in &st.tables {
                         row.tables
@@ -127,6 +125,7 @@ pub fn list(audit_dir: &Path, filter: &ListFilter) -> std::io::Result<Vec<Sessio
                 encrypted,
                 truncated,
                 complete,
+                ..
             } => {
                 if let Some(row) = rows.get_mut(&session) {
                     row.recording = Some(RecordingRef {
@@ -253,6 +252,7 @@ pub fn load(
     let mut ends: HashMap<u64, Outcome> = HashMap::new();
     let mut decided: HashMap<String, (String, Option<String>, Option<String>)> = HashMap::new();
     let mut sealed: Option<(u64, RecordingRef)> = None;
+    let mut failed: Option<String> = None;
     let read = phigate_audit::verify::read_records(audit_dir, |r| {
         let (seq, ts) = (r.seq, r.ts.clone());
         match r.event {
@@ -314,7 +314,9 @@ pub fn load(
                 encrypted,
                 truncated,
                 complete,
+                error,
             } if session == id => {
+                failed = error;
                 sealed = Some((
                     seq,
                     RecordingRef {
@@ -346,6 +348,11 @@ pub fn load(
     });
     read.map_err(|e| ReplayError::Read(e.to_string()))?;
     let mut row = row.ok_or_else(|| ReplayError::UnknownSession(id.to_owned()))?;
+    if let Some(e) = failed {
+        return Err(ReplayError::Read(format!(
+            "the recording of session {id} could not be finished: {e}"
+        )));
+    }
 
     // The file: the one the audit log sealed, else one still being written (or cut short).
     let (path, name) = match &sealed {
@@ -365,10 +372,11 @@ pub fn load(
             found.ok_or_else(|| ReplayError::NoRecording(id.to_owned()))?
         }
     };
+    // One read: the bytes whose digest is checked are the bytes shown.
+    let raw = std::fs::read(&path).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
     let mut verified = false;
     if let Some((seq, r)) = &sealed {
-        let bytes = std::fs::read(&path).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
-        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
+        if hex::encode(Sha256::digest(&raw)) != r.sha256 {
             return Err(ReplayError::Altered {
                 session: id.to_owned(),
                 seq: *seq,
@@ -376,7 +384,8 @@ pub fn load(
         }
         verified = true;
     }
-    let (lines, notes) = file::read(&path, key).map_err(ReplayError::Read)?;
+    let (lines, notes) =
+        file::parse(raw, key).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
     let mut events = Vec::new();
     for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let ev: Ev = serde_json::from_slice(line)
@@ -472,27 +481,31 @@ fn ms(t: u64) -> f64 {
 /// The session's header, as `phigate replay` prints it first.
 pub fn render_header(r: &Replay, out: &mut impl Write) -> std::io::Result<()> {
     let s = &r.session;
-    writeln!(
+    line(
         out,
-        "session {}  {} as role {} ({}), from {}{}",
-        s.session,
-        s.subject,
-        s.role,
-        s.issuer,
-        s.client_addr,
-        s.application_name
-            .as_deref()
-            .map(|a| format!(", {a}"))
-            .unwrap_or_default()
+        &format!(
+            "session {}  {} as role {} ({}), from {}{}",
+            s.session,
+            s.subject,
+            s.role,
+            s.issuer,
+            s.client_addr,
+            s.application_name
+                .as_deref()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default()
+        ),
     )?;
-    writeln!(
+    line(
         out,
-        "started {}; {}",
-        s.started,
-        match (&s.ended, &s.end_reason) {
-            (Some(at), Some(why)) => format!("ended {at}: {why}"),
-            _ => "not ended (still running, or the gateway stopped without ending it)".into(),
-        }
+        &format!(
+            "started {}; {}",
+            s.started,
+            match (&s.ended, &s.end_reason) {
+                (Some(at), Some(why)) => format!("ended {at}: {why}"),
+                _ => "not ended (still running, or the gateway stopped without ending it)".into(),
+            }
+        ),
     )?;
     let rec = &r.recording;
     let proof = if rec.verified {
@@ -500,25 +513,27 @@ pub fn render_header(r: &Replay, out: &mut impl Write) -> std::io::Result<()> {
     } else {
         "NOT sealed in the audit log yet"
     };
-    writeln!(
+    line(
         out,
-        "recording {}: {proof}; results {}{}{}{}",
-        rec.file,
-        match rec.mode.as_deref() {
-            Some("rows") => "as received (rows capped per result)",
-            _ => "by shape only (columns, row counts, error codes)",
-        },
-        if rec.encrypted {
-            "; encrypted at rest"
-        } else {
-            ""
-        },
-        if rec.incomplete { "; INCOMPLETE" } else { "" },
-        if rec.truncated {
-            "; some events left out (caps)"
-        } else {
-            ""
-        },
+        &format!(
+            "recording {}: {proof}; results {}{}{}{}",
+            rec.file,
+            match rec.mode.as_deref() {
+                Some("rows") => "as received (rows capped per result)",
+                _ => "by shape only (columns, row counts, error codes)",
+            },
+            if rec.encrypted {
+                "; encrypted at rest"
+            } else {
+                ""
+            },
+            if rec.incomplete { "; INCOMPLETE" } else { "" },
+            if rec.truncated {
+                "; some events left out (caps)"
+            } else {
+                ""
+            },
+        ),
     )?;
     writeln!(out)
 }
@@ -529,7 +544,7 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
     let clock = format!("[{:02}:{:06.3}]", (t / 60.0) as u64, t % 60.0);
     match (&step.n, &step.statement) {
         (Some(n), Some(st)) => {
-            writeln!(out, "{clock} #{n} → {}", one_line(&st.text))?;
+            line(out, &format!("{clock} #{n} → {}", one_line(&st.text)))?;
             if !st.literals.is_empty() || !st.params.is_empty() {
                 let lits: Vec<_> = st.literals.iter().map(String::as_str).collect();
                 let params: Vec<_> = st
@@ -537,14 +552,16 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
                     .iter()
                     .map(|p| p.as_deref().unwrap_or("NULL"))
                     .collect();
-                writeln!(
+                line(
                     out,
-                    "            values: {}",
-                    lits.iter()
-                        .chain(params.iter())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    &format!(
+                        "            values: {}",
+                        lits.iter()
+                            .chain(params.iter())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 )?;
             }
             let rule = st.rule.as_deref().unwrap_or("policy");
@@ -575,26 +592,28 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
             if !st.masked_columns.is_empty() {
                 verdict.push_str(&format!("; masked: {}", masked_summary(&st.masked_columns)));
             }
-            writeln!(out, "            {verdict}")?;
+            line(out, &format!("            {verdict}"))?;
         }
-        (Some(n), None) => writeln!(out, "{clock} #{n} → (no audit record)")?,
+        (Some(n), None) => line(out, &format!("{clock} #{n} → (no audit record)"))?,
         (None, _) if matches!(step.received.first(), Some(Ev::End { .. })) => {
-            write!(out, "{clock} ")?
+            write!(out, "{} ", clean(&clock))?
         }
-        (None, _) => writeln!(out, "{clock} before any statement")?,
+        (None, _) => line(out, &format!("{clock} before any statement"))?,
     }
     for ev in &step.received {
         match ev {
-            Ev::Columns { names, .. } => writeln!(out, "            ┌ {}", names.join(" | "))?,
+            Ev::Columns { names, .. } => {
+                line(out, &format!("            ┌ {}", names.join(" | ")))?
+            }
             Ev::Row { values, .. } => {
                 let cells: Vec<_> = values
                     .iter()
                     .map(|v| v.as_deref().map_or("NULL".to_owned(), one_line))
                     .collect();
-                writeln!(out, "            │ {}", cells.join(" | "))?
+                line(out, &format!("            │ {}", cells.join(" | ")))?
             }
             Ev::CopyData { data, .. } => {
-                writeln!(out, "            │ {}", one_line(data.trim_end()))?
+                line(out, &format!("            │ {}", one_line(data.trim_end())))?
             }
             Ev::Complete { tag, rows_kept, .. } => {
                 let shown = tag
@@ -604,50 +623,79 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
                     .filter(|n| n > rows_kept && *rows_kept > 0)
                     .map(|n| format!("  ({rows_kept} of {n} rows recorded)"))
                     .unwrap_or_default();
-                writeln!(out, "            └ {tag}{shown}")?
+                line(out, &format!("            └ {tag}{shown}"))?
             }
-            Ev::Suspended { .. } => writeln!(out, "            └ (portal suspended)")?,
-            Ev::Empty { .. } => writeln!(out, "            └ (empty query)")?,
+            Ev::Suspended { .. } => line(out, "            └ (portal suspended)")?,
+            Ev::Empty { .. } => line(out, "            └ (empty query)")?,
             Ev::Error(m) | Ev::Notice(m) => {
                 let text = m.message.as_deref().unwrap_or("(message not recorded)");
-                writeln!(
+                line(
                     out,
-                    "            ! {} {} {}",
-                    m.severity,
-                    m.code,
-                    one_line(text)
+                    &format!("            ! {} {} {}", m.severity, m.code, one_line(text)),
                 )?;
                 if let Some(d) = &m.detail {
-                    writeln!(out, "              DETAIL: {}", one_line(d))?;
+                    line(out, &format!("              DETAIL: {}", one_line(d)))?;
                 }
                 if let Some(h) = &m.hint {
-                    writeln!(out, "              HINT: {}", one_line(h))?;
+                    line(out, &format!("              HINT: {}", one_line(h)))?;
                 }
             }
-            Ev::Gap { events, .. } => writeln!(
+            Ev::Gap { events, .. } => line(
                 out,
-                "            … {events} events not recorded (writer behind)"
+                &format!("            … {events} events not recorded (writer behind)"),
             )?,
-            Ev::Truncated { why, .. } => writeln!(out, "            … recording stops: {why}")?,
-            Ev::End { reason, .. } => writeln!(out, "session ended: {}", one_line(reason))?,
+            Ev::Truncated { why, .. } => {
+                line(out, &format!("            … recording stops: {why}"))?
+            }
+            Ev::End { reason, .. } => line(out, &format!("session ended: {}", one_line(reason)))?,
             Ev::Ready { .. } | Ev::Start { .. } | Ev::Statement { .. } | Ev::Held { .. } => {}
         }
     }
     if let Some(o) = &step.outcome {
         if o.sqlstate != "00000" || o.duration_us > 0 {
-            writeln!(
+            line(
                 out,
-                "            ({:.1} ms{})",
-                o.duration_us as f64 / 1000.0,
-                if o.sqlstate == "00000" {
-                    String::new()
-                } else {
-                    format!(", SQLSTATE {}", o.sqlstate)
-                }
+                &format!(
+                    "            ({:.1} ms{})",
+                    o.duration_us as f64 / 1000.0,
+                    if o.sqlstate == "00000" {
+                        String::new()
+                    } else {
+                        format!(", SQLSTATE {}", o.sqlstate)
+                    }
+                ),
             )?;
         }
     }
     Ok(())
+}
+
+/// Writes one line of the terminal replay: control and format characters (escape sequences,
+/// bidirectional overrides) from recorded data cannot reach the terminal.
+fn line(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    writeln!(out, "{}", clean(text))
+}
+
+/// `text` with every control or invisible format character shown as `\u{..}`.
+pub fn clean(text: &str) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c as u32,
+                0xAD | 0x061C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+                | 0xFEFF | 0xFFF9..=0xFFFB)
+    };
+    if !text.chars().any(invisible) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if invisible(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `public.patients.ssn, public.patients.zip` → `public.patients (ssn, zip)`.

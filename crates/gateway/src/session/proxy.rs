@@ -266,25 +266,27 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     };
     if let (Some(tape), Some(audit)) = (&tape, &shared.audit) {
         let summary = tape.seal(&end.to_string()).await;
-        match summary.sealed {
-            Ok(sealed) => {
-                audit.submit(phigate_audit::Pending::Event(
-                    phigate_audit::Event::Recording {
-                        session: session.to_string(),
-                        file: sealed.file,
-                        sha256: sealed.sha256,
-                        bytes: sealed.bytes,
-                        events: summary.events,
-                        encrypted: summary.encrypted,
-                        truncated: summary.truncated,
-                        complete: true,
-                    },
-                ));
-            }
+        // Sealed or not, the audit log says what became of the recording.
+        let (sha256, bytes, truncated, error) = match summary.sealed {
+            Ok(s) => (s.sha256, s.bytes, summary.truncated || s.capped, None),
             Err(e) => {
-                tracing::error!(session = %session, error = %e, "the session's recording could not be sealed")
+                tracing::error!(session = %session, error = %e, "the session's recording could not be sealed");
+                (String::new(), 0, summary.truncated, Some(e))
             }
-        }
+        };
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::Recording {
+                session: session.to_string(),
+                file: summary.file,
+                sha256,
+                bytes,
+                events: summary.events,
+                encrypted: summary.encrypted,
+                truncated,
+                complete: error.is_none(),
+                error,
+            },
+        ));
     }
     if let Some(audit) = &shared.audit {
         audit.submit(phigate_audit::Pending::Event(
@@ -874,14 +876,14 @@ impl Backward {
                 ev = self.events.recv() => match ev {
                     Some(Event::Fatal(bytes)) => {
                         if let Some(tape) = &self.tape {
-                            tape.sent_to_client(&bytes);
+                            tape.from_gateway(&bytes);
                         }
                         let _ = self.client.write_all(&bytes).await;
                         return End::ClientError("protocol violation".into());
                     }
                     Some(Event::Notice(bytes)) => {
                         if let Some(tape) = &self.tape {
-                            tape.sent_to_client(&bytes);
+                            tape.from_gateway(&bytes);
                         }
                         if let Err(e) = self.client.write_all(&bytes).await {
                             return End::ClientError(e.to_string());
@@ -905,9 +907,6 @@ impl Backward {
                     // or anyone's, is decided with the views read again.
                     if std::mem::take(&mut self.views_changed) {
                         shared.policy.mark_views_stale();
-                    }
-                    if let Some(tape) = &self.tape {
-                        tape.sent_to_client(&self.out);
                     }
                     if let Err(e) = self.client.write_all(&self.out).await {
                         return End::ClientError(e.to_string());
@@ -954,6 +953,8 @@ impl Backward {
         if audited {
             self.completions.refill();
         }
+        let tape = self.tape.clone();
+        let mut tape = tape.as_deref().map(crate::recording::Tape::batch);
         while let Some(frame) = self.reader.next_frame()? {
             let tag = frame.tag();
             // The database's error for a substituted message becomes the gateway's refusal.
@@ -994,6 +995,9 @@ impl Backward {
                 }
                 backend::tag::ERROR_RESPONSE => {
                     if let Some((refusal, _)) = refusal {
+                        if let Some(t) = tape.as_mut() {
+                            t.bytes(&refusal, true);
+                        }
                         self.out.extend_from_slice(&refusal);
                         continue;
                     }
@@ -1010,6 +1014,9 @@ impl Backward {
                     }
                 }
                 _ => {}
+            }
+            if let Some(t) = tape.as_mut() {
+                t.frame(&frame);
             }
             self.out.extend_from_slice(frame.as_bytes());
         }
@@ -1033,7 +1040,11 @@ impl Backward {
     }
 
     async fn credential_ended(&mut self, why: Ended) -> End {
-        let _ = self.client.write_all(&why.fatal()).await;
+        let fatal = why.fatal();
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(&fatal);
+        }
+        let _ = self.client.write_all(&fatal).await;
         End::CredentialEnded(why)
     }
 
@@ -1045,6 +1056,9 @@ impl Backward {
         )
         .with_hint("Reconnect and leave client_encoding and standard_conforming_strings alone.")
         .write(&mut out);
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(&out);
+        }
         let _ = self.client.write_all(&out).await;
         End::ClientError("client_encoding changed away from UTF8".into())
     }
@@ -1057,6 +1071,9 @@ impl Backward {
         )
         .with_hint("Reconnect; another gateway instance or this one after restart will serve you.")
         .write(&mut out);
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(&out);
+        }
         let _ = self.client.write_all(&out).await;
         End::Shutdown
     }
@@ -1069,6 +1086,9 @@ impl Backward {
         Notice::fatal("08006", "phigate: the connection to the database was lost")
             .with_hint("Reconnect; the gateway will open a new database session when the database is available.")
             .write(&mut out);
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(&out);
+        }
         let _ = self.client.write_all(&out).await;
         End::UpstreamError(why.to_owned())
     }
