@@ -85,6 +85,18 @@ pub enum Event {
         status: String,
         by: Option<String>,
         reason: Option<String>,
+        /// The requester approved their own statement under break-glass.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
+    },
+    /// One approval of a review that needs several (the last one ends it: `review_decided`).
+    ReviewApproval {
+        review: String,
+        by: String,
+        reason: String,
+        /// Approvals so far, and how many the rule requires.
+        count: u32,
+        required: u32,
     },
     /// A session's recording was sealed: its file (relative to the recordings directory) and
     /// digest, so `audit verify` proves it unaltered. Written before the session's
@@ -212,6 +224,7 @@ impl Record {
             Event::AuditRepaired { .. } => "audit_repaired",
             Event::ReviewRequested { .. } => "review_requested",
             Event::ReviewDecided { .. } => "review_decided",
+            Event::ReviewApproval { .. } => "review_approval",
             Event::Recording { .. } => "recording",
             Event::RecordingReplayed { .. } => "recording_replayed",
         }

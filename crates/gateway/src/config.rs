@@ -237,6 +237,11 @@ pub struct ApprovalsConfig {
     /// `json` (the review as JSON) or `slack` (a Slack-compatible `{"text": ...}` message).
     #[serde(default)]
     pub webhook_format: WebhookFormat,
+    /// Break-glass (HIPAA emergency access): identities of these roles may approve their own
+    /// held statement (`phigate review approve ID --break-glass --reason ...`, a justification
+    /// of at least 20 characters). Audited and announced as break-glass.
+    #[serde(default)]
+    pub break_glass_roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
@@ -255,6 +260,7 @@ impl Default for ApprovalsConfig {
             timeout_secs: default_review_timeout(),
             webhook_url: None,
             webhook_format: WebhookFormat::default(),
+            break_glass_roles: Vec::new(),
         }
     }
 }
@@ -751,6 +757,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "audit: set signing_key_file or signing_key_env, not both".into(),
             ));
+        }
+        for r in &self.approvals.break_glass_roles {
+            if policy.role(r).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "approvals.break_glass_roles: role {r} is not defined"
+                )));
+            }
         }
         for r in &self.audit.reader_roles {
             if policy.role(r).is_none() {

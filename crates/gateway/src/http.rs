@@ -329,12 +329,15 @@ async fn reviewer(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<crate::auth::Identity, Reply> {
+    let (policy, _) = shared.policy.snapshot();
+    let mut roles = shared.approvals.reviewer_roles.clone();
+    roles.extend(policy.rule_reviewer_roles().map(str::to_owned));
     authorize(
         shared,
         peer,
         headers,
-        &shared.approvals.reviewer_roles,
-        "review held statements (approvals.reviewer_roles)",
+        &roles,
+        "review held statements (approvals.reviewer_roles or a rule's reviewer_roles)",
     )
     .await
 }
@@ -374,6 +377,8 @@ async fn review_show(
 #[derive(serde::Deserialize)]
 struct DecisionBody {
     reason: String,
+    #[serde(default)]
+    break_glass: bool,
 }
 
 async fn decide(
@@ -384,33 +389,93 @@ async fn decide(
     approve: bool,
     body: &[u8],
 ) -> Reply {
-    let who = match reviewer(shared, peer, headers).await {
+    let Ok(d) = serde_json::from_slice::<DecisionBody>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send JSON {\"reason\": \"...\"} (and \"break_glass\": true for emergency self-approval)",
+        );
+    };
+    // Break-glass: the requester approves their own statement; anyone else decides as a
+    // reviewer of some rule.
+    let who = if d.break_glass {
+        authorize(
+            shared,
+            peer,
+            headers,
+            &shared.approvals.break_glass_roles,
+            "approve your own statement under break-glass (approvals.break_glass_roles)",
+        )
+        .await
+    } else {
+        // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
+        let Some(review) = shared.reviews.get(id) else {
+            return error(StatusCode::NOT_FOUND, &format!("no review {id}"));
+        };
+        authorize(
+            shared,
+            peer,
+            headers,
+            &review.reviewer_roles,
+            "decide this review (its rule's reviewer roles)",
+        )
+        .await
+    };
+    let who = match who {
         Ok(i) => i,
         Err(r) => return r,
     };
-    let Ok(d) = serde_json::from_slice::<DecisionBody>(body) else {
-        return error(StatusCode::BAD_REQUEST, "send JSON {\"reason\": \"...\"}");
-    };
-    if d.reason.trim().is_empty() || d.reason.len() > 2000 {
+    let reason = d.reason.trim();
+    if reason.is_empty() || reason.len() > 2000 {
         return error(
             StatusCode::BAD_REQUEST,
             "a reason (1 to 2000 characters) is required",
         );
     }
-    match shared
-        .reviews
-        .decide(id, &who.subject.0, approve, d.reason.trim())
-    {
-        Ok(r) => {
-            tracing::info!(review = %id, by = %who.subject, approve, "review decided");
-            (StatusCode::OK, Json(json!(r)))
+    if d.break_glass && reason.chars().count() < 20 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "break-glass needs a justification of at least 20 characters",
+        );
+    }
+    match shared.reviews.decide(
+        id,
+        &who.subject.0,
+        &who.role.0,
+        approve,
+        reason,
+        d.break_glass,
+        &shared.approvals.break_glass_roles,
+    ) {
+        Ok(done) => {
+            if d.break_glass {
+                tracing::warn!(review = %id, by = %who.subject, "BREAK-GLASS approval");
+            } else {
+                tracing::info!(review = %id, by = %who.subject, approve, last = done.last, "review decided");
+            }
+            // One approval of several: audited here (the session audits the final decision).
+            if !done.last {
+                if let Some(audit) = &shared.audit {
+                    audit.submit(phigate_audit::Pending::Event(
+                        phigate_audit::Event::ReviewApproval {
+                            review: id.to_owned(),
+                            by: who.subject.0.clone(),
+                            reason: reason.to_owned(),
+                            count: done.review.approvals.len() as u32,
+                            required: done.review.approvals_required,
+                        },
+                    ));
+                }
+            }
+            (StatusCode::OK, Json(json!(done.review)))
         }
         Err(e @ crate::reviews::DecideError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string())
         }
-        Err(e @ crate::reviews::DecideError::OwnStatement(_)) => {
-            error(StatusCode::FORBIDDEN, &e.to_string())
-        }
+        Err(
+            e @ (crate::reviews::DecideError::OwnStatement(_)
+            | crate::reviews::DecideError::WrongRole { .. }
+            | crate::reviews::DecideError::BreakGlassRefused),
+        ) => error(StatusCode::FORBIDDEN, &e.to_string()),
         Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }

@@ -316,6 +316,10 @@ enum ReviewCommand {
         id: String,
         #[arg(long)]
         reason: String,
+        /// Emergency access: approve your own statement (roles in approvals.break_glass_roles;
+        /// a justification of at least 20 characters). Audited and announced as break-glass.
+        #[arg(long)]
+        break_glass: bool,
     },
     /// Refuse it; the requester sees the reason.
     Deny {
@@ -1009,10 +1013,14 @@ async fn review(
             None,
         ),
         ReviewCommand::Show { id } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
-        ReviewCommand::Approve { id, reason } => (
+        ReviewCommand::Approve {
+            id,
+            reason,
+            break_glass,
+        } => (
             reqwest::Method::POST,
             format!("/v1/reviews/{id}/approve"),
-            Some(serde_json::json!({ "reason": reason })),
+            Some(serde_json::json!({ "reason": reason, "break_glass": break_glass })),
         ),
         ReviewCommand::Deny { id, reason } => (
             reqwest::Method::POST,
@@ -1068,12 +1076,28 @@ async fn review(
             }
         }
         ReviewCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
-        ReviewCommand::Approve { .. } | ReviewCommand::Deny { .. } => println!(
-            "review {} {} by {}",
-            v["id"].as_str().unwrap_or("?"),
-            v["status"].as_str().unwrap_or("?"),
-            v["decided_by"].as_str().unwrap_or("?")
-        ),
+        ReviewCommand::Approve { .. } | ReviewCommand::Deny { .. } => {
+            if v["status"] == "pending" {
+                println!(
+                    "review {}: approval {} of {} recorded; it waits for another reviewer",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["approvals"].as_array().map_or(0, Vec::len),
+                    v["approvals_required"].as_u64().unwrap_or(1)
+                )
+            } else {
+                println!(
+                    "review {} {} by {}{}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["status"].as_str().unwrap_or("?"),
+                    v["decided_by"].as_str().unwrap_or("?"),
+                    if v["break_glass"] == true {
+                        " (BREAK-GLASS)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
     }
     Ok(())
 }

@@ -19,8 +19,40 @@ use tokio::sync::oneshot;
 /// How a held statement ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { by: String, reason: String },
-    Denied { by: String, reason: String },
+    Approved {
+        by: String,
+        reason: String,
+        /// The requester approved it under break-glass (emergency access).
+        break_glass: bool,
+    },
+    Denied {
+        by: String,
+        reason: String,
+    },
+}
+
+/// One reviewer's approval of a review that needs several.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    pub by: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// What opening a review needs: who asks, what, and the rule's approval settings.
+pub struct Request<'a> {
+    pub requester: &'a str,
+    pub role: &'a str,
+    pub session: &'a str,
+    pub statement: &'a str,
+    pub kinds: Vec<String>,
+    pub tables: Vec<String>,
+    pub rule: &'a str,
+    pub timeout: Duration,
+    pub approvals_required: u32,
+    pub reviewer_roles: Vec<String>,
+    /// `Some((fingerprint, minutes))` when an approval covers the statement's fingerprint.
+    pub scope: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +75,18 @@ pub struct Review {
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
     pub decided_at: Option<String>,
+    /// Distinct approvals needed, and those given so far.
+    pub approvals_required: u32,
+    pub approvals: Vec<Approval>,
+    /// Roles that may decide it.
+    pub reviewer_roles: Vec<String>,
+    /// `once`, or `fingerprint` (with `scope_minutes`).
+    pub scope: String,
+    pub scope_minutes: Option<u64>,
+    /// Approved by the requester under break-glass.
+    pub break_glass: bool,
+    #[serde(skip)]
+    fingerprint: Option<String>,
 }
 
 struct Entry {
@@ -58,6 +102,23 @@ pub enum DecideError {
     NotPending { id: String, status: String },
     #[error("separation of duties: {0} may not decide a review of their own statement")]
     OwnStatement(String),
+    #[error("role {role} may not decide review {id} (its rule takes reviewers of {allowed})")]
+    WrongRole {
+        id: String,
+        role: String,
+        allowed: String,
+    },
+    #[error("{0} has approved this review already; it needs another reviewer")]
+    AlreadyApproved(String),
+    #[error("break-glass: only the requester may approve their own statement this way, and only for roles in approvals.break_glass_roles")]
+    BreakGlassRefused,
+}
+
+/// What a decision did.
+pub struct Decided {
+    pub review: Review,
+    /// The review is over (approved or denied); otherwise it waits for more approvals.
+    pub last: bool,
 }
 
 /// Where reviews are announced: a webhook, retried with backoff.
@@ -101,6 +162,16 @@ impl Notifier {
                         .unwrap_or_default(),
                     review.id
                 )
+            } else if review.break_glass {
+                format!(
+                    ":rotating_light: BREAK-GLASS: {} (role {}) approved their own statement `{}` (rule {}), review *{}*: {}",
+                    review.requester,
+                    review.role,
+                    statement,
+                    review.rule,
+                    review.id,
+                    review.decision_reason.as_deref().unwrap_or("")
+                )
             } else {
                 format!(
                     "phigate review *{}* {}{}{}",
@@ -122,10 +193,12 @@ impl Notifier {
         } else {
             let mut r = serde_json::json!(review);
             r["statement"] = serde_json::Value::String(statement);
-            serde_json::json!({
-                "event": if review.status == "pending" { "review.requested" } else { "review.decided" },
-                "review": r,
-            })
+            let event = match (review.status.as_str(), review.break_glass) {
+                ("pending", _) => "review.requested",
+                (_, true) => "review.break_glass",
+                _ => "review.decided",
+            };
+            serde_json::json!({ "event": event, "review": r })
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -150,8 +223,12 @@ impl Notifier {
     }
 }
 
+/// An approval with `fingerprint` scope: (subject, rule, fingerprint) → (review, until).
+type Grants = HashMap<(String, String, String), (String, SystemTime)>;
+
 pub struct Reviews {
     entries: Mutex<HashMap<String, Entry>>,
+    grants: Mutex<Grants>,
     history: Option<PathBuf>,
     /// Announces every review state.
     pub notifier: Option<Notifier>,
@@ -203,6 +280,7 @@ impl Reviews {
         }
         Reviews {
             entries: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
             history,
             notifier: None,
             expired_at_start: expired,
@@ -228,35 +306,37 @@ impl Reviews {
     }
 
     /// Opens a review; the receiver yields the decision.
-    #[allow(clippy::too_many_arguments)]
-    pub fn open_review(
-        &self,
-        requester: &str,
-        role: &str,
-        session: &str,
-        statement: &str,
-        kinds: Vec<String>,
-        tables: Vec<String>,
-        rule: &str,
-        timeout: Duration,
-    ) -> (Review, oneshot::Receiver<Outcome>) {
+    pub fn open_review(&self, req: Request<'_>) -> (Review, oneshot::Receiver<Outcome>) {
         let id = format!("r-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let review = Review {
             id: id.clone(),
             status: "pending".into(),
-            requester: requester.to_owned(),
-            role: role.to_owned(),
-            session: session.to_owned(),
-            statement: statement.to_owned(),
-            kinds,
-            tables,
-            rule: rule.to_owned(),
-            justification: justification(statement),
+            requester: req.requester.to_owned(),
+            role: req.role.to_owned(),
+            session: req.session.to_owned(),
+            statement: req.statement.to_owned(),
+            kinds: req.kinds,
+            tables: req.tables,
+            rule: req.rule.to_owned(),
+            justification: justification(req.statement),
             created_at: now(),
-            expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + timeout).to_string(),
+            expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + req.timeout)
+                .to_string(),
             decided_by: None,
             decision_reason: None,
             decided_at: None,
+            approvals_required: req.approvals_required.max(1),
+            approvals: Vec::new(),
+            reviewer_roles: req.reviewer_roles,
+            scope: if req.scope.is_some() {
+                "fingerprint"
+            } else {
+                "once"
+            }
+            .into(),
+            scope_minutes: req.scope.as_ref().map(|(_, m)| *m),
+            break_glass: false,
+            fingerprint: req.scope.map(|(f, _)| f),
         };
         let (tx, rx) = oneshot::channel();
         self.log(&review);
@@ -276,14 +356,19 @@ impl Reviews {
         (review, rx)
     }
 
-    /// A reviewer's decision.
+    /// A reviewer's decision (`role`: the reviewer's gateway role). With `break_glass`, the
+    /// requester approves their own statement (`break_glass_roles`: roles allowed to).
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &self,
         id: &str,
         reviewer: &str,
+        role: &str,
         approve: bool,
         reason: &str,
-    ) -> Result<Review, DecideError> {
+        break_glass: bool,
+        break_glass_roles: &[String],
+    ) -> Result<Decided, DecideError> {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let e = m
             .get_mut(id)
@@ -294,31 +379,111 @@ impl Reviews {
                 status: e.review.status.clone(),
             });
         }
-        if e.review.requester == reviewer {
-            return Err(DecideError::OwnStatement(reviewer.to_owned()));
+        let at = now();
+        if break_glass {
+            if !approve
+                || e.review.requester != reviewer
+                || !break_glass_roles.contains(&e.review.role)
+            {
+                return Err(DecideError::BreakGlassRefused);
+            }
+            e.review.break_glass = true;
+        } else {
+            if e.review.requester == reviewer {
+                return Err(DecideError::OwnStatement(reviewer.to_owned()));
+            }
+            if !e.review.reviewer_roles.iter().any(|r| r == role) {
+                return Err(DecideError::WrongRole {
+                    id: id.to_owned(),
+                    role: role.to_owned(),
+                    allowed: e.review.reviewer_roles.join(", "),
+                });
+            }
+            if approve {
+                if e.review.approvals.iter().any(|a| a.by == reviewer) {
+                    return Err(DecideError::AlreadyApproved(reviewer.to_owned()));
+                }
+                e.review.approvals.push(Approval {
+                    by: reviewer.to_owned(),
+                    reason: reason.to_owned(),
+                    at: at.clone(),
+                });
+                if (e.review.approvals.len() as u32) < e.review.approvals_required {
+                    let review = e.review.clone();
+                    drop(m);
+                    self.log(&review);
+                    return Ok(Decided {
+                        review,
+                        last: false,
+                    });
+                }
+            }
         }
+        let by = if approve && !break_glass {
+            e.review
+                .approvals
+                .iter()
+                .map(|a| a.by.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            reviewer.to_owned()
+        };
         e.review.status = if approve { "approved" } else { "denied" }.into();
-        e.review.decided_by = Some(reviewer.to_owned());
+        e.review.decided_by = Some(by.clone());
         e.review.decision_reason = Some(reason.to_owned());
-        e.review.decided_at = Some(now());
+        e.review.decided_at = Some(at);
         let outcome = if approve {
             Outcome::Approved {
-                by: reviewer.to_owned(),
+                by,
                 reason: reason.to_owned(),
+                break_glass,
             }
         } else {
             Outcome::Denied {
-                by: reviewer.to_owned(),
+                by,
                 reason: reason.to_owned(),
             }
         };
+        if approve {
+            if let (Some(fp), Some(minutes)) = (&e.review.fingerprint, e.review.scope_minutes) {
+                let until = SystemTime::now() + Duration::from_secs(minutes * 60);
+                let key = (
+                    e.review.requester.clone(),
+                    e.review.rule.clone(),
+                    fp.clone(),
+                );
+                let mut g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+                g.retain(|_, (_, t)| *t > SystemTime::now());
+                g.insert(key, (id.to_owned(), until));
+            }
+        }
         if let Some(tx) = e.waiter.take() {
             let _ = tx.send(outcome);
         }
         let review = e.review.clone();
         drop(m);
         self.log(&review);
-        Ok(review)
+        Ok(Decided { review, last: true })
+    }
+
+    /// A live `fingerprint` approval covering this statement: the review that granted it and
+    /// until when.
+    pub fn granted(
+        &self,
+        subject: &str,
+        rule: &str,
+        fingerprint: &str,
+    ) -> Option<(String, String)> {
+        let g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let (review, until) =
+            g.get(&(subject.to_owned(), rule.to_owned(), fingerprint.to_owned()))?;
+        (*until > SystemTime::now()).then(|| {
+            (
+                review.clone(),
+                humantime::format_rfc3339_seconds(*until).to_string(),
+            )
+        })
     }
 
     /// The session stopped waiting: timeout, cancel or disconnect. False if a reviewer decided
@@ -376,26 +541,107 @@ mod tests {
     #[test]
     fn separation_of_duties_and_one_decision() {
         let r = Reviews::open(None);
-        let (rev, mut rx) = r.open_review(
-            "agent",
-            "ai-agent",
-            "s1",
+        let (rev, mut rx) = r.open_review(request(
             "DELETE FROM t /* phigate: reason=cleanup of test rows */",
-            vec![],
-            vec![],
-            "rule",
-            Duration::from_secs(60),
-        );
+            1,
+        ));
         assert_eq!(rev.justification.as_deref(), Some("cleanup of test rows"));
         assert_eq!(
-            r.decide(&rev.id, "agent", true, "mine").map(|r| r.id),
+            r.decide(&rev.id, "agent", "reviewer", true, "mine", false, &[])
+                .map(|d| d.review.id),
             Err(DecideError::OwnStatement("agent".into()))
         );
-        assert!(r.decide(&rev.id, "reviewer", true, "ok").is_ok());
+        assert!(matches!(
+            r.decide(&rev.id, "dba", "ai-agent", true, "ok", false, &[]),
+            Err(DecideError::WrongRole { .. })
+        ));
+        assert!(r
+            .decide(&rev.id, "reviewer", "reviewer", true, "ok", false, &[])
+            .is_ok_and(|d| d.last));
         assert!(matches!(rx.try_recv(), Ok(Outcome::Approved { .. })));
         assert!(matches!(
-            r.decide(&rev.id, "reviewer2", false, "no"),
+            r.decide(&rev.id, "reviewer2", "reviewer", false, "no", false, &[]),
             Err(DecideError::NotPending { .. })
+        ));
+    }
+
+    fn request(sql: &str, approvals: u32) -> Request<'_> {
+        Request {
+            requester: "agent",
+            role: "ai-agent",
+            session: "s1",
+            statement: sql,
+            kinds: vec![],
+            tables: vec![],
+            rule: "rule",
+            timeout: Duration::from_secs(60),
+            approvals_required: approvals,
+            reviewer_roles: vec!["reviewer".into()],
+            scope: Some(("fp".into(), 5)),
+        }
+    }
+
+    #[test]
+    fn two_approvals_from_two_people_then_a_fingerprint_grant() {
+        let r = Reviews::open(None);
+        let (rev, mut rx) = r.open_review(request("UPDATE t SET a = 1", 2));
+        let first = r
+            .decide(&rev.id, "ann", "reviewer", true, "fine", false, &[])
+            .expect("first approval");
+        assert!(!first.last && first.review.status == "pending");
+        assert!(
+            rx.try_recv().is_err(),
+            "one approval of two does not release it"
+        );
+        assert_eq!(
+            r.decide(&rev.id, "ann", "reviewer", true, "again", false, &[])
+                .map(|d| d.last),
+            Err(DecideError::AlreadyApproved("ann".into()))
+        );
+        assert!(r.granted("agent", "rule", "fp").is_none());
+        let second = r
+            .decide(&rev.id, "bob", "reviewer", true, "ok", false, &[])
+            .expect("second approval");
+        assert!(second.last);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Approved { by, .. }) if by == "ann, bob"));
+        assert_eq!(r.granted("agent", "rule", "fp").map(|g| g.0), Some(rev.id));
+        assert!(r.granted("someone-else", "rule", "fp").is_none());
+        assert!(r.granted("agent", "rule", "other").is_none());
+    }
+
+    #[test]
+    fn break_glass_is_the_requesters_and_only_for_listed_roles() {
+        let r = Reviews::open(None);
+        let (rev, mut rx) = r.open_review(request("UPDATE t SET a = 1", 2));
+        let allowed = vec!["ai-agent".to_owned()];
+        assert_eq!(
+            r.decide(&rev.id, "someone", "x", true, "emergency", true, &allowed)
+                .map(|d| d.last),
+            Err(DecideError::BreakGlassRefused)
+        );
+        assert_eq!(
+            r.decide(&rev.id, "agent", "x", true, "emergency", true, &[])
+                .map(|d| d.last),
+            Err(DecideError::BreakGlassRefused)
+        );
+        let d = r
+            .decide(
+                &rev.id,
+                "agent",
+                "x",
+                true,
+                "patient coding, no reviewer",
+                true,
+                &allowed,
+            )
+            .expect("break-glass");
+        assert!(d.last && d.review.break_glass);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Outcome::Approved {
+                break_glass: true,
+                ..
+            })
         ));
     }
 }

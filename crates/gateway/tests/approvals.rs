@@ -504,3 +504,210 @@ async fn reviews_are_announced_by_webhook_with_retries() {
     }
     assert!(decided, "review.decided not delivered");
 }
+
+const RULES_POLICY: &str = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "clinician"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "reviewer"
+
+[[rule]]
+name = "departments-need-two"
+roles = ["ai-agent"]
+kinds = ["write"]
+relations = ["departments"]
+action = "require_approval"
+approval = { approvals = 2, timeout_secs = 30 }
+
+[[rule]]
+name = "notes-by-fingerprint"
+roles = ["ai-agent"]
+kinds = ["write"]
+relations = ["notes"]
+action = "require_approval"
+approval = { scope = "fingerprint", scope_minutes = 5 }
+
+[[rule]]
+name = "clinician-writes"
+roles = ["clinician"]
+kinds = ["write"]
+action = "require_approval"
+"#;
+
+const SECOND_REVIEWER: &str = "tok-second-reviewer-for-two-approvals";
+
+async fn approve_break_glass(gw: &Gateway, token: &str, id: &str, reason: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/reviews/{id}/approve", http(gw)))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "reason": reason, "break_glass": true }))
+        .send()
+        .await
+        .expect("approve");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn departments(id: i32) -> String {
+    cluster()
+        .psql(
+            "clinic",
+            &format!("SELECT count(*) FROM departments WHERE id = {id}"),
+        )
+        .expect("count")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_approvals_fingerprint_scope_and_break_glass() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = RULES_POLICY.into();
+    opts.extra = format!(
+        "[approvals]\nbreak_glass_roles = [\"clinician\"]\n\n[[identity]]\nsubject = \"second.reviewer@test.phigate\"\ntoken_sha256 = \"{}\"\nroles = [\"reviewer\"]\n",
+        sha256_hex(SECOND_REVIEWER)
+    );
+    let gw = Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let reviewer = gw.token("reviewer").to_owned();
+    let agent = connect(&gw.conninfo("agent")).await;
+
+    // Two distinct reviewers: one approval leaves the statement waiting.
+    let held = agent.simple_query("INSERT INTO departments VALUES (901, 'two approvals')");
+    let review = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let (code, body) = decide(&gw, &reviewer, &id, "approve", "looks right").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], "pending");
+        assert_eq!(body["approvals_required"], 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(departments(901), "0", "one approval of two ran it");
+        let (code, body) = decide(&gw, &reviewer, &id, "approve", "again").await;
+        assert_eq!(code, 409, "{body}");
+        let (code, body) = decide(&gw, SECOND_REVIEWER, &id, "approve", "agreed").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], "approved");
+        assert_eq!(
+            body["decided_by"],
+            "reviewer@test.phigate, second.reviewer@test.phigate"
+        );
+    };
+    let (held, ()) = tokio::join!(held, review);
+    held.expect("approved by two");
+    assert_eq!(departments(901), "1");
+
+    // Fingerprint scope: once approved, the same statement with other literals runs at once
+    // for the same individual, for the rule's minutes.
+    let first = agent.simple_query("INSERT INTO notes (body) VALUES ('fp-1')");
+    let review = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        assert_eq!(
+            decide(&gw, &reviewer, &id, "approve", "fine for 5 min")
+                .await
+                .0,
+            200
+        );
+    };
+    let (first, ()) = tokio::join!(first, review);
+    first.expect("approved");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        agent.simple_query("INSERT INTO notes (body) VALUES ('fp-2')"),
+    )
+    .await
+    .expect("covered by the fingerprint approval: no wait")
+    .expect("runs");
+    assert_eq!(count("fp-2"), "1");
+    // Another shape is not covered.
+    let other = agent.simple_query("UPDATE notes SET body = 'fp-3' WHERE body = 'fp-2'");
+    let review = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        decide(&gw, &reviewer, &id, "deny", "not this one").await
+    };
+    let (other, (code, _)) = tokio::join!(other, review);
+    assert_eq!(code, 200);
+    assert!(other.is_err());
+
+    // Break-glass: the clinician approves their own statement, with a real justification.
+    let clinician = connect(&gw.conninfo("clinician")).await;
+    let own = clinician.simple_query("INSERT INTO notes (body) VALUES ('break-glass')");
+    let glass = async {
+        let id = pending(&gw, &reviewer, 1).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let token = gw.token("clinician").to_owned();
+        let (code, body) = approve_break_glass(&gw, &token, &id, "urgent").await;
+        assert_eq!(code, 400, "a short justification: {body}");
+        let (code, body) =
+            approve_break_glass(&gw, &reviewer, &id, "a reviewer is no requester").await;
+        assert_eq!(code, 403, "{body}");
+        let (code, body) = decide(&gw, &token, &id, "approve", "my own").await;
+        assert_eq!(
+            code, 403,
+            "without break-glass the requester is no reviewer: {body}"
+        );
+        let (code, body) = approve_break_glass(
+            &gw,
+            &token,
+            &id,
+            "patient in cardiac arrest, dosage must be corrected now",
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["break_glass"], true);
+    };
+    let (own, ()) = tokio::join!(own, glass);
+    own.expect("break-glass approved");
+    assert_eq!(count("break-glass"), "1");
+
+    // The audit log has each approval, the break-glass decision marked as such.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dd = gw.data_dir();
+    let search = |kind: &str| {
+        let out = Command::new(bin())
+            .args(["audit", "search", "--data-dir"])
+            .arg(&dd)
+            .args(["--type", kind])
+            .output()
+            .expect("audit search");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("record"))
+            .collect::<Vec<_>>()
+    };
+    let partial = search("review_approval");
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    assert_eq!(partial[0]["count"], 1);
+    assert_eq!(partial[0]["required"], 2);
+    let decided = search("review_decided");
+    assert!(
+        decided.iter().any(|r| r["break_glass"] == true
+            && r["by"] == "clinician@test.phigate"
+            && r["status"] == "approved"),
+        "{decided:?}"
+    );
+    assert!(decided
+        .iter()
+        .all(|r| r["break_glass"] != true || r["by"] == "clinician@test.phigate"));
+}

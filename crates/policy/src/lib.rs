@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use phigate_sql::{Action, Analysis, FuncName, Kind, RelName, Statement};
 
-pub use model::{GrantConfig, RecordMode, RoleConfig, RuleAction, RuleConfig};
+pub use model::{
+    ApprovalScope, ApprovalSettings, GrantConfig, RecordMode, RoleConfig, RuleAction, RuleConfig,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -29,6 +31,8 @@ pub enum PolicyError {
     UnknownKind { rule: String, kind: String },
     #[error("role {role}: unknown action {action}")]
     UnknownAction { role: String, action: String },
+    #[error("rule {rule}: approval: {why}")]
+    BadApproval { rule: String, why: String },
     #[error(
         "role {role}: {field}: {value} is not a duration (use e.g. \"30s\", \"500ms\", \"15min\")"
     )]
@@ -214,6 +218,36 @@ impl Policy {
                     });
                 }
             }
+            let bad = |why: &str| {
+                Err(PolicyError::BadApproval {
+                    rule: rule.name.clone(),
+                    why: why.to_owned(),
+                })
+            };
+            let a = &rule.approval;
+            if rule.action != RuleAction::RequireApproval && *a != ApprovalSettings::default() {
+                return bad("only rules with action = \"require_approval\" take approval settings");
+            }
+            if a.approvals.is_some_and(|n| !(1..=10).contains(&n)) {
+                return bad("approvals is 1 to 10");
+            }
+            if a.scope_minutes.is_some_and(|m| !(1..=1440).contains(&m)) {
+                return bad("scope_minutes is 1 to 1440");
+            }
+            if a.scope_minutes.is_some() && a.scope != ApprovalScope::Fingerprint {
+                return bad("scope_minutes goes with scope = \"fingerprint\"");
+            }
+            if a.timeout_secs.is_some_and(|t| !(1..=86_400).contains(&t)) {
+                return bad("timeout_secs is 1 to 86400");
+            }
+            for role in &a.reviewer_roles {
+                if !map.contains_key(role) {
+                    return Err(PolicyError::UnknownRole {
+                        rule: rule.name.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
         }
         Ok(Policy {
             roles: map,
@@ -233,6 +267,18 @@ impl Policy {
     pub fn with_views(mut self, views: Arc<HashMap<RelName, Vec<RelName>>>) -> Policy {
         self.views = views;
         self
+    }
+
+    /// The rule named `name` (a refusal names its rule).
+    pub fn rule(&self, name: &str) -> Option<&RuleConfig> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Every role that may decide some review: the rules' own reviewer roles.
+    pub fn rule_reviewer_roles(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.approval.reviewer_roles.iter().map(String::as_str))
     }
 
     pub fn role(&self, name: &str) -> Option<Arc<Role>> {

@@ -140,4 +140,38 @@ pub struct RuleConfig {
     pub action: RuleAction,
     /// Hint shown to the caller with the refusal: what to do instead.
     pub hint: Option<String>,
+    /// For `require_approval`: who must approve, how many, how long the statement waits, and
+    /// what an approval covers, e.g. `approval = { approvals = 2, reviewer_roles = ["dba"] }`.
+    #[serde(default)]
+    pub approval: ApprovalSettings,
+}
+
+/// How a `require_approval` rule's reviews are decided (docs/approvals.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// Distinct reviewers who must approve (default 1). One denial ends the review.
+    pub approvals: Option<u32>,
+    /// Roles whose identities may decide these reviews; `approvals.reviewer_roles` if empty.
+    #[serde(default)]
+    pub reviewer_roles: Vec<String>,
+    /// How long the statement waits; `approvals.timeout_secs` if unset.
+    pub timeout_secs: Option<u64>,
+    /// What an approval covers: this statement once (default), or its fingerprint (the same
+    /// statement with any literals) for `scope_minutes`, for the same individual.
+    #[serde(default)]
+    pub scope: ApprovalScope,
+    /// How long a `fingerprint` approval lasts (default 30, at most 1440).
+    pub scope_minutes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalScope {
+    /// The held statement runs once.
+    #[default]
+    Once,
+    /// The requester may run statements with the same fingerprint without another review
+    /// for `scope_minutes`.
+    Fingerprint,
 }

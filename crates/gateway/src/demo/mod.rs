@@ -402,6 +402,7 @@ pub fn demo_rules() -> Vec<RuleConfig> {
         functions: vec![],
         action: RuleAction::RequireApproval,
         hint: Some(hint.into()),
+        approval: Default::default(),
     };
     vec![
         rule(

@@ -302,7 +302,13 @@ pub fn load(
                 status,
                 by,
                 reason,
+                break_glass,
             } => {
+                let status = if break_glass {
+                    format!("{status} (BREAK-GLASS)")
+                } else {
+                    status
+                };
                 decided.insert(review, (status, by, reason));
             }
             Event::Recording {

@@ -278,6 +278,14 @@ impl Guard {
         });
     }
 
+    /// The approval settings of the rule named `rule`.
+    pub fn approval_settings(&self, rule: &str) -> phigate_policy::ApprovalSettings {
+        self.policy
+            .rule(rule)
+            .map(|r| r.approval.clone())
+            .unwrap_or_default()
+    }
+
     pub fn policy_version(&self) -> u64 {
         self.policy_version
     }

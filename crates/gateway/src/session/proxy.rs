@@ -482,19 +482,63 @@ impl Forward<'_> {
     /// or its refusal (denied, timed out, withdrawn by a cancel; a disconnect ends the session).
     async fn hold(&mut self, held: super::guard::Held) -> Result<(), ForwardError> {
         let shared = self.shared;
-        let timeout = std::time::Duration::from_secs(shared.approvals.timeout_secs);
+        let settings = self.guard.approval_settings(&held.refusal.rule);
+        let timeout = std::time::Duration::from_secs(
+            settings
+                .timeout_secs
+                .unwrap_or(shared.approvals.timeout_secs),
+        );
         let (kinds, tables) = super::guard::describe(&held.analysis);
         let identity = self.credential.identity.clone();
-        let (review, mut decided) = shared.reviews.open_review(
-            &identity.subject.0,
-            &identity.role.0,
-            &self.guard.session,
-            &held.sql,
+        // An approval with fingerprint scope covers this individual's statements of the same
+        // shape (any literals) for a while: such a statement runs at once, under that review.
+        let scope = (settings.scope == phigate_policy::ApprovalScope::Fingerprint).then(|| {
+            let (text, _) = phigate_sql::redact_literals(&held.sql);
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+            (
+                hex::encode(&digest[..16]),
+                settings.scope_minutes.unwrap_or(30),
+            )
+        });
+        if let Some((fingerprint, _)) = &scope {
+            if let Some((review, until)) =
+                shared
+                    .reviews
+                    .granted(&identity.subject.0, &held.refusal.rule, fingerprint)
+            {
+                let mut notice = BytesMut::new();
+                backend::Notice::note(
+                    "01000",
+                    &format!(
+                        "phigate: runs under review {review}, which approved statements like this one until {until}"
+                    ),
+                )
+                .write(&mut notice);
+                let _ =
+                    tokio::time::timeout(timeout, self.events.send(Event::Notice(notice))).await;
+                self.guard.release(held, &review, &mut self.out);
+                return Ok(());
+            }
+        }
+        let reviewer_roles = if settings.reviewer_roles.is_empty() {
+            shared.approvals.reviewer_roles.clone()
+        } else {
+            settings.reviewer_roles.clone()
+        };
+        let required = settings.approvals.unwrap_or(1);
+        let (review, mut decided) = shared.reviews.open_review(crate::reviews::Request {
+            requester: &identity.subject.0,
+            role: &identity.role.0,
+            session: &self.guard.session,
+            statement: &held.sql,
             kinds,
             tables,
-            &held.refusal.rule,
+            rule: &held.refusal.rule,
             timeout,
-        );
+            approvals_required: required,
+            reviewer_roles,
+            scope,
+        });
         let id = review.id.clone();
         if let Some(tape) = &self.guard.tape {
             tape.held(&id);
@@ -512,8 +556,13 @@ impl Forward<'_> {
             ));
         }
         tracing::info!(review = %id, subject = %identity.subject, rule = %held.refusal.rule, "statement held for review");
+        let who = if required > 1 {
+            format!("{required} reviewers approve")
+        } else {
+            "a reviewer approves".to_owned()
+        };
         let message = format!(
-            "phigate: statement held for review {id} by rule {} ; it runs once a reviewer approves (waiting up to {} s)",
+            "phigate: statement held for review {id} by rule {} ; it runs once {who} (waiting up to {} s)",
             held.refusal.rule,
             timeout.as_secs()
         );
@@ -570,6 +619,7 @@ impl Forward<'_> {
                 status: status.to_owned(),
                 by,
                 reason,
+                break_glass: false,
             })
         };
         let refusal = |message: String, sqlstate: &'static str| phigate_policy::Refusal {
@@ -609,9 +659,24 @@ impl Forward<'_> {
             w => w,
         };
         let (event, rejection) = match waited {
-            Waited::Decided(crate::reviews::Outcome::Approved { by, reason }) => {
+            Waited::Decided(crate::reviews::Outcome::Approved {
+                by,
+                reason,
+                break_glass,
+            }) => {
+                if break_glass {
+                    tracing::warn!(review = %id, subject = %identity.subject, role = %identity.role, reason = %reason, "BREAK-GLASS: a statement approved by its own requester runs");
+                }
                 if let Some(a) = &shared.audit {
-                    a.submit(decided_event("approved", Some(by), Some(reason)));
+                    a.submit(phigate_audit::Pending::Event(
+                        phigate_audit::Event::ReviewDecided {
+                            review: id.clone(),
+                            status: "approved".into(),
+                            by: Some(by),
+                            reason: Some(reason),
+                            break_glass,
+                        },
+                    ));
                 }
                 self.guard.release(held, &id, &mut self.out);
                 return Ok(());
