@@ -242,6 +242,18 @@ pub struct ApprovalsConfig {
     /// of at least 20 characters). Audited and announced as break-glass.
     #[serde(default)]
     pub break_glass_roles: Vec<String>,
+    /// Roles an identity may ask to act as for a while (`phigate access request --role R
+    /// --minutes N --reason ...`); a reviewer approves like a held statement. Empty: no
+    /// access requests.
+    #[serde(default)]
+    pub elevation_roles: Vec<String>,
+    /// The longest elevation that may be asked for, in minutes.
+    #[serde(default = "default_max_elevation")]
+    pub max_elevation_minutes: u64,
+}
+
+fn default_max_elevation() -> u64 {
+    240
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
@@ -261,6 +273,8 @@ impl Default for ApprovalsConfig {
             webhook_url: None,
             webhook_format: WebhookFormat::default(),
             break_glass_roles: Vec::new(),
+            elevation_roles: Vec::new(),
+            max_elevation_minutes: default_max_elevation(),
         }
     }
 }
@@ -758,10 +772,20 @@ impl Config {
                 "audit: set signing_key_file or signing_key_env, not both".into(),
             ));
         }
-        for r in &self.approvals.break_glass_roles {
+        if !(1..=1440).contains(&self.approvals.max_elevation_minutes) {
+            return Err(ConfigError::Invalid(
+                "approvals.max_elevation_minutes is 1 to 1440".into(),
+            ));
+        }
+        for r in self
+            .approvals
+            .break_glass_roles
+            .iter()
+            .chain(&self.approvals.elevation_roles)
+        {
             if policy.role(r).is_none() {
                 return Err(ConfigError::Invalid(format!(
-                    "approvals.break_glass_roles: role {r} is not defined"
+                    "approvals: role {r} (break_glass_roles, elevation_roles) is not defined"
                 )));
             }
         }

@@ -68,6 +68,7 @@ impl HttpServer {
             .route("/v1/reviews/{id}", get(review_show))
             .route("/v1/reviews/{id}/approve", post(review_approve))
             .route("/v1/reviews/{id}/deny", post(review_deny))
+            .route("/v1/access-requests", post(access_request))
             .route("/v1/openapi.json", get(openapi))
             .with_state(self.shared);
         let result = axum::serve(
@@ -452,6 +453,20 @@ async fn decide(
             } else {
                 tracing::info!(review = %id, by = %who.subject, approve, last = done.last, "review decided");
             }
+            // An access request has no session waiting: its decision is audited here.
+            if done.last && done.review.kind == "elevation" {
+                if let Some(audit) = &shared.audit {
+                    audit.submit(phigate_audit::Pending::Event(
+                        phigate_audit::Event::ReviewDecided {
+                            review: id.to_owned(),
+                            status: done.review.status.clone(),
+                            by: done.review.decided_by.clone(),
+                            reason: done.review.decision_reason.clone(),
+                            break_glass: false,
+                        },
+                    ));
+                }
+            }
             // One approval of several: audited here (the session audits the final decision).
             if !done.last {
                 if let Some(audit) = &shared.audit {
@@ -498,6 +513,98 @@ async fn review_deny(
     body: axum::body::Bytes,
 ) -> Reply {
     decide(&shared, peer, &headers, &id, false, &body).await
+}
+
+#[derive(serde::Deserialize)]
+struct AccessRequestBody {
+    role: String,
+    minutes: u64,
+    reason: String,
+}
+
+/// `POST /v1/access-requests` `{"role", "minutes", "reason"}`: the caller asks to act as a
+/// role of `approvals.elevation_roles` for a while; a reviewer decides it like a held
+/// statement (`/v1/reviews/{id}/approve`). Approved, the caller may log in with that role
+/// until it runs out (the session ends then).
+async fn access_request(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let (policy, _) = shared.policy.snapshot();
+    let who = match authorize(
+        &shared,
+        peer,
+        &headers,
+        &policy.role_names(),
+        "ask for a role",
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<AccessRequestBody>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send JSON {\"role\": \"...\", \"minutes\": N, \"reason\": \"...\"}",
+        );
+    };
+    let approvals = &shared.approvals;
+    if !approvals.elevation_roles.contains(&req.role) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "that role cannot be asked for (approvals.elevation_roles)",
+        );
+    }
+    if req.minutes == 0 || req.minutes > approvals.max_elevation_minutes {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "minutes is 1 to {} (approvals.max_elevation_minutes)",
+                approvals.max_elevation_minutes
+            ),
+        );
+    }
+    let reason = req.reason.trim();
+    if reason.chars().count() < 10 || reason.len() > 2000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a reason of 10 to 2000 characters is required",
+        );
+    }
+    let review = shared.reviews.open_elevation(
+        &who.subject.0,
+        &who.role.0,
+        &req.role,
+        req.minutes,
+        reason,
+        Duration::from_secs(approvals.timeout_secs.max(3600)),
+        approvals.reviewer_roles.clone(),
+    );
+    if let Some(audit) = &shared.audit {
+        let written = audit
+            .write(phigate_audit::Pending::Event(
+                phigate_audit::Event::ReviewRequested {
+                    review: review.id.clone(),
+                    session: String::new(),
+                    subject: who.subject.0.clone(),
+                    role: req.role.clone(),
+                    rule: "elevation".into(),
+                    justification: Some(reason.to_owned()),
+                },
+            ))
+            .await;
+        if written.is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot be written",
+            );
+        }
+    }
+    tracing::info!(review = %review.id, subject = %who.subject, role = %req.role, minutes = req.minutes, "access requested");
+    (StatusCode::CREATED, Json(json!(review)))
 }
 
 /// The API, as OpenAPI 3.1 (docs/openapi.json).

@@ -302,6 +302,17 @@ enum SessionsCommand {
 
 #[derive(Subcommand)]
 enum ReviewCommand {
+    /// Ask to act as another role for a while (an access request: roles of
+    /// approvals.elevation_roles); a reviewer approves it like a held statement, then you
+    /// connect with that role until it runs out. Uses your own token.
+    Request {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        minutes: u64,
+        #[arg(long)]
+        reason: String,
+    },
     /// Pending reviews (all recent ones with --all).
     List {
         #[arg(long)]
@@ -1013,6 +1024,15 @@ async fn review(
             None,
         ),
         ReviewCommand::Show { id } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
+        ReviewCommand::Request {
+            role,
+            minutes,
+            reason,
+        } => (
+            reqwest::Method::POST,
+            "/v1/access-requests".to_owned(),
+            Some(serde_json::json!({ "role": role, "minutes": minutes, "reason": reason })),
+        ),
         ReviewCommand::Approve {
             id,
             reason,
@@ -1076,6 +1096,10 @@ async fn review(
             }
         }
         ReviewCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        ReviewCommand::Request { role, minutes, .. } => println!(
+            "access request {id} is pending: once a reviewer approves it (phigate review approve {id} --reason ...), connect with user={role} for {minutes} minutes",
+            id = v["id"].as_str().unwrap_or("?"),
+        ),
         ReviewCommand::Approve { .. } | ReviewCommand::Deny { .. } => {
             if v["status"] == "pending" {
                 println!(

@@ -85,6 +85,11 @@ pub struct Review {
     pub scope_minutes: Option<u64>,
     /// Approved by the requester under break-glass.
     pub break_glass: bool,
+    /// `statement` (a held statement) or `elevation` (an access request for a role).
+    pub kind: String,
+    /// For an elevation: the role asked for, and for how long once approved.
+    pub elevate_to: Option<String>,
+    pub minutes: Option<u64>,
     #[serde(skip)]
     fingerprint: Option<String>,
 }
@@ -229,6 +234,8 @@ type Grants = HashMap<(String, String, String), (String, SystemTime)>;
 pub struct Reviews {
     entries: Mutex<HashMap<String, Entry>>,
     grants: Mutex<Grants>,
+    /// Where approved elevations go (the authenticator reads them at login).
+    pub elevations: std::sync::Arc<crate::auth::Elevations>,
     history: Option<PathBuf>,
     /// Announces every review state.
     pub notifier: Option<Notifier>,
@@ -281,6 +288,7 @@ impl Reviews {
         Reviews {
             entries: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
+            elevations: Default::default(),
             history,
             notifier: None,
             expired_at_start: expired,
@@ -336,6 +344,9 @@ impl Reviews {
             .into(),
             scope_minutes: req.scope.as_ref().map(|(_, m)| *m),
             break_glass: false,
+            kind: "statement".into(),
+            elevate_to: None,
+            minutes: None,
             fingerprint: req.scope.map(|(f, _)| f),
         };
         let (tx, rx) = oneshot::channel();
@@ -354,6 +365,63 @@ impl Reviews {
             );
         }
         (review, rx)
+    }
+
+    /// An access request: `requester` asks to act as `role` for `minutes`, because `reason`.
+    /// Nobody waits on the wire; an approval lets the requester log in with that role until
+    /// it runs out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_elevation(
+        &self,
+        requester: &str,
+        current_role: &str,
+        role: &str,
+        minutes: u64,
+        reason: &str,
+        timeout: Duration,
+        reviewer_roles: Vec<String>,
+    ) -> Review {
+        let id = format!("r-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let review = Review {
+            id: id.clone(),
+            status: "pending".into(),
+            requester: requester.to_owned(),
+            role: current_role.to_owned(),
+            session: String::new(),
+            statement: format!("act as role {role} for {minutes} minutes"),
+            kinds: vec!["elevation".into()],
+            tables: Vec::new(),
+            rule: "elevation".into(),
+            justification: Some(reason.chars().take(500).collect()),
+            created_at: now(),
+            expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + timeout).to_string(),
+            decided_by: None,
+            decision_reason: None,
+            decided_at: None,
+            approvals_required: 1,
+            approvals: Vec::new(),
+            reviewer_roles,
+            scope: "elevation".into(),
+            scope_minutes: Some(minutes),
+            break_glass: false,
+            kind: "elevation".into(),
+            elevate_to: Some(role.to_owned()),
+            minutes: Some(minutes),
+            fingerprint: None,
+        };
+        self.log(&review);
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, e| e.review.status == "pending");
+        }
+        m.insert(
+            id,
+            Entry {
+                review: review.clone(),
+                waiter: None,
+            },
+        );
+        review
     }
 
     /// A reviewer's decision (`role`: the reviewer's gateway role). With `break_glass`, the
@@ -378,6 +446,20 @@ impl Reviews {
                 id: id.to_owned(),
                 status: e.review.status.clone(),
             });
+        }
+        // An access request nobody decided in time lapses.
+        if e.review.kind == "elevation"
+            && humantime::parse_rfc3339_weak(&e.review.expires_at)
+                .is_ok_and(|t| t < SystemTime::now())
+        {
+            e.review.status = "expired".into();
+            return Err(DecideError::NotPending {
+                id: id.to_owned(),
+                status: "expired".into(),
+            });
+        }
+        if break_glass && e.review.kind == "elevation" {
+            return Err(DecideError::BreakGlassRefused);
         }
         let at = now();
         if break_glass {
@@ -446,6 +528,10 @@ impl Reviews {
             }
         };
         if approve {
+            if let (Some(role), Some(minutes)) = (&e.review.elevate_to, e.review.minutes) {
+                let until = SystemTime::now() + Duration::from_secs(minutes * 60);
+                self.elevations.grant(&e.review.requester, role, until);
+            }
             if let (Some(fp), Some(minutes)) = (&e.review.fingerprint, e.review.scope_minutes) {
                 let until = SystemTime::now() + Duration::from_secs(minutes * 60);
                 let key = (

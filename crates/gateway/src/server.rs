@@ -69,18 +69,12 @@ impl Shared {
         };
         let up = &config.upstream;
         let audit = crate::audit::open(config)?;
+        let auth = Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?;
         let recorder = match &audit {
             Some(a) => crate::recording::Recorder::start(config, a)?,
             None => None,
         };
         Ok(Shared {
-            auth: Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?,
-            audit,
-            recorder,
-            audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
-            audit_reader_roles: config.audit.reader_roles.clone(),
-            audit_mirror: config.audit.mirror_dir.clone(),
-            masked: Default::default(),
             reviews: {
                 let mut r = crate::reviews::Reviews::open(config.data_dir.as_deref());
                 r.notifier = config.approvals.webhook_url.as_deref().and_then(|u| {
@@ -89,8 +83,16 @@ impl Shared {
                         config.approvals.webhook_format == crate::config::WebhookFormat::Slack,
                     )
                 });
+                r.elevations = auth.elevations.clone();
                 r
             },
+            auth,
+            audit,
+            recorder,
+            audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
+            audit_reader_roles: config.audit.reader_roles.clone(),
+            audit_mirror: config.audit.mirror_dir.clone(),
+            masked: Default::default(),
             approvals: config.approvals.clone(),
             session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
             development: config.auth.development,

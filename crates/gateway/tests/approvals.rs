@@ -711,3 +711,119 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
         .iter()
         .all(|r| r["break_glass"] != true || r["by"] == "clinician@test.phigate"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_request_opens_a_role_for_a_while() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = RULES_POLICY.into();
+    opts.extra =
+        "[approvals]\nelevation_roles = [\"clinician\"]\nmax_elevation_minutes = 60\n".into();
+    let gw = Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let agent_token = gw.token("agent").to_owned();
+    let reviewer = gw.token("reviewer").to_owned();
+    let as_clinician = format!(
+        "host=127.0.0.1 port={} dbname=clinic user=clinician password={agent_token} sslmode=disable",
+        gw.pg_port
+    );
+    let refused = tokio_postgres::connect(&as_clinician, NoTls)
+        .await
+        .err()
+        .expect("the agent may not act as clinician yet");
+    assert!(db_message(&refused).contains("28000"), "{refused}");
+
+    let cli = |token: &str, args: &[&str]| {
+        phigate_testkit::run(
+            Command::new(bin())
+                .arg("review")
+                .args(args)
+                .env("PHIGATE_URL", http(&gw))
+                .env("PHIGATE_TOKEN", token),
+        )
+        .expect("phigate review")
+    };
+    let (ok, _, err) = cli(
+        &agent_token,
+        &[
+            "request",
+            "--role",
+            "reviewer",
+            "--minutes",
+            "10",
+            "--reason",
+            "I want to review",
+        ],
+    );
+    assert!(!ok && err.contains("cannot be asked for"), "{err}");
+    let (ok, _, err) = cli(
+        &agent_token,
+        &[
+            "request",
+            "--role",
+            "clinician",
+            "--minutes",
+            "600",
+            "--reason",
+            "a long shift ahead",
+        ],
+    );
+    assert!(!ok && err.contains("minutes is 1 to 60"), "{err}");
+    let (ok, out, err) = cli(
+        &agent_token,
+        &[
+            "request",
+            "--role",
+            "clinician",
+            "--minutes",
+            "30",
+            "--reason",
+            "correct a dosage entry",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("connect with user=clinician for 30 minutes"),
+        "{out}"
+    );
+    let id = pending(&gw, &reviewer, 1).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (code, _) = decide(&gw, &agent_token, &id, "approve", "me").await;
+    assert_eq!(code, 403, "the requester is no reviewer");
+    assert!(tokio_postgres::connect(&as_clinician, NoTls).await.is_err());
+    let (code, body) = decide(&gw, &reviewer, &id, "approve", "for the correction").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["kind"], "elevation");
+
+    // Approved: the agent's own token opens the clinician role (until the elevation ends).
+    let clin = connect(&as_clinician).await;
+    let rows = clin
+        .simple_query("SELECT current_setting('phigate.role'), current_setting('phigate.subject')")
+        .await
+        .expect("query");
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).map(str::to_owned), r.get(1).map(str::to_owned)))
+            }
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(row.0.as_deref(), Some("clinician"));
+    assert_eq!(row.1.as_deref(), Some("agent@test.phigate"));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = Command::new(bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(gw.data_dir())
+        .args(["--type", "review_decided"])
+        .output()
+        .expect("search");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&id) && text.contains("\"status\":\"approved\""),
+        "{text}"
+    );
+}

@@ -281,6 +281,13 @@ impl Policy {
             .flat_map(|r| r.approval.reviewer_roles.iter().map(String::as_str))
     }
 
+    /// Every role's name.
+    pub fn role_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.roles.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub fn role(&self, name: &str) -> Option<Arc<Role>> {
         self.roles.get(name).cloned()
     }

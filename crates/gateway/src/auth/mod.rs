@@ -177,7 +177,32 @@ struct Principal {
     roles: Option<Vec<String>>,
 }
 
+/// Time-boxed role elevations a reviewer approved (an access request: "alice may act as
+/// clinician for 30 minutes"), by subject and role. In memory: a restart ends them.
+#[derive(Default)]
+pub struct Elevations {
+    granted: std::sync::Mutex<HashMap<(String, String), SystemTime>>,
+}
+
+impl Elevations {
+    pub fn grant(&self, subject: &str, role: &str, until: SystemTime) {
+        let mut g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|_, t| *t > SystemTime::now());
+        g.insert((subject.to_owned(), role.to_owned()), until);
+    }
+
+    /// Until when `subject` may assume `role` by an approved elevation.
+    pub fn until(&self, subject: &str, role: &str) -> Option<SystemTime> {
+        let g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(&(subject.to_owned(), role.to_owned()))
+            .copied()
+            .filter(|t| *t > SystemTime::now())
+    }
+}
+
 pub struct Authenticator {
+    /// Approved elevations: a role an identity may assume for a while beyond its bindings.
+    pub elevations: Arc<Elevations>,
     statics: HashMap<[u8; 32], StaticIdentity>,
     oidc: Vec<OidcIssuer>,
     signer: Option<Arc<signer::Signer>>,
@@ -245,6 +270,7 @@ impl Authenticator {
             })
             .collect();
         Authenticator {
+            elevations: Arc::default(),
             statics,
             oidc: Vec::new(),
             signer: None,
@@ -476,12 +502,17 @@ impl Authenticator {
         if !allowed.iter().any(|r| is_role(r)) {
             return Err(AuthError::NoRole { subject: p.subject });
         }
+        let mut expires_at = p.expires_at;
         let role = if is_role(requested) {
             if !allowed.iter().any(|r| r == requested) {
-                return Err(AuthError::RoleNotAllowed {
-                    subject: p.subject,
-                    role: requested.to_owned(),
-                });
+                // An approved elevation: the role until it ends (the session ends then too).
+                let Some(until) = self.elevations.until(&p.subject, requested) else {
+                    return Err(AuthError::RoleNotAllowed {
+                        subject: p.subject,
+                        role: requested.to_owned(),
+                    });
+                };
+                expires_at = Some(expires_at.map_or(until, |e| e.min(until)));
             }
             requested.to_owned()
         } else {
@@ -499,7 +530,7 @@ impl Authenticator {
             groups: p.groups,
             issuer: p.issuer,
             credential: p.credential,
-            expires_at: p.expires_at,
+            expires_at,
         })
     }
 
