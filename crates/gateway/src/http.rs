@@ -11,7 +11,10 @@
 //! - `GET /v1/sessions`, `GET /v1/sessions/{id}`: recorded sessions and their replay, for the
 //!   same identities;
 //! - `GET /v1/reviews`, `GET /v1/reviews/{id}`, `POST /v1/reviews/{id}/approve|deny`: held
-//!   statements, for identities of `approvals.reviewer_roles`;
+//!   statements, for identities of `approvals.reviewer_roles` (or a rule's own reviewer roles;
+//!   the requester under break-glass);
+//! - `POST /v1/access-requests`: an identity asks for a role of `approvals.elevation_roles` for
+//!   a while (decided like a review);
 //! - `GET /v1/openapi.json`: this API, described;
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
