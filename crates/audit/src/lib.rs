@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use checkpoint::{PublicKey, SigningKey};
 pub use record::{Event, Record, StatementRecord};
-pub use writer::{AuditError, Auditor, Param, Pending, Ticket};
+pub use writer::{AuditError, AuditHandle, Auditor, Param, Pending, Ticket};
 
 /// Everything needed to open the log.
 pub struct Setup {

@@ -89,6 +89,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         break_glass: bool,
     },
+    /// A review's webhook notification: delivered (after `attempts`) or given up.
+    ReviewNotified {
+        review: String,
+        /// The review's status the notification announced.
+        status: String,
+        delivered: bool,
+        attempts: u32,
+    },
     /// One approval of a review that needs several (the last one ends it: `review_decided`).
     ReviewApproval {
         review: String,
@@ -225,6 +233,7 @@ impl Record {
             Event::ReviewRequested { .. } => "review_requested",
             Event::ReviewDecided { .. } => "review_decided",
             Event::ReviewApproval { .. } => "review_approval",
+            Event::ReviewNotified { .. } => "review_notified",
             Event::Recording { .. } => "recording",
             Event::RecordingReplayed { .. } => "recording_replayed",
         }

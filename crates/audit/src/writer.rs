@@ -102,6 +102,23 @@ pub struct Auditor {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Queues events for the writer; see [`Auditor::handle`].
+#[derive(Clone)]
+pub struct AuditHandle {
+    inner: Arc<Inner>,
+}
+
+impl AuditHandle {
+    pub fn submit(&self, p: Pending) {
+        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let t = q.next_ticket;
+        q.next_ticket += 1;
+        q.items.push((t, p));
+        drop(q);
+        self.inner.cv.notify_one();
+    }
+}
+
 /// A submitted event's place in line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
@@ -167,6 +184,14 @@ impl Auditor {
     }
 
     /// Queues an event; returns at once.
+    /// A handle that only queues events (for parts of the gateway that outlive no session and
+    /// need not wait for durability, such as webhook deliveries).
+    pub fn handle(&self) -> AuditHandle {
+        AuditHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
     pub fn submit(&self, p: Pending) -> Ticket {
         let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
         let t = q.next_ticket;

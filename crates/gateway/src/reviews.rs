@@ -53,6 +53,10 @@ pub struct Request<'a> {
     pub reviewer_roles: Vec<String>,
     /// `Some((fingerprint, minutes))` when an approval covers the statement's fingerprint.
     pub scope: Option<(String, u64)>,
+    /// PHI columns (`schema.table.column`) of the tables the statement touches.
+    pub phi_columns: Vec<String>,
+    /// The session's `SET phigate.reason`, used when the statement carries no reason.
+    pub session_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,8 +71,11 @@ pub struct Review {
     pub statement: String,
     pub kinds: Vec<String>,
     pub tables: Vec<String>,
+    /// PHI columns (tagged in `[[phi]]`) of the tables it touches.
+    pub phi_columns: Vec<String>,
     pub rule: String,
-    /// The requester's justification: `/* phigate: reason=... */` in the statement.
+    /// The requester's justification: `/* phigate: reason=... */` in the statement, else the
+    /// session's `SET phigate.reason = '...'`.
     pub justification: Option<String>,
     pub created_at: String,
     pub expires_at: String,
@@ -131,6 +138,8 @@ pub struct Notifier {
     url: String,
     slack: bool,
     client: reqwest::Client,
+    /// Where deliveries (and give-ups) are recorded.
+    pub audit: Option<phigate_audit::AuditHandle>,
 }
 
 impl Notifier {
@@ -145,6 +154,7 @@ impl Notifier {
             url: url.to_owned(),
             slack,
             client,
+            audit: None,
         })
     }
 
@@ -209,12 +219,27 @@ impl Notifier {
             return;
         };
         let (url, client, id) = (self.url.clone(), self.client.clone(), review.id.clone());
+        let (audit, status) = (self.audit.clone(), review.status.clone());
+        let record = move |delivered: bool, attempts: u32| {
+            if let Some(a) = &audit {
+                a.submit(phigate_audit::Pending::Event(
+                    phigate_audit::Event::ReviewNotified {
+                        review: id.clone(),
+                        status: status.clone(),
+                        delivered,
+                        attempts,
+                    },
+                ));
+            }
+        };
+        let id = review.id.clone();
         handle.spawn(async move {
             let mut wait = Duration::from_millis(500);
             for attempt in 1..=5 {
                 match client.post(&url).json(&body).send().await {
                     Ok(r) if r.status().is_success() => {
                         tracing::info!(review = %id, attempt, "review webhook delivered");
+                        record(true, attempt);
                         return;
                     }
                     Ok(r) => tracing::warn!(review = %id, attempt, status = %r.status(), "review webhook refused"),
@@ -224,6 +249,7 @@ impl Notifier {
                 wait *= 2;
             }
             tracing::error!(review = %id, "review webhook not delivered after 5 attempts");
+            record(false, 5);
         });
     }
 }
@@ -325,8 +351,9 @@ impl Reviews {
             statement: req.statement.to_owned(),
             kinds: req.kinds,
             tables: req.tables,
+            phi_columns: req.phi_columns,
             rule: req.rule.to_owned(),
-            justification: justification(req.statement),
+            justification: justification(req.statement).or(req.session_reason),
             created_at: now(),
             expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + req.timeout)
                 .to_string(),
@@ -391,6 +418,7 @@ impl Reviews {
             statement: format!("act as role {role} for {minutes} minutes"),
             kinds: vec!["elevation".into()],
             tables: Vec::new(),
+            phi_columns: Vec::new(),
             rule: "elevation".into(),
             justification: Some(reason.chars().take(500).collect()),
             created_at: now(),
@@ -664,6 +692,8 @@ mod tests {
             approvals_required: approvals,
             reviewer_roles: vec!["reviewer".into()],
             scope: Some(("fp".into(), 5)),
+            phi_columns: Vec::new(),
+            session_reason: None,
         }
     }
 

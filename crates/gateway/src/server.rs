@@ -25,6 +25,8 @@ pub struct Shared {
     pub audit_dir: Option<std::path::PathBuf>,
     pub audit_reader_roles: Vec<String>,
     pub audit_mirror: Option<std::path::PathBuf>,
+    /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries.
+    pub phi_tags: std::collections::BTreeMap<String, Vec<String>>,
     /// Session recordings (`None` when off).
     pub recorder: Option<Arc<crate::recording::Recorder>>,
     /// Statements held for review.
@@ -84,8 +86,22 @@ impl Shared {
                     )
                 });
                 r.elevations = auth.elevations.clone();
+                if let (Some(n), Some(a)) = (&mut r.notifier, &audit) {
+                    n.audit = Some(a.handle());
+                }
                 r
             },
+            phi_tags: config
+                .phi
+                .iter()
+                .map(|t| {
+                    let (schema, table) = t.qualified();
+                    (
+                        format!("{schema}.{table}"),
+                        t.columns.keys().cloned().collect(),
+                    )
+                })
+                .collect(),
             auth,
             audit,
             recorder,

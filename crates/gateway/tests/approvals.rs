@@ -503,6 +503,36 @@ async fn reviews_are_announced_by_webhook_with_retries() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(decided, "review.decided not delivered");
+    // Each delivery is in the audit log: the first after a retry.
+    let mut notified = Vec::new();
+    for _ in 0..50 {
+        let out = Command::new(bin())
+            .args(["audit", "search", "--data-dir"])
+            .arg(gw.data_dir())
+            .args(["--type", "review_notified"])
+            .output()
+            .expect("audit search");
+        notified = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("record"))
+            .collect();
+        if notified.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        notified
+            .iter()
+            .any(|r| r["status"] == "pending" && r["delivered"] == true && r["attempts"] == 2),
+        "{notified:?}"
+    );
+    assert!(
+        notified
+            .iter()
+            .any(|r| r["status"] == "approved" && r["delivered"] == true),
+        "{notified:?}"
+    );
 }
 
 const RULES_POLICY: &str = r#"
@@ -542,6 +572,10 @@ name = "clinician-writes"
 roles = ["clinician"]
 kinds = ["write"]
 action = "require_approval"
+
+[[phi]]
+table = "public.notes"
+columns = { body = "free_text" }
 "#;
 
 const SECOND_REVIEWER: &str = "tok-second-reviewer-for-two-approvals";
@@ -610,13 +644,25 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
     assert_eq!(departments(901), "1");
 
     // Fingerprint scope: once approved, the same statement with other literals runs at once
-    // for the same individual, for the rule's minutes.
+    // for the same individual, for the rule's minutes. The session's SET phigate.reason is
+    // the justification; the review names the PHI columns of the table.
+    agent
+        .simple_query("SET phigate.reason = 'weekly notes import'")
+        .await
+        .expect("a session may give its reason");
     let first = agent.simple_query("INSERT INTO notes (body) VALUES ('fp-1')");
     let review = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let list = pending(&gw, &reviewer, 1).await;
+        assert_eq!(
+            list[0]["justification"], "weekly notes import",
+            "{}",
+            list[0]
+        );
+        assert_eq!(
+            list[0]["phi_columns"],
+            serde_json::json!(["public.notes.body"])
+        );
+        let id = list[0]["id"].as_str().expect("id").to_owned();
         assert_eq!(
             decide(&gw, &reviewer, &id, "approve", "fine for 5 min")
                 .await

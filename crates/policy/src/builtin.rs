@@ -171,8 +171,13 @@ pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings", "client_enc
 /// row-level security and the database's own logs can trust them.
 pub const IDENTITY_SETTINGS_PREFIX: &str = "phigate.";
 
+/// The one `phigate.*` setting a session may set: its justification for statements a reviewer
+/// must approve (`SET phigate.reason = 'coding fix'`).
+pub const REASON_SETTING: &str = "phigate.reason";
+
 /// Settings a restricted role may change: presentation and harmless client-side choices.
 pub const SAFE_SETTINGS: &[&str] = &[
+    REASON_SETTING,
     "application_name",
     "datestyle",
     "timezone",

@@ -7,6 +7,7 @@
 //! settings, unknown functions and catalog views that leak data), read-only, then the grants.
 
 mod builtin;
+pub use builtin::REASON_SETTING;
 pub mod masking;
 mod model;
 
@@ -487,7 +488,8 @@ impl Policy {
         }
         if let Some(s) = st.settings.iter().find(|s| {
             builtin::PINNED_FOR_ALL.contains(&s.as_str())
-                || s.starts_with(builtin::IDENTITY_SETTINGS_PREFIX)
+                || (s.starts_with(builtin::IDENTITY_SETTINGS_PREFIX)
+                    && *s != builtin::REASON_SETTING)
                 || *s == phigate_sql::DYNAMIC_SETTING
         }) {
             return Some(deny(

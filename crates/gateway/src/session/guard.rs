@@ -178,6 +178,9 @@ pub struct Guard {
     one_shot: HashMap<String, u32>,
     /// The session's recording, if it is recorded.
     pub tape: Option<Arc<crate::recording::Tape>>,
+    /// The last `SET phigate.reason = '...'`: the justification of held statements that carry
+    /// none of their own.
+    pub reason: Option<String>,
 }
 
 impl Guard {
@@ -214,6 +217,7 @@ impl Guard {
             held: None,
             one_shot: HashMap::new(),
             tape: None,
+            reason: None,
         }
     }
 
@@ -372,6 +376,28 @@ impl Guard {
 
     /// Keeps track of SQL-level PREPARE / DEALLOCATE in an allowed Query (DEALLOCATE ALL also
     /// drops the protocol-level statements, as in PostgreSQL).
+    /// `SET phigate.reason = '...'` (or `RESET`): remembered as the session's justification.
+    fn note_reason(&mut self, analysis: &Analysis, sql: &str) {
+        let Analysis::Parsed(stmts) = analysis else {
+            return;
+        };
+        let sets_reason = stmts.iter().any(|st| {
+            st.settings
+                .iter()
+                .any(|s| s == phigate_policy::REASON_SETTING)
+        });
+        if !sets_reason {
+            return;
+        }
+        let (_, literals) = phigate_sql::redact_literals(sql);
+        self.reason = literals.iter().find_map(|l| {
+            let inner = l.strip_prefix('\'')?.strip_suffix('\'')?;
+            let text = inner.replace("''", "'");
+            let text = text.trim();
+            (!text.is_empty()).then(|| text.chars().take(500).collect())
+        });
+    }
+
     fn track_sql_prepared(&mut self, analysis: &Arc<Analysis>) {
         let Analysis::Parsed(stmts) = analysis.as_ref() else {
             return;
@@ -428,6 +454,7 @@ impl Guard {
                 });
                 if decision == Decision::Allow {
                     self.track_sql_prepared(&analysis);
+                    self.note_reason(&analysis, sql);
                     out.extend_from_slice(frame.as_bytes());
                 } else if let (true, Decision::RequireApproval(refusal)) =
                     (self.approvals_on, &decision)

@@ -526,6 +526,22 @@ impl Forward<'_> {
             settings.reviewer_roles.clone()
         };
         let required = settings.approvals.unwrap_or(1);
+        // The PHI columns of the tables it touches, for the reviewer.
+        let mut phi_columns = Vec::new();
+        for entry in &tables {
+            let rel = entry.split(':').next().unwrap_or(entry);
+            let key = if rel.contains('.') {
+                rel.to_owned()
+            } else {
+                format!("public.{rel}")
+            };
+            for c in shared.phi_tags.get(&key).into_iter().flatten() {
+                let name = format!("{key}.{c}");
+                if !phi_columns.contains(&name) {
+                    phi_columns.push(name);
+                }
+            }
+        }
         let (review, mut decided) = shared.reviews.open_review(crate::reviews::Request {
             requester: &identity.subject.0,
             role: &identity.role.0,
@@ -538,6 +554,8 @@ impl Forward<'_> {
             approvals_required: required,
             reviewer_roles,
             scope,
+            phi_columns,
+            session_reason: self.guard.reason.clone(),
         });
         let id = review.id.clone();
         if let Some(tape) = &self.guard.tape {
