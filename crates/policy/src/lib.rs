@@ -7,6 +7,7 @@
 //! settings, unknown functions and catalog views that leak data), read-only, then the grants.
 
 mod builtin;
+pub mod detect;
 pub use builtin::REASON_SETTING;
 pub mod masking;
 mod model;

@@ -188,7 +188,11 @@ fn decisions_table() {
         ),
         ("admin", "RESET phigate.subject", "deny:pinned-setting"),
         ("ai-agent", "SET phigate.reason = 'coding fix'", "allow"),
-        ("ai-agent", "SET phigate.reasons = 'x'", "deny:pinned-setting"),
+        (
+            "ai-agent",
+            "SET phigate.reasons = 'x'",
+            "deny:pinned-setting",
+        ),
         (
             "admin",
             "SELECT set_config('phigate.subject', 'someone', false)",

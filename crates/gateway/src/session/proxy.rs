@@ -203,6 +203,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let denials = guard.denials.clone();
     let session = guard.session.clone();
     let tape = guard.tape.clone();
+    // A masked role's text goes through the content detectors too (the second net).
+    let detect = guard.role.masked.then(Detect::default);
     let started = std::time::Instant::now();
     let units: Arc<std::sync::Mutex<VecDeque<Unit>>> = Arc::default();
     let statements = Arc::new(AtomicU64::new(0));
@@ -232,6 +234,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         in_flight,
         denials,
         tape: tape.clone(),
+        detect,
         status: TransactionStatus::Idle,
         views_changed: false,
         out: BytesMut::with_capacity(16 * 1024),
@@ -808,6 +811,8 @@ struct Backward {
     in_flight: Arc<InFlight>,
     denials: Arc<super::guard::Denials>,
     tape: Option<Arc<crate::recording::Tape>>,
+    /// For a masked role: the content detectors' state (`None`: not scanned).
+    detect: Option<Detect>,
     status: TransactionStatus,
     /// Set by `take_frames` when committed DDL may have changed views.
     views_changed: bool,
@@ -912,6 +917,122 @@ impl Completions {
             _ => {}
         }
     }
+}
+
+/// The content detectors on a masked session's way out (`phigate_policy::detect`): text
+/// values of rows, COPY text/CSV data, and error and notice fields, masked in place (lengths
+/// never change, so no message is re-framed).
+#[derive(Default)]
+struct Detect {
+    /// Per column of the current result: a text-like type. `None` before a RowDescription
+    /// (an Execute of a statement described earlier): then values that look like text are
+    /// scanned.
+    text_cols: Option<Vec<bool>>,
+    copy_binary: bool,
+}
+
+/// Types whose values (text or binary format) are text: text, varchar, bpchar, char, name,
+/// json, jsonb, xml, unknown, and arrays of those.
+fn text_like(oid: u32) -> bool {
+    matches!(
+        oid,
+        25 | 1043
+            | 1042
+            | 18
+            | 19
+            | 114
+            | 3802
+            | 142
+            | 705
+            | 1009
+            | 1015
+            | 1014
+            | 1002
+            | 1003
+            | 199
+            | 3807
+            | 143
+    )
+}
+
+impl Detect {
+    /// Scans one whole message (header included) in place.
+    fn scan(&mut self, msg: &mut [u8]) {
+        if msg.len() < 5 {
+            return;
+        }
+        let tag = msg[0];
+        let body = &mut msg[5..];
+        match tag {
+            backend::tag::ROW_DESCRIPTION => {
+                let frame = phigate_wire::Frame::from_raw(bytes::Bytes::copy_from_slice(
+                    &[&[tag][..], &((body.len() + 4) as u32).to_be_bytes(), body].concat(),
+                ));
+                self.text_cols = frame.ok().and_then(|f| {
+                    backend::decode_row_description(&f)
+                        .ok()
+                        .map(|cols| cols.iter().map(|c| text_like(c.type_oid)).collect())
+                });
+            }
+            backend::tag::DATA_ROW => {
+                if body.len() < 2 {
+                    return;
+                }
+                let n = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+                let mut at = 2;
+                for col in 0..n {
+                    let Some(len) = body.get(at..at + 4) else {
+                        return;
+                    };
+                    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                    at += 4;
+                    if len <= 0 {
+                        continue;
+                    }
+                    let end = at + len as usize;
+                    let Some(value) = body.get_mut(at..end) else {
+                        return;
+                    };
+                    let scan = match &self.text_cols {
+                        Some(cols) => cols.get(col).copied().unwrap_or(true),
+                        None => looks_like_text(value),
+                    };
+                    if scan {
+                        phigate_policy::detect::scrub(value);
+                    }
+                    at = end;
+                }
+            }
+            backend::tag::COPY_OUT_RESPONSE => self.copy_binary = body.first() == Some(&1),
+            // CopyData out: text and CSV lines (binary COPY carries lengths: left alone).
+            b'd' if !self.copy_binary => {
+                phigate_policy::detect::scrub(body);
+            }
+            backend::tag::ERROR_RESPONSE | backend::tag::NOTICE_RESPONSE => {
+                // Field type byte, then a NUL-terminated value: each value on its own.
+                let mut at = 0;
+                while at < body.len() && body[at] != 0 {
+                    let start = at + 1;
+                    let end = body[start..]
+                        .iter()
+                        .position(|b| *b == 0)
+                        .map_or(body.len(), |p| start + p);
+                    phigate_policy::detect::scrub(&mut body[start..end]);
+                    at = end + 1;
+                }
+            }
+            backend::tag::READY_FOR_QUERY => self.text_cols = None,
+            _ => {}
+        }
+    }
+}
+
+/// A value of unknown type that is printable UTF-8 (binary encodings of numbers, dates and
+/// the like carry control bytes or are too short to hold an identifier).
+fn looks_like_text(v: &[u8]) -> bool {
+    v.iter()
+        .all(|b| *b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
+        && std::str::from_utf8(v).is_ok()
 }
 
 /// `SELECT 5` → ("SELECT", Some(5)); `INSERT 0 3` → ("INSERT", Some(3)); `BEGIN` → ("BEGIN", None).
@@ -1098,10 +1219,15 @@ impl Backward {
                 }
                 _ => {}
             }
-            if let Some(t) = tape.as_mut() {
-                t.frame(&frame);
-            }
+            let start = self.out.len();
             self.out.extend_from_slice(frame.as_bytes());
+            if let Some(d) = self.detect.as_mut() {
+                d.scan(&mut self.out[start..]);
+            }
+            // What the client receives, after the detectors.
+            if let Some(t) = tape.as_mut() {
+                t.bytes(&self.out[start..], false);
+            }
         }
         self.in_flight
             .answered
