@@ -15,6 +15,12 @@
 
 /// Masks the identifiers found in `text`; returns how many.
 pub fn scrub(text: &mut [u8]) -> usize {
+    scrub_except(text, &[])
+}
+
+/// Like [`scrub`], leaving alone a match equal to one of `keep` (the caller's own identity:
+/// an agent may see its own e-mail-shaped subject).
+pub fn scrub_except(text: &mut [u8], keep: &[&[u8]]) -> usize {
     if memchr::memchr3(b'-', b'.', b'@', text).is_none() {
         return 0;
     }
@@ -34,6 +40,7 @@ pub fn scrub(text: &mut [u8]) -> usize {
             None
         };
         match len {
+            Some((start, end)) if keep.contains(&&text[start..end]) => i = end,
             Some((start, end)) => {
                 for c in &mut text[start..end] {
                     if c.is_ascii_alphanumeric() {
@@ -198,6 +205,13 @@ mod tests {
         ] {
             assert_eq!(s(text), text);
         }
+    }
+
+    #[test]
+    fn the_callers_own_identity_stays() {
+        let mut b = b"me@demo.example, you@demo.example".to_vec();
+        assert_eq!(scrub_except(&mut b, &[b"me@demo.example"]), 1);
+        assert_eq!(b, b"me@demo.example, ***@****.*******".to_vec());
     }
 
     #[test]

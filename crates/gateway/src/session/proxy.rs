@@ -204,7 +204,10 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let session = guard.session.clone();
     let tape = guard.tape.clone();
     // A masked role's text goes through the content detectors too (the second net).
-    let detect = guard.role.masked.then(Detect::default);
+    let detect = guard.role.masked.then(|| Detect {
+        own: identity.subject.0.as_bytes().to_vec(),
+        ..Detect::default()
+    });
     let started = std::time::Instant::now();
     let units: Arc<std::sync::Mutex<VecDeque<Unit>>> = Arc::default();
     let statements = Arc::new(AtomicU64::new(0));
@@ -929,6 +932,8 @@ struct Detect {
     /// scanned.
     text_cols: Option<Vec<bool>>,
     copy_binary: bool,
+    /// The session's own subject: shown as is (an agent may see who it is).
+    own: Vec<u8>,
 }
 
 /// Types whose values (text or binary format) are text: text, varchar, bpchar, char, name,
@@ -998,7 +1003,7 @@ impl Detect {
                         None => looks_like_text(value),
                     };
                     if scan {
-                        phigate_policy::detect::scrub(value);
+                        phigate_policy::detect::scrub_except(value, &[&self.own]);
                     }
                     at = end;
                 }
@@ -1006,7 +1011,7 @@ impl Detect {
             backend::tag::COPY_OUT_RESPONSE => self.copy_binary = body.first() == Some(&1),
             // CopyData out: text and CSV lines (binary COPY carries lengths: left alone).
             b'd' if !self.copy_binary => {
-                phigate_policy::detect::scrub(body);
+                phigate_policy::detect::scrub_except(body, &[&self.own]);
             }
             backend::tag::ERROR_RESPONSE | backend::tag::NOTICE_RESPONSE => {
                 // Field type byte, then a NUL-terminated value: each value on its own.
@@ -1017,7 +1022,7 @@ impl Detect {
                         .iter()
                         .position(|b| *b == 0)
                         .map_or(body.len(), |p| start + p);
-                    phigate_policy::detect::scrub(&mut body[start..end]);
+                    phigate_policy::detect::scrub_except(&mut body[start..end], &[&self.own]);
                     at = end + 1;
                 }
             }
