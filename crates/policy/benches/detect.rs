@@ -15,7 +15,7 @@ fn notes(with_identifiers: bool) -> Vec<u8> {
              recheck A1c in 3 months (ICD E11.9). ",
             i % 28 + 1
         ));
-        if with_identifiers && i % 4 == 0 {
+        if with_identifiers && i.is_multiple_of(4) {
             out.push_str(&format!(
                 "Call 555-{:03}-{:04} or mail pt{i}@example.org; SSN 078-05-{:04}; from 10.0.{}.{}. ",
                 i % 1000,
