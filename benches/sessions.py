@@ -50,7 +50,8 @@ def main():
     rows = []
     try:
         bouncer_pid = int(os.popen("pgrep -n -x pgbouncer").read().split()[0])
-        for name, pid in [("pgbouncer", bouncer_pid), ("phigate", env.gateway.pid)]:
+        for name, pid in [("pgbouncer", bouncer_pid), ("phigate", env.gateway.pid),
+                          ("phigate-guarded", env.guarded_gateway.pid)]:
             port, user, pw = env.targets()[name]
             before = env.rss_kib(pid)
             conns, secs = open_sessions(port, user, pw, args.sessions)
