@@ -283,7 +283,7 @@ async fn authorize(
     for role in roles {
         match shared
             .auth
-            .authenticate(peer.ip(), role, token, &is_role)
+            .authenticate_api(peer.ip(), role, token, &is_role)
             .await
         {
             Ok(id) => {
@@ -353,14 +353,19 @@ async fn reviews_list(
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    if let Err(r) = reviewer(&shared, peer, &headers).await {
-        return r;
-    }
+    let who = match reviewer(&shared, peer, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
-    (
-        StatusCode::OK,
-        Json(json!({"reviews": shared.reviews.list(all)})),
-    )
+    // Only the reviews this reviewer may decide: a statement's exact text may carry PHI.
+    let mine: Vec<_> = shared
+        .reviews
+        .list(all)
+        .into_iter()
+        .filter(|r| r.reviewer_roles.contains(&who.role.0))
+        .collect();
+    (StatusCode::OK, Json(json!({ "reviews": mine })))
 }
 
 async fn review_show(
@@ -369,12 +374,13 @@ async fn review_show(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Reply {
-    if let Err(r) = reviewer(&shared, peer, &headers).await {
-        return r;
-    }
+    let who = match reviewer(&shared, peer, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     match shared.reviews.get(&id) {
-        Some(r) => (StatusCode::OK, Json(json!(r))),
-        None => error(StatusCode::NOT_FOUND, &format!("no review {id}")),
+        Some(r) if r.reviewer_roles.contains(&who.role.0) => (StatusCode::OK, Json(json!(r))),
+        _ => error(StatusCode::NOT_FOUND, &format!("no review {id} for you")),
     }
 }
 
@@ -548,6 +554,15 @@ async fn access_request(
         Ok(i) => i,
         Err(r) => return r,
     };
+    if matches!(
+        who.credential,
+        crate::auth::Credential::StaticToken | crate::auth::Credential::ApiKey { .. }
+    ) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "API keys and static tokens carry a fixed list of roles and are never elevated: ask with your own sign-in (phigate login)",
+        );
+    }
     let Ok(req) = serde_json::from_slice::<AccessRequestBody>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -578,6 +593,7 @@ async fn access_request(
         );
     }
     let review = shared.reviews.open_elevation(
+        &who.issuer,
         &who.subject.0,
         &who.role.0,
         &req.role,

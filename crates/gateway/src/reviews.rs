@@ -97,6 +97,8 @@ pub struct Review {
     /// For an elevation: the role asked for, and for how long once approved.
     pub elevate_to: Option<String>,
     pub minutes: Option<u64>,
+    /// For an elevation: who vouched for the requester (the grant is for that issuer only).
+    pub issuer: Option<String>,
     #[serde(skip)]
     fingerprint: Option<String>,
 }
@@ -254,8 +256,8 @@ impl Notifier {
     }
 }
 
-/// An approval with `fingerprint` scope: (subject, rule, fingerprint) → (review, until).
-type Grants = HashMap<(String, String, String), (String, SystemTime)>;
+/// An approval with `fingerprint` scope: (subject, role, rule, fingerprint) → (review, until).
+type Grants = HashMap<(String, String, String, String), (String, SystemTime)>;
 
 pub struct Reviews {
     entries: Mutex<HashMap<String, Entry>>,
@@ -374,6 +376,7 @@ impl Reviews {
             kind: "statement".into(),
             elevate_to: None,
             minutes: None,
+            issuer: None,
             fingerprint: req.scope.map(|(f, _)| f),
         };
         let (tx, rx) = oneshot::channel();
@@ -400,6 +403,7 @@ impl Reviews {
     #[allow(clippy::too_many_arguments)]
     pub fn open_elevation(
         &self,
+        issuer: &str,
         requester: &str,
         current_role: &str,
         role: &str,
@@ -435,6 +439,7 @@ impl Reviews {
             kind: "elevation".into(),
             elevate_to: Some(role.to_owned()),
             minutes: Some(minutes),
+            issuer: Some(issuer.to_owned()),
             fingerprint: None,
         };
         self.log(&review);
@@ -556,20 +561,12 @@ impl Reviews {
             }
         };
         if approve {
-            if let (Some(role), Some(minutes)) = (&e.review.elevate_to, e.review.minutes) {
+            if let (Some(role), Some(minutes), Some(issuer)) =
+                (&e.review.elevate_to, e.review.minutes, &e.review.issuer)
+            {
                 let until = SystemTime::now() + Duration::from_secs(minutes * 60);
-                self.elevations.grant(&e.review.requester, role, until);
-            }
-            if let (Some(fp), Some(minutes)) = (&e.review.fingerprint, e.review.scope_minutes) {
-                let until = SystemTime::now() + Duration::from_secs(minutes * 60);
-                let key = (
-                    e.review.requester.clone(),
-                    e.review.rule.clone(),
-                    fp.clone(),
-                );
-                let mut g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-                g.retain(|_, (_, t)| *t > SystemTime::now());
-                g.insert(key, (id.to_owned(), until));
+                self.elevations
+                    .grant(issuer, &e.review.requester, role, until);
             }
         }
         if let Some(tx) = e.waiter.take() {
@@ -581,17 +578,47 @@ impl Reviews {
         Ok(Decided { review, last: true })
     }
 
+    /// The held statement of review `id` ran: an approval with `fingerprint` scope now covers
+    /// its requester's statements of the same shape, in the same role, under the same rule,
+    /// for its minutes. A break-glass approval covers nothing further.
+    pub fn grant_fingerprint(&self, id: &str) {
+        let Some(r) = self.get_entry(id) else {
+            return;
+        };
+        if r.status != "approved" || r.break_glass {
+            return;
+        }
+        let (Some(fp), Some(minutes)) = (r.fingerprint, r.scope_minutes) else {
+            return;
+        };
+        let until = SystemTime::now() + Duration::from_secs(minutes * 60);
+        let mut g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|_, (_, t)| *t > SystemTime::now());
+        g.insert((r.requester, r.role, r.rule, fp), (id.to_owned(), until));
+    }
+
+    fn get_entry(&self, id: &str) -> Option<Review> {
+        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(id).map(|e| e.review.clone())
+    }
+
     /// A live `fingerprint` approval covering this statement: the review that granted it and
     /// until when.
     pub fn granted(
         &self,
         subject: &str,
+        role: &str,
         rule: &str,
         fingerprint: &str,
     ) -> Option<(String, String)> {
         let g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        let (review, until) =
-            g.get(&(subject.to_owned(), rule.to_owned(), fingerprint.to_owned()))?;
+        let key = (
+            subject.to_owned(),
+            role.to_owned(),
+            rule.to_owned(),
+            fingerprint.to_owned(),
+        );
+        let (review, until) = g.get(&key)?;
         (*until > SystemTime::now()).then(|| {
             (
                 review.clone(),
@@ -714,15 +741,24 @@ mod tests {
                 .map(|d| d.last),
             Err(DecideError::AlreadyApproved("ann".into()))
         );
-        assert!(r.granted("agent", "rule", "fp").is_none());
+        assert!(r.granted("agent", "ai-agent", "rule", "fp").is_none());
         let second = r
             .decide(&rev.id, "bob", "reviewer", true, "ok", false, &[])
             .expect("second approval");
         assert!(second.last);
         assert!(matches!(rx.try_recv(), Ok(Outcome::Approved { by, .. }) if by == "ann, bob"));
-        assert_eq!(r.granted("agent", "rule", "fp").map(|g| g.0), Some(rev.id));
-        assert!(r.granted("someone-else", "rule", "fp").is_none());
-        assert!(r.granted("agent", "rule", "other").is_none());
+        // The grant starts when the statement runs.
+        assert!(r.granted("agent", "ai-agent", "rule", "fp").is_none());
+        r.grant_fingerprint(&rev.id);
+        assert_eq!(
+            r.granted("agent", "ai-agent", "rule", "fp").map(|g| g.0),
+            Some(rev.id)
+        );
+        assert!(r
+            .granted("someone-else", "ai-agent", "rule", "fp")
+            .is_none());
+        assert!(r.granted("agent", "clinician", "rule", "fp").is_none());
+        assert!(r.granted("agent", "ai-agent", "rule", "other").is_none());
     }
 
     #[test]
@@ -752,6 +788,11 @@ mod tests {
             )
             .expect("break-glass");
         assert!(d.last && d.review.break_glass);
+        r.grant_fingerprint(&rev.id);
+        assert!(
+            r.granted("agent", "ai-agent", "rule", "fp").is_none(),
+            "break-glass covers nothing further"
+        );
         assert!(matches!(
             rx.try_recv(),
             Ok(Outcome::Approved {

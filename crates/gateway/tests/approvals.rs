@@ -762,11 +762,32 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
 async fn an_access_request_opens_a_role_for_a_while() {
     let mut opts = GatewayOptions::for_cluster(cluster());
     opts.policy = RULES_POLICY.into();
+    // An individual signed in through the gateway's issuer (development tokens here), bound to
+    // ai-agent by group: elevations are for such sign-ins, never for API keys or static tokens.
+    opts.top = "[auth]\ndevelopment = true\n\n[[binding]]\ngroups = [\"agents\"]\nroles = [\"ai-agent\"]\n".into();
     opts.extra =
         "[approvals]\nelevation_roles = [\"clinician\"]\nmax_elevation_minutes = 60\n".into();
     let gw = Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
-    let agent_token = gw.token("agent").to_owned();
+    let (ok, minted, err) = phigate_testkit::run(Command::new(bin()).args([
+        "token",
+        "mint",
+        "--config",
+        gw.config_path().to_str().expect("utf-8"),
+        "--subject",
+        "intern@test.phigate",
+        "--group",
+        "agents",
+    ]))
+    .expect("mint");
+    assert!(
+        ok,
+        "{err} {:?} {:?}",
+        std::fs::read(gw.data_dir().join("keys/token-signing.ed25519.pk8")).map(|b| b.len()),
+        std::fs::read_to_string(gw.config_path())
+    );
+    let agent_token = minted.trim().to_owned();
+    let static_token = gw.token("agent").to_owned();
     let reviewer = gw.token("reviewer").to_owned();
     let as_clinician = format!(
         "host=127.0.0.1 port={} dbname=clinic user=clinician password={agent_token} sslmode=disable",
@@ -788,6 +809,19 @@ async fn an_access_request_opens_a_role_for_a_while() {
         )
         .expect("phigate review")
     };
+    let (ok, _, err) = cli(
+        &static_token,
+        &[
+            "request",
+            "--role",
+            "clinician",
+            "--minutes",
+            "10",
+            "--reason",
+            "a static token asks for it",
+        ],
+    );
+    assert!(!ok && err.contains("never elevated"), "{err}");
     let (ok, _, err) = cli(
         &agent_token,
         &[
@@ -858,7 +892,13 @@ async fn an_access_request_opens_a_role_for_a_while() {
         })
         .expect("a row");
     assert_eq!(row.0.as_deref(), Some("clinician"));
-    assert_eq!(row.1.as_deref(), Some("agent@test.phigate"));
+    assert_eq!(row.1.as_deref(), Some("intern@test.phigate"));
+    // The elevation is this sign-in's: another identity's static token gets nothing.
+    let other = format!(
+        "host=127.0.0.1 port={} dbname=clinic user=clinician password={static_token} sslmode=disable",
+        gw.pg_port
+    );
+    assert!(tokio_postgres::connect(&other, NoTls).await.is_err());
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let out = Command::new(bin())

@@ -178,23 +178,28 @@ struct Principal {
 }
 
 /// Time-boxed role elevations a reviewer approved (an access request: "alice may act as
-/// clinician for 30 minutes"), by subject and role. In memory: a restart ends them.
+/// clinician for 30 minutes"), by issuer, subject and role: a namesake at another issuer gets
+/// nothing. In memory: a restart ends them.
 #[derive(Default)]
 pub struct Elevations {
-    granted: std::sync::Mutex<HashMap<(String, String), SystemTime>>,
+    granted: std::sync::Mutex<HashMap<(String, String, String), SystemTime>>,
 }
 
 impl Elevations {
-    pub fn grant(&self, subject: &str, role: &str, until: SystemTime) {
+    pub fn grant(&self, issuer: &str, subject: &str, role: &str, until: SystemTime) {
         let mut g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         g.retain(|_, t| *t > SystemTime::now());
-        g.insert((subject.to_owned(), role.to_owned()), until);
+        g.insert(
+            (issuer.to_owned(), subject.to_owned(), role.to_owned()),
+            until,
+        );
     }
 
-    /// Until when `subject` may assume `role` by an approved elevation.
-    pub fn until(&self, subject: &str, role: &str) -> Option<SystemTime> {
+    /// Until when `subject` (vouched for by `issuer`) may assume `role` by an approved
+    /// elevation.
+    pub fn until(&self, issuer: &str, subject: &str, role: &str) -> Option<SystemTime> {
         let g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        g.get(&(subject.to_owned(), role.to_owned()))
+        g.get(&(issuer.to_owned(), subject.to_owned(), role.to_owned()))
             .copied()
             .filter(|t| *t > SystemTime::now())
     }
@@ -300,11 +305,36 @@ impl Authenticator {
         token: &str,
         is_role: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Identity, AuthError> {
+        self.authenticate_as(peer, requested_role, token, is_role, true)
+            .await
+    }
+
+    /// For the HTTP API: like [`Authenticator::authenticate`], but an approved elevation does
+    /// not count (it opens database sessions, not reviewer or auditor powers).
+    pub async fn authenticate_api(
+        &self,
+        peer: IpAddr,
+        requested_role: &str,
+        token: &str,
+        is_role: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Identity, AuthError> {
+        self.authenticate_as(peer, requested_role, token, is_role, false)
+            .await
+    }
+
+    async fn authenticate_as(
+        &self,
+        peer: IpAddr,
+        requested_role: &str,
+        token: &str,
+        is_role: &(dyn Fn(&str) -> bool + Sync),
+        elevations: bool,
+    ) -> Result<Identity, AuthError> {
         if let Err(wait) = self.failed.check(peer) {
             return Err(AuthError::RateLimited(wait));
         }
         let result = match self.principal(token).await {
-            Ok(p) => self.assume(p, requested_role, is_role),
+            Ok(p) => self.assume(p, requested_role, is_role, elevations),
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -494,7 +524,11 @@ impl Authenticator {
         p: Principal,
         requested: &str,
         is_role: &(dyn Fn(&str) -> bool + Sync),
+        elevations: bool,
     ) -> Result<Identity, AuthError> {
+        // Credentials with their own role list (API keys, static tokens) are deliberately
+        // narrow: an elevation never widens them.
+        let elevations = elevations && p.roles.is_none();
         let allowed = match p.roles {
             Some(r) => r,
             None => self.roles_for(&p.subject, &p.groups, &p.issuer),
@@ -506,7 +540,10 @@ impl Authenticator {
         let role = if is_role(requested) {
             if !allowed.iter().any(|r| r == requested) {
                 // An approved elevation: the role until it ends (the session ends then too).
-                let Some(until) = self.elevations.until(&p.subject, requested) else {
+                let until = elevations
+                    .then(|| self.elevations.until(&p.issuer, &p.subject, requested))
+                    .flatten();
+                let Some(until) = until else {
                     return Err(AuthError::RoleNotAllowed {
                         subject: p.subject,
                         role: requested.to_owned(),

@@ -376,26 +376,37 @@ impl Guard {
 
     /// Keeps track of SQL-level PREPARE / DEALLOCATE in an allowed Query (DEALLOCATE ALL also
     /// drops the protocol-level statements, as in PostgreSQL).
-    /// `SET phigate.reason = '...'` (or `RESET`): remembered as the session's justification.
+    /// `SET phigate.reason = '...'` (or `RESET phigate.reason`), alone in its Query: remembered
+    /// as the session's justification. `SET LOCAL` and `set_config()` are not followed.
     fn note_reason(&mut self, analysis: &Analysis, sql: &str) {
         let Analysis::Parsed(stmts) = analysis else {
             return;
         };
-        let sets_reason = stmts.iter().any(|st| {
-            st.settings
-                .iter()
-                .any(|s| s == phigate_policy::REASON_SETTING)
-        });
-        if !sets_reason {
+        let [st] = stmts.as_slice() else {
+            return;
+        };
+        if st.settings != [phigate_policy::REASON_SETTING] {
             return;
         }
-        let (_, literals) = phigate_sql::redact_literals(sql);
-        self.reason = literals.iter().find_map(|l| {
-            let inner = l.strip_prefix('\'')?.strip_suffix('\'')?;
-            let text = inner.replace("''", "'");
-            let text = text.trim();
-            (!text.is_empty()).then(|| text.chars().take(500).collect())
-        });
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .take(2)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        match words.first().map(String::as_str) {
+            Some("reset") => self.reason = None,
+            Some("set") if words.get(1).is_none_or(|w| w != "local") => {
+                let (_, literals) = phigate_sql::redact_literals(sql);
+                if let [only] = literals.as_slice() {
+                    self.reason = only
+                        .strip_prefix('\'')
+                        .and_then(|l| l.strip_suffix('\''))
+                        .map(|inner| inner.replace("''", "'").trim().chars().take(500).collect())
+                        .filter(|r: &String| !r.is_empty());
+                }
+            }
+            _ => {}
+        }
     }
 
     fn track_sql_prepared(&mut self, analysis: &Arc<Analysis>) {

@@ -497,21 +497,32 @@ impl Forward<'_> {
         let (kinds, tables) = super::guard::describe(&held.analysis);
         let identity = self.credential.identity.clone();
         // An approval with fingerprint scope covers this individual's statements of the same
-        // shape (any literals) for a while: such a statement runs at once, under that review.
-        let scope = (settings.scope == phigate_policy::ApprovalScope::Fingerprint).then(|| {
-            let (text, _) = phigate_sql::redact_literals(&held.sql);
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+        // shape (any literals) in the same role for a while: such a statement runs at once,
+        // under that review. Only for reads and DML: a function or DDL body is no literal.
+        let scope = (settings.scope == phigate_policy::ApprovalScope::Fingerprint
+            && dml_only(&held.analysis))
+        .then(|| {
+            use sha2::Digest;
+            let (text, literals) = phigate_sql::redact_literals(&held.sql);
+            let mut h = sha2::Sha256::new();
+            h.update(text.as_bytes());
+            // Dollar-quoted bodies are code more often than data: part of the shape.
+            for l in literals.iter().filter(|l| l.starts_with('$')) {
+                h.update([0]);
+                h.update(l.as_bytes());
+            }
             (
-                hex::encode(&digest[..16]),
+                hex::encode(&h.finalize()[..16]),
                 settings.scope_minutes.unwrap_or(30),
             )
         });
         if let Some((fingerprint, _)) = &scope {
-            if let Some((review, until)) =
-                shared
-                    .reviews
-                    .granted(&identity.subject.0, &held.refusal.rule, fingerprint)
-            {
+            if let Some((review, until)) = shared.reviews.granted(
+                &identity.subject.0,
+                &identity.role.0,
+                &held.refusal.rule,
+                fingerprint,
+            ) {
                 let mut notice = BytesMut::new();
                 backend::Notice::note(
                     "01000",
@@ -672,12 +683,27 @@ impl Forward<'_> {
             }
             w => w,
         };
-        // The credential may have ended, or the audit failed, while the statement waited.
+        // The credential may have ended, or the audit failed, while the statement waited: the
+        // approval is recorded, and then that the statement did not run.
         let waited = match waited {
-            Waited::Decided(crate::reviews::Outcome::Approved { .. })
-                if self.credential.check(shared).is_some()
-                    || shared.audit.as_ref().is_some_and(|a| !a.healthy()) =>
+            Waited::Decided(crate::reviews::Outcome::Approved {
+                by,
+                reason,
+                break_glass,
+            }) if self.credential.check(shared).is_some()
+                || shared.audit.as_ref().is_some_and(|a| !a.healthy()) =>
             {
+                if let Some(a) = &shared.audit {
+                    a.submit(phigate_audit::Pending::Event(
+                        phigate_audit::Event::ReviewDecided {
+                            review: id.clone(),
+                            status: "approved".into(),
+                            by: Some(by),
+                            reason: Some(reason),
+                            break_glass,
+                        },
+                    ));
+                }
                 Waited::Withdrawn
             }
             w => w,
@@ -703,6 +729,7 @@ impl Forward<'_> {
                     ));
                 }
                 self.guard.release(held, &id, &mut self.out);
+                shared.reviews.grant_fingerprint(&id);
                 return Ok(());
             }
             Waited::Decided(crate::reviews::Outcome::Denied { by, reason }) => (
@@ -922,6 +949,20 @@ impl Completions {
     }
 }
 
+/// Reads and DML only (what a fingerprint approval may cover).
+fn dml_only(analysis: &phigate_sql::Analysis) -> bool {
+    use phigate_sql::Kind;
+    match analysis {
+        phigate_sql::Analysis::Parsed(stmts) => stmts.iter().all(|st| {
+            matches!(
+                st.kind,
+                Kind::Select | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge
+            )
+        }),
+        phigate_sql::Analysis::Invalid { .. } => false,
+    }
+}
+
 /// The content detectors on a masked session's way out (`phigate_policy::detect`): text
 /// values of rows, COPY text/CSV data, and error and notice fields, masked in place (lengths
 /// never change, so no message is re-framed).
@@ -936,28 +977,12 @@ struct Detect {
     own: Vec<u8>,
 }
 
-/// Types whose values (text or binary format) are text: text, varchar, bpchar, char, name,
-/// json, jsonb, xml, unknown, and arrays of those.
+/// Types whose values are text in both formats: text, varchar, bpchar, char, name, json,
+/// jsonb (binary: a version byte, then text), xml, unknown. Arrays are not: their binary form
+/// interleaves lengths with the elements, and the RowDescription of a described statement does
+/// not say which format the rows will come in.
 fn text_like(oid: u32) -> bool {
-    matches!(
-        oid,
-        25 | 1043
-            | 1042
-            | 18
-            | 19
-            | 114
-            | 3802
-            | 142
-            | 705
-            | 1009
-            | 1015
-            | 1014
-            | 1002
-            | 1003
-            | 199
-            | 3807
-            | 143
-    )
+    matches!(oid, 25 | 1043 | 1042 | 18 | 19 | 114 | 3802 | 142 | 705)
 }
 
 impl Detect {
@@ -999,7 +1024,7 @@ impl Detect {
                         return;
                     };
                     let scan = match &self.text_cols {
-                        Some(cols) => cols.get(col).copied().unwrap_or(true),
+                        Some(cols) => cols.get(col).copied().unwrap_or(false),
                         None => looks_like_text(value),
                     };
                     if scan {
@@ -1025,8 +1050,13 @@ impl Detect {
                     phigate_policy::detect::scrub_except(&mut body[start..end], &[&self.own]);
                     at = end + 1;
                 }
+                self.text_cols = None;
             }
-            backend::tag::READY_FOR_QUERY => self.text_cols = None,
+            // A result ends: the next one brings its own description (or none, for an Execute
+            // of a statement described earlier).
+            backend::tag::READY_FOR_QUERY
+            | backend::tag::COMMAND_COMPLETE
+            | backend::tag::EMPTY_QUERY_RESPONSE => self.text_cols = None,
             _ => {}
         }
     }
@@ -1035,6 +1065,10 @@ impl Detect {
 /// A value of unknown type that is printable UTF-8 (binary encodings of numbers, dates and
 /// the like carry control bytes or are too short to hold an identifier).
 fn looks_like_text(v: &[u8]) -> bool {
+    // Eight and sixteen bytes: int8, float8, timestamps, uuids in binary.
+    if v.len() == 8 || v.len() == 16 {
+        return false;
+    }
     v.iter()
         .all(|b| *b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
         && std::str::from_utf8(v).is_ok()
