@@ -769,17 +769,30 @@ async fn an_access_request_opens_a_role_for_a_while() {
         "[approvals]\nelevation_roles = [\"clinician\"]\nmax_elevation_minutes = 60\n".into();
     let gw = Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
-    let (ok, minted, err) = phigate_testkit::run(Command::new(bin()).args([
-        "token",
-        "mint",
-        "--config",
-        gw.config_path().to_str().expect("utf-8"),
-        "--subject",
-        "intern@test.phigate",
-        "--group",
-        "agents",
-    ]))
-    .expect("mint");
+    let mint = || {
+        phigate_testkit::run(Command::new(bin()).args([
+            "token",
+            "mint",
+            "--config",
+            gw.config_path().to_str().expect("utf-8"),
+            "--subject",
+            "intern@test.phigate",
+            "--group",
+            "agents",
+        ]))
+        .expect("mint")
+    };
+    // Once, a mint right after the start read a key it could not parse: try a few times, and
+    // say what the key file held if it never works.
+    let mut minted = mint();
+    for _ in 0..10 {
+        if minted.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        minted = mint();
+    }
+    let (ok, minted, err) = minted;
     assert!(
         ok,
         "{err} {:?} {:?}",
