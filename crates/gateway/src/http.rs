@@ -308,16 +308,17 @@ async fn authorize(
     ))
 }
 
-/// The caller must hold a credential for one of `audit.reader_roles`.
+/// The caller must hold a credential for one of `audit.reader_roles`: the log's directory and
+/// who the caller is.
 async fn audit_reader(
     shared: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,
-) -> Result<std::path::PathBuf, Reply> {
+) -> Result<(std::path::PathBuf, crate::auth::Identity), Reply> {
     let Some(dir) = shared.audit_dir.clone() else {
         return Err(error(StatusCode::NOT_FOUND, "the audit log is disabled"));
     };
-    authorize(
+    let who = authorize(
         shared,
         peer,
         headers,
@@ -325,7 +326,7 @@ async fn audit_reader(
         "read the audit log (audit.reader_roles)",
     )
     .await?;
-    Ok(dir)
+    Ok((dir, who))
 }
 
 async fn reviewer(
@@ -653,7 +654,7 @@ async fn audit_records(
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    let dir = match audit_reader(&shared, peer, &headers).await {
+    let (dir, _) = match audit_reader(&shared, peer, &headers).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -682,7 +683,7 @@ async fn sessions_list(
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    let dir = match audit_reader(&shared, peer, &headers).await {
+    let (dir, _) = match audit_reader(&shared, peer, &headers).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -713,19 +714,8 @@ async fn session_replay(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Reply {
-    let Some(dir) = shared.audit_dir.clone() else {
-        return error(StatusCode::NOT_FOUND, "the audit log is disabled");
-    };
-    let who = match authorize(
-        &shared,
-        peer,
-        &headers,
-        &shared.audit_reader_roles,
-        "read the audit log (audit.reader_roles)",
-    )
-    .await
-    {
-        Ok(who) => who,
+    let (dir, who) = match audit_reader(&shared, peer, &headers).await {
+        Ok(d) => d,
         Err(r) => return r,
     };
     let Some(recorder) = shared.recorder.clone() else {
@@ -782,7 +772,7 @@ async fn audit_report(
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    let dir = match audit_reader(&shared, peer, &headers).await {
+    let (dir, _) = match audit_reader(&shared, peer, &headers).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -807,7 +797,7 @@ async fn audit_verify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Reply {
-    let dir = match audit_reader(&shared, peer, &headers).await {
+    let (dir, _) = match audit_reader(&shared, peer, &headers).await {
         Ok(d) => d,
         Err(r) => return r,
     };

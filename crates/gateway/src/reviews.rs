@@ -87,16 +87,16 @@ pub struct Review {
     pub approvals: Vec<Approval>,
     /// Roles that may decide it.
     pub reviewer_roles: Vec<String>,
-    /// `once`, or `fingerprint` (with `scope_minutes`).
+    /// `once`, `fingerprint`, or `elevation`; `scope_minutes`: how long a fingerprint
+    /// approval or an elevation lasts.
     pub scope: String,
     pub scope_minutes: Option<u64>,
     /// Approved by the requester under break-glass.
     pub break_glass: bool,
     /// `statement` (a held statement) or `elevation` (an access request for a role).
     pub kind: String,
-    /// For an elevation: the role asked for, and for how long once approved.
+    /// For an elevation: the role asked for (for `scope_minutes` once approved).
     pub elevate_to: Option<String>,
-    pub minutes: Option<u64>,
     /// For an elevation: who vouched for the requester (the grant is for that issuer only).
     pub issuer: Option<String>,
     #[serde(skip)]
@@ -271,6 +271,10 @@ pub struct Reviews {
     pub expired_at_start: usize,
 }
 
+fn new_id() -> String {
+    format!("r-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -343,9 +347,8 @@ impl Reviews {
 
     /// Opens a review; the receiver yields the decision.
     pub fn open_review(&self, req: Request<'_>) -> (Review, oneshot::Receiver<Outcome>) {
-        let id = format!("r-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let review = Review {
-            id: id.clone(),
+            id: new_id(),
             status: "pending".into(),
             requester: req.requester.to_owned(),
             role: req.role.to_owned(),
@@ -375,26 +378,29 @@ impl Reviews {
             break_glass: false,
             kind: "statement".into(),
             elevate_to: None,
-            minutes: None,
             issuer: None,
             fingerprint: req.scope.map(|(f, _)| f),
         };
         let (tx, rx) = oneshot::channel();
-        self.log(&review);
-        if let Ok(mut m) = self.entries.lock() {
-            // Decided reviews are kept for the API until the map grows large.
-            if m.len() > 10_000 {
-                m.retain(|_, e| e.review.status == "pending");
-            }
-            m.insert(
-                id,
-                Entry {
-                    review: review.clone(),
-                    waiter: Some(tx),
-                },
-            );
-        }
+        self.register(&review, Some(tx));
         (review, rx)
+    }
+
+    /// Announces and keeps a new review (`waiter`: the session holding its statement).
+    fn register(&self, review: &Review, waiter: Option<oneshot::Sender<Outcome>>) {
+        self.log(review);
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided reviews are kept for the API until the map grows large.
+        if m.len() > 10_000 {
+            m.retain(|_, e| e.review.status == "pending");
+        }
+        m.insert(
+            review.id.clone(),
+            Entry {
+                review: review.clone(),
+                waiter,
+            },
+        );
     }
 
     /// An access request: `requester` asks to act as `role` for `minutes`, because `reason`.
@@ -412,9 +418,8 @@ impl Reviews {
         timeout: Duration,
         reviewer_roles: Vec<String>,
     ) -> Review {
-        let id = format!("r-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let review = Review {
-            id: id.clone(),
+            id: new_id(),
             status: "pending".into(),
             requester: requester.to_owned(),
             role: current_role.to_owned(),
@@ -438,22 +443,10 @@ impl Reviews {
             break_glass: false,
             kind: "elevation".into(),
             elevate_to: Some(role.to_owned()),
-            minutes: Some(minutes),
             issuer: Some(issuer.to_owned()),
             fingerprint: None,
         };
-        self.log(&review);
-        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() > 10_000 {
-            m.retain(|_, e| e.review.status == "pending");
-        }
-        m.insert(
-            id,
-            Entry {
-                review: review.clone(),
-                waiter: None,
-            },
-        );
+        self.register(&review, None);
         review
     }
 
@@ -561,9 +554,11 @@ impl Reviews {
             }
         };
         if approve {
-            if let (Some(role), Some(minutes), Some(issuer)) =
-                (&e.review.elevate_to, e.review.minutes, &e.review.issuer)
-            {
+            if let (Some(role), Some(minutes), Some(issuer)) = (
+                &e.review.elevate_to,
+                e.review.scope_minutes,
+                &e.review.issuer,
+            ) {
                 let until = SystemTime::now() + Duration::from_secs(minutes * 60);
                 self.elevations
                     .grant(issuer, &e.review.requester, role, until);
@@ -582,7 +577,7 @@ impl Reviews {
     /// its requester's statements of the same shape, in the same role, under the same rule,
     /// for its minutes. A break-glass approval covers nothing further.
     pub fn grant_fingerprint(&self, id: &str) {
-        let Some(r) = self.get_entry(id) else {
+        let Some(r) = self.get(id) else {
             return;
         };
         if r.status != "approved" || r.break_glass {
@@ -595,11 +590,6 @@ impl Reviews {
         let mut g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         g.retain(|_, (_, t)| *t > SystemTime::now());
         g.insert((r.requester, r.role, r.rule, fp), (id.to_owned(), until));
-    }
-
-    fn get_entry(&self, id: &str) -> Option<Review> {
-        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(id).map(|e| e.review.clone())
     }
 
     /// A live `fingerprint` approval covering this statement: the review that granted it and

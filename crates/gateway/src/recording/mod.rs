@@ -407,6 +407,19 @@ struct Buf {
     last_flush: Option<Instant>,
 }
 
+impl Buf {
+    /// Appends `ev` as one JSON line; returns the bytes written (0 if it could not be encoded).
+    fn line(&mut self, ev: &Ev) -> usize {
+        let before = self.out.len();
+        if serde_json::to_writer(&mut self.out, ev).is_err() {
+            self.out.truncate(before);
+            return 0;
+        }
+        self.out.push(b'\n');
+        self.out.len() - before
+    }
+}
+
 /// One session's recording.
 pub struct Tape {
     recorder: Arc<Recorder>,
@@ -450,24 +463,19 @@ impl Tape {
             b.dropped_total += 1;
             return;
         }
-        let before = b.out.len();
-        if serde_json::to_writer(&mut b.out, ev).is_err() {
-            b.out.truncate(before);
+        let written = b.line(ev);
+        if written == 0 {
             return;
         }
-        b.out.push(b'\n');
         b.events += 1;
-        b.size += (b.out.len() - before) as u64;
+        b.size += written as u64;
         if b.size > self.recorder.max_session {
             b.truncated = true;
             let why = format!(
                 "recording.max_session_mb ({} MiB) reached",
                 self.recorder.max_session >> 20
             );
-            let line = serde_json::to_vec(&Ev::Truncated { t: self.now(), why });
-            if let Ok(line) = line {
-                b.out.extend_from_slice(&line);
-                b.out.push(b'\n');
+            if b.line(&Ev::Truncated { t: self.now(), why }) > 0 {
                 b.events += 1;
             }
         }
@@ -504,11 +512,14 @@ impl Tape {
 
     /// `gateway`: the message was made by the gateway (a refusal, a notice), never by the
     /// database, so it carries no data and its text is kept whatever the mode.
-    fn message(&self, b: &mut Buf, t: u64, tag: u8, body: &[u8], gateway: bool) {
+    /// `msg`: one whole message, header included.
+    fn message(&self, b: &mut Buf, t: u64, msg: &[u8], gateway: bool) {
+        let (tag, body) = (msg[0], &msg[5..]);
+        let frame_of = || phigate_wire::Frame::from_raw(bytes::Bytes::copy_from_slice(msg));
         match tag {
             tag::ROW_DESCRIPTION => {
                 b.kept = 0;
-                let Ok(frame) = frame_of(tag, body) else {
+                let Ok(frame) = frame_of() else {
                     return;
                 };
                 let Ok(fields) = backend::decode_row_description(&frame) else {
@@ -525,7 +536,7 @@ impl Tape {
                 if !self.rows || b.kept >= self.recorder.max_rows {
                     return;
                 }
-                let Ok(frame) = frame_of(tag, body) else {
+                let Ok(frame) = frame_of() else {
                     return;
                 };
                 let Ok(row) = backend::DataRow::decode(&frame) else {
@@ -578,7 +589,7 @@ impl Tape {
             }
             tag::EMPTY_QUERY_RESPONSE => self.push(b, &Ev::Empty { t }),
             tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
-                let Ok(frame) = frame_of(tag, body) else {
+                let Ok(frame) = frame_of() else {
                     return;
                 };
                 let Ok(fields) = backend::Fields::decode(&frame) else {
@@ -661,10 +672,7 @@ impl Tape {
                 t: self.now(),
                 events: std::mem::take(&mut b.dropped),
             };
-            if let Ok(line) = serde_json::to_vec(&gap) {
-                b.out.extend_from_slice(&line);
-                b.out.push(b'\n');
-            }
+            b.line(&gap);
         }
         let data = std::mem::replace(&mut b.out, Vec::with_capacity(4096));
         self.recorder
@@ -689,18 +697,13 @@ impl Tape {
                     t: self.now(),
                     events: b.dropped,
                 };
-                if let Ok(line) = serde_json::to_vec(&gap) {
-                    b.out.extend_from_slice(&line);
-                    b.out.push(b'\n');
-                }
+                b.line(&gap);
             }
             let end = Ev::End {
                 t: self.now(),
                 reason: self.value(reason.as_bytes()),
             };
-            if let Ok(line) = serde_json::to_vec(&end) {
-                b.out.extend_from_slice(&line);
-                b.out.push(b'\n');
+            if b.line(&end) > 0 {
                 b.events += 1;
             }
             self.recorder
@@ -750,12 +753,6 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// One message the database sent, on its way to the client.
-    pub fn frame(&mut self, frame: &phigate_wire::Frame) {
-        self.tape
-            .message(&mut self.buf, self.t, frame.tag(), frame.body(), false);
-    }
-
     /// Whole messages in `bytes`; `gateway` when the gateway made them.
     pub fn bytes(&mut self, bytes: &[u8], gateway: bool) {
         let mut at = 0;
@@ -767,13 +764,8 @@ impl Batch<'_> {
             if len < 4 || end > bytes.len() {
                 break;
             }
-            self.tape.message(
-                &mut self.buf,
-                self.t,
-                bytes[at],
-                &bytes[at + 5..end],
-                gateway,
-            );
+            self.tape
+                .message(&mut self.buf, self.t, &bytes[at..end], gateway);
             at = end;
         }
     }
@@ -783,14 +775,6 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         self.tape.maybe_flush(&mut self.buf, false);
     }
-}
-
-fn frame_of(tag: u8, body: &[u8]) -> Result<phigate_wire::Frame, phigate_wire::WireError> {
-    let mut raw = Vec::with_capacity(body.len() + 5);
-    raw.push(tag);
-    raw.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    raw.extend_from_slice(body);
-    phigate_wire::Frame::from_raw(raw.into())
 }
 
 /// The writer thread's state for one file being written.

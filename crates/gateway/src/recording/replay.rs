@@ -57,6 +57,65 @@ pub struct SessionRow {
     pub recording: Option<RecordingRef>,
 }
 
+impl SessionRow {
+    /// The row a `session_start` record opens (`None` for any other record).
+    fn opened_by(r: phigate_audit::Record) -> Option<SessionRow> {
+        let Event::SessionStart {
+            session,
+            subject,
+            role,
+            issuer,
+            client_addr,
+            application_name,
+            ..
+        } = r.event
+        else {
+            return None;
+        };
+        Some(SessionRow {
+            session,
+            started: r.ts,
+            subject,
+            role,
+            issuer,
+            client_addr,
+            application_name,
+            ..SessionRow::default()
+        })
+    }
+}
+
+impl RecordingRef {
+    /// What a `recording` record says: its session, the recording, and the error when it could
+    /// not be finished (`None` for any other record).
+    fn sealed_by(event: Event) -> Option<(String, RecordingRef, Option<String>)> {
+        let Event::Recording {
+            session,
+            file,
+            sha256,
+            bytes,
+            events,
+            encrypted,
+            truncated,
+            complete,
+            error,
+        } = event
+        else {
+            return None;
+        };
+        let rec = RecordingRef {
+            file,
+            sha256,
+            bytes,
+            events,
+            encrypted,
+            truncated,
+            complete,
+        };
+        Some((session, rec, error))
+    }
+}
+
 fn table_matches(entry: &str, want: &str) -> bool {
     let rel = entry.split(':').next().unwrap_or(entry);
     rel == want || rel.rsplit('.').next() == Some(want)
@@ -69,29 +128,11 @@ pub fn list(audit_dir: &Path, filter: &ListFilter) -> std::io::Result<Vec<Sessio
     phigate_audit::verify::read_records(audit_dir, |r| {
         let ts = r.ts.clone();
         match r.event {
-            Event::SessionStart {
-                session,
-                subject,
-                role,
-                issuer,
-                client_addr,
-                application_name,
-                ..
-            } => {
-                order.push(session.clone());
-                rows.insert(
-                    session.clone(),
-                    SessionRow {
-                        session,
-                        started: ts,
-                        subject,
-                        role,
-                        issuer,
-                        client_addr,
-                        application_name,
-                        ..SessionRow::default()
-                    },
-                );
+            Event::SessionStart { .. } => {
+                if let Some(row) = SessionRow::opened_by(r) {
+                    order.push(row.session.clone());
+                    rows.insert(row.session.clone(), row);
+                }
             }
             Event::Statement(st) => {
                 if let Some(row) = rows.get_mut(&st.session) {
@@ -116,27 +157,11 @@ pub fn list(audit_dir: &Path, filter: &ListFilter) -> std::io::Result<Vec<Sessio
                     row.end_reason = Some(reason);
                 }
             }
-            Event::Recording {
-                session,
-                file,
-                sha256,
-                bytes,
-                events,
-                encrypted,
-                truncated,
-                complete,
-                ..
-            } => {
-                if let Some(row) = rows.get_mut(&session) {
-                    row.recording = Some(RecordingRef {
-                        file,
-                        sha256,
-                        bytes,
-                        events,
-                        encrypted,
-                        truncated,
-                        complete,
-                    });
+            Event::Recording { .. } => {
+                if let Some((session, rec, _)) = RecordingRef::sealed_by(r.event) {
+                    if let Some(row) = rows.get_mut(&session) {
+                        row.recording = Some(rec);
+                    }
                 }
             }
             _ => {}
@@ -256,25 +281,8 @@ pub fn load(
     let read = phigate_audit::verify::read_records(audit_dir, |r| {
         let (seq, ts) = (r.seq, r.ts.clone());
         match r.event {
-            Event::SessionStart {
-                session,
-                subject,
-                role,
-                issuer,
-                client_addr,
-                application_name,
-                ..
-            } if session == id => {
-                row = Some(SessionRow {
-                    session,
-                    started: ts,
-                    subject,
-                    role,
-                    issuer,
-                    client_addr,
-                    application_name,
-                    ..SessionRow::default()
-                });
+            Event::SessionStart { ref session, .. } if session == id => {
+                row = SessionRow::opened_by(r);
             }
             Event::Statement(st) if st.session == id => {
                 statements.insert(st.n, st);
@@ -311,30 +319,11 @@ pub fn load(
                 };
                 decided.insert(review, (status, by, reason));
             }
-            Event::Recording {
-                session,
-                file,
-                sha256,
-                bytes,
-                events,
-                encrypted,
-                truncated,
-                complete,
-                error,
-            } if session == id => {
-                failed = error;
-                sealed = Some((
-                    seq,
-                    RecordingRef {
-                        file,
-                        sha256,
-                        bytes,
-                        events,
-                        encrypted,
-                        truncated,
-                        complete,
-                    },
-                ));
+            Event::Recording { ref session, .. } if session == id => {
+                if let Some((_, rec, error)) = RecordingRef::sealed_by(r.event) {
+                    failed = error;
+                    sealed = Some((seq, rec));
+                }
             }
             Event::SessionEnd {
                 session,

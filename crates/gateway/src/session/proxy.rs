@@ -992,18 +992,17 @@ impl Detect {
             return;
         }
         let tag = msg[0];
+        if tag == backend::tag::ROW_DESCRIPTION {
+            let frame = phigate_wire::Frame::from_raw(bytes::Bytes::copy_from_slice(msg));
+            self.text_cols = frame.ok().and_then(|f| {
+                backend::decode_row_description(&f)
+                    .ok()
+                    .map(|cols| cols.iter().map(|c| text_like(c.type_oid)).collect())
+            });
+            return;
+        }
         let body = &mut msg[5..];
         match tag {
-            backend::tag::ROW_DESCRIPTION => {
-                let frame = phigate_wire::Frame::from_raw(bytes::Bytes::copy_from_slice(
-                    &[&[tag][..], &((body.len() + 4) as u32).to_be_bytes(), body].concat(),
-                ));
-                self.text_cols = frame.ok().and_then(|f| {
-                    backend::decode_row_description(&f)
-                        .ok()
-                        .map(|cols| cols.iter().map(|c| text_like(c.type_oid)).collect())
-                });
-            }
             backend::tag::DATA_ROW => {
                 if body.len() < 2 {
                     return;
