@@ -90,6 +90,33 @@ async fn pending(gw: &Gateway, token: &str, n: usize) -> Vec<Value> {
     panic!("no pending review appeared");
 }
 
+/// The id of the first pending review, waiting until there is one.
+async fn first_pending(gw: &Gateway, token: &str) -> String {
+    pending(gw, token, 1).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// The audit records of one type, as `phigate audit search` gives them.
+fn audit_records(gw: &Gateway, kind: &str) -> Vec<Value> {
+    let out = Command::new(bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(gw.data_dir())
+        .args(["--type", kind])
+        .output()
+        .expect("audit search");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
+        .collect()
+}
+
 async fn decide(gw: &Gateway, token: &str, id: &str, verb: &str, reason: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/reviews/{id}/{verb}", http(gw)))
@@ -166,10 +193,7 @@ async fn held_statements_wait_for_a_reviewer() {
     // An approval covers one execution of a prepared statement.
     let prepare = agent.prepare("INSERT INTO notes (body) VALUES ($1)");
     let approve = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         decide(&gw, &reviewer, &id, "approve", "one row").await.0
     };
     let (stmt, code) = tokio::join!(prepare, approve);
@@ -239,10 +263,7 @@ async fn held_statements_wait_for_a_reviewer() {
     let held = agent.simple_query("INSERT INTO notes (body) VALUES ('in-tx')");
     let behind = agent.simple_query("SELECT count(*) FROM notes WHERE body = 'in-tx'");
     let approve = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         decide(&gw, &reviewer, &id, "approve", "ok").await.0
     };
     let (held, behind, code) = tokio::join!(held, behind, approve);
@@ -299,10 +320,7 @@ async fn held_statements_wait_for_a_reviewer() {
     let cancel = agent.cancel_token();
     let held = agent.simple_query("INSERT INTO notes (body) VALUES ('withdrawn')");
     let withdraw = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         cancel.cancel_query(NoTls).await.expect("cancel");
         id
     };
@@ -342,10 +360,7 @@ async fn a_restart_while_pending_fails_the_client_and_expires_the_review() {
     let agent = connect(&gw.conninfo("agent")).await;
     let held = agent.simple_query("INSERT INTO notes (body) VALUES ('restart')");
     let stop = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         gw.terminate().expect("SIGTERM");
         id
     };
@@ -455,10 +470,7 @@ async fn reviews_are_announced_by_webhook_with_retries() {
     let agent = connect(&gw.conninfo("agent")).await;
     let held = agent.simple_query("INSERT INTO notes (body) VALUES ('hooked-secret-value')");
     let approve = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         // The first delivery is refused; the retry arrives.
         let mut requested = None;
         for _ in 0..60 {
@@ -506,16 +518,7 @@ async fn reviews_are_announced_by_webhook_with_retries() {
     // Each delivery is in the audit log: the first after a retry.
     let mut notified = Vec::new();
     for _ in 0..50 {
-        let out = Command::new(bin())
-            .args(["audit", "search", "--data-dir"])
-            .arg(gw.data_dir())
-            .args(["--type", "review_notified"])
-            .output()
-            .expect("audit search");
-        notified = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-            .collect();
+        notified = audit_records(&gw, "review_notified");
         if notified.len() >= 2 {
             break;
         }
@@ -619,10 +622,7 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
     // Two distinct reviewers: one approval leaves the statement waiting.
     let held = agent.simple_query("INSERT INTO departments VALUES (901, 'two approvals')");
     let review = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         let (code, body) = decide(&gw, &reviewer, &id, "approve", "looks right").await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["status"], "pending");
@@ -683,10 +683,7 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
     // Another shape is not covered.
     let other = agent.simple_query("UPDATE notes SET body = 'fp-3' WHERE body = 'fp-2'");
     let review = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         decide(&gw, &reviewer, &id, "deny", "not this one").await
     };
     let (other, (code, _)) = tokio::join!(other, review);
@@ -697,10 +694,7 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
     let clinician = connect(&gw.conninfo("clinician")).await;
     let own = clinician.simple_query("INSERT INTO notes (body) VALUES ('break-glass')");
     let glass = async {
-        let id = pending(&gw, &reviewer, 1).await[0]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending(&gw, &reviewer).await;
         let token = gw.token("clinician").to_owned();
         let (code, body) = approve_break_glass(&gw, &token, &id, "urgent").await;
         assert_eq!(code, 400, "a short justification: {body}");
@@ -728,25 +722,11 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
 
     // The audit log has each approval, the break-glass decision marked as such.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let dd = gw.data_dir();
-    let search = |kind: &str| {
-        let out = Command::new(bin())
-            .args(["audit", "search", "--data-dir"])
-            .arg(&dd)
-            .args(["--type", kind])
-            .output()
-            .expect("audit search");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-            .collect::<Vec<_>>()
-    };
-    let partial = search("review_approval");
+    let partial = audit_records(&gw, "review_approval");
     assert_eq!(partial.len(), 1, "{partial:?}");
     assert_eq!(partial[0]["count"], 1);
     assert_eq!(partial[0]["required"], 2);
-    let decided = search("review_decided");
+    let decided = audit_records(&gw, "review_decided");
     assert!(
         decided.iter().any(|r| r["break_glass"] == true
             && r["by"] == "clinician@test.phigate"
@@ -822,66 +802,38 @@ async fn an_access_request_opens_a_role_for_a_while() {
         )
         .expect("phigate review")
     };
-    let (ok, _, err) = cli(
+    let request = |token: &str, role: &str, minutes: &str, reason: &str| {
+        cli(
+            token,
+            &[
+                "request",
+                "--role",
+                role,
+                "--minutes",
+                minutes,
+                "--reason",
+                reason,
+            ],
+        )
+    };
+    let (ok, _, err) = request(
         &static_token,
-        &[
-            "request",
-            "--role",
-            "clinician",
-            "--minutes",
-            "10",
-            "--reason",
-            "a static token asks for it",
-        ],
+        "clinician",
+        "10",
+        "a static token asks for it",
     );
     assert!(!ok && err.contains("never elevated"), "{err}");
-    let (ok, _, err) = cli(
-        &agent_token,
-        &[
-            "request",
-            "--role",
-            "reviewer",
-            "--minutes",
-            "10",
-            "--reason",
-            "I want to review",
-        ],
-    );
+    let (ok, _, err) = request(&agent_token, "reviewer", "10", "I want to review");
     assert!(!ok && err.contains("cannot be asked for"), "{err}");
-    let (ok, _, err) = cli(
-        &agent_token,
-        &[
-            "request",
-            "--role",
-            "clinician",
-            "--minutes",
-            "600",
-            "--reason",
-            "a long shift ahead",
-        ],
-    );
+    let (ok, _, err) = request(&agent_token, "clinician", "600", "a long shift ahead");
     assert!(!ok && err.contains("minutes is 1 to 60"), "{err}");
-    let (ok, out, err) = cli(
-        &agent_token,
-        &[
-            "request",
-            "--role",
-            "clinician",
-            "--minutes",
-            "30",
-            "--reason",
-            "correct a dosage entry",
-        ],
-    );
+    let (ok, out, err) = request(&agent_token, "clinician", "30", "correct a dosage entry");
     assert!(ok, "{err}");
     assert!(
         out.contains("connect with user=clinician for 30 minutes"),
         "{out}"
     );
-    let id = pending(&gw, &reviewer, 1).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = first_pending(&gw, &reviewer).await;
     let (code, _) = decide(&gw, &agent_token, &id, "approve", "me").await;
     assert_eq!(code, 403, "the requester is no reviewer");
     assert!(tokio_postgres::connect(&as_clinician, NoTls).await.is_err());
@@ -914,15 +866,11 @@ async fn an_access_request_opens_a_role_for_a_while() {
     assert!(tokio_postgres::connect(&other, NoTls).await.is_err());
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let out = Command::new(bin())
-        .args(["audit", "search", "--data-dir"])
-        .arg(gw.data_dir())
-        .args(["--type", "review_decided"])
-        .output()
-        .expect("search");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let decided = audit_records(&gw, "review_decided");
     assert!(
-        text.contains(&id) && text.contains("\"status\":\"approved\""),
-        "{text}"
+        decided
+            .iter()
+            .any(|r| r["review"] == id.as_str() && r["status"] == "approved"),
+        "{decided:?}"
     );
 }
