@@ -79,13 +79,17 @@ def wait_port(port, proc=None, timeout=30):
 class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
-    def __init__(self, scale, worker_threads, record="shape", max_connections=400):
+    def __init__(self, scale, worker_threads, record="shape", max_connections=400,
+                 audit_dir=None, read_durability="results"):
         self.worker_threads = worker_threads
         self.record = record
+        self.audit_dir = audit_dir
+        self.read_durability = read_durability
         self.max_connections = max_connections
         self.dir = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
         os.chmod(self.dir, 0o755)
         self.procs = []
+        self.extra_dirs = []
         self.bin = pg_bin()
         self.pg_port, self.bouncer_port, self.gw_port = free_port(), free_port(), free_port()
         self.guarded_port = free_port()
@@ -188,6 +192,7 @@ class Env:
             f'actions = ["select"]\n\n'
             f'[[rule]]\nname = "no-writes"\nroles = ["guarded"]\nkinds = ["write", "ddl"]\naction = "deny"\n\n' +
             ('[audit]\nenabled = false\n\n[recording]\nenabled = false\n\n' if not audit else
+             self._audit_section() +
              f'[recording]\nkey_file = "{self.dir / "recording.key"}"\n\n') +
             f'[log]\nlevel = "warn"\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
@@ -200,6 +205,14 @@ class Env:
         else:
             self.guarded_gateway = p
         wait_port(port, p)
+
+    def _audit_section(self):
+        lines = [f'read_durability = "{self.read_durability}"']
+        if self.audit_dir:
+            d = Path(tempfile.mkdtemp(prefix="phigate-bench-audit-", dir=self.audit_dir))
+            self.extra_dirs.append(d)
+            lines.append(f'dir = "{d}"')
+        return "[audit]\n" + "\n".join(lines) + "\n\n"
 
     def targets(self):
         return {
@@ -229,6 +242,8 @@ class Env:
         subprocess.run(as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.pg_data), "-m", "immediate",
                                     "-w", "stop"]), capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        for d in self.extra_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def pgbench(port, user, password, mode, clients, tls, duration, logdir):
@@ -273,12 +288,18 @@ def main():
     ap.add_argument("--guarded-record", default="shape", choices=["none", "shape", "rows"],
                     help="what the guarded gateway's session recordings keep (docs/recording.md); "
                          "shape is the default for an unmasked role, rows is encrypted")
+    ap.add_argument("--guarded-audit-dir", default=None,
+                    help="put the guarded gateway's audit log under this directory (e.g. /dev/shm "
+                         "to see the gateway without the disk's flush latency)")
+    ap.add_argument("--guarded-read-durability", default="results", choices=["results", "forward"],
+                    help="audit.read_durability of the guarded gateway (docs/audit.md)")
     ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = Env(args.scale, args.worker_threads, args.guarded_record)
+    env = Env(args.scale, args.worker_threads, args.guarded_record,
+              audit_dir=args.guarded_audit_dir, read_durability=args.guarded_read_durability)
     results = []
     try:
         logdir = env.dir / "logs"

@@ -175,6 +175,24 @@ pub fn verify(
         let bytes =
             std::fs::read(seg).map_err(|e| fail(None, seg, None, format!("cannot read: {e}")))?;
         let is_last = si + 1 == segs.len();
+        // The segment being written has space allocated ahead (zeros) past its records.
+        let (bytes, ahead) = crate::store::records_of(&bytes);
+        let stray = ahead.iter().filter(|b| **b != 0).count();
+        if stray > 0 {
+            if is_last {
+                warnings.push(format!(
+                    "{}: {stray} bytes after a gap past the last record (a write a crash left behind, never acknowledged) were ignored",
+                    seg.display()
+                ));
+            } else {
+                return Err(fail(
+                    Some(last_seq + 1),
+                    seg,
+                    None,
+                    "a segment other than the last has bytes after a gap".into(),
+                ));
+            }
+        }
         let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
         // split leaves "" after a final newline; anything else there is a torn last line.
         if let Some(tail) = lines.pop() {
@@ -351,6 +369,10 @@ pub fn read_records(
             let line = line?;
             if line.is_empty() {
                 continue;
+            }
+            if line[0] == 0 {
+                // Space allocated ahead of the records: the end.
+                break;
             }
             match chain::decode(&line) {
                 Ok((r, _)) => {

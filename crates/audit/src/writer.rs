@@ -1,10 +1,13 @@
-//! The writer: one thread appends every record, with group commit.
+//! The writer: one thread appends every record, a second makes them durable (group commit).
 //!
 //! Sessions submit events to a queue and get a ticket; the writer takes everything queued at
-//! once, chains and encodes it, writes it with one `write` and one `fdatasync`, and then
-//! publishes "durable up to ticket T". A session that must not go on before its record is on
-//! disk awaits its ticket; all the sessions that submitted while the previous fsync ran share
-//! the next one.
+//! once, chains and encodes it, writes it with one `write` and publishes "written up to ticket
+//! T" (the records now survive the gateway's process). The sync thread runs `fdatasync` back to
+//! back while there is something new and publishes "durable up to ticket T". A session that
+//! must not go on before its record is on disk awaits its ticket's durability; all the records
+//! written while the previous fsync ran share the next one. Writing never waits for a sync, so
+//! a session that only needs its record written (a read, whose results are held until the
+//! record is durable) waits for one `write`, not for the disk.
 //!
 //! If the store cannot be written, the batch is dropped whole (never acknowledged), the auditor
 //! turns unhealthy, the waiters get an error, and sessions refuse statements until a probe
@@ -21,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::chain;
 use crate::checkpoint::SigningKey;
 use crate::record::{rfc3339, Event, Record, StatementRecord};
-use crate::store::Store;
+use crate::store::{Store, Syncer};
 
 /// Statement text kept in a record; longer text is cut and its full SHA-256 kept.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -76,6 +79,8 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Default)]
 struct Durability {
+    /// Written up to this ticket (survives the process, not yet a power loss).
+    written: u64,
     durable: u64,
     /// Recent ticket ranges that failed (inclusive).
     failed: VecDeque<(u64, u64)>,
@@ -88,9 +93,38 @@ struct Queue {
     shutdown: bool,
 }
 
+/// What the sync thread is asked to make durable next.
+struct SyncTarget {
+    ticket: u64,
+    syncer: Arc<dyn Syncer>,
+}
+
+#[derive(Default)]
+struct SyncQueue {
+    target: Option<SyncTarget>,
+    /// A sync failed, with this error: the writer discards what is not durable.
+    failed: Option<String>,
+    stop: bool,
+    /// The sync thread waits for a target (else it takes the next one when its fsync ends, and
+    /// needs no wake-up: one futex call less per statement under load).
+    idle: bool,
+}
+
+/// The chain and the store: whoever writes holds this lock, a session appending its own
+/// records or the writer thread appending queued ones; tickets are taken under it too, so the
+/// chain's order is the tickets' order.
+struct Core {
+    writer: Writer,
+    store: Box<dyn Store>,
+}
+
 struct Inner {
     queue: Mutex<Queue>,
     cv: Condvar,
+    /// `None` once the writer has stopped.
+    core: Mutex<Option<Core>>,
+    sync: Mutex<SyncQueue>,
+    sync_cv: Condvar,
     state: tokio::sync::watch::Sender<Durability>,
     healthy: AtomicBool,
     stats: Stats,
@@ -100,6 +134,7 @@ struct Inner {
 pub struct Auditor {
     inner: Arc<Inner>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    sync_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Queues events for the writer; see [`Auditor::handle`].
@@ -110,13 +145,70 @@ pub struct AuditHandle {
 
 impl AuditHandle {
     pub fn submit(&self, p: Pending) {
-        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.enqueue(p);
+    }
+}
+
+impl Inner {
+    /// Queues an event for the next write: a session's, or the writer thread's (woken when the
+    /// queue stops being empty, so a busy gateway's events ride along with its statements).
+    fn enqueue(&self, p: Pending) -> Ticket {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let t = q.next_ticket;
         q.next_ticket += 1;
+        let was_empty = q.items.is_empty();
         q.items.push((t, p));
         drop(q);
-        self.inner.cv.notify_one();
+        if was_empty {
+            self.cv.notify_one();
+        }
+        Ticket(t)
     }
+}
+
+/// The writer thread: writes queued events no session's own write took along, signs
+/// checkpoints when due, and at shutdown writes the rest and a last checkpoint.
+fn writer_loop(inner: &Inner) {
+    loop {
+        let shutdown = {
+            let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.items.is_empty() && !q.shutdown {
+                q = inner
+                    .cv
+                    .wait_timeout(q, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            q.shutdown
+        };
+        if !shutdown {
+            // Queued events usually leave with the next session's write, in its batch.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(Core { writer, store }) = core.as_mut() else {
+            break;
+        };
+        let come_back = writer.step(inner, store.as_mut(), shutdown);
+        if let Some(at) = come_back {
+            drop(core);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            continue;
+        }
+        if shutdown {
+            let empty = inner
+                .queue
+                .lock()
+                .map(|q| q.items.is_empty())
+                .unwrap_or(true);
+            if empty {
+                // Closes the store (a segment closed cleanly keeps no space allocated ahead).
+                core.take();
+                break;
+            }
+        }
+    }
+    inner.state.send_modify(|d| d.stopped = true);
 }
 
 /// A submitted event's place in line.
@@ -127,7 +219,7 @@ impl Auditor {
     /// Starts the writer on `store`, continuing the chain from `(seq, hash)`. `first` events
     /// (repairs, gateway start) are written before anything else.
     pub fn start(
-        mut store: Box<dyn Store>,
+        store: Box<dyn Store>,
         head: (u64, String),
         opts: Options,
         first: Vec<Event>,
@@ -139,6 +231,24 @@ impl Auditor {
                 shutdown: false,
             }),
             cv: Condvar::new(),
+            core: Mutex::new(Some(Core {
+                writer: Writer {
+                    chain_seq: head.0,
+                    chain_hash: head.1,
+                    unsynced: VecDeque::new(),
+                    next_probe: Instant::now(),
+                    since_checkpoint: 0,
+                    last_checkpoint: Instant::now(),
+                    checkpointed_seq: head.0,
+                    failing: None,
+                    hmac: hmac::Key::new(hmac::HMAC_SHA256, &opts.hmac_key),
+                    opts,
+                    buf: Vec::with_capacity(64 * 1024),
+                },
+                store,
+            })),
+            sync: Mutex::new(SyncQueue::default()),
+            sync_cv: Condvar::new(),
             state: tokio::sync::watch::channel(Durability::default()).0,
             healthy: AtomicBool::new(true),
             stats: Stats::default(),
@@ -148,27 +258,29 @@ impl Auditor {
         let auditor = Auditor {
             inner: inner.clone(),
             thread: Mutex::new(None),
+            sync_thread: Mutex::new(None),
         };
         for e in first {
             auditor.submit(Pending::Event(e));
         }
+        let sync_inner = inner.clone();
+        match std::thread::Builder::new()
+            .name("phigate-audit-sync".into())
+            .spawn(move || sync_loop(&sync_inner))
+        {
+            Ok(h) => {
+                if let Ok(mut t) = auditor.sync_thread.lock() {
+                    *t = Some(h);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the audit sync thread");
+                auditor.inner.healthy.store(false, Ordering::Release);
+            }
+        }
         let handle = std::thread::Builder::new()
             .name("phigate-audit".into())
-            .spawn(move || {
-                let mut w = Writer {
-                    inner,
-                    chain_seq: head.0,
-                    chain_hash: head.1,
-                    since_checkpoint: 0,
-                    last_checkpoint: Instant::now(),
-                    checkpointed_seq: head.0,
-                    failing: None,
-                    hmac: hmac::Key::new(hmac::HMAC_SHA256, &opts.hmac_key),
-                    opts,
-                    buf: Vec::with_capacity(64 * 1024),
-                };
-                w.run(store.as_mut());
-            });
+            .spawn(move || writer_loop(&inner));
         match handle {
             Ok(h) => {
                 if let Ok(mut t) = auditor.thread.lock() {
@@ -193,19 +305,55 @@ impl Auditor {
     }
 
     pub fn submit(&self, p: Pending) -> Ticket {
-        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let t = q.next_ticket;
-        q.next_ticket += 1;
-        q.items.push((t, p));
-        drop(q);
-        self.inner.cv.notify_one();
-        Ticket(t)
+        self.inner.enqueue(p)
+    }
+
+    /// Writes `items` now, on the caller's thread, together with whatever is queued (one
+    /// `write`, no wait for a thread), and asks the sync thread for an fsync. Returns the last
+    /// item's ticket, written; await [`Auditor::durable`] for the disk. May block briefly while
+    /// another writer holds the chain (a `write`; rarely a checkpoint or a segment rotation,
+    /// one fsync).
+    pub fn append(&self, items: Vec<Pending>) -> Result<Ticket, AuditError> {
+        let inner = &*self.inner;
+        let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(Core { writer, store }) = core.as_mut() else {
+            return Err(AuditError::Stopped);
+        };
+        writer.settle(inner, store.as_mut());
+        if let Some((_, lost, _)) = &mut writer.failing {
+            // Refused until the writer thread's probe write succeeds (it records
+            // `audit_recovered`): sessions see one consistent "failing" until then.
+            *lost += items.len() as u64;
+            return Err(AuditError::Unavailable);
+        }
+        let (batch, last) = {
+            let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            for p in items {
+                let t = q.next_ticket;
+                q.next_ticket += 1;
+                q.items.push((t, p));
+            }
+            (std::mem::take(&mut q.items), q.next_ticket - 1)
+        };
+        let written = writer.write_batch(inner, store.as_mut(), batch);
+        let checkpoint_due = writer.since_checkpoint >= writer.opts.checkpoint_every;
+        drop(core);
+        if checkpoint_due {
+            // Signed (after an fsync) by the writer thread, off the caller's path.
+            inner.cv.notify_one();
+        }
+        if written {
+            Ok(Ticket(last))
+        } else {
+            Err(AuditError::Unavailable)
+        }
     }
 
     /// Queues several events under one lock; returns the last one's ticket (durable implies
     /// all are).
     pub fn submit_all(&self, items: Vec<Pending>) -> Ticket {
         let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = q.items.is_empty();
         for p in items {
             let t = q.next_ticket;
             q.next_ticket += 1;
@@ -213,12 +361,30 @@ impl Auditor {
         }
         let last = q.next_ticket - 1;
         drop(q);
-        self.inner.cv.notify_one();
+        if was_empty {
+            self.inner.cv.notify_one();
+        }
         Ticket(last)
     }
 
     /// Waits until the ticket's record is on disk.
     pub async fn durable(&self, t: Ticket) -> Result<(), AuditError> {
+        self.wait(t, |d| d.durable).await
+    }
+
+    /// Waits until the ticket's record is written: it survives the gateway's process (a
+    /// `kill -9`), not yet a power loss. What depends on it may start; nothing it produces may
+    /// leave before [`Auditor::durable`].
+    pub async fn written(&self, t: Ticket) -> Result<(), AuditError> {
+        self.wait(t, |d| d.written).await
+    }
+
+    /// True when the ticket's record is on disk (no wait).
+    pub fn is_durable(&self, t: Ticket) -> bool {
+        self.inner.state.borrow().durable >= t.0
+    }
+
+    async fn wait(&self, t: Ticket, level: fn(&Durability) -> u64) -> Result<(), AuditError> {
         let mut rx = self.inner.state.subscribe();
         let mut outcome = Err(AuditError::Stopped);
         let _ = rx
@@ -226,7 +392,7 @@ impl Auditor {
                 if d.failed.iter().any(|(a, b)| *a <= t.0 && t.0 <= *b) {
                     outcome = Err(AuditError::Unavailable);
                     true
-                } else if d.durable >= t.0 {
+                } else if level(d) >= t.0 {
                     outcome = Ok(());
                     true
                 } else if d.stopped {
@@ -240,9 +406,9 @@ impl Auditor {
         outcome
     }
 
-    /// Submits and waits.
+    /// Writes and waits for the disk.
     pub async fn write(&self, p: Pending) -> Result<(), AuditError> {
-        let t = self.submit(p);
+        let t = self.append(vec![p])?;
         self.durable(t).await
     }
 
@@ -269,13 +435,75 @@ impl Auditor {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        {
+            let mut q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            q.stop = true;
+        }
+        self.inner.sync_cv.notify_one();
+        let handle = self.sync_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
+/// The sync thread: while records are written that are not yet durable, one `fdatasync` after
+/// another, each publishing the tickets it covers.
+fn sync_loop(inner: &Inner) {
+    loop {
+        let target = {
+            let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                // After a failure, nothing more until the writer has cut what was lost.
+                if q.failed.is_none() {
+                    if let Some(t) = q.target.take() {
+                        break t;
+                    }
+                }
+                if q.stop {
+                    return;
+                }
+                q.idle = true;
+                q = inner.sync_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                q.idle = false;
+            }
+        };
+        match target.syncer.sync() {
+            Ok(()) => {
+                inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .state
+                    .send_modify(|d| d.durable = d.durable.max(target.ticket));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sync the audit log; statements are refused");
+                inner.healthy.store(false, Ordering::Release);
+                let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+                q.failed = Some(e.to_string());
+                q.target = None;
+                drop(q);
+                // The writer fails the tickets that are not durable and starts over from disk.
+                inner.cv.notify_one();
+            }
+        }
+    }
+}
+
+/// A written batch not yet known to be durable: where the chain stood before it.
+struct Unsynced {
+    min_ticket: u64,
+    max_ticket: u64,
+    seq_before: u64,
+    hash_before: String,
+}
+
 struct Writer {
-    inner: Arc<Inner>,
     chain_seq: u64,
     chain_hash: String,
+    /// Written batches, oldest first, until the sync thread says they are durable.
+    unsynced: VecDeque<Unsynced>,
+    /// While failing: when the writer thread tries again.
+    next_probe: Instant,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpointed_seq: u64,
@@ -287,46 +515,107 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, store: &mut dyn Store) {
-        loop {
-            let (items, shutdown) = {
-                let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if q.items.is_empty() && !q.shutdown {
-                    let wait = Duration::from_secs(1);
-                    q = self
-                        .inner
-                        .cv
-                        .wait_timeout(q, wait)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
-                }
-                (std::mem::take(&mut q.items), q.shutdown)
-            };
-            if !items.is_empty() || self.failing.is_some() {
-                self.write_batch(store, items);
-            }
-            let due = self.since_checkpoint >= self.opts.checkpoint_every
-                || (self.since_checkpoint > 0
-                    && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-            if due || (shutdown && self.chain_seq > self.checkpointed_seq) {
-                self.checkpoint(store);
-            }
-            if shutdown {
-                let empty = self
-                    .inner
-                    .queue
-                    .lock()
-                    .map(|q| q.items.is_empty())
-                    .unwrap_or(true);
-                if empty {
-                    break;
-                }
-            }
+    /// Writes what is queued, checkpoints when due; at shutdown, the rest and a last checkpoint.
+    /// Returns when to come back if the log is failing and the next probe is not due.
+    fn step(&mut self, inner: &Inner, store: &mut dyn Store, shutdown: bool) -> Option<Instant> {
+        self.settle(inner, store);
+        if self.failing.is_some() && !shutdown && Instant::now() < self.next_probe {
+            // Queued events wait for the probe, which writes them after `audit_recovered`.
+            return Some(self.next_probe);
         }
-        self.inner.state.send_modify(|d| d.stopped = true);
+        let items = {
+            let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut q.items)
+        };
+        if !items.is_empty() || self.failing.is_some() {
+            self.write_batch(inner, store, items);
+        }
+        let due = self.since_checkpoint >= self.opts.checkpoint_every
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+        if due || (shutdown && self.chain_seq > self.checkpointed_seq) {
+            self.checkpoint(inner, store);
+        }
+        if shutdown {
+            self.sync_now(inner, store);
+        }
+        None
     }
 
-    fn write_batch(&mut self, store: &mut dyn Store, items: Vec<(u64, Pending)>) {
+    /// Forgets the batches the sync thread made durable; after a failed sync, fails every
+    /// ticket that is not durable and goes on from what is on disk.
+    fn settle(&mut self, inner: &Inner, store: &mut dyn Store) {
+        let durable = inner.state.borrow().durable;
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|u| u.max_ticket <= durable)
+        {
+            self.unsynced.pop_front();
+        }
+        let failed = {
+            let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            let failed = q.failed.take();
+            if failed.is_some() {
+                // A target posted after the failure is not synced: it follows lost records.
+                q.target = None;
+            }
+            failed
+        };
+        if let Some(error) = failed {
+            self.lose_unsynced(inner, store, error);
+        }
+    }
+
+    /// What was written since the last successful sync may not be on disk: those records are
+    /// cut from the segment (never acknowledged as durable) and their tickets fail.
+    fn lose_unsynced(&mut self, inner: &Inner, store: &mut dyn Store, error: String) {
+        let (min, max) = match (self.unsynced.front(), self.unsynced.back()) {
+            (Some(first), Some(last)) => {
+                self.chain_seq = first.seq_before;
+                self.chain_hash = first.hash_before.clone();
+                (Some(first.min_ticket), Some(last.max_ticket))
+            }
+            _ => (None, None),
+        };
+        self.unsynced.clear();
+        inner
+            .stats
+            .last_seq
+            .store(self.chain_seq, Ordering::Relaxed);
+        if let Err(e) = store.discard_unsynced() {
+            tracing::error!(error = %e, "cannot cut unsynced records from the audit log");
+        }
+        self.fail(inner, min, max, error);
+    }
+
+    /// Makes everything written durable on this thread (before a checkpoint, at shutdown).
+    fn sync_now(&mut self, inner: &Inner, store: &mut dyn Store) -> bool {
+        let Some(last) = self.unsynced.back().map(|u| u.max_ticket) else {
+            return true;
+        };
+        match store.sync() {
+            Ok(()) => {
+                inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.unsynced.clear();
+                inner.state.send_modify(|d| d.durable = d.durable.max(last));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sync the audit log; statements are refused");
+                self.lose_unsynced(inner, store, e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Writes a batch (not yet durable); false if it could not be.
+    fn write_batch(
+        &mut self,
+        inner: &Inner,
+        store: &mut dyn Store,
+        items: Vec<(u64, Pending)>,
+    ) -> bool {
         let max_ticket = items.iter().map(|(t, _)| *t).max();
         let min_ticket = items.iter().map(|(t, _)| *t).min();
         let mut events: Vec<Event> = Vec::with_capacity(items.len() + 1);
@@ -363,55 +652,82 @@ impl Writer {
                 Err(e) => {
                     // Serialization of our own types cannot fail; if it did, fail closed.
                     tracing::error!(error = %e, "cannot encode an audit record");
-                    self.fail(min_ticket, max_ticket, e.to_string());
-                    return;
+                    self.fail(inner, min_ticket, max_ticket, e.to_string());
+                    return false;
                 }
             }
         }
         if store.wants_rotation(self.buf.len()) && self.chain_seq > self.checkpointed_seq {
-            self.checkpoint(store);
+            self.checkpoint(inner, store);
         }
-        match store.append(first_seq, &self.buf) {
-            Ok(()) => {
+        match store.write(first_seq, &self.buf) {
+            Ok(rotated) => {
+                if rotated {
+                    // The previous segment was made durable before this one started.
+                    if let Some(last) = self.unsynced.back().map(|u| u.max_ticket) {
+                        self.unsynced.clear();
+                        inner.state.send_modify(|d| d.durable = d.durable.max(last));
+                    }
+                }
+                let last_ticket = max_ticket.unwrap_or(inner.state.borrow().written);
+                self.unsynced.push_back(Unsynced {
+                    min_ticket: min_ticket.unwrap_or(last_ticket),
+                    max_ticket: last_ticket,
+                    seq_before: self.chain_seq,
+                    hash_before: std::mem::replace(&mut self.chain_hash, hash),
+                });
                 let n = seq - self.chain_seq;
                 self.chain_seq = seq;
-                self.chain_hash = hash;
                 self.since_checkpoint += n;
-                let stats = &self.inner.stats;
+                let stats = &inner.stats;
                 stats.records.fetch_add(n, Ordering::Relaxed);
-                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes
                     .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
                 stats.last_seq.store(seq, Ordering::Relaxed);
                 if self.failing.take().is_some() {
                     tracing::warn!("the audit log is writable again");
-                    if let Ok(mut e) = self.inner.last_error.lock() {
+                    if let Ok(mut e) = inner.last_error.lock() {
                         *e = None;
                     }
                 }
-                self.inner.healthy.store(true, Ordering::Release);
+                inner.healthy.store(true, Ordering::Release);
                 if let Some(t) = max_ticket {
-                    self.inner
-                        .state
-                        .send_modify(|d| d.durable = d.durable.max(t));
+                    inner.state.send_modify(|d| d.written = d.written.max(t));
                 }
+                if let Some(syncer) = store.syncer() {
+                    let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+                    q.target = Some(SyncTarget {
+                        ticket: last_ticket,
+                        syncer,
+                    });
+                    let idle = std::mem::take(&mut q.idle);
+                    drop(q);
+                    if idle {
+                        inner.sync_cv.notify_one();
+                    }
+                }
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the audit log; statements are refused");
-                self.fail(min_ticket, max_ticket, e.to_string());
+                self.fail(inner, min_ticket, max_ticket, e.to_string());
+                false
             }
         }
     }
 
-    fn fail(&mut self, min: Option<u64>, max: Option<u64>, error: String) {
+    fn fail(&mut self, inner: &Inner, min: Option<u64>, max: Option<u64>, error: String) {
         let lost = match (min, max) {
             (Some(a), Some(b)) => b - a + 1,
             _ => 0,
         };
-        self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
-        self.inner.healthy.store(false, Ordering::Release);
-        if let Ok(mut e) = self.inner.last_error.lock() {
+        inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+        inner.healthy.store(false, Ordering::Release);
+        // Statements stay refused until a probe a second from now: a nearly full disk that
+        // takes a small write but not the next does not flap between states.
+        self.next_probe = Instant::now() + Duration::from_secs(1);
+        if let Ok(mut e) = inner.last_error.lock() {
             *e = Some(error.clone());
         }
         match &mut self.failing {
@@ -419,7 +735,7 @@ impl Writer {
             None => self.failing = Some((SystemTime::now(), lost, error)),
         }
         if let (Some(a), Some(b)) = (min, max) {
-            self.inner.state.send_modify(|d| {
+            inner.state.send_modify(|d| {
                 d.failed.push_back((a, b));
                 while d.failed.len() > 4096 {
                     d.failed.pop_front();
@@ -428,8 +744,12 @@ impl Writer {
         }
     }
 
-    fn checkpoint(&mut self, store: &mut dyn Store) {
+    fn checkpoint(&mut self, inner: &Inner, store: &mut dyn Store) {
         if self.chain_seq == 0 {
+            return;
+        }
+        // A checkpoint never vouches for records that a power loss could still take.
+        if !self.sync_now(inner, store) {
             return;
         }
         let cp = self.opts.signing.sign(
@@ -440,7 +760,7 @@ impl Writer {
         match store.checkpoint(&cp) {
             Ok(()) => {
                 self.checkpointed_seq = self.chain_seq;
-                self.inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
         }
@@ -496,5 +816,225 @@ impl Writer {
             })
             .collect();
         meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+
+    /// A store in memory whose syncs can be held back or made to fail: what a real disk cannot
+    /// be made to do on demand.
+    #[derive(Default)]
+    struct Disk {
+        data: Vec<u8>,
+        synced: usize,
+        hold: bool,
+        fail_next: bool,
+        syncs: u64,
+    }
+
+    #[derive(Clone, Default)]
+    struct Mem(Arc<(Mutex<Disk>, Condvar)>);
+
+    impl Mem {
+        fn with<R>(&self, f: impl FnOnce(&mut Disk) -> R) -> R {
+            let r = f(&mut self.0 .0.lock().expect("lock"));
+            self.0 .1.notify_all();
+            r
+        }
+
+        fn lines(&self) -> Vec<(Record, String)> {
+            self.with(|d| {
+                d.data
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| chain::decode(l).expect("decodes"))
+                    .collect()
+            })
+        }
+    }
+
+    impl Syncer for Mem {
+        fn sync(&self) -> std::io::Result<()> {
+            let (lock, cv) = &*self.0;
+            let mut d = lock.lock().expect("lock");
+            let len = d.data.len();
+            while d.hold {
+                d = cv.wait(d).expect("lock");
+            }
+            if std::mem::take(&mut d.fail_next) {
+                return Err(std::io::Error::other("injected EIO"));
+            }
+            d.synced = d.synced.max(len);
+            d.syncs += 1;
+            Ok(())
+        }
+    }
+
+    impl Store for Mem {
+        fn write(&mut self, _first_seq: u64, lines: &[u8]) -> std::io::Result<bool> {
+            self.with(|d| d.data.extend_from_slice(lines));
+            Ok(false)
+        }
+        fn syncer(&self) -> Option<Arc<dyn Syncer>> {
+            Some(Arc::new(self.clone()))
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Syncer::sync(self)
+        }
+        fn discard_unsynced(&mut self) -> std::io::Result<()> {
+            self.with(|d| {
+                let synced = d.synced;
+                d.data.truncate(synced)
+            });
+            Ok(())
+        }
+        fn checkpoint(&mut self, _cp: &Checkpoint) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn wants_rotation(&self, _next_bytes: usize) -> bool {
+            false
+        }
+    }
+
+    fn start(mem: &Mem) -> Auditor {
+        Auditor::start(
+            Box::new(mem.clone()),
+            (0, chain::GENESIS.to_owned()),
+            Options {
+                checkpoint_every: 1_000_000,
+                checkpoint_interval: Duration::from_secs(3600),
+                full_text: false,
+                signing: SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().expect("key"))
+                    .expect("key"),
+                hmac_key: vec![1; 32],
+            },
+            Vec::new(),
+        )
+    }
+
+    fn event(n: u64) -> Pending {
+        Pending::Event(Event::ConfigReload {
+            ok: true,
+            policy_version: Some(n),
+            error: None,
+        })
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("in time")
+    }
+
+    #[tokio::test]
+    async fn a_record_is_written_before_the_disk_has_it_and_durable_after() {
+        let mem = Mem::default();
+        mem.with(|d| d.hold = true);
+        let auditor = start(&mem);
+        let t = auditor.submit(event(1));
+        within(auditor.written(t)).await.expect("written");
+        assert_eq!(mem.lines().len(), 1, "the record is in the store");
+        // The sync is held: the record is written, not durable, and a second one is written
+        // meanwhile (writing never waits for a sync).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!auditor.is_durable(t));
+        let t2 = auditor.submit(event(2));
+        within(auditor.written(t2)).await.expect("written");
+        assert!(!auditor.is_durable(t2));
+        mem.with(|d| d.hold = false);
+        within(auditor.durable(t2)).await.expect("durable");
+        assert!(auditor.is_durable(t));
+        auditor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_write_waiting_for_the_sync_thread_is_synced_whatever_else_runs() {
+        let mem = Mem::default();
+        let auditor = start(&mem);
+        mem.with(|d| d.hold = true);
+        let first = auditor.append(vec![event(1)]).expect("written");
+        // The sync thread is inside the first fsync; the second waits for it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = auditor.append(vec![event(2)]).expect("written");
+        // The writer thread wakes (at most 1 s apart) with nothing to write, meanwhile.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        mem.with(|d| d.hold = false);
+        within(auditor.durable(second)).await.expect("durable");
+        assert!(auditor.is_durable(first));
+        auditor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn append_writes_on_the_callers_thread_with_what_is_queued_first() {
+        let mem = Mem::default();
+        let auditor = start(&mem);
+        within(auditor.durable(auditor.submit(event(1))))
+            .await
+            .expect("durable");
+        mem.with(|d| d.hold = true);
+        let queued = auditor.submit(event(2));
+        let mine = auditor.append(vec![event(3), event(4)]).expect("written");
+        // Written when append returns, in ticket order, the queued event first.
+        let versions: Vec<Option<u64>> = mem
+            .lines()
+            .iter()
+            .map(|(r, _)| match &r.event {
+                Event::ConfigReload { policy_version, .. } => *policy_version,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, [Some(1), Some(2), Some(3), Some(4)]);
+        assert!(queued < mine);
+        assert!(!auditor.is_durable(mine));
+        mem.with(|d| d.hold = false);
+        within(auditor.durable(mine)).await.expect("durable");
+        auditor.shutdown();
+        assert_eq!(auditor.append(vec![event(5)]), Err(AuditError::Stopped));
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_what_is_not_durable_and_the_chain_goes_on_from_disk() {
+        let mem = Mem::default();
+        let auditor = start(&mem);
+        let first = auditor.submit(event(1));
+        within(auditor.durable(first)).await.expect("durable");
+        mem.with(|d| {
+            d.hold = true;
+            d.fail_next = true;
+        });
+        let lost = auditor.submit(event(2));
+        within(auditor.written(lost)).await.expect("written");
+        mem.with(|d| d.hold = false);
+        assert_eq!(
+            within(auditor.durable(lost)).await,
+            Err(AuditError::Unavailable)
+        );
+        // The lost record is cut; the next batch records the loss and links to record 1.
+        let next = auditor.submit(event(3));
+        within(auditor.durable(next)).await.expect("durable again");
+        assert!(auditor.healthy());
+        let lines = mem.lines();
+        let kinds: Vec<String> = lines
+            .iter()
+            .map(|(r, _)| match &r.event {
+                Event::ConfigReload { policy_version, .. } => {
+                    format!("event {}", policy_version.unwrap_or_default())
+                }
+                Event::AuditRecovered { lost_events, .. } => format!("recovered {lost_events}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["event 1", "recovered 1", "event 3"]);
+        for pair in lines.windows(2) {
+            assert_eq!(
+                pair[1].0.prev, pair[0].1,
+                "each record links to the one before"
+            );
+            assert_eq!(pair[1].0.seq, pair[0].0.seq + 1);
+        }
+        auditor.shutdown();
     }
 }

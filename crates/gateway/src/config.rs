@@ -314,6 +314,15 @@ pub struct AuditConfig {
     /// equally, so an investigator can still match them); `full`: stored as sent.
     #[serde(default)]
     pub statement_text: StatementText,
+    /// When a read's record must be on disk. `results` (default): the read is forwarded once
+    /// its record is written (it survives the gateway's process, e.g. `kill -9`), and no byte of
+    /// its results reaches the client before the record is durable (fsync), so the fsync runs
+    /// while the database works. `forward`: durable before the read is forwarded, as writes
+    /// and DDL always are; then a power loss cannot leave a read that ran without its record,
+    /// at one fsync of latency per statement. Only reads that provably change nothing use
+    /// `results`: SELECT with no function call, SHOW, transaction control.
+    #[serde(default)]
+    pub read_durability: ReadDurability,
     /// The checkpoint signing key (Ed25519, PKCS#8 DER); created in
     /// `<data_dir>/keys/audit-signing.ed25519.pk8` if unset.
     pub signing_key_file: Option<PathBuf>,
@@ -337,6 +346,7 @@ impl Default for AuditConfig {
             segment_max_mb: default_segment_mb(),
             retention_days: default_retention_days(),
             statement_text: StatementText::default(),
+            read_durability: ReadDurability::default(),
             signing_key_file: None,
             signing_key_env: None,
             hmac_key_file: None,
@@ -477,6 +487,14 @@ pub enum StatementText {
     #[default]
     Redacted,
     Full,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadDurability {
+    #[default]
+    Results,
+    Forward,
 }
 
 fn default_checkpoint_records() -> u64 {

@@ -24,6 +24,9 @@ pub struct Shared {
     /// Where the audit log lives, for the HTTP API.
     pub audit_dir: Option<std::path::PathBuf>,
     pub audit_reader_roles: Vec<String>,
+    /// Reads that change nothing go to the database once their record is written, and their
+    /// results wait for its fsync (`audit.read_durability = "results"`).
+    pub audit_gate_reads: bool,
     pub audit_mirror: Option<std::path::PathBuf>,
     /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries.
     pub phi_tags: std::collections::BTreeMap<String, Vec<String>>,
@@ -107,6 +110,8 @@ impl Shared {
             recorder,
             audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
             audit_reader_roles: config.audit.reader_roles.clone(),
+            audit_gate_reads: config.audit.read_durability
+                == crate::config::ReadDurability::Results,
             audit_mirror: config.audit.mirror_dir.clone(),
             masked: Default::default(),
             approvals: config.approvals.clone(),

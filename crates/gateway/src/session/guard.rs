@@ -165,6 +165,11 @@ pub struct Guard {
     pub audit_batch: Vec<phigate_audit::Pending>,
     /// The batch's statements, in the order the database will answer them.
     pub audit_units: Vec<Unit>,
+    /// Reads that change nothing need their record only written before they are forwarded
+    /// (their results wait for it to be durable).
+    pub gate_reads: bool,
+    /// Set when a statement of the batch needs its record durable before it is forwarded.
+    pub audit_write_ahead: bool,
     portals: HashMap<String, Portal>,
     /// For a masked role: its PHI columns by `schema.table`, for the audit records.
     pub phi: std::collections::BTreeMap<String, Vec<String>>,
@@ -210,6 +215,8 @@ impl Guard {
             statements: 0,
             audit_batch: Vec::new(),
             audit_units: Vec::new(),
+            gate_reads: false,
+            audit_write_ahead: false,
             portals: HashMap::new(),
             phi: Default::default(),
             predicate_guarded: Default::default(),
@@ -230,6 +237,9 @@ impl Guard {
         self.statements += 1;
         if let Some(tape) = &self.tape {
             tape.statement(self.statements);
+        }
+        if !(self.gate_reads && changes_nothing(a.analysis)) {
+            self.audit_write_ahead = true;
         }
         let (kinds, tables) = describe(a.analysis);
         let (decision, rule) = match a.decision {
@@ -860,6 +870,28 @@ pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
     }
 }
 
+/// Statements whose running changes nothing in the database: SELECT that calls no function
+/// (a function may write) and writes or locks nothing, SHOW, transaction control. Their record
+/// need only be written, not durable, before they run; their results wait for durability.
+fn changes_nothing(analysis: &Analysis) -> bool {
+    match analysis {
+        Analysis::Parsed(stmts) => {
+            !stmts.is_empty()
+                && stmts.iter().all(|st| match st.kind {
+                    Kind::Select => {
+                        st.functions.is_empty()
+                            && st.attribute_calls.is_empty()
+                            && st.inner.is_none()
+                            && st.accesses.iter().all(|a| !a.action.is_write())
+                    }
+                    Kind::Show | Kind::Transaction => true,
+                    _ => false,
+                })
+        }
+        Analysis::Invalid { .. } => false,
+    }
+}
+
 /// A statement that needs approval cannot be approved inside PREPARE (one approval would then
 /// cover any number of EXECUTEs): it is refused, asking for the statement itself.
 fn no_prepared_approvals(analysis: &Analysis, decision: Decision) -> Decision {
@@ -922,6 +954,36 @@ mod tests {
 
     fn refusal() -> Refusal {
         internal_refusal()
+    }
+
+    #[test]
+    fn only_reads_that_change_nothing_skip_the_fsync_before_they_run() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "SELECT name, visit_date FROM patients JOIN visits USING (patient_id) WHERE id > 3",
+            "SHOW search_path",
+            "BEGIN; SELECT 1; COMMIT",
+        ] {
+            assert!(changes_nothing(&phigate_sql::analyze(sql)), "{sql}");
+        }
+        for sql in [
+            // A function may write (a volatile one, nextval, a user's own).
+            "SELECT count(*) FROM patients",
+            "SELECT nextval('s')",
+            // `p.name` calls name(p) if patients has no column "name": unknown without the
+            // catalog.
+            "SELECT p.name FROM patients p",
+            "SELECT * FROM patients FOR UPDATE",
+            "WITH d AS (DELETE FROM notes RETURNING id) SELECT id FROM d",
+            "SELECT * INTO copy_of FROM patients",
+            "INSERT INTO notes (body) VALUES ('x')",
+            "EXPLAIN ANALYZE SELECT 1",
+            "DO $$ BEGIN END $$",
+            "SET search_path = public",
+            "SELECT (",
+        ] {
+            assert!(!changes_nothing(&phigate_sql::analyze(sql)), "{sql}");
+        }
     }
 
     #[test]

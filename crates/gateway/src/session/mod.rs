@@ -263,6 +263,7 @@ async fn start(
         None
     };
     guard.approvals_on = shared.approvals.enabled;
+    guard.gate_reads = shared.audit_gate_reads;
     if let Some(login) = &masked_login {
         guard.phi = login.phi_columns.clone();
         guard.predicate_guarded = login.predicate_guarded.clone();

@@ -50,6 +50,9 @@ struct InFlight {
     /// DDL was forwarded: once the session is back outside a transaction, the views it may
     /// have changed are read again from the catalog.
     ddl_pending: AtomicBool,
+    /// The audit ticket that must be durable before anything more from the database reaches
+    /// the client: reads are forwarded once their records are written, and their results wait.
+    release_after: AtomicU64,
 }
 
 impl Default for InFlight {
@@ -59,6 +62,7 @@ impl Default for InFlight {
             answered: AtomicU64::new(0),
             idle_status: AtomicBool::new(true),
             ddl_pending: AtomicBool::new(false),
+            release_after: AtomicU64::new(0),
         }
     }
 }
@@ -240,6 +244,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         detect,
         status: TransactionStatus::Idle,
         views_changed: false,
+        released: 0,
         out: BytesMut::with_capacity(16 * 1024),
         completions: Completions {
             shared_units: units,
@@ -781,7 +786,8 @@ impl Forward<'_> {
     }
 
     /// The batch's audit records go to disk (one shared fsync) before any of its statements
-    /// reaches the database.
+    /// reaches the database; for a batch of reads that change nothing, they are written (they
+    /// survive the gateway's process) before, and durable before any result is released.
     async fn write_ahead(&mut self) -> Result<(), ForwardError> {
         let Some(audit) = &self.shared.audit else {
             return Ok(());
@@ -792,12 +798,19 @@ impl Forward<'_> {
         let batch = std::mem::take(&mut self.guard.audit_batch);
         self.statements
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let ticket = audit.submit_all(batch);
         {
             let mut units = self.units.lock().unwrap_or_else(|e| e.into_inner());
             units.extend(self.guard.audit_units.drain(..));
         }
-        audit.durable(ticket).await.map_err(|_| ForwardError::Audit)
+        let ticket = audit.append(batch).map_err(|_| ForwardError::Audit)?;
+        if std::mem::take(&mut self.guard.audit_write_ahead) {
+            return audit.durable(ticket).await.map_err(|_| ForwardError::Audit);
+        }
+        // Set before the statements are sent: their answers cannot arrive before it.
+        self.in_flight
+            .release_after
+            .fetch_max(ticket.0, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), ForwardError> {
@@ -846,6 +859,8 @@ struct Backward {
     status: TransactionStatus,
     /// Set by `take_frames` when committed DDL may have changed views.
     views_changed: bool,
+    /// The audit ticket known durable: results up to it may be released.
+    released: u64,
     out: BytesMut,
     completions: Completions,
 }
@@ -1084,6 +1099,39 @@ fn command_tag(frame: &phigate_wire::Frame) -> Option<(String, Option<u64>)> {
 }
 
 impl Backward {
+    /// Waits until the records of the reads forwarded so far are durable; false if they cannot
+    /// be (their results must not leave).
+    async fn audit_released(&mut self, shared: &Shared) -> bool {
+        let gate = self.in_flight.release_after.load(Ordering::SeqCst);
+        if gate <= self.released {
+            return true;
+        }
+        let Some(audit) = &shared.audit else {
+            return true;
+        };
+        let ticket = phigate_audit::Ticket(gate);
+        if !audit.is_durable(ticket) && audit.durable(ticket).await.is_err() {
+            return false;
+        }
+        self.released = gate;
+        true
+    }
+
+    async fn results_withheld(&mut self) -> End {
+        let mut fatal = BytesMut::new();
+        Notice::fatal(
+            "58030",
+            "phigate: the audit log cannot be written; the statement's results were withheld",
+        )
+        .with_hint("Nothing leaves unaudited. Reconnect shortly.")
+        .write(&mut fatal);
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(&fatal);
+        }
+        let _ = self.client.write_all(&fatal).await;
+        End::AuditUnavailable
+    }
+
     async fn run(mut self, shared: &Shared) -> End {
         let end = self.pump(shared).await;
         let _ = self.client.shutdown().await;
@@ -1149,6 +1197,9 @@ impl Backward {
                     // or anyone's, is decided with the views read again.
                     if std::mem::take(&mut self.views_changed) {
                         shared.policy.mark_views_stale();
+                    }
+                    if !self.out.is_empty() && !self.audit_released(shared).await {
+                        return self.results_withheld().await;
                     }
                     if let Err(e) = self.client.write_all(&self.out).await {
                         return End::ClientError(e.to_string());
