@@ -80,7 +80,7 @@ class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
     def __init__(self, scale, worker_threads, record="shape", max_connections=400,
-                 audit_dir=None, read_durability="results"):
+                 audit_dir=None, read_durability="forward"):
         self.worker_threads = worker_threads
         self.record = record
         self.audit_dir = audit_dir
@@ -291,7 +291,7 @@ def main():
     ap.add_argument("--guarded-audit-dir", default=None,
                     help="put the guarded gateway's audit log under this directory (e.g. /dev/shm "
                          "to see the gateway without the disk's flush latency)")
-    ap.add_argument("--guarded-read-durability", default="results", choices=["results", "forward"],
+    ap.add_argument("--guarded-read-durability", default="forward", choices=["forward", "results"],
                     help="audit.read_durability of the guarded gateway (docs/audit.md)")
     ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")

@@ -13,8 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::chain::{self, GENESIS};
@@ -45,9 +44,9 @@ pub trait Store: Send + 'static {
     fn syncer(&self) -> Option<Arc<dyn Syncer>>;
     /// Makes everything written durable, now.
     fn sync(&mut self) -> std::io::Result<()>;
-    /// After a failed sync: drops what was written since the last successful one (those records
-    /// were never acknowledged), so the chain goes on from what is on disk.
-    fn discard_unsynced(&mut self) -> std::io::Result<()>;
+    /// True once any sync failed: every later sync fails too (the kernel reports a failed
+    /// writeback once, and a later fsync could succeed without the pages it dropped).
+    fn broken(&self) -> bool;
     /// Stores a signed checkpoint (and copies it to the second place, if configured).
     fn checkpoint(&mut self, cp: &Checkpoint) -> std::io::Result<()>;
     /// True when the next write starts a new segment (the caller checkpoints first).
@@ -64,16 +63,31 @@ pub trait Syncer: Send + Sync {
 /// it was written and how much is known to be on disk.
 struct SegmentSync {
     file: File,
-    written: AtomicU64,
-    synced: AtomicU64,
+    /// Shared by every segment of the store, held during each sync (syncs of the store never
+    /// overlap, so a failure reported to one caller is seen by every later one): true once a
+    /// sync failed.
+    broken: Arc<Mutex<bool>>,
+}
+
+impl SegmentSync {
+    fn guarded(&self, sync: impl FnOnce(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        if *broken {
+            return Err(std::io::Error::other(
+                "an earlier fsync of the audit log failed",
+            ));
+        }
+        let result = sync(&self.file);
+        if result.is_err() {
+            *broken = true;
+        }
+        result
+    }
 }
 
 impl Syncer for SegmentSync {
     fn sync(&self) -> std::io::Result<()> {
-        let len = self.written.load(Ordering::Acquire);
-        self.file.sync_data()?;
-        self.synced.fetch_max(len, Ordering::AcqRel);
-        Ok(())
+        self.guarded(File::sync_data)
     }
 }
 
@@ -155,6 +169,7 @@ pub struct FileStore {
     mirror: Option<PathBuf>,
     segment_max: u64,
     current: Option<Segment>,
+    broken: Arc<Mutex<bool>>,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -199,6 +214,7 @@ impl FileStore {
             mirror: mirror.map(Path::to_owned),
             segment_max,
             current: None,
+            broken: Arc::default(),
         };
         let head = store.read_head()?;
         Ok((store, head))
@@ -322,7 +338,7 @@ impl Store for FileStore {
                 // Everything in the old segment is on disk, without the space allocated ahead,
                 // before the chain goes on elsewhere.
                 old.file.set_len(old.len)?;
-                old.file.sync_all()?;
+                old.sync.guarded(File::sync_all)?;
                 rotated = true;
             }
             let path = match (reuse, segs.last()) {
@@ -340,8 +356,7 @@ impl Store for FileStore {
             }
             let sync = Arc::new(SegmentSync {
                 file: file.try_clone()?,
-                written: AtomicU64::new(len),
-                synced: AtomicU64::new(len),
+                broken: self.broken.clone(),
             });
             self.current = Some(Segment {
                 file,
@@ -366,7 +381,6 @@ impl Store for FileStore {
         match seg.file.write_all_at(lines, seg.len) {
             Ok(()) => {
                 seg.len += lines.len() as u64;
-                seg.sync.written.store(seg.len, Ordering::Release);
                 Ok(rotated)
             }
             Err(e) => {
@@ -391,16 +405,8 @@ impl Store for FileStore {
         }
     }
 
-    fn discard_unsynced(&mut self) -> std::io::Result<()> {
-        let Some(seg) = self.current.as_mut() else {
-            return Ok(());
-        };
-        let synced = seg.sync.synced.load(Ordering::Acquire);
-        seg.file.set_len(synced)?;
-        seg.len = synced;
-        seg.allocated = synced;
-        seg.sync.written.store(synced, Ordering::Release);
-        seg.file.sync_all()
+    fn broken(&self) -> bool {
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn checkpoint(&mut self, cp: &Checkpoint) -> std::io::Result<()> {
@@ -424,7 +430,8 @@ impl Drop for FileStore {
     /// A segment closed cleanly carries no space allocated ahead.
     fn drop(&mut self) {
         if let Some(seg) = &self.current {
-            if seg.allocated > seg.len
+            if !self.broken()
+                && seg.allocated > seg.len
                 && seg.file.set_len(seg.len).is_ok()
                 && seg.file.sync_all().is_err()
             {

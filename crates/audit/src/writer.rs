@@ -85,6 +85,14 @@ struct Durability {
     /// Recent ticket ranges that failed (inclusive).
     failed: VecDeque<(u64, u64)>,
     stopped: bool,
+    /// An fsync failed: nothing more becomes durable until the gateway restarts.
+    broken: bool,
+}
+
+impl Durability {
+    fn failed(&self, t: u64) -> bool {
+        self.failed.iter().any(|(a, b)| *a <= t && t <= *b)
+    }
 }
 
 struct Queue {
@@ -237,6 +245,7 @@ impl Auditor {
                     chain_hash: head.1,
                     unsynced: VecDeque::new(),
                     next_probe: Instant::now(),
+                    broken: None,
                     since_checkpoint: 0,
                     last_checkpoint: Instant::now(),
                     checkpointed_seq: head.0,
@@ -320,6 +329,9 @@ impl Auditor {
             return Err(AuditError::Stopped);
         };
         writer.settle(inner, store.as_mut());
+        if writer.broken.is_some() {
+            return Err(AuditError::Unavailable);
+        }
         if let Some((_, lost, _)) = &mut writer.failing {
             // Refused until the writer thread's probe write succeeds (it records
             // `audit_recovered`): sessions see one consistent "failing" until then.
@@ -381,7 +393,8 @@ impl Auditor {
 
     /// True when the ticket's record is on disk (no wait).
     pub fn is_durable(&self, t: Ticket) -> bool {
-        self.inner.state.borrow().durable >= t.0
+        let d = self.inner.state.borrow();
+        d.durable >= t.0 && !d.failed(t.0)
     }
 
     async fn wait(&self, t: Ticket, level: fn(&Durability) -> u64) -> Result<(), AuditError> {
@@ -389,11 +402,14 @@ impl Auditor {
         let mut outcome = Err(AuditError::Stopped);
         let _ = rx
             .wait_for(|d| {
-                if d.failed.iter().any(|(a, b)| *a <= t.0 && t.0 <= *b) {
+                if d.failed(t.0) {
                     outcome = Err(AuditError::Unavailable);
                     true
                 } else if level(d) >= t.0 {
                     outcome = Ok(());
+                    true
+                } else if d.broken {
+                    outcome = Err(AuditError::Unavailable);
                     true
                 } else if d.stopped {
                     outcome = Err(AuditError::Stopped);
@@ -489,12 +505,9 @@ fn sync_loop(inner: &Inner) {
     }
 }
 
-/// A written batch not yet known to be durable: where the chain stood before it.
+/// A written batch not yet known to be durable: its last ticket.
 struct Unsynced {
-    min_ticket: u64,
     max_ticket: u64,
-    seq_before: u64,
-    hash_before: String,
 }
 
 struct Writer {
@@ -504,6 +517,8 @@ struct Writer {
     unsynced: VecDeque<Unsynced>,
     /// While failing: when the writer thread tries again.
     next_probe: Instant,
+    /// An fsync failed: no more records until restart.
+    broken: Option<String>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpointed_seq: u64,
@@ -519,6 +534,16 @@ impl Writer {
     /// Returns when to come back if the log is failing and the next probe is not due.
     fn step(&mut self, inner: &Inner, store: &mut dyn Store, shutdown: bool) -> Option<Instant> {
         self.settle(inner, store);
+        if self.broken.is_some() {
+            // Nothing is written any more: what is queued is lost (and counted).
+            let dropped =
+                std::mem::take(&mut inner.queue.lock().unwrap_or_else(|e| e.into_inner()).items);
+            inner
+                .stats
+                .failures
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            return (!shutdown).then(|| Instant::now() + Duration::from_secs(1));
+        }
         if self.failing.is_some() && !shutdown && Instant::now() < self.next_probe {
             // Queued events wait for the probe, which writes them after `audit_recovered`.
             return Some(self.next_probe);
@@ -542,8 +567,8 @@ impl Writer {
         None
     }
 
-    /// Forgets the batches the sync thread made durable; after a failed sync, fails every
-    /// ticket that is not durable and goes on from what is on disk.
+    /// Forgets the batches the sync thread made durable; after a failed sync, stops the log
+    /// ([`Writer::break_down`]).
     fn settle(&mut self, inner: &Inner, store: &mut dyn Store) {
         let durable = inner.state.borrow().durable;
         while self
@@ -553,40 +578,49 @@ impl Writer {
         {
             self.unsynced.pop_front();
         }
+        if self.broken.is_some() {
+            return;
+        }
         let failed = {
             let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-            let failed = q.failed.take();
-            if failed.is_some() {
-                // A target posted after the failure is not synced: it follows lost records.
+            if q.failed.is_some() {
                 q.target = None;
             }
-            failed
+            // Left set: the sync thread takes no target any more.
+            q.failed.clone()
         };
         if let Some(error) = failed {
-            self.lose_unsynced(inner, store, error);
+            self.break_down(inner, error);
         }
+        let _ = store;
     }
 
-    /// What was written since the last successful sync may not be on disk: those records are
-    /// cut from the segment (never acknowledged as durable) and their tickets fail.
-    fn lose_unsynced(&mut self, inner: &Inner, store: &mut dyn Store, error: String) {
-        let (min, max) = match (self.unsynced.front(), self.unsynced.back()) {
-            (Some(first), Some(last)) => {
-                self.chain_seq = first.seq_before;
-                self.chain_hash = first.hash_before.clone();
-                (Some(first.min_ticket), Some(last.max_ticket))
-            }
-            _ => (None, None),
-        };
-        self.unsynced.clear();
-        inner
-            .stats
-            .last_seq
-            .store(self.chain_seq, Ordering::Relaxed);
-        if let Err(e) = store.discard_unsynced() {
-            tracing::error!(error = %e, "cannot cut unsynced records from the audit log");
+    /// An fsync failed. After that, what the kernel says is on disk cannot be trusted (it may
+    /// have dropped the pages it could not write, and a later fsync succeeds without them), so
+    /// the log takes nothing more until the gateway restarts and reads it back: every ticket
+    /// not yet durable fails, statements are refused, and health says why. PostgreSQL answers
+    /// an fsync failure the same way.
+    fn break_down(&mut self, inner: &Inner, error: String) {
+        let error = format!(
+            "an fsync of the audit log failed ({error}); restart the gateway once the disk is sound"
+        );
+        tracing::error!(error = %error, "the audit log stops taking records");
+        {
+            let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            q.target = None;
+            q.failed.get_or_insert_with(|| error.clone());
         }
-        self.fail(inner, min, max, error);
+        let durable = inner.state.borrow().durable;
+        let issued = inner
+            .queue
+            .lock()
+            .map(|q| q.next_ticket - 1)
+            .unwrap_or(u64::MAX);
+        self.unsynced.clear();
+        self.broken = Some(error.clone());
+        let range = (issued > durable).then_some((durable + 1, issued));
+        self.fail(inner, range.map(|r| r.0), range.map(|r| r.1), error);
+        inner.state.send_modify(|d| d.broken = true);
     }
 
     /// Makes everything written durable on this thread (before a checkpoint, at shutdown).
@@ -594,6 +628,9 @@ impl Writer {
         let Some(last) = self.unsynced.back().map(|u| u.max_ticket) else {
             return true;
         };
+        if self.broken.is_some() {
+            return false;
+        }
         match store.sync() {
             Ok(()) => {
                 inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -602,8 +639,7 @@ impl Writer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot sync the audit log; statements are refused");
-                self.lose_unsynced(inner, store, e.to_string());
+                self.break_down(inner, e.to_string());
                 false
             }
         }
@@ -616,8 +652,15 @@ impl Writer {
         store: &mut dyn Store,
         items: Vec<(u64, Pending)>,
     ) -> bool {
-        let max_ticket = items.iter().map(|(t, _)| *t).max();
-        let min_ticket = items.iter().map(|(t, _)| *t).min();
+        let mut max_ticket = items.iter().map(|(t, _)| *t).max();
+        if max_ticket.is_none() {
+            // A probe alone: its `audit_recovered` gets a ticket of its own, so that it is
+            // tracked until durable like any record.
+            let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            max_ticket = Some(q.next_ticket);
+            q.next_ticket += 1;
+        }
+        let min_ticket = items.iter().map(|(t, _)| *t).min().or(max_ticket);
         let mut events: Vec<Event> = Vec::with_capacity(items.len() + 1);
         if let Some((since, lost, error)) = &self.failing {
             events.push(Event::AuditRecovered {
@@ -659,6 +702,15 @@ impl Writer {
         }
         if store.wants_rotation(self.buf.len()) && self.chain_seq > self.checkpointed_seq {
             self.checkpoint(inner, store);
+            if self.broken.is_some() {
+                self.fail(
+                    inner,
+                    min_ticket,
+                    max_ticket,
+                    "the audit log is broken".into(),
+                );
+                return false;
+            }
         }
         match store.write(first_seq, &self.buf) {
             Ok(rotated) => {
@@ -671,11 +723,9 @@ impl Writer {
                 }
                 let last_ticket = max_ticket.unwrap_or(inner.state.borrow().written);
                 self.unsynced.push_back(Unsynced {
-                    min_ticket: min_ticket.unwrap_or(last_ticket),
                     max_ticket: last_ticket,
-                    seq_before: self.chain_seq,
-                    hash_before: std::mem::replace(&mut self.chain_hash, hash),
                 });
+                self.chain_hash = hash;
                 let n = seq - self.chain_seq;
                 self.chain_seq = seq;
                 self.since_checkpoint += n;
@@ -710,6 +760,12 @@ impl Writer {
                 true
             }
             Err(e) => {
+                if store.broken() {
+                    // The rotation's fsync failed.
+                    self.break_down(inner, e.to_string());
+                    self.fail(inner, min_ticket, max_ticket, e.to_string());
+                    return false;
+                }
                 tracing::error!(error = %e, "cannot write the audit log; statements are refused");
                 self.fail(inner, min_ticket, max_ticket, e.to_string());
                 false
@@ -884,12 +940,8 @@ mod tests {
         fn sync(&mut self) -> std::io::Result<()> {
             Syncer::sync(self)
         }
-        fn discard_unsynced(&mut self) -> std::io::Result<()> {
-            self.with(|d| {
-                let synced = d.synced;
-                d.data.truncate(synced)
-            });
-            Ok(())
+        fn broken(&self) -> bool {
+            false
         }
         fn checkpoint(&mut self, _cp: &Checkpoint) -> std::io::Result<()> {
             Ok(())
@@ -996,45 +1048,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_sync_fails_what_is_not_durable_and_the_chain_goes_on_from_disk() {
+    async fn a_failed_sync_stops_the_log_until_restart() {
         let mem = Mem::default();
         let auditor = start(&mem);
-        let first = auditor.submit(event(1));
+        let first = auditor.append(vec![event(1)]).expect("written");
         within(auditor.durable(first)).await.expect("durable");
         mem.with(|d| {
             d.hold = true;
             d.fail_next = true;
         });
-        let lost = auditor.submit(event(2));
-        within(auditor.written(lost)).await.expect("written");
+        let lost = auditor.append(vec![event(2)]).expect("written");
+        // Written while the failing sync runs: covered by no successful fsync either.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = auditor.append(vec![event(3)]).expect("written");
         mem.with(|d| d.hold = false);
         assert_eq!(
             within(auditor.durable(lost)).await,
             Err(AuditError::Unavailable)
         );
-        // The lost record is cut; the next batch records the loss and links to record 1.
-        let next = auditor.submit(event(3));
-        within(auditor.durable(next)).await.expect("durable again");
-        assert!(auditor.healthy());
-        let lines = mem.lines();
-        let kinds: Vec<String> = lines
-            .iter()
-            .map(|(r, _)| match &r.event {
-                Event::ConfigReload { policy_version, .. } => {
-                    format!("event {}", policy_version.unwrap_or_default())
-                }
-                Event::AuditRecovered { lost_events, .. } => format!("recovered {lost_events}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(kinds, ["event 1", "recovered 1", "event 3"]);
-        for pair in lines.windows(2) {
-            assert_eq!(
-                pair[1].0.prev, pair[0].1,
-                "each record links to the one before"
-            );
-            assert_eq!(pair[1].0.seq, pair[0].0.seq + 1);
-        }
+        assert_eq!(
+            within(auditor.durable(after)).await,
+            Err(AuditError::Unavailable)
+        );
+        assert!(!auditor.is_durable(lost) && !auditor.is_durable(after));
+        // Nothing more is taken, however long one waits; what was durable stays so.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(auditor.append(vec![event(4)]), Err(AuditError::Unavailable));
+        let queued = auditor.submit(event(5));
+        assert_eq!(
+            within(auditor.durable(queued)).await,
+            Err(AuditError::Unavailable)
+        );
+        assert!(!auditor.healthy());
+        assert!(auditor
+            .last_error()
+            .is_some_and(|e| e.contains("restart the gateway")));
+        assert!(auditor.is_durable(first));
         auditor.shutdown();
     }
 }

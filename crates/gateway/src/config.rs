@@ -314,13 +314,14 @@ pub struct AuditConfig {
     /// equally, so an investigator can still match them); `full`: stored as sent.
     #[serde(default)]
     pub statement_text: StatementText,
-    /// When a read's record must be on disk. `results` (default): the read is forwarded once
-    /// its record is written (it survives the gateway's process, e.g. `kill -9`), and no byte of
-    /// its results reaches the client before the record is durable (fsync), so the fsync runs
-    /// while the database works. `forward`: durable before the read is forwarded, as writes
-    /// and DDL always are; then a power loss cannot leave a read that ran without its record,
-    /// at one fsync of latency per statement. Only reads that provably change nothing use
-    /// `results`: SELECT with no function call, SHOW, transaction control.
+    /// When a read's record must be on disk. `forward` (default): durable before the read is
+    /// forwarded, as writes and DDL always are. `results`: a read that changes nothing phigate
+    /// can see (SELECT with no function call, field notation, lock or data-modifying CTE;
+    /// SHOW) is forwarded once its record is written (it survives the gateway's process, e.g.
+    /// `kill -9`), and no byte of its results reaches the client before the record is durable,
+    /// so the fsync runs while the database works. Choose it when the role cannot reach a
+    /// function that writes through a view, an RLS policy or a user-defined operator: such a
+    /// write could lose its record to a power loss (never to a process crash).
     #[serde(default)]
     pub read_durability: ReadDurability,
     /// The checkpoint signing key (Ed25519, PKCS#8 DER); created in
@@ -493,8 +494,8 @@ pub enum StatementText {
 #[serde(rename_all = "lowercase")]
 pub enum ReadDurability {
     #[default]
-    Results,
     Forward,
+    Results,
 }
 
 fn default_checkpoint_records() -> u64 {

@@ -870,9 +870,11 @@ pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
     }
 }
 
-/// Statements whose running changes nothing in the database: SELECT that calls no function
-/// (a function may write) and writes or locks nothing, SHOW, transaction control. Their record
-/// need only be written, not durable, before they run; their results wait for durability.
+/// Statements whose running changes nothing that phigate can see: SELECT that calls no function
+/// (a function may write) and writes or locks nothing, and SHOW. With `audit.read_durability =
+/// "results"` their record need only be written, not durable, before they run; their results
+/// wait for durability. (A view, an RLS policy or a user-defined operator can still call a
+/// function the statement does not name: hence the opt-in.)
 fn changes_nothing(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Parsed(stmts) => {
@@ -884,7 +886,9 @@ fn changes_nothing(analysis: &Analysis) -> bool {
                             && st.inner.is_none()
                             && st.accesses.iter().all(|a| !a.action.is_write())
                     }
-                    Kind::Show | Kind::Transaction => true,
+                    // Not transaction control: COMMIT runs deferred triggers, COMMIT PREPARED
+                    // commits another session's work, SET CONSTRAINTS fires triggers.
+                    Kind::Show => true,
                     _ => false,
                 })
         }
@@ -962,7 +966,6 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
             "SELECT name, visit_date FROM patients JOIN visits USING (patient_id) WHERE id > 3",
             "SHOW search_path",
-            "BEGIN; SELECT 1; COMMIT",
         ] {
             assert!(changes_nothing(&phigate_sql::analyze(sql)), "{sql}");
         }
@@ -981,6 +984,9 @@ mod tests {
             "DO $$ BEGIN END $$",
             "SET search_path = public",
             "SELECT (",
+            "COMMIT",
+            "COMMIT PREPARED 'x'",
+            "SET CONSTRAINTS ALL IMMEDIATE",
         ] {
             assert!(!changes_nothing(&phigate_sql::analyze(sql)), "{sql}");
         }

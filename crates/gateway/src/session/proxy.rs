@@ -392,7 +392,9 @@ impl Forward<'_> {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        // Whatever complete messages came before the bad one still go.
+                        // Whatever complete messages came before the bad one still go, once
+                        // their records are written.
+                        self.write_ahead().await?;
                         self.flush().await?;
                         return Err(ForwardError::Client(e));
                     }
@@ -400,6 +402,7 @@ impl Forward<'_> {
                 let msg = match FrontendMessage::decode(&frame) {
                     Ok(msg) => msg,
                     Err(e) => {
+                        self.write_ahead().await?;
                         self.flush().await?;
                         return Err(ForwardError::Client(e));
                     }
@@ -427,6 +430,7 @@ impl Forward<'_> {
                             .fetch_sub(ignored - local, Ordering::AcqRel);
                     }
                     FrontendMessage::Password(_) => {
+                        self.write_ahead().await?;
                         self.flush().await?;
                         return Err(ForwardError::Client(WireError::UnexpectedTag(b'p')));
                     }
@@ -1184,14 +1188,14 @@ impl Backward {
                 },
                 read = self.upstream.read_buf(self.reader.buf_mut()) => {
                     match read {
-                        Ok(0) => return self.upstream_lost("the database closed the connection").await,
+                        Ok(0) => return self.upstream_lost(shared, "the database closed the connection").await,
                         Ok(_) => {}
-                        Err(e) => return self.upstream_lost(&e.to_string()).await,
+                        Err(e) => return self.upstream_lost(shared, &e.to_string()).await,
                     }
                     match self.take_frames(shared) {
                         Ok(()) => {}
                         Err(RelayError::Encoding) => return self.refuse_encoding().await,
-                        Err(RelayError::Wire(e)) => return self.upstream_lost(&e.to_string()).await,
+                        Err(RelayError::Wire(e)) => return self.upstream_lost(shared, &e.to_string()).await,
                     }
                     // Before the client hears that its DDL committed, so its next statement,
                     // or anyone's, is decided with the views read again.
@@ -1376,10 +1380,13 @@ impl Backward {
         End::Shutdown
     }
 
-    async fn upstream_lost(&mut self, why: &str) -> End {
+    async fn upstream_lost(&mut self, shared: &Shared, why: &str) -> End {
         // Forward what did arrive (the server usually sends its own FATAL before closing), then
-        // make sure the client learns the session is gone.
-        let _ = self.client.write_all(&self.out).await;
+        // make sure the client learns the session is gone. Results whose records are not on
+        // disk stay here.
+        if !self.out.is_empty() && self.audit_released(shared).await {
+            let _ = self.client.write_all(&self.out).await;
+        }
         let mut out = BytesMut::new();
         Notice::fatal("08006", "phigate: the connection to the database was lost")
             .with_hint("Reconnect; the gateway will open a new database session when the database is available.")
