@@ -486,7 +486,7 @@ async fn malformed_messages_end_only_their_own_session() {
         // A second PasswordMessage after login: nothing may be smuggled into authentication.
         ("password after login", message(b'p', &cstring("x")), "'p'"),
     ];
-    for (name, bytes, detail) in cases {
+    for (i, (name, bytes, detail)) in cases.into_iter().enumerate() {
         let mut s = raw_login(&gw, "agent").raw;
         // The session works before the bad message...
         let before = s.query(b"SELECT 7");
@@ -497,7 +497,11 @@ async fn malformed_messages_end_only_their_own_session() {
             "{name}: {}",
             show(&before)
         );
-        s.send(&bytes);
+        // ...and a statement sent in the same write as the bad message still goes (once it is
+        // recorded: checked below).
+        let mut both = message(b'Q', &cstring(&format!("SELECT 8 AS before_bad_{i}")));
+        both.extend(&bytes);
+        s.send(&both);
         // ...and the bad one ends it with a FATAL protocol violation, then EOF.
         let msgs = s.read_until_closed();
         let fatal = assert_fatal(&msgs, "08P01");
@@ -519,6 +523,24 @@ async fn malformed_messages_end_only_their_own_session() {
     // New sessions still open.
     let (fresh, _c) = session(&gw.conninfo("agent")).await;
     assert_eq!(scalar(&fresh, "SELECT 2").await, "2");
+    // Every statement that went before a bad message has its audit record.
+    let dd = gw.data_dir();
+    let (ok, export, err) = phigate_testkit::run(Command::new(bin()).args([
+        "audit",
+        "export",
+        "--data-dir",
+        dd.to_str().expect("utf-8"),
+        "--format",
+        "jsonl",
+    ]))
+    .expect("phigate audit export");
+    assert!(ok, "{err}");
+    for i in 0..4 {
+        assert!(
+            export.contains(&format!("before_bad_{i}")),
+            "no record of the statement before bad message {i}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
