@@ -47,10 +47,34 @@ pub trait Store: Send + 'static {
     /// True once any sync failed: every later sync fails too (the kernel reports a failed
     /// writeback once, and a later fsync could succeed without the pages it dropped).
     fn broken(&self) -> bool;
-    /// Stores a signed checkpoint (and copies it to the second place, if configured).
-    fn checkpoint(&mut self, cp: &Checkpoint) -> std::io::Result<()>;
+    /// Where signed checkpoints go: usable without the store (the writer thread stores
+    /// periodic checkpoints without holding the chain, so sessions' writes go on meanwhile).
+    fn checkpoints(&self) -> Arc<dyn CheckpointSink>;
     /// True when the next write starts a new segment (the caller checkpoints first).
     fn wants_rotation(&self, next_bytes: usize) -> bool;
+}
+
+/// Stores a signed checkpoint durably (and copies it to the second place, if configured).
+pub trait CheckpointSink: Send + Sync {
+    fn write(&self, cp: &Checkpoint) -> std::io::Result<()>;
+}
+
+/// `checkpoints.jsonl` in the log's directory and in the mirror directory.
+struct CheckpointFiles {
+    dir: PathBuf,
+    mirror: Option<PathBuf>,
+}
+
+impl CheckpointSink for CheckpointFiles {
+    fn write(&self, cp: &Checkpoint) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(cp).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        append_line(&self.dir.join(CHECKPOINTS), &line)?;
+        if let Some(m) = &self.mirror {
+            append_line(&m.join(CHECKPOINTS), &line)?;
+        }
+        Ok(())
+    }
 }
 
 /// Makes a store's writes durable (one `fdatasync`), from the sync thread.
@@ -166,10 +190,10 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 pub struct FileStore {
     dir: PathBuf,
-    mirror: Option<PathBuf>,
     segment_max: u64,
     current: Option<Segment>,
     broken: Arc<Mutex<bool>>,
+    checkpoints: Arc<CheckpointFiles>,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -211,10 +235,13 @@ impl FileStore {
         }
         let mut store = FileStore {
             dir: dir.to_owned(),
-            mirror: mirror.map(Path::to_owned),
             segment_max,
             current: None,
             broken: Arc::default(),
+            checkpoints: Arc::new(CheckpointFiles {
+                dir: dir.to_owned(),
+                mirror: mirror.map(Path::to_owned),
+            }),
         };
         let head = store.read_head()?;
         Ok((store, head))
@@ -409,14 +436,8 @@ impl Store for FileStore {
         *self.broken.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn checkpoint(&mut self, cp: &Checkpoint) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(cp).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        append_line(&self.dir.join(CHECKPOINTS), &line)?;
-        if let Some(m) = &self.mirror {
-            append_line(&m.join(CHECKPOINTS), &line)?;
-        }
-        Ok(())
+    fn checkpoints(&self) -> Arc<dyn CheckpointSink> {
+        self.checkpoints.clone()
     }
 
     fn wants_rotation(&self, next_bytes: usize) -> bool {

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::chain;
 use crate::checkpoint::SigningKey;
 use crate::record::{rfc3339, Event, Record, StatementRecord};
-use crate::store::{Store, Syncer};
+use crate::store::{CheckpointSink, Store, Syncer};
 
 /// Statement text kept in a record; longer text is cut and its full SHA-256 kept.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -198,6 +198,16 @@ fn writer_loop(inner: &Inner) {
             break;
         };
         let come_back = writer.step(inner, store.as_mut(), shutdown);
+        let planned = if shutdown {
+            None
+        } else {
+            writer.plan_checkpoint(store.as_ref())
+        };
+        if let Some(planned) = planned {
+            drop(core);
+            planned.run(inner);
+            continue;
+        }
         if let Some(at) = come_back {
             drop(core);
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -505,6 +515,42 @@ fn sync_loop(inner: &Inner) {
     }
 }
 
+struct PlannedCheckpoint {
+    cp: crate::checkpoint::Checkpoint,
+    sync: Option<(u64, Arc<dyn Syncer>)>,
+    sink: Arc<dyn CheckpointSink>,
+}
+
+impl PlannedCheckpoint {
+    /// Makes the records it vouches for durable (a checkpoint never vouches for records a
+    /// power loss could still take), then stores it. Runs without the chain's lock.
+    fn run(self, inner: &Inner) {
+        if let Some((ticket, syncer)) = &self.sync {
+            if let Err(e) = syncer.sync() {
+                let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(Core { writer, .. }) = core.as_mut() {
+                    writer.break_down(inner, e.to_string());
+                }
+                return;
+            }
+            inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            inner
+                .state
+                .send_modify(|d| d.durable = d.durable.max(*ticket));
+        }
+        match self.sink.write(&self.cp) {
+            Ok(()) => {
+                inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(Core { writer, .. }) = core.as_mut() {
+                    writer.checkpointed_seq = writer.checkpointed_seq.max(self.cp.seq);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
+        }
+    }
+}
+
 /// A written batch not yet known to be durable: its last ticket.
 struct Unsynced {
     max_ticket: u64,
@@ -555,10 +601,7 @@ impl Writer {
         if !items.is_empty() || self.failing.is_some() {
             self.write_batch(inner, store, items);
         }
-        let due = self.since_checkpoint >= self.opts.checkpoint_every
-            || (self.since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-        if due || (shutdown && self.chain_seq > self.checkpointed_seq) {
+        if shutdown && self.chain_seq > self.checkpointed_seq {
             self.checkpoint(inner, store);
         }
         if shutdown {
@@ -813,7 +856,7 @@ impl Writer {
             &self.chain_hash,
             &rfc3339(SystemTime::now()),
         );
-        match store.checkpoint(&cp) {
+        match store.checkpoints().write(&cp) {
             Ok(()) => {
                 self.checkpointed_seq = self.chain_seq;
                 inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -822,6 +865,30 @@ impl Writer {
         }
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+    }
+
+    /// A periodic checkpoint, when due: signed here (under the chain's lock), made durable and
+    /// stored by the writer thread without it ([`PlannedCheckpoint::run`]).
+    fn plan_checkpoint(&mut self, store: &dyn Store) -> Option<PlannedCheckpoint> {
+        let due = self.since_checkpoint >= self.opts.checkpoint_every
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+        if !due || self.broken.is_some() || self.chain_seq == 0 {
+            return None;
+        }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let ticket = self.unsynced.back().map(|u| u.max_ticket);
+        Some(PlannedCheckpoint {
+            cp: self.opts.signing.sign(
+                self.chain_seq,
+                &self.chain_hash,
+                &rfc3339(SystemTime::now()),
+            ),
+            // Records not yet known durable: synced first.
+            sync: ticket.and_then(|t| store.syncer().map(|s| (t, s))),
+            sink: store.checkpoints(),
+        })
     }
 
     fn keyed(&self, bytes: &[u8]) -> String {
@@ -943,8 +1010,14 @@ mod tests {
         fn broken(&self) -> bool {
             false
         }
-        fn checkpoint(&mut self, _cp: &Checkpoint) -> std::io::Result<()> {
-            Ok(())
+        fn checkpoints(&self) -> Arc<dyn crate::store::CheckpointSink> {
+            struct Nowhere;
+            impl crate::store::CheckpointSink for Nowhere {
+                fn write(&self, _cp: &Checkpoint) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            Arc::new(Nowhere)
         }
         fn wants_rotation(&self, _next_bytes: usize) -> bool {
             false
@@ -952,11 +1025,15 @@ mod tests {
     }
 
     fn start(mem: &Mem) -> Auditor {
+        start_with(mem, 1_000_000)
+    }
+
+    fn start_with(mem: &Mem, checkpoint_every: u64) -> Auditor {
         Auditor::start(
             Box::new(mem.clone()),
             (0, chain::GENESIS.to_owned()),
             Options {
-                checkpoint_every: 1_000_000,
+                checkpoint_every,
                 checkpoint_interval: Duration::from_secs(3600),
                 full_text: false,
                 signing: SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().expect("key"))
@@ -1016,6 +1093,32 @@ mod tests {
         mem.with(|d| d.hold = false);
         within(auditor.durable(second)).await.expect("durable");
         assert!(auditor.is_durable(first));
+        auditor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_waits_for_the_disk_without_holding_up_writes() {
+        let mem = Mem::default();
+        let auditor = start_with(&mem, 1);
+        mem.with(|d| d.hold = true);
+        let first = auditor.append(vec![event(1)]).expect("written");
+        // The writer thread's checkpoint now waits for the held disk, as the sync thread does;
+        // sessions still write.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let second = auditor.append(vec![event(2)]).expect("written");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(auditor.stats().checkpoints.load(Ordering::Relaxed), 0);
+        mem.with(|d| d.hold = false);
+        within(auditor.durable(second)).await.expect("durable");
+        assert!(auditor.is_durable(first));
+        for _ in 0..100 {
+            if auditor.stats().checkpoints.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(auditor.stats().checkpoints.load(Ordering::Relaxed) > 0);
         auditor.shutdown();
     }
 
