@@ -248,23 +248,7 @@ impl Guard {
             Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
         };
         // The PHI columns of the tables it reads, which this (masked) role sees masked.
-        let mut masked_columns = Vec::new();
-        for entry in &tables {
-            let rel = entry.split(':').next().unwrap_or(entry);
-            let key = if rel.contains('.') {
-                rel.to_owned()
-            } else {
-                format!("public.{rel}")
-            };
-            if let Some(cols) = self.phi.get(&key) {
-                for c in cols {
-                    let name = format!("{key}.{c}");
-                    if !masked_columns.contains(&name) {
-                        masked_columns.push(name);
-                    }
-                }
-            }
-        }
+        let masked_columns = phi_columns(&tables, &self.phi);
         let meta = phigate_audit::StatementRecord {
             session: self.session.to_string(),
             subject: self.identity.subject.0.clone(),
@@ -868,6 +852,30 @@ pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
         }
         Analysis::Invalid { .. } => (vec!["invalid".into()], Vec::new()),
     }
+}
+
+/// The columns of `phi` (by `schema.table`) in the tables a statement touches (`describe`'s
+/// `relation:action` entries; an unqualified relation is in `public`), as `schema.table.column`.
+pub fn phi_columns(
+    tables: &[String],
+    phi: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in tables {
+        let rel = entry.split(':').next().unwrap_or(entry);
+        let key = if rel.contains('.') {
+            rel.to_owned()
+        } else {
+            format!("public.{rel}")
+        };
+        for c in phi.get(&key).into_iter().flatten() {
+            let name = format!("{key}.{c}");
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 /// Statements whose running changes nothing that phigate can see: SELECT that calls no function

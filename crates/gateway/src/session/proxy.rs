@@ -553,21 +553,7 @@ impl Forward<'_> {
         };
         let required = settings.approvals.unwrap_or(1);
         // The PHI columns of the tables it touches, for the reviewer.
-        let mut phi_columns = Vec::new();
-        for entry in &tables {
-            let rel = entry.split(':').next().unwrap_or(entry);
-            let key = if rel.contains('.') {
-                rel.to_owned()
-            } else {
-                format!("public.{rel}")
-            };
-            for c in shared.phi_tags.get(&key).into_iter().flatten() {
-                let name = format!("{key}.{c}");
-                if !phi_columns.contains(&name) {
-                    phi_columns.push(name);
-                }
-            }
-        }
+        let phi_columns = super::guard::phi_columns(&tables, &shared.phi_tags);
         let (review, mut decided) = shared.reviews.open_review(crate::reviews::Request {
             requester: &identity.subject.0,
             role: &identity.role.0,
@@ -1121,18 +1107,29 @@ impl Backward {
         true
     }
 
+    /// Sends the client a message of the gateway's own, recorded as such.
+    async fn send_own(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(tape) = &self.tape {
+            tape.from_gateway(bytes);
+        }
+        self.client.write_all(bytes).await
+    }
+
+    /// Sends the client the gateway's FATAL (the session ends; a client already gone is not
+    /// an error).
+    async fn fatal(&mut self, code: &str, message: &str, hint: &str) {
+        let mut out = BytesMut::new();
+        Notice::fatal(code, message).with_hint(hint).write(&mut out);
+        let _ = self.send_own(&out).await;
+    }
+
     async fn results_withheld(&mut self) -> End {
-        let mut fatal = BytesMut::new();
-        Notice::fatal(
+        self.fatal(
             "58030",
             "phigate: the audit log cannot be written; the statement's results were withheld",
+            "Nothing leaves unaudited. Reconnect shortly.",
         )
-        .with_hint("Nothing leaves unaudited. Reconnect shortly.")
-        .write(&mut fatal);
-        if let Some(tape) = &self.tape {
-            tape.from_gateway(&fatal);
-        }
-        let _ = self.client.write_all(&fatal).await;
+        .await;
         End::AuditUnavailable
     }
 
@@ -1169,17 +1166,11 @@ impl Backward {
                 biased;
                 ev = self.events.recv() => match ev {
                     Some(Event::Fatal(bytes)) => {
-                        if let Some(tape) = &self.tape {
-                            tape.from_gateway(&bytes);
-                        }
-                        let _ = self.client.write_all(&bytes).await;
+                        let _ = self.send_own(&bytes).await;
                         return End::ClientError("protocol violation".into());
                     }
                     Some(Event::Notice(bytes)) => {
-                        if let Some(tape) = &self.tape {
-                            tape.from_gateway(&bytes);
-                        }
-                        if let Err(e) = self.client.write_all(&bytes).await {
+                        if let Err(e) = self.send_own(&bytes).await {
                             return End::ClientError(e.to_string());
                         }
                     }
@@ -1342,41 +1333,27 @@ impl Backward {
     }
 
     async fn credential_ended(&mut self, why: Ended) -> End {
-        let fatal = why.fatal();
-        if let Some(tape) = &self.tape {
-            tape.from_gateway(&fatal);
-        }
-        let _ = self.client.write_all(&fatal).await;
+        let _ = self.send_own(&why.fatal()).await;
         End::CredentialEnded(why)
     }
 
     async fn refuse_encoding(&mut self) -> End {
-        let mut out = BytesMut::new();
-        Notice::fatal(
+        self.fatal(
             "0A000",
             "phigate: only client_encoding UTF8 with standard_conforming_strings on is supported",
+            "Reconnect and leave client_encoding and standard_conforming_strings alone.",
         )
-        .with_hint("Reconnect and leave client_encoding and standard_conforming_strings alone.")
-        .write(&mut out);
-        if let Some(tape) = &self.tape {
-            tape.from_gateway(&out);
-        }
-        let _ = self.client.write_all(&out).await;
+        .await;
         End::ClientError("client_encoding changed away from UTF8".into())
     }
 
     async fn say_goodbye(&mut self) -> End {
-        let mut out = BytesMut::new();
-        Notice::fatal(
+        self.fatal(
             "57P01",
             "phigate: terminating connection because the gateway is shutting down",
+            "Reconnect; another gateway instance or this one after restart will serve you.",
         )
-        .with_hint("Reconnect; another gateway instance or this one after restart will serve you.")
-        .write(&mut out);
-        if let Some(tape) = &self.tape {
-            tape.from_gateway(&out);
-        }
-        let _ = self.client.write_all(&out).await;
+        .await;
         End::Shutdown
     }
 
@@ -1387,14 +1364,12 @@ impl Backward {
         if !self.out.is_empty() && self.audit_released(shared).await {
             let _ = self.client.write_all(&self.out).await;
         }
-        let mut out = BytesMut::new();
-        Notice::fatal("08006", "phigate: the connection to the database was lost")
-            .with_hint("Reconnect; the gateway will open a new database session when the database is available.")
-            .write(&mut out);
-        if let Some(tape) = &self.tape {
-            tape.from_gateway(&out);
-        }
-        let _ = self.client.write_all(&out).await;
+        self.fatal(
+            "08006",
+            "phigate: the connection to the database was lost",
+            "Reconnect; the gateway will open a new database session when the database is available.",
+        )
+        .await;
         End::UpstreamError(why.to_owned())
     }
 }
