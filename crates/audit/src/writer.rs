@@ -79,8 +79,6 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Default)]
 struct Durability {
-    /// Written up to this ticket (survives the process, not yet a power loss).
-    written: u64,
     durable: u64,
     /// Recent ticket ranges that failed (inclusive).
     failed: VecDeque<(u64, u64)>,
@@ -201,11 +199,15 @@ fn writer_loop(inner: &Inner) {
         let planned = if shutdown {
             None
         } else {
-            writer.plan_checkpoint(store.as_ref())
+            writer.plan_checkpoint(store.as_ref(), false)
         };
         if let Some(planned) = planned {
             drop(core);
-            planned.run(inner);
+            let outcome = planned.execute(inner);
+            let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(Core { writer, .. }) = core.as_mut() {
+                writer.checkpointed(inner, outcome);
+            }
             continue;
         }
         if let Some(at) = come_back {
@@ -371,43 +373,8 @@ impl Auditor {
         }
     }
 
-    /// Queues several events under one lock; returns the last one's ticket (durable implies
-    /// all are).
-    pub fn submit_all(&self, items: Vec<Pending>) -> Ticket {
-        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let was_empty = q.items.is_empty();
-        for p in items {
-            let t = q.next_ticket;
-            q.next_ticket += 1;
-            q.items.push((t, p));
-        }
-        let last = q.next_ticket - 1;
-        drop(q);
-        if was_empty {
-            self.inner.cv.notify_one();
-        }
-        Ticket(last)
-    }
-
     /// Waits until the ticket's record is on disk.
     pub async fn durable(&self, t: Ticket) -> Result<(), AuditError> {
-        self.wait(t, |d| d.durable).await
-    }
-
-    /// Waits until the ticket's record is written: it survives the gateway's process (a
-    /// `kill -9`), not yet a power loss. What depends on it may start; nothing it produces may
-    /// leave before [`Auditor::durable`].
-    pub async fn written(&self, t: Ticket) -> Result<(), AuditError> {
-        self.wait(t, |d| d.written).await
-    }
-
-    /// True when the ticket's record is on disk (no wait).
-    pub fn is_durable(&self, t: Ticket) -> bool {
-        let d = self.inner.state.borrow();
-        d.durable >= t.0 && !d.failed(t.0)
-    }
-
-    async fn wait(&self, t: Ticket, level: fn(&Durability) -> u64) -> Result<(), AuditError> {
         let mut rx = self.inner.state.subscribe();
         let mut outcome = Err(AuditError::Stopped);
         let _ = rx
@@ -415,7 +382,7 @@ impl Auditor {
                 if d.failed(t.0) {
                     outcome = Err(AuditError::Unavailable);
                     true
-                } else if level(d) >= t.0 {
+                } else if d.durable >= t.0 {
                     outcome = Ok(());
                     true
                 } else if d.broken {
@@ -430,6 +397,12 @@ impl Auditor {
             })
             .await;
         outcome
+    }
+
+    /// True when the ticket's record is on disk (no wait).
+    pub fn is_durable(&self, t: Ticket) -> bool {
+        let d = self.inner.state.borrow();
+        d.durable >= t.0 && !d.failed(t.0)
     }
 
     /// Writes and waits for the disk.
@@ -521,17 +494,21 @@ struct PlannedCheckpoint {
     sink: Arc<dyn CheckpointSink>,
 }
 
+/// What became of a planned checkpoint.
+enum Checkpointed {
+    Stored(u64),
+    NotStored,
+    SyncFailed(String),
+}
+
 impl PlannedCheckpoint {
     /// Makes the records it vouches for durable (a checkpoint never vouches for records a
-    /// power loss could still take), then stores it. Runs without the chain's lock.
-    fn run(self, inner: &Inner) {
+    /// power loss could still take), then stores it. Needs no lock: the writer thread runs it
+    /// without the chain's lock for periodic checkpoints, so sessions' writes go on meanwhile.
+    fn execute(&self, inner: &Inner) -> Checkpointed {
         if let Some((ticket, syncer)) = &self.sync {
             if let Err(e) = syncer.sync() {
-                let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(Core { writer, .. }) = core.as_mut() {
-                    writer.break_down(inner, e.to_string());
-                }
-                return;
+                return Checkpointed::SyncFailed(e.to_string());
             }
             inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             inner
@@ -541,26 +518,21 @@ impl PlannedCheckpoint {
         match self.sink.write(&self.cp) {
             Ok(()) => {
                 inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(Core { writer, .. }) = core.as_mut() {
-                    writer.checkpointed_seq = writer.checkpointed_seq.max(self.cp.seq);
-                }
+                Checkpointed::Stored(self.cp.seq)
             }
-            Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write an audit checkpoint");
+                Checkpointed::NotStored
+            }
         }
     }
-}
-
-/// A written batch not yet known to be durable: its last ticket.
-struct Unsynced {
-    max_ticket: u64,
 }
 
 struct Writer {
     chain_seq: u64,
     chain_hash: String,
-    /// Written batches, oldest first, until the sync thread says they are durable.
-    unsynced: VecDeque<Unsynced>,
+    /// The last tickets of written batches, oldest first, until they are known durable.
+    unsynced: VecDeque<u64>,
     /// While failing: when the writer thread tries again.
     next_probe: Instant,
     /// An fsync failed: no more records until restart.
@@ -614,11 +586,7 @@ impl Writer {
     /// ([`Writer::break_down`]).
     fn settle(&mut self, inner: &Inner, store: &mut dyn Store) {
         let durable = inner.state.borrow().durable;
-        while self
-            .unsynced
-            .front()
-            .is_some_and(|u| u.max_ticket <= durable)
-        {
+        while self.unsynced.front().is_some_and(|t| *t <= durable) {
             self.unsynced.pop_front();
         }
         if self.broken.is_some() {
@@ -668,7 +636,7 @@ impl Writer {
 
     /// Makes everything written durable on this thread (before a checkpoint, at shutdown).
     fn sync_now(&mut self, inner: &Inner, store: &mut dyn Store) -> bool {
-        let Some(last) = self.unsynced.back().map(|u| u.max_ticket) else {
+        let Some(last) = self.unsynced.back().copied() else {
             return true;
         };
         if self.broken.is_some() {
@@ -695,15 +663,17 @@ impl Writer {
         store: &mut dyn Store,
         items: Vec<(u64, Pending)>,
     ) -> bool {
-        let mut max_ticket = items.iter().map(|(t, _)| *t).max();
-        if max_ticket.is_none() {
-            // A probe alone: its `audit_recovered` gets a ticket of its own, so that it is
-            // tracked until durable like any record.
-            let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-            max_ticket = Some(q.next_ticket);
-            q.next_ticket += 1;
-        }
-        let min_ticket = items.iter().map(|(t, _)| *t).min().or(max_ticket);
+        let tickets = items.iter().map(|(t, _)| *t);
+        let (min_ticket, max_ticket) = match (tickets.clone().min(), tickets.max()) {
+            (Some(min), Some(max)) => (min, max),
+            _ => {
+                // A probe alone: its `audit_recovered` gets a ticket of its own, so that it is
+                // tracked until durable like any record.
+                let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.next_ticket += 1;
+                (q.next_ticket - 1, q.next_ticket - 1)
+            }
+        };
         let mut events: Vec<Event> = Vec::with_capacity(items.len() + 1);
         if let Some((since, lost, error)) = &self.failing {
             events.push(Event::AuditRecovered {
@@ -738,7 +708,7 @@ impl Writer {
                 Err(e) => {
                     // Serialization of our own types cannot fail; if it did, fail closed.
                     tracing::error!(error = %e, "cannot encode an audit record");
-                    self.fail(inner, min_ticket, max_ticket, e.to_string());
+                    self.fail(inner, Some(min_ticket), Some(max_ticket), e.to_string());
                     return false;
                 }
             }
@@ -748,8 +718,8 @@ impl Writer {
             if self.broken.is_some() {
                 self.fail(
                     inner,
-                    min_ticket,
-                    max_ticket,
+                    Some(min_ticket),
+                    Some(max_ticket),
                     "the audit log is broken".into(),
                 );
                 return false;
@@ -759,15 +729,12 @@ impl Writer {
             Ok(rotated) => {
                 if rotated {
                     // The previous segment was made durable before this one started.
-                    if let Some(last) = self.unsynced.back().map(|u| u.max_ticket) {
+                    if let Some(last) = self.unsynced.back().copied() {
                         self.unsynced.clear();
                         inner.state.send_modify(|d| d.durable = d.durable.max(last));
                     }
                 }
-                let last_ticket = max_ticket.unwrap_or(inner.state.borrow().written);
-                self.unsynced.push_back(Unsynced {
-                    max_ticket: last_ticket,
-                });
+                self.unsynced.push_back(max_ticket);
                 self.chain_hash = hash;
                 let n = seq - self.chain_seq;
                 self.chain_seq = seq;
@@ -785,13 +752,10 @@ impl Writer {
                     }
                 }
                 inner.healthy.store(true, Ordering::Release);
-                if let Some(t) = max_ticket {
-                    inner.state.send_modify(|d| d.written = d.written.max(t));
-                }
                 if let Some(syncer) = store.syncer() {
                     let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
                     q.target = Some(SyncTarget {
-                        ticket: last_ticket,
+                        ticket: max_ticket,
                         syncer,
                     });
                     let idle = std::mem::take(&mut q.idle);
@@ -806,11 +770,11 @@ impl Writer {
                 if store.broken() {
                     // The rotation's fsync failed.
                     self.break_down(inner, e.to_string());
-                    self.fail(inner, min_ticket, max_ticket, e.to_string());
+                    self.fail(inner, Some(min_ticket), Some(max_ticket), e.to_string());
                     return false;
                 }
                 tracing::error!(error = %e, "cannot write the audit log; statements are refused");
-                self.fail(inner, min_ticket, max_ticket, e.to_string());
+                self.fail(inner, Some(min_ticket), Some(max_ticket), e.to_string());
                 false
             }
         }
@@ -843,42 +807,34 @@ impl Writer {
         }
     }
 
+    /// A checkpoint now, under the chain's lock (at a rotation, at shutdown).
     fn checkpoint(&mut self, inner: &Inner, store: &mut dyn Store) {
-        if self.chain_seq == 0 {
-            return;
+        if let Some(planned) = self.plan_checkpoint(store, true) {
+            let outcome = planned.execute(inner);
+            self.checkpointed(inner, outcome);
         }
-        // A checkpoint never vouches for records that a power loss could still take.
-        if !self.sync_now(inner, store) {
-            return;
-        }
-        let cp = self.opts.signing.sign(
-            self.chain_seq,
-            &self.chain_hash,
-            &rfc3339(SystemTime::now()),
-        );
-        match store.checkpoints().write(&cp) {
-            Ok(()) => {
-                self.checkpointed_seq = self.chain_seq;
-                inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
-        }
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
     }
 
-    /// A periodic checkpoint, when due: signed here (under the chain's lock), made durable and
-    /// stored by the writer thread without it ([`PlannedCheckpoint::run`]).
-    fn plan_checkpoint(&mut self, store: &dyn Store) -> Option<PlannedCheckpoint> {
+    fn checkpointed(&mut self, inner: &Inner, outcome: Checkpointed) {
+        match outcome {
+            Checkpointed::Stored(seq) => self.checkpointed_seq = self.checkpointed_seq.max(seq),
+            Checkpointed::NotStored => {}
+            Checkpointed::SyncFailed(e) => self.break_down(inner, e),
+        }
+    }
+
+    /// A checkpoint of the chain as it stands (when due, unless `now`), signed here: the
+    /// caller executes it ([`PlannedCheckpoint::execute`]) and reports the outcome.
+    fn plan_checkpoint(&mut self, store: &dyn Store, now: bool) -> Option<PlannedCheckpoint> {
         let due = self.since_checkpoint >= self.opts.checkpoint_every
             || (self.since_checkpoint > 0
                 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-        if !due || self.broken.is_some() || self.chain_seq == 0 {
+        if !(due || now) || self.broken.is_some() || self.chain_seq == 0 {
             return None;
         }
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        let ticket = self.unsynced.back().map(|u| u.max_ticket);
+        let ticket = self.unsynced.back().copied();
         Some(PlannedCheckpoint {
             cp: self.opts.signing.sign(
                 self.chain_seq,
@@ -1052,6 +1008,13 @@ mod tests {
         })
     }
 
+    /// Until the store holds `n` records (queued events are written by the writer thread).
+    async fn lines_written(mem: &Mem, n: usize) {
+        while mem.lines().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::time::timeout(Duration::from_secs(10), f)
             .await
@@ -1064,14 +1027,14 @@ mod tests {
         mem.with(|d| d.hold = true);
         let auditor = start(&mem);
         let t = auditor.submit(event(1));
-        within(auditor.written(t)).await.expect("written");
+        within(lines_written(&mem, 1)).await;
         assert_eq!(mem.lines().len(), 1, "the record is in the store");
         // The sync is held: the record is written, not durable, and a second one is written
         // meanwhile (writing never waits for a sync).
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!auditor.is_durable(t));
         let t2 = auditor.submit(event(2));
-        within(auditor.written(t2)).await.expect("written");
+        within(lines_written(&mem, 2)).await;
         assert!(!auditor.is_durable(t2));
         mem.with(|d| d.hold = false);
         within(auditor.durable(t2)).await.expect("durable");
