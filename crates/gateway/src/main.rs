@@ -415,16 +415,7 @@ fn main() -> ExitCode {
         Command::Discover { config, sample } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let c = Config::load(&config)?;
-                let up = &c.upstream;
-                let target = phigate::session::upstream::UpstreamTarget {
-                    host: up.host.clone(),
-                    port: up.port,
-                    user: up.user.clone(),
-                    password: up.resolve_password()?,
-                    database: up.database.clone(),
-                    tls: phigate::tls::upstream_config(up.tls, up.ca_file.as_deref())?,
-                    connect_timeout: up.connect_timeout(),
-                };
+                let target = phigate::upstream::UpstreamTarget::from_config(&c.upstream)?;
                 print!(
                     "{}",
                     phigate::masking::discover(&target, sample.clamp(1, 10_000)).await?

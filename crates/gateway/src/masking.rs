@@ -23,7 +23,7 @@ use phigate_policy::masking::{strategy_for, PhiTableConfig, PhiType, Strategy};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::session::upstream::UpstreamTarget;
+use crate::upstream::UpstreamTarget;
 
 /// ZIP3 areas with 20,000 people or fewer: Safe Harbor replaces them with `000`.
 const SPARSE_ZIP3: &[&str] = &[

@@ -10,7 +10,7 @@ use phigate_policy::Policy;
 use phigate_sql::RelName;
 use tokio::sync::OnceCell;
 
-use crate::session::upstream::{UpstreamError, UpstreamTarget};
+use crate::upstream::{UpstreamError, UpstreamTarget};
 
 type Views = Arc<HashMap<RelName, Vec<RelName>>>;
 

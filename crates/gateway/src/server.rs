@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
-use crate::session::upstream::UpstreamTarget;
+use crate::upstream::UpstreamTarget;
 
 /// What every session shares. Immutable after start, except the shutdown tokens.
 pub struct Shared {
@@ -72,7 +72,6 @@ impl Shared {
             )?)),
             None => None,
         };
-        let up = &config.upstream;
         let audit = crate::audit::open(config)?;
         let auth = Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?;
         let recorder = match &audit {
@@ -120,15 +119,7 @@ impl Shared {
             pg_addr,
             policy: crate::policy::PolicyStore::new(config.policy()?),
             analyzer: phigate_sql::Analyzer::default(),
-            upstream: UpstreamTarget {
-                host: up.host.clone(),
-                port: up.port,
-                user: up.user.clone(),
-                password: up.resolve_password()?,
-                database: up.database.clone(),
-                tls: crate::tls::upstream_config(up.tls, up.ca_file.as_deref())?,
-                connect_timeout: up.connect_timeout(),
-            },
+            upstream: UpstreamTarget::from_config(&config.upstream)?,
             cancels: CancelRegistry::default(),
             tls_required: config.tls.as_ref().is_some_and(|t| t.require),
             tls_acceptor,

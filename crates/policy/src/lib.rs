@@ -304,7 +304,7 @@ impl Policy {
                     hint:
                         "The statement does not parse; phigate only forwards what it can analyse."
                             .into(),
-                    sqlstate: "42601",
+                    sqlstate: phigate_wire::sqlstate::SYNTAX_ERROR,
                     position: *position,
                 }),
                 Analysis::Parsed(stmts) => stmts,
@@ -347,7 +347,7 @@ impl Policy {
                         rule: rule.name.clone(),
                         message: format!("phigate: {what} requires approval by rule {}", rule.name),
                         hint: or(hint, "A reviewer must approve this statement; the approval workflow is not enabled on this gateway yet, so it is refused."),
-                        sqlstate: "42501",
+                        sqlstate: phigate_wire::sqlstate::INSUFFICIENT_PRIVILEGE,
                         position: None,
                     })),
                 };
@@ -659,7 +659,7 @@ fn deny(rule: &str, message: String, hint: String) -> Decision {
         rule: rule.to_owned(),
         message,
         hint,
-        sqlstate: "42501",
+        sqlstate: phigate_wire::sqlstate::INSUFFICIENT_PRIVILEGE,
         position: None,
     })
 }

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod frame;
 pub mod frontend;
+pub mod sqlstate;
 pub mod startup;
 
 mod cursor;

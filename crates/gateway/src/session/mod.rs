@@ -7,7 +7,6 @@
 
 pub mod guard;
 pub mod proxy;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use crate::auth::{AuthError, Identity};
 use crate::cancel::FrontendKey;
 use crate::net::Stream;
 use crate::server::Shared;
-use upstream::UpstreamError;
+use crate::upstream::{self, UpstreamError};
 
 /// Largest PasswordMessage (a token) accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;

@@ -72,6 +72,20 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamTarget {
+    /// The database of the `[upstream]` section: the only place a target is built from the
+    /// config (password resolved from its file or environment, TLS as configured).
+    pub fn from_config(up: &crate::config::Upstream) -> anyhow::Result<UpstreamTarget> {
+        Ok(UpstreamTarget {
+            host: up.host.clone(),
+            port: up.port,
+            user: up.user.clone(),
+            password: up.resolve_password()?,
+            database: up.database.clone(),
+            tls: crate::tls::upstream_config(up.tls, up.ca_file.as_deref())?,
+            connect_timeout: up.connect_timeout(),
+        })
+    }
+
     /// The same database, reached with another login (a masked role's).
     pub fn with_login(&self, user: &str, password: &str) -> UpstreamTarget {
         UpstreamTarget {
