@@ -218,3 +218,6 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     }
     tracing::info!(%peer, session = %session, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
 }
+
+#[cfg(test)]
+mod harness_tests;
