@@ -14,6 +14,7 @@ pub mod logging;
 pub mod login;
 pub mod masking;
 pub mod net;
+pub mod pgerror;
 pub mod policy;
 pub mod recording;
 pub mod reviews;

@@ -12,14 +12,13 @@ mod startup;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use phigate_wire::backend::Notice;
 use phigate_wire::{FrameReader, WireError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::{AuthError, Identity};
 use crate::net::Stream;
+use crate::pgerror::{ClientError, ToClient};
 use crate::server::Shared;
 use crate::upstream::{self, UpstreamError};
 
@@ -52,88 +51,108 @@ pub enum SessionError {
     Audit,
 }
 
-impl SessionError {
+impl ToClient for SessionError {
     /// The FATAL the client receives, if the connection can still carry one.
-    fn client_notice(&self) -> Option<(String, String, Option<&'static str>)> {
-        let (code, message, hint) = match self {
+    fn to_client(&self) -> Option<ClientError> {
+        use phigate_wire::sqlstate as code;
+        let again = "Try again shortly.";
+        let e = match self {
             SessionError::Io(_) | SessionError::Tls(_) => return None,
-            SessionError::Protocol(e) => ("08P01", format!("phigate: invalid message: {e}"), None),
-            SessionError::StartupTimeout => ("08006", "phigate: startup timed out".into(), None),
-            SessionError::ShuttingDown => (
-                "57P03",
-                "phigate: the gateway is shutting down".into(),
-                Some(
-                    "Reconnect; another gateway instance or this one after restart will serve you.",
-                ),
+            SessionError::Protocol(e) => ClientError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("phigate: invalid message: {e}"),
             ),
-            SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
-            SessionError::Audit => (
-                "57P03",
-                "phigate: no session can start: the audit log cannot be written".into(),
-                Some("Nothing runs unaudited. Try again shortly."),
+            SessionError::StartupTimeout => {
+                ClientError::fatal(code::CONNECTION_FAILURE, "phigate: startup timed out")
+            }
+            SessionError::ShuttingDown => ClientError::fatal(
+                code::CANNOT_CONNECT_NOW,
+                "phigate: the gateway is shutting down",
+            )
+            .with_hint(
+                "Reconnect; another gateway instance or this one after restart will serve you.",
             ),
-            SessionError::StartupParam(msg) => ("42501", format!("phigate: {msg}"), None),
-            SessionError::Auth(e @ AuthError::RoleNotAllowed { .. }) => (
-                "28000",
-                format!("phigate: {e}"),
-                Some("Connect with user set to one of your roles, or leave it to get your default role."),
+            SessionError::Startup(msg) => ClientError::fatal(
+                code::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("phigate: {msg}"),
             ),
-            SessionError::Auth(e @ AuthError::NoRole { .. }) => (
-                "28000",
-                format!("phigate: {e}"),
-                Some("Ask an administrator to bind your identity or groups to a role."),
-            ),
-            SessionError::Auth(e @ AuthError::RateLimited(_)) => ("28000", format!("phigate: {e}"), None),
-            SessionError::Auth(e @ AuthError::IdpUnavailable) => (
-                "08006",
-                format!("phigate: {e}"),
-                Some("Try again shortly."),
-            ),
-            SessionError::Auth(AuthError::InvalidCredentials) => (
-                "28P01",
-                "phigate: authentication failed".into(),
-                Some("Put a valid phigate token or API key in the password field."),
-            ),
-            // Each says what was wrong with the credential, never what it contained.
-            SessionError::Auth(e) => (
-                "28P01",
-                format!("phigate: authentication failed: {e}"),
-                Some("Get a fresh token (phigate login) or API key and reconnect."),
-            ),
+            SessionError::Audit => ClientError::fatal(
+                code::CANNOT_CONNECT_NOW,
+                "phigate: no session can start: the audit log cannot be written",
+            )
+            .with_hint("Nothing runs unaudited. Try again shortly."),
+            SessionError::StartupParam(msg) => {
+                ClientError::fatal(code::INSUFFICIENT_PRIVILEGE, format!("phigate: {msg}"))
+            }
+            SessionError::Auth(e) => auth_error(e),
             // Missing database, too many connections, database starting up: the client can act
             // on these. The wording is ours: the database's own text names the gateway's login.
-            SessionError::Upstream(UpstreamError::Refused { code, .. })
-                if code.starts_with("3D") =>
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c.starts_with(code::CLASS_INVALID_CATALOG_NAME) =>
             {
-                return Some((
-                    code.clone(),
-                    "phigate: the requested database does not exist".into(),
-                    None,
-                ));
+                ClientError::fatal_as(c.clone(), "phigate: the requested database does not exist")
             }
-            SessionError::Upstream(UpstreamError::Refused { code, .. })
-                if code.starts_with("53") =>
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c.starts_with(code::CLASS_INSUFFICIENT_RESOURCES) =>
             {
-                return Some((
-                    code.clone(),
-                    "phigate: the database is at its connection limit".into(),
-                    Some("Try again shortly."),
-                ));
+                ClientError::fatal_as(
+                    c.clone(),
+                    "phigate: the database is at its connection limit",
+                )
+                .with_hint(again)
             }
-            SessionError::Upstream(UpstreamError::Refused { code, .. }) if code == "57P03" => {
-                return Some((
-                    code.clone(),
-                    "phigate: the database is starting up or shutting down".into(),
-                    Some("Try again shortly."),
-                ));
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c == code::CANNOT_CONNECT_NOW =>
+            {
+                ClientError::fatal_as(
+                    c.clone(),
+                    "phigate: the database is starting up or shutting down",
+                )
+                .with_hint(again)
             }
-            SessionError::Upstream(_) => (
-                "08006",
-                "phigate: the database is not available right now".into(),
-                Some("Try again shortly; the gateway operator can see the cause in its log."),
-            ),
+            SessionError::Upstream(_) => ClientError::fatal(
+                code::CONNECTION_FAILURE,
+                "phigate: the database is not available right now",
+            )
+            .with_hint("Try again shortly; the gateway operator can see the cause in its log."),
         };
-        Some((code.to_owned(), message, hint))
+        Some(e)
+    }
+}
+
+/// A refused login: what was wrong with the credential, never what it contained.
+fn auth_error(e: &AuthError) -> ClientError {
+    use phigate_wire::sqlstate as code;
+    match e {
+        AuthError::RoleNotAllowed { .. } => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        )
+        .with_hint(
+            "Connect with user set to one of your roles, or leave it to get your default role.",
+        ),
+        AuthError::NoRole { .. } => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        )
+        .with_hint("Ask an administrator to bind your identity or groups to a role."),
+        AuthError::RateLimited(_) => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        ),
+        AuthError::IdpUnavailable => {
+            ClientError::fatal(code::CONNECTION_FAILURE, format!("phigate: {e}"))
+                .with_hint("Try again shortly.")
+        }
+        AuthError::InvalidCredentials => {
+            ClientError::fatal(code::INVALID_PASSWORD, "phigate: authentication failed")
+                .with_hint("Put a valid phigate token or API key in the password field.")
+        }
+        e => ClientError::fatal(
+            code::INVALID_PASSWORD,
+            format!("phigate: authentication failed: {e}"),
+        )
+        .with_hint("Get a fresh token (phigate login) or API key and reconnect."),
     }
 }
 
@@ -162,14 +181,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
                 _ => tracing::info!(%peer, error = %e, "connection ended during startup"),
             }
-            if let Some((code, message, hint)) = e.client_notice() {
-                let mut out = BytesMut::new();
-                let mut n = Notice::fatal(&code, &message);
-                if let Some(h) = hint {
-                    n = n.with_hint(h);
-                }
-                n.write(&mut out);
-                let _ = stream.write_all(&out).await;
+            if let Some(notice) = e.to_client() {
+                let _ = stream.write_all(&notice.to_bytes()).await;
             }
             let _ = stream.shutdown().await;
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use phigate_wire::backend::{self, tag, Notice};
+use phigate_wire::backend::{self, tag};
 use phigate_wire::{sqlstate, FrameReader, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use super::exchange::Finished;
 use super::observe::Detect;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
+use crate::pgerror::{ClientError, ToClient};
 use crate::server::Shared;
 
 enum RelayError {
@@ -248,10 +249,9 @@ impl Backward {
 
     /// Sends the client the gateway's FATAL (the session ends; a client already gone is not
     /// an error).
-    async fn fatal(&mut self, code: &str, message: &str, hint: &str) {
-        let mut out = BytesMut::new();
-        Notice::fatal(code, message).with_hint(hint).write(&mut out);
-        let _ = self.send_own(&out).await;
+    async fn fatal(&mut self, code: &'static str, message: &str, hint: &str) {
+        let notice = ClientError::fatal(code, message).with_hint(hint);
+        let _ = self.send_own(&notice.to_bytes()).await;
     }
 
     async fn results_withheld(&mut self) -> End {
@@ -276,7 +276,9 @@ impl Backward {
     }
 
     async fn credential_ended(&mut self, why: Ended) -> End {
-        let _ = self.send_own(&why.fatal()).await;
+        if let Some(notice) = why.to_client() {
+            let _ = self.send_own(&notice.to_bytes()).await;
+        }
         End::CredentialEnded(why)
     }
 

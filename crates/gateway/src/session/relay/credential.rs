@@ -1,7 +1,6 @@
 //! The session's credential while the session lasts: its expiry, and (API keys) revocation.
 
-use bytes::BytesMut;
-use phigate_wire::backend::Notice;
+use crate::pgerror::{ClientError, ToClient};
 
 use crate::server::Shared;
 
@@ -12,20 +11,19 @@ pub enum Ended {
     Revoked,
 }
 
-impl Ended {
-    pub fn fatal(self) -> BytesMut {
-        let mut out = BytesMut::new();
+impl ToClient for Ended {
+    fn to_client(&self) -> Option<ClientError> {
         let message = match self {
             Ended::Expired => "phigate: authentication expired",
             Ended::Revoked => "phigate: the credential of this session was revoked",
         };
-        Notice::fatal(
-            phigate_wire::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            message,
+        Some(
+            ClientError::fatal(
+                phigate_wire::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message,
+            )
+            .with_hint("Get a fresh token (phigate login) or API key and reconnect."),
         )
-        .with_hint("Get a fresh token (phigate login) or API key and reconnect.")
-        .write(&mut out);
-        out
     }
 }
 

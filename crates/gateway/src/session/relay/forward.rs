@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use phigate_wire::backend::Notice;
 use phigate_wire::frontend::{self, FrontendMessage};
 use phigate_wire::{sqlstate, FrameReader, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +13,7 @@ use super::credential::{CredentialWatch, Ended};
 use super::exchange::Unit;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
+use crate::pgerror::{ClientError, ToClient};
 use crate::server::Shared;
 use crate::session::guard::{Action, Filtered, Guard, Held};
 
@@ -23,6 +23,27 @@ pub(super) enum ForwardError {
     Credential(Ended),
     ClientIo(std::io::Error),
     UpstreamIo(std::io::Error),
+}
+
+impl ToClient for ForwardError {
+    /// The FATAL that ends the session, if the client can still be told.
+    fn to_client(&self) -> Option<ClientError> {
+        match self {
+            ForwardError::Client(e) => Some(ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("phigate: invalid message: {e}"),
+            )),
+            ForwardError::Credential(why) => why.to_client(),
+            ForwardError::Audit => Some(
+                ClientError::fatal(
+                    sqlstate::IO_ERROR,
+                    "phigate: the audit log cannot be written; the statement was not run",
+                )
+                .with_hint("Nothing runs unaudited. Reconnect shortly."),
+            ),
+            ForwardError::ClientIo(_) | ForwardError::UpstreamIo(_) => None,
+        }
+    }
 }
 
 /// What the forward half is made of.
@@ -79,32 +100,21 @@ impl<'s> Forward<'s> {
     }
 
     pub async fn run(mut self) -> End {
-        let (end, fatal) = match self.pump().await {
-            Ok(end) => (end, None),
-            Err(ForwardError::Client(e)) => (
-                End::ClientError(e.to_string()),
-                Some(fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!("phigate: invalid message: {e}"),
-                    None,
-                )),
-            ),
-            Err(ForwardError::Credential(why)) => (End::CredentialEnded(why), Some(why.fatal())),
-            Err(ForwardError::Audit) => (
-                End::AuditUnavailable,
-                Some(fatal(
-                    sqlstate::IO_ERROR,
-                    "phigate: the audit log cannot be written; the statement was not run",
-                    Some("Nothing runs unaudited. Reconnect shortly."),
-                )),
-            ),
-            Err(ForwardError::ClientIo(e)) => (End::ClientError(e.to_string()), None),
-            Err(ForwardError::UpstreamIo(e)) => (End::UpstreamError(e.to_string()), None),
-        };
-        if let Some(f) = fatal {
-            let _ = self.events.send(Event::Fatal(f)).await;
+        match self.pump().await {
+            Ok(end) => end,
+            Err(e) => {
+                if let Some(notice) = e.to_client() {
+                    let _ = self.events.send(Event::Fatal(notice.to_bytes())).await;
+                }
+                match e {
+                    ForwardError::Client(e) => End::ClientError(e.to_string()),
+                    ForwardError::Credential(why) => End::CredentialEnded(why),
+                    ForwardError::Audit => End::AuditUnavailable,
+                    ForwardError::ClientIo(e) => End::ClientError(e.to_string()),
+                    ForwardError::UpstreamIo(e) => End::UpstreamError(e.to_string()),
+                }
+            }
         }
-        end
     }
 
     async fn pump(&mut self) -> Result<End, ForwardError> {
@@ -293,14 +303,4 @@ impl<'s> Forward<'s> {
         }
         Ok(())
     }
-}
-
-fn fatal(code: &str, message: &str, hint: Option<&str>) -> BytesMut {
-    let mut out = BytesMut::new();
-    let mut n = Notice::fatal(code, message);
-    if let Some(h) = hint {
-        n = n.with_hint(h);
-    }
-    n.write(&mut out);
-    out
 }
