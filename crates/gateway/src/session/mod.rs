@@ -1,9 +1,9 @@
 //! One client connection, from the first byte to the last.
 //!
-//! The phases, in order (each a function below, so the state a phase may touch is exactly its
-//! arguments): [`negotiate`] (SSLRequest / GSSENCRequest / CancelRequest / StartupMessage),
-//! [`authenticate`] (token → identity → role), connect upstream ([`upstream`]), then
-//! [`proxy::relay`] until either side ends.
+//! The phases, in order (each a function, so the state a phase may touch is exactly its
+//! arguments): in [`startup`], negotiate (SSLRequest / GSSENCRequest / CancelRequest /
+//! StartupMessage), authenticate (token → identity → role), connect upstream
+//! ([`crate::upstream`]); then [`relay::relay`] until either side ends.
 
 pub mod guard;
 pub mod relay;
