@@ -1,7 +1,7 @@
 //! One client connection, from the first byte to the last.
 //!
 //! The phases, in order (each a function, so the state a phase may touch is exactly its
-//! arguments): in [`startup`], negotiate (SSLRequest / GSSENCRequest / CancelRequest /
+//! arguments): in `startup`, negotiate (SSLRequest / GSSENCRequest / CancelRequest /
 //! StartupMessage), authenticate (token → identity → role), connect upstream
 //! ([`crate::upstream`]); then [`relay::relay`] until either side ends.
 

@@ -10,7 +10,7 @@
 //!
 //! - [`Exchange::push`] is called by the forward half for every message it sends, before the
 //!   bytes leave; [`Exchange::observe`] by the backward half for every message the database
-//!   returns. Between them, a queue of [`Entry`]s holds what was sent and not yet answered.
+//!   returns. Between them, a queue of entries holds what was sent and not yet answered.
 //! - The prepared statements and portals the session holds, by name, are known in two forms:
 //!   `confirmed` (what the database said it did: ParseComplete, CloseComplete, the command
 //!   tags of PREPARE / DEALLOCATE / DISCARD ALL) and `projected` (confirmed plus everything
