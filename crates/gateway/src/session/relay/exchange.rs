@@ -25,8 +25,9 @@
 //!   [`Finished`] when the database has answered them (or skipped them).
 //!
 //! Pure: no IO, no clock but the one a unit carries. Bounded: at most [`MAX_IN_FLIGHT`]
-//! entries, [`MAX_PREPARED`] statements and [`MAX_PORTALS`] portals, [`MAX_REFUSED_NAMES`]
-//! remembered refused names (as hashes).
+//! entries, [`MAX_PREPARED`] statements holding [`MAX_PREPARED_BYTES`] of text, names of
+//! [`MAX_NAME_BYTES`], [`MAX_PORTALS`] portals, [`MAX_REFUSED_NAMES`] remembered refused names
+//! (as hashes); the guard refuses what would exceed them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -45,6 +46,11 @@ use phigate_wire::Frame;
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Prepared statements a session may hold (protocol-level and SQL-level together).
 pub const MAX_PREPARED: usize = 4096;
+/// Bytes of statement text the prepared statements of a session may hold together.
+pub const MAX_PREPARED_BYTES: usize = 64 << 20;
+/// Longest statement or portal name a session may create (PostgreSQL's own SQL-level names
+/// are cut at 63 bytes; drivers' protocol-level names are short).
+pub const MAX_NAME_BYTES: usize = 1024;
 /// Portals a session may hold open at once.
 pub const MAX_PORTALS: usize = 1024;
 /// Names of refused statements remembered (as 64-bit hashes) for a precise refusal at Bind.
@@ -364,6 +370,15 @@ impl Exchange {
 
     pub fn prepared_count(&self) -> usize {
         self.statements.projected.len()
+    }
+
+    /// Statement text held by the projected prepared statements.
+    pub fn prepared_bytes(&self) -> usize {
+        self.statements
+            .projected
+            .values()
+            .map(|p| p.sql.len())
+            .sum()
     }
 
     pub fn portal_count(&self) -> usize {
