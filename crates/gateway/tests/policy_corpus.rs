@@ -430,7 +430,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "SELECT * FROM pg_pc_notes", "deny:grants"),
     ("reviewer", "SELECT * FROM public.pg_pc_notes", "deny:grants"),
     // --- LISTEN / NOTIFY -----------------------------------------------------------------------
-    ("agent", "LISTEN pc_channel", "allow"),
+    // Notification payloads are not masked: a masked role may not LISTEN (UNLISTEN is harmless).
+    ("agent", "LISTEN pc_channel", "deny:masked-listen"),
     ("reviewer", "NOTIFY pc_channel, 'hello'", "allow"),
     ("clinician", "SELECT pg_notify('pc_channel', 'x')", "allow"),
     ("agent", "UNLISTEN *", "allow"),

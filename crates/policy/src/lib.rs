@@ -527,7 +527,7 @@ impl Policy {
                 "phigate cannot see what a DO block does; run the statements themselves.".into(),
             ));
         }
-        if role.masked && st.kind == Kind::Listen {
+        if role.masked && st.node == "ListenStmt" {
             return Some(deny(
                 "masked-listen",
                 format!(

@@ -597,6 +597,7 @@ actions = ["select"]
     }
     // Notification payloads are not masked: a masked role may not receive them.
     assert_eq!(d("masked-agent", "LISTEN ch"), "deny:masked-listen");
+    assert_eq!(d("masked-agent", "UNLISTEN *"), "allow");
     assert_eq!(d("clinician", "LISTEN ch"), "allow");
     // Resource settings are not the caller's to raise.
     assert_eq!(
