@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use phigate_audit::{Event, StatementRecord};
+use phigate_wire::sqlstate;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -700,13 +701,13 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     if let Some(o) = &step.outcome {
-        if o.sqlstate != "00000" || o.duration_us > 0 {
+        if o.sqlstate != sqlstate::SUCCESSFUL_COMPLETION || o.duration_us > 0 {
             line(
                 out,
                 &format!(
                     "            ({:.1} ms{})",
                     o.duration_us as f64 / 1000.0,
-                    if o.sqlstate == "00000" {
+                    if o.sqlstate == sqlstate::SUCCESSFUL_COMPLETION {
                         String::new()
                     } else {
                         format!(", SQLSTATE {}", o.sqlstate)
