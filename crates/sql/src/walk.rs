@@ -291,6 +291,19 @@ impl Walker<'_> {
                 self.walk(body, Action::Select);
             }
             "DoStmt" => self.st.opaque = true,
+            // DISCARD ALL | PLANS | SEQUENCES | TEMP: the name says which (`all` drops every
+            // prepared statement and portal of the session).
+            "DiscardStmt" => {
+                // The parse tree's enum, by number; an unknown one is taken for ALL (the name
+                // then drops every statement from the gateway's view: fail closed).
+                let target = body
+                    .get("target")
+                    .and_then(Value::as_i64)
+                    .and_then(|n| pg_query::protobuf::DiscardMode::try_from(n as i32).ok())
+                    .map_or("DISCARD_ALL", |m| m.as_str_name());
+                let target = target.strip_prefix("DISCARD_").unwrap_or(target);
+                self.st.name = Some(target.to_ascii_lowercase());
+            }
             "VariableSetStmt" => {
                 self.st.settings.push(setting_name(body));
                 self.walk(body, Action::Select);
