@@ -183,12 +183,7 @@ pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
 
 /// An Execute with no row limit.
 pub fn execute(portal: &str) -> Vec<u8> {
-    bytes_of(|out| {
-        write_message(out, b'E', |b| {
-            put_cstr(b, portal);
-            b.put_i32(0);
-        })
-    })
+    bytes_of(|out| write::execute(out, portal, 0))
 }
 
 /// A Describe of a prepared statement.
