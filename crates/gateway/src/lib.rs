@@ -21,5 +21,6 @@ pub mod recording;
 pub mod reviews;
 pub mod server;
 pub mod session;
+pub mod text;
 pub mod tls;
 pub mod upstream;

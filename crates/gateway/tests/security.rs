@@ -314,3 +314,76 @@ fn class_e_no_advisory_locks_for_restricted_roles() {
         "0"
     );
 }
+
+/// Whether `text` holds anything a terminal would act on or hide: C0/C1 controls other than
+/// the line breaks of the output itself, DEL, bidirectional overrides.
+fn deceptive(text: &str) -> bool {
+    text.chars().any(|c| {
+        (c.is_control() && c != '\n') || matches!(c as u32, 0x202A..=0x202E | 0x2066..=0x2069)
+    })
+}
+
+/// B: what a reviewer or auditor reads cannot be forged by the agent: the held text, a quoted
+/// alias in a refused statement, are shown with their control characters made visible, and
+/// the review says which tables and kinds the statement touches.
+#[test]
+fn class_b_reviewers_and_auditors_read_what_is_there() {
+    let gw = gateway();
+    let reviewer = gw.token("reviewer").to_owned();
+    let mut agent = Raw::login(&gw, "agent");
+    let forged = "UPDATE notes SET body = 'x' /*\r\x1b[2KUPDATE notes SET body = 'x' WHERE id = 4 \u{202e}*/";
+    agent.send(&phigate_testkit::raw::query(forged));
+    assert_eq!(agent.read().tag, b'N', "held");
+    let http = format!("http://127.0.0.1:{}", gw.http_port);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .env("PHIGATE_URL", &http)
+            .env("PHIGATE_TOKEN", &reviewer)
+            .output()
+            .expect("phigate");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let list = cli(&["review", "list"]);
+    assert!(!deceptive(&list), "review list: {list:?}");
+    assert!(
+        list.contains("\\u{d}") && list.contains("\\u{1b}"),
+        "{list}"
+    );
+    assert!(
+        list.contains("tables: public.notes:update") || list.contains("tables: notes:update"),
+        "{list}"
+    );
+    assert!(list.contains("kinds: update"), "{list}");
+    for args in [&["review", "list", "--json"][..]] {
+        let out = cli(args);
+        assert!(!deceptive(&out), "{args:?}: {out:?}");
+    }
+    drop(agent);
+    // A refused statement whose alias carries escape sequences, then the auditor's report.
+    let mut agent = Raw::login(&gw, "agent");
+    let msgs = agent.query("SELECT pg_read_file('/etc/hostname') AS \"\x1b[2J\r\u{202e}x\"");
+    assert!(error_of(&msgs).is_some(), "refused");
+    drop(agent);
+    let dd = gw.data_dir();
+    let dd = dd.to_str().expect("utf-8");
+    std::thread::sleep(Duration::from_millis(300));
+    for args in [
+        &["audit", "report", "--data-dir", dd][..],
+        &["audit", "search", "--data-dir", dd][..],
+        &["sessions", "list", "--data-dir", dd][..],
+    ] {
+        let out = cli(args);
+        assert!(!deceptive(&out), "{args:?}: {out:?}");
+    }
+    let report = cli(&["audit", "report", "--data-dir", dd]);
+    assert!(
+        report.contains("\\u{1b}"),
+        "the alias is shown, made visible: {report}"
+    );
+}
