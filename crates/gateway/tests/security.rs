@@ -385,3 +385,59 @@ fn class_b_reviewers_and_auditors_read_what_is_there() {
         "the alias is shown, made visible: {report}"
     );
 }
+
+/// F: a reload reaches every session at its next statement boundary, even one whose messages
+/// once confused the gateway's count of exchanges (a Query, a bare Sync and a CopyDone in one
+/// write); and a role can cap a transaction's length.
+#[test]
+fn class_f_a_reload_reaches_every_session_and_transactions_are_capped() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = POLICY.replace(
+        "name = \"ai-agent\"\n",
+        "name = \"ai-agent\"\ntransaction_timeout = \"1s\"\n",
+    );
+    let gw = Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let mut agent = Raw::login(&gw, "agent");
+    agent.send(
+        &[
+            phigate_testkit::raw::query("SELECT 1"),
+            sync(),
+            phigate_testkit::raw::message(b'c', &[]),
+        ]
+        .concat(),
+    );
+    agent.until_ready();
+    agent.until_ready();
+    assert!(error_of(&agent.query("SELECT body FROM notes WHERE id = 2")).is_none());
+    // Take the agent's read grant away.
+    let config = gw.config_path();
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("actions = [\"select\", \"write\"]", "actions = [\"write\"]"),
+    )
+    .expect("rewrite");
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    gw.wait_log("policy reloaded", 1).expect("reloaded");
+    let msgs = agent.query("SELECT body FROM notes WHERE id = 2");
+    let e = error_of(&msgs).expect("the new policy applies to this session");
+    assert!(
+        e.message().contains("denied by rule grants"),
+        "{}",
+        e.message()
+    );
+
+    // A transaction open longer than the role's transaction_timeout ends the session.
+    let mut agent = Raw::login(&gw, "agent");
+    assert!(error_of(&agent.query("BEGIN")).is_none());
+    std::thread::sleep(Duration::from_millis(1500));
+    let rest = agent.read_until_closed();
+    let fatal = rest.iter().find(|m| m.tag == b'E').expect("a FATAL");
+    assert_eq!(fatal.code(), "25P04", "{}", fatal.message());
+    assert_eq!(fatal.severity(), "FATAL");
+}

@@ -75,6 +75,7 @@ pub struct Role {
     pub search_path: Vec<String>,
     pub statement_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub transaction_timeout_ms: Option<u64>,
     allow_functions: HashSet<String>,
     grants: Vec<Grant>,
     /// Sees PHI through masking views.
@@ -185,6 +186,11 @@ impl Policy {
                     &r.statement_timeout,
                 )?,
                 idle_timeout_ms: parse_duration(&r.name, "idle_timeout", &r.idle_timeout)?,
+                transaction_timeout_ms: parse_duration(
+                    &r.name,
+                    "transaction_timeout",
+                    &r.transaction_timeout,
+                )?,
                 allow_functions: r.allow_functions.iter().cloned().collect(),
                 grants,
                 masked: r.masked,
