@@ -485,6 +485,22 @@ impl Policy {
                 return Some(deny("dangerous-function", format!("phigate: function {f} denied by rule dangerous-function"), "It reads or writes server files, large objects, other databases, backends or settings; an administrator can allow it per role with allow_functions.".into()));
             }
         }
+        if let Some(f) = st
+            .functions
+            .iter()
+            .chain(&st.attribute_calls)
+            .find(|f| builtin::is_advisory_lock(&f.name))
+        {
+            let allowed = role.allow_functions.contains(&f.to_string())
+                || role.allow_functions.contains(&f.name);
+            if !allowed {
+                return Some(deny(
+                    "advisory-lock",
+                    format!("phigate: function {f} denied by rule advisory-lock"),
+                    "Advisory locks are shared with every other session of the database.".into(),
+                ));
+            }
+        }
         if st.copy_program || st.copy_file {
             return Some(deny(
                 "server-copy",
@@ -542,22 +558,6 @@ impl Policy {
                 ),
                 "Notification payloads are not masked; a masked role cannot receive them.".into(),
             ));
-        }
-        if let Some(f) = st
-            .functions
-            .iter()
-            .chain(&st.attribute_calls)
-            .find(|f| builtin::is_advisory_lock(&f.name))
-        {
-            let allowed = role.allow_functions.contains(&f.to_string())
-                || role.allow_functions.contains(&f.name);
-            if !allowed {
-                return Some(deny(
-                    "advisory-lock",
-                    format!("phigate: function {f} denied by rule advisory-lock"),
-                    "Advisory locks are shared with every other session of the database.".into(),
-                ));
-            }
         }
         for s in &st.settings {
             if s == "role" || s == "session_authorization" {

@@ -28,6 +28,8 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `54000` program_limit_exceeded.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// `55P03` lock_not_available (a lock_timeout expired).
+pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// `57014` query_canceled (a held statement that timed out or was withdrawn).
 pub const QUERY_CANCELED: &str = "57014";
 /// `57P01` admin_shutdown.
