@@ -586,6 +586,17 @@ pub fn has_signing_key(dir: &Path) -> bool {
     signer::key_path(dir).exists()
 }
 
+/// An address over its failed-login limit learns nothing from its guesses (every failure is
+/// "rate limited", whatever was wrong), but a valid credential still gets in: agents often
+/// share an address (a CI runner, a sidecar), and one of them guessing must not lock out the
+/// others, or the reviewers on the same host.
+fn limit_guesses<T>(limited: Option<u64>, result: Result<T, AuthError>) -> Result<T, AuthError> {
+    match (limited, result) {
+        (Some(wait), Err(_)) => Err(AuthError::RateLimited(wait)),
+        (_, r) => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,16 +672,5 @@ mod tests {
         assert!(!is_loopback_url("http://idp.example.org"));
         assert!(!is_loopback_url("https://127.0.0.1"));
         assert!(!is_loopback_url("http://127.0.0.1.evil.org/"));
-    }
-}
-
-/// An address over its failed-login limit learns nothing from its guesses (every failure is
-/// "rate limited", whatever was wrong), but a valid credential still gets in: agents often
-/// share an address (a CI runner, a sidecar), and one of them guessing must not lock out the
-/// others, or the reviewers on the same host.
-fn limit_guesses<T>(limited: Option<u64>, result: Result<T, AuthError>) -> Result<T, AuthError> {
-    match (limited, result) {
-        (Some(wait), Err(_)) => Err(AuthError::RateLimited(wait)),
-        (_, r) => r,
     }
 }
