@@ -19,13 +19,19 @@ fn bin() -> &'static Path {
 fn cluster() -> &'static Cluster {
     phigate_testkit::clinic(
         "CREATE TABLE notes (id int PRIMARY KEY, body text);\n\
-         INSERT INTO notes VALUES (1, 'n'), (2, 'n');",
+         INSERT INTO notes VALUES (1, 'n'), (2, 'n'), (3, 'n');",
     )
 }
 
 const POLICY: &str = r#"
 [[role]]
 name = "ai-agent"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "clinician"
 [[role.grant]]
 schema = "public"
 actions = ["select", "write"]
@@ -44,7 +50,7 @@ fn gateway() -> Gateway {
     let mut opts = GatewayOptions::for_cluster(cluster());
     opts.policy = POLICY.into();
     opts.extra = "[approvals]\ntimeout_secs = 20\n".into();
-    Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+    Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
 
@@ -440,4 +446,123 @@ fn class_f_a_reload_reaches_every_session_and_transactions_are_capped() {
     let fatal = rest.iter().find(|m| m.tag == b'E').expect("a FATAL");
     assert_eq!(fatal.code(), "25P04", "{}", fatal.message());
     assert_eq!(fatal.severity(), "FATAL");
+}
+
+/// A: the names the session holds change only as the database says, whichever way they are
+/// changed: `DEALLOCATE` sent with Parse, a statement called "all", `PREPARE` sent with Parse.
+/// An approval still covers one execution.
+#[test]
+fn class_a_no_hidden_path_changes_the_sessions_statements() {
+    let gw = gateway();
+    let reviewer = gw.token("reviewer").to_owned();
+    db("UPDATE notes SET body = 'n' WHERE id = 3");
+    let mut agent = Raw::login(&gw, "agent");
+    let ok = |agent: &mut Raw, what: &str| {
+        let msgs = agent.until_ready();
+        assert!(error_of(&msgs).is_none(), "{what}: {msgs:?}");
+    };
+    agent.send(&[parse("x", "SELECT 1"), sync()].concat());
+    ok(&mut agent, "parse x");
+    // DEALLOCATE through the extended protocol: the database drops x, and so does the gateway.
+    agent.send(&[parse("", "DEALLOCATE x"), bind("", ""), execute(""), sync()].concat());
+    ok(&mut agent, "deallocate x with Parse");
+    agent.send(
+        &[
+            parse("x", "UPDATE notes SET body = body || 'y' WHERE id = 3"),
+            sync(),
+        ]
+        .concat(),
+    );
+    gw.approve_next(&reviewer, "once").expect("approve");
+    ok(&mut agent, "approved parse");
+    agent.send(&[bind("", "x"), execute(""), sync()].concat());
+    ok(&mut agent, "the approved run");
+    // A statement called "all" is not DEALLOCATE ALL.
+    assert!(error_of(&agent.query("PREPARE \"all\" AS SELECT 1")).is_none());
+    assert!(error_of(&agent.query("DEALLOCATE \"all\"")).is_none());
+    for _ in 0..2 {
+        agent.send(
+            &[
+                parse("x", "SELECT 1"),
+                sync(),
+                bind("", "x"),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        );
+        let first = agent.until_ready();
+        let second = agent.until_ready();
+        assert!(error_of(&first).is_some(), "x still exists: {first:?}");
+        let e = error_of(&second).expect("the approval is spent");
+        assert_eq!(e.code(), "42501", "{}", e.message());
+    }
+    // PREPARE sent with Parse is PREPARE: what needs approval cannot be prepared.
+    agent.send(
+        &[
+            parse("", "PREPARE y AS UPDATE notes SET body = 'z' WHERE id = 3"),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = agent.until_ready();
+    let e = error_of(&msgs).expect("refused");
+    assert!(
+        e.message().contains("cannot be prepared with PREPARE"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        db("SELECT body FROM notes WHERE id = 3"),
+        "ny",
+        "ran exactly once"
+    );
+}
+
+/// A and G: a stray CopyDone (outside any COPY) changes nothing: the refusal that follows is
+/// the gateway's, never the database's error about the substitute.
+#[test]
+fn class_g_a_stray_copy_done_does_not_shift_answers() {
+    let gw = gateway();
+    let mut agent = Raw::login(&gw, "agent");
+    agent.send(&phigate_testkit::raw::message(b'c', &[]));
+    let msgs = agent.query("SELECT pg_read_file('/etc/hostname')");
+    let e = error_of(&msgs).expect("refused");
+    assert_eq!(e.code(), "42501", "{}", e.message());
+    assert!(e.message().starts_with("phigate: "), "{}", e.message());
+    assert!(
+        !agent.received_text().contains("phigate_denied_"),
+        "the token never leaks"
+    );
+    assert!(error_of(&agent.query("SELECT 1")).is_none());
+}
+
+/// F: a COPY the database ends on its own (bad data) is over for the gateway too: Syncs sent
+/// during the next COPY are swallowed as the database swallows them, and the session stays in
+/// step (answers, reloads and drains keep working).
+#[test]
+fn class_f_a_copy_that_fails_leaves_the_session_in_step() {
+    let gw = gateway();
+    let mut c = Raw::login(&gw, "clinician");
+    c.send(&phigate_testkit::raw::query(
+        "COPY notes (id, body) FROM STDIN",
+    ));
+    assert_eq!(c.read().tag, b'G', "CopyInResponse");
+    c.send(&phigate_testkit::raw::message(b'd', b"not-a-number\tx\n"));
+    let msgs = c.until_ready();
+    assert_eq!(error_of(&msgs).map(Msg::code).as_deref(), Some("22P02"));
+    c.send(&phigate_testkit::raw::query(
+        "COPY notes (id, body) FROM STDIN",
+    ));
+    assert_eq!(c.read().tag, b'G', "CopyInResponse");
+    c.send(&[sync(), sync(), phigate_testkit::raw::message(b'c', &[])].concat());
+    let msgs = c.until_ready();
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.tag == b'C'), "COPY 0: {msgs:?}");
+    let msgs = c.query("SELECT body FROM notes WHERE id = 1");
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.tag == b'D'),
+        "answered in step: {msgs:?}"
+    );
 }

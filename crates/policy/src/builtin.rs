@@ -201,11 +201,14 @@ pub const SAFE_SETTINGS: &[&str] = &[
 ];
 
 /// Advisory locks are shared across every session of the database: a session holding one can
-/// block other sessions, and the gateway's own provisioning. None of their forms (blocking,
-/// `try`, shared, transaction-level, unlock) is for any role unless `allow_functions` names it.
+/// block other sessions, and the gateway's own provisioning. No form that takes one (blocking,
+/// `try`, shared, transaction-level) is for any role unless `allow_functions` names it.
+/// Releasing (`pg_advisory_unlock*`, which connection pools call on every reset) only gives
+/// back what the session holds.
 pub fn is_advisory_lock(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.starts_with("pg_advisory_") || n.starts_with("pg_try_advisory_")
+    (n.starts_with("pg_advisory_") || n.starts_with("pg_try_advisory_"))
+        && !n.starts_with("pg_advisory_unlock")
 }
 
 /// Catalog relations that expose table contents (statistics: most common values, histograms)

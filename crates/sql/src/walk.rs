@@ -250,13 +250,12 @@ impl Walker<'_> {
                 self.walk_except(body, &["relation"], Action::Select);
             }
             "ExplainStmt" | "PrepareStmt" | "DeclareCursorStmt" => self.nested_statement(tag, body),
+            // `DEALLOCATE ALL` has no name (a statement may be called "all": `DEALLOCATE
+            // "all"` drops only that one).
             "ExecuteStmt" | "DeallocateStmt" => {
                 let name = str_field(body, "name");
-                self.st.name = Some(if name.is_empty() {
-                    "all".to_owned()
-                } else {
-                    name.to_owned()
-                });
+                let all = body.get("isall").and_then(Value::as_bool).unwrap_or(false);
+                self.st.name = (!name.is_empty() && !all).then(|| name.to_owned());
                 self.walk(body, Action::Select);
             }
             "DoStmt" => self.st.opaque = true,

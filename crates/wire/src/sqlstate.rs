@@ -20,6 +20,8 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
 /// `28P01` invalid_password.
 pub const INVALID_PASSWORD: &str = "28P01";
+/// `42P05` duplicate_prepared_statement.
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 /// `42501` insufficient_privilege: every policy refusal.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// `42601` syntax_error.

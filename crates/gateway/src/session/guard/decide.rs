@@ -68,7 +68,7 @@ pub fn effects(analysis: &Analysis, sql: &Arc<str>, version: u64) -> Vec<Option<
                     ),
                 })
             }
-            (Kind::Deallocate, Some("all")) => Some(Effect::DeallocateAll),
+            (Kind::Deallocate, None) => Some(Effect::DeallocateAll),
             (Kind::Deallocate, Some(name)) => Some(Effect::Deallocate {
                 name: name.to_owned(),
             }),
@@ -236,10 +236,10 @@ mod tests {
     #[test]
     fn what_a_query_does_to_prepared_statements() {
         let sql: Arc<str> = Arc::from(
-            "PREPARE p AS UPDATE notes SET body = 'x'; DEALLOCATE q; DEALLOCATE ALL; DISCARD ALL; DISCARD PLANS; SELECT 1",
+            "PREPARE p AS UPDATE notes SET body = 'x'; DEALLOCATE q; DEALLOCATE ALL; DISCARD ALL; DISCARD PLANS; SELECT 1; DEALLOCATE \"all\"",
         );
         let e = effects(&phigate_sql::analyze(&sql), &sql, 7);
-        assert_eq!(e.len(), 6, "one per statement");
+        assert_eq!(e.len(), 7, "one per statement");
         match &e[0] {
             Some(Effect::Prepare { name, statement }) => {
                 assert_eq!(name, "p");
@@ -253,6 +253,10 @@ mod tests {
         assert!(matches!(e[3], Some(Effect::DiscardAll)));
         assert!(e[4].is_none(), "DISCARD PLANS keeps the statements");
         assert!(e[5].is_none());
+        assert!(
+            matches!(&e[6], Some(Effect::Deallocate { name }) if name == "all"),
+            "a statement called \"all\" is not DEALLOCATE ALL"
+        );
         assert_eq!(
             executes(&phigate_sql::analyze(
                 "EXPLAIN ANALYZE EXECUTE p(1); EXECUTE q"

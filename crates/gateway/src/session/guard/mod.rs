@@ -318,8 +318,14 @@ impl Guard {
                 .decide_executes(&analysis, ex, false, &mut Vec::new())
                 .unwrap_or(Decision::Allow);
         }
+        if self.p.approvals_on {
+            decision = decide::no_prepared_approvals(&analysis, decision);
+        }
         if decision == Decision::Allow {
-            if let Some(r) = room_to_prepare(ex, name, sql.len()) {
+            let room = std::iter::once(name)
+                .chain(decide::prepares(&analysis))
+                .find_map(|n| room_to_prepare(ex, n, sql.len()));
+            if let Some(r) = room {
                 decision = Decision::Deny(r);
             }
         }
@@ -328,7 +334,17 @@ impl Guard {
             Decision::Allow => Filtered {
                 action: Action::Forward(Sent::Parse {
                     name: name.to_owned(),
-                    statement: Some(Prepared::new(sql, analysis.clone(), self.p.policy_version)),
+                    // A PREPARE / DEALLOCATE / DISCARD ALL sent with Parse changes the
+                    // session's names when it is executed.
+                    statement: Some(Prepared::with_effect(
+                        sql.clone(),
+                        analysis.clone(),
+                        self.p.policy_version,
+                        decide::effects(&analysis, &sql, self.p.policy_version)
+                            .into_iter()
+                            .flatten()
+                            .next(),
+                    )),
                 }),
                 record: None,
                 ddl: decide::has_ddl(&analysis),
@@ -456,7 +472,14 @@ impl Guard {
         if self.audit_down {
             let (token, mut bytes) = self.token();
             write::execute(&mut bytes, &token, 0);
-            return substitute(bytes, Sent::Execute, token, refusals::audit_unavailable());
+            return substitute(
+                bytes,
+                Sent::Execute {
+                    portal: portal.to_owned(),
+                },
+                token,
+                refusals::audit_unavailable(),
+            );
         }
         let (sql, analysis, params) = match ex.portal(portal) {
             Some(p) => (
@@ -480,7 +503,9 @@ impl Guard {
             simple: false,
         });
         Filtered {
-            action: Action::Forward(Sent::Execute),
+            action: Action::Forward(Sent::Execute {
+                portal: portal.to_owned(),
+            }),
             record,
             ddl: false,
         }
@@ -505,6 +530,10 @@ impl Guard {
                     held.analysis.clone(),
                     self.p.policy_version,
                     review,
+                    decide::effects(&held.analysis, &held.sql, self.p.policy_version)
+                        .into_iter()
+                        .flatten()
+                        .next(),
                 )),
             },
             None => Sent::Query {

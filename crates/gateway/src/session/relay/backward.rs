@@ -22,6 +22,8 @@ enum RelayError {
     Wire(WireError),
     /// `SET client_encoding` to something else: the gateway reads statement text as UTF-8.
     Encoding,
+    /// The database answered what the exchange owner cannot match to what was sent.
+    Desync,
 }
 
 impl From<WireError> for RelayError {
@@ -170,6 +172,7 @@ impl Backward {
         let (finished, views_changed) = match self.take_frames() {
             Ok(r) => r,
             Err(RelayError::Encoding) => return Some(self.refuse_encoding().await),
+            Err(RelayError::Desync) => return Some(self.desynchronised().await),
             Err(RelayError::Wire(e)) => {
                 return Some(self.upstream_lost(shared, &e.to_string()).await)
             }
@@ -236,6 +239,9 @@ impl Backward {
             if let Some(t) = tape.as_mut() {
                 t.bytes(&self.out[start..], false);
             }
+        }
+        if ex.desynchronised() {
+            return Err(RelayError::Desync);
         }
         let finished = if ex.has_finished() {
             ex.take_finished()
@@ -327,6 +333,21 @@ impl Backward {
         )
         .await;
         End::TransactionTimeout
+    }
+
+    /// The gateway's mirror of the session no longer matches the database's answers: what it
+    /// would decide next could be wrong, so nothing more runs (fail closed). Nothing of the
+    /// database's last answers reaches the client.
+    async fn desynchronised(&mut self) -> End {
+        tracing::error!(session = %self.p.session, "the database's answers do not match what the session sent; ending it");
+        self.out.clear();
+        self.fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "phigate: lost track of the session's protocol state; the session ends",
+            "Reconnect. If this repeats, report the client and the messages it sends.",
+        )
+        .await;
+        End::ClientError("protocol state lost".into())
     }
 
     async fn say_goodbye(&mut self) -> End {

@@ -76,7 +76,9 @@ pub enum Sent {
         bound: Option<Arc<Portal>>,
     },
     Describe,
-    Execute,
+    Execute {
+        portal: String,
+    },
     Close {
         portal: bool,
         name: String,
@@ -157,6 +159,8 @@ pub struct Exchange {
     /// DDL was sent: once the session is back outside a transaction, views may have changed.
     ddl_pending: bool,
     views_changed: bool,
+    /// An answer did not fit what was sent (see [`Exchange::desynchronised`]).
+    desync: bool,
 }
 
 impl Default for Exchange {
@@ -173,6 +177,7 @@ impl Default for Exchange {
             finished: Vec::new(),
             ddl_pending: false,
             views_changed: false,
+            desync: false,
         }
     }
 }
@@ -257,10 +262,11 @@ impl Exchange {
         !self.refused.is_empty() && self.refused.contains(&name_hash(name))
     }
 
-    /// Every statement `name` may denote when a message sent now runs: the projection alone
-    /// when the name was last (re)defined by a Parse earlier in the same extended exchange (if
-    /// that Parse fails, the message is skipped with it); otherwise also what the database
-    /// confirmed and every definition still in flight, since any of them may fail.
+    /// Every statement `name` may denote when a message sent now runs: the statement of a Parse
+    /// of that name earlier in the same extended exchange, if there is one (if that Parse
+    /// fails, the message is skipped with it; if it succeeds, that is what runs); otherwise
+    /// what the database confirmed, the projection, and every definition still in flight,
+    /// since any of them may fail.
     pub fn statement_candidates(&self, name: &str) -> Vec<Arc<Prepared>> {
         let projected = self.statements.projected.get(name);
         let last = self
@@ -271,9 +277,15 @@ impl Exchange {
         let Some(last) = last else {
             return projected.cloned().into_iter().collect();
         };
-        let same_exchange = matches!(last.sent, Sent::Parse { .. }) && last.seq > self.last_sync;
-        if same_exchange {
-            return projected.cloned().into_iter().collect();
+        if let (
+            Sent::Parse {
+                statement: Some(statement),
+                ..
+            },
+            true,
+        ) = (&last.sent, last.seq > self.last_sync)
+        {
+            return vec![statement.clone()];
         }
         let mut out: Vec<Arc<Prepared>> = Vec::new();
         let mut add = |s: &Arc<Prepared>| {
@@ -322,6 +334,16 @@ impl Exchange {
         if matches!(sent, Sent::Silent) {
             return;
         }
+        // Outside COPY, PostgreSQL ignores CopyDone and CopyFail; a COPY can only be under way
+        // if a Query or Execute is.
+        if matches!(sent, Sent::CopyEnd)
+            && !self
+                .queue
+                .iter()
+                .any(|e| matches!(e.sent, Sent::Query { .. } | Sent::Execute { .. }))
+        {
+            return;
+        }
         self.seq += 1;
         if matches!(sent, Sent::Sync) {
             self.last_sync = self.seq;
@@ -365,6 +387,12 @@ impl Exchange {
                 name,
             } => Some(Effect::Deallocate { name: name.clone() }),
             Sent::Close { portal: true, name } => Some(Effect::ClosePortal { name: name.clone() }),
+            // A PREPARE / DEALLOCATE / DISCARD ALL sent with Parse acts when it is executed.
+            Sent::Execute { portal } => self
+                .portals
+                .projected
+                .get(portal)
+                .and_then(|p| p.statement.effect.clone()),
             _ => None,
         };
         let entry = Entry {
@@ -384,6 +412,7 @@ impl Exchange {
                 &mut self.statements.projected,
                 &mut self.portals.projected,
                 ef,
+                false,
             );
         }
         self.queue.push_back(entry);
@@ -403,31 +432,73 @@ impl Exchange {
         }
     }
 
-    /// The backward half received `frame` from the database.
+    /// The backward half received `frame` from the database. An answer that does not fit
+    /// what was sent marks the session desynchronised ([`Exchange::desynchronised`]).
     pub fn observe(&mut self, frame: &Frame) -> Observed {
         let mut observed = Observed::default();
+        // CopyDone / CopyFail markers are never answered themselves.
+        self.skip_silent();
+        let query_or_execute = |s: &Sent| matches!(s, Sent::Query { .. } | Sent::Execute { .. });
         match frame.tag() {
             tag::DATA_ROW => {
+                self.expect(query_or_execute);
                 if let Some(head) = self.queue.front_mut() {
                     head.rows += 1;
                 }
             }
-            tag::COMMAND_COMPLETE => self.command_complete(frame),
-            tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
-                self.complete_if(|s| matches!(s, Sent::Execute));
+            tag::COMMAND_COMPLETE => {
+                self.expect(query_or_execute);
+                self.command_complete(frame);
             }
-            tag::PARSE_COMPLETE => self.complete_if(|s| matches!(s, Sent::Parse { .. })),
-            tag::BIND_COMPLETE => self.complete_if(|s| matches!(s, Sent::Bind { .. })),
-            tag::CLOSE_COMPLETE => self.complete_if(|s| matches!(s, Sent::Close { .. })),
-            tag::NO_DATA | tag::ROW_DESCRIPTION => {
-                self.complete_if(|s| matches!(s, Sent::Describe));
+            tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                self.expect(query_or_execute);
+                self.complete_if(|s| matches!(s, Sent::Execute { .. }));
+            }
+            tag::PARSE_COMPLETE => self.complete(|s| matches!(s, Sent::Parse { .. })),
+            tag::BIND_COMPLETE => self.complete(|s| matches!(s, Sent::Bind { .. })),
+            tag::CLOSE_COMPLETE => self.complete(|s| matches!(s, Sent::Close { .. })),
+            tag::PARAMETER_DESCRIPTION => self.expect(|s| matches!(s, Sent::Describe)),
+            tag::NO_DATA => self.complete(|s| matches!(s, Sent::Describe)),
+            tag::ROW_DESCRIPTION => {
+                if self.head_is(|s| matches!(s, Sent::Describe)) {
+                    self.pop(true);
+                } else {
+                    self.expect(|s| matches!(s, Sent::Query { .. }));
+                }
             }
             tag::ERROR_RESPONSE => observed.rewrite = self.error(frame),
-            tag::COPY_IN_RESPONSE => self.copy_in_started(),
+            tag::COPY_IN_RESPONSE => {
+                self.expect(query_or_execute);
+                self.copy_in_started();
+            }
+            tag::COPY_OUT_RESPONSE => self.expect(query_or_execute),
             tag::READY_FOR_QUERY => self.ready(frame),
+            tag::FUNCTION_CALL_RESPONSE | tag::COPY_BOTH_RESPONSE => self.desync = true,
             _ => {}
         }
         observed
+    }
+
+    /// The database answered something the head of the queue cannot be answered with: the
+    /// gateway's mirror no longer matches the session. Decisions made from it cannot be
+    /// trusted, so the relay ends the session.
+    pub fn desynchronised(&self) -> bool {
+        self.desync
+    }
+
+    fn expect(&mut self, f: impl Fn(&Sent) -> bool) {
+        if !self.head_is(f) {
+            self.desync = true;
+        }
+    }
+
+    /// The head is answered: it must be what `f` says.
+    fn complete(&mut self, f: impl Fn(&Sent) -> bool) {
+        if self.head_is(f) {
+            self.pop(true);
+        } else {
+            self.desync = true;
+        }
     }
 
     fn head_is(&self, f: impl Fn(&Sent) -> bool) -> bool {
@@ -460,12 +531,23 @@ impl Exchange {
                         &mut self.statements.confirmed,
                         &mut self.portals.confirmed,
                         &ef,
+                        true,
                     );
                 }
             }
-            Sent::Execute => {
+            Sent::Execute { .. } => {
                 head.command.get_or_insert_with(|| first_word(&command));
+                let effect = head.effect.clone().filter(|ef| ef.confirmed_by(&command));
                 self.pop(true);
+                if let Some(ef) = effect {
+                    apply(
+                        &mut self.statements.confirmed,
+                        &mut self.portals.confirmed,
+                        &ef,
+                        true,
+                    );
+                    self.reproject();
+                }
             }
             _ => {}
         }
@@ -498,6 +580,17 @@ impl Exchange {
             }
         }
         head.error.get_or_insert(code.clone());
+        // A COPY that failed is over.
+        self.copy_in = false;
+        // "Prepared statement already exists" for a name the database never confirmed to the
+        // gateway: the session holds statements the gateway does not know.
+        if let Sent::Parse { name, .. } = &head.sent {
+            if code == phigate_wire::sqlstate::DUPLICATE_PREPARED_STATEMENT
+                && !self.statements.confirmed.contains_key(name)
+            {
+                self.desync = true;
+            }
+        }
         match &mut head.sent {
             // The rest of the Query's text does not run; ReadyForQuery ends it.
             Sent::Query { effects } => {
@@ -567,7 +660,13 @@ impl Exchange {
         if let Ok(status) = backend::decode_ready_for_query(frame) {
             self.status = status;
         }
-        // The head is the Query or Sync this answers; anything before it was skipped.
+        // Whatever COPY there was is over.
+        self.copy_in = false;
+        // The head is the Query or Sync this answers (what an error made the database skip
+        // left the queue with the error).
+        if !self.head_is(|s| matches!(s, Sent::Query { .. } | Sent::Sync)) {
+            self.desync = true;
+        }
         let mut reproject = false;
         while let Some(e) = self.queue.pop_front() {
             let done = matches!(e.sent, Sent::Query { .. } | Sent::Sync);
@@ -604,11 +703,25 @@ impl Exchange {
         match (&e.sent, ok) {
             (Sent::Parse { .. } | Sent::Bind { .. } | Sent::Close { .. }, true) => {
                 for ef in entry_effects(&e) {
+                    // A ParseComplete proves the name was free: a statement the gateway still
+                    // knew by it is gone (the projection is corrected).
+                    if let Effect::Prepare { name, statement } = ef {
+                        changed |= self
+                            .statements
+                            .confirmed
+                            .get(name)
+                            .is_some_and(|old| !Arc::ptr_eq(old, statement));
+                    }
                     apply(
                         &mut self.statements.confirmed,
                         &mut self.portals.confirmed,
                         ef,
+                        true,
                     );
+                }
+                if changed {
+                    self.reproject();
+                    changed = false;
                 }
             }
             (Sent::Parse { name, .. }, false) => {
@@ -673,6 +786,7 @@ impl Exchange {
                     &mut self.statements.projected,
                     &mut self.portals.projected,
                     ef,
+                    false,
                 );
             }
         }

@@ -87,7 +87,7 @@ fn a_pipeline_is_answered_in_order_and_confirms_its_statements() {
     parse(&mut ex, "s1", &s);
     bind(&mut ex, "", &s);
     ex.push(Sent::Describe, None, None);
-    ex.push(Sent::Execute, None, unit(1));
+    ex.push(Sent::Execute { portal: "".into() }, None, unit(1));
     ex.push(Sent::Sync, None, None);
     assert!(!ex.idle());
     assert_eq!(sql_of(&ex, "s1").as_deref(), Some("SELECT 1"), "projected");
@@ -215,6 +215,7 @@ fn an_approval_is_used_once_even_when_the_close_was_skipped() {
         Arc::new(phigate_sql::analyze("UPDATE notes SET body = 'x'")),
         1,
         "r-1",
+        None,
     );
     parse(&mut ex, "s", &approved);
     ex.push(Sent::Sync, None, None);
@@ -243,7 +244,7 @@ fn copy_in_through_the_extended_protocol_swallows_the_sync_sent_with_it() {
     let s = stmt("COPY notes FROM STDIN");
     parse(&mut ex, "", &s);
     bind(&mut ex, "", &s);
-    ex.push(Sent::Execute, None, unit(1));
+    ex.push(Sent::Execute { portal: "".into() }, None, unit(1));
     ex.push(Sent::Sync, None, None);
     ex.observe(&parse_complete());
     ex.observe(&bind_complete());
@@ -454,9 +455,9 @@ fn an_error_that_does_not_name_the_token_is_the_databases_own() {
 #[test]
 fn a_failing_implicit_commit_at_sync_keeps_the_next_exchange() {
     let mut ex = Exchange::default();
-    ex.push(Sent::Execute, None, unit(1));
+    ex.push(Sent::Execute { portal: "".into() }, None, unit(1));
     ex.push(Sent::Sync, None, None);
-    ex.push(Sent::Execute, None, unit(2));
+    ex.push(Sent::Execute { portal: "".into() }, None, unit(2));
     ex.push(Sent::Sync, None, None);
     ex.observe(&complete("INSERT 0 1"));
     ex.observe(&error("23503", "deferred constraint"));

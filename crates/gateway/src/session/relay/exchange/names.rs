@@ -19,6 +19,9 @@ pub struct Prepared {
     uses: AtomicU32,
     /// The review that approved it, if it was held.
     pub review: Option<String>,
+    /// What running it does to the session's names: a `PREPARE`, `DEALLOCATE` or
+    /// `DISCARD ALL` sent with Parse takes effect when a portal of it is executed.
+    pub effect: Option<Effect>,
 }
 
 impl Prepared {
@@ -29,6 +32,24 @@ impl Prepared {
             version: AtomicU64::new(version),
             uses: AtomicU32::new(u32::MAX),
             review: None,
+            effect: None,
+        })
+    }
+
+    /// A statement whose execution changes the session's names (`effect`).
+    pub fn with_effect(
+        sql: Arc<str>,
+        analysis: Arc<Analysis>,
+        version: u64,
+        effect: Option<Effect>,
+    ) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            sql,
+            analysis,
+            version: AtomicU64::new(version),
+            uses: AtomicU32::new(u32::MAX),
+            review: None,
+            effect,
         })
     }
 
@@ -38,6 +59,7 @@ impl Prepared {
         analysis: Arc<Analysis>,
         version: u64,
         review: &str,
+        effect: Option<Effect>,
     ) -> Arc<Prepared> {
         Arc::new(Prepared {
             sql,
@@ -45,6 +67,7 @@ impl Prepared {
             version: AtomicU64::new(version),
             uses: AtomicU32::new(1),
             review: Some(review.to_owned()),
+            effect,
         })
     }
 
@@ -142,14 +165,20 @@ impl<T> Default for Names<T> {
     }
 }
 
+/// Applies `ef`. `confirmed`: the database said it happened, which proves a name it created
+/// was free (a statement or portal the gateway still knew by that name is gone); otherwise,
+/// the projection of what a message will do: a Parse of a name that exists fails in the
+/// database, so the existing statement stays; a Bind replaces whatever portal had the name
+/// (if it fails, what follows it is skipped).
 pub(super) fn apply(
     statements: &mut HashMap<String, Arc<Prepared>>,
     portals: &mut HashMap<String, Arc<Portal>>,
     ef: &Effect,
+    confirmed: bool,
 ) {
     match ef {
         Effect::Prepare { name, statement } => {
-            if name.is_empty() || !statements.contains_key(name) {
+            if confirmed || name.is_empty() || !statements.contains_key(name) {
                 statements.insert(name.clone(), statement.clone());
             }
         }
@@ -162,9 +191,7 @@ pub(super) fn apply(
             portals.clear();
         }
         Effect::Bind { portal, bound } => {
-            if portal.is_empty() || !portals.contains_key(portal) {
-                portals.insert(portal.clone(), bound.clone());
-            }
+            portals.insert(portal.clone(), bound.clone());
         }
         Effect::ClosePortal { name } => {
             portals.remove(name);
