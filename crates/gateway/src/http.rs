@@ -360,9 +360,13 @@ async fn reviews_list(
     };
     let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
     // Only the reviews this reviewer may decide: a statement's exact text may carry PHI.
-    let mine: Vec<_> = shared
-        .reviews
-        .list(all)
+    let Ok(list) = shared.reviews.list(all) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the review store is unavailable",
+        );
+    };
+    let mine: Vec<_> = list
         .into_iter()
         .filter(|r| r.reviewer_roles.contains(&who.role.0))
         .collect();
@@ -379,7 +383,7 @@ async fn review_show(
         Ok(w) => w,
         Err(r) => return r,
     };
-    match shared.reviews.get(&id) {
+    match shared.reviews.get(&id).ok().flatten() {
         Some(r) if r.reviewer_roles.contains(&who.role.0) => (StatusCode::OK, Json(json!(r))),
         _ => error(StatusCode::NOT_FOUND, &format!("no review {id} for you")),
     }
@@ -419,7 +423,7 @@ async fn decide(
         .await
     } else {
         // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
-        let Some(review) = shared.reviews.get(id) else {
+        let Some(review) = shared.reviews.get(id).ok().flatten() else {
             return error(StatusCode::NOT_FOUND, &format!("no review {id}"));
         };
         authorize(
@@ -448,59 +452,34 @@ async fn decide(
             "break-glass needs a justification of at least 20 characters",
         );
     }
-    match shared.reviews.decide(
-        id,
-        &who.subject.0,
-        &who.role.0,
+    let decision = crate::approvals::Decision {
+        reviewer: &who.subject.0,
+        role: &who.role.0,
         approve,
         reason,
-        d.break_glass,
-        &shared.approvals.break_glass_roles,
-    ) {
+        break_glass: d.break_glass,
+        break_glass_roles: &shared.approvals.break_glass_roles,
+    };
+    match shared.reviews.decide(id, &decision) {
         Ok(done) => {
             if d.break_glass {
                 tracing::warn!(review = %id, by = %who.subject, "BREAK-GLASS approval");
             } else {
                 tracing::info!(review = %id, by = %who.subject, approve, last = done.last, "review decided");
             }
-            // An access request has no session waiting: its decision is audited here.
-            if done.last && done.review.kind == "elevation" {
-                if let Some(audit) = &shared.audit {
-                    audit.submit(phigate_audit::Pending::Event(
-                        phigate_audit::Event::ReviewDecided {
-                            review: id.to_owned(),
-                            status: done.review.status.clone(),
-                            by: done.review.decided_by.clone(),
-                            reason: done.review.decision_reason.clone(),
-                            break_glass: false,
-                        },
-                    ));
-                }
-            }
-            // One approval of several: audited here (the session audits the final decision).
-            if !done.last {
-                if let Some(audit) = &shared.audit {
-                    audit.submit(phigate_audit::Pending::Event(
-                        phigate_audit::Event::ReviewApproval {
-                            review: id.to_owned(),
-                            by: who.subject.0.clone(),
-                            reason: reason.to_owned(),
-                            count: done.review.approvals.len() as u32,
-                            required: done.review.approvals_required,
-                        },
-                    ));
-                }
-            }
             (StatusCode::OK, Json(json!(done.review)))
         }
-        Err(e @ crate::reviews::DecideError::NotFound(_)) => {
+        Err(e @ crate::approvals::DecideError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string())
         }
         Err(
-            e @ (crate::reviews::DecideError::OwnStatement(_)
-            | crate::reviews::DecideError::WrongRole { .. }
-            | crate::reviews::DecideError::BreakGlassRefused),
+            e @ (crate::approvals::DecideError::OwnStatement(_)
+            | crate::approvals::DecideError::WrongRole { .. }
+            | crate::approvals::DecideError::BreakGlassRefused),
         ) => error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e @ crate::approvals::DecideError::Store(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
         Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
@@ -593,36 +572,32 @@ async fn access_request(
             "a reason of 10 to 2000 characters is required",
         );
     }
-    let review = shared.reviews.open_elevation(
-        &who.issuer,
-        &who.subject.0,
-        &who.role.0,
-        &req.role,
-        req.minutes,
-        reason,
-        Duration::from_secs(approvals.timeout_secs.max(3600)),
-        approvals.reviewer_roles.clone(),
-    );
-    if let Some(audit) = &shared.audit {
-        let written = audit
-            .write(phigate_audit::Pending::Event(
-                phigate_audit::Event::ReviewRequested {
-                    review: review.id.clone(),
-                    session: String::new(),
-                    subject: who.subject.0.clone(),
-                    role: req.role.clone(),
-                    rule: "elevation".into(),
-                    justification: Some(reason.to_owned()),
-                },
-            ))
-            .await;
-        if written.is_err() {
+    let opened = shared
+        .reviews
+        .open_elevation(
+            shared.audit.as_ref(),
+            crate::approvals::ElevationRequest {
+                issuer: &who.issuer,
+                requester: &who.subject.0,
+                current_role: &who.role.0,
+                role: &req.role,
+                minutes: req.minutes,
+                reason,
+                timeout: Duration::from_secs(approvals.timeout_secs.max(3600)),
+                reviewer_roles: approvals.reviewer_roles.clone(),
+            },
+        )
+        .await;
+    let review = match opened {
+        Ok(r) => r,
+        Err(crate::approvals::OpenError::Audit) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the audit log cannot be written",
-            );
+            )
         }
-    }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     tracing::info!(review = %review.id, subject = %who.subject, role = %req.role, minutes = req.minutes, "access requested");
     (StatusCode::CREATED, Json(json!(review)))
 }
