@@ -78,3 +78,59 @@ impl IntoResponse for ApiError {
         (self.status, body).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::{DecideError, Status};
+
+    async fn rendered(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn errors_render_as_before() {
+        let (code, body) = rendered(ApiError::not_found("no review r-1")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert_eq!(body, serde_json::json!({"error": "no review r-1"}));
+        let cases = [
+            (DecideError::NotFound("r-1".into()), StatusCode::NOT_FOUND),
+            (
+                DecideError::OwnStatement("ann".into()),
+                StatusCode::FORBIDDEN,
+            ),
+            (DecideError::BreakGlassRefused, StatusCode::FORBIDDEN),
+            (
+                DecideError::NotPending {
+                    id: "r-1".into(),
+                    status: Status::Denied,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                DecideError::AlreadyApproved("ann".into()),
+                StatusCode::CONFLICT,
+            ),
+        ];
+        for (e, want) in cases {
+            let message = e.to_string();
+            let (code, body) = rendered(e.into()).await;
+            assert_eq!(code, want, "{message}");
+            assert_eq!(body["error"], message.as_str());
+        }
+        let (_, body) = rendered(
+            DecideError::NotPending {
+                id: "r-1".into(),
+                status: Status::Denied,
+            }
+            .into(),
+        )
+        .await;
+        assert_eq!(body["error"], "review r-1 is already denied");
+    }
+}
