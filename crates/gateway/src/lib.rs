@@ -15,6 +15,7 @@ pub mod logging;
 pub mod login;
 pub mod masking;
 pub mod net;
+pub mod pgerror;
 pub mod policy;
 pub mod recording;
 pub mod server;

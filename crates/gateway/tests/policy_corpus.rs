@@ -344,7 +344,9 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "CALL pc_proc()", "deny:unknown-function"),
     // --- PREPARE / EXECUTE ---------------------------------------------------------------------
     ("agent", "PREPARE pc_del AS DELETE FROM patients", "approval:agent"),
-    ("agent", "EXECUTE pc_del", "allow !26000"),
+    // The refused PREPARE created nothing: the gateway knows the session holds no such
+    // statement, and answers as PostgreSQL would (26000) without forwarding it.
+    ("agent", "EXECUTE pc_del", "deny:unknown-statement"),
     ("clinician", "PREPARE pc_sel AS SELECT count(*) FROM lab_results", "allow x!42P05"),
     ("clinician", "EXECUTE pc_sel", "allow"),
     ("clinician", "DEALLOCATE pc_sel", "allow x!26000"),
@@ -620,6 +622,11 @@ fn judge(want: &Want, proto: Proto, got: &Result<(), Failure>) -> Result<(), Str
         (Want::Refuse { approval, rule }, Err(f)) => {
             let (code, needle) = if rule == "syntax" {
                 ("42601", "phigate: ".to_owned())
+            } else if rule == "unknown-statement" {
+                (
+                    "26000",
+                    "does not exist (rule unknown-statement)".to_owned(),
+                )
             } else if *approval {
                 ("42501", format!("requires approval by rule {rule}"))
             } else {

@@ -382,6 +382,34 @@ fn decisions_table() {
             "SELECT * FROM patients FOR UPDATE",
             "approve:agent-writes-need-approval",
         ),
+        // A locking clause reaches the tables of sub-queries and LATERAL in FROM, and a
+        // sub-link's own clause locks its tables; a WITH query's tables are not locked by the
+        // outer clause.
+        (
+            "ai-agent",
+            "SELECT id FROM (SELECT id FROM patients) s FOR UPDATE",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "SELECT * FROM lab_results l, LATERAL (SELECT id FROM patients p WHERE p.id = l.patient_id) x FOR NO KEY UPDATE OF x",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "SELECT * FROM lab_results WHERE patient_id IN (SELECT id FROM patients FOR SHARE)",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "WITH w AS (SELECT id FROM patients FOR KEY SHARE) SELECT * FROM w",
+            "approve:agent-writes-need-approval",
+        ),
+        (
+            "ai-agent",
+            "SELECT * FROM ((SELECT id FROM patients) UNION ALL (SELECT id FROM patients)) u FOR UPDATE",
+            "approve:agent-writes-need-approval",
+        ),
         (
             "ai-agent",
             "LOCK TABLE patients",

@@ -199,7 +199,7 @@ impl Walker<'_> {
                     .and_then(Value::as_array)
                     .is_some_and(|l| !l.is_empty())
                 {
-                    self.relations_in(body.get("from_clause"), Action::Lock);
+                    self.locked_in(body.get("from_clause"));
                 }
                 self.walk_except(body, &["into_clause", "with_clause"], Action::Select);
             }
@@ -291,6 +291,19 @@ impl Walker<'_> {
                 self.walk(body, Action::Select);
             }
             "DoStmt" => self.st.opaque = true,
+            // DISCARD ALL | PLANS | SEQUENCES | TEMP: the name says which (`all` drops every
+            // prepared statement and portal of the session).
+            "DiscardStmt" => {
+                // The parse tree's enum, by number; an unknown one is taken for ALL (the name
+                // then drops every statement from the gateway's view: fail closed).
+                let target = body
+                    .get("target")
+                    .and_then(Value::as_i64)
+                    .and_then(|n| pg_query::protobuf::DiscardMode::try_from(n as i32).ok())
+                    .map_or("DISCARD_ALL", |m| m.as_str_name());
+                let target = target.strip_prefix("DISCARD_").unwrap_or(target);
+                self.st.name = Some(target.to_ascii_lowercase());
+            }
             "VariableSetStmt" => {
                 self.st.settings.push(setting_name(body));
                 self.walk(body, Action::Select);
@@ -386,12 +399,15 @@ impl Walker<'_> {
         self.scopes = saved;
     }
 
-    fn relations_in(&mut self, v: Option<&Value>, action: Action) {
+    /// The relations a locking clause locks: every table in FROM, also inside subqueries and
+    /// joins there (PostgreSQL applies the clause to a sub-query's tables), but not what a
+    /// WITH query or a sub-link reads.
+    fn locked_in(&mut self, v: Option<&Value>) {
         if let Some(v) = v {
             let mut found = Vec::new();
-            collect_range_vars(v, &mut found);
+            collect_locked(v, &mut found);
             for rv in found {
-                self.range_var(rv, action);
+                self.range_var(rv, Action::Lock);
             }
         }
     }
@@ -554,15 +570,39 @@ fn node_of(v: &Value) -> Option<(&str, &Value)> {
     Some((tag.as_str(), body))
 }
 
-fn collect_range_vars<'a>(v: &'a Value, out: &mut Vec<&'a Map<String, Value>>) {
+/// Keys of FROM-clause nodes whose relations a locking clause does not reach: conditions,
+/// output lists, WITH queries, functions. Anything else is followed (fail closed: an unknown
+/// node counts as locking).
+const NOT_LOCKED: &[&str] = &[
+    "quals",
+    "where_clause",
+    "target_list",
+    "having_clause",
+    "with_clause",
+    "functions",
+    "sort_clause",
+    "group_clause",
+    "distinct_clause",
+    "window_clause",
+    "values_lists",
+    "limit_offset",
+    "limit_count",
+    "locking_clause",
+    "tablesample",
+];
+
+fn collect_locked<'a>(v: &'a Value, out: &mut Vec<&'a Map<String, Value>>) {
     match v {
-        Value::Array(items) => items.iter().for_each(|i| collect_range_vars(i, out)),
+        Value::Array(items) => items.iter().for_each(|i| collect_locked(i, out)),
         Value::Object(map) => {
             if map.contains_key("relname") && map.contains_key("inh") {
                 out.push(map);
-            } else if !(map.len() == 1 && map.keys().any(|k| k.ends_with("Stmt"))) {
-                // Subqueries lock nothing of their own unless they say so.
-                map.values().for_each(|i| collect_range_vars(i, out));
+            } else {
+                for (k, v) in map {
+                    if !NOT_LOCKED.contains(&k.as_str()) {
+                        collect_locked(v, out);
+                    }
+                }
             }
         }
         _ => {}

@@ -24,6 +24,15 @@ pub mod tag {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const NO_DATA: u8 = b'n';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
 }
 
 /// Transaction status reported by ReadyForQuery.

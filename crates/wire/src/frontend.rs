@@ -263,6 +263,13 @@ pub mod write {
         });
     }
 
+    pub fn execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
+        write_message(out, b'E', |b| {
+            put_cstr(b, portal);
+            b.put_i32(max_rows);
+        });
+    }
+
     pub fn terminate(out: &mut BytesMut) {
         write_message(out, b'X', |_| {});
     }

@@ -1,27 +1,24 @@
 //! One client connection, from the first byte to the last.
 //!
-//! The phases, in order (each a function below, so the state a phase may touch is exactly its
-//! arguments): [`negotiate`] (SSLRequest / GSSENCRequest / CancelRequest / StartupMessage),
-//! [`authenticate`] (token → identity → role), connect upstream ([`upstream`]), then
-//! [`proxy::relay`] until either side ends.
+//! The phases, in order (each a function, so the state a phase may touch is exactly its
+//! arguments): in `startup`, negotiate (SSLRequest / GSSENCRequest / CancelRequest /
+//! StartupMessage), authenticate (token → identity → role), connect upstream
+//! ([`crate::upstream`]); then [`relay::relay`] until either side ends.
 
 pub mod guard;
-pub mod proxy;
+pub mod relay;
+mod startup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use phigate_wire::backend::{self, Notice};
-use phigate_wire::frontend::FrontendMessage;
-use phigate_wire::startup::{parse_startup, StartupMessage, StartupPacket, MAX_STARTUP_PACKET};
 use phigate_wire::{FrameReader, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::{AuthError, Identity};
-use crate::cancel::FrontendKey;
 use crate::net::Stream;
+use crate::pgerror::{ClientError, ToClient};
 use crate::server::Shared;
 use crate::upstream::{self, UpstreamError};
 
@@ -54,88 +51,108 @@ pub enum SessionError {
     Audit,
 }
 
-impl SessionError {
+impl ToClient for SessionError {
     /// The FATAL the client receives, if the connection can still carry one.
-    fn client_notice(&self) -> Option<(String, String, Option<&'static str>)> {
-        let (code, message, hint) = match self {
+    fn to_client(&self) -> Option<ClientError> {
+        use phigate_wire::sqlstate as code;
+        let again = "Try again shortly.";
+        let e = match self {
             SessionError::Io(_) | SessionError::Tls(_) => return None,
-            SessionError::Protocol(e) => ("08P01", format!("phigate: invalid message: {e}"), None),
-            SessionError::StartupTimeout => ("08006", "phigate: startup timed out".into(), None),
-            SessionError::ShuttingDown => (
-                "57P03",
-                "phigate: the gateway is shutting down".into(),
-                Some(
-                    "Reconnect; another gateway instance or this one after restart will serve you.",
-                ),
+            SessionError::Protocol(e) => ClientError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("phigate: invalid message: {e}"),
             ),
-            SessionError::Startup(msg) => ("28000", format!("phigate: {msg}"), None),
-            SessionError::Audit => (
-                "57P03",
-                "phigate: no session can start: the audit log cannot be written".into(),
-                Some("Nothing runs unaudited. Try again shortly."),
+            SessionError::StartupTimeout => {
+                ClientError::fatal(code::CONNECTION_FAILURE, "phigate: startup timed out")
+            }
+            SessionError::ShuttingDown => ClientError::fatal(
+                code::CANNOT_CONNECT_NOW,
+                "phigate: the gateway is shutting down",
+            )
+            .with_hint(
+                "Reconnect; another gateway instance or this one after restart will serve you.",
             ),
-            SessionError::StartupParam(msg) => ("42501", format!("phigate: {msg}"), None),
-            SessionError::Auth(e @ AuthError::RoleNotAllowed { .. }) => (
-                "28000",
-                format!("phigate: {e}"),
-                Some("Connect with user set to one of your roles, or leave it to get your default role."),
+            SessionError::Startup(msg) => ClientError::fatal(
+                code::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("phigate: {msg}"),
             ),
-            SessionError::Auth(e @ AuthError::NoRole { .. }) => (
-                "28000",
-                format!("phigate: {e}"),
-                Some("Ask an administrator to bind your identity or groups to a role."),
-            ),
-            SessionError::Auth(e @ AuthError::RateLimited(_)) => ("28000", format!("phigate: {e}"), None),
-            SessionError::Auth(e @ AuthError::IdpUnavailable) => (
-                "08006",
-                format!("phigate: {e}"),
-                Some("Try again shortly."),
-            ),
-            SessionError::Auth(AuthError::InvalidCredentials) => (
-                "28P01",
-                "phigate: authentication failed".into(),
-                Some("Put a valid phigate token or API key in the password field."),
-            ),
-            // Each says what was wrong with the credential, never what it contained.
-            SessionError::Auth(e) => (
-                "28P01",
-                format!("phigate: authentication failed: {e}"),
-                Some("Get a fresh token (phigate login) or API key and reconnect."),
-            ),
+            SessionError::Audit => ClientError::fatal(
+                code::CANNOT_CONNECT_NOW,
+                "phigate: no session can start: the audit log cannot be written",
+            )
+            .with_hint("Nothing runs unaudited. Try again shortly."),
+            SessionError::StartupParam(msg) => {
+                ClientError::fatal(code::INSUFFICIENT_PRIVILEGE, format!("phigate: {msg}"))
+            }
+            SessionError::Auth(e) => auth_error(e),
             // Missing database, too many connections, database starting up: the client can act
             // on these. The wording is ours: the database's own text names the gateway's login.
-            SessionError::Upstream(UpstreamError::Refused { code, .. })
-                if code.starts_with("3D") =>
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c.starts_with(code::CLASS_INVALID_CATALOG_NAME) =>
             {
-                return Some((
-                    code.clone(),
-                    "phigate: the requested database does not exist".into(),
-                    None,
-                ));
+                ClientError::fatal_as(c.clone(), "phigate: the requested database does not exist")
             }
-            SessionError::Upstream(UpstreamError::Refused { code, .. })
-                if code.starts_with("53") =>
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c.starts_with(code::CLASS_INSUFFICIENT_RESOURCES) =>
             {
-                return Some((
-                    code.clone(),
-                    "phigate: the database is at its connection limit".into(),
-                    Some("Try again shortly."),
-                ));
+                ClientError::fatal_as(
+                    c.clone(),
+                    "phigate: the database is at its connection limit",
+                )
+                .with_hint(again)
             }
-            SessionError::Upstream(UpstreamError::Refused { code, .. }) if code == "57P03" => {
-                return Some((
-                    code.clone(),
-                    "phigate: the database is starting up or shutting down".into(),
-                    Some("Try again shortly."),
-                ));
+            SessionError::Upstream(UpstreamError::Refused { code: c, .. })
+                if c == code::CANNOT_CONNECT_NOW =>
+            {
+                ClientError::fatal_as(
+                    c.clone(),
+                    "phigate: the database is starting up or shutting down",
+                )
+                .with_hint(again)
             }
-            SessionError::Upstream(_) => (
-                "08006",
-                "phigate: the database is not available right now".into(),
-                Some("Try again shortly; the gateway operator can see the cause in its log."),
-            ),
+            SessionError::Upstream(_) => ClientError::fatal(
+                code::CONNECTION_FAILURE,
+                "phigate: the database is not available right now",
+            )
+            .with_hint("Try again shortly; the gateway operator can see the cause in its log."),
         };
-        Some((code.to_owned(), message, hint))
+        Some(e)
+    }
+}
+
+/// A refused login: what was wrong with the credential, never what it contained.
+fn auth_error(e: &AuthError) -> ClientError {
+    use phigate_wire::sqlstate as code;
+    match e {
+        AuthError::RoleNotAllowed { .. } => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        )
+        .with_hint(
+            "Connect with user set to one of your roles, or leave it to get your default role.",
+        ),
+        AuthError::NoRole { .. } => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        )
+        .with_hint("Ask an administrator to bind your identity or groups to a role."),
+        AuthError::RateLimited(_) => ClientError::fatal(
+            code::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("phigate: {e}"),
+        ),
+        AuthError::IdpUnavailable => {
+            ClientError::fatal(code::CONNECTION_FAILURE, format!("phigate: {e}"))
+                .with_hint("Try again shortly.")
+        }
+        AuthError::InvalidCredentials => {
+            ClientError::fatal(code::INVALID_PASSWORD, "phigate: authentication failed")
+                .with_hint("Put a valid phigate token or API key in the password field.")
+        }
+        e => ClientError::fatal(
+            code::INVALID_PASSWORD,
+            format!("phigate: authentication failed: {e}"),
+        )
+        .with_hint("Get a fresh token (phigate login) or API key and reconnect."),
     }
 }
 
@@ -147,7 +164,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // A connection still in startup has nothing to lose: on shutdown it is refused at once
     // rather than holding the drain up until its startup timeout.
     let started = tokio::select! {
-        r = tokio::time::timeout(timeout, start(&mut stream, peer, &shared)) => match r {
+        r = tokio::time::timeout(timeout, startup::start(&mut stream, peer, &shared)) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout),
         },
@@ -155,7 +172,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     match started {
         Ok(None) => {}
-        Ok(Some(ready)) => proxy::relay(ready, &shared).await,
+        Ok(Some(ready)) => relay::relay(ready, &shared).await,
         Err(e) => {
             match &e {
                 SessionError::Auth(_) => tracing::warn!(%peer, error = %e, "login refused"),
@@ -164,14 +181,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
                 _ => tracing::info!(%peer, error = %e, "connection ended during startup"),
             }
-            if let Some((code, message, hint)) = e.client_notice() {
-                let mut out = BytesMut::new();
-                let mut n = Notice::fatal(&code, &message);
-                if let Some(h) = hint {
-                    n = n.with_hint(h);
-                }
-                n.write(&mut out);
-                let _ = stream.write_all(&out).await;
+            if let Some(notice) = e.to_client() {
+                let _ = stream.write_all(&notice.to_bytes()).await;
             }
             let _ = stream.shutdown().await;
         }
@@ -189,382 +200,8 @@ pub struct Ready {
     pub guard: guard::Guard,
 }
 
-async fn start(
-    stream: &mut Stream,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Result<Option<Ready>, SessionError> {
-    let Some((startup, leftover)) = negotiate(stream, peer, shared).await? else {
-        return Ok(None);
-    };
-    let plaintext_ok = shared.allow_plaintext_loopback && peer.ip().is_loopback();
-    if !stream.is_tls() && !plaintext_ok {
-        return Err(SessionError::Startup(
-            "TLS is required (tokens must not travel in plaintext); connect with sslmode=require",
-        ));
-    }
-    let mut out = BytesMut::with_capacity(1024);
-    if startup.minor > 0 {
-        // We speak 3.0; tell a newer client so, as PostgreSQL does.
-        let unknown: Vec<&str> = startup
-            .params
-            .iter()
-            .filter(|(k, _)| k.starts_with("_pq_."))
-            .map(|(k, _)| k.as_str())
-            .collect();
-        backend::write_negotiate_protocol(&mut out, 0, &unknown);
-    }
-    let params = forwarded_params(&startup)?;
-    let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
-    let identity = authenticate(stream, &mut reader, &mut out, &startup, peer, shared).await?;
-
-    shared.policy.ensure_catalog(&shared.upstream).await;
-    let (policy, version) = shared.policy.snapshot();
-    let role = policy.role(&identity.role.0).ok_or(SessionError::Startup(
-        "the role has no policy; ask an administrator",
-    ))?;
-    let mut params = params;
-    role_settings(&role, &mut params);
-    identity_settings(&identity, &mut params);
-    let session: Arc<str> = Arc::from(crate::audit::session_id().as_str());
-    let mut guard = guard::Guard::new(
-        role.clone(),
-        policy,
-        version,
-        identity.clone(),
-        session.clone(),
-        shared.audit.is_some(),
-    );
-
-    let param_refs: Vec<(&str, &str)> = params
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let db = startup
-        .param("database")
-        .or(startup.param("user"))
-        .unwrap_or_default();
-    let mut with_db = param_refs.clone();
-    with_db.push(("database", db));
-    // A masked role logs in as its own database login, whose search_path finds the masking
-    // views first: raw PHI never reaches the session.
-    let masked_login = if role.masked {
-        let login = shared
-            .masked
-            .read()
-            .ok()
-            .and_then(|m| m.get(&role.name).cloned())
-            .ok_or(SessionError::Startup(
-                "the masking views of this role are not provisioned; ask an administrator",
-            ))?;
-        Some(login)
-    } else {
-        None
-    };
-    guard.approvals_on = shared.approvals.enabled;
-    guard.gate_reads = shared.audit_gate_reads;
-    if let Some(login) = &masked_login {
-        guard.phi = login.phi_columns.clone();
-        guard.predicate_guarded = login.predicate_guarded.clone();
-    }
-    let upstream = match &masked_login {
-        Some(login) => {
-            let path = format!("{}, {}", login.schema, role.search_path.join(", "));
-            with_db.retain(|(k, _)| !k.eq_ignore_ascii_case("search_path"));
-            with_db.push(("search_path", path.as_str()));
-            shared
-                .upstream
-                .with_login(&login.user, &login.password)
-                .connect(&with_db)
-                .await?
-        }
-        None => shared.upstream.connect(&with_db).await?,
-    };
-
-    // Write-ahead: the session's start is on disk before the client may send a statement.
-    if let Some(audit) = &shared.audit {
-        let event = phigate_audit::Event::SessionStart {
-            session: session.to_string(),
-            subject: identity.subject.0.clone(),
-            role: identity.role.0.clone(),
-            issuer: identity.issuer.clone(),
-            credential: identity.credential.kind().to_owned(),
-            client_addr: peer.to_string(),
-            tls: stream.tls_version().map(str::to_owned),
-            application_name: startup.param("application_name").map(str::to_owned),
-            database: Some(
-                shared
-                    .upstream
-                    .database
-                    .clone()
-                    .unwrap_or_else(|| db.to_owned()),
-            ),
-        };
-        if audit
-            .write(phigate_audit::Pending::Event(event))
-            .await
-            .is_err()
-        {
-            return Err(SessionError::Audit);
-        }
-    }
-    guard.tape = shared
-        .recorder
-        .as_ref()
-        .and_then(|r| r.tape(&session, &identity, &role));
-    let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
-    out.clear();
-    backend::write_auth_ok(&mut out);
-    for ps in &upstream.parameter_status {
-        out.extend_from_slice(ps.as_bytes());
-    }
-    backend::write_backend_key(&mut out, key.0);
-    backend::write_ready_for_query(&mut out, backend::TransactionStatus::Idle);
-    stream.write_all(&out).await?;
-
-    let client_reader = FrameReader::with_buffer(reader.into_buffer(), shared.max_message);
-    tracing::info!(
-        %peer,
-        session = %session,
-        subject = %identity.subject,
-        role = %identity.role,
-        tls = stream.tls_version().unwrap_or("off"),
-        upstream_tls = upstream.tls_version.unwrap_or("off"),
-        "session started"
-    );
-    let client = std::mem::replace(stream, Stream::Detached);
-    Ok(Some(Ready {
-        client,
-        client_reader,
-        upstream,
-        identity,
-        peer,
-        registration,
-        guard,
-    }))
-}
-
-/// Reads startup packets until a StartupMessage; handles SSL/GSSENC negotiation and cancels.
-/// Returns the StartupMessage and any bytes the client already sent after it.
-async fn negotiate(
-    stream: &mut Stream,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Result<Option<(StartupMessage, BytesMut)>, SessionError> {
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut tried_tls = false;
-    loop {
-        let packet = loop {
-            if let Some(p) = parse_startup(&mut buf)? {
-                break p;
-            }
-            if buf.len() >= MAX_STARTUP_PACKET {
-                return Err(WireError::TooLarge {
-                    len: buf.len(),
-                    max: MAX_STARTUP_PACKET,
-                }
-                .into());
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        };
-        match packet {
-            StartupPacket::SslRequest => {
-                if tried_tls || stream.is_tls() {
-                    return Err(SessionError::Startup("duplicate SSLRequest"));
-                }
-                tried_tls = true;
-                // Bytes after the SSLRequest would be read as if they came over TLS: refuse
-                // them (the "buffer stuffing" attack, CVE-2021-23214).
-                if !buf.is_empty() {
-                    return Err(SessionError::Startup("unexpected data after SSLRequest"));
-                }
-                match &shared.tls_acceptor {
-                    Some(acceptor) => {
-                        stream.write_all(b"S").await?;
-                        let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
-                            return Err(SessionError::Startup("duplicate SSLRequest"));
-                        };
-                        let tls = acceptor.accept(tcp).await.map_err(SessionError::Tls)?;
-                        *stream = Stream::ServerTls(Box::new(tls));
-                    }
-                    None => stream.write_all(b"N").await?,
-                }
-            }
-            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
-            StartupPacket::Cancel(key) => {
-                let found = shared.cancels.cancel(FrontendKey(key)).await;
-                tracing::info!(%peer, relayed = found, "cancel request");
-                return Ok(None);
-            }
-            StartupPacket::Startup(m) => {
-                if shared.tls_required && !stream.is_tls() {
-                    return Err(SessionError::Startup(
-                        "TLS is required; connect with sslmode=require",
-                    ));
-                }
-                return Ok(Some((m, buf)));
-            }
-        }
-    }
-}
-
-/// Startup parameters the database gets from the client: presentation settings only. PostgreSQL
-/// applies any other startup parameter as a setting before the first statement (`role`,
-/// `search_path`, `standard_conforming_strings`, ...), where no policy would see it.
-const CLIENT_STARTUP_PARAMS: &[&str] = &[
-    "application_name",
-    "datestyle",
-    "timezone",
-    "intervalstyle",
-    "extra_float_digits",
-];
-
-/// Startup parameters passed on to the database. `user` and `database` are the gateway's to
-/// choose; `client_encoding` is pinned to UTF8; presentation settings pass; anything else
-/// (`replication`, `options`, any setting) is refused.
-fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, SessionError> {
-    if m.param("user").is_none() {
-        return Err(SessionError::Startup("no user name in the startup message"));
-    }
-    let mut out = Vec::with_capacity(m.params.len());
-    for (k, v) in &m.params {
-        match k.as_str() {
-            "user" | "database" => {}
-            "replication" => {
-                return Err(SessionError::Startup(
-                    "replication connections are not allowed",
-                ))
-            }
-            "options" if v.trim().is_empty() => {}
-            "options" => {
-                return Err(SessionError::Startup(
-                    "the startup parameter \"options\" is not allowed; use SET after connecting",
-                ))
-            }
-            // The gateway reads statement text as UTF-8, so the session is pinned to UTF8; the
-            // client learns the encoding from ParameterStatus, as with any server default.
-            "client_encoding" => out.push((k.clone(), "UTF8".to_owned())),
-            k if k.starts_with("_pq_.") => {}
-            k if CLIENT_STARTUP_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
-                out.push((k.to_owned(), v.clone()))
-            }
-            k => {
-                return Err(SessionError::StartupParam(format!(
-                    "the startup parameter \"{k}\" is not allowed through phigate; \
-                     allowed: application_name, DateStyle, TimeZone, IntervalStyle, extra_float_digits"
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Settings the role imposes on its database session, as startup parameters (which PostgreSQL
-/// applies like `SET` before the first statement): the pinned search_path of restricted roles,
-/// the statement timeout, and the idle timeout (HIPAA automatic logoff, enforced by the database
-/// itself with `idle_session_timeout`, reported to the client as FATAL 57P05).
-fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>) {
-    let mut set = |k: &str, v: String| {
-        params.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
-        params.push((k.to_owned(), v));
-    };
-    // With standard_conforming_strings off, backslashes in '...' escape quotes: the database
-    // would split a statement differently from the way the gateway parsed it. Pinned for every
-    // role (it also overrides an ALTER ROLE / DATABASE default).
-    set("standard_conforming_strings", "on".to_owned());
-    // The search_path names are resolved with: pinned for restricted roles (SET search_path is
-    // refused), the starting point for the others.
-    set("search_path", role.search_path.join(", "));
-    if let Some(ms) = role.statement_timeout_ms {
-        set("statement_timeout", ms.to_string());
-    }
-    if let Some(ms) = role.idle_timeout_ms {
-        set("idle_session_timeout", ms.to_string());
-    }
-}
-
-/// The identity, for the database's own logs and row-level security: `application_name`
-/// carries the subject, and the settings `phigate.subject`, `phigate.role` and `phigate.issuer`
-/// can be read with `current_setting('phigate.subject', true)`. No role may change them
-/// (policy rule pinned-setting).
-fn identity_settings(identity: &Identity, params: &mut Vec<(String, String)>) {
-    let client_app = params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let tag = format!("phigate:{}", identity.subject);
-    let app = if client_app.is_empty() {
-        tag
-    } else {
-        format!("{client_app} ({tag})")
-    };
-    params
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("application_name") && !k.starts_with("phigate."));
-    // PostgreSQL truncates application_name to 63 bytes; keep the subject rather than the app.
-    params.push(("application_name".into(), truncate_utf8(&app, 63)));
-    params.push(("phigate.subject".into(), identity.subject.0.clone()));
-    params.push(("phigate.role".into(), identity.role.0.clone()));
-    params.push(("phigate.issuer".into(), identity.issuer.clone()));
-}
-
-fn truncate_utf8(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    // Prefer the tail: "(phigate:<subject>)" is what matters.
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_owned()
-}
-
 /// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).
 pub(crate) fn is_utf8(name: &str) -> bool {
     let norm: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     norm.eq_ignore_ascii_case("utf8") || norm.eq_ignore_ascii_case("unicode")
-}
-
-/// Asks for the password (the token), checks it, and resolves the role.
-async fn authenticate(
-    stream: &mut Stream,
-    reader: &mut FrameReader,
-    out: &mut BytesMut,
-    startup: &StartupMessage,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Result<Identity, SessionError> {
-    backend::write_auth_cleartext(out);
-    stream.write_all(out).await?;
-    let frame = crate::net::read_frame::<SessionError>(stream, reader).await?;
-    let FrontendMessage::Password(body) = FrontendMessage::decode(&frame)? else {
-        return Err(WireError::UnexpectedTag(frame.tag()).into());
-    };
-    let token = body
-        .strip_suffix(&[0])
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or(WireError::Malformed {
-            what: "PasswordMessage",
-            why: "not a NUL-terminated string",
-        })?;
-    let role = startup.param("user").unwrap_or_default();
-    let (policy, _) = shared.policy.snapshot();
-    let is_role = |r: &str| policy.role(r).is_some();
-    let result = shared
-        .auth
-        .authenticate(peer.ip(), role, token, &is_role)
-        .await;
-    if let (Err(e), Some(audit)) = (&result, &shared.audit) {
-        audit.submit(phigate_audit::Pending::Event(
-            phigate_audit::Event::LoginFailed {
-                client_addr: peer.to_string(),
-                user: role.chars().take(64).collect(),
-                reason: e.to_string(),
-            },
-        ));
-    }
-    Ok(result?)
 }

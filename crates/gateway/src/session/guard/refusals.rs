@@ -1,0 +1,114 @@
+//! The gateway's own refusals: what the client reads when a message is not forwarded. Each
+//! names its rule; none carries client data beyond a statement name the client chose.
+
+use phigate_policy::{Decision, Refusal};
+use phigate_wire::sqlstate;
+
+fn refusal(rule: &str, message: String, hint: &str, code: &'static str) -> Refusal {
+    Refusal {
+        rule: rule.into(),
+        message,
+        hint: hint.into(),
+        sqlstate: code,
+        position: None,
+    }
+}
+
+pub fn deny(r: Refusal) -> Decision {
+    Decision::Deny(r)
+}
+
+/// Nothing runs while the audit log cannot be written.
+pub fn audit_unavailable() -> Refusal {
+    refusal(
+        "audit-unavailable",
+        "phigate: statement refused: the audit log cannot be written".into(),
+        "Nothing runs unaudited. Try again shortly; the gateway's health endpoint shows the audit state.",
+        sqlstate::IO_ERROR,
+    )
+}
+
+/// A Bind or Describe of a statement whose Parse was refused.
+pub fn refused_statement(name: &str) -> Refusal {
+    refusal(
+        "refused-statement",
+        format!("phigate: prepared statement \"{name}\" was refused and cannot be used"),
+        "Its Parse was refused; see the earlier error.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
+/// A statement the session does not hold (as far as the gateway can prove): PostgreSQL's own
+/// answer, from the gateway.
+pub fn unknown_statement(name: &str) -> Refusal {
+    refusal(
+        "unknown-statement",
+        format!("phigate: prepared statement \"{name}\" does not exist (rule unknown-statement)"),
+        "Prepare it (Parse or PREPARE) in this session first.",
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+    )
+}
+
+/// The one execution an approval covered has happened.
+pub fn approval_used(name: &str) -> Refusal {
+    refusal(
+        "approval-used",
+        format!("phigate: the approval of statement \"{name}\" covered one execution"),
+        "Send the statement again (Parse) for a new review.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
+/// The legacy fast path names a function by OID: phigate cannot tell which one it is, so no
+/// role may use it (set_config by OID would unpin any setting).
+pub fn function_call() -> Refusal {
+    refusal(
+        "function-call-message",
+        "phigate: the FunctionCall protocol message denied by rule function-call-message".into(),
+        "Call functions with SELECT so phigate can see which one.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
+/// A per-session bound was reached.
+pub fn limit(what: &str, max: usize) -> Refusal {
+    refusal(
+        "session-limit",
+        format!("phigate: this session holds the most {what} it may ({max})"),
+        "Close or DEALLOCATE some first.",
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+    )
+}
+
+/// A statement that needs approval cannot be approved inside PREPARE (one approval would then
+/// cover any number of EXECUTEs).
+pub fn prepared_approval(rule: &str) -> Refusal {
+    refusal(
+        rule,
+        format!("phigate: a statement that needs approval (rule {rule}) cannot be prepared with PREPARE"),
+        "Send the statement itself; it waits for a reviewer and runs once.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
+/// A refused message whose decision carried no refusal of its own.
+pub fn internal() -> Refusal {
+    refusal(
+        "internal",
+        "phigate: statement refused".into(),
+        "",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
+/// A masked role conditioning on a non-tokenized PHI column.
+pub fn phi_predicate(col: &str, table: &str, role: &str) -> Refusal {
+    refusal(
+        "phi-predicate",
+        format!(
+            "phigate: filtering, joining, sorting or grouping on the PHI column {col} of {table} is not allowed for role {role} (rule phi-predicate)"
+        ),
+        "A condition on a masked value reveals it a little at a time. Use ids or codes; tokenized columns (names, MRNs) may be joined and grouped on.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}

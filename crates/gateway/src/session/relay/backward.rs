@@ -1,0 +1,331 @@
+//! The backward half: database → exchange owner, detectors, recording → client. It alone
+//! writes to the client, and it decides when the session is over.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use phigate_wire::backend::{self, tag};
+use phigate_wire::{sqlstate, FrameReader, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::credential::{CredentialWatch, Ended};
+use super::exchange::Finished;
+use super::observe::Detect;
+use super::{End, Event, Link};
+use crate::net::{StreamRead, StreamWrite};
+use crate::pgerror::{ClientError, ToClient};
+use crate::server::Shared;
+
+enum RelayError {
+    Wire(WireError),
+    /// `SET client_encoding` to something else: the gateway reads statement text as UTF-8.
+    Encoding,
+}
+
+impl From<WireError> for RelayError {
+    fn from(e: WireError) -> Self {
+        RelayError::Wire(e)
+    }
+}
+
+/// What the backward half is made of.
+pub struct Parts {
+    pub credential: CredentialWatch,
+    pub upstream: StreamRead,
+    pub reader: FrameReader,
+    pub client: StreamWrite,
+    pub events: mpsc::Receiver<Event>,
+    pub link: Arc<Link>,
+    pub tape: Option<Arc<crate::recording::Tape>>,
+    /// For a masked role: the content detectors' state (`None`: not scanned).
+    pub detect: Option<Detect>,
+    pub session: Arc<str>,
+}
+
+pub struct Backward {
+    p: Parts,
+    /// The audit ticket known durable: results up to it may be released.
+    released: u64,
+    out: BytesMut,
+}
+
+impl Backward {
+    pub fn new(p: Parts) -> Backward {
+        Backward {
+            p,
+            released: 0,
+            out: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    pub async fn run(mut self, shared: &Shared) -> End {
+        let end = self.pump(shared).await;
+        let _ = self.p.client.shutdown().await;
+        end
+    }
+
+    async fn pump(&mut self, shared: &Shared) -> End {
+        let mut draining = false;
+        // Set when the credential ended while a statement ran: the session ends once it is
+        // answered.
+        let mut ending: Option<Ended> = None;
+        let expiry = self.p.credential.deadline();
+        let expired = async move {
+            match expiry {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let mut watch = self.p.credential.clone();
+        // Created once: a fresh `cancelled()` per iteration would register and unregister a
+        // waiter (a lock each way) on every message batch.
+        let drain = shared.draining.cancelled();
+        let force = shared.force_close.cancelled();
+        tokio::pin!(drain, force);
+        loop {
+            tokio::select! {
+                // Events first: when the forward half ends on a bad message, its FATAL is in the
+                // channel before the database can see the connection close; the client must get
+                // that FATAL, not "the connection to the database was lost".
+                biased;
+                ev = self.p.events.recv() => match ev {
+                    Some(Event::Fatal(bytes)) => {
+                        let _ = self.send_own(&bytes).await;
+                        return End::ClientError("protocol violation".into());
+                    }
+                    Some(Event::Notice(bytes)) => {
+                        if let Err(e) = self.send_own(&bytes).await {
+                            return End::ClientError(e.to_string());
+                        }
+                    }
+                    // The forward half ended (Terminate or EOF): nobody is listening.
+                    None => return End::ClientClosed,
+                },
+                read = self.p.upstream.read_buf(self.p.reader.buf_mut()) => {
+                    match read {
+                        Ok(0) => return self.upstream_lost(shared, "the database closed the connection").await,
+                        Ok(_) => {}
+                        Err(e) => return self.upstream_lost(shared, &e.to_string()).await,
+                    }
+                    if let Some(end) = self.answers(shared).await {
+                        return end;
+                    }
+                    if draining && self.at_rest() {
+                        return self.say_goodbye().await;
+                    }
+                    if let Some(why) = ending.filter(|_| self.quiet()) {
+                        return self.credential_ended(why).await;
+                    }
+                }
+                _ = &mut expired, if ending.is_none() => {
+                    if self.quiet() {
+                        return self.credential_ended(Ended::Expired).await;
+                    }
+                    ending = Some(Ended::Expired);
+                }
+                _ = watch.changed(), if ending.is_none() => {
+                    if !shared.auth.still_valid(&watch.identity) {
+                        if self.quiet() {
+                            return self.credential_ended(Ended::Revoked).await;
+                        }
+                        ending = Some(Ended::Revoked);
+                    }
+                }
+                _ = &mut drain, if !draining => {
+                    draining = true;
+                    if self.at_rest() {
+                        return self.say_goodbye().await;
+                    }
+                }
+                _ = &mut force => return self.say_goodbye().await,
+            }
+        }
+    }
+
+    /// Passes on what the database sent: `Some` when that ends the session.
+    async fn answers(&mut self, shared: &Shared) -> Option<End> {
+        let (finished, views_changed) = match self.take_frames() {
+            Ok(r) => r,
+            Err(RelayError::Encoding) => return Some(self.refuse_encoding().await),
+            Err(RelayError::Wire(e)) => {
+                return Some(self.upstream_lost(shared, &e.to_string()).await)
+            }
+        };
+        self.p.link.room.notify_one();
+        if let Some(audit) = &shared.audit {
+            for f in finished {
+                audit.submit(statement_end(&self.p.session, f));
+            }
+        }
+        // Before the client hears that its DDL committed, so its next statement, or anyone's,
+        // is decided with the views read again.
+        if views_changed {
+            shared.policy.mark_views_stale();
+        }
+        if !self.out.is_empty() && !self.audit_released(shared).await {
+            return Some(self.results_withheld().await);
+        }
+        if let Err(e) = self.p.client.write_all(&self.out).await {
+            return Some(End::ClientError(e.to_string()));
+        }
+        self.out.clear();
+        None
+    }
+
+    /// Moves every whole frame into the output, through the exchange owner (which may replace
+    /// an error with the gateway's refusal), the detectors and the recording. Fails closed when
+    /// the session switches to an encoding the gateway cannot read.
+    fn take_frames(&mut self) -> Result<(Vec<Finished>, bool), RelayError> {
+        let tape = self.p.tape.clone();
+        let mut tape = tape.as_deref().map(crate::recording::Tape::batch);
+        let mut ex = self.p.link.exchange();
+        while let Some(frame) = self.p.reader.next_frame()? {
+            let observed = ex.observe(&frame);
+            if let Some(refusal) = observed.rewrite {
+                if let Some(t) = tape.as_mut() {
+                    t.bytes(&refusal, true);
+                }
+                self.out.extend_from_slice(&refusal);
+                continue;
+            }
+            if frame.tag() == tag::PARAMETER_STATUS {
+                let (name, value) = backend::decode_parameter_status(&frame)?;
+                if name == "client_encoding" && !crate::session::is_utf8(value) {
+                    return Err(RelayError::Encoding);
+                }
+                // The gateway parses statements as PostgreSQL does with this on; if the
+                // session turned it off anyhow, stop before another statement is read.
+                if name == "standard_conforming_strings" && value != "on" {
+                    return Err(RelayError::Encoding);
+                }
+            }
+            let start = self.out.len();
+            self.out.extend_from_slice(frame.as_bytes());
+            if let Some(d) = self.p.detect.as_mut() {
+                d.scan(&mut self.out[start..]);
+            }
+            // What the client receives, after the detectors.
+            if let Some(t) = tape.as_mut() {
+                t.bytes(&self.out[start..], false);
+            }
+        }
+        let finished = if ex.has_finished() {
+            ex.take_finished()
+        } else {
+            Vec::new()
+        };
+        Ok((finished, ex.take_views_changed()))
+    }
+
+    /// Waits until the records of the reads forwarded so far are durable; false if they cannot
+    /// be (their results must not leave).
+    async fn audit_released(&mut self, shared: &Shared) -> bool {
+        let gate = self.p.link.release_after.load(Ordering::SeqCst);
+        if gate <= self.released {
+            return true;
+        }
+        let Some(audit) = &shared.audit else {
+            return true;
+        };
+        let ticket = phigate_audit::Ticket(gate);
+        if !audit.is_durable(ticket) && audit.durable(ticket).await.is_err() {
+            return false;
+        }
+        self.released = gate;
+        true
+    }
+
+    /// Sends the client a message of the gateway's own, recorded as such. Every message the
+    /// gateway itself writes to a client during the relay leaves here.
+    async fn send_own(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(tape) = &self.p.tape {
+            tape.from_gateway(bytes);
+        }
+        self.p.client.write_all(bytes).await
+    }
+
+    /// Sends the client the gateway's FATAL (the session ends; a client already gone is not
+    /// an error).
+    async fn fatal(&mut self, code: &'static str, message: &str, hint: &str) {
+        let notice = ClientError::fatal(code, message).with_hint(hint);
+        let _ = self.send_own(&notice.to_bytes()).await;
+    }
+
+    async fn results_withheld(&mut self) -> End {
+        self.fatal(
+            sqlstate::IO_ERROR,
+            "phigate: the audit log cannot be written; the statement's results were withheld",
+            "Nothing leaves unaudited. Reconnect shortly.",
+        )
+        .await;
+        End::AuditUnavailable
+    }
+
+    /// Idle and outside a transaction: closing now loses nothing.
+    fn at_rest(&self) -> bool {
+        self.p.link.at_rest() && self.p.reader.buffered() == 0
+    }
+
+    /// Nothing in flight (a transaction may be open: it is rolled back when the database
+    /// session closes).
+    fn quiet(&self) -> bool {
+        self.p.link.idle() && self.p.reader.buffered() == 0
+    }
+
+    async fn credential_ended(&mut self, why: Ended) -> End {
+        if let Some(notice) = why.to_client() {
+            let _ = self.send_own(&notice.to_bytes()).await;
+        }
+        End::CredentialEnded(why)
+    }
+
+    async fn refuse_encoding(&mut self) -> End {
+        self.fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "phigate: only client_encoding UTF8 with standard_conforming_strings on is supported",
+            "Reconnect and leave client_encoding and standard_conforming_strings alone.",
+        )
+        .await;
+        End::ClientError("client_encoding changed away from UTF8".into())
+    }
+
+    async fn say_goodbye(&mut self) -> End {
+        self.fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "phigate: terminating connection because the gateway is shutting down",
+            "Reconnect; another gateway instance or this one after restart will serve you.",
+        )
+        .await;
+        End::Shutdown
+    }
+
+    async fn upstream_lost(&mut self, shared: &Shared, why: &str) -> End {
+        // Forward what did arrive (the server usually sends its own FATAL before closing), then
+        // make sure the client learns the session is gone. Results whose records are not on
+        // disk stay here.
+        if !self.out.is_empty() && self.audit_released(shared).await {
+            let _ = self.p.client.write_all(&self.out).await;
+        }
+        self.fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "phigate: the connection to the database was lost",
+            "Reconnect; the gateway will open a new database session when the database is available.",
+        )
+        .await;
+        End::UpstreamError(why.to_owned())
+    }
+}
+
+fn statement_end(session: &str, f: Finished) -> phigate_audit::Pending {
+    phigate_audit::Pending::Event(phigate_audit::Event::StatementEnd {
+        session: session.to_owned(),
+        n: f.n,
+        sqlstate: f.sqlstate,
+        rows: f.rows,
+        command: f.command,
+        duration_us: f.duration_us,
+    })
+}

@@ -1,0 +1,854 @@
+//! The one owner of what PostgreSQL holds for a session.
+//!
+//! PostgreSQL answers the messages of a session strictly in order, and what it will answer is
+//! fully determined by what it was sent and what it already answered: a Parse is answered by
+//! ParseComplete or an ErrorResponse, a Sync or a Query by ReadyForQuery, and after an error in
+//! the extended protocol every message up to the next Sync is skipped, unanswered. In COPY FROM
+//! STDIN mode it swallows Sync and Flush, and the first other message fails the COPY. This
+//! module mirrors that state machine (`PostgresMain` and `CopyGetData` in PostgreSQL's
+//! `postgres.c` / `copyfromparse.c`):
+//!
+//! - [`Exchange::push`] is called by the forward half for every message it sends, before the
+//!   bytes leave; [`Exchange::observe`] by the backward half for every message the database
+//!   returns. Between them, a queue of entries holds what was sent and not yet answered.
+//! - The prepared statements and portals the session holds, by name, are known in two forms:
+//!   `confirmed` (what the database said it did: ParseComplete, CloseComplete, the command
+//!   tags of PREPARE / DEALLOCATE / DISCARD ALL) and `projected` (confirmed plus everything
+//!   still in flight, as if it all succeeds). Decisions use the projection; when an error shows
+//!   that some of it will never happen, the projection is rebuilt from the confirmed state.
+//!   [`Exchange::statement_candidates`] says every statement a name may denote when the
+//!   message naming it runs, so a decision can hold for all of them.
+//! - A refused message is sent as a substitute the database is certain to reject; the
+//!   refusal travels in the substitute's entry, and the database's error for it is rewritten
+//!   into the refusal.
+//! - The statements of the audit log ([`Unit`]) travel in their entries too, and leave as
+//!   [`Finished`] when the database has answered them (or skipped them).
+//!
+//! Pure: no IO, no clock but the one a unit carries. Bounded: at most [`MAX_IN_FLIGHT`]
+//! entries, [`MAX_PREPARED`] statements and [`MAX_PORTALS`] portals, [`MAX_REFUSED_NAMES`]
+//! remembered refused names (as hashes).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use phigate_policy::Refusal;
+use phigate_sql::Analysis;
+use phigate_wire::backend::{self, tag, Fields, Notice, TransactionStatus};
+use phigate_wire::Frame;
+
+/// Messages sent and not yet answered, at most: the forward half waits for answers before it
+/// sends more. (The database flushes its answers at least every 8 KiB, and no answer is shorter
+/// than 5 bytes, so answers always come before this many are outstanding.)
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Prepared statements a session may hold (protocol-level and SQL-level together).
+pub const MAX_PREPARED: usize = 4096;
+/// Portals a session may hold open at once.
+pub const MAX_PORTALS: usize = 1024;
+/// Names of refused statements remembered (as 64-bit hashes) for a precise refusal at Bind.
+pub const MAX_REFUSED_NAMES: usize = 1024;
+
+/// A prepared statement as the session holds it: what it runs and under which policy it was
+/// decided.
+#[derive(Debug)]
+pub struct Prepared {
+    pub sql: Arc<str>,
+    pub analysis: Arc<Analysis>,
+    /// The policy version it was last decided under.
+    version: AtomicU64,
+    /// Executions an approval still covers (`u32::MAX`: not limited by an approval).
+    uses: AtomicU32,
+    /// The review that approved it, if it was held.
+    pub review: Option<String>,
+}
+
+impl Prepared {
+    pub fn new(sql: Arc<str>, analysis: Arc<Analysis>, version: u64) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            sql,
+            analysis,
+            version: AtomicU64::new(version),
+            uses: AtomicU32::new(u32::MAX),
+            review: None,
+        })
+    }
+
+    /// A statement a reviewer approved: it runs once.
+    pub fn approved(
+        sql: Arc<str>,
+        analysis: Arc<Analysis>,
+        version: u64,
+        review: &str,
+    ) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            sql,
+            analysis,
+            version: AtomicU64::new(version),
+            uses: AtomicU32::new(1),
+            review: Some(review.to_owned()),
+        })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn set_version(&self, v: u64) {
+        self.version.store(v, Ordering::Release);
+    }
+
+    /// Whether an approval limits its executions.
+    pub fn one_shot(&self) -> bool {
+        self.review.is_some()
+    }
+
+    /// Whether an approved statement has its execution left (unlimited ones always do).
+    pub fn has_use(&self) -> bool {
+        self.uses.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes one execution of an approved statement; false when its approval is used up.
+    /// Unlimited statements always succeed.
+    pub fn take_use(&self) -> bool {
+        self.uses
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
+                u32::MAX => Some(u32::MAX),
+                0 => None,
+                n => Some(n - 1),
+            })
+            .is_ok()
+    }
+}
+
+/// What a bound portal will run, for its Execute's audit record.
+#[derive(Debug)]
+pub struct Portal {
+    pub statement: Arc<Prepared>,
+    pub params: Vec<Option<phigate_audit::Param>>,
+}
+
+/// A change to the names the session holds, made by a message once the database confirms it.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Parse or SQL `PREPARE`: creates a named statement (refused by the database if the name
+    /// exists) or replaces the unnamed one.
+    Prepare {
+        name: String,
+        statement: Arc<Prepared>,
+    },
+    /// Close of a statement, or SQL `DEALLOCATE name`.
+    Deallocate { name: String },
+    /// SQL `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// SQL `DISCARD ALL`: every prepared statement and portal.
+    DiscardAll,
+    /// Bind: creates a portal.
+    Bind { portal: String, bound: Arc<Portal> },
+    /// Close of a portal.
+    ClosePortal { name: String },
+}
+
+impl Effect {
+    /// The command tag by which the database confirms a SQL-level effect.
+    fn confirmed_by(&self, command: &str) -> bool {
+        match self {
+            Effect::Prepare { .. } => command == "PREPARE",
+            Effect::Deallocate { .. } | Effect::DeallocateAll => command.starts_with("DEALLOCATE"),
+            Effect::DiscardAll => command == "DISCARD ALL",
+            _ => false,
+        }
+    }
+
+    fn names_statement(&self, name: &str) -> bool {
+        match self {
+            Effect::Prepare { name: n, .. } | Effect::Deallocate { name: n } => n == name,
+            Effect::DeallocateAll | Effect::DiscardAll => true,
+            Effect::Bind { .. } | Effect::ClosePortal { .. } => false,
+        }
+    }
+}
+
+/// What a message sent to the database is, as far as its answer goes.
+#[derive(Debug)]
+pub enum Sent {
+    /// A simple Query (or a refused message's substitute Query): answered up to ReadyForQuery.
+    /// One entry per statement of its text, in order: what it does to the session's names.
+    Query {
+        effects: Vec<Option<Effect>>,
+    },
+    /// Parse: `statement` is `None` for a refused Parse's substitute (which fails).
+    Parse {
+        name: String,
+        statement: Option<Arc<Prepared>>,
+    },
+    Bind {
+        portal: String,
+        bound: Option<Arc<Portal>>,
+    },
+    Describe,
+    Execute,
+    Close {
+        portal: bool,
+        name: String,
+    },
+    Sync,
+    /// CopyDone or CopyFail: ends a COPY FROM STDIN, answered through the COPY's own entry.
+    CopyEnd,
+    /// Any other message the database takes without an answer of its own (Flush, CopyData).
+    Silent,
+}
+
+/// One statement of the audit log on its way through the database.
+#[derive(Debug)]
+pub struct Unit {
+    /// The statement's number in the session.
+    pub n: u64,
+    pub started: std::time::Instant,
+}
+
+/// A statement the database has answered (or skipped): its `statement_end` record.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub n: u64,
+    pub sqlstate: String,
+    pub rows: Option<u64>,
+    pub command: Option<String>,
+    pub duration_us: u64,
+}
+
+/// A message on its way: what it is, the refusal it stands in for, its audit statement, and
+/// what the database said of it so far.
+#[derive(Debug)]
+struct Entry {
+    sent: Sent,
+    /// Sent after the last Sync: skipped if anything before it in its exchange fails.
+    seq: u64,
+    refusal: Option<(String, Refusal)>,
+    unit: Option<Unit>,
+    /// The effect of an extended-protocol message (a Query's are in its `Sent`).
+    effect: Option<Effect>,
+    /// For a Query: the next statement whose command tag is due.
+    next_statement: usize,
+    rows: u64,
+    tag_rows: Option<u64>,
+    command: Option<String>,
+    error: Option<String>,
+}
+
+/// Prepared statements or portals, by name.
+struct Names<T> {
+    confirmed: HashMap<String, Arc<T>>,
+    projected: HashMap<String, Arc<T>>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            confirmed: HashMap::new(),
+            projected: HashMap::new(),
+        }
+    }
+}
+
+/// What the backward half does with a message from the database.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Send this instead: the gateway's refusal for which the database's error stood in.
+    pub rewrite: Option<BytesMut>,
+}
+
+/// Why a message cannot be sent now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    /// Too many messages in flight: wait for answers.
+    InFlight,
+}
+
+pub struct Exchange {
+    queue: VecDeque<Entry>,
+    seq: u64,
+    /// `seq` of the last Sync pushed: later extended-protocol messages share its fate.
+    last_sync: u64,
+    /// The database is in COPY FROM STDIN and has read every queued message: what is sent
+    /// next is read by the COPY.
+    copy_in: bool,
+    status: TransactionStatus,
+    statements: Names<Prepared>,
+    portals: Names<Portal>,
+    /// Hashes of statement names whose Parse was refused.
+    refused: HashSet<u64>,
+    /// Statements answered since the backward half last took them.
+    finished: Vec<Finished>,
+    /// DDL was sent: once the session is back outside a transaction, views may have changed.
+    ddl_pending: bool,
+    views_changed: bool,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            queue: VecDeque::new(),
+            seq: 0,
+            last_sync: 0,
+            copy_in: false,
+            status: TransactionStatus::Idle,
+            statements: Names::default(),
+            portals: Names::default(),
+            refused: HashSet::new(),
+            finished: Vec::new(),
+            ddl_pending: false,
+            views_changed: false,
+        }
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Exchange {
+    /// Nothing is in flight: every message sent has been answered.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.copy_in
+    }
+
+    /// Nothing in flight and outside a transaction: a new policy may apply, the session may
+    /// close without losing anything.
+    pub fn at_rest(&self) -> bool {
+        self.idle() && self.status == TransactionStatus::Idle
+    }
+
+    pub fn status(&self) -> TransactionStatus {
+        self.status
+    }
+
+    /// Whether another message may be sent now.
+    pub fn has_room(&self) -> Result<(), Full> {
+        if self.queue.len() >= MAX_IN_FLIGHT {
+            return Err(Full::InFlight);
+        }
+        Ok(())
+    }
+
+    /// DDL is on its way: views are read again once it has committed.
+    pub fn note_ddl(&mut self) {
+        self.ddl_pending = true;
+    }
+
+    /// Committed DDL may have changed views since the last call.
+    pub fn take_views_changed(&mut self) -> bool {
+        std::mem::take(&mut self.views_changed)
+    }
+
+    /// Statements answered since the last call, for their `statement_end` records.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.finished)
+    }
+
+    pub fn has_finished(&self) -> bool {
+        !self.finished.is_empty()
+    }
+
+    /// The statement `name` denotes once everything in flight has run.
+    pub fn statement(&self, name: &str) -> Option<&Arc<Prepared>> {
+        self.statements.projected.get(name)
+    }
+
+    pub fn portal(&self, name: &str) -> Option<&Arc<Portal>> {
+        self.portals.projected.get(name)
+    }
+
+    pub fn prepared_count(&self) -> usize {
+        self.statements.projected.len()
+    }
+
+    pub fn portal_count(&self) -> usize {
+        self.portals.projected.len()
+    }
+
+    /// Whether a Parse of `name` was refused (and nothing of that name was prepared since).
+    pub fn was_refused(&self, name: &str) -> bool {
+        !self.refused.is_empty() && self.refused.contains(&name_hash(name))
+    }
+
+    /// Every statement `name` may denote when a message sent now runs: the projection alone
+    /// when the name was last (re)defined by a Parse earlier in the same extended exchange (if
+    /// that Parse fails, the message is skipped with it); otherwise also what the database
+    /// confirmed and every definition still in flight, since any of them may fail.
+    pub fn statement_candidates(&self, name: &str) -> Vec<Arc<Prepared>> {
+        let projected = self.statements.projected.get(name);
+        let last = self
+            .queue
+            .iter()
+            .rev()
+            .find(|e| entry_effects(e).any(|ef| ef.names_statement(name)));
+        let Some(last) = last else {
+            return projected.cloned().into_iter().collect();
+        };
+        let same_exchange = matches!(last.sent, Sent::Parse { .. }) && last.seq > self.last_sync;
+        if same_exchange {
+            return projected.cloned().into_iter().collect();
+        }
+        let mut out: Vec<Arc<Prepared>> = Vec::new();
+        let mut add = |s: &Arc<Prepared>| {
+            if !out.iter().any(|o| Arc::ptr_eq(o, s)) {
+                out.push(s.clone());
+            }
+        };
+        projected.into_iter().for_each(&mut add);
+        self.statements
+            .confirmed
+            .get(name)
+            .into_iter()
+            .for_each(&mut add);
+        for e in &self.queue {
+            for ef in entry_effects(e) {
+                if let Effect::Prepare { name: n, statement } = ef {
+                    if n == name {
+                        add(statement);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The forward half sends `sent`: its entry joins the queue, and the projection takes its
+    /// effects. Call before the bytes leave.
+    pub fn push(&mut self, sent: Sent, refusal: Option<(String, Refusal)>, unit: Option<Unit>) {
+        if self.copy_in {
+            // The database is reading COPY data: it swallows Sync and Flush, ends the COPY at
+            // CopyDone / CopyFail, and fails it on anything else (that message is consumed).
+            match sent {
+                Sent::Sync | Sent::Silent => return self.finish_now(unit, "00000"),
+                Sent::CopyEnd => {
+                    self.copy_in = false;
+                    return;
+                }
+                _ => {
+                    self.copy_in = false;
+                    return self.finish_now(unit, phigate_wire::sqlstate::PROTOCOL_VIOLATION);
+                }
+            }
+        }
+        if matches!(sent, Sent::Silent) {
+            return;
+        }
+        self.seq += 1;
+        if matches!(sent, Sent::Sync) {
+            self.last_sync = self.seq;
+        }
+        match &sent {
+            Sent::Parse {
+                name,
+                statement: None,
+            } => {
+                if self.refused.len() >= MAX_REFUSED_NAMES {
+                    self.refused.clear();
+                }
+                self.refused.insert(name_hash(name));
+                if name.is_empty() {
+                    // PostgreSQL drops the unnamed statement before parsing the new one.
+                    self.statements.projected.remove("");
+                }
+            }
+            Sent::Parse { name, .. } if !self.refused.is_empty() => {
+                self.refused.remove(&name_hash(name));
+            }
+            _ => {}
+        }
+        let effect = match &sent {
+            Sent::Parse {
+                name,
+                statement: Some(statement),
+            } => Some(Effect::Prepare {
+                name: name.clone(),
+                statement: statement.clone(),
+            }),
+            Sent::Bind {
+                portal,
+                bound: Some(bound),
+            } => Some(Effect::Bind {
+                portal: portal.clone(),
+                bound: bound.clone(),
+            }),
+            Sent::Close {
+                portal: false,
+                name,
+            } => Some(Effect::Deallocate { name: name.clone() }),
+            Sent::Close { portal: true, name } => Some(Effect::ClosePortal { name: name.clone() }),
+            _ => None,
+        };
+        let entry = Entry {
+            sent,
+            seq: self.seq,
+            refusal,
+            unit,
+            effect,
+            next_statement: 0,
+            rows: 0,
+            tag_rows: None,
+            command: None,
+            error: None,
+        };
+        for ef in entry_effects(&entry) {
+            apply(
+                &mut self.statements.projected,
+                &mut self.portals.projected,
+                ef,
+            );
+        }
+        self.queue.push_back(entry);
+    }
+
+    /// A statement finished without an answer of its own (consumed by a COPY, a review that
+    /// ended): its `statement_end` now.
+    pub fn finish_now(&mut self, unit: Option<Unit>, sqlstate: &str) {
+        if let Some(u) = unit {
+            self.finished.push(Finished {
+                n: u.n,
+                sqlstate: sqlstate.to_owned(),
+                rows: Some(0),
+                command: None,
+                duration_us: u.started.elapsed().as_micros() as u64,
+            });
+        }
+    }
+
+    /// The backward half received `frame` from the database.
+    pub fn observe(&mut self, frame: &Frame) -> Observed {
+        let mut observed = Observed::default();
+        match frame.tag() {
+            tag::DATA_ROW => {
+                if let Some(head) = self.queue.front_mut() {
+                    head.rows += 1;
+                }
+            }
+            tag::COMMAND_COMPLETE => self.command_complete(frame),
+            tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                self.complete_if(|s| matches!(s, Sent::Execute));
+            }
+            tag::PARSE_COMPLETE => self.complete_if(|s| matches!(s, Sent::Parse { .. })),
+            tag::BIND_COMPLETE => self.complete_if(|s| matches!(s, Sent::Bind { .. })),
+            tag::CLOSE_COMPLETE => self.complete_if(|s| matches!(s, Sent::Close { .. })),
+            tag::NO_DATA | tag::ROW_DESCRIPTION => {
+                self.complete_if(|s| matches!(s, Sent::Describe));
+            }
+            tag::ERROR_RESPONSE => observed.rewrite = self.error(frame),
+            tag::COPY_IN_RESPONSE => self.copy_in_started(),
+            tag::READY_FOR_QUERY => self.ready(frame),
+            _ => {}
+        }
+        observed
+    }
+
+    fn head_is(&self, f: impl Fn(&Sent) -> bool) -> bool {
+        self.queue.front().is_some_and(|e| f(&e.sent))
+    }
+
+    fn complete_if(&mut self, f: impl Fn(&Sent) -> bool) {
+        if self.head_is(f) {
+            self.pop(true);
+        }
+    }
+
+    fn command_complete(&mut self, frame: &Frame) {
+        let Some(head) = self.queue.front_mut() else {
+            return;
+        };
+        let Some((command, rows)) = command_tag(frame) else {
+            return;
+        };
+        if let Some(r) = rows {
+            *head.tag_rows.get_or_insert(0) += r;
+        }
+        match &head.sent {
+            Sent::Query { effects } => {
+                let effect = effects.get(head.next_statement).cloned().flatten();
+                head.next_statement += 1;
+                head.command.get_or_insert_with(|| first_word(&command));
+                if let Some(ef) = effect.filter(|ef| ef.confirmed_by(&command)) {
+                    apply(
+                        &mut self.statements.confirmed,
+                        &mut self.portals.confirmed,
+                        &ef,
+                    );
+                }
+            }
+            Sent::Execute => {
+                head.command.get_or_insert_with(|| first_word(&command));
+                self.pop(true);
+            }
+            _ => {}
+        }
+    }
+
+    fn error(&mut self, frame: &Frame) -> Option<BytesMut> {
+        let fields = Fields::decode(frame).ok();
+        let mut code = fields
+            .as_ref()
+            .and_then(|f| f.code())
+            .unwrap_or(phigate_wire::sqlstate::INTERNAL_ERROR)
+            .to_owned();
+        let head = self.queue.front_mut()?;
+        // The error of a refused message's substitute becomes the refusal (the database's
+        // message names the substitute's token; anything else is the database's own error).
+        let mut rewrite = None;
+        if let Some((token, refusal)) = &head.refusal {
+            let ours = fields
+                .as_ref()
+                .and_then(|f| f.message())
+                .is_some_and(|m| m.contains(token.as_str()));
+            if ours {
+                let mut out = BytesMut::new();
+                Notice::error(refusal.sqlstate, &refusal.message)
+                    .with_hint(&refusal.hint)
+                    .with_position(refusal.position)
+                    .write(&mut out);
+                code = refusal.sqlstate.to_owned();
+                rewrite = Some(out);
+            }
+        }
+        head.error.get_or_insert(code.clone());
+        match &mut head.sent {
+            // The rest of the Query's text does not run; ReadyForQuery ends it.
+            Sent::Query { effects } => {
+                let n = effects.len();
+                head.next_statement = n;
+            }
+            // The implicit COMMIT at Sync failed (a deferred constraint): ReadyForQuery follows.
+            Sent::Sync => {}
+            _ => {
+                let failed = self.pop(false);
+                // Until Sync, the database skips everything.
+                let mut dropped = failed;
+                while self
+                    .queue
+                    .front()
+                    .is_some_and(|e| !matches!(e.sent, Sent::Sync))
+                {
+                    if let Some(mut e) = self.queue.pop_front() {
+                        dropped |= entry_effects(&e).next().is_some();
+                        e.error.get_or_insert(code.clone());
+                        self.finish(e);
+                    }
+                }
+                if dropped {
+                    self.reproject();
+                }
+            }
+        }
+        rewrite
+    }
+
+    /// COPY FROM STDIN began for the head entry: the database now reads messages as COPY
+    /// data. What was sent after it is read that way.
+    fn copy_in_started(&mut self) {
+        let Some(head) = self.queue.pop_front() else {
+            return;
+        };
+        let mut consumed_effects = false;
+        let mut ended = false;
+        while let Some(e) = self.queue.pop_front() {
+            match e.sent {
+                Sent::Sync | Sent::Silent => self.finish(e),
+                Sent::CopyEnd => {
+                    ended = true;
+                    break;
+                }
+                _ => {
+                    // Fails the COPY and is consumed by it.
+                    consumed_effects |= entry_effects(&e).next().is_some();
+                    let mut e = e;
+                    e.error
+                        .get_or_insert(phigate_wire::sqlstate::PROTOCOL_VIOLATION.to_owned());
+                    self.finish(e);
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        self.queue.push_front(head);
+        self.copy_in = !ended;
+        if consumed_effects {
+            self.reproject();
+        }
+    }
+
+    fn ready(&mut self, frame: &Frame) {
+        if let Ok(status) = backend::decode_ready_for_query(frame) {
+            self.status = status;
+        }
+        // The head is the Query or Sync this answers; anything before it was skipped.
+        let mut reproject = false;
+        while let Some(e) = self.queue.pop_front() {
+            let done = matches!(e.sent, Sent::Query { .. } | Sent::Sync);
+            // What of a Query's effects the database confirmed is in `confirmed` now; the
+            // projection drops what it did not (a statement after an error never ran).
+            reproject |= entry_effects(&e).next().is_some();
+            self.finish(e);
+            if done {
+                break;
+            }
+        }
+        self.skip_silent();
+        if reproject {
+            self.reproject();
+        }
+        if self.status == TransactionStatus::Idle {
+            // Portals end with their transaction.
+            if !self.portals.confirmed.is_empty() {
+                self.portals.confirmed.clear();
+                self.reproject();
+            }
+            if std::mem::take(&mut self.ddl_pending) {
+                self.views_changed = true;
+            }
+        }
+    }
+
+    /// Takes the head entry, answered (`ok`: its effects now hold) or failed.
+    fn pop(&mut self, ok: bool) -> bool {
+        let Some(e) = self.queue.pop_front() else {
+            return false;
+        };
+        let mut changed = false;
+        match (&e.sent, ok) {
+            (Sent::Parse { .. } | Sent::Bind { .. } | Sent::Close { .. }, true) => {
+                for ef in entry_effects(&e) {
+                    apply(
+                        &mut self.statements.confirmed,
+                        &mut self.portals.confirmed,
+                        ef,
+                    );
+                }
+            }
+            (Sent::Parse { name, .. }, false) => {
+                // A failed Parse still dropped the unnamed statement.
+                if name.is_empty() {
+                    self.statements.confirmed.remove("");
+                }
+                changed = true;
+            }
+            (Sent::Bind { .. }, false) => changed = true,
+            _ => {}
+        }
+        self.finish(e);
+        self.skip_silent();
+        changed
+    }
+
+    /// CopyEnd markers that reach the head were read outside a COPY: ignored by the database.
+    fn skip_silent(&mut self) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|e| matches!(e.sent, Sent::CopyEnd | Sent::Silent))
+        {
+            if let Some(e) = self.queue.pop_front() {
+                self.finish(e);
+            }
+        }
+    }
+
+    fn finish(&mut self, e: Entry) {
+        let Some(unit) = e.unit else {
+            return;
+        };
+        self.finished.push(Finished {
+            n: unit.n,
+            sqlstate: e
+                .error
+                .unwrap_or_else(|| phigate_wire::sqlstate::SUCCESSFUL_COMPLETION.to_owned()),
+            rows: e.tag_rows.or(Some(e.rows)),
+            command: e.command,
+            duration_us: unit.started.elapsed().as_micros() as u64,
+        });
+    }
+
+    /// The projection again: what the database confirmed, plus what is still in flight.
+    fn reproject(&mut self) {
+        self.statements.projected = self.statements.confirmed.clone();
+        self.portals.projected = self.portals.confirmed.clone();
+        for e in &self.queue {
+            if let Sent::Parse {
+                name,
+                statement: None,
+            } = &e.sent
+            {
+                if name.is_empty() {
+                    self.statements.projected.remove("");
+                }
+            }
+            for ef in entry_effects(e) {
+                apply(
+                    &mut self.statements.projected,
+                    &mut self.portals.projected,
+                    ef,
+                );
+            }
+        }
+    }
+}
+
+/// The effects of an entry, in order.
+fn entry_effects(e: &Entry) -> impl Iterator<Item = &Effect> {
+    let of_query: &[Option<Effect>] = match &e.sent {
+        Sent::Query { effects } => effects,
+        _ => &[],
+    };
+    of_query.iter().flatten().chain(e.effect.iter())
+}
+
+fn apply(
+    statements: &mut HashMap<String, Arc<Prepared>>,
+    portals: &mut HashMap<String, Arc<Portal>>,
+    ef: &Effect,
+) {
+    match ef {
+        Effect::Prepare { name, statement } => {
+            if name.is_empty() || !statements.contains_key(name) {
+                statements.insert(name.clone(), statement.clone());
+            }
+        }
+        Effect::Deallocate { name } => {
+            statements.remove(name);
+        }
+        Effect::DeallocateAll => statements.clear(),
+        Effect::DiscardAll => {
+            statements.clear();
+            portals.clear();
+        }
+        Effect::Bind { portal, bound } => {
+            if portal.is_empty() || !portals.contains_key(portal) {
+                portals.insert(portal.clone(), bound.clone());
+            }
+        }
+        Effect::ClosePortal { name } => {
+            portals.remove(name);
+        }
+    }
+}
+
+/// A CommandComplete's tag without its counts, and its row count: `SELECT 5` → ("SELECT",
+/// Some(5)); `INSERT 0 3` → ("INSERT", Some(3)); `DISCARD ALL` → ("DISCARD ALL", None).
+pub fn command_tag(frame: &Frame) -> Option<(String, Option<u64>)> {
+    let body = frame.body();
+    let text = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).ok()?;
+    let command = text.trim_end_matches(|c: char| c.is_ascii_digit() || c == ' ');
+    let rows = text.rsplit(' ').next().and_then(|n| n.parse().ok());
+    Some((command.to_owned(), rows))
+}
+
+/// The command of a tag, as the audit log names it (`CREATE TABLE` → `CREATE`).
+fn first_word(command: &str) -> String {
+    command.split(' ').next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -1,0 +1,223 @@
+//! The relay: after startup, messages flow both ways until either side ends.
+//!
+//! Two halves run concurrently inside the session's task, one per direction, so that a client
+//! that pipelines many statements without reading (or a server streaming a huge result) can
+//! never deadlock the session: each half blocks only on its own peer.
+//!
+//! - [`forward`] reads client messages, has the guard decide each, and writes them to the
+//!   database. It never writes to the client; anything it must tell the client goes as an
+//!   [`Event`] to the other half, which alone owns the client's write side (so gateway
+//!   messages and database messages are ordered in one place).
+//! - [`backward`] reads database messages and writes them to the client, and handles events
+//!   and shutdown.
+//! - [`exchange`] is the one owner of what PostgreSQL holds for the session; both halves tell
+//!   it what passed (the forward half what it sent, the backward half what came back), and ask
+//!   it everything else.
+//!
+//! Each half reads whatever the socket has, takes every whole frame out of its one read buffer,
+//! and writes the batch with one `write_all`: an exchange costs one read and one write per
+//! direction, not one per message. The relay runs over any [`crate::net::Stream`], an
+//! in-memory one included.
+
+pub mod backward;
+pub mod credential;
+pub mod exchange;
+pub mod forward;
+mod hold;
+pub mod observe;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, Notify};
+
+use super::Ready;
+use crate::server::Shared;
+use credential::{CredentialWatch, Ended};
+use exchange::Exchange;
+
+/// What the forward half asks the backward half to tell the client.
+#[derive(Debug)]
+pub enum Event {
+    /// Send this FATAL (already encoded) and close the session.
+    Fatal(BytesMut),
+    /// Send this NoticeResponse now (a statement is held for review).
+    Notice(BytesMut),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    ClientTerminated,
+    ClientClosed,
+    ClientError(String),
+    UpstreamError(String),
+    Shutdown,
+    CredentialEnded(Ended),
+    AuditUnavailable,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientTerminated => f.write_str("client terminated"),
+            End::ClientClosed => f.write_str("client closed the connection"),
+            End::ClientError(e) => write!(f, "client error: {e}"),
+            End::UpstreamError(e) => write!(f, "database connection lost: {e}"),
+            End::Shutdown => f.write_str("gateway shutdown"),
+            End::CredentialEnded(Ended::Expired) => f.write_str("authentication expired"),
+            End::CredentialEnded(Ended::Revoked) => f.write_str("credential revoked"),
+            End::AuditUnavailable => f.write_str("audit log unavailable"),
+        }
+    }
+}
+
+/// What the two halves share: the exchange owner, and the audit gate of results.
+pub struct Link {
+    exchange: Mutex<Exchange>,
+    /// Signalled when answers made room in the exchange.
+    room: Notify,
+    /// The audit ticket that must be durable before anything more from the database reaches
+    /// the client: reads are forwarded once their records are written, and their results wait.
+    release_after: AtomicU64,
+    /// Statements recorded in the session.
+    statements: AtomicU64,
+    /// A statement is held for review: the client waits for its answer, so the session is
+    /// not at rest.
+    holding: AtomicBool,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            exchange: Mutex::new(Exchange::default()),
+            room: Notify::new(),
+            release_after: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+        }
+    }
+
+    /// The exchange owner. Held briefly: one message (forward) or one read's frames
+    /// (backward), never across an await.
+    pub fn exchange(&self) -> MutexGuard<'_, Exchange> {
+        self.exchange.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Nothing in flight and nothing held.
+    fn idle(&self) -> bool {
+        !self.holding.load(Ordering::Acquire) && self.exchange().idle()
+    }
+
+    /// Idle and outside a transaction.
+    fn at_rest(&self) -> bool {
+        !self.holding.load(Ordering::Acquire) && self.exchange().at_rest()
+    }
+}
+
+pub async fn relay(ready: Ready, shared: &Shared) {
+    let Ready {
+        client,
+        client_reader,
+        upstream,
+        identity,
+        peer,
+        registration,
+        guard,
+    } = ready;
+    let (client_rd, client_wr) = client.split();
+    let (up_rd, up_wr) = upstream.stream.split();
+    let (events_tx, events_rx) = mpsc::channel(4);
+    let link = Arc::new(Link::new());
+    let session = guard.session().clone();
+    let tape = guard.tape().cloned();
+    // A masked role's text goes through the content detectors too (the second net).
+    let detect = guard
+        .role()
+        .masked
+        .then(|| observe::Detect::new(identity.subject.0.as_bytes()));
+    let started = std::time::Instant::now();
+    let credential = CredentialWatch::new(&identity, shared);
+    let forward = forward::Forward::new(forward::Parts {
+        credential: credential.clone(),
+        guard,
+        shared,
+        client: client_rd,
+        reader: client_reader,
+        upstream: up_wr,
+        events: events_tx,
+        link: link.clone(),
+        cancelled: registration.cancelled.clone(),
+    })
+    .run();
+    let backward = backward::Backward::new(backward::Parts {
+        credential,
+        upstream: up_rd,
+        reader: upstream.reader,
+        client: client_wr,
+        events: events_rx,
+        link: link.clone(),
+        tape: tape.clone(),
+        detect,
+        session: session.clone(),
+    })
+    .run(shared);
+    tokio::pin!(forward, backward);
+
+    // The backward half decides when the session is over: it owns the client's write side and
+    // so can say goodbye. The forward half ending (Terminate, EOF, bad message) closes the
+    // event channel or sends a FATAL through it, and the backward half follows.
+    let mut forward_end = None;
+    let end = loop {
+        tokio::select! {
+            end = &mut forward, if forward_end.is_none() => forward_end = Some(end),
+            end = &mut backward => break end,
+        }
+    };
+    drop(registration);
+    let end = match (forward_end, end) {
+        (Some(f), _) => f,
+        (None, b) => b,
+    };
+    if let (Some(tape), Some(audit)) = (&tape, &shared.audit) {
+        let summary = tape.seal(&end.to_string()).await;
+        // Sealed or not, the audit log says what became of the recording.
+        let (sha256, bytes, truncated, error) = match summary.sealed {
+            Ok(s) => (s.sha256, s.bytes, summary.truncated || s.capped, None),
+            Err(e) => {
+                tracing::error!(session = %session, error = %e, "the session's recording could not be sealed");
+                (String::new(), 0, summary.truncated, Some(e))
+            }
+        };
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::Recording {
+                session: session.to_string(),
+                file: summary.file,
+                sha256,
+                bytes,
+                events: summary.events,
+                encrypted: summary.encrypted,
+                truncated,
+                complete: error.is_none(),
+                error,
+            },
+        ));
+    }
+    if let Some(audit) = &shared.audit {
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::SessionEnd {
+                session: session.to_string(),
+                subject: identity.subject.0.clone(),
+                role: identity.role.0.clone(),
+                reason: end.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                statements: link.statements.load(Ordering::Relaxed),
+            },
+        ));
+    }
+    tracing::info!(%peer, session = %session, subject = %identity.subject, role = %identity.role, end = %end, "session ended");
+}
+
+#[cfg(test)]
+mod harness_tests;
