@@ -1,18 +1,18 @@
 //! The HTTP side, JSON throughout:
 //! - `/healthz` (the process is alive) and `/readyz` (it accepts sessions and can reach the
-//!   database), for probes and for people ([`health`]);
+//!   database), for probes and for people (`health.rs`);
 //! - `/.well-known/openid-configuration` and `/.well-known/jwks.json`: the gateway as the issuer
-//!   of its own session tokens, so others can verify them ([`tokens`]);
+//!   of its own session tokens, so others can verify them (`tokens.rs`);
 //! - `GET /v1/auth/config`: what `phigate login` needs (the OIDC issuers and client ids);
 //! - `POST /v1/auth/token`: exchanges an IdP token (`Authorization: Bearer ...`) for a
 //!   short-lived gateway session token;
 //! - `GET /v1/audit/records`, `/v1/audit/report`, `/v1/audit/verify`: the audit log, for
-//!   identities of `audit.reader_roles` (`Authorization: Bearer <token or API key>`) ([`audit`]);
+//!   identities of `audit.reader_roles` (`Authorization: Bearer <token or API key>`) (`audit.rs`);
 //! - `GET /v1/sessions`, `GET /v1/sessions/{id}`: recorded sessions and their replay, for the
-//!   same identities ([`sessions`]);
+//!   same identities (`sessions.rs`);
 //! - `GET /v1/reviews`, `GET /v1/reviews/{id}`, `POST /v1/reviews/{id}/approve|deny`: held
 //!   statements, for identities of `approvals.reviewer_roles` (or a rule's own reviewer roles;
-//!   the requester under break-glass) ([`reviews`]);
+//!   the requester under break-glass) (`reviews.rs`);
 //! - `POST /v1/access-requests`: an identity asks for a role of `approvals.elevation_roles` for
 //!   a while (decided like a review);
 //! - `GET /v1/openapi.json`: this API, described;
