@@ -158,165 +158,38 @@ pub fn verify(
     mirrors: &[PathBuf],
     recordings: Option<&Path>,
 ) -> Result<Report, Failure> {
-    let mut sealed = Vec::new();
     let mut checkpoints = BTreeMap::new();
     let mut cp_files = 0;
     for d in std::iter::once(dir).chain(mirrors.iter().map(PathBuf::as_path)) {
         cp_files += read_checkpoints(&d.join(CHECKPOINTS), key, &mut checkpoints)?;
     }
     let segs = segments(dir).map_err(|e| fail(None, dir, None, format!("cannot list: {e}")))?;
-    let mut warnings = Vec::new();
-    let mut expected: Option<u64> = None;
-    let mut prev = String::new();
-    let mut first_seq = 0;
-    let mut records = 0u64;
-    let mut last_seq = 0u64;
+    let mut walk = Walk {
+        checkpoints: &checkpoints,
+        expected: None,
+        prev: String::new(),
+        first_seq: 0,
+        records: 0,
+        last_seq: 0,
+        sealed: Vec::new(),
+        warnings: Vec::new(),
+    };
     for (si, seg) in segs.iter().enumerate() {
         let bytes =
             std::fs::read(seg).map_err(|e| fail(None, seg, None, format!("cannot read: {e}")))?;
-        let is_last = si + 1 == segs.len();
-        // The segment being written has space allocated ahead (zeros) past its records.
-        let (bytes, ahead) = crate::store::records_of(&bytes);
-        let stray = ahead.iter().filter(|b| **b != 0).count();
-        if stray > 0 {
-            if is_last {
-                warnings.push(format!(
-                    "{}: {stray} bytes after a gap past the last record (a write a crash left behind, never acknowledged) were ignored",
-                    seg.display()
-                ));
-            } else {
-                return Err(fail(
-                    Some(last_seq + 1),
-                    seg,
-                    None,
-                    "a segment other than the last has bytes after a gap".into(),
-                ));
-            }
-        }
-        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-        // split leaves "" after a final newline; anything else there is a torn last line.
-        if let Some(tail) = lines.pop() {
-            if !tail.is_empty() {
-                if is_last {
-                    warnings.push(format!(
-                        "{}: an incomplete last line of {} bytes (a write interrupted by a crash; never acknowledged) was ignored",
-                        seg.display(),
-                        tail.len()
-                    ));
-                } else {
-                    return Err(fail(
-                        Some(last_seq + 1),
-                        seg,
-                        Some(lines.len() as u64 + 1),
-                        "a segment other than the last ends in an incomplete record".into(),
-                    ));
-                }
-            }
-        }
+        let lines = walk.lines_of(seg, &bytes, si + 1 == segs.len())?;
         for (li, line) in lines.iter().enumerate() {
-            let at = Some(li as u64 + 1);
-            let next = expected.map_or("?".to_owned(), |e| e.to_string());
-            let (record, hash) = chain::decode(line)
-                .map_err(|e| fail(expected, seg, at, format!("record {next}: {e}")))?;
-            match expected {
-                None => {
-                    first_seq = record.seq;
-                    if record.seq == 1 {
-                        if record.prev != GENESIS {
-                            return Err(fail(
-                                Some(1),
-                                seg,
-                                at,
-                                "record 1 does not start the chain".into(),
-                            ));
-                        }
-                    } else {
-                        // Older segments were removed (retention): the first kept record must
-                        // follow a signed checkpoint.
-                        let anchored = checkpoints
-                            .get(&(record.seq - 1))
-                            .is_some_and(|(cp, _)| cp.hash == record.prev);
-                        if !anchored {
-                            return Err(fail(
-                                Some(record.seq),
-                                seg,
-                                at,
-                                format!(
-                                    "the log starts at record {} without a signed checkpoint for record {} (records were removed from the start)",
-                                    record.seq,
-                                    record.seq - 1
-                                ),
-                            ));
-                        }
-                    }
-                }
-                Some(e) if record.seq != e => {
-                    let why = if record.seq > e {
-                        format!(
-                            "record {e} is missing or out of order (record {} is in its place)",
-                            record.seq
-                        )
-                    } else {
-                        format!(
-                            "record {} appears again where record {e} belongs: reordered or duplicated",
-                            record.seq
-                        )
-                    };
-                    return Err(fail(Some(e), seg, at, why));
-                }
-                Some(e) if record.prev != prev => {
-                    return Err(fail(
-                        Some(e),
-                        seg,
-                        at,
-                        format!(
-                            "record {e} does not link to record {} (prev hash differs)",
-                            e - 1
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-            if let Some((cp, origin)) = checkpoints.get(&record.seq) {
-                if cp.hash != hash {
-                    return Err(fail(
-                        Some(record.seq),
-                        seg,
-                        at,
-                        format!(
-                            "record {} differs from the signed checkpoint ({origin})",
-                            record.seq
-                        ),
-                    ));
-                }
-            }
-            if let crate::record::Event::Recording {
-                session,
-                file,
-                sha256,
-                error,
-                ..
-            } = record.event
-            {
-                match error {
-                    None => sealed.push(Sealed {
-                        seq: record.seq,
-                        session,
-                        file,
-                        sha256,
-                    }),
-                    Some(e) => warnings.push(format!(
-                        "record {}: the recording of session {session} was not finished: {e}",
-                        record.seq
-                    )),
-                }
-            }
-            prev = hash;
-            last_seq = record.seq;
-            expected = Some(record.seq + 1);
-            records += 1;
+            walk.record(seg, li as u64 + 1, line)?;
         }
     }
+    let Walk {
+        first_seq,
+        records,
+        last_seq,
+        sealed,
+        mut warnings,
+        ..
+    } = walk;
     if let Some((&seq, (_, origin))) = checkpoints.range(last_seq + 1..).next() {
         let file = segs.last().map(PathBuf::as_path).unwrap_or(dir);
         return Err(fail(
@@ -355,6 +228,181 @@ pub fn verify(
         key_id: key.id(),
         warnings,
     })
+}
+
+/// A walk along the chain, segment by segment: where it is, and what it has seen.
+struct Walk<'a> {
+    checkpoints: &'a BTreeMap<u64, (Checkpoint, String)>,
+    /// The seq the next record must have (`None` before the first).
+    expected: Option<u64>,
+    /// The hash of the last record.
+    prev: String,
+    first_seq: u64,
+    records: u64,
+    last_seq: u64,
+    sealed: Vec<Sealed>,
+    warnings: Vec<String>,
+}
+
+impl Walk<'_> {
+    /// The complete record lines of one segment. Only the last segment (the one being written)
+    /// may end in what a crash left behind: bytes after a gap, or a torn last line (warnings);
+    /// in any other segment they are failures.
+    fn lines_of<'b>(
+        &mut self,
+        seg: &Path,
+        bytes: &'b [u8],
+        is_last: bool,
+    ) -> Result<Vec<&'b [u8]>, Failure> {
+        // The segment being written has space allocated ahead (zeros) past its records.
+        let (bytes, ahead) = crate::store::records_of(bytes);
+        let stray = ahead.iter().filter(|b| **b != 0).count();
+        if stray > 0 {
+            if is_last {
+                self.warnings.push(format!(
+                    "{}: {stray} bytes after a gap past the last record (a write a crash left behind, never acknowledged) were ignored",
+                    seg.display()
+                ));
+            } else {
+                return Err(fail(
+                    Some(self.last_seq + 1),
+                    seg,
+                    None,
+                    "a segment other than the last has bytes after a gap".into(),
+                ));
+            }
+        }
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        // split leaves "" after a final newline; anything else there is a torn last line.
+        if let Some(tail) = lines.pop() {
+            if !tail.is_empty() {
+                if is_last {
+                    self.warnings.push(format!(
+                        "{}: an incomplete last line of {} bytes (a write interrupted by a crash; never acknowledged) was ignored",
+                        seg.display(),
+                        tail.len()
+                    ));
+                } else {
+                    return Err(fail(
+                        Some(self.last_seq + 1),
+                        seg,
+                        Some(lines.len() as u64 + 1),
+                        "a segment other than the last ends in an incomplete record".into(),
+                    ));
+                }
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Checks one record line (line `line` of `seg`): it decodes, links to the one before (or,
+    /// first, starts the chain or follows a signed checkpoint), matches any checkpoint of its
+    /// seq; notes the recordings it seals.
+    fn record(&mut self, seg: &Path, line: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let at = Some(line);
+        let next = self.expected.map_or("?".to_owned(), |e| e.to_string());
+        let (record, hash) = chain::decode(bytes)
+            .map_err(|e| fail(self.expected, seg, at, format!("record {next}: {e}")))?;
+        match self.expected {
+            None => {
+                self.first_seq = record.seq;
+                if record.seq == 1 {
+                    if record.prev != GENESIS {
+                        return Err(fail(
+                            Some(1),
+                            seg,
+                            at,
+                            "record 1 does not start the chain".into(),
+                        ));
+                    }
+                } else {
+                    // Older segments were removed (retention): the first kept record must
+                    // follow a signed checkpoint.
+                    let anchored = self
+                        .checkpoints
+                        .get(&(record.seq - 1))
+                        .is_some_and(|(cp, _)| cp.hash == record.prev);
+                    if !anchored {
+                        return Err(fail(
+                            Some(record.seq),
+                            seg,
+                            at,
+                            format!(
+                                "the log starts at record {} without a signed checkpoint for record {} (records were removed from the start)",
+                                record.seq,
+                                record.seq - 1
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(e) if record.seq != e => {
+                let why = if record.seq > e {
+                    format!(
+                        "record {e} is missing or out of order (record {} is in its place)",
+                        record.seq
+                    )
+                } else {
+                    format!(
+                        "record {} appears again where record {e} belongs: reordered or duplicated",
+                        record.seq
+                    )
+                };
+                return Err(fail(Some(e), seg, at, why));
+            }
+            Some(e) if record.prev != self.prev => {
+                return Err(fail(
+                    Some(e),
+                    seg,
+                    at,
+                    format!(
+                        "record {e} does not link to record {} (prev hash differs)",
+                        e - 1
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some((cp, origin)) = self.checkpoints.get(&record.seq) {
+            if cp.hash != hash {
+                return Err(fail(
+                    Some(record.seq),
+                    seg,
+                    at,
+                    format!(
+                        "record {} differs from the signed checkpoint ({origin})",
+                        record.seq
+                    ),
+                ));
+            }
+        }
+        if let crate::record::Event::Recording {
+            session,
+            file,
+            sha256,
+            error,
+            ..
+        } = record.event
+        {
+            match error {
+                None => self.sealed.push(Sealed {
+                    seq: record.seq,
+                    session,
+                    file,
+                    sha256,
+                }),
+                Some(e) => self.warnings.push(format!(
+                    "record {}: the recording of session {session} was not finished: {e}",
+                    record.seq
+                )),
+            }
+        }
+        self.prev = hash;
+        self.last_seq = record.seq;
+        self.expected = Some(record.seq + 1);
+        self.records += 1;
+        Ok(())
+    }
 }
 
 /// Reads records without verifying (for search, export and reports; run verify to prove

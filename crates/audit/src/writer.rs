@@ -1,30 +1,47 @@
-//! The writer: one thread appends every record, a second makes them durable (group commit).
+//! The writer: appends records to the hash chain and makes them durable (group commit).
 //!
-//! Sessions submit events to a queue and get a ticket; the writer takes everything queued at
-//! once, chains and encodes it, writes it with one `write` and publishes "written up to ticket
-//! T" (the records now survive the gateway's process). The sync thread runs `fdatasync` back to
-//! back while there is something new and publishes "durable up to ticket T". A session that
-//! must not go on before its record is on disk awaits its ticket's durability; all the records
-//! written while the previous fsync ran share the next one. Writing never waits for a sync, so
-//! a session that only needs its record written (a read, whose results are held until the
-//! record is durable) waits for one `write`, not for the disk.
+//! **Who writes.** A session writes its own records: [`Auditor::append`] takes the chain's lock
+//! (the `Core`: the chain's head and the store), takes along whatever other events are queued,
+//! chains and encodes them, and writes them with one positioned write (`pwrite` at the
+//! segment's end) on the session's own thread; tickets are taken under the same lock, so the
+//! chain's order is the tickets' order. Events that need no wait ([`Auditor::submit`], an
+//! [`AuditHandle`]) are queued; they leave with the next session's write, or the writer thread
+//! writes them a millisecond later. The writer thread also signs periodic checkpoints (their
+//! fsync and storage run without the chain's lock, so sessions' writes go on meanwhile), and at
+//! shutdown writes the rest and a last checkpoint.
 //!
-//! If the store cannot be written, the batch is dropped whole (never acknowledged), the auditor
-//! turns unhealthy, the waiters get an error, and sessions refuse statements until a probe
-//! write succeeds (the writer retries every second), which records `audit_recovered`.
+//! **Durability.** After a write, the sync thread is handed "make ticket T durable". It runs
+//! `fdatasync` back to back while there is something new, each one publishing "durable up to
+//! ticket T" on a watch channel: every record written while the previous fsync ran shares the
+//! next one. A session that must not go on before its record is on disk awaits its ticket
+//! ([`Auditor::durable`]); writing never waits for a sync. Segments have space allocated ahead
+//! (zeros past the last record), so a write changes no file size and its `fdatasync` commits
+//! no metadata; at a rotation the old segment is synced and closed and a checkpoint written.
+//!
+//! **Health** is one `Health` value, published with the durability watermark:
+//! - a failed *write* drops the batch whole (never acknowledged), fails its tickets, and turns
+//!   the log `Failing`: appends are refused until the writer thread's probe write, a second
+//!   later, succeeds; the probe records `audit_recovered` (since when, events lost, why);
+//! - a failed *fsync* turns it `Broken` for good: after a failed fsync the kernel's word on what
+//!   is on disk cannot be trusted, so every ticket not yet durable fails and nothing more is
+//!   taken until the gateway restarts and reads the log back (PostgreSQL does the same).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::hmac;
-use sha2::{Digest, Sha256};
 
 use crate::chain;
 use crate::checkpoint::SigningKey;
 use crate::record::{rfc3339, Event, Record, StatementRecord};
-use crate::store::{CheckpointSink, Store, Syncer};
+use crate::store::Store;
+use sync::{sync_loop, SyncQueue, SyncTarget};
+
+mod checkpointing;
+mod redact;
+mod sync;
 
 /// Statement text kept in a record; longer text is cut and its full SHA-256 kept.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -77,14 +94,37 @@ pub struct Stats {
     pub last_seq: AtomicU64,
 }
 
+/// What the writer publishes (a watch channel): sessions await their tickets on it, and
+/// `/readyz` and `/metrics` read the log's health from it.
 #[derive(Debug, Clone, Default)]
 struct Durability {
     durable: u64,
     /// Recent ticket ranges that failed (inclusive).
     failed: VecDeque<(u64, u64)>,
     stopped: bool,
-    /// An fsync failed: nothing more becomes durable until the gateway restarts.
-    broken: bool,
+    health: Health,
+}
+
+/// The log's health. Changed by whoever holds the chain's lock (a session's append, the writer
+/// thread, the sync thread breaking the log down); read by anyone.
+#[derive(Debug, Clone, Default)]
+enum Health {
+    /// Records are written and made durable.
+    #[default]
+    Healthy,
+    /// A write failed: appends are refused until the writer thread's probe write, due at
+    /// `next_probe`, succeeds; it records `audit_recovered` (failing since `since`, `lost`
+    /// events, the first `error`). `last_error` is the latest failure.
+    Failing {
+        since: SystemTime,
+        lost: u64,
+        error: String,
+        last_error: String,
+        next_probe: Instant,
+    },
+    /// An fsync failed: nothing more is taken until the gateway restarts and reads the log
+    /// back. `error` is the latest failure.
+    Broken { error: String },
 }
 
 impl Durability {
@@ -97,23 +137,6 @@ struct Queue {
     items: Vec<(u64, Pending)>,
     next_ticket: u64,
     shutdown: bool,
-}
-
-/// What the sync thread is asked to make durable next.
-struct SyncTarget {
-    ticket: u64,
-    syncer: Arc<dyn Syncer>,
-}
-
-#[derive(Default)]
-struct SyncQueue {
-    target: Option<SyncTarget>,
-    /// A sync failed, with this error: the writer discards what is not durable.
-    failed: Option<String>,
-    stop: bool,
-    /// The sync thread waits for a target (else it takes the next one when its fsync ends, and
-    /// needs no wake-up: one futex call less per statement under load).
-    idle: bool,
 }
 
 /// The chain and the store: whoever writes holds this lock, a session appending its own
@@ -132,9 +155,7 @@ struct Inner {
     sync: Mutex<SyncQueue>,
     sync_cv: Condvar,
     state: tokio::sync::watch::Sender<Durability>,
-    healthy: AtomicBool,
     stats: Stats,
-    last_error: Mutex<Option<String>>,
 }
 
 pub struct Auditor {
@@ -170,6 +191,24 @@ impl Inner {
         }
         Ticket(t)
     }
+
+    fn is_broken(&self) -> bool {
+        matches!(self.state.borrow().health, Health::Broken { .. })
+    }
+
+    /// While failing: when the writer thread tries again.
+    fn next_probe(&self) -> Option<Instant> {
+        match &self.state.borrow().health {
+            Health::Failing { next_probe, .. } => Some(*next_probe),
+            _ => None,
+        }
+    }
+
+    /// The log cannot be used at all (a thread could not start).
+    fn cannot_start(&self, error: String) {
+        self.state
+            .send_modify(|d| d.health = Health::Broken { error });
+    }
 }
 
 /// The writer thread: writes queued events no session's own write took along, signs
@@ -199,7 +238,7 @@ fn writer_loop(inner: &Inner) {
         let planned = if shutdown {
             None
         } else {
-            writer.plan_checkpoint(store.as_ref(), false)
+            writer.plan_checkpoint(inner, store.as_ref(), false)
         };
         if let Some(planned) = planned {
             drop(core);
@@ -256,12 +295,9 @@ impl Auditor {
                     chain_seq: head.0,
                     chain_hash: head.1,
                     unsynced: VecDeque::new(),
-                    next_probe: Instant::now(),
-                    broken: None,
                     since_checkpoint: 0,
                     last_checkpoint: Instant::now(),
                     checkpointed_seq: head.0,
-                    failing: None,
                     hmac: hmac::Key::new(hmac::HMAC_SHA256, &opts.hmac_key),
                     opts,
                     buf: Vec::with_capacity(64 * 1024),
@@ -271,9 +307,7 @@ impl Auditor {
             sync: Mutex::new(SyncQueue::default()),
             sync_cv: Condvar::new(),
             state: tokio::sync::watch::channel(Durability::default()).0,
-            healthy: AtomicBool::new(true),
             stats: Stats::default(),
-            last_error: Mutex::new(None),
         });
         inner.stats.last_seq.store(head.0, Ordering::Relaxed);
         let auditor = Auditor {
@@ -296,7 +330,9 @@ impl Auditor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the audit sync thread");
-                auditor.inner.healthy.store(false, Ordering::Release);
+                auditor
+                    .inner
+                    .cannot_start(format!("cannot start the audit sync thread: {e}"));
             }
         }
         let handle = std::thread::Builder::new()
@@ -310,7 +346,9 @@ impl Auditor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the audit writer");
-                auditor.inner.healthy.store(false, Ordering::Release);
+                auditor
+                    .inner
+                    .cannot_start(format!("cannot start the audit writer: {e}"));
             }
         }
         auditor
@@ -340,14 +378,27 @@ impl Auditor {
         let Some(Core { writer, store }) = core.as_mut() else {
             return Err(AuditError::Stopped);
         };
-        writer.settle(inner, store.as_mut());
-        if writer.broken.is_some() {
+        writer.settle(inner);
+        let (broken, failing) = {
+            let d = inner.state.borrow();
+            (
+                matches!(d.health, Health::Broken { .. }),
+                matches!(d.health, Health::Failing { .. }),
+            )
+        };
+        if broken {
             return Err(AuditError::Unavailable);
         }
-        if let Some((_, lost, _)) = &mut writer.failing {
+        if failing {
             // Refused until the writer thread's probe write succeeds (it records
-            // `audit_recovered`): sessions see one consistent "failing" until then.
-            *lost += items.len() as u64;
+            // `audit_recovered`): sessions see one consistent "failing" until then. Counted
+            // without waking anyone: no waiter's outcome changes.
+            inner.state.send_if_modified(|d| {
+                if let Health::Failing { lost, .. } = &mut d.health {
+                    *lost += items.len() as u64;
+                }
+                false
+            });
             return Err(AuditError::Unavailable);
         }
         let (batch, last) = {
@@ -385,7 +436,7 @@ impl Auditor {
                 } else if d.durable >= t.0 {
                     outcome = Ok(());
                     true
-                } else if d.broken {
+                } else if matches!(d.health, Health::Broken { .. }) {
                     outcome = Err(AuditError::Unavailable);
                     true
                 } else if d.stopped {
@@ -412,7 +463,7 @@ impl Auditor {
     }
 
     pub fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Acquire)
+        matches!(self.inner.state.borrow().health, Health::Healthy)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -420,7 +471,11 @@ impl Auditor {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.inner.last_error.lock().ok().and_then(|e| e.clone())
+        match &self.inner.state.borrow().health {
+            Health::Healthy => None,
+            Health::Failing { last_error, .. } => Some(last_error.clone()),
+            Health::Broken { error } => Some(error.clone()),
+        }
     }
 
     /// Writes what is queued, a final checkpoint, and stops the writer.
@@ -446,86 +501,11 @@ impl Auditor {
     }
 }
 
-/// The sync thread: while records are written that are not yet durable, one `fdatasync` after
-/// another, each publishing the tickets it covers.
-fn sync_loop(inner: &Inner) {
-    loop {
-        let target = {
-            let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                // After a failure, nothing more until the writer has cut what was lost.
-                if q.failed.is_none() {
-                    if let Some(t) = q.target.take() {
-                        break t;
-                    }
-                }
-                if q.stop {
-                    return;
-                }
-                q.idle = true;
-                q = inner.sync_cv.wait(q).unwrap_or_else(|e| e.into_inner());
-                q.idle = false;
-            }
-        };
-        match target.syncer.sync() {
-            Ok(()) => {
-                inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .state
-                    .send_modify(|d| d.durable = d.durable.max(target.ticket));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot sync the audit log; statements are refused");
-                inner.healthy.store(false, Ordering::Release);
-                let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-                q.failed = Some(e.to_string());
-                q.target = None;
-                drop(q);
-                // The writer fails the tickets that are not durable and starts over from disk.
-                inner.cv.notify_one();
-            }
-        }
-    }
-}
-
-struct PlannedCheckpoint {
-    cp: crate::checkpoint::Checkpoint,
-    sync: Option<(u64, Arc<dyn Syncer>)>,
-    sink: Arc<dyn CheckpointSink>,
-}
-
-/// What became of a planned checkpoint.
-enum Checkpointed {
-    Stored(u64),
-    NotStored,
-    SyncFailed(String),
-}
-
-impl PlannedCheckpoint {
-    /// Makes the records it vouches for durable (a checkpoint never vouches for records a
-    /// power loss could still take), then stores it. Needs no lock: the writer thread runs it
-    /// without the chain's lock for periodic checkpoints, so sessions' writes go on meanwhile.
-    fn execute(&self, inner: &Inner) -> Checkpointed {
-        if let Some((ticket, syncer)) = &self.sync {
-            if let Err(e) = syncer.sync() {
-                return Checkpointed::SyncFailed(e.to_string());
-            }
-            inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            inner
-                .state
-                .send_modify(|d| d.durable = d.durable.max(*ticket));
-        }
-        match self.sink.write(&self.cp) {
-            Ok(()) => {
-                inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                Checkpointed::Stored(self.cp.seq)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write an audit checkpoint");
-                Checkpointed::NotStored
-            }
-        }
-    }
+/// What health says once an fsync failed.
+fn broken_down(error: &str) -> String {
+    format!(
+        "an fsync of the audit log failed ({error}); restart the gateway once the disk is sound"
+    )
 }
 
 struct Writer {
@@ -533,15 +513,9 @@ struct Writer {
     chain_hash: String,
     /// The last tickets of written batches, oldest first, until they are known durable.
     unsynced: VecDeque<u64>,
-    /// While failing: when the writer thread tries again.
-    next_probe: Instant,
-    /// An fsync failed: no more records until restart.
-    broken: Option<String>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpointed_seq: u64,
-    /// Since when, how many events lost, and why.
-    failing: Option<(SystemTime, u64, String)>,
     hmac: hmac::Key,
     opts: Options,
     buf: Vec<u8>,
@@ -551,8 +525,8 @@ impl Writer {
     /// Writes what is queued, checkpoints when due; at shutdown, the rest and a last checkpoint.
     /// Returns when to come back if the log is failing and the next probe is not due.
     fn step(&mut self, inner: &Inner, store: &mut dyn Store, shutdown: bool) -> Option<Instant> {
-        self.settle(inner, store);
-        if self.broken.is_some() {
+        self.settle(inner);
+        if inner.is_broken() {
             // Nothing is written any more: what is queued is lost (and counted).
             let dropped =
                 std::mem::take(&mut inner.queue.lock().unwrap_or_else(|e| e.into_inner()).items);
@@ -562,15 +536,18 @@ impl Writer {
                 .fetch_add(dropped.len() as u64, Ordering::Relaxed);
             return (!shutdown).then(|| Instant::now() + Duration::from_secs(1));
         }
-        if self.failing.is_some() && !shutdown && Instant::now() < self.next_probe {
-            // Queued events wait for the probe, which writes them after `audit_recovered`.
-            return Some(self.next_probe);
+        let next_probe = inner.next_probe();
+        if let Some(at) = next_probe {
+            if !shutdown && Instant::now() < at {
+                // Queued events wait for the probe, which writes them after `audit_recovered`.
+                return Some(at);
+            }
         }
         let items = {
             let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut q.items)
         };
-        if !items.is_empty() || self.failing.is_some() {
+        if !items.is_empty() || next_probe.is_some() {
             self.write_batch(inner, store, items);
         }
         if shutdown && self.chain_seq > self.checkpointed_seq {
@@ -582,28 +559,12 @@ impl Writer {
         None
     }
 
-    /// Forgets the batches the sync thread made durable; after a failed sync, stops the log
-    /// ([`Writer::break_down`]).
-    fn settle(&mut self, inner: &Inner, store: &mut dyn Store) {
+    /// Forgets the batches the sync thread made durable.
+    fn settle(&mut self, inner: &Inner) {
         let durable = inner.state.borrow().durable;
         while self.unsynced.front().is_some_and(|t| *t <= durable) {
             self.unsynced.pop_front();
         }
-        if self.broken.is_some() {
-            return;
-        }
-        let failed = {
-            let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-            if q.failed.is_some() {
-                q.target = None;
-            }
-            // Left set: the sync thread takes no target any more.
-            q.failed.clone()
-        };
-        if let Some(error) = failed {
-            self.break_down(inner, error);
-        }
-        let _ = store;
     }
 
     /// An fsync failed. After that, what the kernel says is on disk cannot be trusted (it may
@@ -612,14 +573,11 @@ impl Writer {
     /// not yet durable fails, statements are refused, and health says why. PostgreSQL answers
     /// an fsync failure the same way.
     fn break_down(&mut self, inner: &Inner, error: String) {
-        let error = format!(
-            "an fsync of the audit log failed ({error}); restart the gateway once the disk is sound"
-        );
+        let error = broken_down(&error);
         tracing::error!(error = %error, "the audit log stops taking records");
         {
             let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
             q.target = None;
-            q.failed.get_or_insert_with(|| error.clone());
         }
         let durable = inner.state.borrow().durable;
         let issued = inner
@@ -628,10 +586,11 @@ impl Writer {
             .map(|q| q.next_ticket - 1)
             .unwrap_or(u64::MAX);
         self.unsynced.clear();
-        self.broken = Some(error.clone());
         let range = (issued > durable).then_some((durable + 1, issued));
-        self.fail(inner, range.map(|r| r.0), range.map(|r| r.1), error);
-        inner.state.send_modify(|d| d.broken = true);
+        self.fail(inner, range.map(|r| r.0), range.map(|r| r.1), error.clone());
+        inner
+            .state
+            .send_modify(|d| d.health = Health::Broken { error });
     }
 
     /// Makes everything written durable on this thread (before a checkpoint, at shutdown).
@@ -639,7 +598,7 @@ impl Writer {
         let Some(last) = self.unsynced.back().copied() else {
             return true;
         };
-        if self.broken.is_some() {
+        if inner.is_broken() {
             return false;
         }
         match store.sync() {
@@ -675,7 +634,10 @@ impl Writer {
             }
         };
         let mut events: Vec<Event> = Vec::with_capacity(items.len() + 1);
-        if let Some((since, lost, error)) = &self.failing {
+        if let Health::Failing {
+            since, lost, error, ..
+        } = &inner.state.borrow().health
+        {
             events.push(Event::AuditRecovered {
                 failed_since: rfc3339(*since),
                 lost_events: *lost,
@@ -715,7 +677,7 @@ impl Writer {
         }
         if store.wants_rotation(self.buf.len()) && self.chain_seq > self.checkpointed_seq {
             self.checkpoint(inner, store);
-            if self.broken.is_some() {
+            if inner.is_broken() {
                 self.fail(
                     inner,
                     Some(min_ticket),
@@ -745,13 +707,11 @@ impl Writer {
                     .bytes
                     .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
                 stats.last_seq.store(seq, Ordering::Relaxed);
-                if self.failing.take().is_some() {
+                let recovered = matches!(inner.state.borrow().health, Health::Failing { .. });
+                if recovered {
                     tracing::warn!("the audit log is writable again");
-                    if let Ok(mut e) = inner.last_error.lock() {
-                        *e = None;
-                    }
+                    inner.state.send_modify(|d| d.health = Health::Healthy);
                 }
-                inner.healthy.store(true, Ordering::Release);
                 if let Some(syncer) = store.syncer() {
                     let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
                     q.target = Some(SyncTarget {
@@ -786,370 +746,41 @@ impl Writer {
             _ => 0,
         };
         inner.stats.failures.fetch_add(1, Ordering::Relaxed);
-        inner.healthy.store(false, Ordering::Release);
         // Statements stay refused until a probe a second from now: a nearly full disk that
         // takes a small write but not the next does not flap between states.
-        self.next_probe = Instant::now() + Duration::from_secs(1);
-        if let Ok(mut e) = inner.last_error.lock() {
-            *e = Some(error.clone());
-        }
-        match &mut self.failing {
-            Some((_, n, _)) => *n += lost,
-            None => self.failing = Some((SystemTime::now(), lost, error)),
-        }
-        if let (Some(a), Some(b)) = (min, max) {
-            inner.state.send_modify(|d| {
+        let probe = Instant::now() + Duration::from_secs(1);
+        inner.state.send_modify(|d| {
+            match &mut d.health {
+                Health::Broken { error: e } => *e = error,
+                Health::Failing {
+                    lost: n,
+                    last_error,
+                    next_probe,
+                    ..
+                } => {
+                    *n += lost;
+                    *last_error = error;
+                    *next_probe = probe;
+                }
+                Health::Healthy => {
+                    d.health = Health::Failing {
+                        since: SystemTime::now(),
+                        lost,
+                        last_error: error.clone(),
+                        error,
+                        next_probe: probe,
+                    }
+                }
+            }
+            if let (Some(a), Some(b)) = (min, max) {
                 d.failed.push_back((a, b));
                 while d.failed.len() > 4096 {
                     d.failed.pop_front();
                 }
-            });
-        }
-    }
-
-    /// A checkpoint now, under the chain's lock (at a rotation, at shutdown).
-    fn checkpoint(&mut self, inner: &Inner, store: &mut dyn Store) {
-        if let Some(planned) = self.plan_checkpoint(store, true) {
-            let outcome = planned.execute(inner);
-            self.checkpointed(inner, outcome);
-        }
-    }
-
-    fn checkpointed(&mut self, inner: &Inner, outcome: Checkpointed) {
-        match outcome {
-            Checkpointed::Stored(seq) => self.checkpointed_seq = self.checkpointed_seq.max(seq),
-            Checkpointed::NotStored => {}
-            Checkpointed::SyncFailed(e) => self.break_down(inner, e),
-        }
-    }
-
-    /// A checkpoint of the chain as it stands (when due, unless `now`), signed here: the
-    /// caller executes it ([`PlannedCheckpoint::execute`]) and reports the outcome.
-    fn plan_checkpoint(&mut self, store: &dyn Store, now: bool) -> Option<PlannedCheckpoint> {
-        let due = self.since_checkpoint >= self.opts.checkpoint_every
-            || (self.since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-        if !(due || now) || self.broken.is_some() || self.chain_seq == 0 {
-            return None;
-        }
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        let ticket = self.unsynced.back().copied();
-        Some(PlannedCheckpoint {
-            cp: self.opts.signing.sign(
-                self.chain_seq,
-                &self.chain_hash,
-                &rfc3339(SystemTime::now()),
-            ),
-            // Records not yet known durable: synced first.
-            sync: ticket.and_then(|t| store.syncer().map(|s| (t, s))),
-            sink: store.checkpoints(),
-        })
-    }
-
-    fn keyed(&self, bytes: &[u8]) -> String {
-        let tag = hmac::sign(&self.hmac, bytes);
-        format!("hmac:{}", hex::encode(&tag.as_ref()[..16]))
-    }
-
-    fn redact(
-        &self,
-        mut meta: StatementRecord,
-        sql: &str,
-        params: Vec<Option<Param>>,
-    ) -> StatementRecord {
-        let (text, literals) = if self.opts.full_text {
-            (sql.to_owned(), Vec::new())
-        } else {
-            let (text, lits) = phigate_sql::redact_literals(sql);
-            (
-                text,
-                lits.iter().map(|l| self.keyed(l.as_bytes())).collect(),
-            )
-        };
-        meta.fingerprint = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
-        if text.len() > MAX_TEXT {
-            let mut cut = MAX_TEXT;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
             }
-            meta.text_sha256 = Some(hex::encode(Sha256::digest(text.as_bytes())));
-            meta.text = text[..cut].to_owned();
-        } else {
-            meta.text = text;
-        }
-        meta.literals = literals;
-        meta.params = params
-            .into_iter()
-            .map(|p| {
-                p.map(|p| {
-                    let v = &p.value;
-                    if !self.opts.full_text {
-                        return self.keyed(v);
-                    }
-                    match std::str::from_utf8(v) {
-                        Ok(s) if !p.binary && s.len() <= 4096 => s.to_owned(),
-                        _ => format!("\\x{}", hex::encode(&v[..v.len().min(2048)])),
-                    }
-                })
-            })
-            .collect();
-        meta
+        });
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::Checkpoint;
-
-    /// A store in memory whose syncs can be held back or made to fail: what a real disk cannot
-    /// be made to do on demand.
-    #[derive(Default)]
-    struct Disk {
-        data: Vec<u8>,
-        synced: usize,
-        hold: bool,
-        fail_next: bool,
-        syncs: u64,
-    }
-
-    #[derive(Clone, Default)]
-    struct Mem(Arc<(Mutex<Disk>, Condvar)>);
-
-    impl Mem {
-        fn with<R>(&self, f: impl FnOnce(&mut Disk) -> R) -> R {
-            let r = f(&mut self.0 .0.lock().expect("lock"));
-            self.0 .1.notify_all();
-            r
-        }
-
-        fn lines(&self) -> Vec<(Record, String)> {
-            self.with(|d| {
-                d.data
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| chain::decode(l).expect("decodes"))
-                    .collect()
-            })
-        }
-    }
-
-    impl Syncer for Mem {
-        fn sync(&self) -> std::io::Result<()> {
-            let (lock, cv) = &*self.0;
-            let mut d = lock.lock().expect("lock");
-            let len = d.data.len();
-            while d.hold {
-                d = cv.wait(d).expect("lock");
-            }
-            if std::mem::take(&mut d.fail_next) {
-                return Err(std::io::Error::other("injected EIO"));
-            }
-            d.synced = d.synced.max(len);
-            d.syncs += 1;
-            Ok(())
-        }
-    }
-
-    impl Store for Mem {
-        fn write(&mut self, _first_seq: u64, lines: &[u8]) -> std::io::Result<bool> {
-            self.with(|d| d.data.extend_from_slice(lines));
-            Ok(false)
-        }
-        fn syncer(&self) -> Option<Arc<dyn Syncer>> {
-            Some(Arc::new(self.clone()))
-        }
-        fn sync(&mut self) -> std::io::Result<()> {
-            Syncer::sync(self)
-        }
-        fn broken(&self) -> bool {
-            false
-        }
-        fn checkpoints(&self) -> Arc<dyn crate::store::CheckpointSink> {
-            struct Nowhere;
-            impl crate::store::CheckpointSink for Nowhere {
-                fn write(&self, _cp: &Checkpoint) -> std::io::Result<()> {
-                    Ok(())
-                }
-            }
-            Arc::new(Nowhere)
-        }
-        fn wants_rotation(&self, _next_bytes: usize) -> bool {
-            false
-        }
-    }
-
-    fn start(mem: &Mem) -> Auditor {
-        start_with(mem, 1_000_000)
-    }
-
-    fn start_with(mem: &Mem, checkpoint_every: u64) -> Auditor {
-        Auditor::start(
-            Box::new(mem.clone()),
-            (0, chain::GENESIS.to_owned()),
-            Options {
-                checkpoint_every,
-                checkpoint_interval: Duration::from_secs(3600),
-                full_text: false,
-                signing: SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().expect("key"))
-                    .expect("key"),
-                hmac_key: vec![1; 32],
-            },
-            Vec::new(),
-        )
-    }
-
-    fn event(n: u64) -> Pending {
-        Pending::Event(Event::ConfigReload {
-            ok: true,
-            policy_version: Some(n),
-            error: None,
-        })
-    }
-
-    /// Until the store holds `n` records (queued events are written by the writer thread).
-    async fn lines_written(mem: &Mem, n: usize) {
-        while mem.lines().len() < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(10), f)
-            .await
-            .expect("in time")
-    }
-
-    #[tokio::test]
-    async fn a_record_is_written_before_the_disk_has_it_and_durable_after() {
-        let mem = Mem::default();
-        mem.with(|d| d.hold = true);
-        let auditor = start(&mem);
-        let t = auditor.submit(event(1));
-        within(lines_written(&mem, 1)).await;
-        assert_eq!(mem.lines().len(), 1, "the record is in the store");
-        // The sync is held: the record is written, not durable, and a second one is written
-        // meanwhile (writing never waits for a sync).
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!auditor.is_durable(t));
-        let t2 = auditor.submit(event(2));
-        within(lines_written(&mem, 2)).await;
-        assert!(!auditor.is_durable(t2));
-        mem.with(|d| d.hold = false);
-        within(auditor.durable(t2)).await.expect("durable");
-        assert!(auditor.is_durable(t));
-        auditor.shutdown();
-    }
-
-    #[tokio::test]
-    async fn a_write_waiting_for_the_sync_thread_is_synced_whatever_else_runs() {
-        let mem = Mem::default();
-        let auditor = start(&mem);
-        mem.with(|d| d.hold = true);
-        let first = auditor.append(vec![event(1)]).expect("written");
-        // The sync thread is inside the first fsync; the second waits for it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let second = auditor.append(vec![event(2)]).expect("written");
-        // The writer thread wakes (at most 1 s apart) with nothing to write, meanwhile.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        mem.with(|d| d.hold = false);
-        within(auditor.durable(second)).await.expect("durable");
-        assert!(auditor.is_durable(first));
-        auditor.shutdown();
-    }
-
-    #[tokio::test]
-    async fn a_checkpoint_waits_for_the_disk_without_holding_up_writes() {
-        let mem = Mem::default();
-        let auditor = start_with(&mem, 1);
-        mem.with(|d| d.hold = true);
-        let first = auditor.append(vec![event(1)]).expect("written");
-        // The writer thread's checkpoint now waits for the held disk, as the sync thread does;
-        // sessions still write.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = Instant::now();
-        let second = auditor.append(vec![event(2)]).expect("written");
-        assert!(started.elapsed() < Duration::from_millis(500));
-        assert_eq!(auditor.stats().checkpoints.load(Ordering::Relaxed), 0);
-        mem.with(|d| d.hold = false);
-        within(auditor.durable(second)).await.expect("durable");
-        assert!(auditor.is_durable(first));
-        for _ in 0..100 {
-            if auditor.stats().checkpoints.load(Ordering::Relaxed) > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(auditor.stats().checkpoints.load(Ordering::Relaxed) > 0);
-        auditor.shutdown();
-    }
-
-    #[tokio::test]
-    async fn append_writes_on_the_callers_thread_with_what_is_queued_first() {
-        let mem = Mem::default();
-        let auditor = start(&mem);
-        within(auditor.durable(auditor.submit(event(1))))
-            .await
-            .expect("durable");
-        mem.with(|d| d.hold = true);
-        let queued = auditor.submit(event(2));
-        let mine = auditor.append(vec![event(3), event(4)]).expect("written");
-        // Written when append returns, in ticket order, the queued event first.
-        let versions: Vec<Option<u64>> = mem
-            .lines()
-            .iter()
-            .map(|(r, _)| match &r.event {
-                Event::ConfigReload { policy_version, .. } => *policy_version,
-                _ => None,
-            })
-            .collect();
-        assert_eq!(versions, [Some(1), Some(2), Some(3), Some(4)]);
-        assert!(queued < mine);
-        assert!(!auditor.is_durable(mine));
-        mem.with(|d| d.hold = false);
-        within(auditor.durable(mine)).await.expect("durable");
-        auditor.shutdown();
-        assert_eq!(auditor.append(vec![event(5)]), Err(AuditError::Stopped));
-    }
-
-    #[tokio::test]
-    async fn a_failed_sync_stops_the_log_until_restart() {
-        let mem = Mem::default();
-        let auditor = start(&mem);
-        let first = auditor.append(vec![event(1)]).expect("written");
-        within(auditor.durable(first)).await.expect("durable");
-        mem.with(|d| {
-            d.hold = true;
-            d.fail_next = true;
-        });
-        let lost = auditor.append(vec![event(2)]).expect("written");
-        // Written while the failing sync runs: covered by no successful fsync either.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let after = auditor.append(vec![event(3)]).expect("written");
-        mem.with(|d| d.hold = false);
-        assert_eq!(
-            within(auditor.durable(lost)).await,
-            Err(AuditError::Unavailable)
-        );
-        assert_eq!(
-            within(auditor.durable(after)).await,
-            Err(AuditError::Unavailable)
-        );
-        assert!(!auditor.is_durable(lost) && !auditor.is_durable(after));
-        // Nothing more is taken, however long one waits; what was durable stays so.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(auditor.append(vec![event(4)]), Err(AuditError::Unavailable));
-        let queued = auditor.submit(event(5));
-        assert_eq!(
-            within(auditor.durable(queued)).await,
-            Err(AuditError::Unavailable)
-        );
-        assert!(!auditor.healthy());
-        assert!(auditor
-            .last_error()
-            .is_some_and(|e| e.contains("restart the gateway")));
-        assert!(auditor.is_durable(first));
-        auditor.shutdown();
-    }
-}
+mod tests;

@@ -1,12 +1,13 @@
 //! phigate: a PostgreSQL gateway for patient data.
 //!
-//! The binary (`src/main.rs`) is a thin CLI over this library. The data path of one session is
-//! in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
+//! The binary (`src/main.rs`) is a thin CLI over this library ([`cli`]). The data path of one
+//! session is in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
 
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod fsutil;

@@ -9,12 +9,12 @@
 //! searched for it.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
 
+use phigate_testkit::raw::{
+    bind, close_statement, describe_statement, execute, parse, pbe, sync, tags, Msg, Raw,
+};
 use phigate_testkit::{Cluster, ClusterOptions, Gateway, GatewayOptions, APP_PASSWORD, APP_USER};
 use tokio_postgres::{Client, NoTls};
 
@@ -430,7 +430,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "SELECT * FROM pg_pc_notes", "deny:grants"),
     ("reviewer", "SELECT * FROM public.pg_pc_notes", "deny:grants"),
     // --- LISTEN / NOTIFY -----------------------------------------------------------------------
-    ("agent", "LISTEN pc_channel", "allow"),
+    // Notification payloads are not masked: a masked role may not LISTEN (UNLISTEN is harmless).
+    ("agent", "LISTEN pc_channel", "deny:masked-listen"),
     ("reviewer", "NOTIFY pc_channel, 'hello'", "allow"),
     ("clinician", "SELECT pg_notify('pc_channel', 'x')", "allow"),
     ("agent", "UNLISTEN *", "allow"),
@@ -665,7 +666,7 @@ async fn corpus_decides_like_the_policy_says_and_nothing_refused_reaches_the_dat
             let text = format!("/* {} */ {sql}", marker(i, proto));
             let copy = matches!(want, Want::Allow { copy: true, .. });
             let got = if copy && proto == Proto::Simple {
-                let mut raw = Raw::connect(&gw, identity);
+                let mut raw = Raw::login(&gw, identity);
                 raw.query(&text)
                     .into_iter()
                     .find(|m| m.tag == b'E')
@@ -764,213 +765,6 @@ async fn corpus_decides_like_the_policy_says_and_nothing_refused_reaches_the_dat
 // Transaction and pipeline semantics after a refusal
 // ---------------------------------------------------------------------------------------------
 
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = String::from_utf8_lossy(&self.body).replace('\0', "|");
-        write!(f, "{}:{text}", char::from(self.tag))
-    }
-}
-
-impl Msg {
-    fn field(&self, t: u8) -> String {
-        self.body
-            .split(|b| *b == 0)
-            .find(|f| f.first() == Some(&t))
-            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-            .unwrap_or_default()
-    }
-    fn code(&self) -> String {
-        self.field(b'C')
-    }
-    fn message(&self) -> String {
-        self.field(b'M')
-    }
-    /// ReadyForQuery's transaction status: `I`, `T` or `E`.
-    fn status(&self) -> char {
-        assert_eq!(self.tag, b'Z', "{self:?}");
-        char::from(self.body[0])
-    }
-    /// CommandComplete's tag.
-    fn command(&self) -> String {
-        assert_eq!(self.tag, b'C', "{self:?}");
-        String::from_utf8_lossy(self.body.strip_suffix(&[0]).unwrap_or(&self.body)).into_owned()
-    }
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name);
-    cstr(&mut b, sql);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    frame(b'P', &b)
-}
-
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    cstr(&mut b, statement);
-    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no parameters, no result formats
-    frame(b'B', &b)
-}
-
-fn execute(portal: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    b.extend_from_slice(&0i32.to_be_bytes());
-    frame(b'E', &b)
-}
-
-fn describe_statement(name: &str) -> Vec<u8> {
-    let mut b = vec![b'S'];
-    cstr(&mut b, name);
-    frame(b'D', &b)
-}
-
-fn close_statement(name: &str) -> Vec<u8> {
-    let mut b = vec![b'S'];
-    cstr(&mut b, name);
-    frame(b'C', &b)
-}
-
-fn sync() -> Vec<u8> {
-    frame(b'S', &[])
-}
-
-/// Parse / Bind / Execute of one statement, unnamed.
-fn pbe(sql: &str) -> Vec<u8> {
-    [parse("", sql), bind("", ""), execute("")].concat()
-}
-
-/// A client speaking the protocol by hand, to see what drivers hide: transaction status,
-/// command tags, and exactly which messages answer a pipeline.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(gw: &Gateway, identity: &str) -> Raw {
-        Raw::try_connect_with(gw, identity, &[]).unwrap_or_else(|msgs| panic!("login: {msgs:?}"))
-    }
-
-    /// Connects with extra startup parameters; `Err` holds the error that refused the login.
-    fn try_connect_with(
-        gw: &Gateway,
-        identity: &str,
-        params: &[(&str, &str)],
-    ) -> Result<Raw, Vec<Msg>> {
-        let s = TcpStream::connect(("127.0.0.1", gw.pg_port)).expect("connect to the gateway");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut raw = Raw { s, buf: Vec::new() };
-        let mut body = 196_608i32.to_be_bytes().to_vec();
-        for (k, v) in [
-            ("user", Gateway::role(identity)),
-            ("database", phigate_testkit::DATABASE),
-        ]
-        .iter()
-        .chain(params)
-        {
-            cstr(&mut body, k);
-            cstr(&mut body, v);
-        }
-        body.push(0);
-        let mut startup = (body.len() as i32 + 4).to_be_bytes().to_vec();
-        startup.extend_from_slice(&body);
-        raw.send(&startup);
-        let auth = raw.read();
-        if auth.tag == b'E' {
-            return Err(vec![auth]);
-        }
-        assert_eq!(
-            (auth.tag, &auth.body[..]),
-            (b'R', &[0, 0, 0, 3][..]),
-            "cleartext password asked"
-        );
-        let mut password = Vec::new();
-        cstr(&mut password, gw.token(identity));
-        raw.send(&frame(b'p', &password));
-        let mut msgs = Vec::new();
-        loop {
-            let m = raw.read();
-            match m.tag {
-                b'E' => {
-                    msgs.push(m);
-                    return Err(msgs);
-                }
-                b'Z' => return Ok(raw),
-                _ => msgs.push(m),
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).expect("send to the gateway");
-    }
-
-    fn read(&mut self) -> Msg {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                let total = len as usize + 1;
-                if self.buf.len() >= total {
-                    let msg = Msg {
-                        tag: self.buf[0],
-                        body: self.buf[5..total].to_vec(),
-                    };
-                    self.buf.drain(..total);
-                    return msg;
-                }
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = self.s.read(&mut chunk).expect("read from the gateway");
-            assert!(n > 0, "the gateway closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Every message up to and including the next ReadyForQuery.
-    fn until_ready(&mut self) -> Vec<Msg> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.read();
-            let done = m.tag == b'Z';
-            out.push(m);
-            if done {
-                return out;
-            }
-        }
-    }
-
-    fn query(&mut self, sql: &str) -> Vec<Msg> {
-        let mut b = Vec::new();
-        cstr(&mut b, sql);
-        self.send(&frame(b'Q', &b));
-        self.until_ready()
-    }
-}
-
-fn tags(msgs: &[Msg]) -> String {
-    msgs.iter().map(|m| char::from(m.tag)).collect()
-}
-
 fn error_of(msgs: &[Msg]) -> &Msg {
     msgs.iter()
         .find(|m| m.tag == b'E')
@@ -996,7 +790,7 @@ fn logged(needle: &str) -> bool {
 #[tokio::test]
 async fn outside_a_transaction_a_refusal_leaves_the_session_usable() {
     let gw = gateway();
-    let mut raw = Raw::connect(&gw, "agent");
+    let mut raw = Raw::login(&gw, "agent");
     let msgs = raw.query("/* [tx-out-1] */ DELETE FROM patients");
     assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
     assert_refusal(
@@ -1038,7 +832,7 @@ async fn outside_a_transaction_a_refusal_leaves_the_session_usable() {
 async fn inside_a_transaction_a_refusal_fails_it_on_both_sides() {
     let gw = gateway();
     let db = direct().await;
-    let mut raw = Raw::connect(&gw, "clinician");
+    let mut raw = Raw::login(&gw, "clinician");
     assert_eq!(raw.query("BEGIN").last().expect("Z").status(), 'T');
     let msgs = raw.query("/* [tx-in-1] */ INSERT INTO departments VALUES (9101, 'pc-tx-9101', 1)");
     assert_eq!(msgs[0].command(), "INSERT 0 1");
@@ -1123,7 +917,7 @@ async fn inside_a_transaction_a_refusal_fails_it_on_both_sides() {
 async fn in_a_pipeline_nothing_after_the_refusal_runs_until_sync() {
     let gw = gateway();
     let db = direct().await;
-    let mut raw = Raw::connect(&gw, "clinician");
+    let mut raw = Raw::login(&gw, "clinician");
     // Three statements, one Sync: the second is refused.
     raw.send(
         &[
@@ -1200,7 +994,7 @@ async fn in_a_pipeline_nothing_after_the_refusal_runs_until_sync() {
 async fn a_statement_whose_parse_was_refused_cannot_be_bound_or_described() {
     let gw = gateway();
     let db = direct().await;
-    let mut raw = Raw::connect(&gw, "agent");
+    let mut raw = Raw::login(&gw, "agent");
     raw.send(
         &[
             parse("pc_bad", "/* [bind-1] */ DELETE FROM patients"),
@@ -1275,8 +1069,7 @@ async fn startup_parameters_cannot_change_how_statements_are_read() {
     let gw = gateway();
     let db = direct().await;
     let marker = "[startup-1]";
-    let Ok(mut raw) =
-        Raw::try_connect_with(&gw, "reviewer", &[("standard_conforming_strings", "off")])
+    let Ok(mut raw) = Raw::try_login(&gw, "reviewer", &[("standard_conforming_strings", "off")])
     else {
         return; // refused at login: fine
     };

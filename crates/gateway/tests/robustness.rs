@@ -6,12 +6,12 @@
 //! `phigate` binary. Raw-protocol tests speak the wire format by hand over a plain TCP socket so
 //! they can send what no driver would; the rest use tokio-postgres and psql, as users do.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use phigate_testkit::raw::{cancel_packet, cstring, message, show, startup_packet, Msg, Raw};
 use phigate_testkit::{
     Certs, Cluster, ClusterOptions, Gateway, GatewayOptions, APP_PASSWORD, APP_USER,
 };
@@ -125,232 +125,6 @@ fn code_of(e: &tokio_postgres::Error) -> Option<&SqlState> {
 // ---------------------------------------------------------------------------------------------
 // Raw protocol client
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-impl Msg {
-    /// Fields of an ErrorResponse / NoticeResponse.
-    fn fields(&self) -> Vec<(u8, String)> {
-        let mut out = Vec::new();
-        let mut rest = &self.body[..];
-        while let Some((&t, r)) = rest.split_first() {
-            if t == 0 {
-                break;
-            }
-            let end = r.iter().position(|&b| b == 0).unwrap_or(r.len());
-            out.push((t, String::from_utf8_lossy(&r[..end]).into_owned()));
-            rest = r.get(end + 1..).unwrap_or(&[]);
-        }
-        out
-    }
-
-    fn field(&self, t: u8) -> String {
-        self.fields()
-            .into_iter()
-            .find(|(k, _)| *k == t)
-            .map(|(_, v)| v)
-            .unwrap_or_default()
-    }
-
-    fn severity(&self) -> String {
-        self.field(b'S')
-    }
-    fn code(&self) -> String {
-        self.field(b'C')
-    }
-    fn message(&self) -> String {
-        self.field(b'M')
-    }
-
-    fn auth_code(&self) -> Option<i32> {
-        (self.tag == b'R' && self.body.len() >= 4)
-            .then(|| i32::from_be_bytes([self.body[0], self.body[1], self.body[2], self.body[3]]))
-    }
-
-    /// (name, value) of a ParameterStatus.
-    fn parameter(&self) -> Option<(String, String)> {
-        if self.tag != b'S' {
-            return None;
-        }
-        let mut parts = self.body.split(|&b| b == 0);
-        let name = String::from_utf8_lossy(parts.next()?).into_owned();
-        let value = String::from_utf8_lossy(parts.next()?).into_owned();
-        Some((name, value))
-    }
-
-    /// The first column of a DataRow, as text.
-    fn first_column(&self) -> Option<String> {
-        if self.tag != b'D' || self.body.len() < 6 {
-            return None;
-        }
-        let len = i32::from_be_bytes([self.body[2], self.body[3], self.body[4], self.body[5]]);
-        let len = usize::try_from(len).ok()?;
-        let value = self.body.get(6..6 + len)?;
-        Some(String::from_utf8_lossy(value).into_owned())
-    }
-}
-
-impl std::fmt::Display for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.tag == b'E' || self.tag == b'N' {
-            write!(f, "{}{:?}", char::from(self.tag), self.fields())
-        } else {
-            write!(f, "{}({} bytes)", char::from(self.tag), self.body.len())
-        }
-    }
-}
-
-fn show(msgs: &[Msg]) -> String {
-    msgs.iter()
-        .map(Msg::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn cstring(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend(cstring(k));
-        body.extend(cstring(v));
-    }
-    body.push(0);
-    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
-fn cancel_packet(pid: i32, secret: i32) -> Vec<u8> {
-    let mut out = 16i32.to_be_bytes().to_vec();
-    out.extend(80_877_102u32.to_be_bytes());
-    out.extend(pid.to_be_bytes());
-    out.extend(secret.to_be_bytes());
-    out
-}
-
-/// A client speaking the protocol by hand. Every byte the gateway sends is kept in `received`,
-/// so a test can check that no secret ever reached the client.
-struct Raw {
-    s: TcpStream,
-    received: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        s.set_write_timeout(Some(Duration::from_secs(10)))
-            .expect("write timeout");
-        s.set_nodelay(true).expect("nodelay");
-        Raw {
-            s,
-            received: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).expect("send to the gateway");
-    }
-
-    /// Reads exactly `buf.len()` bytes; false if the gateway closed the connection first.
-    fn fill(&mut self, buf: &mut [u8]) -> bool {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.s.read(&mut buf[got..]) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.received.extend_from_slice(&buf[got..got + n]);
-                    got += n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    return false
-                }
-                Err(e) => panic!(
-                    "the gateway neither answered nor closed the connection: {e}; \
-                     received so far: {:?}",
-                    String::from_utf8_lossy(&self.received)
-                ),
-            }
-        }
-        true
-    }
-
-    /// The next message, or `None` once the gateway has closed the connection.
-    fn read_msg(&mut self) -> Option<Msg> {
-        let mut header = [0u8; 5];
-        if !self.fill(&mut header) {
-            return None;
-        }
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let len = usize::try_from(len).expect("sane length") - 4;
-        let mut body = vec![0u8; len];
-        if !self.fill(&mut body) {
-            return None;
-        }
-        Some(Msg {
-            tag: header[0],
-            body,
-        })
-    }
-
-    /// Messages up to and including ReadyForQuery, or up to the close.
-    fn read_until_ready(&mut self) -> (Vec<Msg>, bool) {
-        let mut msgs = Vec::new();
-        while let Some(m) = self.read_msg() {
-            let ready = m.tag == b'Z';
-            msgs.push(m);
-            if ready {
-                return (msgs, true);
-            }
-        }
-        (msgs, false)
-    }
-
-    /// Messages until the gateway closes the connection.
-    fn read_until_closed(&mut self) -> Vec<Msg> {
-        let mut msgs = Vec::new();
-        while let Some(m) = self.read_msg() {
-            msgs.push(m);
-        }
-        msgs
-    }
-
-    fn query(&mut self, sql: &[u8]) -> Vec<Msg> {
-        let mut body = sql.to_vec();
-        body.push(0);
-        self.send(&message(b'Q', &body));
-        let (msgs, ready) = self.read_until_ready();
-        assert!(ready, "no ReadyForQuery after a query: {}", show(&msgs));
-        msgs
-    }
-
-    fn received_text(&self) -> String {
-        String::from_utf8_lossy(&self.received).into_owned()
-    }
-}
 
 /// What happened to one startup attempt.
 struct Attempt {
@@ -557,7 +331,7 @@ async fn oversized_messages_are_refused_at_the_configured_limit() {
     sql.extend(vec![b'x'; 2 * 1024 * 1024]);
     sql.extend_from_slice(b"')\0");
     // The gateway refuses on the header alone and closes, so the rest of the write may fail.
-    let _ = s.s.write_all(&message(b'Q', &sql));
+    let _ = s.try_send(&message(b'Q', &sql));
     let msgs = s.read_until_closed();
     let fatal = assert_fatal(&msgs, "08P01");
     assert!(
@@ -1479,7 +1253,7 @@ async fn cancel_requests_through_the_gateway() {
         bogus.read_msg().is_none(),
         "the gateway answered a CancelRequest"
     );
-    assert!(bogus.received.is_empty());
+    assert!(bogus.received().is_empty());
     let (result, client) = sleeper.await.expect("query task");
     result.unwrap_or_else(|e| panic!("a bogus cancel key cancelled a statement: {}", describe(&e)));
     assert_eq!(scalar(&client, "SELECT 1").await, "1");

@@ -200,8 +200,15 @@ pub const SAFE_SETTINGS: &[&str] = &[
     "enable_hashjoin",
     "enable_mergejoin",
     "enable_nestloop",
-    "work_mem",
 ];
+
+/// Advisory locks are shared across every session of the database: a restricted role holding
+/// one can block other sessions, and the gateway's own provisioning. None of their forms
+/// (blocking, `try`, shared, transaction-level, unlock) is for restricted roles.
+pub fn is_advisory_lock(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("pg_advisory_") || n.starts_with("pg_try_advisory_")
+}
 
 /// Catalog relations that expose table contents (statistics: most common values, histograms)
 /// or other sessions' statements and credentials.

@@ -527,6 +527,32 @@ impl Policy {
                 "phigate cannot see what a DO block does; run the statements themselves.".into(),
             ));
         }
+        if role.masked && st.node == "ListenStmt" {
+            return Some(deny(
+                "masked-listen",
+                format!(
+                    "phigate: LISTEN denied by rule masked-listen for masked role {}",
+                    role.name
+                ),
+                "Notification payloads are not masked; a masked role cannot receive them.".into(),
+            ));
+        }
+        if let Some(f) = st
+            .functions
+            .iter()
+            .chain(&st.attribute_calls)
+            .find(|f| builtin::is_advisory_lock(&f.name))
+        {
+            let allowed = role.allow_functions.contains(&f.to_string())
+                || role.allow_functions.contains(&f.name);
+            if !allowed {
+                return Some(deny(
+                    "advisory-lock",
+                    format!("phigate: function {f} denied by rule advisory-lock"),
+                    "Advisory locks are shared with every other session of the database.".into(),
+                ));
+            }
+        }
         for s in &st.settings {
             if s == "role" || s == "session_authorization" {
                 return Some(deny(

@@ -556,3 +556,60 @@ actions = ["select"]
     };
     assert!(r.message.contains("public.lab_results"), "{}", r.message);
 }
+
+#[test]
+fn restricted_roles_have_no_cross_session_side_channels_or_unbounded_settings() {
+    let text = r#"
+[[role]]
+name = "masked-agent"
+masked = true
+[[role.grant]]
+schema = "public"
+tables = ["patients"]
+actions = ["select"]
+
+[[role]]
+name = "clinician"
+[[role.grant]]
+schema = "public"
+tables = ["patients"]
+actions = ["select"]
+"#;
+    #[derive(serde::Deserialize)]
+    struct File {
+        role: Vec<RoleConfig>,
+    }
+    let f: File = toml::from_str(text).expect("parses");
+    let p = Policy::new(&f.role, &[]).expect("valid");
+    let d = |role: &str, sql: &str| {
+        let role = p.role(role).expect("role");
+        verdict(&p.decide(&role, &phigate_sql::analyze(sql), &[]))
+    };
+    for sql in [
+        "SELECT pg_try_advisory_lock(42)",
+        "SELECT pg_try_advisory_xact_lock(1, 2)",
+        "SELECT pg_advisory_lock_shared(42)",
+        "SELECT pg_catalog.pg_try_advisory_lock_shared(42)",
+        "SELECT pg_advisory_unlock_all()",
+    ] {
+        assert_eq!(d("clinician", sql), "deny:advisory-lock", "{sql}");
+        assert_eq!(d("masked-agent", sql), "deny:advisory-lock", "{sql}");
+    }
+    // Notification payloads are not masked: a masked role may not receive them.
+    assert_eq!(d("masked-agent", "LISTEN ch"), "deny:masked-listen");
+    assert_eq!(d("masked-agent", "UNLISTEN *"), "allow");
+    assert_eq!(d("clinician", "LISTEN ch"), "allow");
+    // Resource settings are not the caller's to raise.
+    assert_eq!(
+        d("clinician", "SET work_mem = '2047GB'"),
+        "deny:pinned-setting"
+    );
+    assert_eq!(
+        d(
+            "clinician",
+            "SELECT set_config('work_mem', '2047GB', false)"
+        ),
+        "deny:pinned-setting"
+    );
+    assert_eq!(d("clinician", "SET enable_seqscan = off"), "allow");
+}

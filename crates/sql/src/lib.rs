@@ -250,7 +250,7 @@ pub enum Analysis {
 pub const MAX_ANALYZED_BYTES: usize = 1 << 20;
 
 /// Texts longer than this are analysed but not cached.
-const MAX_CACHED_BYTES: usize = 16 * 1024;
+pub const MAX_CACHED_BYTES: usize = 16 * 1024;
 
 /// Parses and analyses `sql`. Never panics: a failure anywhere is an `Invalid` analysis, which
 /// policy refuses.

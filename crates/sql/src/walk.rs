@@ -249,38 +249,7 @@ impl Walker<'_> {
                 self.st.copy_file |= !str_field(body, "filename").is_empty();
                 self.walk_except(body, &["relation"], Action::Select);
             }
-            "ExplainStmt" | "PrepareStmt" | "DeclareCursorStmt" => {
-                if tag == "ExplainStmt" {
-                    self.st.explain_analyze = explain_analyzes(body);
-                }
-                if tag == "PrepareStmt" {
-                    self.st.name = Some(str_field(body, "name").to_owned());
-                }
-                if tag == "DeclareCursorStmt" {
-                    self.st.name = Some(str_field(body, "portalname").to_owned());
-                }
-                if let Some((itag, ibody)) = body.get("query").and_then(node_of) {
-                    let mut inner = Statement::new(kind_of(itag, ibody), itag);
-                    let mut w = Walker {
-                        st: &mut inner,
-                        scopes: self.scopes.clone(),
-                    };
-                    w.statement_node(itag, ibody, None);
-                    dedup(&mut inner);
-                    // The outer statement touches whatever the inner one does.
-                    self.st.accesses.extend(inner.accesses.iter().cloned());
-                    self.st.functions.extend(inner.functions.iter().cloned());
-                    self.st
-                        .attribute_calls
-                        .extend(inner.attribute_calls.iter().cloned());
-                    self.st.opaque |= inner.opaque;
-                    self.st.copy_program |= inner.copy_program;
-                    self.st.copy_file |= inner.copy_file;
-                    self.st.settings.extend(inner.settings.iter().cloned());
-                    self.st.inner = Some(Box::new(inner));
-                }
-                self.walk_except(body, &["query"], Action::Select);
-            }
+            "ExplainStmt" | "PrepareStmt" | "DeclareCursorStmt" => self.nested_statement(tag, body),
             "ExecuteStmt" | "DeallocateStmt" => {
                 let name = str_field(body, "name");
                 self.st.name = Some(if name.is_empty() {
@@ -397,6 +366,41 @@ impl Walker<'_> {
         let saved = std::mem::take(&mut self.scopes);
         f(self);
         self.scopes = saved;
+    }
+
+    /// EXPLAIN, PREPARE and DECLARE hold a statement of their own: analysed on its own as
+    /// `inner`, and what it touches is what the outer statement touches.
+    fn nested_statement(&mut self, tag: &str, body: &Value) {
+        if tag == "ExplainStmt" {
+            self.st.explain_analyze = explain_analyzes(body);
+        }
+        if tag == "PrepareStmt" {
+            self.st.name = Some(str_field(body, "name").to_owned());
+        }
+        if tag == "DeclareCursorStmt" {
+            self.st.name = Some(str_field(body, "portalname").to_owned());
+        }
+        if let Some((itag, ibody)) = body.get("query").and_then(node_of) {
+            let mut inner = Statement::new(kind_of(itag, ibody), itag);
+            let mut w = Walker {
+                st: &mut inner,
+                scopes: self.scopes.clone(),
+            };
+            w.statement_node(itag, ibody, None);
+            dedup(&mut inner);
+            // The outer statement touches whatever the inner one does.
+            self.st.accesses.extend(inner.accesses.iter().cloned());
+            self.st.functions.extend(inner.functions.iter().cloned());
+            self.st
+                .attribute_calls
+                .extend(inner.attribute_calls.iter().cloned());
+            self.st.opaque |= inner.opaque;
+            self.st.copy_program |= inner.copy_program;
+            self.st.copy_file |= inner.copy_file;
+            self.st.settings.extend(inner.settings.iter().cloned());
+            self.st.inner = Some(Box::new(inner));
+        }
+        self.walk_except(body, &["query"], Action::Select);
     }
 
     /// The relations a locking clause locks: every table in FROM, also inside subqueries and

@@ -5,6 +5,9 @@
 //! - [`Gateway`]: the real `phigate` binary started as a process with a generated config, one
 //!   token per test identity, stopped on drop.
 //! - [`Certs`]: a CA and a server certificate generated at test time (no keys in the repo).
+//! - [`raw`]: a client speaking the protocol by hand, on `phigate-wire`.
+
+pub mod raw;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

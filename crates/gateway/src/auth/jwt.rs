@@ -19,32 +19,8 @@ use super::AuthError;
 /// Largest token accepted (a JWT with a generous set of groups is a few KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Accepted when an issuer's config does not narrow the list.
-pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-/// Parses an algorithm name from the config; symmetric ones are refused.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    let alg: Algorithm = name
-        .parse()
-        .map_err(|_| format!("unknown signature algorithm {name:?}"))?;
-    if !DEFAULT_ALGORITHMS.contains(&alg) {
-        return Err(format!(
-            "algorithm {name} is not allowed: symmetric (HS*) keys would let anyone holding the \
-             verification key sign tokens"
-        ));
-    }
-    Ok(alg)
-}
+/// The accepted algorithms and the parsing of their names belong to the config file's rules.
+pub use crate::config::auth::{parse_algorithm, DEFAULT_ALGORITHMS};
 
 /// What the token says about itself before any check: enough to choose the key.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{BindingConfig, Config, OidcConfig, StaticIdentity};
 
 /// The issuer name of tokens minted by `phigate token mint` (development only).
-pub const DEVELOPMENT_ISSUER: &str = "development";
+pub use crate::config::auth::DEVELOPMENT_ISSUER;
 
 /// The individual behind a session: a person or a machine identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -146,19 +146,7 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// `http://127.0.0.1...`, `http://localhost...`, `http://[::1]...`.
-pub fn is_loopback_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::config::auth::is_loopback_url;
 
 struct OidcIssuer {
     cfg: OidcConfig,

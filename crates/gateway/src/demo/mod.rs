@@ -83,6 +83,60 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    let (cluster, app_password) = start_database(&data_dir).await?;
+    let tls = self_signed(&data_dir.join("tls"))?;
+    let config = demo_config(&opts, &data_dir, &cluster, &tls, &app_password)?;
+    let running = crate::server::start(&config).await?;
+    let signer = running
+        .shared
+        .auth
+        .signer()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the demo gateway has no signing key"))?;
+    let mut tokens = Vec::new();
+    for (_, subject, _, group) in IDENTITIES {
+        let (tok, _) = signer.mint(subject, &[group.to_owned()], DEVELOPMENT_ISSUER, TOKEN_TTL)?;
+        tokens.push(tok);
+    }
+    // The config as it runs (issuer pinned to the bound HTTP address), for `phigate token mint
+    // --config` and `phigate keys ... --config`.
+    let mut written = config.clone();
+    written.auth.issuer = Some(signer.issuer.clone());
+    std::fs::write(
+        data_dir.join("phigate.toml"),
+        toml::to_string_pretty(&written)?,
+    )?;
+    let pg = running.pg_addr;
+    let http = running
+        .http_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    if let Some(path) = &opts.ready_file {
+        let ready = ready_json(pg, &http, &tokens, &cluster, &data_dir, &tls);
+        let tmp = path.with_extension("tmp");
+        // It holds every token and the superuser password: owner-only.
+        write_private(&tmp, &serde_json::to_string_pretty(&ready)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    print_ready(started, pg, &http, &tokens, &tls, &data_dir);
+
+    let stop = running.stop_token();
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        stop.cancel();
+    });
+    running.wait().await;
+    if let Some(path) = &opts.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    eprintln!("phigate demo: stopped and cleaned up.");
+    Ok(())
+}
+
+/// A throwaway PostgreSQL in `<data_dir>/postgres` with the gateway's login and the seeded
+/// clinic database; returns it and the login's password.
+async fn start_database(data_dir: &Path) -> anyhow::Result<(Cluster, String)> {
     let pg_dir = data_dir.join("postgres");
     if pg_dir.exists() {
         // A previous demo that did not clean up (killed hard): start over.
@@ -112,8 +166,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         Ok(cluster)
     })
     .await??;
+    Ok((cluster, app_password))
+}
 
-    let tls = self_signed(&data_dir.join("tls"))?;
+/// The demo's config (and the key and password files it names, written beside it).
+fn demo_config(
+    opts: &DemoOptions,
+    data_dir: &Path,
+    cluster: &Cluster,
+    tls: &ServerTls,
+    app_password: &str,
+) -> anyhow::Result<Config> {
     // The key of the clinician's encrypted recordings. In production it lives off the data
     // disk (recording.key_env from a secret store); the demo keeps everything in one place.
     let recording_key = data_dir.join("keys").join("recording.key");
@@ -124,8 +187,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         write_private(&recording_key, &hex::encode(key))?;
     }
     let password_file = data_dir.join("upstream.password");
-    write_private(&password_file, &app_password)?;
-    let config = Config {
+    write_private(&password_file, app_password)?;
+    Ok(Config {
         listen: Listen {
             address: ([127, 0, 0, 1], opts.pg_port).into(),
             http_address: Some(([127, 0, 0, 1], opts.http_port).into()),
@@ -147,7 +210,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             ca_file: None,
             connect_timeout_secs: 10,
         },
-        data_dir: Some(data_dir.clone()),
+        data_dir: Some(data_dir.to_path_buf()),
         // The development issuer: the gateway signs each demo identity's token itself.
         auth: AuthConfig {
             development: true,
@@ -181,35 +244,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             })
             .collect(),
         rules: demo_rules(),
-    };
-    let running = crate::server::start(&config).await?;
-    let signer = running
-        .shared
-        .auth
-        .signer()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the demo gateway has no signing key"))?;
-    let mut tokens = Vec::new();
-    for (_, subject, _, group) in IDENTITIES {
-        let (tok, _) = signer.mint(subject, &[group.to_owned()], DEVELOPMENT_ISSUER, TOKEN_TTL)?;
-        tokens.push(tok);
-    }
-    // The config as it runs (issuer pinned to the bound HTTP address), for `phigate token mint
-    // --config` and `phigate keys ... --config`.
-    let mut written = config.clone();
-    written.auth.issuer = Some(signer.issuer.clone());
-    std::fs::write(
-        data_dir.join("phigate.toml"),
-        toml::to_string_pretty(&written)?,
-    )?;
-    let pg = running.pg_addr;
-    let http = running
-        .http_addr
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_default();
+    })
+}
+
+/// The ready file: where to connect, as whom, and the database underneath (for tests).
+fn ready_json(
+    pg: std::net::SocketAddr,
+    http: &str,
+    tokens: &[String],
+    cluster: &Cluster,
+    data_dir: &Path,
+    tls: &ServerTls,
+) -> serde_json::Value {
     let identities: serde_json::Map<String, serde_json::Value> = IDENTITIES
         .iter()
-        .zip(&tokens)
+        .zip(tokens)
         .map(|((name, subject, role, group), tok)| {
             (
                 (*name).to_owned(),
@@ -217,7 +266,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let ready = json!({
+    json!({
         "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
         "http": http,
         "identities": identities,
@@ -231,20 +280,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         },
         "data_dir": data_dir,
         "tls": {"ca_file": tls.cert_file},
-    });
-    if let Some(path) = &opts.ready_file {
-        let tmp = path.with_extension("tmp");
-        // It holds every token and the superuser password: owner-only.
-        write_private(&tmp, &serde_json::to_string_pretty(&ready)?)?;
-        std::fs::rename(&tmp, path)?;
-    }
+    })
+}
 
+/// Ready-to-paste commands for each identity, the reviewer's and the auditor's.
+fn print_ready(
+    started: std::time::Instant,
+    pg: std::net::SocketAddr,
+    http: &str,
+    tokens: &[String],
+    tls: &ServerTls,
+    data_dir: &Path,
+) {
     println!(
         "\nphigate demo is ready in {:.1}s.",
         started.elapsed().as_secs_f64()
     );
     println!("Gateway: postgresql://{pg}/{DATABASE}   HTTP: {http}\n");
-    for ((name, subject, role, _), tok) in IDENTITIES.iter().zip(&tokens) {
+    for ((name, subject, role, _), tok) in IDENTITIES.iter().zip(tokens) {
         println!("# {name} ({subject}, role {role})");
         println!(
             "PGPASSWORD={tok} psql \"host={} port={} dbname={DATABASE} user={role} sslmode=disable\"\n",
@@ -258,7 +311,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     if let Some(reviewer) = IDENTITIES
         .iter()
-        .zip(&tokens)
+        .zip(tokens)
         .find(|((name, ..), _)| *name == "reviewer")
         .map(|(_, tok)| tok)
     {
@@ -271,19 +324,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
     }
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
-
-    let stop = running.stop_token();
-    tokio::spawn(async move {
-        crate::server::shutdown_signal().await;
-        stop.cancel();
-    });
-    running.wait().await;
-    if let Some(path) = &opts.ready_file {
-        let _ = std::fs::remove_file(path);
-    }
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    eprintln!("phigate demo: stopped and cleaned up.");
-    Ok(())
 }
 
 /// The clinical tables of the demo dataset.

@@ -9,12 +9,11 @@
 //! `phigate audit verify` proves it unaltered. Memory and disk are bounded: rows and values
 //! per result, bytes per session, bytes queued for the writer, bytes in the directory.
 
+mod event;
 pub mod file;
 pub mod replay;
+mod writer;
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,99 +21,11 @@ use std::time::{Duration, Instant};
 
 use phigate_policy::RecordMode;
 use phigate_wire::backend::{self, tag};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use writer::{dir_size, recover, Job, Writer};
 
-/// One line of a recording. `t` is microseconds since the session started.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "ev", rename_all = "snake_case")]
-pub enum Ev {
-    Start {
-        v: u32,
-        session: String,
-        subject: String,
-        role: String,
-        /// `shape` or `rows`.
-        mode: String,
-        max_rows: u64,
-        at: String,
-    },
-    /// The client sent statement `n` (its text, decision and parameters are in the audit
-    /// log's `statement` record `n` of the session).
-    Statement {
-        t: u64,
-        n: u64,
-    },
-    /// The client's next statement was held for review.
-    Held {
-        t: u64,
-        review: String,
-    },
-    Columns {
-        t: u64,
-        names: Vec<String>,
-        types: Vec<u32>,
-    },
-    Row {
-        t: u64,
-        values: Vec<Option<String>>,
-    },
-    /// One COPY TO STDOUT data message.
-    CopyData {
-        t: u64,
-        data: String,
-    },
-    Complete {
-        t: u64,
-        tag: String,
-        /// Rows (or COPY messages) of this result kept in the recording.
-        rows_kept: u64,
-    },
-    /// An execution stopped at its row limit (PortalSuspended).
-    Suspended {
-        t: u64,
-        rows_kept: u64,
-    },
-    Empty {
-        t: u64,
-    },
-    Error(Message),
-    Notice(Message),
-    Ready {
-        t: u64,
-        status: String,
-    },
-    /// Events left out: the writer fell behind.
-    Gap {
-        t: u64,
-        events: u64,
-    },
-    /// The recording stops here (its size cap); the session went on.
-    Truncated {
-        t: u64,
-        why: String,
-    },
-    End {
-        t: u64,
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Message {
-    pub t: u64,
-    pub severity: String,
-    pub code: String,
-    /// Absent when the role's recordings keep no message text (see docs/recording.md).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
+pub use event::{Ev, Message};
 
 /// A buffer is handed to the writer past this size, or at a ReadyForQuery a second after
 /// the last hand-over.
@@ -129,20 +40,6 @@ const MAX_QUEUED: u64 = 64 << 20;
 const MAX_ROW: usize = 256 << 10;
 /// The largest encrypted frame the writer makes (a chunk is split across frames).
 const FRAME_BYTES: usize = 4 << 20;
-
-enum Job {
-    Append {
-        name: Arc<str>,
-        encrypt: bool,
-        data: Vec<u8>,
-    },
-    Seal {
-        name: Arc<str>,
-        encrypt: bool,
-        data: Vec<u8>,
-        done: tokio::sync::oneshot::Sender<Result<Sealed, String>>,
-    },
-}
 
 /// A finished recording, for its audit record.
 #[derive(Debug, Clone)]
@@ -236,15 +133,14 @@ impl Recorder {
         let queued = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Stats::default());
         let max_total = config.recording.max_total_mb.saturating_mul(1 << 20);
-        let writer = Writer {
-            dir: dir.clone(),
+        let writer = Writer::new(
+            dir.clone(),
             max_total,
-            key: key.clone(),
-            files: HashMap::new(),
-            queued: queued.clone(),
-            used: used.clone(),
-            stats: stats.clone(),
-        };
+            key.clone(),
+            queued.clone(),
+            used.clone(),
+            stats.clone(),
+        );
         std::thread::Builder::new()
             .name("phigate-recorder".into())
             .spawn(move || writer.run(rx))?;
@@ -348,48 +244,6 @@ impl Recorder {
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         Some(Arc::new(tape))
     }
-}
-
-/// Seals a recording a crash left half written: renamed to its final name, recorded as
-/// incomplete.
-fn recover(dir: &Path, name: &str, audit: &phigate_audit::Auditor) -> anyhow::Result<()> {
-    let part = dir.join(part_name(name));
-    let done = dir.join(name);
-    if done.exists() {
-        anyhow::bail!("{} exists already", done.display());
-    }
-    std::fs::rename(&part, &done)?;
-    let (sha256, bytes) = digest(&done)?;
-    let session = name.split('.').next().unwrap_or(name).to_owned();
-    audit.submit(phigate_audit::Pending::Event(
-        phigate_audit::Event::Recording {
-            session,
-            file: name.to_owned(),
-            sha256,
-            bytes,
-            events: 0,
-            encrypted: name.ends_with(".enc"),
-            truncated: false,
-            complete: false,
-            error: None,
-        },
-    ));
-    tracing::warn!(file = %done.display(), "sealed a recording left unfinished by a crash");
-    Ok(())
-}
-
-fn dir_size(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        total += entry?.metadata()?.len();
-    }
-    Ok(total)
-}
-
-fn digest(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let n = std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok((hex::encode(h.finalize()), n))
 }
 
 #[derive(Default)]
@@ -775,192 +629,6 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         self.tape.maybe_flush(&mut self.buf, false);
     }
-}
-
-/// The writer thread's state for one file being written.
-struct Open {
-    sha: Sha256,
-    bytes: u64,
-    sealer: Option<file::Sealer>,
-    failed: Option<String>,
-    /// Chunks left out: the directory reached `max_total_mb`.
-    capped: bool,
-}
-
-struct Writer {
-    dir: PathBuf,
-    max_total: u64,
-    key: Option<Arc<file::Key>>,
-    files: HashMap<Arc<str>, Open>,
-    queued: Arc<AtomicU64>,
-    used: Arc<AtomicU64>,
-    stats: Arc<Stats>,
-}
-
-impl Writer {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            match job {
-                Job::Append {
-                    name,
-                    encrypt,
-                    data,
-                } => {
-                    self.queued.fetch_sub(data.len() as u64, Ordering::Relaxed);
-                    self.append(&name, encrypt, &data, false);
-                }
-                Job::Seal {
-                    name,
-                    encrypt,
-                    data,
-                    done,
-                } => {
-                    self.queued.fetch_sub(data.len() as u64, Ordering::Relaxed);
-                    self.append(&name, encrypt, &data, true);
-                    let _ = done.send(self.seal(&name));
-                }
-            }
-        }
-    }
-
-    fn append(&mut self, name: &Arc<str>, encrypt: bool, lines: &[u8], last: bool) {
-        if !self.files.contains_key(name) {
-            let open = self.create(name, encrypt);
-            self.files.insert(name.clone(), open);
-        }
-        let Some(open) = self.files.get_mut(name) else {
-            return;
-        };
-        if open.failed.is_some() || (lines.is_empty() && !last) {
-            return;
-        }
-        // The directory's budget holds while sessions run: past it, chunks are left out (the
-        // file stays readable; its audit record says `truncated`).
-        let over = self.used.load(Ordering::Relaxed) + lines.len() as u64 / 4 > self.max_total;
-        let lines = if over {
-            open.capped = true;
-            &[][..]
-        } else {
-            lines
-        };
-        if lines.is_empty() && !last {
-            return;
-        }
-        let result = (|| -> Result<Vec<u8>, String> {
-            let gz = if lines.is_empty() {
-                Vec::new()
-            } else {
-                file::compress(lines).map_err(|e| e.to_string())?
-            };
-            match &mut open.sealer {
-                // The gzip bytes in frames of at most FRAME_BYTES; the last frame is empty.
-                Some(s) => {
-                    let mut out = Vec::with_capacity(gz.len() + 64);
-                    for part in gz.chunks(FRAME_BYTES) {
-                        out.extend(s.frame(part, false)?);
-                    }
-                    if last {
-                        out.extend(s.frame(&[], true)?);
-                    }
-                    Ok(out)
-                }
-                None => Ok(gz),
-            }
-        })();
-        let written = result.and_then(|bytes| {
-            write_append(&self.dir.join(part_name(name)), &bytes)
-                .map(|()| bytes)
-                .map_err(|e| e.to_string())
-        });
-        match written {
-            Ok(bytes) => {
-                open.sha.update(&bytes);
-                open.bytes += bytes.len() as u64;
-                self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(file = %name, error = %e, "cannot write a session recording");
-                open.failed = Some(e);
-            }
-        }
-    }
-
-    fn create(&self, name: &str, encrypt: bool) -> Open {
-        let mut open = Open {
-            sha: Sha256::new(),
-            bytes: 0,
-            sealer: None,
-            failed: None,
-            capped: false,
-        };
-        let header = if encrypt {
-            let Some(key) = &self.key else {
-                open.failed = Some("no recording key".into());
-                return open;
-            };
-            match file::Sealer::new(key) {
-                Ok((sealer, header)) => {
-                    open.sealer = Some(sealer);
-                    header
-                }
-                Err(e) => {
-                    open.failed = Some(e);
-                    return open;
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let created = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(self.dir.join(part_name(name)))
-            .and_then(|mut f| f.write_all(&header));
-        match created {
-            Ok(()) => {
-                open.sha.update(&header);
-                open.bytes = header.len() as u64;
-            }
-            Err(e) => open.failed = Some(e.to_string()),
-        }
-        open
-    }
-
-    fn seal(&mut self, name: &Arc<str>) -> Result<Sealed, String> {
-        let open = self
-            .files
-            .remove(name)
-            .ok_or_else(|| "nothing was recorded".to_owned())?;
-        if let Some(e) = open.failed {
-            return Err(e);
-        }
-        let part = self.dir.join(part_name(name));
-        let done = self.dir.join(&**name);
-        let synced = std::fs::File::open(&part)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&part, &done))
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
-        if let Err(e) = synced {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e.to_string());
-        }
-        Ok(Sealed {
-            file: name.to_string(),
-            sha256: hex::encode(open.sha.finalize()),
-            bytes: open.bytes,
-            capped: open.capped,
-        })
-    }
-}
-
-fn write_append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-    f.write_all(bytes)
 }
 
 #[cfg(test)]

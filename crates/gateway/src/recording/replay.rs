@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use phigate_audit::{Event, StatementRecord};
+use phigate_wire::sqlstate;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -272,6 +273,57 @@ pub fn load(
     id: &str,
     key: Option<&file::Key>,
 ) -> Result<Replay, ReplayError> {
+    let Story {
+        row,
+        mut statements,
+        mut ends,
+        decided,
+        sealed,
+    } = read_story(audit_dir, id)?;
+    let mut row = row;
+    let (name, raw, verified) = read_recording(recordings_dir, id, sealed.as_ref())?;
+    let (lines, notes) =
+        file::parse(raw, key).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
+    let mut events = Vec::new();
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let ev: Ev = serde_json::from_slice(line)
+            .map_err(|e| ReplayError::Read(format!("{name}: not a recording event: {e}")))?;
+        events.push(ev);
+    }
+    let mut truncated = sealed.as_ref().is_some_and(|(_, r)| r.truncated);
+    let (steps, mode) = merge(events, &mut statements, &mut ends, &decided, &mut truncated);
+    if row.statements == 0 {
+        row.statements = steps.iter().filter(|s| s.n.is_some()).count() as u64;
+    }
+    row.recording = sealed.map(|(_, r)| r);
+    Ok(Replay {
+        session: row,
+        recording: Integrity {
+            file: name,
+            sealed: verified,
+            verified,
+            encrypted: notes.encrypted,
+            incomplete: notes.incomplete,
+            truncated,
+            mode,
+        },
+        steps,
+    })
+}
+
+/// What the audit log says of one session.
+struct Story {
+    row: SessionRow,
+    statements: HashMap<u64, StatementRecord>,
+    ends: HashMap<u64, Outcome>,
+    /// Review id → (status, by, reason).
+    decided: HashMap<String, (String, Option<String>, Option<String>)>,
+    /// The `recording` record that sealed its file: (seq, what it says).
+    sealed: Option<(u64, RecordingRef)>,
+}
+
+/// Reads session `id`'s records from the audit log.
+fn read_story(audit_dir: &Path, id: &str) -> Result<Story, ReplayError> {
     let mut row: Option<SessionRow> = None;
     let mut statements: HashMap<u64, StatementRecord> = HashMap::new();
     let mut ends: HashMap<u64, Outcome> = HashMap::new();
@@ -342,15 +394,29 @@ pub fn load(
         true
     });
     read.map_err(|e| ReplayError::Read(e.to_string()))?;
-    let mut row = row.ok_or_else(|| ReplayError::UnknownSession(id.to_owned()))?;
+    let row = row.ok_or_else(|| ReplayError::UnknownSession(id.to_owned()))?;
     if let Some(e) = failed {
         return Err(ReplayError::Read(format!(
             "the recording of session {id} could not be finished: {e}"
         )));
     }
+    Ok(Story {
+        row,
+        statements,
+        ends,
+        decided,
+        sealed,
+    })
+}
 
-    // The file: the one the audit log sealed, else one still being written (or cut short).
-    let (path, name) = match &sealed {
+/// The recording's file name, its bytes, and whether they match the digest the audit log
+/// sealed. The file: the one the audit log sealed, else one still being written (or cut short).
+fn read_recording(
+    recordings_dir: &Path,
+    id: &str,
+    sealed: Option<&(u64, RecordingRef)>,
+) -> Result<(String, Vec<u8>, bool), ReplayError> {
+    let (path, name) = match sealed {
         Some((_, r)) if is_plain_name(&r.file) => (recordings_dir.join(&r.file), r.file.clone()),
         Some((seq, _)) => {
             return Err(ReplayError::Altered {
@@ -370,7 +436,7 @@ pub fn load(
     // One read: the bytes whose digest is checked are the bytes shown.
     let raw = std::fs::read(&path).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
     let mut verified = false;
-    if let Some((seq, r)) = &sealed {
+    if let Some((seq, r)) = sealed {
         if hex::encode(Sha256::digest(&raw)) != r.sha256 {
             return Err(ReplayError::Altered {
                 session: id.to_owned(),
@@ -379,16 +445,20 @@ pub fn load(
         }
         verified = true;
     }
-    let (lines, notes) =
-        file::parse(raw, key).map_err(|e| ReplayError::Read(format!("{name}: {e}")))?;
-    let mut events = Vec::new();
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let ev: Ev = serde_json::from_slice(line)
-            .map_err(|e| ReplayError::Read(format!("{name}: not a recording event: {e}")))?;
-        events.push(ev);
-    }
+    Ok((name, raw, verified))
+}
+
+/// Merges the recording's events with the audit's statements, outcomes and review decisions
+/// into steps; returns them and the recording's mode. Sets `truncated` when events were left
+/// out.
+fn merge(
+    events: Vec<Ev>,
+    statements: &mut HashMap<u64, StatementRecord>,
+    ends: &mut HashMap<u64, Outcome>,
+    decided: &HashMap<String, (String, Option<String>, Option<String>)>,
+    truncated: &mut bool,
+) -> (Vec<Step>, Option<String>) {
     let mut mode = None;
-    let mut truncated = sealed.as_ref().is_some_and(|(_, r)| r.truncated);
     let mut steps: Vec<Step> = Vec::new();
     for ev in events {
         match ev {
@@ -428,7 +498,7 @@ pub fn load(
             }),
             ev => {
                 if matches!(ev, Ev::Truncated { .. } | Ev::Gap { .. }) {
-                    truncated = true;
+                    *truncated = true;
                 }
                 if steps.is_empty() {
                     steps.push(Step {
@@ -446,23 +516,7 @@ pub fn load(
             }
         }
     }
-    if row.statements == 0 {
-        row.statements = steps.iter().filter(|s| s.n.is_some()).count() as u64;
-    }
-    row.recording = sealed.map(|(_, r)| r);
-    Ok(Replay {
-        session: row,
-        recording: Integrity {
-            file: name,
-            sealed: verified,
-            verified,
-            encrypted: notes.encrypted,
-            incomplete: notes.incomplete,
-            truncated,
-            mode,
-        },
-        steps,
-    })
+    (steps, mode)
 }
 
 fn is_plain_name(name: &str) -> bool {
@@ -647,13 +701,13 @@ pub fn render_step(step: &Step, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     if let Some(o) = &step.outcome {
-        if o.sqlstate != "00000" || o.duration_us > 0 {
+        if o.sqlstate != sqlstate::SUCCESSFUL_COMPLETION || o.duration_us > 0 {
             line(
                 out,
                 &format!(
                     "            ({:.1} ms{})",
                     o.duration_us as f64 / 1000.0,
-                    if o.sqlstate == "00000" {
+                    if o.sqlstate == sqlstate::SUCCESSFUL_COMPLETION {
                         String::new()
                     } else {
                         format!(", SQLSTATE {}", o.sqlstate)

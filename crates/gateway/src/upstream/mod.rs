@@ -320,7 +320,10 @@ fn sasl_out_of_order(what: &str) -> UpstreamError {
 fn refused(frame: &Frame) -> UpstreamError {
     match Fields::decode(frame) {
         Ok(f) => UpstreamError::Refused {
-            code: f.code().unwrap_or("XX000").to_owned(),
+            code: f
+                .code()
+                .unwrap_or(phigate_wire::sqlstate::INTERNAL_ERROR)
+                .to_owned(),
             message: f.message().unwrap_or_default().to_owned(),
         },
         Err(e) => e.into(),

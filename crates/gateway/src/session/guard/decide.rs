@@ -34,6 +34,18 @@ pub fn executes(analysis: &Analysis) -> Vec<&str> {
         .collect()
 }
 
+/// The names SQL-level `PREPARE` creates.
+pub fn prepares(analysis: &Analysis) -> impl Iterator<Item = &str> {
+    let stmts: &[Statement] = match analysis {
+        Analysis::Parsed(stmts) => stmts,
+        Analysis::Invalid { .. } => &[],
+    };
+    stmts
+        .iter()
+        .filter(|s| s.kind == Kind::Prepare)
+        .filter_map(|s| s.name.as_deref())
+}
+
 /// What each top-level statement of an allowed Query does to the session's prepared
 /// statements, in order (one entry per statement, as PostgreSQL sends one CommandComplete per
 /// statement).

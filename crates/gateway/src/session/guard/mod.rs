@@ -32,7 +32,8 @@ use rand::Rng;
 
 use crate::auth::Identity;
 use crate::session::relay::exchange::{
-    Exchange, Portal, Prepared, Sent, Unit, MAX_PORTALS, MAX_PREPARED,
+    Exchange, Portal, Prepared, Sent, Unit, MAX_NAME_BYTES, MAX_PORTALS, MAX_PREPARED,
+    MAX_PREPARED_BYTES,
 };
 pub use record::{describe, phi_columns};
 
@@ -259,6 +260,13 @@ impl Guard {
         if self.p.approvals_on {
             decision = decide::no_prepared_approvals(&analysis, decision);
         }
+        if decision == Decision::Allow {
+            let room =
+                decide::prepares(&analysis).find_map(|name| room_to_prepare(ex, name, sql.len()));
+            if let Some(r) = room {
+                decision = Decision::Deny(r);
+            }
+        }
         let sql: Arc<str> = Arc::from(sql);
         let record = self.record(Note {
             approval: None,
@@ -310,12 +318,10 @@ impl Guard {
                 .decide_executes(&analysis, ex, false, &mut Vec::new())
                 .unwrap_or(Decision::Allow);
         }
-        if decision == Decision::Allow
-            && !name.is_empty()
-            && ex.statement(name).is_none()
-            && ex.prepared_count() >= MAX_PREPARED
-        {
-            decision = Decision::Deny(refusals::limit("prepared statements", MAX_PREPARED));
+        if decision == Decision::Allow {
+            if let Some(r) = room_to_prepare(ex, name, sql.len()) {
+                decision = Decision::Deny(r);
+            }
         }
         let sql: Arc<str> = Arc::from(sql);
         match decision {
@@ -362,6 +368,8 @@ impl Guard {
             } else {
                 Decision::Deny(refusals::unknown_statement(bind.statement))
             })
+        } else if bind.portal.len() > MAX_NAME_BYTES {
+            Some(Decision::Deny(refusals::name_too_long(MAX_NAME_BYTES)))
         } else if !bind.portal.is_empty()
             && ex.portal(bind.portal).is_none()
             && ex.portal_count() >= MAX_PORTALS
@@ -706,6 +714,26 @@ impl Guard {
 
 /// The prefix of every substitute token: a syntax error or a name no client chooses.
 const TOKEN_PREFIX: &str = "phigate_denied_";
+
+/// Whether the session may prepare one more statement `name` of `bytes` of text.
+fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusal> {
+    if name.len() > MAX_NAME_BYTES {
+        return Some(refusals::name_too_long(MAX_NAME_BYTES));
+    }
+    if name.is_empty() || ex.statement(name).is_some() {
+        return None;
+    }
+    if ex.prepared_count() >= MAX_PREPARED {
+        return Some(refusals::limit("prepared statements", MAX_PREPARED));
+    }
+    if ex.prepared_bytes() + bytes > MAX_PREPARED_BYTES {
+        return Some(refusals::limit(
+            "bytes of prepared statements",
+            MAX_PREPARED_BYTES,
+        ));
+    }
+    None
+}
 
 fn forward(sent: Sent) -> Filtered {
     Filtered {

@@ -80,6 +80,16 @@ pub fn limit(what: &str, max: usize) -> Refusal {
     )
 }
 
+/// A statement or portal name longer than the gateway keeps.
+pub fn name_too_long(max: usize) -> Refusal {
+    refusal(
+        "session-limit",
+        format!("phigate: statement and portal names are limited to {max} bytes"),
+        "Use a shorter name.",
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+    )
+}
+
 /// A statement that needs approval cannot be approved inside PREPARE (one approval would then
 /// cover any number of EXECUTEs).
 pub fn prepared_approval(rule: &str) -> Refusal {

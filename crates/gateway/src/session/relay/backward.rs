@@ -191,6 +191,11 @@ impl Backward {
                 self.out.extend_from_slice(&refusal);
                 continue;
             }
+            // A masked session never receives notification payloads (LISTEN is refused to
+            // masked roles; this holds should one arrive anyhow): they are not masked.
+            if frame.tag() == tag::NOTIFICATION_RESPONSE && self.p.detect.is_some() {
+                continue;
+            }
             if frame.tag() == tag::PARAMETER_STATUS {
                 let (name, value) = backend::decode_parameter_status(&frame)?;
                 if name == "client_encoding" && !crate::session::is_utf8(value) {

@@ -25,19 +25,22 @@
 //!   [`Finished`] when the database has answered them (or skipped them).
 //!
 //! Pure: no IO, no clock but the one a unit carries. Bounded: at most [`MAX_IN_FLIGHT`]
-//! entries, [`MAX_PREPARED`] statements and [`MAX_PORTALS`] portals, [`MAX_REFUSED_NAMES`]
-//! remembered refused names (as hashes).
+//! entries, [`MAX_PREPARED`] statements holding [`MAX_PREPARED_BYTES`] of text, names of
+//! [`MAX_NAME_BYTES`], [`MAX_PORTALS`] portals, [`MAX_REFUSED_NAMES`] remembered refused names
+//! (as hashes); the guard refuses what would exceed them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use phigate_policy::Refusal;
-use phigate_sql::Analysis;
 use phigate_wire::backend::{self, tag, Fields, Notice, TransactionStatus};
 use phigate_wire::Frame;
+
+mod names;
+use names::{apply, Names};
+pub use names::{Effect, Portal, Prepared};
 
 /// Messages sent and not yet answered, at most: the forward half waits for answers before it
 /// sends more. (The database flushes its answers at least every 8 KiB, and no answer is shorter
@@ -45,130 +48,15 @@ use phigate_wire::Frame;
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// Prepared statements a session may hold (protocol-level and SQL-level together).
 pub const MAX_PREPARED: usize = 4096;
+/// Bytes of statement text the prepared statements of a session may hold together.
+pub const MAX_PREPARED_BYTES: usize = 64 << 20;
+/// Longest statement or portal name a session may create (PostgreSQL's own SQL-level names
+/// are cut at 63 bytes; drivers' protocol-level names are short).
+pub const MAX_NAME_BYTES: usize = 1024;
 /// Portals a session may hold open at once.
 pub const MAX_PORTALS: usize = 1024;
 /// Names of refused statements remembered (as 64-bit hashes) for a precise refusal at Bind.
 pub const MAX_REFUSED_NAMES: usize = 1024;
-
-/// A prepared statement as the session holds it: what it runs and under which policy it was
-/// decided.
-#[derive(Debug)]
-pub struct Prepared {
-    pub sql: Arc<str>,
-    pub analysis: Arc<Analysis>,
-    /// The policy version it was last decided under.
-    version: AtomicU64,
-    /// Executions an approval still covers (`u32::MAX`: not limited by an approval).
-    uses: AtomicU32,
-    /// The review that approved it, if it was held.
-    pub review: Option<String>,
-}
-
-impl Prepared {
-    pub fn new(sql: Arc<str>, analysis: Arc<Analysis>, version: u64) -> Arc<Prepared> {
-        Arc::new(Prepared {
-            sql,
-            analysis,
-            version: AtomicU64::new(version),
-            uses: AtomicU32::new(u32::MAX),
-            review: None,
-        })
-    }
-
-    /// A statement a reviewer approved: it runs once.
-    pub fn approved(
-        sql: Arc<str>,
-        analysis: Arc<Analysis>,
-        version: u64,
-        review: &str,
-    ) -> Arc<Prepared> {
-        Arc::new(Prepared {
-            sql,
-            analysis,
-            version: AtomicU64::new(version),
-            uses: AtomicU32::new(1),
-            review: Some(review.to_owned()),
-        })
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    pub fn set_version(&self, v: u64) {
-        self.version.store(v, Ordering::Release);
-    }
-
-    /// Whether an approval limits its executions.
-    pub fn one_shot(&self) -> bool {
-        self.review.is_some()
-    }
-
-    /// Whether an approved statement has its execution left (unlimited ones always do).
-    pub fn has_use(&self) -> bool {
-        self.uses.load(Ordering::Acquire) > 0
-    }
-
-    /// Takes one execution of an approved statement; false when its approval is used up.
-    /// Unlimited statements always succeed.
-    pub fn take_use(&self) -> bool {
-        self.uses
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
-                u32::MAX => Some(u32::MAX),
-                0 => None,
-                n => Some(n - 1),
-            })
-            .is_ok()
-    }
-}
-
-/// What a bound portal will run, for its Execute's audit record.
-#[derive(Debug)]
-pub struct Portal {
-    pub statement: Arc<Prepared>,
-    pub params: Vec<Option<phigate_audit::Param>>,
-}
-
-/// A change to the names the session holds, made by a message once the database confirms it.
-#[derive(Debug, Clone)]
-pub enum Effect {
-    /// Parse or SQL `PREPARE`: creates a named statement (refused by the database if the name
-    /// exists) or replaces the unnamed one.
-    Prepare {
-        name: String,
-        statement: Arc<Prepared>,
-    },
-    /// Close of a statement, or SQL `DEALLOCATE name`.
-    Deallocate { name: String },
-    /// SQL `DEALLOCATE ALL`.
-    DeallocateAll,
-    /// SQL `DISCARD ALL`: every prepared statement and portal.
-    DiscardAll,
-    /// Bind: creates a portal.
-    Bind { portal: String, bound: Arc<Portal> },
-    /// Close of a portal.
-    ClosePortal { name: String },
-}
-
-impl Effect {
-    /// The command tag by which the database confirms a SQL-level effect.
-    fn confirmed_by(&self, command: &str) -> bool {
-        match self {
-            Effect::Prepare { .. } => command == "PREPARE",
-            Effect::Deallocate { .. } | Effect::DeallocateAll => command.starts_with("DEALLOCATE"),
-            Effect::DiscardAll => command == "DISCARD ALL",
-            _ => false,
-        }
-    }
-
-    fn names_statement(&self, name: &str) -> bool {
-        match self {
-            Effect::Prepare { name: n, .. } | Effect::Deallocate { name: n } => n == name,
-            Effect::DeallocateAll | Effect::DiscardAll => true,
-            Effect::Bind { .. } | Effect::ClosePortal { .. } => false,
-        }
-    }
-}
 
 /// What a message sent to the database is, as far as its answer goes.
 #[derive(Debug)]
@@ -235,21 +123,6 @@ struct Entry {
     tag_rows: Option<u64>,
     command: Option<String>,
     error: Option<String>,
-}
-
-/// Prepared statements or portals, by name.
-struct Names<T> {
-    confirmed: HashMap<String, Arc<T>>,
-    projected: HashMap<String, Arc<T>>,
-}
-
-impl<T> Default for Names<T> {
-    fn default() -> Self {
-        Names {
-            confirmed: HashMap::new(),
-            projected: HashMap::new(),
-        }
-    }
 }
 
 /// What the backward half does with a message from the database.
@@ -366,6 +239,15 @@ impl Exchange {
         self.statements.projected.len()
     }
 
+    /// Statement text held by the projected prepared statements.
+    pub fn prepared_bytes(&self) -> usize {
+        self.statements
+            .projected
+            .values()
+            .map(|p| p.sql.len())
+            .sum()
+    }
+
     pub fn portal_count(&self) -> usize {
         self.portals.projected.len()
     }
@@ -424,7 +306,9 @@ impl Exchange {
             // The database is reading COPY data: it swallows Sync and Flush, ends the COPY at
             // CopyDone / CopyFail, and fails it on anything else (that message is consumed).
             match sent {
-                Sent::Sync | Sent::Silent => return self.finish_now(unit, "00000"),
+                Sent::Sync | Sent::Silent => {
+                    return self.finish_now(unit, phigate_wire::sqlstate::SUCCESSFUL_COMPLETION)
+                }
                 Sent::CopyEnd => {
                     self.copy_in = false;
                     return;
@@ -802,36 +686,6 @@ fn entry_effects(e: &Entry) -> impl Iterator<Item = &Effect> {
         _ => &[],
     };
     of_query.iter().flatten().chain(e.effect.iter())
-}
-
-fn apply(
-    statements: &mut HashMap<String, Arc<Prepared>>,
-    portals: &mut HashMap<String, Arc<Portal>>,
-    ef: &Effect,
-) {
-    match ef {
-        Effect::Prepare { name, statement } => {
-            if name.is_empty() || !statements.contains_key(name) {
-                statements.insert(name.clone(), statement.clone());
-            }
-        }
-        Effect::Deallocate { name } => {
-            statements.remove(name);
-        }
-        Effect::DeallocateAll => statements.clear(),
-        Effect::DiscardAll => {
-            statements.clear();
-            portals.clear();
-        }
-        Effect::Bind { portal, bound } => {
-            if portal.is_empty() || !portals.contains_key(portal) {
-                portals.insert(portal.clone(), bound.clone());
-            }
-        }
-        Effect::ClosePortal { name } => {
-            portals.remove(name);
-        }
-    }
 }
 
 /// A CommandComplete's tag without its counts, and its row count: `SELECT 5` → ("SELECT",

@@ -160,7 +160,12 @@ impl<'s> Forward<'s> {
                 return self.bad_message(WireError::UnexpectedTag(b'p')).await;
             }
             self.wait_for_room().await?;
-            let analysis = Guard::analyze(&msg, &self.shared.analyzer);
+            let analysis = match statement_text(&msg) {
+                Some(sql) if sql.len() > phigate_sql::MAX_CACHED_BYTES => {
+                    Some(analyze_large(sql).await)
+                }
+                _ => Guard::analyze(&msg, &self.shared.analyzer),
+            };
             let filtered = {
                 let ex = self.link.exchange();
                 self.guard.filter(&frame, &msg, analysis, &ex)
@@ -302,5 +307,48 @@ impl<'s> Forward<'s> {
             self.out.clear();
         }
         Ok(())
+    }
+}
+
+/// Large statements are analysed off the async workers, one at a time in the whole process and
+/// within a budget: a session that sends them waits for its own analyses, and no other session
+/// notices (the runtime's threads, `/healthz` included, never parse a large text).
+static LARGE_ANALYSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// How long a session may wait for the analysis of one large statement (its turn included)
+/// before the statement is refused as unanalysable.
+const ANALYSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn statement_text<'a>(msg: &FrontendMessage<'a>) -> Option<&'a str> {
+    match msg {
+        FrontendMessage::Query { sql } => Some(sql),
+        FrontendMessage::Parse(p) => Some(p.sql),
+        _ => None,
+    }
+}
+
+async fn analyze_large(sql: &str) -> Arc<phigate_sql::Analysis> {
+    let text = sql.to_owned();
+    let work = async move {
+        let permit = LARGE_ANALYSES.acquire().await.ok()?;
+        // The permit goes with the work: an analysis whose session stopped waiting still
+        // holds the turn until it is done, so they never pile up.
+        tokio::task::spawn_blocking(move || {
+            let analysis = phigate_sql::analyze(&text);
+            drop(permit);
+            analysis
+        })
+        .await
+        .ok()
+    };
+    match tokio::time::timeout(ANALYSIS_BUDGET, work).await {
+        Ok(Some(a)) => Arc::new(a),
+        _ => Arc::new(phigate_sql::Analysis::Invalid {
+            message: format!(
+                "the statement could not be analysed within {} s (too large or too complex); phigate forwards only what it can analyse",
+                ANALYSIS_BUDGET.as_secs()
+            ),
+            position: None,
+        }),
     }
 }

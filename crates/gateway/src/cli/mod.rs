@@ -1,0 +1,164 @@
+//! The `phigate` command line: the clap definitions of the top level, and one module per command
+//! family. `src/main.rs` parses and dispatches; each module does its command's work and printing.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+pub mod audit;
+pub mod demo;
+pub mod discover;
+pub mod keys;
+pub mod login;
+pub mod replay;
+pub mod review;
+pub mod serve;
+pub mod sessions;
+pub mod token;
+
+#[derive(Parser)]
+#[command(
+    name = "phigate",
+    version,
+    about = "A PostgreSQL gateway for patient data"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Print the JSON schema of the configuration file.
+    Schema,
+    /// Check a configuration file and exit.
+    Check(serve::CheckArgs),
+    /// A throwaway PostgreSQL with synthetic patients, the gateway in front of it.
+    Demo(demo::DemoArgs),
+    /// API keys for machine identities (AI agents, CI jobs).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Propose PHI tags for a database's columns from their names and sampled contents, as a
+    /// `[[phi]]` config snippet for a person to review (no sampled value is printed).
+    Discover(discover::DiscoverArgs),
+    /// The audit log: verify it, search it, export it, report on it (works while the gateway
+    /// runs).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Recorded sessions: who, when, from where, what they touched (from the audit log).
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
+    /// Replay a recorded session: what the caller sent and what it received, step by step
+    /// with the original timing. Refuses a recording whose digest differs from the audit log.
+    Replay(replay::ReplayArgs),
+    /// Statements held for review: list, show, approve, deny (through the gateway's HTTP API).
+    Review(review::ReviewArgs),
+    /// Development tokens (refused unless the config sets auth.development).
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Sign in with your identity provider and get a short-lived gateway token and a ready
+    /// psql command.
+    Login(login::LoginArgs),
+}
+
+/// A multi-threaded runtime with every driver enabled.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(None)
+}
+
+/// A runtime with the configured number of workers (1: a current-thread runtime).
+pub fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(builder.enable_all().build()?)
+}
+
+/// Where the gateway keeps its state: from a config file's `data_dir`, or given directly.
+#[derive(clap::Args)]
+pub struct StateDir {
+    /// The gateway's config file (its data_dir is used, and roles are checked against it).
+    #[arg(long, short, env = "PHIGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The gateway's data directory.
+    #[arg(long, env = "PHIGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StateDir {
+    /// The data directory, and the config if one was given.
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Option<Config>)> {
+        match (&self.config, &self.data_dir) {
+            (Some(_), Some(_)) => anyhow::bail!("give --config or --data-dir, not both"),
+            (Some(path), None) => {
+                let config = Config::load(path)?;
+                let dir = config
+                    .data_dir
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("{}: no data_dir set", path.display()))?;
+                Ok((dir, Some(config)))
+            }
+            (None, Some(dir)) => Ok((dir.clone(), None)),
+            (None, None) => anyhow::bail!("give --config FILE or --data-dir DIR"),
+        }
+    }
+}
+
+/// Which audit log: the gateway's data directory (its `audit/` is used) or the log directory.
+#[derive(clap::Args)]
+pub struct AuditDir {
+    #[arg(long, env = "PHIGATE_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+/// The log directory: `<data dir>/audit`, or the directory itself if it holds the log.
+fn audit_dir(dir: &AuditDir) -> anyhow::Result<PathBuf> {
+    let nested = dir.data_dir.join("audit");
+    if nested.is_dir() {
+        return Ok(nested);
+    }
+    if dir.data_dir.join(phigate_audit::store::PUBLIC_KEY).exists() {
+        return Ok(dir.data_dir.clone());
+    }
+    anyhow::bail!(
+        "no audit log in {} (nor in its audit/)",
+        dir.data_dir.display()
+    )
+}
+
+fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(text).map_err(|e| anyhow::anyhow!("--ttl {text}: {e}"))
+}
+
+/// RFC 3339, a date, or an age (`24h`: that long ago).
+fn time_bound(text: &Option<String>) -> anyhow::Result<Option<String>> {
+    let Some(t) = text else { return Ok(None) };
+    if let Ok(age) = humantime::parse_duration(t) {
+        let at = std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(Some(phigate_audit::record::rfc3339(at)));
+    }
+    if humantime::parse_rfc3339_weak(t).is_ok() || t.len() == 10 {
+        return Ok(Some(t.clone()));
+    }
+    anyhow::bail!("{t}: not a time (RFC 3339, YYYY-MM-DD, or an age such as 24h)")
+}

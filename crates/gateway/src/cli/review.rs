@@ -1,0 +1,183 @@
+//! `phigate review`: statements held for review, through the gateway's HTTP API.
+
+use clap::Subcommand;
+
+#[derive(clap::Args)]
+pub struct ReviewArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, env = "PHIGATE_URL", global = true)]
+    url: Option<String>,
+    /// Your token or API key (a reviewer role's).
+    #[arg(long, env = "PHIGATE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: ReviewCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ReviewCommand {
+    /// Ask to act as another role for a while (an access request: roles of
+    /// approvals.elevation_roles); a reviewer approves it like a held statement, then you
+    /// connect with that role until it runs out. Uses your own token.
+    Request {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        minutes: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Pending reviews (all recent ones with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One review: who, what exactly, why, which rule.
+    Show { id: String },
+    /// Let the held statement run (once).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        /// Emergency access: approve your own statement (roles in approvals.break_glass_roles;
+        /// a justification of at least 20 characters). Audited and announced as break-glass.
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Refuse it; the requester sees the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub fn run(args: ReviewArgs) -> anyhow::Result<()> {
+    super::runtime().and_then(|rt| rt.block_on(review(args.url, args.token, args.command)))
+}
+
+async fn review(
+    url: Option<String>,
+    token: Option<String>,
+    command: ReviewCommand,
+) -> anyhow::Result<()> {
+    let url = url.ok_or_else(|| anyhow::anyhow!("give --url (or PHIGATE_URL)"))?;
+    let token = token.ok_or_else(|| anyhow::anyhow!("give --token (or PHIGATE_TOKEN)"))?;
+    let base = url.trim_end_matches('/');
+    let lower = base.to_ascii_lowercase();
+    if !lower.starts_with("https://") && !crate::auth::is_loopback_url(&lower) {
+        anyhow::bail!("--url must be https:// (plain http only to a gateway on this machine)");
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()?;
+    let (method, path, body) = match &command {
+        ReviewCommand::List { all, .. } => (
+            reqwest::Method::GET,
+            format!("/v1/reviews{}", if *all { "?all=true" } else { "" }),
+            None,
+        ),
+        ReviewCommand::Show { id } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
+        ReviewCommand::Request {
+            role,
+            minutes,
+            reason,
+        } => (
+            reqwest::Method::POST,
+            "/v1/access-requests".to_owned(),
+            Some(serde_json::json!({ "role": role, "minutes": minutes, "reason": reason })),
+        ),
+        ReviewCommand::Approve {
+            id,
+            reason,
+            break_glass,
+        } => (
+            reqwest::Method::POST,
+            format!("/v1/reviews/{id}/approve"),
+            Some(serde_json::json!({ "reason": reason, "break_glass": break_glass })),
+        ),
+        ReviewCommand::Deny { id, reason } => (
+            reqwest::Method::POST,
+            format!("/v1/reviews/{id}/deny"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+    };
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(&token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed")
+        );
+    }
+    let show = |r: &serde_json::Value| {
+        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        format!(
+            "{}  {}  {} as {}  rule {}  {}\n  {}{}",
+            s("id"),
+            s("status"),
+            s("requester"),
+            s("role"),
+            s("rule"),
+            s("created_at"),
+            s("statement"),
+            r.get("justification")
+                .and_then(|j| j.as_str())
+                .map(|j| format!("\n  justification: {j}"))
+                .unwrap_or_default()
+        )
+    };
+    match command {
+        ReviewCommand::List { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&v["reviews"])?)
+        }
+        ReviewCommand::List { .. } => {
+            let list = v["reviews"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no reviews pending");
+            }
+            for r in list {
+                println!("{}", show(&r));
+            }
+        }
+        ReviewCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        ReviewCommand::Request { role, minutes, .. } => println!(
+            "access request {id} is pending: once a reviewer approves it (phigate review approve {id} --reason ...), connect with user={role} for {minutes} minutes",
+            id = v["id"].as_str().unwrap_or("?"),
+        ),
+        ReviewCommand::Approve { .. } | ReviewCommand::Deny { .. } => {
+            if v["status"] == "pending" {
+                println!(
+                    "review {}: approval {} of {} recorded; it waits for another reviewer",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["approvals"].as_array().map_or(0, Vec::len),
+                    v["approvals_required"].as_u64().unwrap_or(1)
+                )
+            } else {
+                println!(
+                    "review {} {} by {}{}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["status"].as_str().unwrap_or("?"),
+                    v["decided_by"].as_str().unwrap_or("?"),
+                    if v["break_glass"] == true {
+                        " (BREAK-GLASS)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
+    }
+    Ok(())
+}

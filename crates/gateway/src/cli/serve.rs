@@ -1,0 +1,61 @@
+//! `phigate serve`, `phigate check` and `phigate schema`: run the gateway from a config file, or
+//! only load and validate it.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Override the configured log format.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        config: path,
+        log_format,
+    } = args;
+    let config = Config::load(&path)?;
+    let format = match log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.log.format,
+    };
+    crate::logging::init(format, config.log.level.as_deref());
+    super::runtime_with(config.runtime.worker_threads)?.block_on(async {
+        let running = crate::server::start(&config).await?;
+        crate::server::spawn_reload_on_sighup(running.shared.clone(), path.clone());
+        let stop = running.stop_token();
+        tokio::spawn(async move {
+            crate::server::shutdown_signal().await;
+            stop.cancel();
+        });
+        running.wait().await;
+        Ok(())
+    })
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+    match Config::load(&args.config) {
+        Ok(_) => {
+            println!("{}: ok", args.config.display());
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn schema() -> anyhow::Result<()> {
+    println!("{}", Config::json_schema());
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! How callers prove who they are (OIDC issuers, static identities, gateway tokens, failed-login
+//! limits) and which identities may assume which roles; the checks that refuse a config letting
+//! anyone in without an individual identity. The pure rules for the values written here (reserved
+//! issuer names, loopback URLs, signature algorithms) live here too, so `auth` uses them from the
+//! config and the config needs nothing from `auth`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Config, ConfigError};
+
+/// The issuer name of development tokens minted by `phigate token mint`.
+pub const DEVELOPMENT_ISSUER: &str = "development";
+
+/// Accepted when an issuer's config does not narrow the list.
+pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Parses an algorithm name from the config; symmetric ones are refused.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown signature algorithm {name:?}"))?;
+    if !DEFAULT_ALGORITHMS.contains(&alg) {
+        return Err(format!(
+            "algorithm {name} is not allowed: symmetric (HS*) keys would let anyone holding the \
+             verification key sign tokens"
+        ));
+    }
+    Ok(alg)
+}
+
+/// `http://127.0.0.1...`, `http://localhost...`, `http://[::1]...`.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A caller known by the SHA-256 of its token. The token goes in the password field; the
+/// startup `user` names the role to assume.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticIdentity {
+    /// The individual: a person's e-mail or a service name.
+    pub subject: String,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Roles this identity may assume; the first is its default.
+    pub roles: Vec<String>,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// The `iss` of tokens the gateway signs itself (`phigate login`, the development issuer).
+    /// Defaults to the HTTP address's URL, else `phigate`.
+    pub issuer: Option<String>,
+    /// Lifetime of the session tokens `phigate login` obtains, in seconds.
+    #[serde(default = "default_session_token_ttl")]
+    pub session_token_ttl_secs: u64,
+    /// Development only (the demo): `phigate token mint` may sign a token for any subject and
+    /// groups with the gateway's key. Never enable this in front of real patient data.
+    #[serde(default)]
+    pub development: bool,
+    /// OpenID Connect issuers whose JWTs are accepted.
+    #[serde(default)]
+    pub oidc: Vec<OidcConfig>,
+    #[serde(default)]
+    pub failed_logins: FailedLogins,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            leeway_secs: default_leeway(),
+            issuer: None,
+            session_token_ttl_secs: default_session_token_ttl(),
+            development: false,
+            oidc: Vec::new(),
+            failed_logins: FailedLogins::default(),
+        }
+    }
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_session_token_ttl() -> u64 {
+    3600
+}
+
+/// One trusted OpenID Connect issuer.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// A short name, used by bindings (`issuer = "corp"`) and in logs.
+    pub name: String,
+    /// The issuer URL, exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values: at least one (a token minted for another application must not
+    /// open a database session).
+    pub audience: Vec<String>,
+    /// Where the signing keys are; found through discovery
+    /// (`{issuer}/.well-known/openid-configuration`) if unset.
+    pub jwks_uri: Option<String>,
+    /// The claim that names the individual (`sub`, `email`, `preferred_username`, ...).
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The claim holding the caller's groups; a dotted path such as `realm_access.roles` works.
+    pub groups_claim: Option<String>,
+    /// Signature algorithms accepted. Default: RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    /// Symmetric (HS*) and `none` are never accepted.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// The OAuth client `phigate login` uses (a public client with PKCE / device flow).
+    pub client_id: Option<String>,
+    /// Extra scopes `phigate login` asks for, besides `openid`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Seconds between JWKS fetches for an unknown `kid` (a flood of made-up key ids cannot
+    /// make the gateway hammer the IdP).
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// Keys are fetched again after this many seconds.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_secs: u64,
+    /// CA bundle for the IdP's HTTPS certificate; the Mozilla roots if unset.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_jwks_min_refresh() -> u64 {
+    10
+}
+fn default_jwks_max_age() -> u64 {
+    3600
+}
+
+/// Failed logins are counted per source address (IPv6: per /64); past the limit, that address
+/// is refused without a check until the window passes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailedLogins {
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window")]
+    pub window_secs: u64,
+}
+
+impl Default for FailedLogins {
+    fn default() -> Self {
+        FailedLogins {
+            max_failures: default_max_failures(),
+            window_secs: default_failure_window(),
+        }
+    }
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+fn default_failure_window() -> u64 {
+    60
+}
+
+/// Grants roles to identities. An identity may assume the roles of every binding it matches;
+/// its default role is the first role of the first binding it matches.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Roles granted, in order of preference.
+    pub roles: Vec<String>,
+    /// Matches identities in any of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Matches these individuals (the subject claim's value).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Only identities vouched for by this issuer: an `[[auth.oidc]]` name, or `development`
+    /// for tokens from `phigate token mint`. Any issuer if unset.
+    pub issuer: Option<String>,
+}
+
+impl Config {
+    /// Rejects any configuration that would let a caller in without an individual identity.
+    pub(super) fn validate_auth(&self, policy: &phigate_policy::Policy) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for o in &self.auth.oidc {
+            let reserved = [DEVELOPMENT_ISSUER, "static", "api-key"];
+            if !names.insert(o.name.as_str()) || reserved.contains(&o.name.as_str()) {
+                return invalid(format!(
+                    "auth.oidc: the name {} is used twice or reserved",
+                    o.name
+                ));
+            }
+            if self
+                .auth
+                .oidc
+                .iter()
+                .filter(|x| x.issuer == o.issuer)
+                .count()
+                > 1
+            {
+                return invalid(format!(
+                    "auth.oidc {}: the issuer {} is configured twice",
+                    o.name, o.issuer
+                ));
+            }
+            if self.auth.issuer.as_deref() == Some(o.issuer.as_str()) {
+                return invalid(format!(
+                    "auth.issuer equals the issuer of auth.oidc {}: gateway tokens would shadow it",
+                    o.name
+                ));
+            }
+            if o.audience.is_empty() || o.audience.iter().any(|a| a.trim().is_empty()) {
+                return invalid(format!(
+                    "auth.oidc {}: audience must name this gateway's audience; without it any token \
+                     the issuer minted for any application would open a session",
+                    o.name
+                ));
+            }
+            if o.subject_claim.trim().is_empty() {
+                return invalid(format!("auth.oidc {}: subject_claim is empty", o.name));
+            }
+            let insecure = |url: &str| url.starts_with("http://") && !is_loopback_url(url);
+            if insecure(&o.issuer) || o.jwks_uri.as_deref().is_some_and(insecure) {
+                return invalid(format!(
+                    "auth.oidc {}: the issuer and JWKS must be https (plain http only on loopback)",
+                    o.name
+                ));
+            }
+            for alg in &o.algorithms {
+                parse_algorithm(alg)
+                    .map_err(|e| ConfigError::Invalid(format!("auth.oidc {}: {e}", o.name)))?;
+            }
+        }
+        for (i, b) in self.bindings.iter().enumerate() {
+            let n = i + 1;
+            if b.roles.is_empty() {
+                return invalid(format!("binding #{n}: roles is empty"));
+            }
+            if b.groups.is_empty() && b.subjects.is_empty() {
+                return invalid(format!(
+                    "binding #{n}: it names no groups and no subjects, so it would give roles {:?} \
+                     to anyone who holds any token; name the groups or subjects it is for",
+                    b.roles
+                ));
+            }
+            for role in &b.roles {
+                if policy.role(role).is_none() {
+                    return invalid(format!(
+                        "binding #{n}: role {role} is not defined (add a [[role]] named {role})"
+                    ));
+                }
+            }
+            if let Some(iss) = &b.issuer {
+                let known =
+                    iss == DEVELOPMENT_ISSUER || self.auth.oidc.iter().any(|o| &o.name == iss);
+                if !known {
+                    return invalid(format!(
+                        "binding #{n}: issuer {iss} is not an [[auth.oidc]] name (nor `development`)"
+                    ));
+                }
+            }
+        }
+        let mut hashes = std::collections::HashSet::new();
+        for id in &self.identities {
+            if !hashes.insert(id.token_sha256.to_ascii_lowercase()) {
+                return invalid(format!(
+                    "identity {}: its token is shared with another identity; every individual needs its own",
+                    id.subject
+                ));
+            }
+        }
+        if self.auth.session_token_ttl_secs == 0 || self.auth.session_token_ttl_secs > 24 * 3600 {
+            return invalid("auth.session_token_ttl_secs must be between 1 and 86400".into());
+        }
+        if self.auth.failed_logins.max_failures == 0 || self.auth.failed_logins.window_secs == 0 {
+            return invalid(
+                "auth.failed_logins: max_failures and window_secs must be at least 1".into(),
+            );
+        }
+        if self.auth.leeway_secs > 300 {
+            return invalid("auth.leeway_secs is at most 300 (a small clock skew)".into());
+        }
+        if let Some(o) = self.auth.oidc.iter().find(|o| o.jwks_min_refresh_secs == 0) {
+            return invalid(format!(
+                "auth.oidc {}: jwks_min_refresh_secs must be at least 1",
+                o.name
+            ));
+        }
+        if let Some(id) = self.identities.iter().find(|i| {
+            i.subject.trim().is_empty()
+                || i.subject.len() > 256
+                || i.subject.chars().any(char::is_control)
+        }) {
+            return invalid(format!(
+                "identity {:?}: a subject is 1 to 256 printable characters",
+                id.subject
+            ));
+        }
+        Ok(())
+    }
+}

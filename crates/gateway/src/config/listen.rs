@@ -1,0 +1,79 @@
+//! Where the gateway listens, TLS towards clients, its runtime and its log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::default_true;
+
+/// How the gateway uses the machine's cores.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Threads that run sessions. Unset: one per core. `1` runs everything on one thread (like
+    /// pgbouncer), the cheapest choice when the gateway shares a small machine with the
+    /// database or the clients: no cross-thread wake-ups.
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Address for PostgreSQL clients, e.g. `0.0.0.0:6432`.
+    pub address: SocketAddr,
+    /// Address for `/healthz`, `/readyz` and (later) the API. Port 0 picks a free port.
+    pub http_address: Option<SocketAddr>,
+    /// Largest single protocol message a client may send, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// A client must finish TLS, startup and authentication within this many seconds.
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_secs: u64,
+    /// On SIGTERM, sessions get this long to finish before they are closed.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Allow clients without TLS when they connect from a loopback address. Tokens travel in the
+    /// password field, so plaintext is refused from anywhere else.
+    #[serde(default = "default_true")]
+    pub allow_plaintext_loopback: bool,
+}
+
+fn default_max_message() -> usize {
+    64 * 1024 * 1024
+}
+fn default_startup_timeout() -> u64 {
+    15
+}
+fn default_shutdown_grace() -> u64 {
+    30
+}
+
+/// TLS towards clients.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Refuse clients that do not negotiate TLS, loopback included.
+    #[serde(default)]
+    pub require: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `phigate=debug`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

@@ -1,0 +1,257 @@
+//! The gateway's configuration file (TOML).
+//!
+//! Every struct denies unknown fields, so a typo is an error at load, not a silently ignored
+//! setting. Errors carry the line and column (the `toml` parser reports spans).
+
+use std::path::{Path, PathBuf};
+
+use phigate_policy::{RoleConfig, RuleConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+mod approvals;
+mod audit;
+pub mod auth;
+mod listen;
+mod recording;
+mod upstream;
+
+pub use approvals::{ApprovalsConfig, WebhookFormat};
+pub use audit::{AuditConfig, ReadDurability, StatementText};
+pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
+pub use listen::{Listen, Log, LogFormat, Runtime, ServerTls};
+pub use recording::RecordingConfig;
+pub use upstream::{Upstream, UpstreamTlsMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    pub upstream: Upstream,
+    /// Where the gateway keeps its own state: API keys, its token-signing key (and, later, the
+    /// audit log and reviews). Without it, API keys and gateway session tokens are unavailable.
+    pub data_dir: Option<PathBuf>,
+    /// How callers prove who they are: OIDC issuers, gateway session tokens, failed-login limits.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Which identities (by group or subject, per issuer) may assume which roles.
+    #[serde(default, rename = "binding")]
+    pub bindings: Vec<BindingConfig>,
+    /// The audit log (on by default; needs `data_dir` or `audit.dir`).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Holding statements for a reviewer (rules with `action = "require_approval"`).
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    /// Session recordings: what each session sent and received, for replay (docs/recording.md).
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    /// PHI tags: which columns of which tables hold which kind of identifier. Masked roles see
+    /// these columns through masking views (docs/masking.md).
+    #[serde(default)]
+    pub phi: Vec<phigate_policy::masking::PhiTableConfig>,
+    /// Key of the deterministic masking tokens; `<data_dir>/keys/masking-token.key` (created)
+    /// if unset. Replacing it (and reloading) changes every token.
+    pub masking_key_file: Option<PathBuf>,
+    /// Individuals known by the SHA-256 of a static token (service accounts, tests). Prefer
+    /// OIDC or API keys: they expire and can be revoked without editing the config.
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<StaticIdentity>,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Gateway roles: what each may do.
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RoleConfig>,
+    /// Rules tried in order before the grants: deny, hold for approval, or allow.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Compiles the policy (roles and rules).
+    pub fn policy(&self) -> Result<phigate_policy::Policy, ConfigError> {
+        phigate_policy::Policy::new(&self.roles, &self.rules)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The JSON schema of this file, published as docs/config.schema.json.
+    pub fn json_schema() -> String {
+        serde_json::to_string_pretty(&schemars::schema_for!(Config)).unwrap_or_default()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.upstream.resolve_password()?;
+        let policy = self.policy()?;
+        // Views and built-in functions are read from the configured database; with the client
+        // choosing, a restricted role's checks would be made against another database's catalog.
+        if self.upstream.database.is_none() {
+            if let Some(r) = self.roles.iter().find(|r| r.restricted) {
+                return Err(ConfigError::Invalid(format!(
+                    "role {} is restricted, so upstream.database must name the protected database",
+                    r.name
+                )));
+            }
+        }
+        self.validate_auth(&policy)?;
+        for id in &self.identities {
+            for role in &id.roles {
+                if policy.role(role).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "identity {}: role {role} is not defined (add a [[role]] named {role})",
+                        id.subject
+                    )));
+                }
+            }
+        }
+        if self.listen.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "listen.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        for id in &self.identities {
+            if id.roles.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "identity {}: needs at least one role",
+                    id.subject
+                )));
+            }
+            let ok = id.token_sha256.len() == 64
+                && id.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "identity {}: token_sha256 must be 64 hex digits",
+                    id.subject
+                )));
+            }
+        }
+        if self.audit.enabled && self.audit.resolved_dir(self.data_dir.as_deref()).is_none() {
+            return Err(ConfigError::Invalid(
+                "the audit log needs a place: set data_dir (or audit.dir); audit.enabled = false \
+                 runs statements with no audit record and is for development only"
+                    .into(),
+            ));
+        }
+        if let Some(r) = self.roles.iter().find(|r| r.masked) {
+            if self.phi.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "role {} is masked but no [[phi]] table is tagged",
+                    r.name
+                )));
+            }
+            if self.upstream.database.is_none() {
+                return Err(ConfigError::Invalid(
+                    "masked roles need upstream.database (the masking views live there)".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.approvals.webhook_url {
+            let lower = url.to_ascii_lowercase();
+            if !lower.starts_with("https://") && !auth::is_loopback_url(&lower) {
+                return Err(ConfigError::Invalid(
+                    "approvals.webhook_url must be https (plain http only on loopback)".into(),
+                ));
+            }
+        }
+        if self.audit.checkpoint_every_records == 0 || self.audit.checkpoint_every_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "audit: checkpoint_every_records and checkpoint_every_secs must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.audit.signing_key_file.is_some() && self.audit.signing_key_env.is_some() {
+            return Err(ConfigError::Invalid(
+                "audit: set signing_key_file or signing_key_env, not both".into(),
+            ));
+        }
+        if !(1..=1440).contains(&self.approvals.max_elevation_minutes) {
+            return Err(ConfigError::Invalid(
+                "approvals.max_elevation_minutes is 1 to 1440".into(),
+            ));
+        }
+        for r in self
+            .approvals
+            .break_glass_roles
+            .iter()
+            .chain(&self.approvals.elevation_roles)
+        {
+            if policy.role(r).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "approvals: role {r} (break_glass_roles, elevation_roles) is not defined"
+                )));
+            }
+        }
+        for r in &self.audit.reader_roles {
+            if policy.role(r).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.reader_roles: role {r} is not defined"
+                )));
+            }
+        }
+        self.recording.validate(self, &policy)?;
+        if self.upstream.tls != UpstreamTlsMode::VerifyFull && self.upstream.ca_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "upstream.ca_file is only used with tls = \"verify-full\"".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `toml` reports a byte span; turn it into `line L, column C: message`.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before
+                .rsplit('\n')
+                .next()
+                .map(|l| l.chars().count())
+                .unwrap_or(0)
+                + 1;
+            format!("line {line}, column {col}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

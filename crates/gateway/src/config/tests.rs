@@ -1,0 +1,81 @@
+//! Loading and validating config files: defaults, refusals, and their messages.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+data_dir = "/var/lib/phigate"
+
+[listen]
+address = "127.0.0.1:6432"
+
+[upstream]
+host = "127.0.0.1"
+user = "phigate"
+password = "x"
+"#;
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let c = Config::parse(MINIMAL, Path::new("t.toml")).expect("valid");
+    assert_eq!(c.upstream.port, 5432);
+    assert_eq!(c.listen.max_message_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.upstream.tls, UpstreamTlsMode::Disable);
+}
+
+#[test]
+fn unknown_field_is_reported_with_its_line() {
+    let text = MINIMAL.replace(
+        "user = \"phigate\"",
+        "user = \"phigate\"\npasword = \"typo\"",
+    );
+    let err = Config::parse(&text, Path::new("t.toml"))
+        .expect_err("must fail")
+        .to_string();
+    assert!(err.contains("line 10"), "{err}");
+    assert!(err.contains("pasword"), "{err}");
+}
+
+#[test]
+fn published_schema_is_current() {
+    let published = include_str!("../../../../docs/config.schema.json");
+    assert_eq!(
+        published.trim(),
+        Config::json_schema().trim(),
+        "docs/config.schema.json is stale: run `phigate schema > docs/config.schema.json`"
+    );
+}
+
+#[test]
+fn identity_with_an_undefined_role_is_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[identity]]\nsubject = \"a@b\"\ntoken_sha256 = \"{}\"\nroles = [\"ghost\"]\n",
+        "0".repeat(64)
+    );
+    let err = Config::parse(&text, Path::new("t.toml"))
+        .expect_err("must fail")
+        .to_string();
+    assert!(err.contains("role ghost is not defined"), "{err}");
+}
+
+#[test]
+fn restricted_roles_need_a_fixed_database() {
+    let text = format!("{MINIMAL}\n[[role]]\nname = \"agent\"\n");
+    let err = Config::parse(&text, Path::new("t.toml"))
+        .expect_err("must fail")
+        .to_string();
+    assert!(err.contains("upstream.database"), "{err}");
+    let text = text.replace(
+        "password = \"x\"",
+        "password = \"x\"\ndatabase = \"clinic\"",
+    );
+    Config::parse(&text, Path::new("t.toml")).expect("valid with a database");
+}
+
+#[test]
+fn two_password_sources_are_rejected() {
+    let text = MINIMAL.replace(
+        "password = \"x\"",
+        "password = \"x\"\npassword_env = \"PW\"",
+    );
+    assert!(Config::parse(&text, Path::new("t.toml")).is_err());
+}

@@ -1,0 +1,86 @@
+//! The protected database: where it is and the credentials the gateway alone holds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plaintext (only sensible on loopback or a unix-socket-like private link).
+    #[default]
+    Disable,
+    /// Encrypt, but do not verify the server's certificate (libpq `sslmode=require`).
+    Require,
+    /// Encrypt and verify the certificate chain and host name (libpq `sslmode=verify-full`).
+    VerifyFull,
+}
+
+/// The protected database. The gateway alone holds these credentials.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database to connect to. If unset, the database the client asked for.
+    pub database: Option<String>,
+    pub user: String,
+    /// The password inline (discouraged), from an environment variable, or from a file.
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: UpstreamTlsMode,
+    /// CA bundle for `verify-full`; the Mozilla roots if unset.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Upstream {
+    /// Resolves the password from wherever the config says it lives.
+    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        let sources = [
+            self.password.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "upstream: set only one of password, password_env, password_file".into(),
+            ));
+        }
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                ConfigError::Invalid(format!("upstream.password_env: variable {var} is not set"))
+            });
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+        }
+        Ok(None)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}

@@ -1,0 +1,112 @@
+//! Provisioning against the database: read the catalog, run the plan in one transaction, and
+//! prove afterwards that no masked login can read a relation that shows PHI rows.
+
+use std::collections::{HashMap, HashSet};
+
+use phigate_policy::masking::PhiTableConfig;
+
+use super::plan::{self, Catalog, Columns};
+use super::{login_name, login_password, pads, token_key, MaskedLogin};
+use crate::config::Config;
+use crate::upstream::UpstreamTarget;
+
+/// Reads the columns of the PHI tables: `schema.table` → columns in order.
+async fn columns(target: &UpstreamTarget, tables: &[(String, String)]) -> anyhow::Result<Columns> {
+    let mut out: Columns = HashMap::new();
+    for row in target.query_column(&plan::columns_query(tables)).await? {
+        let Some((table, column)) = plan::parse_column(&row) else {
+            continue;
+        };
+        out.entry(table).or_default().push(column);
+    }
+    Ok(out)
+}
+
+/// Provisions the masking views and logins of every masked role. Returns role → login.
+pub async fn provision(
+    config: &Config,
+    target: &UpstreamTarget,
+) -> anyhow::Result<HashMap<String, MaskedLogin>> {
+    let masked: Vec<&phigate_policy::RoleConfig> =
+        config.roles.iter().filter(|r| r.masked).collect();
+    if masked.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let key = token_key(config)?;
+    let tables: Vec<(String, String)> = config.phi.iter().map(PhiTableConfig::qualified).collect();
+    let cols = columns(target, &tables).await?;
+    plan::check_tags(&tables, &config.phi, &cols)?;
+    // Every non-PHI table of the schemas the roles may read: granted directly.
+    let all_tables = target.query_column(plan::ALL_TABLES).await?;
+    let exposing: HashSet<String> = target
+        .query_column(&plan::exposing_query(&tables))
+        .await?
+        .into_iter()
+        .collect();
+    let catalog = Catalog {
+        tables: &tables,
+        phi: &config.phi,
+        columns: &cols,
+        all_tables: &all_tables,
+        exposing: &exposing,
+    };
+    let (ipad, opad) = pads(&key);
+    let mut sql = String::from(plan::LOCK);
+    let mut logins = HashMap::new();
+    for role in masked {
+        let user = login_name(&role.name, &key);
+        let password = login_password(&role.name, &key);
+        // A SCRAM verifier, never the password: the statement may land in the server log.
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let p = plan::role_plan(
+            role,
+            &user,
+            &verifier,
+            (&ipad, &opad),
+            &catalog,
+            config.approvals.enabled,
+        );
+        sql.push_str(&p.sql);
+        logins.insert(
+            role.name.clone(),
+            MaskedLogin {
+                schema: user.clone(),
+                user,
+                password,
+                phi_columns: p.phi_columns,
+                predicate_guarded: p.predicate_guarded,
+            },
+        );
+    }
+    // One implicit transaction: all of it or none.
+    target
+        .query_column(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot provision the masking views: {e}"))?;
+    prove_no_leaks(target, &logins, &exposing).await?;
+    tracing::info!(roles = logins.len(), "masking views provisioned");
+    Ok(logins)
+}
+
+/// Prove it: no masked login may read any relation that holds or shows PHI rows, whatever else
+/// the database grants (PUBLIC, memberships, default privileges).
+async fn prove_no_leaks(
+    target: &UpstreamTarget,
+    logins: &HashMap<String, MaskedLogin>,
+    exposing: &HashSet<String>,
+) -> anyhow::Result<()> {
+    for login in logins.values() {
+        let Some(query) = plan::leak_query(&login.user, exposing) else {
+            continue;
+        };
+        let leaks = target.query_column(&query).await?;
+        if !leaks.is_empty() {
+            anyhow::bail!(
+                "masking: the database lets {} read {} directly (a PUBLIC grant or a role membership?); revoke it",
+                login.user,
+                leaks.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! PHI masking, enforced by the database itself (docs/masking.md).
+//!
+//! For each masked role the gateway provisions, from its policy:
+//! - a database login `phigate_m_<role>_<tag>` with a password only the gateway can derive (from
+//!   the token key; the database receives a SCRAM verifier), no privilege on any table that holds
+//!   PHI, and SELECT on the non-PHI tables its grants name;
+//! - a schema `phigate_m_<role>` with one security-barrier view per PHI table, under the table's
+//!   own name, whose PHI columns are computed by the role's strategies (same column types, so
+//!   every driver decodes them, text and binary);
+//! - sessions of the role log in as that login with `search_path = phigate_m_<role>, public`,
+//!   so `patients` is the masking view.
+//!
+//! Raw values never reach a masked session, so every path — expressions, whole-row references,
+//! aggregates, functions, CTEs, cursors, COPY, error messages that quote a value, `LIKE`
+//! probes — can only ever see masked values: the wire-level policy is the layer users see; this
+//! is the floor under it. Deterministic tokens come from `<schema>.phigate_token(text)`, an HMAC-SHA-256
+//! under a key kept in a table no masked login can read; no role may call it directly, by name
+//! or by field notation (policy rule gateway-internal), so it is no dictionary oracle.
+//!
+//! The parts: `plan` writes the SQL (pure, unit-tested), `apply` reads the catalog, runs the
+//! plan in one transaction and proves no masked login can read a PHI relation, `discover`
+//! proposes `[[phi]]` tags for a person to review.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+mod apply;
+mod discover;
+mod plan;
+
+pub use apply::provision;
+pub use discover::{discover, guess_type};
+
+/// The database login and schema of a masked role.
+#[derive(Debug, Clone)]
+pub struct MaskedLogin {
+    pub user: String,
+    pub password: String,
+    pub schema: String,
+    /// `schema.table` → its PHI columns (for audit records).
+    pub phi_columns: BTreeMap<String, Vec<String>>,
+    /// `schema.table` → its PHI columns that are not tokenized (predicates on them follow the
+    /// role's `phi_predicates`).
+    pub predicate_guarded: BTreeMap<String, Vec<String>>,
+}
+
+/// `phigate_m_<role>_<tag>`, lower case, `[a-z0-9_]` only. The tag depends on the role and the
+/// token key: gateways sharing a key (a fleet) share the login and views; gateways with their
+/// own keys (or after a key rotation) never step on each other's.
+pub fn login_name(role: &str, key: &[u8]) -> String {
+    let clean: String = role
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    let tag = &token_hex(key, &format!("phigate-login-name:{role}"))[..10];
+    format!("phigate_m_{clean}_{tag}")
+}
+
+/// The login's password: derived from the token key, so every gateway with the key (and every
+/// restart) agrees on it; nobody without the key can compute it.
+fn login_password(role: &str, key: &[u8]) -> String {
+    token_hex(key, &format!("phigate-login-password:{role}"))
+}
+
+/// HMAC-SHA-256 key material as stored for SQL: the key padded to the block size, XORed with
+/// the inner and outer pads.
+fn pads(key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut k = if key.len() > 64 {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
+    k.resize(64, 0);
+    (
+        k.iter().map(|b| b ^ 0x36).collect(),
+        k.iter().map(|b| b ^ 0x5c).collect(),
+    )
+}
+
+/// HMAC-SHA-256 as the database computes it (for tests and `phigate` tooling).
+pub fn token_hex(key: &[u8], value: &str) -> String {
+    let (ipad, opad) = pads(key);
+    let inner = Sha256::digest([ipad.as_slice(), value.as_bytes()].concat());
+    hex::encode(Sha256::digest([opad.as_slice(), inner.as_slice()].concat()))
+}
+
+/// The token key: `<data_dir>/keys/masking-token.key` (created on first start).
+pub fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    let path = match (&config.masking_key_file, &config.data_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join("keys").join("masking-token.key"),
+        (None, None) => {
+            anyhow::bail!("masking needs a token key: set data_dir or masking_key_file")
+        }
+    };
+    phigate_audit::load_or_create_key(&path, phigate_audit::random_key)
+        .map_err(|e| anyhow::anyhow!("masking token key {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_names_are_distinct_and_safe() {
+        assert!(login_name("ai-agent", b"k").starts_with("phigate_m_ai_agent_"));
+        assert_ne!(login_name("ai-agent", b"k"), login_name("ai_agent", b"k"));
+        assert_ne!(
+            login_name("ai-agent", b"k"),
+            login_name("ai-agent", b"other key")
+        );
+    }
+
+    #[test]
+    fn hmac_matches_the_reference() {
+        // RFC 4231 test case 2.
+        let key = b"Jefe";
+        assert_eq!(
+            token_hex(key, "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! What the session holds by name: prepared statements, portals, and the effects of messages
+//! on them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use phigate_sql::Analysis;
+
+/// A prepared statement as the session holds it: what it runs and under which policy it was
+/// decided.
+#[derive(Debug)]
+pub struct Prepared {
+    pub sql: Arc<str>,
+    pub analysis: Arc<Analysis>,
+    /// The policy version it was last decided under.
+    version: AtomicU64,
+    /// Executions an approval still covers (`u32::MAX`: not limited by an approval).
+    uses: AtomicU32,
+    /// The review that approved it, if it was held.
+    pub review: Option<String>,
+}
+
+impl Prepared {
+    pub fn new(sql: Arc<str>, analysis: Arc<Analysis>, version: u64) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            sql,
+            analysis,
+            version: AtomicU64::new(version),
+            uses: AtomicU32::new(u32::MAX),
+            review: None,
+        })
+    }
+
+    /// A statement a reviewer approved: it runs once.
+    pub fn approved(
+        sql: Arc<str>,
+        analysis: Arc<Analysis>,
+        version: u64,
+        review: &str,
+    ) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            sql,
+            analysis,
+            version: AtomicU64::new(version),
+            uses: AtomicU32::new(1),
+            review: Some(review.to_owned()),
+        })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn set_version(&self, v: u64) {
+        self.version.store(v, Ordering::Release);
+    }
+
+    /// Whether an approval limits its executions.
+    pub fn one_shot(&self) -> bool {
+        self.review.is_some()
+    }
+
+    /// Whether an approved statement has its execution left (unlimited ones always do).
+    pub fn has_use(&self) -> bool {
+        self.uses.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes one execution of an approved statement; false when its approval is used up.
+    /// Unlimited statements always succeed.
+    pub fn take_use(&self) -> bool {
+        self.uses
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
+                u32::MAX => Some(u32::MAX),
+                0 => None,
+                n => Some(n - 1),
+            })
+            .is_ok()
+    }
+}
+
+/// What a bound portal will run, for its Execute's audit record.
+#[derive(Debug)]
+pub struct Portal {
+    pub statement: Arc<Prepared>,
+    pub params: Vec<Option<phigate_audit::Param>>,
+}
+
+/// A change to the names the session holds, made by a message once the database confirms it.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Parse or SQL `PREPARE`: creates a named statement (refused by the database if the name
+    /// exists) or replaces the unnamed one.
+    Prepare {
+        name: String,
+        statement: Arc<Prepared>,
+    },
+    /// Close of a statement, or SQL `DEALLOCATE name`.
+    Deallocate { name: String },
+    /// SQL `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// SQL `DISCARD ALL`: every prepared statement and portal.
+    DiscardAll,
+    /// Bind: creates a portal.
+    Bind { portal: String, bound: Arc<Portal> },
+    /// Close of a portal.
+    ClosePortal { name: String },
+}
+
+impl Effect {
+    /// The command tag by which the database confirms a SQL-level effect.
+    pub(super) fn confirmed_by(&self, command: &str) -> bool {
+        match self {
+            Effect::Prepare { .. } => command == "PREPARE",
+            Effect::Deallocate { .. } | Effect::DeallocateAll => command.starts_with("DEALLOCATE"),
+            Effect::DiscardAll => command == "DISCARD ALL",
+            _ => false,
+        }
+    }
+
+    pub(super) fn names_statement(&self, name: &str) -> bool {
+        match self {
+            Effect::Prepare { name: n, .. } | Effect::Deallocate { name: n } => n == name,
+            Effect::DeallocateAll | Effect::DiscardAll => true,
+            Effect::Bind { .. } | Effect::ClosePortal { .. } => false,
+        }
+    }
+}
+
+/// Prepared statements or portals, by name.
+pub(super) struct Names<T> {
+    pub(super) confirmed: HashMap<String, Arc<T>>,
+    pub(super) projected: HashMap<String, Arc<T>>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            confirmed: HashMap::new(),
+            projected: HashMap::new(),
+        }
+    }
+}
+
+pub(super) fn apply(
+    statements: &mut HashMap<String, Arc<Prepared>>,
+    portals: &mut HashMap<String, Arc<Portal>>,
+    ef: &Effect,
+) {
+    match ef {
+        Effect::Prepare { name, statement } => {
+            if name.is_empty() || !statements.contains_key(name) {
+                statements.insert(name.clone(), statement.clone());
+            }
+        }
+        Effect::Deallocate { name } => {
+            statements.remove(name);
+        }
+        Effect::DeallocateAll => statements.clear(),
+        Effect::DiscardAll => {
+            statements.clear();
+            portals.clear();
+        }
+        Effect::Bind { portal, bound } => {
+            if portal.is_empty() || !portals.contains_key(portal) {
+                portals.insert(portal.clone(), bound.clone());
+            }
+        }
+        Effect::ClosePortal { name } => {
+            portals.remove(name);
+        }
+    }
+}
