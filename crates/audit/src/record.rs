@@ -162,14 +162,18 @@ pub struct StatementRecord {
     /// The text with literals replaced by `$n` placeholders and comments removed, or the full
     /// text when the config says so.
     pub text: String,
-    /// Set when `text` was cut at 64 KiB: the SHA-256 of the whole (redacted) text.
+    /// Set when `text` was cut at 64 KiB or literals were omitted: the SHA-256 of the whole
+    /// text (redacted when `text` is redacted, plus the keyed hash of every literal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_sha256: Option<String>,
     /// Hex SHA-256 (first 16 bytes) of the redacted text: the statement's shape.
     pub fingerprint: String,
     /// Keyed hashes (`hmac:<hex>`) of the literals, in placeholder order (or the literals
-    /// themselves in full mode).
+    /// themselves in full mode): the first 256; the rest are counted in `literals_omitted` and
+    /// covered by `text_sha256`, the hash of the whole text.
     pub literals: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub literals_omitted: u64,
     /// Keyed hashes of the bound parameters (null for SQL NULL), extended protocol only.
     pub params: Vec<Option<String>>,
     /// Statement kinds (`read`, `write`, `ddl`, ...), one per statement in the text.
@@ -183,6 +187,10 @@ pub struct StatementRecord {
     pub rule: Option<String>,
     /// The review that approved it, if one did.
     pub approval: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Record {

@@ -21,5 +21,6 @@ pub mod policy;
 pub mod recording;
 pub mod server;
 pub mod session;
+pub mod text;
 pub mod tls;
 pub mod upstream;

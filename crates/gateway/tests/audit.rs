@@ -550,6 +550,10 @@ async fn a_full_disk_refuses_statements_and_recovers() {
     let first = connect(&gw, "clinician").await;
     let second = connect(&gw, "agent").await;
     first.simple_query("SELECT 1").await.expect("works");
+    let prepared = second
+        .prepare("SELECT count(*) FROM notes")
+        .await
+        .expect("prepared while the log is healthy");
 
     // Fill the disk.
     let _ = Command::new("dd")
@@ -584,6 +588,12 @@ async fn a_full_disk_refuses_statements_and_recovers() {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "58030");
     assert!(db.message().contains("audit log cannot be written"));
+    // Every path: a statement prepared earlier is not bound either.
+    let err = second
+        .query(&prepared, &[])
+        .await
+        .expect_err("a statement prepared before the log failed is refused too");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("58030"));
     // New sessions cannot start.
     let refused = tokio_postgres::connect(&gw.conninfo("agent"), NoTls).await;
     assert!(refused.is_err());

@@ -789,7 +789,7 @@ async fn api_keys_create_list_revoke() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_rate_limited_per_address() {
+async fn class_h_failed_logins_are_limited_per_address_without_locking_out_valid_credentials() {
     let idp = Idp::start(600);
     let gw = start(auth_config(
         &idp,
@@ -800,11 +800,18 @@ async fn failed_logins_are_rate_limited_per_address() {
     for _ in 0..3 {
         refusal(&gw, "ai-agent", "wrong-guess").await;
     }
-    // Even a valid token waits out the window: the address is refused without a check.
-    let good = idp.token("agent-ci", None).await;
-    let (code, msg) = refusal(&gw, "ai-agent", &good).await;
+    // Past the limit a guess learns nothing: whatever was wrong, it is "too many failed
+    // logins".
+    let (code, msg) = refusal(&gw, "ai-agent", "another-wrong-guess").await;
     assert_eq!(code, "28000");
     assert!(msg.contains("too many failed logins"), "{msg}");
+    // But a valid credential from the same address (another agent on the same CI runner)
+    // still gets in.
+    let good = idp.token("agent-ci", None).await;
+    let (client, _conn) = connect(&gw, "ai-agent", &good)
+        .await
+        .expect("a valid credential is not locked out");
+    assert_eq!(whoami(&client).await[1], "ai-agent");
     gw.wait_log("failed login", 1).expect("logged");
 }
 

@@ -129,8 +129,6 @@ const DANGEROUS: &[&str] = &[
     "pg_stat_reset_subscription_stats",
     "pg_stat_statements_reset",
     "setval",
-    "pg_advisory_lock",
-    "pg_advisory_xact_lock",
     "pg_log_backend_memory_contexts",
     "pg_nextoid",
     // Full-text search functions that run the SQL text they are given.
@@ -202,9 +200,9 @@ pub const SAFE_SETTINGS: &[&str] = &[
     "enable_nestloop",
 ];
 
-/// Advisory locks are shared across every session of the database: a restricted role holding
-/// one can block other sessions, and the gateway's own provisioning. None of their forms
-/// (blocking, `try`, shared, transaction-level, unlock) is for restricted roles.
+/// Advisory locks are shared across every session of the database: a session holding one can
+/// block other sessions, and the gateway's own provisioning. None of their forms (blocking,
+/// `try`, shared, transaction-level, unlock) is for any role unless `allow_functions` names it.
 pub fn is_advisory_lock(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.starts_with("pg_advisory_") || n.starts_with("pg_try_advisory_")

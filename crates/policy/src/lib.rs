@@ -75,6 +75,7 @@ pub struct Role {
     pub search_path: Vec<String>,
     pub statement_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub transaction_timeout_ms: Option<u64>,
     allow_functions: HashSet<String>,
     grants: Vec<Grant>,
     /// Sees PHI through masking views.
@@ -185,6 +186,11 @@ impl Policy {
                     &r.statement_timeout,
                 )?,
                 idle_timeout_ms: parse_duration(&r.name, "idle_timeout", &r.idle_timeout)?,
+                transaction_timeout_ms: parse_duration(
+                    &r.name,
+                    "transaction_timeout",
+                    &r.transaction_timeout,
+                )?,
                 allow_functions: r.allow_functions.iter().cloned().collect(),
                 grants,
                 masked: r.masked,
@@ -479,6 +485,22 @@ impl Policy {
                 return Some(deny("dangerous-function", format!("phigate: function {f} denied by rule dangerous-function"), "It reads or writes server files, large objects, other databases, backends or settings; an administrator can allow it per role with allow_functions.".into()));
             }
         }
+        if let Some(f) = st
+            .functions
+            .iter()
+            .chain(&st.attribute_calls)
+            .find(|f| builtin::is_advisory_lock(&f.name))
+        {
+            let allowed = role.allow_functions.contains(&f.to_string())
+                || role.allow_functions.contains(&f.name);
+            if !allowed {
+                return Some(deny(
+                    "advisory-lock",
+                    format!("phigate: function {f} denied by rule advisory-lock"),
+                    "Advisory locks are shared with every other session of the database.".into(),
+                ));
+            }
+        }
         if st.copy_program || st.copy_file {
             return Some(deny(
                 "server-copy",
@@ -536,22 +558,6 @@ impl Policy {
                 ),
                 "Notification payloads are not masked; a masked role cannot receive them.".into(),
             ));
-        }
-        if let Some(f) = st
-            .functions
-            .iter()
-            .chain(&st.attribute_calls)
-            .find(|f| builtin::is_advisory_lock(&f.name))
-        {
-            let allowed = role.allow_functions.contains(&f.to_string())
-                || role.allow_functions.contains(&f.name);
-            if !allowed {
-                return Some(deny(
-                    "advisory-lock",
-                    format!("phigate: function {f} denied by rule advisory-lock"),
-                    "Advisory locks are shared with every other session of the database.".into(),
-                ));
-            }
         }
         for s in &st.settings {
             if s == "role" || s == "session_authorization" {

@@ -29,8 +29,13 @@ pub struct RoleConfig {
     pub search_path: Vec<String>,
     /// Statement timeout applied in the database, e.g. `"30s"`, `"500ms"`, `"5min"`.
     pub statement_timeout: Option<String>,
-    /// Idle sessions are closed after this long (HIPAA automatic logoff), e.g. `"15min"`.
+    /// Idle sessions are closed after this long (HIPAA automatic logoff), e.g. `"15min"`;
+    /// also a session idle inside an open transaction.
     pub idle_timeout: Option<String>,
+    /// A transaction may last at most this long, e.g. `"10min"`: past it the session ends
+    /// (FATAL 25P04) and the database rolls the transaction back.
+    #[serde(default)]
+    pub transaction_timeout: Option<String>,
     /// Functions this role may call although they are not built-ins or are on the deny list,
     /// e.g. `["public.refresh_report", "pg_cancel_backend"]`.
     #[serde(default)]

@@ -499,6 +499,7 @@ fn bad_config_is_rejected() {
         search_path: vec!["public".into()],
         statement_timeout: Some("soon".into()),
         idle_timeout: None,
+        transaction_timeout: None,
         allow_functions: vec![],
         grants: vec![],
         masked: false,

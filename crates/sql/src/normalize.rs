@@ -30,7 +30,7 @@ pub fn cache_key(sql: &str) -> std::borrow::Cow<'_, str> {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..]
                     .iter()
-                    .position(|&x| x == b'\n')
+                    .position(|&x| x == b'\n' || x == b'\r')
                     .map_or(b.len(), |p| i + p + 1);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
@@ -110,7 +110,7 @@ pub fn redact_literals<'a>(sql: &'a str) -> (String, Vec<&'a str>) {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 let end = b[i..]
                     .iter()
-                    .position(|&x| x == b'\n')
+                    .position(|&x| x == b'\n' || x == b'\r')
                     .map_or(b.len(), |p| i + p);
                 push(&mut out, &mut literals, &mut copied, i, end, false);
                 i = end;
@@ -155,7 +155,7 @@ fn max_param(b: &[u8]) -> usize {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..]
                     .iter()
-                    .position(|&x| x == b'\n')
+                    .position(|&x| x == b'\n' || x == b'\r')
                     .map_or(b.len(), |p| i + p)
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
@@ -303,6 +303,11 @@ mod tests {
             lits,
             vec!["'123-45-6789'", "89", "E'O\\'Brien'", "$q$body$q$"]
         );
+        // A `--` comment ends at a carriage return too, as in PostgreSQL's scanner: the literal
+        // after it is redacted, not hidden in the "comment".
+        let (text, lits) = super::redact_literals("SELECT 1 -- note\rAND ssn = '123-45-6789'");
+        assert!(!text.contains("123-45"), "{text}");
+        assert_eq!(lits, vec!["1", "'123-45-6789'"]);
         let (text, lits) = super::redact_literals("SELECT \"col1\", t1.c2 FROM t1");
         assert_eq!(text, "SELECT \"col1\", t1.c2 FROM t1");
         assert!(lits.is_empty());

@@ -348,6 +348,38 @@ impl Gateway {
     pub fn http_get(&self, path: &str) -> Result<(u16, String), Error> {
         http_get(self.http_port, path)
     }
+
+    /// An HTTP request to the gateway's API with a bearer token and a JSON body.
+    pub fn http_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        json: Option<&str>,
+    ) -> Result<(u16, String), Error> {
+        http_request(self.http_port, method, path, Some(token), json)
+    }
+
+    /// Waits (up to 10 s) for a pending review the reviewer `token` may see, and approves it.
+    /// Returns its id.
+    pub fn approve_next(&self, token: &str, reason: &str) -> Result<String, Error> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let (_, body) = self.http_as("GET", "/v1/reviews", token, None)?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            if let Some(id) = v["reviews"][0]["id"].as_str() {
+                let json = serde_json::json!({ "reason": reason }).to_string();
+                let path = format!("/v1/reviews/{id}/approve");
+                let (code, body) = self.http_as("POST", &path, token, Some(&json))?;
+                if code != 200 {
+                    return Err(format!("approve {id}: {code} {body}").into());
+                }
+                return Ok(id.to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("no pending review appeared".into())
+    }
 }
 
 impl Drop for Gateway {
@@ -359,9 +391,31 @@ impl Drop for Gateway {
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Error> {
+    http_request(port, "GET", path, None, None)
+}
+
+/// A plain HTTP/1.0 request on loopback: (status code, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> Result<(u16, String), Error> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = json.unwrap_or_default();
+    if json.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(s, "{head}\r\n{body}")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let code = text

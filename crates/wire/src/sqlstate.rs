@@ -12,6 +12,8 @@ pub const CONNECTION_FAILURE: &str = "08006";
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// `0A000` feature_not_supported.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// `25P04` transaction_timeout (PostgreSQL 17's name; the gateway enforces it on any version).
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
 /// `26000` invalid_sql_statement_name (a prepared statement that does not exist).
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 /// `28000` invalid_authorization_specification.
@@ -26,6 +28,8 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `54000` program_limit_exceeded.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// `55P03` lock_not_available (a lock_timeout expired).
+pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// `57014` query_canceled (a held statement that timed out or was withdrawn).
 pub const QUERY_CANCELED: &str = "57014";
 /// `57P01` admin_shutdown.

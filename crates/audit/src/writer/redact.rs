@@ -5,6 +5,10 @@ use ring::hmac;
 use sha2::{Digest, Sha256};
 
 use super::{Param, Writer, MAX_TEXT};
+
+/// Literals of one statement kept (hashed) in its record: a statement of a million literals
+/// must not grow the log by a keyed hash each.
+pub const MAX_LITERALS: usize = 256;
 use crate::record::StatementRecord;
 
 impl Writer {
@@ -19,27 +23,39 @@ impl Writer {
         sql: &str,
         params: Vec<Option<Param>>,
     ) -> StatementRecord {
-        let (text, literals) = if self.opts.full_text {
+        let (text, lits) = if self.opts.full_text {
             (sql.to_owned(), Vec::new())
         } else {
-            let (text, lits) = phigate_sql::redact_literals(sql);
-            (
-                text,
-                lits.iter().map(|l| self.keyed(l.as_bytes())).collect(),
-            )
+            phigate_sql::redact_literals(sql)
         };
         meta.fingerprint = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
+        let omitted = lits.len().saturating_sub(MAX_LITERALS);
+        if text.len() > MAX_TEXT || omitted > 0 {
+            // The whole: the text, and (keyed, so no literal can be guessed from it) every
+            // literal, in one hash.
+            let mut whole = Sha256::new();
+            whole.update(text.as_bytes());
+            if omitted > 0 {
+                let tag = hmac::sign(&self.hmac, sql.as_bytes());
+                whole.update(tag.as_ref());
+            }
+            meta.text_sha256 = Some(hex::encode(whole.finalize()));
+        }
         if text.len() > MAX_TEXT {
             let mut cut = MAX_TEXT;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
-            meta.text_sha256 = Some(hex::encode(Sha256::digest(text.as_bytes())));
             meta.text = text[..cut].to_owned();
         } else {
             meta.text = text;
         }
-        meta.literals = literals;
+        meta.literals = lits
+            .iter()
+            .take(MAX_LITERALS)
+            .map(|l| self.keyed(l.as_bytes()))
+            .collect();
+        meta.literals_omitted = omitted as u64;
         meta.params = params
             .into_iter()
             .map(|p| {

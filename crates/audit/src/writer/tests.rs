@@ -253,3 +253,30 @@ async fn a_failed_sync_stops_the_log_until_restart() {
     assert!(auditor.is_durable(first));
     auditor.shutdown();
 }
+
+#[tokio::test]
+async fn a_statement_of_many_literals_keeps_a_bounded_record() {
+    let mem = Mem::default();
+    let auditor = start(&mem);
+    let values: Vec<String> = (0..2000).map(|i| format!("'v{i}'")).collect();
+    let sql = format!("SELECT ARRAY[{}]", values.join(","));
+    let pending = Pending::Statement {
+        meta: crate::record::StatementRecord::default(),
+        sql: std::sync::Arc::from(sql.as_str()),
+        params: Vec::new(),
+    };
+    let t = auditor.append(vec![pending]).expect("written");
+    within(auditor.durable(t)).await.expect("durable");
+    let (record, line) = mem.lines().pop().expect("a record");
+    let Event::Statement(st) = record.event else {
+        panic!("a statement record");
+    };
+    assert_eq!(st.literals.len(), super::redact::MAX_LITERALS);
+    assert_eq!(
+        st.literals_omitted,
+        2000 - super::redact::MAX_LITERALS as u64
+    );
+    assert!(st.text_sha256.is_some(), "the whole is still covered");
+    assert!(!line.contains("v1999"), "no literal in the clear");
+    assert!(line.len() < 64 * 1024, "{} bytes", line.len());
+}

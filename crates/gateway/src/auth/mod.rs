@@ -318,9 +318,7 @@ impl Authenticator {
         is_role: &(dyn Fn(&str) -> bool + Sync),
         elevations: bool,
     ) -> Result<Identity, AuthError> {
-        if let Err(wait) = self.failed.check(peer) {
-            return Err(AuthError::RateLimited(wait));
-        }
+        let limited = self.failed.check(peer).err();
         let result = match self.principal(token).await {
             Ok(p) => self.assume(p, requested_role, is_role, elevations),
             Err(e) => Err(e),
@@ -331,7 +329,7 @@ impl Authenticator {
                 tracing::warn!(%peer, failures = n, error = %e, "failed login");
             }
         }
-        result
+        limit_guesses(limited, result)
     }
 
     async fn principal(&self, token: &str) -> Result<Principal, AuthError> {
@@ -444,9 +442,7 @@ impl Authenticator {
         peer: IpAddr,
         token: &str,
     ) -> Result<(String, Vec<String>, String), AuthError> {
-        if let Err(wait) = self.failed.check(peer) {
-            return Err(AuthError::RateLimited(wait));
-        }
+        let limited = self.failed.check(peer).err();
         let result = self.verify_for_exchange(token).await;
         if let Err(e) = &result {
             if e.is_failed_guess() {
@@ -454,7 +450,7 @@ impl Authenticator {
                 tracing::warn!(%peer, failures = n, error = %e, "failed token exchange");
             }
         }
-        result
+        limit_guesses(limited, result)
     }
 
     /// What `phigate login` needs to know of each issuer that has a login client.
@@ -588,6 +584,17 @@ pub fn gateway_issuer(config: &Config, http: Option<std::net::SocketAddr>) -> St
 /// Whether a data directory holds a signing key (for CLI commands that must not create one).
 pub fn has_signing_key(dir: &Path) -> bool {
     signer::key_path(dir).exists()
+}
+
+/// An address over its failed-login limit learns nothing from its guesses (every failure is
+/// "rate limited", whatever was wrong), but a valid credential still gets in: agents often
+/// share an address (a CI runner, a sidecar), and one of them guessing must not lock out the
+/// others, or the reviewers on the same host.
+fn limit_guesses<T>(limited: Option<u64>, result: Result<T, AuthError>) -> Result<T, AuthError> {
+    match (limited, result) {
+        (Some(wait), Err(_)) => Err(AuthError::RateLimited(wait)),
+        (_, r) => r,
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `phigate audit`: verify the log, search it, export it, report on it.
 
+use crate::text::{self, display};
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -176,7 +177,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Search { dir, filter, limit } => {
             let dir = audit_dir(&dir)?;
             for r in query::search(&dir, &filter.build()?, limit)? {
-                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                writeln!(out, "{}", text::json(serde_json::to_string(&r)?))?;
             }
         }
         AuditCommand::Export {
@@ -193,9 +194,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             phigate_audit::verify::read_records(&dir, |r| {
                 if filter.matches(&r) {
                     let line = if format == "csv" {
-                        Ok(query::csv_row(&r))
+                        Ok(display(&query::csv_row(&r)).into_owned())
                     } else {
-                        serde_json::to_string(&r)
+                        serde_json::to_string(&r).map(text::json)
                     };
                     let written = line
                         .map_err(std::io::Error::other)
@@ -224,7 +225,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 time_bound(&until)?.as_deref(),
             )?;
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    text::json(serde_json::to_string_pretty(&report)?)
+                )?;
             } else {
                 write_report(&mut out, &report)?;
             }
@@ -241,16 +246,16 @@ fn write_report(
     writeln!(
         out,
         "Access report, {} to {}",
-        r.since.as_deref().unwrap_or("the beginning"),
-        r.until.as_deref().unwrap_or("now")
+        display(r.since.as_deref().unwrap_or("the beginning")),
+        display(r.until.as_deref().unwrap_or("now"))
     )?;
     for id in &r.identities {
         writeln!(out)?;
         writeln!(
             out,
             "{}  roles: {}  sessions: {}  statements: {}  denied: {}  held for approval: {}  approved: {}  failed logins: {}",
-            id.subject,
-            id.roles.iter().cloned().collect::<Vec<_>>().join(","),
+            display(&id.subject),
+            display(&id.roles.iter().cloned().collect::<Vec<_>>().join(",")),
             id.sessions,
             id.statements,
             id.denied,
@@ -262,18 +267,21 @@ fn write_report(
             let masked = if t.masked {
                 format!(
                     "masked ({})",
-                    t.masked_columns
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    display(
+                        &t.masked_columns
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 )
             } else {
                 "NOT masked".to_owned()
             };
             writeln!(
                 out,
-                "  {table:<32} {:>6} statements {:>10} rows  {}  {}",
+                "  {:<32} {:>6} statements {:>10} rows  {}  {}",
+                display(table),
                 t.statements,
                 t.rows,
                 t.actions.iter().cloned().collect::<Vec<_>>().join("/"),
@@ -285,9 +293,9 @@ fn write_report(
                 out,
                 "  refused #{} {} by rule {}: {}",
                 d.seq,
-                d.ts,
-                d.rule.as_deref().unwrap_or("?"),
-                d.text
+                display(&d.ts),
+                display(d.rule.as_deref().unwrap_or("?")),
+                display(&d.text)
             )?;
         }
     }

@@ -1,5 +1,6 @@
 //! `phigate review`: statements held for review, through the gateway's HTTP API.
 
+use crate::text::{self, display};
 use clap::Subcommand;
 
 #[derive(clap::Args)]
@@ -121,26 +122,43 @@ async fn review(
                 .unwrap_or("request failed")
         );
     }
+    // Everything of a review came from a client: shown with what could deceive a reader made
+    // visible, the statement's kinds and tables beside its text (a comment cannot disguise the
+    // target).
     let show = |r: &serde_json::Value| {
-        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let s = |k: &str| display(r.get(k).and_then(|v| v.as_str()).unwrap_or("")).into_owned();
+        let list = |k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .map(|x| display(x).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
         format!(
-            "{}  {}  {} as {}  rule {}  {}\n  {}{}",
+            "{}  {}  {} as {}  rule {}  {}\n  kinds: {}  tables: {}\n  {}{}",
             s("id"),
             s("status"),
             s("requester"),
             s("role"),
             s("rule"),
             s("created_at"),
+            list("kinds"),
+            list("tables"),
             s("statement"),
             r.get("justification")
                 .and_then(|j| j.as_str())
-                .map(|j| format!("\n  justification: {j}"))
+                .map(|j| format!("\n  justification: {}", display(j)))
                 .unwrap_or_default()
         )
     };
     match command {
         ReviewCommand::List { json: true, .. } => {
-            println!("{}", serde_json::to_string_pretty(&v["reviews"])?)
+            println!("{}", text::json(serde_json::to_string_pretty(&v["reviews"])?))
         }
         ReviewCommand::List { .. } => {
             let list = v["reviews"].as_array().cloned().unwrap_or_default();
@@ -151,7 +169,9 @@ async fn review(
                 println!("{}", show(&r));
             }
         }
-        ReviewCommand::Show { .. } => println!("{}", serde_json::to_string_pretty(&v)?),
+        ReviewCommand::Show { .. } => {
+            println!("{}", text::json(serde_json::to_string_pretty(&v)?))
+        }
         ReviewCommand::Request { role, minutes, .. } => println!(
             "access request {id} is pending: once a reviewer approves it (phigate review approve {id} --reason ...), connect with user={role} for {minutes} minutes",
             id = v["id"].as_str().unwrap_or("?"),
@@ -167,9 +187,9 @@ async fn review(
             } else {
                 println!(
                     "review {} {} by {}{}",
-                    v["id"].as_str().unwrap_or("?"),
-                    v["status"].as_str().unwrap_or("?"),
-                    v["decided_by"].as_str().unwrap_or("?"),
+                    display(v["id"].as_str().unwrap_or("?")),
+                    display(v["status"].as_str().unwrap_or("?")),
+                    display(v["decided_by"].as_str().unwrap_or("?")),
                     if v["break_glass"] == true {
                         " (BREAK-GLASS)"
                     } else {

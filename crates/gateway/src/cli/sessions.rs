@@ -50,7 +50,11 @@ pub fn run(command: SessionsCommand) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        writeln!(
+            out,
+            "{}",
+            crate::text::json(serde_json::to_string_pretty(&rows)?)
+        )?;
         return Ok(());
     }
     writeln!(

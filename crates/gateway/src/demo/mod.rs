@@ -352,6 +352,7 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         search_path: vec!["public".into()],
         statement_timeout: Some("60s".into()),
         idle_timeout: Some("30min".into()),
+        transaction_timeout: None,
         allow_functions: vec![],
         grants,
         // The agent sees PHI masked; the others see it as stored.

@@ -78,11 +78,24 @@ pub async fn provision(
             },
         );
     }
-    // One implicit transaction: all of it or none.
-    target
-        .query_column(&sql)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot provision the masking views: {e}"))?;
+    // One implicit transaction: all of it or none; tried again while a lock is not available.
+    let mut attempt = 0;
+    loop {
+        match target.query_column(&sql).await {
+            Ok(_) => break,
+            Err(crate::upstream::UpstreamError::Refused { code, .. })
+                if code == phigate_wire::sqlstate::LOCK_NOT_AVAILABLE && attempt < 10 =>
+            {
+                attempt += 1;
+                tracing::warn!(
+                    attempt,
+                    "masking views: a lock is held elsewhere; trying again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => anyhow::bail!("cannot provision the masking views: {e}"),
+        }
+    }
     prove_no_leaks(target, &logins, &exposing).await?;
     tracing::info!(roles = logins.len(), "masking views provisioned");
     Ok(logins)

@@ -12,8 +12,11 @@ const SPARSE_ZIP3: &[&str] = &[
     "879", "884", "890", "893",
 ];
 
-/// Gateways provisioning at once take turns (one transaction each).
-pub(super) const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('phigate-masking'));\n";
+/// Gateways provisioning at once take turns (one transaction each). Never a long wait in the
+/// database: a lock held by someone else (another gateway, a client's open transaction on a
+/// view) makes the transaction give up after 2 s, so no waiting backend is left queued in
+/// front of the masked sessions' reads; the provisioning is tried again.
+pub(super) const LOCK: &str = "SET LOCAL lock_timeout = '2s';\nSET LOCAL statement_timeout = '60s';\nSELECT pg_advisory_xact_lock(hashtext('phigate-masking'));\n";
 
 /// Every relation outside the system and masking schemas, as `schema<US>name`.
 pub(super) const ALL_TABLES: &str = "SELECT n.nspname || E'\\x1f' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -727,24 +727,7 @@ fn line(out: &mut impl Write, text: &str) -> std::io::Result<()> {
 
 /// `text` with every control or invisible format character shown as `\u{..}`.
 pub fn clean(text: &str) -> String {
-    let invisible = |c: char| {
-        c.is_control()
-            || matches!(c as u32,
-                0xAD | 0x061C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
-                | 0xFEFF | 0xFFF9..=0xFFFB)
-    };
-    if !text.chars().any(invisible) {
-        return text.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if invisible(c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::text::display(text).into_owned()
 }
 
 /// `public.patients.ssn, public.patients.zip` → `public.patients (ssn, zip)`.

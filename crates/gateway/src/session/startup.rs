@@ -331,6 +331,8 @@ fn role_settings(role: &phigate_policy::Role, params: &mut Vec<(String, String)>
     }
     if let Some(ms) = role.idle_timeout_ms {
         set("idle_session_timeout", ms.to_string());
+        // Automatic logoff holds inside a transaction too.
+        set("idle_in_transaction_session_timeout", ms.to_string());
     }
 }
 

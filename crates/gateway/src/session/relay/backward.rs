@@ -42,6 +42,8 @@ pub struct Parts {
     /// For a masked role: the content detectors' state (`None`: not scanned).
     pub detect: Option<Detect>,
     pub session: Arc<str>,
+    /// The role's cap on a transaction's length.
+    pub transaction_timeout: Option<std::time::Duration>,
 }
 
 pub struct Backward {
@@ -85,6 +87,10 @@ impl Backward {
         let drain = shared.draining.cancelled();
         let force = shared.force_close.cancelled();
         tokio::pin!(drain, force);
+        // The open transaction's deadline (`transaction_timeout`), re-armed as it changes.
+        let mut tx_deadline: Option<tokio::time::Instant> = None;
+        let tx_timer = tokio::time::sleep(std::time::Duration::from_secs(86_400 * 365));
+        tokio::pin!(tx_timer);
         loop {
             tokio::select! {
                 // Events first: when the forward half ends on a bad message, its FATAL is in the
@@ -113,6 +119,17 @@ impl Backward {
                     if let Some(end) = self.answers(shared).await {
                         return end;
                     }
+                    if let Some(limit) = self.p.transaction_timeout {
+                        match (self.p.link.in_transaction(), tx_deadline) {
+                            (true, None) => {
+                                let at = tokio::time::Instant::now() + limit;
+                                tx_deadline = Some(at);
+                                tx_timer.as_mut().reset(at);
+                            }
+                            (false, Some(_)) => tx_deadline = None,
+                            _ => {}
+                        }
+                    }
                     if draining && self.at_rest() {
                         return self.say_goodbye().await;
                     }
@@ -139,6 +156,9 @@ impl Backward {
                     if self.at_rest() {
                         return self.say_goodbye().await;
                     }
+                }
+                _ = &mut tx_timer, if tx_deadline.is_some() => {
+                    return self.transaction_timed_out().await;
                 }
                 _ = &mut force => return self.say_goodbye().await,
             }
@@ -295,6 +315,18 @@ impl Backward {
         )
         .await;
         End::ClientError("client_encoding changed away from UTF8".into())
+    }
+
+    /// The open transaction outlived the role's `transaction_timeout`: the session ends (the
+    /// database rolls the transaction back when the connection closes).
+    async fn transaction_timed_out(&mut self) -> End {
+        self.fatal(
+            sqlstate::TRANSACTION_TIMEOUT,
+            "phigate: terminating connection due to transaction timeout",
+            "The role's transaction_timeout ended a transaction that stayed open too long; it was rolled back.",
+        )
+        .await;
+        End::TransactionTimeout
     }
 
     async fn say_goodbye(&mut self) -> End {

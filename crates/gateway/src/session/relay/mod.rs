@@ -56,6 +56,7 @@ pub enum End {
     Shutdown,
     CredentialEnded(Ended),
     AuditUnavailable,
+    TransactionTimeout,
 }
 
 impl std::fmt::Display for End {
@@ -69,6 +70,7 @@ impl std::fmt::Display for End {
             End::CredentialEnded(Ended::Expired) => f.write_str("authentication expired"),
             End::CredentialEnded(Ended::Revoked) => f.write_str("credential revoked"),
             End::AuditUnavailable => f.write_str("audit log unavailable"),
+            End::TransactionTimeout => f.write_str("transaction timeout"),
         }
     }
 }
@@ -110,6 +112,11 @@ impl Link {
         !self.holding.load(Ordering::Acquire) && self.exchange().idle()
     }
 
+    /// The database reported an open (or failed) transaction block.
+    fn in_transaction(&self) -> bool {
+        self.exchange().status() != phigate_wire::backend::TransactionStatus::Idle
+    }
+
     /// Idle and outside a transaction.
     fn at_rest(&self) -> bool {
         !self.holding.load(Ordering::Acquire) && self.exchange().at_rest()
@@ -138,6 +145,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         .masked
         .then(|| observe::Detect::new(identity.subject.0.as_bytes()));
     let started = std::time::Instant::now();
+    let transaction_timeout = guard.role().transaction_timeout_ms;
     let credential = CredentialWatch::new(&identity, shared);
     let forward = forward::Forward::new(forward::Parts {
         credential: credential.clone(),
@@ -161,6 +169,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         tape: tape.clone(),
         detect,
         session: session.clone(),
+        transaction_timeout: transaction_timeout.map(std::time::Duration::from_millis),
     })
     .run(shared);
     tokio::pin!(forward, backward);
