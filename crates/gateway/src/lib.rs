@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library ([`cli`]). The data path of one
 //! session is in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
@@ -18,7 +19,6 @@ pub mod net;
 pub mod pgerror;
 pub mod policy;
 pub mod recording;
-pub mod reviews;
 pub mod server;
 pub mod session;
 pub mod text;

@@ -33,7 +33,7 @@ pub struct Shared {
     /// Session recordings (`None` when off).
     pub recorder: Option<Arc<crate::recording::Recorder>>,
     /// Statements held for review.
-    pub reviews: crate::reviews::Reviews,
+    pub reviews: crate::approvals::Approvals,
     pub approvals: crate::config::ApprovalsConfig,
     /// The database logins of masked roles (provisioned at start and on reload).
     pub masked: std::sync::RwLock<std::collections::HashMap<String, crate::masking::MaskedLogin>>,
@@ -79,20 +79,17 @@ impl Shared {
             None => None,
         };
         Ok(Shared {
-            reviews: {
-                let mut r = crate::reviews::Reviews::open(config.data_dir.as_deref());
-                r.notifier = config.approvals.webhook_url.as_deref().and_then(|u| {
-                    crate::reviews::Notifier::new(
-                        u,
-                        config.approvals.webhook_format == crate::config::WebhookFormat::Slack,
-                    )
-                });
-                r.elevations = auth.elevations.clone();
-                if let (Some(n), Some(a)) = (&mut r.notifier, &audit) {
-                    n.audit = Some(a.handle());
-                }
-                r
-            },
+            reviews: crate::approvals::Approvals::open(config.data_dir.as_deref())
+                .notify(config.approvals.webhook_url.as_deref().and_then(|u| {
+                    let slack =
+                        config.approvals.webhook_format == crate::config::WebhookFormat::Slack;
+                    crate::approvals::Notifier::new(u, slack).map(|mut n| {
+                        n.audit = audit.as_ref().map(|a| a.handle());
+                        n
+                    })
+                }))
+                .grant_elevations_in(auth.elevations.clone())
+                .audit_to(audit.as_ref().map(|a| a.handle())),
             phi_tags: config
                 .phi
                 .iter()

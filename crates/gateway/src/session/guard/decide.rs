@@ -148,19 +148,6 @@ pub fn phi_predicate(
     None
 }
 
-/// Reads and DML only (what a fingerprint approval may cover).
-pub fn dml_only(analysis: &Analysis) -> bool {
-    match analysis {
-        Analysis::Parsed(stmts) => stmts.iter().all(|st| {
-            matches!(
-                st.kind,
-                Kind::Select | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge
-            )
-        }),
-        Analysis::Invalid { .. } => false,
-    }
-}
-
 /// `SET phigate.reason = '...'` (or `RESET phigate.reason`), alone in its Query: the session's
 /// justification from now on (`Some(None)`: reset). `SET LOCAL` and `set_config()` are not
 /// followed.

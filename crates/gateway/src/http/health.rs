@@ -1,0 +1,96 @@
+//! For probes and people: `/healthz` (the process is alive), `/readyz` (it accepts sessions
+//! and can reach the database), `/metrics` (Prometheus text: sessions accepted, audit and
+//! recording writer counters, health).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::server::Shared;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+    let accepting = shared.accepting.load(Ordering::Acquire);
+    let addr = format!("{}:{}", shared.upstream.host, shared.upstream.port);
+    let reachable = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    let audit_ok = shared.audit.as_ref().is_none_or(|a| a.healthy());
+    let ready = accepting && reachable && audit_ok;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "accepting": accepting,
+            "upstream": if reachable { "reachable" } else { "unreachable" },
+            "audit": match &shared.audit {
+                None => "disabled",
+                Some(a) if a.healthy() => "ok",
+                Some(_) => "failing",
+            },
+        })),
+    )
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> String {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::new();
+    if let Some(a) = &shared.audit {
+        let s = a.stats();
+        out.push_str(&format!(
+            "# TYPE phigate_audit_healthy gauge\nphigate_audit_healthy {}\n\
+             # TYPE phigate_audit_records_total counter\nphigate_audit_records_total {}\n\
+             # TYPE phigate_audit_fsyncs_total counter\nphigate_audit_fsyncs_total {}\n\
+             # TYPE phigate_audit_write_failures_total counter\nphigate_audit_write_failures_total {}\n\
+             # TYPE phigate_audit_checkpoints_total counter\nphigate_audit_checkpoints_total {}\n\
+             # TYPE phigate_audit_bytes_total counter\nphigate_audit_bytes_total {}\n\
+             # TYPE phigate_audit_last_seq gauge\nphigate_audit_last_seq {}\n",
+            u8::from(a.healthy()),
+            get(&s.records),
+            get(&s.fsyncs),
+            get(&s.failures),
+            get(&s.checkpoints),
+            get(&s.bytes),
+            get(&s.last_seq),
+        ));
+    }
+    if let Some(r) = &shared.recorder {
+        let s = &r.stats;
+        out.push_str(&format!(
+            "# TYPE phigate_recordings_total counter\nphigate_recordings_total {}\n\
+             # TYPE phigate_recordings_skipped_total counter\nphigate_recordings_skipped_total {}\n\
+             # TYPE phigate_recording_bytes_total counter\nphigate_recording_bytes_total {}\n\
+             # TYPE phigate_recording_dropped_events_total counter\nphigate_recording_dropped_events_total {}\n\
+             # TYPE phigate_recording_write_failures_total counter\nphigate_recording_write_failures_total {}\n",
+            get(&s.sessions),
+            get(&s.skipped),
+            get(&s.bytes),
+            get(&s.dropped_events),
+            get(&s.failures),
+        ));
+    }
+    out.push_str(&format!(
+        "# TYPE phigate_accepting gauge\nphigate_accepting {}\n",
+        u8::from(shared.accepting.load(Ordering::Acquire))
+    ));
+    out
+}

@@ -1,0 +1,103 @@
+//! The gateway as an issuer of its own session tokens: `/.well-known/openid-configuration` and
+//! `/.well-known/jwks.json` (so others can verify them), `GET /v1/auth/config` (what
+//! `phigate login` needs) and `POST /v1/auth/token` (an IdP token in, a short-lived gateway
+//! session token out).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::bearer;
+use crate::server::Shared;
+
+fn signer(shared: &Shared) -> ApiResult<&crate::auth::signer::Signer> {
+    shared
+        .auth
+        .signer()
+        .map(|s| &**s)
+        .ok_or_else(|| ApiError::not_found("this gateway signs no tokens (no data_dir)"))
+}
+
+pub async fn openid_configuration(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
+    let signer = signer(&shared)?;
+    let base = signer.issuer.trim_end_matches('/');
+    Ok(Json(json!({
+        "issuer": signer.issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "subject_types_supported": ["public"],
+        "response_types_supported": [],
+    })))
+}
+
+pub async fn jwks(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
+    Ok(Json(signer(&shared)?.jwks()))
+}
+
+pub async fn auth_config(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "issuers": shared.auth.login_issuers(),
+        "session_token_ttl_secs": shared.session_token_ttl.as_secs(),
+        "postgres_port": shared.pg_addr.port(),
+        "database": shared.upstream.database,
+        "development": shared.development,
+    }))
+}
+
+/// `Authorization: Bearer <IdP token>` → a gateway session token for the same individual.
+pub async fn exchange(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let signer = signer(&shared)?;
+    // The IdP token goes in and a session token comes out: never in plaintext across a
+    // network. The HTTP port speaks plain HTTP, so only local callers (or a TLS-terminating
+    // proxy on this machine) may exchange.
+    if !peer.ip().is_loopback() {
+        return Err(ApiError::forbidden(
+            "the token exchange is served to local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+        ));
+    }
+    let Some(token) = bearer(&headers) else {
+        return Err(ApiError::unauthorized(
+            "send the identity provider's token as Authorization: Bearer <token>",
+        ));
+    };
+    let (subject, groups, idp) = match shared.auth.exchange(peer.ip(), token).await {
+        Ok(v) => v,
+        Err(e @ crate::auth::AuthError::RateLimited(_)) => {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
+        Err(e) => {
+            return Err(ApiError::unauthorized(format!(
+                "authentication failed: {e}"
+            )))
+        }
+    };
+    let roles = shared.auth.roles_for(&subject, &groups, &idp);
+    if roles.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "identity {subject} is not granted any role"
+        )));
+    }
+    let (token, expires) = signer
+        .mint(&subject, &groups, &idp, shared.session_token_ttl)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a session token");
+            ApiError::internal("cannot sign a session token")
+        })?;
+    tracing::info!(%peer, %subject, issuer = %idp, "session token issued");
+    Ok(Json(json!({
+        "token": token,
+        "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
+        "expires_in": shared.session_token_ttl.as_secs(),
+        "subject": subject,
+        "roles": roles,
+    })))
+}
