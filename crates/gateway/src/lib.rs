@@ -21,6 +21,7 @@ pub mod policy;
 pub mod recording;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod text;
 pub mod tls;
 pub mod upstream;

@@ -3,7 +3,7 @@
 //! deadline).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,124 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::cancel::CancelRegistry;
 use crate::config::Config;
-use crate::upstream::UpstreamTarget;
-
-/// What every session shares. Immutable after start, except the shutdown tokens.
-pub struct Shared {
-    pub auth: Authenticator,
-    /// The audit log (`None` only when the config turns it off).
-    pub audit: Option<phigate_audit::Auditor>,
-    /// Where the audit log lives, for the HTTP API.
-    pub audit_dir: Option<std::path::PathBuf>,
-    pub audit_reader_roles: Vec<String>,
-    /// Reads that change nothing go to the database once their record is written, and their
-    /// results wait for its fsync (`audit.read_durability = "results"`).
-    pub audit_gate_reads: bool,
-    pub audit_mirror: Option<std::path::PathBuf>,
-    /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries.
-    pub phi_tags: std::collections::BTreeMap<String, Vec<String>>,
-    /// Session recordings (`None` when off).
-    pub recorder: Option<Arc<crate::recording::Recorder>>,
-    /// Statements held for review.
-    pub reviews: crate::approvals::Approvals,
-    pub approvals: crate::config::ApprovalsConfig,
-    /// The database logins of masked roles (provisioned at start and on reload).
-    pub masked: std::sync::RwLock<std::collections::HashMap<String, crate::masking::MaskedLogin>>,
-    /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
-    pub session_token_ttl: Duration,
-    pub development: bool,
-    /// Where PostgreSQL clients connect.
-    pub pg_addr: SocketAddr,
-    pub policy: crate::policy::PolicyStore,
-    pub analyzer: phigate_sql::Analyzer,
-    pub upstream: UpstreamTarget,
-    pub cancels: CancelRegistry,
-    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
-    pub tls_required: bool,
-    pub allow_plaintext_loopback: bool,
-    pub max_message: usize,
-    pub startup_timeout: Duration,
-    /// Set on SIGTERM: sessions close at their next resting point.
-    pub draining: CancellationToken,
-    /// Set at the shutdown deadline: sessions close now.
-    pub force_close: CancellationToken,
-    pub accepting: AtomicBool,
-}
-
-impl Shared {
-    /// `http` is where the HTTP side listens, if it does (the default issuer of gateway tokens).
-    pub fn from_config(
-        config: &Config,
-        pg_addr: SocketAddr,
-        http: Option<SocketAddr>,
-    ) -> anyhow::Result<Shared> {
-        let tls_acceptor = match &config.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-                &t.cert_file,
-                &t.key_file,
-            )?)),
-            None => None,
-        };
-        let audit = crate::audit::open(config)?;
-        let auth = Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?;
-        let recorder = match &audit {
-            Some(a) => crate::recording::Recorder::start(config, a)?,
-            None => None,
-        };
-        Ok(Shared {
-            reviews: crate::approvals::Approvals::open(config.data_dir.as_deref())
-                .notify(config.approvals.webhook_url.as_deref().and_then(|u| {
-                    let slack =
-                        config.approvals.webhook_format == crate::config::WebhookFormat::Slack;
-                    crate::approvals::Notifier::new(u, slack).map(|mut n| {
-                        n.audit = audit.as_ref().map(|a| a.handle());
-                        n
-                    })
-                }))
-                .grant_elevations_in(auth.elevations.clone())
-                .audit_to(audit.as_ref().map(|a| a.handle())),
-            phi_tags: config
-                .phi
-                .iter()
-                .map(|t| {
-                    let (schema, table) = t.qualified();
-                    (
-                        format!("{schema}.{table}"),
-                        t.columns.keys().cloned().collect(),
-                    )
-                })
-                .collect(),
-            auth,
-            audit,
-            recorder,
-            audit_dir: config.audit.resolved_dir(config.data_dir.as_deref()),
-            audit_reader_roles: config.audit.reader_roles.clone(),
-            audit_gate_reads: config.audit.read_durability
-                == crate::config::ReadDurability::Results,
-            audit_mirror: config.audit.mirror_dir.clone(),
-            masked: Default::default(),
-            approvals: config.approvals.clone(),
-            session_token_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
-            development: config.auth.development,
-            pg_addr,
-            policy: crate::policy::PolicyStore::new(config.policy()?),
-            analyzer: phigate_sql::Analyzer::default(),
-            upstream: UpstreamTarget::from_config(&config.upstream)?,
-            cancels: CancelRegistry::default(),
-            tls_required: config.tls.as_ref().is_some_and(|t| t.require),
-            tls_acceptor,
-            allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
-            max_message: config.listen.max_message_bytes,
-            startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
-            draining: CancellationToken::new(),
-            force_close: CancellationToken::new(),
-            accepting: AtomicBool::new(false),
-        })
-    }
-}
+use crate::state::Shared;
 
 /// A running gateway: where it listens, and how to stop it.
 pub struct Running {
@@ -171,14 +55,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
     // Masked roles cannot work without their views: provisioning failure stops the start.
     let logins = crate::masking::provision(config, &shared.upstream).await?;
-    if let Ok(mut m) = shared.masked.write() {
+    if let Ok(mut m) = shared.policy.masked.write() {
         *m = logins;
     }
     let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
     spawn_key_watch(&shared);
     let stop = CancellationToken::new();
     let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
-    shared.accepting.store(true, Ordering::Release);
+    shared.lifecycle.accepting.store(true, Ordering::Release);
     let done = tokio::spawn(run(listener, http, shared.clone(), stop.clone(), grace));
     tracing::info!(%pg_addr, http = ?http_addr, "phigate is accepting connections");
     Ok(Running {
@@ -198,7 +82,7 @@ async fn run(
     grace: Duration,
 ) {
     let sessions = TaskTracker::new();
-    let http_task = http.map(|h| tokio::spawn(h.serve(shared.force_close.clone())));
+    let http_task = http.map(|h| tokio::spawn(h.serve(shared.lifecycle.force_close.clone())));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -216,27 +100,27 @@ async fn run(
         }
     }
     drop(listener);
-    shared.accepting.store(false, Ordering::Release);
+    shared.lifecycle.accepting.store(false, Ordering::Release);
     sessions.close();
     tracing::info!(
         sessions = sessions.len(),
         grace_secs = grace.as_secs(),
         "draining"
     );
-    shared.draining.cancel();
+    shared.lifecycle.draining.cancel();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(
             sessions = sessions.len(),
             "shutdown deadline reached; closing remaining sessions"
         );
-        shared.force_close.cancel();
+        shared.lifecycle.force_close.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
     }
-    shared.force_close.cancel();
+    shared.lifecycle.force_close.cancel();
     if let Some(t) = http_task {
         let _ = t.await;
     }
-    if let Some(audit) = &shared.audit {
+    if let Some(audit) = &shared.audit.log {
         // Every session has ended: the last records, then the final signed checkpoint.
         let _ = audit
             .write(phigate_audit::Pending::Event(
@@ -247,7 +131,7 @@ async fn run(
             .await;
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(a) = &s.audit {
+            if let Some(a) = &s.audit.log {
                 a.shutdown()
             }
         })
@@ -262,7 +146,7 @@ fn spawn_key_watch(shared: &Arc<Shared>) {
     let Some(store) = shared.auth.keys().cloned() else {
         return;
     };
-    let stop = shared.force_close.clone();
+    let stop = shared.lifecycle.force_close.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
@@ -302,14 +186,14 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
                     // served under the new policy with its old, raw grant).
                     match crate::masking::provision(&config, &shared.upstream).await {
                         Ok(logins) => {
-                            if let Ok(mut m) = shared.masked.write() {
+                            if let Ok(mut m) = shared.policy.masked.write() {
                                 *m = logins;
                             }
-                            shared.policy.replace(policy);
+                            shared.policy.store.replace(policy);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "masking re-provisioning failed; keeping the current policy and views");
-                            if let Some(a) = &shared.audit {
+                            if let Some(a) = &shared.audit.log {
                                 a.submit(phigate_audit::Pending::Event(
                                     phigate_audit::Event::ConfigReload {
                                         ok: false,
@@ -321,10 +205,10 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
                             continue;
                         }
                     }
-                    tracing::info!(path = %path.display(), version = shared.policy.version(), "policy reloaded");
+                    tracing::info!(path = %path.display(), version = shared.policy.store.version(), "policy reloaded");
                     phigate_audit::Event::ConfigReload {
                         ok: true,
-                        policy_version: Some(shared.policy.version()),
+                        policy_version: Some(shared.policy.store.version()),
                         error: None,
                     }
                 }
@@ -337,7 +221,7 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
                     }
                 }
             };
-            if let Some(a) = &shared.audit {
+            if let Some(a) = &shared.audit.log {
                 a.submit(phigate_audit::Pending::Event(event));
             }
         }

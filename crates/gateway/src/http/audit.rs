@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::AuditReader;
-use crate::server::Shared;
+use crate::state::Shared;
 
 fn filter_from(q: &HashMap<String, String>) -> phigate_audit::query::Filter {
     let get = |k: &str| q.get(k).cloned();
@@ -72,7 +72,7 @@ pub async fn verify(
     reader: AuditReader,
 ) -> ApiResult<Json<Value>> {
     let dir = reader.dir;
-    let mirrors: Vec<_> = shared.audit_mirror.iter().cloned().collect();
+    let mirrors: Vec<_> = shared.audit.mirror.iter().cloned().collect();
     let recordings = shared.recorder.as_ref().map(|r| r.dir().to_path_buf());
     let result = tokio::task::spawn_blocking(move || {
         let key = phigate_audit::PublicKey::load(&dir.join(phigate_audit::store::PUBLIC_KEY))?;

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 
 use super::error::ApiError;
 use crate::auth::{AuthError, Identity};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// `Authorization: Bearer <credential>`, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -73,7 +73,7 @@ impl Credentials {
         if roles.is_empty() {
             return Err(ApiError::forbidden(format!("no role may {what} over HTTP")));
         }
-        let (policy, _) = shared.policy.snapshot();
+        let (policy, _) = shared.policy.store.snapshot();
         let is_role = |r: &str| policy.role(r).is_some();
         for role in roles {
             match shared
@@ -106,8 +106,8 @@ impl FromRequestParts<Arc<Shared>> for Reviewer {
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let credentials = Credentials::from_request_parts(parts, shared).await?;
-        let (policy, _) = shared.policy.snapshot();
-        let mut roles = shared.approvals.reviewer_roles.clone();
+        let (policy, _) = shared.policy.store.snapshot();
+        let mut roles = shared.approvals.config.reviewer_roles.clone();
         roles.extend(policy.rule_reviewer_roles().map(str::to_owned));
         let who = credentials
             .authorize(
@@ -130,14 +130,14 @@ impl FromRequestParts<Arc<Shared>> for AuditReader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
-        let Some(dir) = shared.audit_dir.clone() else {
+        let Some(dir) = shared.audit.dir.clone() else {
             return Err(ApiError::not_found("the audit log is disabled"));
         };
         let credentials = Credentials::from_request_parts(parts, shared).await?;
         let who = credentials
             .authorize(
                 shared,
-                &shared.audit_reader_roles,
+                &shared.audit.reader_roles,
                 "read the audit log (audit.reader_roles)",
             )
             .await?;
@@ -153,7 +153,7 @@ impl FromRequestParts<Arc<Shared>> for Member {
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let credentials = Credentials::from_request_parts(parts, shared).await?;
-        let (policy, _) = shared.policy.snapshot();
+        let (policy, _) = shared.policy.store.snapshot();
         let who = credentials
             .authorize(shared, &policy.role_names(), "ask for a role")
             .await?;

@@ -11,14 +11,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
-    let accepting = shared.accepting.load(Ordering::Acquire);
+    let accepting = shared.lifecycle.accepting.load(Ordering::Acquire);
     let addr = format!("{}:{}", shared.upstream.host, shared.upstream.port);
     let reachable = matches!(
         tokio::time::timeout(
@@ -28,7 +28,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
         .await,
         Ok(Ok(_))
     );
-    let audit_ok = shared.audit.as_ref().is_none_or(|a| a.healthy());
+    let audit_ok = shared.audit.log.as_ref().is_none_or(|a| a.healthy());
     let ready = accepting && reachable && audit_ok;
     let code = if ready {
         StatusCode::OK
@@ -41,7 +41,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
             "status": if ready { "ready" } else { "not ready" },
             "accepting": accepting,
             "upstream": if reachable { "reachable" } else { "unreachable" },
-            "audit": match &shared.audit {
+            "audit": match &shared.audit.log {
                 None => "disabled",
                 Some(a) if a.healthy() => "ok",
                 Some(_) => "failing",
@@ -54,7 +54,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> String {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::new();
-    if let Some(a) = &shared.audit {
+    if let Some(a) = &shared.audit.log {
         let s = a.stats();
         out.push_str(&format!(
             "# TYPE phigate_audit_healthy gauge\nphigate_audit_healthy {}\n\
@@ -90,7 +90,7 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> String {
     }
     out.push_str(&format!(
         "# TYPE phigate_accepting gauge\nphigate_accepting {}\n",
-        u8::from(shared.accepting.load(Ordering::Acquire))
+        u8::from(shared.lifecycle.accepting.load(Ordering::Acquire))
     ));
     out
 }

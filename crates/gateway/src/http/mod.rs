@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub struct HttpServer {
     listener: TcpListener,

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Credentials, Member, Reviewer};
 use crate::approvals::{Decision, ElevationRequest, OpenError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// `GET /v1/reviews?all=true`: pending reviews (all recent ones with `all`).
 pub async fn list(
@@ -24,6 +24,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
     let list = shared
+        .approvals
         .reviews
         .list(all)
         .map_err(|_| ApiError::unavailable("the review store is unavailable"))?;
@@ -41,7 +42,7 @@ pub async fn show(
     Path(id): Path<String>,
     Reviewer(who): Reviewer,
 ) -> ApiResult<Json<Value>> {
-    match shared.reviews.get(&id).ok().flatten() {
+    match shared.approvals.reviews.get(&id).ok().flatten() {
         Some(r) if r.reviewer_roles.contains(&who.role.0) => Ok(Json(json!(r))),
         _ => Err(ApiError::not_found(format!("no review {id} for you"))),
     }
@@ -92,13 +93,13 @@ async fn decide(
         credentials
             .authorize(
                 shared,
-                &shared.approvals.break_glass_roles,
+                &shared.approvals.config.break_glass_roles,
                 "approve your own statement under break-glass (approvals.break_glass_roles)",
             )
             .await?
     } else {
         // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
-        let Some(review) = shared.reviews.get(id).ok().flatten() else {
+        let Some(review) = shared.approvals.reviews.get(id).ok().flatten() else {
             return Err(ApiError::not_found(format!("no review {id}")));
         };
         credentials
@@ -126,9 +127,9 @@ async fn decide(
         approve,
         reason,
         break_glass: d.break_glass,
-        break_glass_roles: &shared.approvals.break_glass_roles,
+        break_glass_roles: &shared.approvals.config.break_glass_roles,
     };
-    let done = shared.reviews.decide(id, &decision)?;
+    let done = shared.approvals.reviews.decide(id, &decision)?;
     if d.break_glass {
         tracing::warn!(review = %id, by = %who.subject, "BREAK-GLASS approval");
     } else {
@@ -164,7 +165,7 @@ pub async fn access_request(
     let req = serde_json::from_slice::<AccessRequestBody>(&body).map_err(|_| {
         ApiError::bad_request("send JSON {\"role\": \"...\", \"minutes\": N, \"reason\": \"...\"}")
     })?;
-    let approvals = &shared.approvals;
+    let approvals = &shared.approvals.config;
     if !approvals.elevation_roles.contains(&req.role) {
         return Err(ApiError::forbidden(
             "that role cannot be asked for (approvals.elevation_roles)",
@@ -193,8 +194,9 @@ pub async fn access_request(
         reviewer_roles: approvals.reviewer_roles.clone(),
     };
     let review = match shared
+        .approvals
         .reviews
-        .open_elevation(shared.audit.as_ref(), request)
+        .open_elevation(shared.audit.log.as_ref(), request)
         .await
     {
         Ok(r) => r,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::AuditReader;
 use crate::recording::replay::{self, ReplayError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// `GET /v1/sessions?subject=&role=&since=&until=&table=`
 pub async fn list(
@@ -67,7 +67,7 @@ pub async fn replay(
         }
         _ => return Err(ApiError::internal("cannot read the recording")),
     };
-    if let Some(audit) = &shared.audit {
+    if let Some(audit) = &shared.audit.log {
         let done = audit.write(phigate_audit::Pending::Event(
             phigate_audit::Event::RecordingReplayed {
                 session,

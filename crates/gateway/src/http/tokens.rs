@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::bearer;
-use crate::server::Shared;
+use crate::state::Shared;
 
 fn signer(shared: &Shared) -> ApiResult<&crate::auth::signer::Signer> {
     shared
@@ -42,10 +42,10 @@ pub async fn jwks(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
 pub async fn auth_config(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({
         "issuers": shared.auth.login_issuers(),
-        "session_token_ttl_secs": shared.session_token_ttl.as_secs(),
-        "postgres_port": shared.pg_addr.port(),
+        "session_token_ttl_secs": shared.tokens.session_ttl.as_secs(),
+        "postgres_port": shared.listen.pg_addr.port(),
         "database": shared.upstream.database,
-        "development": shared.development,
+        "development": shared.tokens.development,
     }))
 }
 
@@ -87,7 +87,7 @@ pub async fn exchange(
         )));
     }
     let (token, expires) = signer
-        .mint(&subject, &groups, &idp, shared.session_token_ttl)
+        .mint(&subject, &groups, &idp, shared.tokens.session_ttl)
         .map_err(|e| {
             tracing::error!(error = %e, "cannot sign a session token");
             ApiError::internal("cannot sign a session token")
@@ -96,7 +96,7 @@ pub async fn exchange(
     Ok(Json(json!({
         "token": token,
         "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
-        "expires_in": shared.session_token_ttl.as_secs(),
+        "expires_in": shared.tokens.session_ttl.as_secs(),
         "subject": subject,
         "roles": roles,
     })))

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::auth::{AuthError, Identity};
 use crate::net::Stream;
 use crate::pgerror::{ClientError, ToClient};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::upstream::{self, UpstreamError};
 
 /// Largest PasswordMessage (a token) accepted during authentication.
@@ -159,7 +159,7 @@ fn auth_error(e: &AuthError) -> ClientError {
 /// Drives one client connection to its end. Errors are logged here; nothing propagates.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let timeout = shared.startup_timeout;
+    let timeout = shared.listen.startup_timeout;
     let mut stream = Stream::Plain(tcp);
     // A connection still in startup has nothing to lose: on shutdown it is refused at once
     // rather than holding the drain up until its startup timeout.
@@ -168,7 +168,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout),
         },
-        _ = shared.draining.cancelled() => Err(SessionError::ShuttingDown),
+        _ = shared.lifecycle.draining.cancelled() => Err(SessionError::ShuttingDown),
     };
     match started {
         Ok(None) => {}

@@ -15,7 +15,7 @@ use super::{guard, Ready, SessionError, MAX_AUTH_MESSAGE};
 use crate::auth::Identity;
 use crate::cancel::FrontendKey;
 use crate::net::Stream;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub(super) async fn start(
     stream: &mut Stream,
@@ -25,7 +25,7 @@ pub(super) async fn start(
     let Some((startup, leftover)) = negotiate(stream, peer, shared).await? else {
         return Ok(None);
     };
-    let plaintext_ok = shared.allow_plaintext_loopback && peer.ip().is_loopback();
+    let plaintext_ok = shared.listen.allow_plaintext_loopback && peer.ip().is_loopback();
     if !stream.is_tls() && !plaintext_ok {
         return Err(SessionError::Startup(
             "TLS is required (tokens must not travel in plaintext); connect with sslmode=require",
@@ -46,8 +46,8 @@ pub(super) async fn start(
     let mut reader = FrameReader::with_buffer(leftover, MAX_AUTH_MESSAGE);
     let identity = authenticate(stream, &mut reader, &mut out, &startup, peer, shared).await?;
 
-    shared.policy.ensure_catalog(&shared.upstream).await;
-    let (policy, version) = shared.policy.snapshot();
+    shared.policy.store.ensure_catalog(&shared.upstream).await;
+    let (policy, version) = shared.policy.store.snapshot();
     let role = policy.role(&identity.role.0).ok_or(SessionError::Startup(
         "the role has no policy; ask an administrator",
     ))?;
@@ -63,6 +63,7 @@ pub(super) async fn start(
     // views first: raw PHI never reaches the session.
     let masked_login = if role.masked {
         let login = shared
+            .policy
             .masked
             .read()
             .ok()
@@ -89,9 +90,9 @@ pub(super) async fn start(
         policy_version: version,
         identity: identity.clone(),
         session: session.clone(),
-        audit_on: shared.audit.is_some(),
-        gate_reads: shared.audit_gate_reads,
-        approvals_on: shared.approvals.enabled,
+        audit_on: shared.audit.log.is_some(),
+        gate_reads: shared.audit.gate_reads,
+        approvals_on: shared.approvals.config.enabled,
         phi,
         predicate_guarded,
     });
@@ -105,7 +106,7 @@ pub(super) async fn start(
     backend::write_ready_for_query(&mut out, backend::TransactionStatus::Idle);
     stream.write_all(&out).await?;
 
-    let client_reader = FrameReader::with_buffer(reader.into_buffer(), shared.max_message);
+    let client_reader = FrameReader::with_buffer(reader.into_buffer(), shared.listen.max_message);
     tracing::info!(
         %peer,
         session = %session,
@@ -167,7 +168,7 @@ async fn audit_session_start(
     startup: &StartupMessage,
     db: &str,
 ) -> Result<(), SessionError> {
-    let Some(audit) = &shared.audit else {
+    let Some(audit) = &shared.audit.log else {
         return Ok(());
     };
     let event = phigate_audit::Event::SessionStart {
@@ -229,7 +230,7 @@ async fn negotiate(
                 if !buf.is_empty() {
                     return Err(SessionError::Startup("unexpected data after SSLRequest"));
                 }
-                match &shared.tls_acceptor {
+                match &shared.listen.tls_acceptor {
                     Some(acceptor) => {
                         stream.write_all(b"S").await?;
                         let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
@@ -248,7 +249,7 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Startup(m) => {
-                if shared.tls_required && !stream.is_tls() {
+                if shared.listen.tls_required && !stream.is_tls() {
                     return Err(SessionError::Startup(
                         "TLS is required; connect with sslmode=require",
                     ));
@@ -396,13 +397,13 @@ async fn authenticate(
             why: "not a NUL-terminated string",
         })?;
     let role = startup.param("user").unwrap_or_default();
-    let (policy, _) = shared.policy.snapshot();
+    let (policy, _) = shared.policy.store.snapshot();
     let is_role = |r: &str| policy.role(r).is_some();
     let result = shared
         .auth
         .authenticate(peer.ip(), role, token, &is_role)
         .await;
-    if let (Err(e), Some(audit)) = (&result, &shared.audit) {
+    if let (Err(e), Some(audit)) = (&result, &shared.audit.log) {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::LoginFailed {
                 client_addr: peer.to_string(),

@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use phigate_policy::Decision;
 use phigate_sql::{Analysis, Statement};
+
+use super::{decide, Guard, Note, Record};
+use crate::session::relay::exchange::Unit;
 
 /// Statement kinds and `relation:action` entries for the audit record.
 pub fn describe(analysis: &Analysis) -> (Vec<String>, Vec<String>) {
@@ -56,4 +60,56 @@ pub fn phi_columns(tables: &[String], phi: &BTreeMap<String, Vec<String>>) -> Ve
         }
     }
     out
+}
+
+impl Guard {
+    /// The statement's audit record (none while the log is off or down).
+    pub(super) fn record(&mut self, a: Note<'_>) -> Option<Record> {
+        if !self.p.audit_on || self.audit_down {
+            return None;
+        }
+        self.statements += 1;
+        if let Some(tape) = &self.p.tape {
+            tape.statement(self.statements);
+        }
+        let durable_first =
+            !(self.p.gate_reads && decide::changes_nothing(a.analysis) && a.executed.is_empty());
+        let (mut kinds, mut tables) = describe(a.analysis);
+        for e in a.executed {
+            describe_into(&e.analysis, &mut kinds, &mut tables);
+        }
+        let (decision, rule) = match a.decision {
+            Decision::Allow => ("allow", None),
+            Decision::Deny(r) => ("deny", Some(r.rule.clone())),
+            Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
+        };
+        // The PHI columns of the tables it reads, which this (masked) role sees masked.
+        let masked_columns = phi_columns(&tables, &self.p.phi);
+        let meta = phigate_audit::StatementRecord {
+            session: self.p.session.to_string(),
+            subject: self.p.identity.subject.0.clone(),
+            role: self.p.identity.role.0.clone(),
+            n: self.statements,
+            protocol: if a.simple { "simple" } else { "extended" }.into(),
+            kinds,
+            tables,
+            decision: decision.into(),
+            rule,
+            masked_columns,
+            approval: a.approval,
+            ..Default::default()
+        };
+        Some(Record {
+            pending: phigate_audit::Pending::Statement {
+                meta,
+                sql: a.sql,
+                params: a.params,
+            },
+            unit: Unit {
+                n: self.statements,
+                started: std::time::Instant::now(),
+            },
+            durable_first,
+        })
+    }
 }

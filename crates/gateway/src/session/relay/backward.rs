@@ -16,7 +16,7 @@ use super::observe::Detect;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
 use crate::pgerror::{ClientError, ToClient};
-use crate::server::Shared;
+use crate::state::Shared;
 
 enum RelayError {
     Wire(WireError),
@@ -86,8 +86,8 @@ impl Backward {
         let mut watch = self.p.credential.clone();
         // Created once: a fresh `cancelled()` per iteration would register and unregister a
         // waiter (a lock each way) on every message batch.
-        let drain = shared.draining.cancelled();
-        let force = shared.force_close.cancelled();
+        let drain = shared.lifecycle.draining.cancelled();
+        let force = shared.lifecycle.force_close.cancelled();
         tokio::pin!(drain, force);
         // The open transaction's deadline (`transaction_timeout`), re-armed as it changes.
         let mut tx_deadline: Option<tokio::time::Instant> = None;
@@ -178,7 +178,7 @@ impl Backward {
             }
         };
         self.p.link.room.notify_one();
-        if let Some(audit) = &shared.audit {
+        if let Some(audit) = &shared.audit.log {
             for f in finished {
                 audit.submit(statement_end(&self.p.session, f));
             }
@@ -186,7 +186,7 @@ impl Backward {
         // Before the client hears that its DDL committed, so its next statement, or anyone's,
         // is decided with the views read again.
         if views_changed {
-            shared.policy.mark_views_stale();
+            shared.policy.store.mark_views_stale();
         }
         if !self.out.is_empty() && !self.audit_released(shared).await {
             return Some(self.results_withheld().await);
@@ -258,7 +258,7 @@ impl Backward {
         if gate <= self.released {
             return true;
         }
-        let Some(audit) = &shared.audit else {
+        let Some(audit) = &shared.audit.log else {
             return true;
         };
         let ticket = phigate_audit::Ticket(gate);

@@ -2,7 +2,7 @@
 
 use crate::pgerror::{ClientError, ToClient};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Why a session's credential stopped being valid.
 #[derive(Debug, Clone, Copy)]

@@ -39,8 +39,11 @@ use phigate_wire::backend::{self, tag, Fields, Notice, TransactionStatus};
 use phigate_wire::Frame;
 
 mod names;
+mod units;
 use names::{apply, Names};
 pub use names::{Effect, Portal, Prepared};
+use units::first_word;
+pub use units::{command_tag, Finished, Unit};
 
 /// Messages sent and not yet answered, at most: the forward half waits for answers before it
 /// sends more. (The database flushes its answers at least every 8 KiB, and no answer is shorter
@@ -88,24 +91,6 @@ pub enum Sent {
     CopyEnd,
     /// Any other message the database takes without an answer of its own (Flush, CopyData).
     Silent,
-}
-
-/// One statement of the audit log on its way through the database.
-#[derive(Debug)]
-pub struct Unit {
-    /// The statement's number in the session.
-    pub n: u64,
-    pub started: std::time::Instant,
-}
-
-/// A statement the database has answered (or skipped): its `statement_end` record.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Finished {
-    pub n: u64,
-    pub sqlstate: String,
-    pub rows: Option<u64>,
-    pub command: Option<String>,
-    pub duration_us: u64,
 }
 
 /// A message on its way: what it is, the refusal it stands in for, its audit statement, and
@@ -800,21 +785,6 @@ fn entry_effects(e: &Entry) -> impl Iterator<Item = &Effect> {
         _ => &[],
     };
     of_query.iter().flatten().chain(e.effect.iter())
-}
-
-/// A CommandComplete's tag without its counts, and its row count: `SELECT 5` → ("SELECT",
-/// Some(5)); `INSERT 0 3` → ("INSERT", Some(3)); `DISCARD ALL` → ("DISCARD ALL", None).
-pub fn command_tag(frame: &Frame) -> Option<(String, Option<u64>)> {
-    let body = frame.body();
-    let text = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).ok()?;
-    let command = text.trim_end_matches(|c: char| c.is_ascii_digit() || c == ' ');
-    let rows = text.rsplit(' ').next().and_then(|n| n.parse().ok());
-    Some((command.to_owned(), rows))
-}
-
-/// The command of a tag, as the audit log names it (`CREATE TABLE` → `CREATE`).
-fn first_word(command: &str) -> String {
-    command.split(' ').next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

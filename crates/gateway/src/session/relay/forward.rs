@@ -14,8 +14,8 @@ use super::exchange::Unit;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
 use crate::pgerror::{ClientError, ToClient};
-use crate::server::Shared;
 use crate::session::guard::{Action, Filtered, Guard, Held};
+use crate::state::Shared;
 
 pub(super) enum ForwardError {
     Audit,
@@ -136,7 +136,7 @@ impl<'s> Forward<'s> {
             }
             self.refresh_policy().await;
             self.guard
-                .set_audit_down(self.shared.audit.as_ref().is_some_and(|a| !a.healthy()));
+                .set_audit_down(self.shared.audit.log.as_ref().is_some_and(|a| !a.healthy()));
             if self.batch_of_frames().await? {
                 return Ok(End::ClientTerminated);
             }
@@ -164,7 +164,7 @@ impl<'s> Forward<'s> {
                 Some(sql) if sql.len() > phigate_sql::MAX_CACHED_BYTES => {
                     Some(analyze_large(sql).await)
                 }
-                _ => Guard::analyze(&msg, &self.shared.analyzer),
+                _ => Guard::analyze(&msg, &self.shared.policy.analyzer),
             };
             let filtered = {
                 let ex = self.link.exchange();
@@ -261,14 +261,15 @@ impl<'s> Forward<'s> {
     /// one policy from start to end.
     async fn refresh_policy(&mut self) {
         let at_rest = self.link.exchange().at_rest();
-        if at_rest && self.shared.policy.views_stale() {
+        if at_rest && self.shared.policy.store.views_stale() {
             self.shared
                 .policy
+                .store
                 .ensure_catalog(&self.shared.upstream)
                 .await;
         }
-        if at_rest && self.shared.policy.version() != self.guard.policy_version() {
-            let (policy, version) = self.shared.policy.snapshot();
+        if at_rest && self.shared.policy.store.version() != self.guard.policy_version() {
+            let (policy, version) = self.shared.policy.store.snapshot();
             self.guard.update_policy(policy, version);
         }
     }
@@ -277,7 +278,7 @@ impl<'s> Forward<'s> {
     /// reaches the database; for a batch of reads that change nothing, they are written (they
     /// survive the gateway's process) before, and durable before any result is released.
     async fn write_ahead(&mut self) -> Result<(), ForwardError> {
-        let Some(audit) = &self.shared.audit else {
+        let Some(audit) = &self.shared.audit.log else {
             return Ok(());
         };
         if self.batch.is_empty() {

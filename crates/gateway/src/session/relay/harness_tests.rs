@@ -18,9 +18,9 @@ use crate::auth::{Credential, Identity, RoleName, Subject};
 use crate::cancel::UpstreamKey;
 use crate::config::Config;
 use crate::net::Stream;
-use crate::server::Shared;
 use crate::session::guard::{Guard, GuardParams};
 use crate::session::Ready;
+use crate::state::Shared;
 use crate::upstream::UpstreamConn;
 
 const CONFIG: &str = r#"
@@ -110,7 +110,7 @@ async fn session() -> (Peer, Peer) {
         credential: Credential::StaticToken,
         expires_at: None,
     };
-    let (policy, version) = shared.policy.snapshot();
+    let (policy, version) = shared.policy.store.snapshot();
     let role = policy.role("ai-agent").expect("role");
     let guard = Guard::new(GuardParams {
         role,

@@ -15,8 +15,8 @@ use super::forward::{Forward, ForwardError};
 use super::Event;
 use crate::approvals::{HoldClient, HoldRequest, Interrupts, Settlement};
 use crate::net::StreamRead;
-use crate::server::Shared;
 use crate::session::guard::Held;
+use crate::state::Shared;
 
 /// The session's side of a hold: notices go through the backward half (which alone writes to
 /// the client); the client's socket is read meanwhile (what arrives waits behind the statement).
@@ -50,7 +50,7 @@ impl HoldClient for Client<'_> {
 
     fn can_run(&mut self) -> bool {
         self.credential.check(self.shared).is_none()
-            && self.shared.audit.as_ref().is_none_or(|a| a.healthy())
+            && self.shared.audit.log.as_ref().is_none_or(|a| a.healthy())
     }
 
     fn opened(&mut self, review: &str) {
@@ -76,8 +76,8 @@ impl Forward<'_> {
             rule: &held.refusal.rule,
             hint: &held.refusal.hint,
             settings: self.guard.approval_settings(&held.refusal.rule),
-            defaults: &shared.approvals,
-            phi_columns: crate::session::guard::phi_columns(&tables, &shared.phi_tags),
+            defaults: &shared.approvals.config,
+            phi_columns: crate::session::guard::phi_columns(&tables, &shared.policy.phi_tags),
             kinds,
             tables,
             session_reason: self.guard.reason(),
@@ -92,9 +92,14 @@ impl Forward<'_> {
         };
         let interrupts = Interrupts {
             cancel: &self.cancelled,
-            force_close: &shared.force_close,
+            force_close: &shared.lifecycle.force_close,
         };
-        let filtered = match shared.reviews.hold(request, &mut client, interrupts).await {
+        let filtered = match shared
+            .approvals
+            .reviews
+            .hold(request, &mut client, interrupts)
+            .await
+        {
             Settlement::Run { review } => {
                 self.settle_hold(phigate_wire::sqlstate::SUCCESSFUL_COMPLETION);
                 self.guard.release(&held, &review)

@@ -33,7 +33,7 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
 
 use super::Ready;
-use crate::server::Shared;
+use crate::state::Shared;
 use credential::{CredentialWatch, Ended};
 use exchange::Exchange;
 
@@ -189,7 +189,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         (Some(f), _) => f,
         (None, b) => b,
     };
-    if let (Some(tape), Some(audit)) = (&tape, &shared.audit) {
+    if let (Some(tape), Some(audit)) = (&tape, &shared.audit.log) {
         let summary = tape.seal(&end.to_string()).await;
         // Sealed or not, the audit log says what became of the recording.
         let (sha256, bytes, truncated, error) = match summary.sealed {
@@ -213,7 +213,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
             },
         ));
     }
-    if let Some(audit) = &shared.audit {
+    if let Some(audit) = &shared.audit.log {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::SessionEnd {
                 session: session.to_string(),

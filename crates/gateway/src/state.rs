@@ -1,0 +1,176 @@
+//! What the whole process shares, grouped by concern: the lifecycle (shutdown tokens), the
+//! listener's settings, identity, the audit log, approvals, policy (with the catalog and the
+//! masked logins), the database, recordings and cancel keys. Built once from the config
+//! ([`Shared::from_config`]); sessions, the HTTP API and the listener all read it, and none of
+//! them imports another to get at it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::upstream::UpstreamTarget;
+
+/// Starting and stopping.
+pub struct Lifecycle {
+    /// Set on SIGTERM: sessions close at their next resting point.
+    pub draining: CancellationToken,
+    /// Set at the shutdown deadline: sessions close now.
+    pub force_close: CancellationToken,
+    pub accepting: AtomicBool,
+}
+
+/// How clients reach the gateway.
+pub struct Listen {
+    /// Where PostgreSQL clients connect.
+    pub pg_addr: SocketAddr,
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub tls_required: bool,
+    pub allow_plaintext_loopback: bool,
+    pub max_message: usize,
+    pub startup_timeout: Duration,
+}
+
+/// The gateway's own tokens.
+pub struct Tokens {
+    /// Lifetime of the session tokens handed out by `POST /v1/auth/token`.
+    pub session_ttl: Duration,
+    /// The development issuer is on (the demo).
+    pub development: bool,
+}
+
+/// The audit log and who may read it.
+pub struct Audit {
+    /// The log (`None` only when the config turns it off).
+    pub log: Option<phigate_audit::Auditor>,
+    /// Where it lives, for the HTTP API.
+    pub dir: Option<PathBuf>,
+    pub reader_roles: Vec<String>,
+    /// Reads that change nothing go to the database once their record is written, and their
+    /// results wait for its fsync (`audit.read_durability = "results"`).
+    pub gate_reads: bool,
+    pub mirror: Option<PathBuf>,
+}
+
+/// Statements held for review and access requests.
+pub struct Approvals {
+    pub reviews: crate::approvals::Approvals,
+    pub config: crate::config::ApprovalsConfig,
+}
+
+/// What statements are decided with.
+pub struct Policy {
+    pub store: crate::policy::PolicyStore,
+    pub analyzer: phigate_sql::Analyzer,
+    /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries.
+    pub phi_tags: BTreeMap<String, Vec<String>>,
+    /// The database logins of masked roles (provisioned at start and on reload).
+    pub masked: RwLock<HashMap<String, crate::masking::MaskedLogin>>,
+}
+
+/// What every session shares. Immutable after start, except the shutdown tokens, the policy
+/// and the masked logins (reloads).
+pub struct Shared {
+    pub lifecycle: Lifecycle,
+    pub listen: Listen,
+    pub auth: Authenticator,
+    pub tokens: Tokens,
+    pub audit: Audit,
+    pub approvals: Approvals,
+    pub policy: Policy,
+    pub upstream: UpstreamTarget,
+    /// Session recordings (`None` when off).
+    pub recorder: Option<Arc<crate::recording::Recorder>>,
+    pub cancels: CancelRegistry,
+}
+
+impl Shared {
+    /// `http` is where the HTTP side listens, if it does (the default issuer of gateway tokens).
+    pub fn from_config(
+        config: &Config,
+        pg_addr: SocketAddr,
+        http: Option<SocketAddr>,
+    ) -> anyhow::Result<Shared> {
+        let tls_acceptor = match &config.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &t.cert_file,
+                &t.key_file,
+            )?)),
+            None => None,
+        };
+        let log = crate::audit::open(config)?;
+        let auth = Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?;
+        let recorder = match &log {
+            Some(a) => crate::recording::Recorder::start(config, a)?,
+            None => None,
+        };
+        let reviews = crate::approvals::Approvals::open(config.data_dir.as_deref())
+            .notify(config.approvals.webhook_url.as_deref().and_then(|u| {
+                let slack = config.approvals.webhook_format == crate::config::WebhookFormat::Slack;
+                crate::approvals::Notifier::new(u, slack).map(|mut n| {
+                    n.audit = log.as_ref().map(|a| a.handle());
+                    n
+                })
+            }))
+            .grant_elevations_in(auth.elevations.clone())
+            .audit_to(log.as_ref().map(|a| a.handle()));
+        let phi_tags = config
+            .phi
+            .iter()
+            .map(|t| {
+                let (schema, table) = t.qualified();
+                (
+                    format!("{schema}.{table}"),
+                    t.columns.keys().cloned().collect(),
+                )
+            })
+            .collect();
+        Ok(Shared {
+            lifecycle: Lifecycle {
+                draining: CancellationToken::new(),
+                force_close: CancellationToken::new(),
+                accepting: AtomicBool::new(false),
+            },
+            listen: Listen {
+                pg_addr,
+                tls_required: config.tls.as_ref().is_some_and(|t| t.require),
+                tls_acceptor,
+                allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
+                max_message: config.listen.max_message_bytes,
+                startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
+            },
+            auth,
+            tokens: Tokens {
+                session_ttl: Duration::from_secs(config.auth.session_token_ttl_secs),
+                development: config.auth.development,
+            },
+            audit: Audit {
+                log,
+                dir: config.audit.resolved_dir(config.data_dir.as_deref()),
+                reader_roles: config.audit.reader_roles.clone(),
+                gate_reads: config.audit.read_durability == crate::config::ReadDurability::Results,
+                mirror: config.audit.mirror_dir.clone(),
+            },
+            approvals: Approvals {
+                reviews,
+                config: config.approvals.clone(),
+            },
+            policy: Policy {
+                store: crate::policy::PolicyStore::new(config.policy()?),
+                analyzer: phigate_sql::Analyzer::default(),
+                phi_tags,
+                masked: Default::default(),
+            },
+            upstream: UpstreamTarget::from_config(&config.upstream)?,
+            recorder,
+            cancels: CancelRegistry::default(),
+        })
+    }
+}
