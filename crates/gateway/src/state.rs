@@ -36,6 +36,8 @@ pub struct Listen {
     pub allow_plaintext_loopback: bool,
     pub max_message: usize,
     pub startup_timeout: Duration,
+    /// Who may read `/metrics`.
+    pub metrics: crate::config::MetricsAccess,
 }
 
 /// The gateway's own tokens.
@@ -145,6 +147,7 @@ impl Shared {
                 allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
                 max_message: config.listen.max_message_bytes,
                 startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
+                metrics: config.listen.metrics,
             },
             auth,
             tokens: Tokens {

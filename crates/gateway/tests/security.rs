@@ -566,3 +566,31 @@ fn class_f_a_copy_that_fails_leaves_the_session_in_step() {
         "answered in step: {msgs:?}"
     );
 }
+
+/// H: `/metrics` shows the gateway's activity: served to callers on this machine by default,
+/// and only to audit readers when the config says so.
+#[test]
+fn class_h_metrics_are_not_for_everyone() {
+    let gw = gateway();
+    let (code, body) = gw.http_get("/metrics").expect("metrics");
+    assert_eq!(code, 200, "loopback, the default: {body}");
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = POLICY.into();
+    opts.listen_extra = "metrics = \"readers\"".into();
+    opts.extra = "[audit]\nreader_roles = [\"reviewer\"]\n".into();
+    let gw = Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let (code, _) = gw.http_get("/metrics").expect("metrics");
+    assert_eq!(code, 401, "no credential");
+    let agent = gw.token("agent").to_owned();
+    let (code, _) = gw
+        .http_as("GET", "/metrics", &agent, None)
+        .expect("metrics");
+    assert_eq!(code, 403, "not an audit reader");
+    let reviewer = gw.token("reviewer").to_owned();
+    let (code, body) = gw
+        .http_as("GET", "/metrics", &reviewer, None)
+        .expect("metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("phigate_"), "{body}");
+}

@@ -38,6 +38,22 @@ pub struct Listen {
     /// password field, so plaintext is refused from anywhere else.
     #[serde(default = "default_true")]
     pub allow_plaintext_loopback: bool,
+    /// Who may read `/metrics` (it shows the gateway's activity): `loopback` (the default:
+    /// callers on this machine), `readers` (also requires a credential of an
+    /// `audit.reader_roles` role), or `public` (anyone who reaches the HTTP port, e.g. a
+    /// Prometheus on another host).
+    #[serde(default)]
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    #[default]
+    Loopback,
+    Readers,
+    Public,
 }
 
 fn default_max_message() -> usize {

@@ -19,7 +19,7 @@ mod upstream;
 pub use approvals::{ApprovalsConfig, WebhookFormat};
 pub use audit::{AuditConfig, ReadDurability, StatementText};
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
-pub use listen::{Listen, Log, LogFormat, Runtime, ServerTls};
+pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
 pub use upstream::{Upstream, UpstreamTlsMode};
 

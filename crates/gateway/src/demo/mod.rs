@@ -196,6 +196,7 @@ fn demo_config(
             startup_timeout_secs: 15,
             shutdown_grace_secs: 10,
             allow_plaintext_loopback: true,
+            metrics: crate::config::MetricsAccess::Loopback,
         },
         tls: Some(tls.clone()),
         upstream: Upstream {

@@ -160,3 +160,32 @@ impl FromRequestParts<Arc<Shared>> for Member {
         Ok(Member(who))
     }
 }
+
+/// A caller `listen.metrics` admits to `/metrics`.
+pub struct MetricsReader;
+
+impl FromRequestParts<Arc<Shared>> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        use crate::config::MetricsAccess;
+        let credentials = Credentials::from_request_parts(parts, shared).await?;
+        match shared.listen.metrics {
+            MetricsAccess::Public => Ok(MetricsReader),
+            MetricsAccess::Loopback if credentials.peer.ip().is_loopback() => Ok(MetricsReader),
+            MetricsAccess::Loopback => Err(ApiError::forbidden(
+                "metrics are served to callers on this machine (listen.metrics)",
+            )),
+            MetricsAccess::Readers => {
+                credentials
+                    .authorize(
+                        shared,
+                        &shared.audit.reader_roles,
+                        "read the metrics (audit.reader_roles)",
+                    )
+                    .await?;
+                Ok(MetricsReader)
+            }
+        }
+    }
+}

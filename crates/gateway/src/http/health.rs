@@ -50,8 +50,11 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
     )
 }
 
-/// Prometheus text format.
-pub async fn metrics(State(shared): State<Arc<Shared>>) -> String {
+/// Prometheus text format, for the callers `listen.metrics` admits.
+pub async fn metrics(
+    _caller: super::extract::MetricsReader,
+    State(shared): State<Arc<Shared>>,
+) -> String {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::new();
     if let Some(a) = &shared.audit.log {
