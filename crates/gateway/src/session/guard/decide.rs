@@ -78,6 +78,12 @@ pub fn effects(analysis: &Analysis, sql: &Arc<str>, version: u64) -> Vec<Option<
         .collect()
 }
 
+/// The effect of a single statement (Parse takes one): what running it does to the session's
+/// names, if anything.
+pub fn effect_of(analysis: &Analysis, sql: &Arc<str>, version: u64) -> Option<Effect> {
+    effects(analysis, sql, version).into_iter().flatten().next()
+}
+
 /// Statements whose running changes nothing that phigate can see: SELECT that calls no function
 /// (a function may write) and writes or locks nothing, and SHOW. With `audit.read_durability =
 /// "results"` their record need only be written, not durable, before they run; their results

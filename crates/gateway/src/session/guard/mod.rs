@@ -289,17 +289,9 @@ impl Guard {
                     ddl: decide::has_ddl(&analysis),
                 }
             }
-            Decision::RequireApproval(refusal) if self.p.approvals_on => Filtered {
-                action: Action::Hold(Held {
-                    refusal,
-                    frame: Bytes::copy_from_slice(frame.as_bytes()),
-                    sql,
-                    analysis,
-                    parse: None,
-                }),
-                record,
-                ddl: false,
-            },
+            Decision::RequireApproval(refusal) if self.p.approvals_on => {
+                hold(frame, refusal, sql, analysis, None, record)
+            }
             d => self.refuse_query(d, "query", record),
         }
     }
@@ -340,26 +332,15 @@ impl Guard {
                         sql.clone(),
                         analysis.clone(),
                         self.p.policy_version,
-                        decide::effects(&analysis, &sql, self.p.policy_version)
-                            .into_iter()
-                            .flatten()
-                            .next(),
+                        decide::effect_of(&analysis, &sql, self.p.policy_version),
                     )),
                 }),
                 record: None,
                 ddl: decide::has_ddl(&analysis),
             },
-            Decision::RequireApproval(refusal) if self.p.approvals_on => Filtered {
-                action: Action::Hold(Held {
-                    refusal,
-                    frame: Bytes::copy_from_slice(frame.as_bytes()),
-                    sql,
-                    analysis,
-                    parse: Some(name.to_owned()),
-                }),
-                record: None,
-                ddl: false,
-            },
+            Decision::RequireApproval(refusal) if self.p.approvals_on => {
+                hold(frame, refusal, sql, analysis, Some(name.to_owned()), None)
+            }
             decision => {
                 // Recorded now: a refused statement never reaches an Execute.
                 let record = self.record(Note {
@@ -530,10 +511,7 @@ impl Guard {
                     held.analysis.clone(),
                     self.p.policy_version,
                     review,
-                    decide::effects(&held.analysis, &held.sql, self.p.policy_version)
-                        .into_iter()
-                        .flatten()
-                        .next(),
+                    decide::effect_of(&held.analysis, &held.sql, self.p.policy_version),
                 )),
             },
             None => Sent::Query {
@@ -712,6 +690,28 @@ fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusal> {
         ));
     }
     None
+}
+
+/// Hold the message for review (its record, if any, goes first).
+fn hold(
+    frame: &Frame,
+    refusal: Refusal,
+    sql: Arc<str>,
+    analysis: Arc<Analysis>,
+    parse: Option<String>,
+    record: Option<Record>,
+) -> Filtered {
+    Filtered {
+        action: Action::Hold(Held {
+            refusal,
+            frame: Bytes::copy_from_slice(frame.as_bytes()),
+            sql,
+            analysis,
+            parse,
+        }),
+        record,
+        ddl: false,
+    }
 }
 
 fn forward(sent: Sent) -> Filtered {

@@ -26,14 +26,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(sql: Arc<str>, analysis: Arc<Analysis>, version: u64) -> Arc<Prepared> {
-        Arc::new(Prepared {
-            sql,
-            analysis,
-            version: AtomicU64::new(version),
-            uses: AtomicU32::new(u32::MAX),
-            review: None,
-            effect: None,
-        })
+        Prepared::with_effect(sql, analysis, version, None)
     }
 
     /// A statement whose execution changes the session's names (`effect`).
@@ -43,14 +36,7 @@ impl Prepared {
         version: u64,
         effect: Option<Effect>,
     ) -> Arc<Prepared> {
-        Arc::new(Prepared {
-            sql,
-            analysis,
-            version: AtomicU64::new(version),
-            uses: AtomicU32::new(u32::MAX),
-            review: None,
-            effect,
-        })
+        Prepared::make(sql, analysis, version, None, effect)
     }
 
     /// A statement a reviewer approved: it runs once.
@@ -61,12 +47,22 @@ impl Prepared {
         review: &str,
         effect: Option<Effect>,
     ) -> Arc<Prepared> {
+        Prepared::make(sql, analysis, version, Some(review.to_owned()), effect)
+    }
+
+    fn make(
+        sql: Arc<str>,
+        analysis: Arc<Analysis>,
+        version: u64,
+        review: Option<String>,
+        effect: Option<Effect>,
+    ) -> Arc<Prepared> {
         Arc::new(Prepared {
             sql,
             analysis,
             version: AtomicU64::new(version),
-            uses: AtomicU32::new(1),
-            review: Some(review.to_owned()),
+            uses: AtomicU32::new(if review.is_some() { 1 } else { u32::MAX }),
+            review,
             effect,
         })
     }
