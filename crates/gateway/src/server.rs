@@ -169,9 +169,12 @@ fn spawn_key_watch(shared: &Arc<Shared>) {
 
 /// Reloads the policy from `path` on every SIGHUP. A file that does not load leaves the running
 /// policy in place (and says why in the log): a typo never opens or closes the gates.
-pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+pub fn spawn_reload_on_sighup(
+    shared: Arc<Shared>,
+    path: std::path::PathBuf,
+    signals: &mut Signals,
+) {
+    let Some(mut hup) = signals.hup.take() else {
         tracing::warn!("cannot listen for SIGHUP; policy reload disabled");
         return;
     };
@@ -229,14 +232,42 @@ pub fn spawn_reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+/// The signals the gateway handles, registered before it accepts anyone: a SIGTERM that
+/// arrives the moment the port opens must start a graceful shutdown, not kill the process.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers SIGTERM, SIGINT and SIGHUP (inside a runtime).
+    pub fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Resolves at SIGTERM or SIGINT.
+    pub async fn shutdown(mut self) {
+        let term = async {
+            match &mut self.term {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match &mut self.int {
+                Some(i) => i.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => tracing::info!("SIGTERM received"),
+            _ = int => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -230,6 +230,25 @@ fn demo_serves_every_identity_and_cleans_up() {
 
     let pg_data = up["data_dir"].as_str().expect("data_dir").to_owned();
     assert!(Path::new(&pg_data).exists());
+    // SIGHUP reloads <data_dir>/phigate.toml, as `phigate serve` does its config: the demo
+    // goes on.
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let reloaded = Instant::now();
+    while !read_log().contains("policy reloaded") {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(10),
+            "no reload after SIGHUP:\n{}",
+            read_log()
+        );
+        assert!(child.try_wait().expect("wait").is_none(), "SIGHUP ended the demo");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out, err) = psql_as("clinician", "SELECT count(*) > 0 FROM patients");
+    assert!(ok, "after the reload: {err}");
+    assert_eq!(out.trim(), "t");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -33,11 +33,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     crate::logging::init(format, config.log.level.as_deref());
     super::runtime_with(config.runtime.worker_threads)?.block_on(async {
+        let mut signals = crate::server::Signals::install();
         let running = crate::server::start(&config).await?;
-        crate::server::spawn_reload_on_sighup(running.shared.clone(), path.clone());
+        crate::server::spawn_reload_on_sighup(running.shared.clone(), path.clone(), &mut signals);
         let stop = running.stop_token();
         tokio::spawn(async move {
-            crate::server::shutdown_signal().await;
+            signals.shutdown().await;
             stop.cancel();
         });
         running.wait().await;

@@ -86,6 +86,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (cluster, app_password) = start_database(&data_dir).await?;
     let tls = self_signed(&data_dir.join("tls"))?;
     let config = demo_config(&opts, &data_dir, &cluster, &tls, &app_password)?;
+    let mut signals = crate::server::Signals::install();
     let running = crate::server::start(&config).await?;
     let signer = running
         .shared
@@ -106,6 +107,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         data_dir.join("phigate.toml"),
         toml::to_string_pretty(&written)?,
     )?;
+    // SIGHUP reloads that file, as `phigate serve` reloads its config.
+    crate::server::spawn_reload_on_sighup(
+        running.shared.clone(),
+        data_dir.join("phigate.toml"),
+        &mut signals,
+    );
     let pg = running.pg_addr;
     let http = running
         .http_addr
@@ -122,7 +129,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let stop = running.stop_token();
     tokio::spawn(async move {
-        crate::server::shutdown_signal().await;
+        signals.shutdown().await;
         stop.cancel();
     });
     running.wait().await;
