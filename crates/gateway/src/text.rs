@@ -6,12 +6,17 @@
 
 use std::borrow::Cow;
 
-/// Whether `c` would change or hide what a terminal shows.
+/// Whether `c` would change or hide what a terminal shows: controls, line and paragraph
+/// separators, bidirectional controls, and Unicode's default-ignorable code points and blank
+/// look-alikes (zero-width characters, fillers, variation selectors, tag characters that
+/// smuggle invisible ASCII).
 pub fn invisible(c: char) -> bool {
     c.is_control()
         || matches!(c as u32,
-            0xAD | 0x061C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
-            | 0xFEFF | 0xFFF9..=0xFFFB)
+            0xAD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+            | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F | 0x2800 | 0x3164
+            | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 /// `text` with every invisible character shown as `\u{..}` (newlines and tabs included: a
@@ -32,8 +37,8 @@ pub fn display(text: &str) -> Cow<'_, str> {
 }
 
 /// A JSON document with the invisible characters JSON leaves raw (DEL, C1, bidirectional
-/// and zero-width characters) escaped as `\uXXXX`: still the same JSON value, now safe to
-/// print. (Every such character is in the Basic Multilingual Plane.)
+/// and zero-width characters, tag characters) escaped as `\uXXXX` (a surrogate pair beyond
+/// the Basic Multilingual Plane): still the same JSON value, now safe to print.
 pub fn json(doc: String) -> String {
     if !doc.chars().any(|c| c != '\n' && invisible(c)) {
         return doc;
@@ -41,7 +46,10 @@ pub fn json(doc: String) -> String {
     let mut out = String::with_capacity(doc.len() + 16);
     for c in doc.chars() {
         if c != '\n' && invisible(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
         } else {
             out.push(c);
         }
@@ -73,5 +81,12 @@ mod tests {
         let pretty =
             serde_json::to_string_pretty(&serde_json::json!({"a": "\u{202e}"})).expect("json");
         assert_eq!(json(pretty).lines().count(), 3);
+        // Invisible look-alikes and smuggled tag characters, in both forms.
+        let smuggled = "SELECT 1\u{3164}\u{2028}\u{e0041}\u{fe0f}\u{2800}";
+        assert!(!display(smuggled).chars().any(invisible));
+        let doc = json(serde_json::json!({ "s": smuggled }).to_string());
+        assert!(!doc.chars().any(invisible), "{doc}");
+        let back: serde_json::Value = serde_json::from_str(&doc).expect("still JSON");
+        assert_eq!(back["s"], smuggled);
     }
 }

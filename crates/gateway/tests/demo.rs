@@ -243,7 +243,10 @@ fn demo_serves_every_identity_and_cleans_up() {
             "no reload after SIGHUP:\n{}",
             read_log()
         );
-        assert!(child.try_wait().expect("wait").is_none(), "SIGHUP ended the demo");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "SIGHUP ended the demo"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ok, out, err) = psql_as("clinician", "SELECT count(*) > 0 FROM patients");

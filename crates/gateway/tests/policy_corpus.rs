@@ -354,9 +354,10 @@ const CASES: &[(&str, &str, &str)] = &[
     // --- Cursors -------------------------------------------------------------------------------
     ("reviewer", "DECLARE pc_c CURSOR FOR SELECT * FROM lab_results", "deny:grants"),
     ("agent", "DECLARE pc_c CURSOR FOR SELECT id FROM lab_results", "allow !25P01"),
-    ("agent", "DECLARE pc_h CURSOR WITH HOLD FOR SELECT id FROM lab_results ORDER BY id", "allow x!42P03"),
-    ("agent", "FETCH 2 FROM pc_h", "allow"),
-    ("agent", "CLOSE pc_h", "allow x!34000"),
+    // A cursor WITH HOLD outlives its transaction, a policy reload and the timeouts.
+    ("agent", "DECLARE pc_h CURSOR WITH HOLD FOR SELECT id FROM lab_results ORDER BY id", "deny:outlives-transaction"),
+    ("agent", "FETCH 2 FROM pc_h", "allow !34000"),
+    ("agent", "CLOSE pc_h", "allow !34000"),
     ("agent", "DECLARE pc_d CURSOR WITH HOLD FOR DELETE FROM patients RETURNING id", "deny:syntax"),
     // --- EXPLAIN -------------------------------------------------------------------------------
     ("agent", "EXPLAIN SELECT * FROM patients", "allow"),

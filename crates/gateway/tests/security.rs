@@ -271,6 +271,20 @@ fn class_c_statement_names_and_counts_are_bounded() {
     let msgs = agent.until_ready();
     let e = error_of(&msgs).expect("refused");
     assert_eq!(e.code(), "54000", "{}", e.message());
+    // PostgreSQL keeps 63 bytes of any name: two longer names sharing them would be one
+    // statement to it and two to the gateway. Every message naming one is refused.
+    let long = "c".repeat(70);
+    for msg in [
+        [parse(&long, "SELECT 1"), sync()].concat(),
+        [close_statement(&long), sync()].concat(),
+        [bind("", &long), execute(""), sync()].concat(),
+        [describe_statement(&long), sync()].concat(),
+    ] {
+        agent.send(&msg);
+        let msgs = agent.until_ready();
+        let e = error_of(&msgs).expect("refused");
+        assert_eq!(e.code(), "54000", "{}", e.message());
+    }
     // The session goes on.
     assert!(error_of(&agent.query("SELECT 1")).is_none());
 }
@@ -593,4 +607,39 @@ fn class_h_metrics_are_not_for_everyone() {
         .expect("metrics");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("phigate_"), "{body}");
+}
+
+/// G: an Execute of a SQL cursor's portal is recorded as what the cursor declared, not as a
+/// protocol portal of the same name closed before.
+#[test]
+fn class_g_an_execute_of_a_cursor_is_recorded_as_the_cursor() {
+    let gw = gateway();
+    let mut c = Raw::login(&gw, "clinician");
+    assert!(error_of(&c.query("BEGIN")).is_none());
+    c.send(
+        &[
+            parse("s", "SELECT 1 AS harmless_portal"),
+            bind("c", "s"),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert!(error_of(&c.until_ready()).is_none());
+    let msgs = c.query("CLOSE c; DECLARE c CURSOR FOR SELECT body FROM notes WHERE id = 1");
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    c.send(&[execute("c"), sync()].concat());
+    let msgs = c.until_ready();
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    assert!(error_of(&c.query("COMMIT")).is_none());
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let executes: Vec<Value> = audit_records(&gw, "statement")
+        .into_iter()
+        .filter(|r| r["protocol"] == "extended" && r["subject"] == "clinician@test.phigate")
+        .collect();
+    let last = executes.last().expect("the Execute's record");
+    assert!(
+        last["tables"].to_string().contains("notes"),
+        "recorded as the cursor's statement: {last}"
+    );
 }

@@ -549,6 +549,13 @@ impl Policy {
                 "phigate cannot see what a DO block does; run the statements themselves.".into(),
             ));
         }
+        if st.outlives_transaction {
+            return Some(deny(
+                "outlives-transaction",
+                "phigate: cursors WITH HOLD and prepared transactions denied by rule outlives-transaction".into(),
+                "They outlive the transaction (and a policy reload, the session's timeouts and its locks' usual end); use a plain cursor or transaction.".into(),
+            ));
+        }
         if role.masked && st.node == "ListenStmt" {
             return Some(deny(
                 "masked-listen",

@@ -595,6 +595,19 @@ actions = ["select"]
         assert_eq!(d("clinician", sql), "deny:advisory-lock", "{sql}");
         assert_eq!(d("masked-agent", sql), "deny:advisory-lock", "{sql}");
     }
+    // Nothing that outlives the transaction (a reload, the timeouts).
+    for sql in [
+        "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM patients",
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+    ] {
+        assert_eq!(d("clinician", sql), "deny:outlives-transaction", "{sql}");
+    }
+    assert_ne!(
+        d("clinician", "DECLARE c CURSOR FOR SELECT * FROM patients"),
+        "deny:outlives-transaction"
+    );
     // Giving back is fine (connection pools call it on every reset).
     assert_ne!(
         d("clinician", "SELECT pg_advisory_unlock_all()"),

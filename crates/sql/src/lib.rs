@@ -206,6 +206,9 @@ pub struct Statement {
     pub copy_file: bool,
     /// `EXPLAIN ANALYZE`: the inner statement runs.
     pub explain_analyze: bool,
+    /// Leaves state behind that outlives its transaction: `DECLARE ... WITH HOLD`,
+    /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`.
+    pub outlives_transaction: bool,
     /// For PREPARE, DECLARE and EXPLAIN: the statement inside, analysed on its own.
     pub inner: Option<Box<Statement>>,
     /// Column names (lower case, unqualified) used to filter, join, sort or group rows: in
@@ -228,6 +231,7 @@ impl Statement {
             copy_program: false,
             copy_file: false,
             explain_analyze: false,
+            outlives_transaction: false,
             inner: None,
             predicate_columns: Vec::new(),
         }

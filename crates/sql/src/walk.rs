@@ -259,6 +259,27 @@ impl Walker<'_> {
                 self.walk(body, Action::Select);
             }
             "DoStmt" => self.st.opaque = true,
+            // CLOSE name; CLOSE ALL has no name.
+            "ClosePortalStmt" => {
+                let name = str_field(body, "portalname");
+                self.st.name = (!name.is_empty()).then(|| name.to_owned());
+            }
+            "TransactionStmt" => {
+                use pg_query::protobuf::TransactionStmtKind as T;
+                let kind = body
+                    .get("kind")
+                    .and_then(Value::as_i64)
+                    .and_then(|k| T::try_from(k as i32).ok());
+                self.st.outlives_transaction |= matches!(
+                    kind,
+                    Some(
+                        T::TransStmtPrepare
+                            | T::TransStmtCommitPrepared
+                            | T::TransStmtRollbackPrepared
+                    )
+                );
+                self.walk(body, Action::Select);
+            }
             // DISCARD ALL | PLANS | SEQUENCES | TEMP: the name says which (`all` drops every
             // prepared statement and portal of the session).
             "DiscardStmt" => {
@@ -378,6 +399,9 @@ impl Walker<'_> {
         }
         if tag == "DeclareCursorStmt" {
             self.st.name = Some(str_field(body, "portalname").to_owned());
+            // CURSOR_OPT_HOLD: the cursor outlives the transaction.
+            let options = body.get("options").and_then(Value::as_i64).unwrap_or(0);
+            self.st.outlives_transaction |= options & 0x0020 != 0;
         }
         if let Some((itag, ibody)) = body.get("query").and_then(node_of) {
             let mut inner = Statement::new(kind_of(itag, ibody), itag);

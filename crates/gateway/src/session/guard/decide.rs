@@ -7,7 +7,7 @@ use phigate_policy::{Decision, Role, RuleAction};
 use phigate_sql::{Analysis, Kind, Statement};
 
 use super::refusals;
-use crate::session::relay::exchange::{Effect, Prepared};
+use crate::session::relay::exchange::{Effect, Portal, Prepared};
 
 /// The top-level statements of an analysis and what they hold inside (PREPARE's, EXPLAIN's and
 /// DECLARE's statement).
@@ -73,6 +73,27 @@ pub fn effects(analysis: &Analysis, sql: &Arc<str>, version: u64) -> Vec<Option<
                 name: name.to_owned(),
             }),
             (Kind::Session, Some("all")) if st.node == "DiscardStmt" => Some(Effect::DiscardAll),
+            // A SQL cursor is a portal: an Execute of its name runs what it declared.
+            (Kind::Cursor, Some(name)) if st.node == "DeclareCursorStmt" => {
+                let inner = st.inner.as_deref().unwrap_or(st);
+                Some(Effect::Bind {
+                    portal: name.to_owned(),
+                    bound: Arc::new(Portal {
+                        statement: Prepared::new(
+                            sql.clone(),
+                            Arc::new(Analysis::Parsed(vec![inner.clone()])),
+                            version,
+                        ),
+                        params: Vec::new(),
+                    }),
+                })
+            }
+            (Kind::Cursor, Some(name)) if st.node == "ClosePortalStmt" => {
+                Some(Effect::ClosePortal {
+                    name: name.to_owned(),
+                })
+            }
+            (Kind::Cursor, None) if st.node == "ClosePortalStmt" => Some(Effect::CloseAllPortals),
             _ => None,
         })
         .collect()

@@ -206,6 +206,18 @@ impl Guard {
         ex: &Exchange,
     ) -> Filtered {
         let analysis = analysis.unwrap_or_else(|| Arc::new(Analysis::Parsed(Vec::new())));
+        if too_long_name(msg) {
+            // A Describe of a statement that does not exist: an error with no effect, in the
+            // place of any extended-protocol message.
+            let (token, mut bytes) = self.token();
+            write::describe_statement(&mut bytes, &token);
+            return substitute(
+                bytes,
+                Sent::Describe,
+                token,
+                refusals::name_too_long(MAX_NAME_BYTES),
+            );
+        }
         match msg {
             FrontendMessage::Query { sql } => self.query(frame, sql, analysis, ex),
             FrontendMessage::Parse(parse) => self.parse(frame, parse.name, parse.sql, analysis, ex),
@@ -690,6 +702,18 @@ fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusal> {
         ));
     }
     None
+}
+
+/// Whether a statement or portal name the message carries is longer than PostgreSQL keeps.
+fn too_long_name(msg: &FrontendMessage<'_>) -> bool {
+    let long = |n: &str| n.len() > MAX_NAME_BYTES;
+    match msg {
+        FrontendMessage::Parse(p) => long(p.name),
+        FrontendMessage::Bind(b) => long(b.portal) || long(b.statement),
+        FrontendMessage::Describe { name, .. } | FrontendMessage::Close { name, .. } => long(name),
+        FrontendMessage::Execute { portal, .. } => long(portal),
+        _ => false,
+    }
 }
 
 /// Hold the message for review (its record, if any, goes first).

@@ -85,7 +85,7 @@ pub fn name_too_long(max: usize) -> Refusal {
     refusal(
         "session-limit",
         format!("phigate: statement and portal names are limited to {max} bytes"),
-        "Use a shorter name.",
+        "PostgreSQL keeps only the first 63 bytes of a name; use a shorter one.",
         sqlstate::PROGRAM_LIMIT_EXCEEDED,
     )
 }

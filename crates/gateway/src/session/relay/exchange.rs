@@ -53,9 +53,10 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 pub const MAX_PREPARED: usize = 4096;
 /// Bytes of statement text the prepared statements of a session may hold together.
 pub const MAX_PREPARED_BYTES: usize = 64 << 20;
-/// Longest statement or portal name a session may create (PostgreSQL's own SQL-level names
-/// are cut at 63 bytes; drivers' protocol-level names are short).
-pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest statement or portal name a message may carry: PostgreSQL keeps only the first 63
+/// bytes of any name (NAMEDATALEN - 1), protocol-level ones included, so two longer names that
+/// share them would be one statement to it and two to the gateway.
+pub const MAX_NAME_BYTES: usize = 63;
 /// Portals a session may hold open at once.
 pub const MAX_PORTALS: usize = 1024;
 /// Names of refused statements remembered (as 64-bit hashes) for a precise refusal at Bind.
@@ -349,6 +350,10 @@ impl Exchange {
             }
             Sent::Parse { name, .. } if !self.refused.is_empty() => {
                 self.refused.remove(&name_hash(name));
+            }
+            // A simple Query runs as the unnamed statement and portal: they are gone after it.
+            Sent::Query { .. } => {
+                drop_unnamed(&mut self.statements.projected, &mut self.portals.projected)
             }
             _ => {}
         }
@@ -655,6 +660,9 @@ impl Exchange {
         let mut reproject = false;
         while let Some(e) = self.queue.pop_front() {
             let done = matches!(e.sent, Sent::Query { .. } | Sent::Sync);
+            if matches!(e.sent, Sent::Query { .. }) {
+                drop_unnamed(&mut self.statements.confirmed, &mut self.portals.confirmed);
+            }
             // What of a Query's effects the database confirmed is in `confirmed` now; the
             // projection drops what it did not (a statement after an error never ran).
             reproject |= entry_effects(&e).next().is_some();
@@ -757,14 +765,17 @@ impl Exchange {
         self.statements.projected = self.statements.confirmed.clone();
         self.portals.projected = self.portals.confirmed.clone();
         for e in &self.queue {
-            if let Sent::Parse {
-                name,
-                statement: None,
-            } = &e.sent
-            {
-                if name.is_empty() {
+            match &e.sent {
+                Sent::Parse {
+                    name,
+                    statement: None,
+                } if name.is_empty() => {
                     self.statements.projected.remove("");
                 }
+                Sent::Query { .. } => {
+                    drop_unnamed(&mut self.statements.projected, &mut self.portals.projected)
+                }
+                _ => {}
             }
             for ef in entry_effects(e) {
                 apply(
@@ -776,6 +787,14 @@ impl Exchange {
             }
         }
     }
+}
+
+fn drop_unnamed(
+    statements: &mut std::collections::HashMap<String, Arc<Prepared>>,
+    portals: &mut std::collections::HashMap<String, Arc<Portal>>,
+) {
+    statements.remove("");
+    portals.remove("");
 }
 
 /// The effects of an entry, in order.

@@ -122,8 +122,10 @@ pub enum Effect {
     DiscardAll,
     /// Bind: creates a portal.
     Bind { portal: String, bound: Arc<Portal> },
-    /// Close of a portal.
+    /// Close of a portal, or SQL `CLOSE name`.
     ClosePortal { name: String },
+    /// SQL `CLOSE ALL`.
+    CloseAllPortals,
 }
 
 impl Effect {
@@ -133,7 +135,10 @@ impl Effect {
             Effect::Prepare { .. } => command == "PREPARE",
             Effect::Deallocate { .. } | Effect::DeallocateAll => command.starts_with("DEALLOCATE"),
             Effect::DiscardAll => command == "DISCARD ALL",
-            _ => false,
+            // SQL cursors are portals too.
+            Effect::Bind { .. } => command == "DECLARE CURSOR",
+            Effect::ClosePortal { .. } => command == "CLOSE CURSOR",
+            Effect::CloseAllPortals => command == "CLOSE CURSOR ALL",
         }
     }
 
@@ -141,7 +146,7 @@ impl Effect {
         match self {
             Effect::Prepare { name: n, .. } | Effect::Deallocate { name: n } => n == name,
             Effect::DeallocateAll | Effect::DiscardAll => true,
-            Effect::Bind { .. } | Effect::ClosePortal { .. } => false,
+            Effect::Bind { .. } | Effect::ClosePortal { .. } | Effect::CloseAllPortals => false,
         }
     }
 }
@@ -192,5 +197,6 @@ pub(super) fn apply(
         Effect::ClosePortal { name } => {
             portals.remove(name);
         }
+        Effect::CloseAllPortals => portals.clear(),
     }
 }
