@@ -259,39 +259,8 @@ impl Walker<'_> {
                 self.walk(body, Action::Select);
             }
             "DoStmt" => self.st.opaque = true,
-            // CLOSE name; CLOSE ALL has no name.
-            "ClosePortalStmt" => {
-                let name = str_field(body, "portalname");
-                self.st.name = (!name.is_empty()).then(|| name.to_owned());
-            }
-            "TransactionStmt" => {
-                use pg_query::protobuf::TransactionStmtKind as T;
-                let kind = body
-                    .get("kind")
-                    .and_then(Value::as_i64)
-                    .and_then(|k| T::try_from(k as i32).ok());
-                self.st.outlives_transaction |= matches!(
-                    kind,
-                    Some(
-                        T::TransStmtPrepare
-                            | T::TransStmtCommitPrepared
-                            | T::TransStmtRollbackPrepared
-                    )
-                );
-                self.walk(body, Action::Select);
-            }
-            // DISCARD ALL | PLANS | SEQUENCES | TEMP: the name says which (`all` drops every
-            // prepared statement and portal of the session).
-            "DiscardStmt" => {
-                // The parse tree's enum, by number; an unknown one is taken for ALL (the name
-                // then drops every statement from the gateway's view: fail closed).
-                let target = body
-                    .get("target")
-                    .and_then(Value::as_i64)
-                    .and_then(|n| pg_query::protobuf::DiscardMode::try_from(n as i32).ok())
-                    .map_or("DISCARD_ALL", |m| m.as_str_name());
-                let target = target.strip_prefix("DISCARD_").unwrap_or(target);
-                self.st.name = Some(target.to_ascii_lowercase());
+            "DiscardStmt" | "ClosePortalStmt" | "TransactionStmt" => {
+                self.session_statement(tag, body)
             }
             "VariableSetStmt" => {
                 self.st.settings.push(setting_name(body));
@@ -386,6 +355,48 @@ impl Walker<'_> {
         let saved = std::mem::take(&mut self.scopes);
         f(self);
         self.scopes = saved;
+    }
+
+    /// DISCARD, CLOSE and transaction control: what they name, and whether they leave state
+    /// behind the transaction.
+    fn session_statement(&mut self, tag: &str, body: &Value) {
+        match tag {
+            // CLOSE name; CLOSE ALL has no name.
+            "ClosePortalStmt" => {
+                let name = str_field(body, "portalname");
+                self.st.name = (!name.is_empty()).then(|| name.to_owned());
+            }
+            "TransactionStmt" => {
+                use pg_query::protobuf::TransactionStmtKind as T;
+                let kind = body
+                    .get("kind")
+                    .and_then(Value::as_i64)
+                    .and_then(|k| T::try_from(k as i32).ok());
+                self.st.outlives_transaction |= matches!(
+                    kind,
+                    Some(
+                        T::TransStmtPrepare
+                            | T::TransStmtCommitPrepared
+                            | T::TransStmtRollbackPrepared
+                    )
+                );
+                self.walk(body, Action::Select);
+            }
+            // DISCARD ALL | PLANS | SEQUENCES | TEMP: the name says which (`all` drops every
+            // prepared statement and portal of the session).
+            "DiscardStmt" => {
+                // The parse tree's enum, by number; an unknown one is taken for ALL (the name
+                // then drops every statement from the gateway's view: fail closed).
+                let target = body
+                    .get("target")
+                    .and_then(Value::as_i64)
+                    .and_then(|n| pg_query::protobuf::DiscardMode::try_from(n as i32).ok())
+                    .map_or("DISCARD_ALL", |m| m.as_str_name());
+                let target = target.strip_prefix("DISCARD_").unwrap_or(target);
+                self.st.name = Some(target.to_ascii_lowercase());
+            }
+            _ => {}
+        }
     }
 
     /// EXPLAIN, PREPARE and DECLARE hold a statement of their own: analysed on its own as

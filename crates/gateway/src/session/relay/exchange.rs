@@ -30,7 +30,6 @@
 //! (as hashes); the guard refuses what would exceed them.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -40,7 +39,7 @@ use phigate_wire::Frame;
 
 mod names;
 mod units;
-use names::{apply, Names};
+use names::{apply, drop_unnamed, name_hash, Names};
 pub use names::{Effect, Portal, Prepared};
 use units::first_word;
 pub use units::{command_tag, Finished, Unit};
@@ -166,12 +165,6 @@ impl Default for Exchange {
             desync: false,
         }
     }
-}
-
-fn name_hash(name: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
 }
 
 impl Exchange {
@@ -787,14 +780,6 @@ impl Exchange {
             }
         }
     }
-}
-
-fn drop_unnamed(
-    statements: &mut std::collections::HashMap<String, Arc<Prepared>>,
-    portals: &mut std::collections::HashMap<String, Arc<Portal>>,
-) {
-    statements.remove("");
-    portals.remove("");
 }
 
 /// The effects of an entry, in order.

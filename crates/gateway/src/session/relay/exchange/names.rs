@@ -2,6 +2,7 @@
 //! on them.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -199,4 +200,20 @@ pub(super) fn apply(
         }
         Effect::CloseAllPortals => portals.clear(),
     }
+}
+
+/// What a simple Query leaves behind: no unnamed statement, no unnamed portal.
+pub(super) fn drop_unnamed(
+    statements: &mut HashMap<String, Arc<Prepared>>,
+    portals: &mut HashMap<String, Arc<Portal>>,
+) {
+    statements.remove("");
+    portals.remove("");
+}
+
+/// A name as the refused-names set keeps it.
+pub(super) fn name_hash(name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
