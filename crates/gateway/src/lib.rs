@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library ([`cli`]). The data path of one
 //! session is in [`session`]; the process around it (listeners, shutdown, health) in [`server`].
 
+pub mod admission;
 pub mod approvals;
 pub mod audit;
 pub mod auth;

@@ -60,6 +60,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
     spawn_key_watch(&shared);
+    spawn_review_expiry(&shared);
     let stop = CancellationToken::new();
     let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
     shared.lifecycle.accepting.store(true, Ordering::Release);
@@ -86,10 +87,22 @@ async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let shared = shared.clone();
-                    sessions.spawn(crate::session::handle(tcp, peer, shared));
-                }
+                Ok((tcp, peer)) => match shared.admission.connection() {
+                    Ok(connection) => {
+                        let shared = shared.clone();
+                        sessions.spawn(crate::session::handle(tcp, peer, shared, connection));
+                    }
+                    // Full: told at once, without reading or waiting (the socket closes here).
+                    Err(refused) => {
+                        tracing::warn!(%peer, error = %refused, "connection refused");
+                        let fatal = crate::pgerror::ClientError::fatal(
+                            phigate_wire::sqlstate::TOO_MANY_CONNECTIONS,
+                            format!("phigate: {refused}"),
+                        )
+                        .with_hint("Try again shortly.");
+                        let _ = tcp.try_write(&fatal.to_bytes());
+                    }
+                },
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(e) => {
                     tracing::error!(error = %e, "accept failed");
@@ -138,6 +151,25 @@ async fn run(
         .await;
     }
     tracing::info!("stopped");
+}
+
+/// Expires reviews and access requests nobody decided in time, every few seconds.
+fn spawn_review_expiry(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let stop = shared.lifecycle.force_close.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let expired = shared.approvals.reviews.expire_due();
+            if expired > 0 {
+                tracing::info!(expired, "reviews nobody decided in time expired");
+            }
+        }
+    });
 }
 
 /// Notices API keys created or revoked by the CLI within a second (sessions opened with a

@@ -25,7 +25,13 @@ pub struct Lifecycle {
     /// Set at the shutdown deadline: sessions close now.
     pub force_close: CancellationToken,
     pub accepting: AtomicBool,
+    /// The last probe of the database for `/readyz` (when, and whether it answered): one probe
+    /// at a time, reused for [`READY_PROBE_TTL`], however often `/readyz` is called.
+    pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
+
+/// How long one `/readyz` probe of the database is reused.
+pub const READY_PROBE_TTL: Duration = Duration::from_secs(2);
 
 /// How clients reach the gateway.
 pub struct Listen {
@@ -38,6 +44,12 @@ pub struct Listen {
     pub startup_timeout: Duration,
     /// Who may read `/metrics`.
     pub metrics: crate::config::MetricsAccess,
+    /// HTTP: a request's headers must arrive within `http_header_timeout` (an idle keep-alive
+    /// connection closes then too), its body and the response's delivery within
+    /// `http_body_timeout`; at most `http_max_connections` at once.
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub http_max_connections: usize,
 }
 
 /// The gateway's own tokens.
@@ -91,6 +103,8 @@ pub struct Shared {
     /// Session recordings (`None` when off).
     pub recorder: Option<Arc<crate::recording::Recorder>>,
     pub cancels: CancelRegistry,
+    /// Connection and session caps.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 impl Shared {
@@ -107,6 +121,10 @@ impl Shared {
             )?)),
             None => None,
         };
+        let budget = crate::admission::budget(
+            config.limits.max_connections,
+            config.listen.http_max_connections,
+        );
         let log = crate::audit::open(config)?;
         let auth = Authenticator::from_config(config, &crate::auth::gateway_issuer(config, http))?;
         let recorder = match &log {
@@ -122,6 +140,10 @@ impl Shared {
                 })
             }))
             .grant_elevations_in(auth.elevations.clone())
+            .limit_requests(
+                config.limits.access_requests_per_hour,
+                config.limits.pending_access_requests,
+            )
             .audit_to(log.as_ref().map(|a| a.handle()));
         let phi_tags = config
             .phi
@@ -139,6 +161,7 @@ impl Shared {
                 draining: CancellationToken::new(),
                 force_close: CancellationToken::new(),
                 accepting: AtomicBool::new(false),
+                upstream_probe: tokio::sync::Mutex::new(None),
             },
             listen: Listen {
                 pg_addr,
@@ -148,6 +171,9 @@ impl Shared {
                 max_message: config.listen.max_message_bytes,
                 startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
                 metrics: config.listen.metrics,
+                http_header_timeout: Duration::from_secs(config.listen.http_header_timeout_secs),
+                http_body_timeout: Duration::from_secs(config.listen.http_body_timeout_secs),
+                http_max_connections: budget.http_connections,
             },
             auth,
             tokens: Tokens {
@@ -174,6 +200,7 @@ impl Shared {
             upstream: UpstreamTarget::from_config(&config.upstream)?,
             recorder,
             cancels: CancelRegistry::default(),
+            admission: crate::admission::Admission::new(&config.limits, budget.pg_connections),
         })
     }
 }

@@ -76,6 +76,8 @@ pub struct Role {
     pub statement_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub transaction_timeout_ms: Option<u64>,
+    /// Sessions it may hold at once (`None`: the gateway's default).
+    pub max_sessions: Option<usize>,
     allow_functions: HashSet<String>,
     grants: Vec<Grant>,
     /// Sees PHI through masking views.
@@ -191,6 +193,7 @@ impl Policy {
                     "transaction_timeout",
                     &r.transaction_timeout,
                 )?,
+                max_sessions: r.max_sessions,
                 allow_functions: r.allow_functions.iter().cloned().collect(),
                 grants,
                 masked: r.masked,

@@ -36,6 +36,11 @@ pub struct RoleConfig {
     /// (FATAL 25P04) and the database rolls the transaction back.
     #[serde(default)]
     pub transaction_timeout: Option<String>,
+    /// Sessions this role may hold at once, all identities together (default:
+    /// `limits.sessions_per_role`). A masked role's database login gets it as its
+    /// `CONNECTION LIMIT`. Further logins are refused with SQLSTATE 53300.
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
     /// Functions this role may call although they are not built-ins or are on the deny list,
     /// e.g. `["public.refresh_report", "pg_cancel_backend"]`.
     #[serde(default)]

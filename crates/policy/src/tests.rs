@@ -500,6 +500,7 @@ fn bad_config_is_rejected() {
         statement_timeout: Some("soon".into()),
         idle_timeout: None,
         transaction_timeout: None,
+        max_sessions: None,
         allow_functions: vec![],
         grants: vec![],
         masked: false,

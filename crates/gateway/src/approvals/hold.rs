@@ -50,13 +50,24 @@ pub trait HoldClient {
     /// Sends the client this NoticeResponse (encoded).
     fn notice(&mut self, notice: BytesMut) -> impl Future<Output = ()> + Send;
     /// Reads what the client sends while it waits (it waits behind the held statement);
-    /// resolves only when the client is gone (EOF or an error). Cancel-safe.
-    fn gone(&mut self) -> impl Future<Output = std::io::Error> + Send;
+    /// resolves only when the client is gone (EOF or an error) or the session's credential
+    /// ended (expired or revoked). Cancel-safe.
+    fn gone(&mut self) -> impl Future<Output = ClientEnd> + Send;
     /// Whether the session may still run an approved statement (its credential is still
     /// valid, the audit log healthy). Asked once, when the statement was approved.
     fn can_run(&mut self) -> bool;
     /// The review was opened (for the session's recording).
     fn opened(&mut self, review: &str);
+}
+
+/// Why a waiting client stopped waiting, on its own side.
+#[derive(Debug)]
+pub enum ClientEnd {
+    /// It disconnected or its socket failed.
+    Gone(std::io::Error),
+    /// Its credential expired or was revoked: nothing it asked for may run, so its review is
+    /// withdrawn rather than left for a reviewer to approve in vain.
+    CredentialEnded,
 }
 
 /// What withdraws a waiting statement besides its client going away.
@@ -77,6 +88,8 @@ pub enum WaitEnd {
     Withdrawn,
     /// The client disconnected or its socket failed.
     ClientGone(std::io::Error),
+    /// The session's credential expired or was revoked.
+    CredentialEnded,
 }
 
 /// What the session does with the held statement.
@@ -112,6 +125,7 @@ pub struct Settled {
 }
 
 const DISCONNECTED: &str = "client disconnected";
+const CREDENTIAL_ENDED: &str = "the session's credential ended";
 
 fn copy(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), e.to_string())
@@ -193,6 +207,9 @@ pub fn settle(
         ),
         (Status::Expired, _) => expired(Transition::None),
         (Status::Pending, WaitEnd::TimedOut) => expired(Transition::Expire),
+        (Status::Pending, WaitEnd::CredentialEnded) => withdrawn(Transition::Withdraw {
+            reason: Some(CREDENTIAL_ENDED),
+        }),
         (Status::Pending, WaitEnd::ClientGone(e)) => gone(
             e,
             Transition::Withdraw {
@@ -398,7 +415,10 @@ impl Approvals {
                 _ = &mut deadline => return WaitEnd::TimedOut,
                 _ = interrupts.cancel.notified() => return WaitEnd::Withdrawn,
                 _ = interrupts.force_close.cancelled() => return WaitEnd::Withdrawn,
-                e = client.gone() => return WaitEnd::ClientGone(e),
+                end = client.gone() => return match end {
+                    ClientEnd::Gone(e) => WaitEnd::ClientGone(e),
+                    ClientEnd::CredentialEnded => WaitEnd::CredentialEnded,
+                },
             }
         }
     }
@@ -419,7 +439,9 @@ impl Approvals {
                 _ => break,
             };
             let approved = review.status == Status::Approved && review.run.is_none();
-            let can_run = approved && !matches!(end, WaitEnd::ClientGone(_)) && client.can_run();
+            let can_run = approved
+                && !matches!(end, WaitEnd::ClientGone(_) | WaitEnd::CredentialEnded)
+                && client.can_run();
             let settled = settle(&review, &end, can_run, rule, timeout);
             let action = match settled.transition {
                 Transition::None => return settled.settlement,

@@ -22,13 +22,15 @@ pub mod machine;
 mod notifier;
 mod store;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 pub use hold::{
-    settle, HoldClient, HoldRequest, Interrupts, Settled, Settlement, Transition, WaitEnd,
+    settle, ClientEnd, HoldClient, HoldRequest, Interrupts, Settled, Settlement, Transition,
+    WaitEnd,
 };
 pub use machine::{Action, Decision};
 pub use notifier::Notifier;
@@ -256,6 +258,21 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error("the audit log cannot be written")]
     Audit,
+    /// The requester asked too often (`limits.access_requests_per_hour`).
+    #[error("you made {0} access requests in the last hour (limits.access_requests_per_hour); wait before asking again")]
+    TooOften(u32),
+    /// Too many requests wait for a decision (`limits.pending_access_requests`).
+    #[error("{0} access requests already wait for a decision; try again once reviewers have decided some")]
+    QueueFull(usize),
+}
+
+/// How often access requests may be made, and how many may wait.
+struct RequestLimits {
+    per_hour: u32,
+    max_pending: usize,
+    /// When each individual (issuer, subject) asked within the last hour. Holds only those who
+    /// asked within the hour, each at most `per_hour` times.
+    recent: Mutex<HashMap<(String, String), VecDeque<SystemTime>>>,
 }
 
 /// The approvals of one gateway: the store, and what every transition tells (the audit log,
@@ -268,6 +285,7 @@ pub struct Approvals {
     elevations: Arc<crate::auth::Elevations>,
     /// Reviews that were pending when the gateway last stopped.
     pub expired_at_start: usize,
+    requests: RequestLimits,
 }
 
 pub(crate) fn new_id() -> String {
@@ -302,6 +320,7 @@ impl Approvals {
             notifier: None,
             elevations: Default::default(),
             expired_at_start,
+            requests: RequestLimits::default(),
         }
     }
 
@@ -313,7 +332,16 @@ impl Approvals {
             notifier: None,
             elevations: Default::default(),
             expired_at_start: 0,
+            requests: RequestLimits::default(),
         }
+    }
+
+    /// At most `per_hour` access requests per individual in any hour, at most `max_pending`
+    /// waiting for a decision.
+    pub fn limit_requests(mut self, per_hour: u32, max_pending: usize) -> Self {
+        self.requests.per_hour = per_hour;
+        self.requests.max_pending = max_pending;
+        self
     }
 
     /// Every transition's audit event goes to `audit`.
@@ -365,8 +393,19 @@ impl Approvals {
         audit: Option<&phigate_audit::Auditor>,
         req: ElevationRequest<'_>,
     ) -> Result<Review, OpenError> {
+        let now = SystemTime::now();
+        let waiting = self
+            .store
+            .list(false)?
+            .iter()
+            .filter(|r| r.kind == Kind::Elevation)
+            .count();
+        if waiting >= self.requests.max_pending {
+            return Err(OpenError::QueueFull(waiting));
+        }
+        self.requests.admit(req.issuer, req.requester, now)?;
         let justification = Some(req.reason.to_owned());
-        let review = machine::elevation_review(req, SystemTime::now());
+        let review = machine::elevation_review(req, now);
         self.store.create(&review)?;
         self.announce(&review);
         if let Some(audit) = audit {
@@ -425,6 +464,20 @@ impl Approvals {
         }
     }
 
+    /// Expires every pending review whose time has passed (run now and then, so that a request
+    /// nobody decides does not wait, nor stay in memory, forever). Returns how many.
+    pub fn expire_due(&self) -> usize {
+        let now = SystemTime::now();
+        let Ok(pending) = self.store.list(false) else {
+            return 0;
+        };
+        pending
+            .iter()
+            .filter(|r| humantime::parse_rfc3339_weak(&r.expires_at).is_ok_and(|t| t < now))
+            .filter(|r| self.transition(&r.id, &Action::Expire).is_ok())
+            .count()
+    }
+
     /// A reviewer's decision (approve or deny; with `break_glass`, the requester approves their
     /// own statement).
     pub fn decide(&self, id: &str, decision: &Decision<'_>) -> Result<Decided, DecideError> {
@@ -448,6 +501,39 @@ impl Approvals {
 
     pub fn get(&self, id: &str) -> Result<Option<Review>, StoreError> {
         self.store.get(id)
+    }
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        let limits = crate::config::Limits::default();
+        RequestLimits {
+            per_hour: limits.access_requests_per_hour,
+            max_pending: limits.pending_access_requests,
+            recent: Mutex::default(),
+        }
+    }
+}
+
+impl RequestLimits {
+    /// Counts one request of (issuer, subject) at `now`, or refuses it.
+    fn admit(&self, issuer: &str, subject: &str, now: SystemTime) -> Result<(), OpenError> {
+        let hour_ago = now - Duration::from_secs(3600);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|_, times| {
+            while times.front().is_some_and(|t| *t < hour_ago) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        let times = recent
+            .entry((issuer.to_owned(), subject.to_owned()))
+            .or_default();
+        if times.len() >= self.per_hour as usize {
+            return Err(OpenError::TooOften(self.per_hour));
+        }
+        times.push_back(now);
+        Ok(())
     }
 }
 

@@ -402,6 +402,30 @@ fn settlement_table() {
             ),
             Transition::Forfeit { reason: None },
         ),
+        // The credential ended while it waited: a pending review is withdrawn (no reviewer
+        // approves in vain), an approval not yet run is forfeited.
+        (
+            base.clone(),
+            WaitEnd::CredentialEnded,
+            false,
+            Want::Refuse(
+                sqlstate::QUERY_CANCELED,
+                format!("phigate: review {id} withdrawn; the statement did not run"),
+            ),
+            Transition::Withdraw {
+                reason: Some("the session's credential ended"),
+            },
+        ),
+        (
+            with(Status::Approved),
+            WaitEnd::CredentialEnded,
+            false,
+            Want::Refuse(
+                sqlstate::QUERY_CANCELED,
+                format!("phigate: review {id} withdrawn; the statement did not run"),
+            ),
+            Transition::Forfeit { reason: None },
+        ),
         (
             with(Status::Approved),
             gone(),
@@ -524,12 +548,12 @@ impl HoldClient for Fake {
     async fn notice(&mut self, notice: bytes::BytesMut) {
         self.notices.push(notice);
     }
-    async fn gone(&mut self) -> std::io::Error {
+    async fn gone(&mut self) -> super::ClientEnd {
         match &mut self.gone {
             Some(rx) => {
                 let _ = rx.await;
                 self.gone = None;
-                std::io::ErrorKind::UnexpectedEof.into()
+                super::ClientEnd::Gone(std::io::ErrorKind::UnexpectedEof.into())
             }
             None => std::future::pending().await,
         }

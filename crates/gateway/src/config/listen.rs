@@ -38,6 +38,18 @@ pub struct Listen {
     /// password field, so plaintext is refused from anywhere else.
     #[serde(default = "default_true")]
     pub allow_plaintext_loopback: bool,
+    /// An HTTP client must send a request's headers within this many seconds of connecting
+    /// or of its previous response (slow senders are disconnected).
+    #[serde(default = "default_http_header_timeout")]
+    pub http_header_timeout_secs: u64,
+    /// An HTTP request's body must arrive, and a response must be taken by the client, within
+    /// this many seconds (slow senders and readers are disconnected).
+    #[serde(default = "default_http_body_timeout")]
+    pub http_body_timeout_secs: u64,
+    /// HTTP connections at once; further ones get 503 and are closed. Lowered at start if the
+    /// file descriptor limit cannot carry it.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
     /// Who may read `/metrics` (it shows the gateway's activity): `loopback` (the default:
     /// callers on this machine), `readers` (also requires a credential of an
     /// `audit.reader_roles` role), or `public` (anyone who reaches the HTTP port, e.g. a
@@ -56,6 +68,15 @@ pub enum MetricsAccess {
     Public,
 }
 
+fn default_http_header_timeout() -> u64 {
+    10
+}
+fn default_http_body_timeout() -> u64 {
+    30
+}
+fn default_http_max_connections() -> usize {
+    256
+}
 fn default_max_message() -> usize {
     64 * 1024 * 1024
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod approvals;
 mod audit;
 pub mod auth;
+mod limits;
 mod listen;
 mod recording;
 mod upstream;
@@ -19,6 +20,7 @@ mod upstream;
 pub use approvals::{ApprovalsConfig, WebhookFormat};
 pub use audit::{AuditConfig, ReadDurability, StatementText};
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
+pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
 pub use upstream::{Upstream, UpstreamTlsMode};
@@ -72,6 +74,9 @@ pub struct Config {
     /// OIDC or API keys: they expire and can be revoked without editing the config.
     #[serde(default, rename = "identity")]
     pub identities: Vec<StaticIdentity>,
+    /// Caps on connections and sessions, per individual and per role (docs/configuration.md).
+    #[serde(default)]
+    pub limits: Limits,
     #[serde(default)]
     pub log: Log,
     #[serde(default)]
@@ -140,6 +145,23 @@ impl Config {
                     )));
                 }
             }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.sessions_per_identity == 0
+            || l.sessions_per_role == 0
+            || self.listen.http_max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections, limits.sessions_per_identity, limits.sessions_per_role                  and listen.http_max_connections must be at least 1"
+                    .into(),
+            ));
+        }
+        if let Some(r) = self.roles.iter().find(|r| r.max_sessions == Some(0)) {
+            return Err(ConfigError::Invalid(format!(
+                "role {}: max_sessions must be at least 1",
+                r.name
+            )));
         }
         if self.listen.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid(

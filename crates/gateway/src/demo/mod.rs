@@ -204,6 +204,9 @@ fn demo_config(
             shutdown_grace_secs: 10,
             allow_plaintext_loopback: true,
             metrics: crate::config::MetricsAccess::Loopback,
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            http_max_connections: 256,
         },
         tls: Some(tls.clone()),
         upstream: Upstream {
@@ -231,6 +234,7 @@ fn demo_config(
             ..AuditConfig::default()
         },
         identities: Vec::new(),
+        limits: Default::default(),
         phi: demo_phi(),
         approvals: Default::default(),
         recording: crate::config::RecordingConfig {
@@ -361,6 +365,7 @@ pub fn demo_roles() -> Vec<RoleConfig> {
         statement_timeout: Some("60s".into()),
         idle_timeout: Some("30min".into()),
         transaction_timeout: None,
+        max_sessions: None,
         allow_functions: vec![],
         grants,
         // The agent sees PHI masked; the others see it as stored.

@@ -19,15 +19,7 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
     let accepting = shared.lifecycle.accepting.load(Ordering::Acquire);
-    let addr = format!("{}:{}", shared.upstream.host, shared.upstream.port);
-    let reachable = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&addr)
-        )
-        .await,
-        Ok(Ok(_))
-    );
+    let reachable = upstream_reachable(&shared).await;
     let audit_ok = shared.audit.log.as_ref().is_none_or(|a| a.healthy());
     let ready = accepting && reachable && audit_ok;
     let code = if ready {
@@ -48,6 +40,29 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
             },
         })),
     )
+}
+
+/// Whether the database accepts a connection: probed at most once per
+/// [`crate::state::READY_PROBE_TTL`], one probe at a time (callers meanwhile wait for its
+/// answer): an unauthenticated caller cannot make the gateway open connections at its pace.
+async fn upstream_reachable(shared: &Shared) -> bool {
+    let mut last = shared.lifecycle.upstream_probe.lock().await;
+    if let Some((at, ok)) = *last {
+        if at.elapsed() < crate::state::READY_PROBE_TTL {
+            return ok;
+        }
+    }
+    let addr = format!("{}:{}", shared.upstream.host, shared.upstream.port);
+    let ok = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    *last = Some((std::time::Instant::now(), ok));
+    ok
 }
 
 /// Prometheus text format, for the callers `listen.metrics` admits.
@@ -92,8 +107,12 @@ pub async fn metrics(
         ));
     }
     out.push_str(&format!(
-        "# TYPE phigate_accepting gauge\nphigate_accepting {}\n",
-        u8::from(shared.lifecycle.accepting.load(Ordering::Acquire))
+        "# TYPE phigate_accepting gauge\nphigate_accepting {}\n\
+         # TYPE phigate_sessions gauge\nphigate_sessions {}\n\
+         # TYPE phigate_connections gauge\nphigate_connections {}\n",
+        u8::from(shared.lifecycle.accepting.load(Ordering::Acquire)),
+        shared.admission.sessions(),
+        shared.admission.connections(),
     ));
     out
 }

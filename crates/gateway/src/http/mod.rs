@@ -23,6 +23,7 @@
 //! rendered as `{"error": "..."}` with its status code.
 
 mod audit;
+mod conn;
 pub mod error;
 pub mod extract;
 mod health;
@@ -78,6 +79,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reviews/{id}/deny", post(reviews::deny))
         .route("/v1/access-requests", post(reviews::access_request))
         .route("/v1/openapi.json", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.listen.http_body_timeout,
+            conn::body_deadline,
+        ))
         .with_state(shared)
 }
 
@@ -87,16 +92,14 @@ impl HttpServer {
     }
 
     pub async fn serve(self, stop: CancellationToken) {
+        let listen = &self.shared.listen;
+        let limits = conn::Limits {
+            max_connections: listen.http_max_connections,
+            header_timeout: listen.http_header_timeout,
+            body_timeout: listen.http_body_timeout,
+        };
         let app = router(self.shared);
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        conn::serve(self.listener, app, limits, stop).await;
     }
 }
 

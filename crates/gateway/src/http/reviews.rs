@@ -202,6 +202,9 @@ pub async fn access_request(
         Ok(r) => r,
         Err(OpenError::Audit) => return Err(ApiError::audit_unwritable()),
         Err(e @ OpenError::Store(_)) => return Err(ApiError::unavailable(e.to_string())),
+        Err(e @ (OpenError::TooOften(_) | OpenError::QueueFull(_))) => {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
     };
     tracing::info!(review = %review.id, subject = %who.subject, role = %req.role, minutes = req.minutes, "access requested");
     Ok((StatusCode::CREATED, Json(json!(review))))

@@ -67,6 +67,10 @@ pub async fn provision(
             config.approvals.enabled,
         );
         sql.push_str(&p.sql);
+        // The database refuses this login's sessions beyond the role's cap too: a second line
+        // behind the gateway's own count (and the only one against anyone else using it).
+        let cap = role.max_sessions.unwrap_or(config.limits.sessions_per_role);
+        sql.push_str(&plan::connection_limit_sql(&user, cap));
         logins.insert(
             role.name.clone(),
             MaskedLogin {

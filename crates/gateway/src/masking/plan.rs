@@ -257,6 +257,12 @@ pub(super) fn role_plan(
     }
 }
 
+/// The login's `CONNECTION LIMIT`: the role's session cap.
+pub(super) fn connection_limit_sql(user: &str, cap: usize) -> String {
+    let cap = i32::try_from(cap).unwrap_or(i32::MAX);
+    format!("ALTER ROLE {} CONNECTION LIMIT {cap};\n", ident(user))
+}
+
 /// The login (created if missing, stripped of memberships and table privileges), its schema
 /// afresh, the token key table and the token function.
 fn login_sql(user: &str, schema: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String {

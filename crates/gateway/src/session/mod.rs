@@ -49,6 +49,8 @@ pub enum SessionError {
     Tls(std::io::Error),
     #[error("the audit log cannot be written")]
     Audit,
+    #[error("{0}")]
+    Admission(#[from] crate::admission::Refused),
 }
 
 impl ToClient for SessionError {
@@ -81,6 +83,10 @@ impl ToClient for SessionError {
                 "phigate: no session can start: the audit log cannot be written",
             )
             .with_hint("Nothing runs unaudited. Try again shortly."),
+            SessionError::Admission(e) => {
+                ClientError::fatal(code::TOO_MANY_CONNECTIONS, format!("phigate: {e}"))
+                    .with_hint("Other sessions keep working; this one may be retried later.")
+            }
             SessionError::StartupParam(msg) => {
                 ClientError::fatal(code::INSUFFICIENT_PRIVILEGE, format!("phigate: {msg}"))
             }
@@ -157,7 +163,13 @@ fn auth_error(e: &AuthError) -> ClientError {
 }
 
 /// Drives one client connection to its end. Errors are logged here; nothing propagates.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// `_connection` is its place under `limits.max_connections`, held to the end.
+pub async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _connection: crate::admission::Connection,
+) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.listen.startup_timeout;
     let mut stream = Stream::Plain(tcp);
@@ -176,6 +188,9 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Err(e) => {
             match &e {
                 SessionError::Auth(_) => tracing::warn!(%peer, error = %e, "login refused"),
+                SessionError::Admission(_) => {
+                    tracing::warn!(%peer, error = %e, "session refused: over its cap")
+                }
                 SessionError::Upstream(_) => {
                     tracing::error!(%peer, error = %e, "cannot open database session")
                 }
@@ -198,6 +213,8 @@ pub struct Ready {
     pub peer: SocketAddr,
     pub registration: crate::cancel::Registration,
     pub guard: guard::Guard,
+    /// The session's place under its individual's and its role's caps.
+    pub seat: crate::admission::Seat,
 }
 
 /// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).

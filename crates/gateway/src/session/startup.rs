@@ -75,6 +75,10 @@ pub(super) async fn start(
     } else {
         None
     };
+    // Before any database connection: one individual or role cannot take them all.
+    let seat = shared
+        .admission
+        .seat(&identity.issuer, &identity.subject.0, &role)?;
     let upstream = connect_upstream(shared, &params, db, &role, masked_login.as_ref()).await?;
     audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
     let (phi, predicate_guarded) = masked_login
@@ -125,6 +129,7 @@ pub(super) async fn start(
         peer,
         registration,
         guard,
+        seat,
     }))
 }
 

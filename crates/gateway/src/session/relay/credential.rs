@@ -82,6 +82,31 @@ impl CredentialWatch {
         Some(tokio::time::Instant::now() + left)
     }
 
+    /// Resolves when the credential has ended: expired, or revoked. Cancel-safe. A revocation
+    /// seen here is left for [`CredentialWatch::check`] to see again.
+    pub async fn ended(&mut self, shared: &Shared) -> Ended {
+        let deadline = self.deadline();
+        loop {
+            let expiry = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = expiry => return Ended::Expired,
+                _ = self.changed() => {
+                    if !shared.auth.still_valid(&self.identity) {
+                        if let Some(rx) = &mut self.revocations {
+                            rx.mark_changed();
+                        }
+                        return Ended::Revoked;
+                    }
+                }
+            }
+        }
+    }
+
     /// Resolves when the credential may have been revoked (never, for credentials that
     /// cannot be).
     pub async fn changed(&mut self) {

@@ -112,6 +112,10 @@ async fn session() -> (Peer, Peer) {
     };
     let (policy, version) = shared.policy.store.snapshot();
     let role = policy.role("ai-agent").expect("role");
+    let seat = shared
+        .admission
+        .seat("static", "agent@harness", &role)
+        .expect("seat");
     let guard = Guard::new(GuardParams {
         role,
         policy,
@@ -144,6 +148,7 @@ async fn session() -> (Peer, Peer) {
         peer: addr,
         registration,
         guard,
+        seat,
     };
     tokio::spawn(async move { super::relay(ready, &shared).await });
     (Peer::new(client), Peer::new(database))

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::credential::CredentialWatch;
 use super::forward::{Forward, ForwardError};
 use super::Event;
-use crate::approvals::{HoldClient, HoldRequest, Interrupts, Settlement};
+use crate::approvals::{ClientEnd, HoldClient, HoldRequest, Interrupts, Settlement};
 use crate::net::StreamRead;
 use crate::session::guard::Held;
 use crate::state::Shared;
@@ -34,17 +34,30 @@ impl HoldClient for Client<'_> {
         let _ = self.events.send(Event::Notice(notice)).await;
     }
 
-    async fn gone(&mut self) -> std::io::Error {
-        loop {
-            // A client that sends without end waits for room, not for memory.
-            if self.reader.buffered() >= (1 << 20) {
-                std::future::pending::<()>().await;
+    async fn gone(&mut self) -> ClientEnd {
+        let Client {
+            client,
+            reader,
+            credential,
+            shared,
+            ..
+        } = self;
+        let read = async {
+            loop {
+                // A client that sends without end waits for room, not for memory.
+                if reader.buffered() >= (1 << 20) {
+                    std::future::pending::<()>().await;
+                }
+                match client.read_buf(reader.buf_mut()).await {
+                    Ok(0) => return std::io::ErrorKind::UnexpectedEof.into(),
+                    Ok(_) => {}
+                    Err(e) => return e,
+                }
             }
-            match self.client.read_buf(self.reader.buf_mut()).await {
-                Ok(0) => return std::io::ErrorKind::UnexpectedEof.into(),
-                Ok(_) => {}
-                Err(e) => return e,
-            }
+        };
+        tokio::select! {
+            e = read => ClientEnd::Gone(e),
+            _ = credential.ended(shared) => ClientEnd::CredentialEnded,
         }
     }
 

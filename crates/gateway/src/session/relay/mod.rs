@@ -132,6 +132,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         peer,
         registration,
         guard,
+        // Held until the relay ends: the session's place under its caps.
+        seat: _seat,
     } = ready;
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = upstream.stream.split();
