@@ -43,7 +43,7 @@ fn raise_nofile() -> u64 {
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
         if cur < max {
             limit.current = Some(max);
-            if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
                 tracing::warn!(error = %e, "cannot raise the file descriptor limit");
                 limit.current = Some(cur);
             }

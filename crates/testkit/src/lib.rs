@@ -97,6 +97,8 @@ pub struct GatewayOptions {
     pub top: String,
     /// Give the gateway a data directory (API keys, its signing key): [`Gateway::data_dir`].
     pub data_dir: bool,
+    /// Run the gateway with this file descriptor limit (soft and hard), via `prlimit`.
+    pub nofile: Option<u64>,
 }
 
 /// Every test role unrestricted with every grant: the gateway relays like a plain proxy (the
@@ -146,6 +148,7 @@ impl GatewayOptions {
             top: String::new(),
             // The audit log (on by default) lives in the data directory.
             data_dir: true,
+            nofile: None,
         }
     }
 }
@@ -209,7 +212,15 @@ impl Gateway {
         let config_path = dir.path().join("phigate.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let child = Command::new(bin)
+        let mut command = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

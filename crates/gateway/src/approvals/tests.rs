@@ -753,3 +753,61 @@ async fn a_fingerprint_approval_covers_the_next_statement_like_it() {
     assert!(client.opened.is_none(), "no new review");
     assert_eq!(client.notices.len(), 1);
 }
+
+fn elevation(requester: &str, timeout: Duration) -> ElevationRequest<'_> {
+    ElevationRequest {
+        issuer: "idp",
+        requester,
+        current_role: "clinician",
+        role: "dba",
+        minutes: 30,
+        reason: "on call for the night",
+        timeout,
+        reviewer_roles: vec!["reviewer".into()],
+    }
+}
+
+/// Access requests: a few per individual per hour, a bounded queue, and a request nobody
+/// decides expires on time (it does not wait for someone to try deciding it).
+#[tokio::test]
+async fn access_requests_are_rate_limited_bounded_and_expire_on_time() {
+    let approvals = Approvals::open(None).limit_requests(2, 3);
+    let long = Duration::from_secs(3600);
+    approvals
+        .open_elevation(None, elevation("ann", long))
+        .await
+        .expect("first");
+    approvals
+        .open_elevation(None, elevation("ann", long))
+        .await
+        .expect("second");
+    let third = approvals.open_elevation(None, elevation("ann", long)).await;
+    assert!(matches!(third, Err(OpenError::TooOften(2))), "{third:?}");
+    // Someone else is not limited by ann's requests, but by the queue.
+    approvals
+        .open_elevation(None, elevation("bob", long))
+        .await
+        .expect("bob");
+    let full = approvals.open_elevation(None, elevation("cat", long)).await;
+    assert!(matches!(full, Err(OpenError::QueueFull(3))), "{full:?}");
+    assert_eq!(approvals.expire_due(), 0, "nothing is due yet");
+
+    let quick = Approvals::open(None);
+    let due = quick
+        .open_elevation(None, elevation("dan", Duration::ZERO))
+        .await
+        .expect("open");
+    let held = quick
+        .open_review(Request {
+            timeout: Duration::ZERO,
+            ..request("DELETE FROM t", 1)
+        })
+        .expect("held");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(quick.expire_due(), 2);
+    for id in [&due.id, &held.id] {
+        let r = quick.get(id).expect("store").expect("kept");
+        assert_eq!(r.status, Status::Expired, "{id}");
+    }
+    assert!(quick.list(false).expect("list").is_empty());
+}
