@@ -26,11 +26,21 @@ pub struct Lifecycle {
     pub force_close: CancellationToken,
     pub accepting: AtomicBool,
     /// The last probe of the database for `/readyz` (when, and whether it answered): one probe
-    /// at a time, reused for [`READY_PROBE_TTL`], however often `/readyz` is called.
+    /// at a time, a success reused for [`READY_PROBE_TTL`], however often `/readyz` is called.
+    /// A session that cannot reach the database forgets it.
     pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
-/// How long one `/readyz` probe of the database is reused.
+impl Lifecycle {
+    /// A session could not reach the database: `/readyz` probes afresh.
+    pub fn upstream_failed(&self) {
+        if let Ok(mut probe) = self.upstream_probe.try_lock() {
+            *probe = None;
+        }
+    }
+}
+
+/// How long a successful `/readyz` probe of the database is reused.
 pub const READY_PROBE_TTL: Duration = Duration::from_secs(2);
 
 /// How clients reach the gateway.

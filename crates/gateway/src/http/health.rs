@@ -42,13 +42,22 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
     )
 }
 
-/// Whether the database accepts a connection: probed at most once per
+/// Whether the database accepts a connection: while it does, probed at most once per
 /// [`crate::state::READY_PROBE_TTL`], one probe at a time (callers meanwhile wait for its
-/// answer): an unauthenticated caller cannot make the gateway open connections at its pace.
+/// answer): an unauthenticated caller cannot make the gateway open connections to the database
+/// at its pace. A failure is reused only by the callers that waited for that very probe, and a
+/// session that fails to reach the database clears the cache: a database that is gone is never
+/// reported reachable, and one that is back is seen at the next call.
 async fn upstream_reachable(shared: &Shared) -> bool {
+    let asked = std::time::Instant::now();
     let mut last = shared.lifecycle.upstream_probe.lock().await;
     if let Some((at, ok)) = *last {
-        if at.elapsed() < crate::state::READY_PROBE_TTL {
+        let fresh = if ok {
+            at.elapsed() < crate::state::READY_PROBE_TTL
+        } else {
+            at >= asked
+        };
+        if fresh {
             return ok;
         }
     }

@@ -192,6 +192,7 @@ pub async fn handle(
                     tracing::warn!(%peer, error = %e, "session refused: over its cap")
                 }
                 SessionError::Upstream(_) => {
+                    shared.lifecycle.upstream_failed();
                     tracing::error!(%peer, error = %e, "cannot open database session")
                 }
                 _ => tracing::info!(%peer, error = %e, "connection ended during startup"),
