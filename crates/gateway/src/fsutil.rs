@@ -58,9 +58,12 @@ pub struct Tightened {
 /// own modes). Returns what it changed, for the caller to warn about.
 pub fn tighten_tree(root: &Path) -> std::io::Result<Vec<Tightened>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let me = std::fs::symlink_metadata(root)?.uid();
+    // A data directory may well be a symbolic link itself (/var/lib/phigate -> /data/...):
+    // the walk starts at what it names, and follows no link below.
+    let root = std::fs::canonicalize(root)?;
+    let me = std::fs::symlink_metadata(&root)?.uid();
     let mut changed = Vec::new();
-    let mut todo = vec![root.to_owned()];
+    let mut todo = vec![root];
     while let Some(dir) = todo.pop() {
         let meta = std::fs::symlink_metadata(&dir)?;
         if !meta.is_dir() || meta.uid() != me || dir.join("PG_VERSION").exists() {
@@ -96,7 +99,15 @@ fn tighten(
     let was = mode & 0o7777;
     let now = was & (0o700 | allowed);
     if now != was {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(now))?;
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(now)) {
+            Ok(()) => {}
+            // Not ours to change after all: left for the operator (the walk goes on).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(path = %path.display(), mode = %format!("{was:04o}"), "cannot make this owner-only");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         changed.push(Tightened {
             path: path.to_owned(),
             was,
@@ -141,5 +152,17 @@ mod tests {
             now: 0o600
         }));
         assert!(tighten_tree(&root).expect("walk").is_empty(), "idempotent");
+        // Through a symbolic link to the data directory, and not through one inside it.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).expect("symlink");
+        let outside = t.path().join("outside.txt");
+        std::fs::write(&outside, "x").expect("write");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, root.join("to-outside")).expect("symlink");
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let changed = tighten_tree(&link).expect("walk");
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(mode(&seg), 0o600);
+        assert_eq!(mode(&outside), 0o644, "a link inside is not followed");
     }
 }
