@@ -11,13 +11,33 @@ pub mod verify;
 pub mod writer;
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use checkpoint::{PublicKey, SigningKey};
 pub use record::{Event, Record, StatementRecord};
 pub use writer::{AuditError, AuditHandle, Auditor, Param, Pending, Ticket};
+
+/// Files and directories for what may hold identities, statements or PHI: owner-only whatever
+/// the umask (it can only take bits away from these modes, never add).
+pub mod private {
+    use std::fs::{DirBuilder, OpenOptions};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::path::Path;
+
+    /// Creates `path` and its missing parents as 0700 (existing ones are left as they are:
+    /// the start-up walk of the data directory tightens those).
+    pub fn dir_all(path: &Path) -> std::io::Result<()> {
+        DirBuilder::new().recursive(true).mode(0o700).create(path)
+    }
+
+    /// Options that create a file as 0600.
+    pub fn options() -> OpenOptions {
+        let mut o = OpenOptions::new();
+        o.mode(0o600);
+        o
+    }
+}
 
 /// Everything needed to open the log.
 pub struct Setup {
@@ -74,13 +94,9 @@ pub fn load_or_create_key(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = generate().map_err(std::io::Error::other)?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                private::dir_all(dir)?;
             }
-            let mut f = std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(path)?;
+            let mut f = private::options().create_new(true).write(true).open(path)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             Ok(bytes)

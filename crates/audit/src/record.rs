@@ -61,9 +61,15 @@ pub enum Event {
     },
     LoginFailed {
         client_addr: String,
-        /// The startup `user` (the role asked for).
+        /// The startup `user` (the role asked for), at most 64 characters. A credential typed
+        /// there by mistake (an API key, a JWT, a long random string) is kept as its keyed hash
+        /// `hmac:<32 hex>` ([`looks_like_credential`]): repeated attempts still correlate.
         user: String,
         reason: String,
+        /// Where the attempt came: `wire` (a PostgreSQL connection) or `http` (the API).
+        /// Absent in records written before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     ConfigReload {
         ok: bool,
@@ -251,4 +257,88 @@ impl Record {
 /// Unix time as RFC 3339 with microseconds.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Whether a failed login's user name looks like a credential rather than a role name: an API
+/// key (`phk_...`), a JWT (three base64url parts, the first `eyJ`), or a long string with the
+/// look of random bytes (letters and digits interleaved, or high entropy). Such a user name is
+/// never written in clear: a key typed into the `user` field must not end up in the log.
+pub fn looks_like_credential(user: &str) -> bool {
+    let lower = user.to_ascii_lowercase();
+    if lower.starts_with("phk_") || lower.starts_with("bearer ") {
+        return true;
+    }
+    let parts: Vec<&str> = user.split('.').collect();
+    let b64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    };
+    if user.starts_with("eyJ")
+        || (parts.len() == 3 && parts.iter().all(|p| p.len() >= 4 && b64url(p)))
+    {
+        return true;
+    }
+    let n = user.chars().count();
+    if n < 20 || user.chars().any(char::is_whitespace) {
+        return false;
+    }
+    // Letter/digit alternations: role names have a digit group or two at most
+    // (`analytics_2024`); hex and base64 secrets switch all the time.
+    let mut switches = 0;
+    let mut prev: Option<bool> = None;
+    for c in user.chars().filter(|c| c.is_ascii_alphanumeric()) {
+        let digit = c.is_ascii_digit();
+        if prev.is_some_and(|p| p != digit) {
+            switches += 1;
+        }
+        prev = Some(digit);
+    }
+    if switches >= 6 {
+        return true;
+    }
+    // Shannon entropy per character over the string.
+    let mut counts = std::collections::HashMap::new();
+    for c in user.chars() {
+        *counts.entry(c).or_insert(0u32) += 1;
+    }
+    let entropy: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = f64::from(k) / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    entropy >= 4.2
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::looks_like_credential;
+
+    #[test]
+    fn credentials_are_recognised_and_role_names_are_not() {
+        for c in [
+            "phk_3f9a2c1b_Zx8Qk2LmN4pR7sT1vW9yB3dF6hJ0kM2n5q8r1t4w7z0c3e6g9j2",
+            "PHK_abc",
+            "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl",
+            "abcd.efgh.ijkl",
+            "tok-agent-9f86d081884c7d65",
+            "Zx8Qk2LmN4pR7sT1vW9yB3dF",
+            "kQ-_zXcVbNmLpOiUyTrEwAsDfGhJ",
+        ] {
+            assert!(looks_like_credential(c), "{c}");
+        }
+        for r in [
+            "ai-agent",
+            "clinician",
+            "reviewer",
+            "analytics_readonly_role_2024",
+            "postgres",
+            "billing-team-eu-west-1",
+            "a role name with spaces in it",
+            "",
+        ] {
+            assert!(!looks_like_credential(r), "{r}");
+        }
+    }
 }

@@ -201,7 +201,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = crate::private::options()
+        .create(true)
+        .append(true)
+        .open(path)?;
     f.write_all(line)?;
     f.sync_data()
 }
@@ -214,9 +217,9 @@ impl FileStore {
         segment_max: u64,
         key: &PublicKey,
     ) -> std::io::Result<(FileStore, Head)> {
-        std::fs::create_dir_all(dir)?;
+        crate::private::dir_all(dir)?;
         for d in std::iter::once(dir).chain(mirror) {
-            std::fs::create_dir_all(d)?;
+            crate::private::dir_all(d)?;
             let path = d.join(PUBLIC_KEY);
             match std::fs::read_to_string(&path) {
                 Ok(existing) if existing.trim() == hex::encode(&key.0) => {}
@@ -228,7 +231,12 @@ impl FileStore {
                     )))
                 }
                 Err(_) => {
-                    std::fs::write(&path, format!("{}\n", hex::encode(&key.0)))?;
+                    crate::private::options()
+                        .create(true)
+                        .truncate(true)
+                        .write(true)
+                        .open(&path)?
+                        .write_all(format!("{}\n", hex::encode(&key.0)).as_bytes())?;
                     sync_dir(d)?;
                 }
             }
@@ -372,7 +380,7 @@ impl Store for FileStore {
                 (true, Some(last)) => last.clone(),
                 _ => self.dir.join(segment_name(first_seq)),
             };
-            let file = OpenOptions::new()
+            let file = crate::private::options()
                 .create(true)
                 .truncate(false)
                 .write(true)

@@ -646,7 +646,7 @@ impl Writer {
         }
         for (_, p) in items {
             events.push(match p {
-                Pending::Event(e) => e,
+                Pending::Event(e) => self.redact_event(e),
                 Pending::Statement { meta, sql, params } => {
                     Event::Statement(self.redact(meta, &sql, params))
                 }

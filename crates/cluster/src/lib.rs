@@ -160,7 +160,18 @@ impl Cluster {
 
     fn init(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
         let pwfile = self.root.join("pwfile");
-        std::fs::write(&pwfile, format!("{}\n", self.password))?;
+        // The superuser's password, for initdb only: owner-only while it exists.
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&pwfile)?
+                .write_all(format!("{}\n", self.password).as_bytes())?;
+        }
         if self.as_postgres {
             check(
                 "chown",

@@ -35,3 +35,134 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Creates `dir` and its missing parents owner-only (0700), whatever the umask.
+pub fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    phigate_audit::private::dir_all(dir)
+}
+
+/// One mode the start-up walk tightened.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tightened {
+    pub path: std::path::PathBuf,
+    pub was: u32,
+    pub now: u32,
+}
+
+/// Tightens everything under `root` (itself included) that is ours: regular files to owner-only
+/// (the owner's bits kept), directories to 0700 — or 0711 for a directory holding something
+/// owned by another user, who must be able to pass through it (the demo run as root keeps
+/// PostgreSQL's directory, owned by `postgres`, in its data directory). Never loosens a mode,
+/// never follows a symbolic link, leaves sockets alone, and does not descend into what is
+/// another user's or into a PostgreSQL data directory (`PG_VERSION`; PostgreSQL checks its
+/// own modes). Returns what it changed, for the caller to warn about.
+pub fn tighten_tree(root: &Path) -> std::io::Result<Vec<Tightened>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // A data directory may well be a symbolic link itself (/var/lib/phigate -> /data/...):
+    // the walk starts at what it names, and follows no link below.
+    let root = std::fs::canonicalize(root)?;
+    let me = std::fs::symlink_metadata(&root)?.uid();
+    let mut changed = Vec::new();
+    let mut todo = vec![root];
+    while let Some(dir) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() || meta.uid() != me || dir.join("PG_VERSION").exists() {
+            continue;
+        }
+        let mut foreign = false;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let m = std::fs::symlink_metadata(entry.path())?;
+            if m.uid() != me {
+                foreign = true;
+                continue;
+            }
+            if m.is_dir() {
+                todo.push(entry.path());
+            } else if m.is_file() {
+                tighten(&entry.path(), m.permissions().mode(), 0, &mut changed)?;
+            }
+        }
+        let traverse = if foreign { 0o011 } else { 0 };
+        tighten(&dir, meta.permissions().mode(), traverse, &mut changed)?;
+    }
+    Ok(changed)
+}
+
+fn tighten(
+    path: &Path,
+    mode: u32,
+    allowed: u32,
+    changed: &mut Vec<Tightened>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let was = mode & 0o7777;
+    let now = was & (0o700 | allowed);
+    if now != was {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(now)) {
+            Ok(()) => {}
+            // Not ours to change after all: left for the operator (the walk goes on).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(path = %path.display(), mode = %format!("{was:04o}"), "cannot make this owner-only");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        changed.push(Tightened {
+            path: path.to_owned(),
+            was,
+            now,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn loose_modes_are_tightened_and_reported() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("data");
+        private_dir_all(&root.join("audit")).expect("mkdir");
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("audit")), 0o700);
+        let seg = root.join("audit").join("seg.jsonl");
+        std::fs::write(&seg, "x").expect("write");
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let tool = root.join("hook.sh");
+        std::fs::write(&tool, "x").expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let changed = tighten_tree(&root).expect("walk");
+        assert_eq!(mode(&seg), 0o600);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&tool), 0o700, "the owner's bits are kept");
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert!(changed.contains(&Tightened {
+            path: seg.clone(),
+            was: 0o644,
+            now: 0o600
+        }));
+        assert!(tighten_tree(&root).expect("walk").is_empty(), "idempotent");
+        // Through a symbolic link to the data directory, and not through one inside it.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).expect("symlink");
+        let outside = t.path().join("outside.txt");
+        std::fs::write(&outside, "x").expect("write");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, root.join("to-outside")).expect("symlink");
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let changed = tighten_tree(&link).expect("walk");
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(mode(&seg), 0o600);
+        assert_eq!(mode(&outside), 0o644, "a link inside is not followed");
+    }
+}

@@ -42,6 +42,37 @@ impl Running {
 }
 
 /// Binds the listeners and starts serving. Returns once clients can connect.
+/// Before anything is opened: what the data directory, the audit log and the recordings hold
+/// (identities, statements, PHI, keys) is owner-only, whatever an earlier version, a copy or an
+/// operator left. Each loosened path is fixed and named in a warning.
+fn tighten_data_modes(config: &Config) {
+    let data = config.data_dir.as_deref();
+    let roots = [
+        config.data_dir.clone(),
+        config.audit.resolved_dir(data),
+        config.audit.mirror_dir.clone(),
+        config.recording.resolved_dir(data),
+    ];
+    for root in roots.into_iter().flatten() {
+        match crate::fsutil::tighten_tree(&root) {
+            Ok(changed) => {
+                for c in changed {
+                    tracing::warn!(
+                        path = %c.path.display(),
+                        was = %format!("{:04o}", c.was),
+                        now = %format!("{:04o}", c.now),
+                        "a file or directory in the data directory was readable by others; made owner-only"
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %root.display(), error = %e, "cannot check the modes of the data directory")
+            }
+        }
+    }
+}
+
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen.address)
         .await
@@ -52,6 +83,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    tighten_data_modes(config);
     let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
     // Masked roles cannot work without their views: provisioning failure stops the start.
     let logins = crate::masking::provision(config, &shared.upstream).await?;

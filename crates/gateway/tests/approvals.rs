@@ -303,9 +303,10 @@ async fn held_statements_wait_for_a_reviewer() {
             .as_str()
             .unwrap_or_default()
             .contains("separation of duties"));
-        // The agent itself is no reviewer.
-        let (code, _) = decide(&gw, gw.token("agent"), &id, "approve", "me").await;
-        assert_eq!(code, 403);
+        // The agent itself is no reviewer: it hears what an unknown id gets.
+        let (code, body) = decide(&gw, gw.token("agent"), &id, "approve", "me").await;
+        assert_eq!(code, 404, "{body}");
+        assert_eq!(body["error"], "no such review for you");
         assert_eq!(
             decide(&gw, &reviewer, &id, "deny", "ask someone else")
                 .await

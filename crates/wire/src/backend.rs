@@ -394,6 +394,19 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_a_message_cannot_forge_fields() {
+        let mut out = BytesMut::new();
+        Notice::error("42501", "denied: no\0C00000\0Mforged").write(&mut out);
+        let f = frame(out);
+        let fields = Fields::decode(&f).expect("fields");
+        assert_eq!(fields.code(), Some("42501"));
+        assert_eq!(
+            fields.message(),
+            Some("denied: no\u{FFFD}C00000\u{FFFD}Mforged")
+        );
+    }
+
+    #[test]
     fn notice_round_trips_through_fields() {
         let mut out = BytesMut::new();
         Notice::error("42501", "denied")

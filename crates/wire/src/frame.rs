@@ -144,15 +144,36 @@ pub fn write_message(out: &mut BytesMut, tag: u8, write_body: impl FnOnce(&mut B
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Appends a NUL-terminated string.
+/// Appends a NUL-terminated string. A NUL inside `s` would end the string early and let the
+/// rest be read as further fields (a reviewer's reason forging an ErrorResponse's fields), so
+/// each one is written as U+FFFD instead: the encoder never writes a NUL inside a C string.
 pub fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.extend_from_slice(s.as_bytes());
+    let mut rest = s.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == 0) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice("\u{FFFD}".as_bytes());
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&[0]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_cstr_never_writes_a_nul_inside_the_string() {
+        let mut out = BytesMut::new();
+        put_cstr(&mut out, "denied\0Cforged\0\0");
+        assert_eq!(
+            &out[..],
+            "denied\u{FFFD}Cforged\u{FFFD}\u{FFFD}\0".as_bytes()
+        );
+        let mut out = BytesMut::new();
+        put_cstr(&mut out, "plain");
+        assert_eq!(&out[..], b"plain\0");
+    }
 
     fn reader(bytes: &[u8], max: usize) -> FrameReader {
         let mut r = FrameReader::new(max);

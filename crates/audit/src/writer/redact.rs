@@ -9,12 +9,31 @@ use super::{Param, Writer, MAX_TEXT};
 /// Literals of one statement kept (hashed) in its record: a statement of a million literals
 /// must not grow the log by a keyed hash each.
 pub const MAX_LITERALS: usize = 256;
-use crate::record::StatementRecord;
+use crate::record::{Event, StatementRecord};
 
 impl Writer {
     fn keyed(&self, bytes: &[u8]) -> String {
         let tag = hmac::sign(&self.hmac, bytes);
         format!("hmac:{}", hex::encode(&tag.as_ref()[..16]))
+    }
+
+    /// An event as it may reach the disk: a failed login's credential-shaped user name becomes
+    /// its keyed hash.
+    pub(super) fn redact_event(&self, event: Event) -> Event {
+        match event {
+            Event::LoginFailed {
+                client_addr,
+                user,
+                reason,
+                via,
+            } if crate::record::looks_like_credential(&user) => Event::LoginFailed {
+                client_addr,
+                user: self.keyed(user.as_bytes()),
+                reason,
+                via,
+            },
+            e => e,
+        }
     }
 
     pub(super) fn redact(

@@ -186,7 +186,7 @@ fn expire_left_pending(path: &Path) -> usize {
 fn append(path: &Path, v: &serde_json::Value) {
     use std::io::Write;
     let line = format!("{v}\n");
-    let result = std::fs::OpenOptions::new()
+    let result = phigate_audit::private::options()
         .create(true)
         .append(true)
         .open(path)

@@ -89,8 +89,8 @@ fn read_file(dir: &Path) -> anyhow::Result<KeyFile> {
 
 /// Runs `f` on the key file under an exclusive lock and writes the result back.
 fn modify<T>(dir: &Path, f: impl FnOnce(&mut KeyFile) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    std::fs::create_dir_all(dir)?;
-    let lock = std::fs::OpenOptions::new()
+    crate::fsutil::private_dir_all(dir)?;
+    let lock = phigate_audit::private::options()
         .create(true)
         .truncate(false)
         .write(true)

@@ -45,7 +45,7 @@ impl Signer {
                 let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                     .map_err(|_| anyhow::anyhow!("cannot generate a signing key"))?;
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    crate::fsutil::private_dir_all(dir)?;
                 }
                 crate::fsutil::write_private_new(&path, doc.as_ref())?;
                 tracing::info!(path = %path.display(), "created the token-signing key");

@@ -103,9 +103,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // --config` and `phigate keys ... --config`.
     let mut written = config.clone();
     written.auth.issuer = Some(signer.issuer.clone());
-    std::fs::write(
-        data_dir.join("phigate.toml"),
-        toml::to_string_pretty(&written)?,
+    write_private(
+        &data_dir.join("phigate.toml"),
+        &toml::to_string_pretty(&written)?,
     )?;
     // SIGHUP reloads that file, as `phigate serve` reloads its config.
     crate::server::spawn_reload_on_sighup(
@@ -187,7 +187,7 @@ fn demo_config(
     // The key of the clinician's encrypted recordings. In production it lives off the data
     // disk (recording.key_env from a secret store); the demo keeps everything in one place.
     let recording_key = data_dir.join("keys").join("recording.key");
-    std::fs::create_dir_all(data_dir.join("keys"))?;
+    crate::fsutil::private_dir_all(&data_dir.join("keys"))?;
     if !recording_key.exists() {
         let mut key = [0u8; 32];
         rand::thread_rng().fill(&mut key[..]);
@@ -477,14 +477,14 @@ pub fn demo_rules() -> Vec<RuleConfig> {
 /// A self-signed certificate for localhost, so the demo shows TLS without any setup. The
 /// certificate is its own trust anchor: clients verify it with `sslrootcert=<cert>`.
 fn self_signed(dir: &Path) -> anyhow::Result<ServerTls> {
-    std::fs::create_dir_all(dir)?;
+    crate::fsutil::private_dir_all(dir)?;
     let key = rcgen::KeyPair::generate()?;
     let params =
         rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     let cert = params.self_signed(&key)?;
     let cert_file = dir.join("server.crt");
     let key_file = dir.join("server.key");
-    std::fs::write(&cert_file, cert.pem())?;
+    write_private(&cert_file, &cert.pem())?;
     write_private(&key_file, &key.serialize_pem())?;
     Ok(ServerTls {
         cert_file,
@@ -502,5 +502,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .write(true)
         .mode(0o600)
         .open(path)?;
+    // An existing file keeps its mode on open: owner-only whatever it was.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(text.as_bytes())
 }

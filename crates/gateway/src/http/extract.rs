@@ -87,9 +87,22 @@ impl Credentials {
                 }
                 Err(AuthError::RoleNotAllowed { .. } | AuthError::NoRole { .. }) => continue,
                 Err(e) => {
+                    // Like a failed login on the wire: the same record (and the same limiter,
+                    // which authenticate_api has counted). There is no startup `user` here;
+                    // the role the call was tried for stands in for it.
+                    if let Some(audit) = &shared.audit.log {
+                        audit.submit(phigate_audit::Pending::Event(
+                            phigate_audit::Event::LoginFailed {
+                                client_addr: peer.to_string(),
+                                user: role.chars().take(64).collect(),
+                                reason: e.to_string(),
+                                via: Some("http".into()),
+                            },
+                        ));
+                    }
                     return Err(ApiError::unauthorized(format!(
                         "authentication failed: {e}"
-                    )))
+                    )));
                 }
             }
         }

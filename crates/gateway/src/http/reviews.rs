@@ -44,7 +44,7 @@ pub async fn show(
 ) -> ApiResult<Json<Value>> {
     match shared.approvals.reviews.get(&id).ok().flatten() {
         Some(r) if r.reviewer_roles.contains(&who.role.0) => Ok(Json(json!(r))),
-        _ => Err(ApiError::not_found(format!("no review {id} for you"))),
+        _ => Err(not_for_you()),
     }
 }
 
@@ -75,6 +75,31 @@ pub async fn deny(
     decide(&shared, &credentials, &id, false, &body).await
 }
 
+/// What every caller hears of a review they may not see or decide, and of an unknown one: the
+/// same answer, so the API is no oracle of which review ids exist.
+const NOT_FOR_YOU: &str = "no such review for you";
+
+fn not_for_you() -> ApiError {
+    ApiError::not_found(NOT_FOR_YOU)
+}
+
+/// A reviewer's or requester's reason, as it will travel: trimmed, 1 to 2000 bytes, no control
+/// characters (it reaches the client's ErrorResponse, the logs and the audit log).
+fn checked_reason(reason: &str) -> Result<&str, ApiError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > 2000 {
+        return Err(ApiError::bad_request(
+            "a reason (1 to 2000 bytes) is required",
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "a reason may not contain control characters (newlines, tabs, NUL, ...)",
+        ));
+    }
+    Ok(reason)
+}
+
 async fn decide(
     shared: &Shared,
     credentials: &Credentials,
@@ -82,13 +107,33 @@ async fn decide(
     approve: bool,
     body: &[u8],
 ) -> ApiResult<Json<Value>> {
+    // Who asks comes first: an unauthenticated caller learns nothing of the body's shape or of
+    // which review ids exist.
+    let (policy, _) = shared.policy.store.snapshot();
+    let caller = credentials
+        .authorize(shared, &policy.role_names(), "decide reviews")
+        .await?;
     let d = serde_json::from_slice::<DecisionBody>(body).map_err(|_| {
         ApiError::bad_request(
             "send JSON {\"reason\": \"...\"} (and \"break_glass\": true for emergency self-approval)",
         )
     })?;
+    let Some(review) = shared.approvals.reviews.get(id).ok().flatten() else {
+        return Err(not_for_you());
+    };
+    // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
+    let as_reviewer = credentials
+        .authorize(
+            shared,
+            &review.reviewer_roles,
+            "decide this review (its rule's reviewer roles)",
+        )
+        .await;
+    // Its requester knows it exists (the notice named it); its reviewers may list it. Anyone
+    // else hears what an unknown id gets.
+    let may_see = as_reviewer.is_ok() || review.requester == caller.subject.0;
     // Break-glass: the requester approves their own statement; anyone else decides as a
-    // reviewer of some rule.
+    // reviewer of its rule.
     let who = if d.break_glass {
         credentials
             .authorize(
@@ -96,26 +141,16 @@ async fn decide(
                 &shared.approvals.config.break_glass_roles,
                 "approve your own statement under break-glass (approvals.break_glass_roles)",
             )
-            .await?
+            .await
     } else {
-        // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
-        let Some(review) = shared.approvals.reviews.get(id).ok().flatten() else {
-            return Err(ApiError::not_found(format!("no review {id}")));
-        };
-        credentials
-            .authorize(
-                shared,
-                &review.reviewer_roles,
-                "decide this review (its rule's reviewer roles)",
-            )
-            .await?
+        as_reviewer
     };
-    let reason = d.reason.trim();
-    if reason.is_empty() || reason.len() > 2000 {
-        return Err(ApiError::bad_request(
-            "a reason (1 to 2000 characters) is required",
-        ));
-    }
+    let who = match who {
+        Ok(who) => who,
+        Err(e) if may_see => return Err(e),
+        Err(_) => return Err(not_for_you()),
+    };
+    let reason = checked_reason(&d.reason)?;
     if d.break_glass && reason.chars().count() < 20 {
         return Err(ApiError::bad_request(
             "break-glass needs a justification of at least 20 characters",
@@ -129,7 +164,11 @@ async fn decide(
         break_glass: d.break_glass,
         break_glass_roles: &shared.approvals.config.break_glass_roles,
     };
-    let done = shared.approvals.reviews.decide(id, &decision)?;
+    let done = match shared.approvals.reviews.decide(id, &decision) {
+        Ok(done) => done,
+        Err(crate::approvals::DecideError::NotFound(_)) => return Err(not_for_you()),
+        Err(e) => return Err(e.into()),
+    };
     if d.break_glass {
         tracing::warn!(review = %id, by = %who.subject, "BREAK-GLASS approval");
     } else {
@@ -177,8 +216,8 @@ pub async fn access_request(
             approvals.max_elevation_minutes
         )));
     }
-    let reason = req.reason.trim();
-    if reason.chars().count() < 10 || reason.len() > 2000 {
+    let reason = checked_reason(&req.reason)?;
+    if reason.chars().count() < 10 {
         return Err(ApiError::bad_request(
             "a reason of 10 to 2000 characters is required",
         ));

@@ -112,7 +112,7 @@ impl Recorder {
         let Some(dir) = config.recording.resolved_dir(config.data_dir.as_deref()) else {
             return Ok(None);
         };
-        std::fs::create_dir_all(&dir)?;
+        crate::fsutil::private_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let key = load_key(config)?.map(Arc::new);
         let used = Arc::new(AtomicU64::new(0));

@@ -414,6 +414,7 @@ async fn authenticate(
                 client_addr: peer.to_string(),
                 user: role.chars().take(64).collect(),
                 reason: e.to_string(),
+                via: Some("wire".into()),
             },
         ));
     }
