@@ -673,4 +673,23 @@ mod tests {
         assert!(!is_loopback_url("https://127.0.0.1"));
         assert!(!is_loopback_url("http://127.0.0.1.evil.org/"));
     }
+
+    #[test]
+    fn item11_schemes_compare_case_insensitively() {
+        use crate::config::auth::is_secure_url;
+        assert!(is_loopback_url("HTTP://LOCALHOST:9/"));
+        assert!(is_secure_url("HTTPS://idp.example.org"));
+        assert!(is_secure_url("https://idp.example.org/jwks"));
+        assert!(is_secure_url("http://127.0.0.1:8080/jwks"));
+        for bad in [
+            "HTTP://idp.example.org",
+            "Http://idp.example.org/jwks",
+            "http://idp.example.org",
+            "ftp://idp.example.org",
+            "idp.example.org",
+            "https://",
+        ] {
+            assert!(!is_secure_url(bad), "{bad}");
+        }
+    }
 }
