@@ -948,3 +948,88 @@ fn a_binding_that_admits_anyone_is_rejected_at_load() {
         "{err}"
     );
 }
+
+/// A gateway trusting only the edge issuer, with extra `[[auth.oidc]]` lines.
+fn edge_gateway(edge: &EdgeIssuer, oidc_extra: &str) -> Gateway {
+    start(format!(
+        r#"
+[auth]
+leeway_secs = 1
+
+[[auth.oidc]]
+name = "edge"
+issuer = "{}"
+audience = ["phigate"]
+jwks_min_refresh_secs = 60
+{oidc_extra}
+
+[[binding]]
+groups = ["agents"]
+roles = ["ai-agent"]
+
+[[binding]]
+groups = ["clinicians"]
+roles = ["clinician", "ai-agent"]
+"#,
+        edge.issuer
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item5_unverified_email_is_refused() {
+    let edge = EdgeIssuer::start();
+    let token = |verified: Value| {
+        edge.sign(
+            edge.claims(
+                json!({"sub": "idp-id-1", "email": "dr.rivera@hospital.example",
+                               "email_verified": verified}),
+            ),
+            "edge-1",
+        )
+    };
+    let gw = edge_gateway(
+        &edge,
+        "subject_claim = \"email\"\ngroups_claim = \"groups\"",
+    );
+    for v in [json!(false), json!("true"), Value::Null] {
+        let (code, msg) = refusal(&gw, "ai-agent", &token(v.clone())).await;
+        assert_eq!(code, "28P01", "{v}: {msg}");
+        assert!(msg.contains("not verified"), "{v}: {msg}");
+    }
+    let (client, _conn) = connect(&gw, "ai-agent", &token(json!(true)))
+        .await
+        .expect("a verified e-mail signs in");
+    assert_eq!(whoami(&client).await[0], "dr.rivera@hospital.example");
+    drop(gw);
+
+    // The documented, dangerous opt-out.
+    let gw = edge_gateway(
+        &edge,
+        "subject_claim = \"email\"\ngroups_claim = \"groups\"\nallow_unverified_email = true",
+    );
+    let (client, _conn) = connect(&gw, "ai-agent", &token(json!(false)))
+        .await
+        .expect("allow_unverified_email admits an unverified e-mail");
+    assert_eq!(whoami(&client).await[0], "dr.rivera@hospital.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_dotted_top_level_claim_does_not_shadow_the_nested_path() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"realm_access.roles\"");
+    let token = edge.sign(
+        edge.claims(json!({
+            "groups": null,
+            "realm_access": {"roles": ["agents"]},
+            "realm_access.roles": ["clinicians"],
+        })),
+        "edge-1",
+    );
+    let (code, msg) = refusal(&gw, "clinician", &token).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("may not assume role"), "{msg}");
+    let (client, _conn) = connect(&gw, "ai-agent", &token)
+        .await
+        .expect("the nested roles bind ai-agent");
+    assert_eq!(whoami(&client).await[1], "ai-agent");
+}

@@ -114,6 +114,8 @@ pub enum AuthError {
     MissingClaim(&'static str),
     #[error("token does not name an individual (subject claim missing or empty)")]
     MissingSubject,
+    #[error("token's e-mail address is not verified by the identity provider (email_verified is not true)")]
+    UnverifiedEmail,
     #[error("API key revoked")]
     KeyRevoked,
     #[error("API key expired")]
@@ -395,7 +397,7 @@ impl Authenticator {
         }
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
         Ok(Principal {
-            subject: jwt::subject(&claims, &issuer.cfg.subject_claim)?,
+            subject: oidc_subject(&issuer.cfg, &claims)?,
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
             issuer: issuer.cfg.name.clone(),
             credential: Credential::Oidc,
@@ -477,7 +479,7 @@ impl Authenticator {
         let unverified = jwt::peek(token)?;
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
         Ok((
-            jwt::subject(&claims, &issuer.cfg.subject_claim)?,
+            oidc_subject(&issuer.cfg, &claims)?,
             jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
             issuer.cfg.name.clone(),
         ))
@@ -568,6 +570,21 @@ impl Authenticator {
     pub fn revocations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.keys.as_ref().map(|k| k.subscribe())
     }
+}
+
+/// The individual an OIDC token names. An e-mail address names someone only if the IdP
+/// verified it: `email_verified` must be JSON `true` (not `"true"`, not absent), unless the
+/// issuer is configured with `allow_unverified_email`.
+fn oidc_subject(cfg: &OidcConfig, claims: &serde_json::Value) -> Result<String, AuthError> {
+    let subject = jwt::subject(claims, &cfg.subject_claim)?;
+    let is_email = cfg.subject_claim.trim().eq_ignore_ascii_case("email");
+    if is_email
+        && !cfg.allow_unverified_email
+        && claims.get("email_verified") != Some(&serde_json::Value::Bool(true))
+    {
+        return Err(AuthError::UnverifiedEmail);
+    }
+    Ok(subject)
 }
 
 /// The issuer name the gateway signs with.
@@ -672,6 +689,50 @@ mod tests {
         assert!(!is_loopback_url("http://idp.example.org"));
         assert!(!is_loopback_url("https://127.0.0.1"));
         assert!(!is_loopback_url("http://127.0.0.1.evil.org/"));
+    }
+
+    #[test]
+    fn item5_email_subjects_need_email_verified_true() {
+        let cfg = |allow: bool| -> OidcConfig {
+            let mut c: OidcConfig = serde_json::from_value(serde_json::json!({
+                "name": "corp", "issuer": "https://idp", "audience": ["phigate"],
+                "subject_claim": "email",
+            }))
+            .expect("config");
+            c.allow_unverified_email = allow;
+            c
+        };
+        let claims =
+            |v: serde_json::Value| serde_json::json!({"email": "a@x", "email_verified": v});
+        assert_eq!(
+            oidc_subject(&cfg(false), &claims(true.into())),
+            Ok("a@x".into())
+        );
+        for v in [
+            serde_json::json!(false),
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::Value::Null,
+        ] {
+            assert_eq!(
+                oidc_subject(&cfg(false), &claims(v.clone())),
+                Err(AuthError::UnverifiedEmail),
+                "{v}"
+            );
+            assert_eq!(oidc_subject(&cfg(true), &claims(v)), Ok("a@x".into()));
+        }
+        let absent = serde_json::json!({"email": "a@x"});
+        assert_eq!(
+            oidc_subject(&cfg(false), &absent),
+            Err(AuthError::UnverifiedEmail)
+        );
+        // `sub` is the IdP's own identifier: no e-mail rule.
+        let mut sub = cfg(false);
+        sub.subject_claim = "sub".into();
+        assert_eq!(
+            oidc_subject(&sub, &serde_json::json!({"sub": "s1"})),
+            Ok("s1".into())
+        );
     }
 
     #[test]

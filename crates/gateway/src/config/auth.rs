@@ -165,6 +165,12 @@ pub struct OidcConfig {
     pub jwks_max_age_secs: u64,
     /// CA bundle for the IdP's HTTPS certificate; the Mozilla roots if unset.
     pub ca_file: Option<PathBuf>,
+    /// DANGEROUS. When `subject_claim` is `email`, a token is refused unless its
+    /// `email_verified` claim is JSON `true`: at an IdP that lets people type in their own
+    /// address, an unverified e-mail lets anyone become anyone. Set this only for an IdP that
+    /// never issues an address its owner has not proven (and says so by omitting the claim).
+    #[serde(default)]
+    pub allow_unverified_email: bool,
 }
 
 fn default_subject_claim() -> String {
