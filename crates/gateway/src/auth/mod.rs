@@ -35,6 +35,30 @@ pub use crate::config::auth::DEVELOPMENT_ISSUER;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subject(pub String);
 
+/// One individual: a subject *as vouched for by* an issuer. The same subject text at two
+/// issuers is two individuals (`alice` at `corp` is not `alice` at `partner`), so every
+/// comparison of "is this the same person" that grants something compares both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Individual {
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl Individual {
+    pub fn new(issuer: &str, subject: &str) -> Individual {
+        Individual {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Individual {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (issuer {})", self.subject, self.issuer)
+    }
+}
+
 /// A gateway role, chosen by the startup `user` among those the identity may assume.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RoleName(pub String);
@@ -85,6 +109,13 @@ pub struct Identity {
     pub credential: Credential,
     /// When the credential stops being valid; the session ends then.
     pub expires_at: Option<SystemTime>,
+}
+
+impl Identity {
+    /// Who this is: subject and issuer together.
+    pub fn individual(&self) -> Individual {
+        Individual::new(&self.issuer, &self.subject.0)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

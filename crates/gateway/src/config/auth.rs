@@ -282,8 +282,18 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("auth.oidc {}: {e}", o.name)))?;
             }
         }
+        // Bindings apply to OIDC identities and to gateway tokens (login, development).
+        let issuers = self.auth.oidc.len() + usize::from(self.auth.development);
         for (i, b) in self.bindings.iter().enumerate() {
             let n = i + 1;
+            if !b.subjects.is_empty() && b.issuer.is_none() && issuers > 1 {
+                return invalid(format!(
+                    "binding #{n}: it names subjects but no issuer, and {issuers} issuers are \
+                     configured; a subject is only an individual at its issuer (the same \
+                     text at another issuer is someone else): add issuer = \"<an [[auth.oidc]] \
+                     name or development>\""
+                ));
+            }
             if b.roles.is_empty() {
                 return invalid(format!("binding #{n}: roles is empty"));
             }
