@@ -10,10 +10,12 @@
 //! Everything after this module sees only an [`Identity`]: an individual subject, the role it
 //! assumed, and when its credential stops being valid.
 
+pub mod exchanged;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod limiter;
+pub mod revocations;
 pub mod signer;
 
 use std::collections::HashMap;
@@ -82,10 +84,14 @@ pub enum Credential {
     ApiKey {
         id: String,
     },
-    /// A JWT from a configured OIDC issuer.
-    Oidc,
+    /// A JWT from a configured OIDC issuer (`iat`, unix seconds, if it has one).
+    Oidc {
+        issued_at: Option<u64>,
+    },
     /// A JWT this gateway signed (`phigate login`, development tokens).
-    GatewayToken,
+    GatewayToken {
+        issued_at: u64,
+    },
 }
 
 impl Credential {
@@ -93,9 +99,14 @@ impl Credential {
         match self {
             Credential::StaticToken => "static-token",
             Credential::ApiKey { .. } => "api-key",
-            Credential::Oidc => "oidc",
-            Credential::GatewayToken => "gateway-token",
+            Credential::Oidc { .. } => "oidc",
+            Credential::GatewayToken { .. } => "gateway-token",
         }
+    }
+
+    /// Whether the credential can be revoked while a session it opened runs.
+    pub fn revocable(&self) -> bool {
+        !matches!(self, Credential::StaticToken)
     }
 }
 
@@ -149,6 +160,12 @@ pub enum AuthError {
     UnverifiedEmail,
     #[error("API key revoked")]
     KeyRevoked,
+    #[error("token revoked (phigate token revoke); sign in again")]
+    TokenRevoked,
+    #[error("this identity provider token was already exchanged; sign in again for a new one")]
+    AlreadyExchanged,
+    #[error("too many token exchanges are remembered right now; try again later")]
+    ExchangeBusy,
     #[error("API key expired")]
     KeyExpired,
     #[error("the identity provider's keys cannot be fetched right now")]
@@ -170,6 +187,7 @@ impl AuthError {
             AuthError::RoleNotAllowed { .. }
                 | AuthError::NoRole { .. }
                 | AuthError::IdpUnavailable
+                | AuthError::ExchangeBusy
                 | AuthError::RateLimited(_)
         )
     }
@@ -226,6 +244,17 @@ impl Elevations {
     }
 }
 
+/// What a token exchange vouches for: the individual, their groups, and when the IdP token
+/// expires (the gateway token must not outlive it).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// The `[[auth.oidc]]` name.
+    pub issuer: String,
+    pub expires_at: SystemTime,
+}
+
 pub struct Authenticator {
     /// Approved elevations: a role an identity may assume for a while beyond its bindings.
     pub elevations: Arc<Elevations>,
@@ -237,6 +266,10 @@ pub struct Authenticator {
     leeway: Duration,
     failed: limiter::FailedLogins,
     development: bool,
+    /// IdP tokens already exchanged (each is exchanged once).
+    exchanged: exchanged::Exchanged,
+    /// Individuals whose tokens were revoked (with a data directory).
+    token_revocations: Option<Arc<revocations::Revocations>>,
 }
 
 impl Authenticator {
@@ -275,6 +308,10 @@ impl Authenticator {
         let mut a = Authenticator::with_statics(&config.identities);
         a.oidc = oidc;
         a.signer = signer;
+        a.token_revocations = config
+            .data_dir
+            .as_deref()
+            .map(|d| Arc::new(revocations::Revocations::open(d)));
         a.keys = keys;
         a.bindings = config.bindings.clone();
         a.leeway = Duration::from_secs(config.auth.leeway_secs);
@@ -305,6 +342,8 @@ impl Authenticator {
             leeway: Duration::from_secs(30),
             failed: limiter::FailedLogins::new(10, Duration::from_secs(60)),
             development: false,
+            exchanged: exchanged::Exchanged::default(),
+            token_revocations: None,
         }
     }
 
@@ -417,21 +456,28 @@ impl Authenticator {
             if !trusted {
                 return Err(AuthError::UntrustedIssuer);
             }
+            let subject = jwt::subject(&claims, "sub")?;
+            // The signer always sets `iat`; a token without one is not ours to trust.
+            let issued_at = issued_at(&claims).ok_or(AuthError::MissingClaim("iat"))?;
+            self.check_revoked(&Individual::new(&idp, &subject), Some(issued_at))?;
             return Ok(Principal {
-                subject: jwt::subject(&claims, "sub")?,
+                subject,
                 groups: jwt::groups(&claims, Some("groups")),
                 issuer: idp,
-                credential: Credential::GatewayToken,
+                credential: Credential::GatewayToken { issued_at },
                 expires_at: Some(jwt::expiry(&claims)?),
                 roles: None,
             });
         }
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
+        let subject = oidc_subject(&issuer.cfg, &claims)?;
+        let issued_at = issued_at(&claims);
+        self.check_revoked(&Individual::new(&issuer.cfg.name, &subject), issued_at)?;
         Ok(Principal {
-            subject: oidc_subject(&issuer.cfg, &claims)?,
+            subject,
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
             issuer: issuer.cfg.name.clone(),
-            credential: Credential::Oidc,
+            credential: Credential::Oidc { issued_at },
             expires_at: Some(jwt::expiry(&claims)?),
             roles: None,
         })
@@ -468,13 +514,41 @@ impl Authenticator {
         Ok((issuer, claims))
     }
 
+    /// Refuses a token of `who` issued (`iat`) before their last `phigate token revoke`.
+    fn check_revoked(&self, who: &Individual, issued_at: Option<u64>) -> Result<(), AuthError> {
+        let Some(list) = &self.token_revocations else {
+            return Ok(());
+        };
+        if let Err(e) = list.reload_if_changed() {
+            tracing::error!(error = %e, "cannot read the token revocation file");
+        }
+        if list.is_revoked(who, issued_at) {
+            return Err(AuthError::TokenRevoked);
+        }
+        Ok(())
+    }
+
+    /// Reads the token revocation file again if it changed; when it did, live sessions check
+    /// their credentials again (the same channel as API key revocation).
+    pub fn reload_token_revocations(&self) {
+        let Some(list) = &self.token_revocations else {
+            return;
+        };
+        let changed = list.reload_if_changed().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the token revocation file");
+            true
+        });
+        if changed {
+            if let Some(keys) = &self.keys {
+                keys.notify();
+            }
+        }
+    }
+
     /// Checks an OIDC token (an ID token or access token from `phigate login`) and returns
-    /// the subject, groups and issuer name it vouches for. Counts towards the failed-login limit.
-    pub async fn exchange(
-        &self,
-        peer: IpAddr,
-        token: &str,
-    ) -> Result<(String, Vec<String>, String), AuthError> {
+    /// the individual and groups it vouches for, and its expiry. Each token is exchanged
+    /// once. Counts towards the failed-login limit.
+    pub async fn exchange(&self, peer: IpAddr, token: &str) -> Result<Exchange, AuthError> {
         let limited = self.failed.check(peer).err();
         let result = self.verify_for_exchange(token).await;
         if let Err(e) = &result {
@@ -502,18 +576,24 @@ impl Authenticator {
             .collect()
     }
 
-    async fn verify_for_exchange(
-        &self,
-        token: &str,
-    ) -> Result<(String, Vec<String>, String), AuthError> {
+    async fn verify_for_exchange(&self, token: &str) -> Result<Exchange, AuthError> {
         // peek refuses oversized tokens and `none` / HS* before anything else.
         let unverified = jwt::peek(token)?;
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
-        Ok((
-            oidc_subject(&issuer.cfg, &claims)?,
-            jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
-            issuer.cfg.name.clone(),
-        ))
+        let subject = oidc_subject(&issuer.cfg, &claims)?;
+        self.check_revoked(
+            &Individual::new(&issuer.cfg.name, &subject),
+            issued_at(&claims),
+        )?;
+        let expires_at = jwt::expiry(&claims)?;
+        // Last: only a token that would otherwise be exchanged is remembered.
+        self.exchanged.claim(token_sha256(token), expires_at)?;
+        Ok(Exchange {
+            subject,
+            groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
+            issuer: issuer.cfg.name.clone(),
+            expires_at,
+        })
     }
 
     /// The roles an identity may assume, in order of preference (the first is its default).
@@ -590,10 +670,17 @@ impl Authenticator {
 
     /// Whether the credential behind a running session is still good (not revoked).
     pub fn still_valid(&self, identity: &Identity) -> bool {
+        let revoked = |issued_at| {
+            self.token_revocations
+                .as_ref()
+                .is_some_and(|l| l.is_revoked(&identity.individual(), issued_at))
+        };
         match (&identity.credential, &self.keys) {
             (Credential::ApiKey { id }, Some(store)) => store.still_valid(id),
             (Credential::ApiKey { .. }, None) => false,
-            _ => true,
+            (Credential::GatewayToken { issued_at }, _) => !revoked(Some(*issued_at)),
+            (Credential::Oidc { issued_at }, _) => !revoked(*issued_at),
+            (Credential::StaticToken, _) => true,
         }
     }
 
@@ -601,6 +688,15 @@ impl Authenticator {
     pub fn revocations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.keys.as_ref().map(|k| k.subscribe())
     }
+}
+
+/// A token's `iat` in whole unix seconds, if it has a sensible one.
+fn issued_at(claims: &serde_json::Value) -> Option<u64> {
+    claims
+        .get("iat")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|t| (0.0..4.0e9).contains(t))
+        .map(|t| t as u64)
 }
 
 /// The individual an OIDC token names. An e-mail address names someone only if the IdP

@@ -37,14 +37,15 @@ pub struct CredentialWatch {
 
 impl CredentialWatch {
     pub fn new(identity: &crate::auth::Identity, shared: &Shared) -> Self {
-        let revocations = match identity.credential {
-            crate::auth::Credential::ApiKey { .. } => shared.auth.revocations().map(|mut rx| {
+        let revocations = if identity.credential.revocable() {
+            shared.auth.revocations().map(|mut rx| {
                 // A revocation between the login check and now must not be missed: check
                 // once at the start, whatever the channel says.
                 rx.mark_changed();
                 rx
-            }),
-            _ => None,
+            })
+        } else {
+            None
         };
         CredentialWatch {
             identity: identity.clone(),
