@@ -1033,3 +1033,118 @@ async fn item7_a_dotted_top_level_claim_does_not_shadow_the_nested_path() {
         .expect("the nested roles bind ai-agent");
     assert_eq!(whoami(&client).await[1], "ai-agent");
 }
+
+/// POSTs an IdP token to the exchange: (HTTP status, JSON body).
+async fn exchange(gw: &Gateway, token: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/auth/token", gw.http_port))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("exchange");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn claims_of(token: &str) -> Value {
+    let body = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).expect("b64")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item8_exchange_is_single_use_and_never_outlives_the_id_token() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"groups\"");
+    let now = phigate::auth::jwt::unix_now();
+    // A 40-second token, as some IdPs issue.
+    let id_token = edge.sign(edge.claims(json!({"exp": now + 40})), "edge-1");
+    let (status, body) = exchange(&gw, &id_token).await;
+    assert_eq!(status, 200, "{body}");
+    let gateway_token = body["token"].as_str().expect("token");
+    let exp = claims_of(gateway_token)["exp"].as_u64().expect("exp");
+    assert!(
+        exp <= now + 40,
+        "gateway token exp {exp} > ID token exp {}",
+        now + 40
+    );
+    assert!(
+        body["expires_in"].as_u64().expect("expires_in") <= 40,
+        "{body}"
+    );
+
+    // The same ID token again: refused, whoever presents it.
+    let (status, body) = exchange(&gw, &id_token).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("already exchanged"), "{body}");
+    // Another ID token of the same person is fine.
+    let other = edge.sign(edge.claims(json!({"jti": "2"})), "edge-1");
+    assert_eq!(exchange(&gw, &other).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item8_token_revoke_refuses_earlier_tokens_and_ends_live_sessions() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"groups\"");
+    let (status, body) = exchange(&gw, &edge.sign(edge.claims(json!({})), "edge-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let gateway_token = body["token"].as_str().expect("token").to_owned();
+    let id_token = edge.sign(edge.claims(json!({"jti": "direct"})), "edge-1");
+    let (session, _c1) = connect(&gw, "ai-agent", &gateway_token)
+        .await
+        .expect("gateway token");
+    let (direct, _c2) = connect(&gw, "ai-agent", &id_token)
+        .await
+        .expect("IdP token");
+    session.simple_query("SELECT 1").await.expect("live");
+
+    let dir = gw.data_dir();
+    let dir_s = dir.to_str().expect("utf-8");
+    let (ok, out, err) = phigate(&[
+        "token",
+        "revoke",
+        "--data-dir",
+        dir_s,
+        "--issuer",
+        "edge",
+        "--subject",
+        "edge-user",
+    ]);
+    assert!(ok, "{out} {err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("token-revocations.json"))
+        .expect("revocation file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Live sessions of that individual end (like a revoked API key's), within seconds.
+    for client in [&session, &direct] {
+        let mut ended = None;
+        for _ in 0..50 {
+            match client.simple_query("SELECT 1").await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    ended = Some(text(&e));
+                    break;
+                }
+            }
+        }
+        let msg = ended.expect("the session outlived the revocation");
+        assert!(msg.contains("revoked") || msg.contains("closed"), "{msg}");
+    }
+    // Tokens issued before the revocation open nothing.
+    for token in [&gateway_token, &id_token] {
+        let (code, msg) = refusal(&gw, "ai-agent", token).await;
+        assert_eq!(code, "28P01", "{msg}");
+        assert!(msg.contains("token revoked"), "{msg}");
+    }
+    // A token issued after it (a new sign-in) works.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fresh = edge.sign(edge.claims(json!({"jti": "fresh"})), "edge-1");
+    let (status, body) = exchange(&gw, &fresh).await;
+    assert_eq!(status, 200, "{body}");
+    let (client, _c3) = connect(&gw, "ai-agent", body["token"].as_str().expect("token"))
+        .await
+        .expect("a token issued after the revocation");
+    client.simple_query("SELECT 1").await.expect("works");
+}

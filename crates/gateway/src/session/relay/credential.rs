@@ -1,4 +1,5 @@
-//! The session's credential while the session lasts: its expiry, and (API keys) revocation.
+//! The session's credential while the session lasts: its expiry, and revocation (API keys,
+//! and tokens of an individual revoked by `phigate token revoke`).
 
 use crate::pgerror::{ClientError, ToClient};
 
