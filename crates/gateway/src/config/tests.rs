@@ -115,3 +115,28 @@ fn item6_subject_bindings_name_their_issuer_when_several_issuers_exist() {
     ))
     .expect("group binding");
 }
+
+/// Issue 23 item 11: `HTTP://` is plain http, whatever its case.
+#[test]
+fn item11_upper_case_http_issuers_and_jwks_are_refused() {
+    let oidc = |issuer: &str, jwks: &str| {
+        format!(
+            "{MINIMAL}\n[[auth.oidc]]\nname = \"corp\"\nissuer = \"{issuer}\"\naudience = [\"phigate\"]\n{jwks}\n"
+        )
+    };
+    let parse = |text: String| Config::parse(&text, Path::new("t.toml")).map(|_| ());
+    for (issuer, jwks) in [
+        ("HTTP://idp.example.org", ""),
+        ("Http://idp.example.org", ""),
+        (
+            "https://idp.example.org",
+            "jwks_uri = \"HTTP://idp.example.org/jwks\"",
+        ),
+        ("ftp://idp.example.org", ""),
+    ] {
+        let err = parse(oidc(issuer, jwks)).expect_err(issuer).to_string();
+        assert!(err.contains("must be https"), "{issuer} {jwks}: {err}");
+    }
+    parse(oidc("HTTPS://idp.example.org", "")).expect("https in capitals is https");
+    parse(oidc("HTTP://127.0.0.1:9000", "")).expect("loopback");
+}
