@@ -818,6 +818,11 @@ async fn class_h_failed_logins_are_limited_per_address_without_locking_out_valid
 /// Runs `phigate login` (code flow, or device flow) with the scripted browser signing in as
 /// `user`; returns the JSON it printed.
 fn login(gw: &Gateway, device: bool, user: &str) -> Value {
+    login_result(gw, device, user).unwrap_or_else(|e| panic!("login failed: {e}"))
+}
+
+/// `phigate login` through the real IdP's pages: its JSON, or what it said when it failed.
+fn login_result(gw: &Gateway, device: bool, user: &str) -> Result<Value, String> {
     let mut cmd = Command::new(bin());
     cmd.args(["login", "--no-browser", "--json", "--url"])
         .arg(format!("http://127.0.0.1:{}", gw.http_port));
@@ -862,11 +867,10 @@ fn login(gw: &Gateway, device: bool, user: &str) -> Value {
         .read_to_string(&mut out)
         .expect("read");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(
-        login.wait().expect("wait").success(),
-        "login failed: {out} {rest:?}"
-    );
-    serde_json::from_str(out.trim()).expect("login JSON")
+    if !login.wait().expect("wait").success() {
+        return Err(format!("{out} {rest:?}"));
+    }
+    Ok(serde_json::from_str(out.trim()).expect("login JSON"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1147,4 +1151,23 @@ async fn item8_token_revoke_refuses_earlier_tokens_and_ends_live_sessions() {
         .await
         .expect("a token issued after the revocation");
     client.simple_query("SELECT 1").await.expect("works");
+}
+
+/// The real IdP: with `subject_claim = "email"`, an ID token whose e-mail the IdP did not
+/// verify is not exchanged; a verified one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item5_real_idp_unverified_email_is_not_exchanged() {
+    let idp = Idp::start(600);
+    let config = auth_config(&idp, None, None, "")
+        .replace("realm_access.roles", "groups")
+        .replace(
+            "client_id = \"phigate-cli\"",
+            "client_id = \"phigate-cli\"\nsubject_claim = \"email\"",
+        );
+    let gw = start(config);
+    let err = login_result(&gw, false, "dr.rivera+unverified@demo.phigate")
+        .expect_err("an unverified e-mail was exchanged");
+    assert!(err.contains("not verified"), "{err}");
+    let ok = login(&gw, false, "dr.rivera@demo.phigate");
+    assert_eq!(ok["subject"], "dr.rivera@demo.phigate");
 }
