@@ -30,7 +30,9 @@
 //   flow (any loopback port on http://127.0.0.1/callback) and the device
 //   flow. The built-in development login page accepts any login with any
 //   password; the ID token (aud = "phigate-cli") carries sub = the login,
-//   email = the login and "groups" (see groupsFor).
+//   email = the login, email_verified (true, except for a login containing
+//   "+unverified": an IdP that lets people type in their own address) and
+//   "groups" (see groupsFor).
 //
 // * Key rotation for tests of JWKS refresh:
 //     POST /__admin/rotate             new signing key first, older keys kept
@@ -164,8 +166,8 @@ function buildProvider(issuer) {
     cookies: { keys: cookieKeys },
     scopes: ['openid', 'offline_access', 'email', 'groups', 'db'],
     claims: {
-      openid: ['sub', 'email', 'groups'],
-      email: ['email'],
+      openid: ['sub', 'email', 'email_verified', 'groups'],
+      email: ['email', 'email_verified'],
       groups: ['groups'],
     },
     // Put the scope claims into the ID token, not only into userinfo.
@@ -174,7 +176,12 @@ function buildProvider(issuer) {
       return {
         accountId: id,
         async claims() {
-          return { sub: id, email: id, groups: groupsFor(id) };
+          return {
+            sub: id,
+            email: id,
+            email_verified: !id.includes('+unverified'),
+            groups: groupsFor(id),
+          };
         },
       };
     },

@@ -204,13 +204,14 @@ fn spawn_review_expiry(shared: &Arc<Shared>) {
     });
 }
 
-/// Notices API keys created or revoked by the CLI within a second (sessions opened with a
-/// revoked key end), and records key use.
+/// Notices API keys created or revoked, and tokens revoked (`phigate token revoke`), by the CLI
+/// within a second (sessions opened with a revoked credential end), and records key use.
 fn spawn_key_watch(shared: &Arc<Shared>) {
     let Some(store) = shared.auth.keys().cloned() else {
         return;
     };
     let stop = shared.lifecycle.force_close.clone();
+    let shared = shared.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
@@ -222,6 +223,7 @@ fn spawn_key_watch(shared: &Arc<Shared>) {
             if let Err(e) = store.reload_if_changed() {
                 tracing::error!(error = %e, "cannot read the API key file");
             }
+            shared.auth.reload_token_revocations();
             n += 1;
             if n.is_multiple_of(5) {
                 store.flush_last_used();

@@ -875,3 +875,69 @@ async fn an_access_request_opens_a_role_for_a_while() {
         "{decided:?}"
     );
 }
+
+/// Issue 23 item 6: break-glass is the requester's own, and the requester is an individual:
+/// subject *and* issuer. An API key carrying the same subject text (issuer `api-key`) is
+/// someone else and may not approve the static identity's statement as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item6_a_namesake_at_another_issuer_cannot_break_glass() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = RULES_POLICY.into();
+    opts.extra = "[approvals]\nbreak_glass_roles = [\"clinician\"]\n".into();
+    let gw = Gateway::start_with_identities(bin(), opts, &["clinician", "reviewer"])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let reviewer = gw.token("reviewer").to_owned();
+    let clinician = connect(&gw.conninfo("clinician")).await;
+    let own = clinician.simple_query("INSERT INTO notes (body) VALUES ('item6')");
+    let glass = async {
+        let list = pending(&gw, &reviewer, 1).await;
+        let id = list[0]["id"].as_str().expect("id").to_owned();
+        let subject = list[0]["requester"].as_str().expect("requester").to_owned();
+        assert_eq!(list[0]["issuer"], "static", "{}", list[0]);
+        let dir = gw.data_dir();
+        let out = std::process::Command::new(bin())
+            .args([
+                "keys",
+                "create",
+                "--name",
+                "namesake",
+                "--role",
+                "clinician",
+                "--json",
+            ])
+            .args(["--subject", &subject, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("keys create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let namesake = created["key"].as_str().expect("key").to_owned();
+        let (code, body) = approve_break_glass(
+            &gw,
+            &namesake,
+            &id,
+            "same subject text, another issuer: not the requester",
+        )
+        .await;
+        assert_eq!(code, 403, "{body}");
+        assert!(
+            body.to_string().contains("only the requester may approve"),
+            "{body}"
+        );
+        let (code, body) = approve_break_glass(
+            &gw,
+            gw.token("clinician"),
+            &id,
+            "patient in cardiac arrest, dosage must be corrected now",
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+    };
+    let (own, ()) = tokio::join!(own, glass);
+    own.expect("break-glass approved by the requester herself");
+    assert_eq!(count("item6"), "1");
+}

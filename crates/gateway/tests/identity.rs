@@ -818,6 +818,11 @@ async fn class_h_failed_logins_are_limited_per_address_without_locking_out_valid
 /// Runs `phigate login` (code flow, or device flow) with the scripted browser signing in as
 /// `user`; returns the JSON it printed.
 fn login(gw: &Gateway, device: bool, user: &str) -> Value {
+    login_result(gw, device, user).unwrap_or_else(|e| panic!("login failed: {e}"))
+}
+
+/// `phigate login` through the real IdP's pages: its JSON, or what it said when it failed.
+fn login_result(gw: &Gateway, device: bool, user: &str) -> Result<Value, String> {
     let mut cmd = Command::new(bin());
     cmd.args(["login", "--no-browser", "--json", "--url"])
         .arg(format!("http://127.0.0.1:{}", gw.http_port));
@@ -862,11 +867,10 @@ fn login(gw: &Gateway, device: bool, user: &str) -> Value {
         .read_to_string(&mut out)
         .expect("read");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(
-        login.wait().expect("wait").success(),
-        "login failed: {out} {rest:?}"
-    );
-    serde_json::from_str(out.trim()).expect("login JSON")
+    if !login.wait().expect("wait").success() {
+        return Err(format!("{out} {rest:?}"));
+    }
+    Ok(serde_json::from_str(out.trim()).expect("login JSON"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -947,4 +951,223 @@ fn a_binding_that_admits_anyone_is_rejected_at_load() {
         !ok && err.contains("names no groups and no subjects"),
         "{err}"
     );
+}
+
+/// A gateway trusting only the edge issuer, with extra `[[auth.oidc]]` lines.
+fn edge_gateway(edge: &EdgeIssuer, oidc_extra: &str) -> Gateway {
+    start(format!(
+        r#"
+[auth]
+leeway_secs = 1
+
+[[auth.oidc]]
+name = "edge"
+issuer = "{}"
+audience = ["phigate"]
+jwks_min_refresh_secs = 60
+{oidc_extra}
+
+[[binding]]
+groups = ["agents"]
+roles = ["ai-agent"]
+
+[[binding]]
+groups = ["clinicians"]
+roles = ["clinician", "ai-agent"]
+"#,
+        edge.issuer
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item5_unverified_email_is_refused() {
+    let edge = EdgeIssuer::start();
+    let token = |verified: Value| {
+        edge.sign(
+            edge.claims(
+                json!({"sub": "idp-id-1", "email": "dr.rivera@hospital.example",
+                               "email_verified": verified}),
+            ),
+            "edge-1",
+        )
+    };
+    let gw = edge_gateway(
+        &edge,
+        "subject_claim = \"email\"\ngroups_claim = \"groups\"",
+    );
+    for v in [json!(false), json!("true"), Value::Null] {
+        let (code, msg) = refusal(&gw, "ai-agent", &token(v.clone())).await;
+        assert_eq!(code, "28P01", "{v}: {msg}");
+        assert!(msg.contains("not verified"), "{v}: {msg}");
+    }
+    let (client, _conn) = connect(&gw, "ai-agent", &token(json!(true)))
+        .await
+        .expect("a verified e-mail signs in");
+    assert_eq!(whoami(&client).await[0], "dr.rivera@hospital.example");
+    drop(gw);
+
+    // The documented, dangerous opt-out.
+    let gw = edge_gateway(
+        &edge,
+        "subject_claim = \"email\"\ngroups_claim = \"groups\"\nallow_unverified_email = true",
+    );
+    let (client, _conn) = connect(&gw, "ai-agent", &token(json!(false)))
+        .await
+        .expect("allow_unverified_email admits an unverified e-mail");
+    assert_eq!(whoami(&client).await[0], "dr.rivera@hospital.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_dotted_top_level_claim_does_not_shadow_the_nested_path() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"realm_access.roles\"");
+    let token = edge.sign(
+        edge.claims(json!({
+            "groups": null,
+            "realm_access": {"roles": ["agents"]},
+            "realm_access.roles": ["clinicians"],
+        })),
+        "edge-1",
+    );
+    let (code, msg) = refusal(&gw, "clinician", &token).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("may not assume role"), "{msg}");
+    let (client, _conn) = connect(&gw, "ai-agent", &token)
+        .await
+        .expect("the nested roles bind ai-agent");
+    assert_eq!(whoami(&client).await[1], "ai-agent");
+}
+
+/// POSTs an IdP token to the exchange: (HTTP status, JSON body).
+async fn exchange(gw: &Gateway, token: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/auth/token", gw.http_port))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("exchange");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn claims_of(token: &str) -> Value {
+    let body = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).expect("b64")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item8_exchange_is_single_use_and_never_outlives_the_id_token() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"groups\"");
+    let now = phigate::auth::jwt::unix_now();
+    // A 40-second token, as some IdPs issue.
+    let id_token = edge.sign(edge.claims(json!({"exp": now + 40})), "edge-1");
+    let (status, body) = exchange(&gw, &id_token).await;
+    assert_eq!(status, 200, "{body}");
+    let gateway_token = body["token"].as_str().expect("token");
+    let exp = claims_of(gateway_token)["exp"].as_u64().expect("exp");
+    assert!(
+        exp <= now + 40,
+        "gateway token exp {exp} > ID token exp {}",
+        now + 40
+    );
+    assert!(
+        body["expires_in"].as_u64().expect("expires_in") <= 40,
+        "{body}"
+    );
+
+    // The same ID token again: refused, whoever presents it.
+    let (status, body) = exchange(&gw, &id_token).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("already exchanged"), "{body}");
+    // Another ID token of the same person is fine.
+    let other = edge.sign(edge.claims(json!({"jti": "2"})), "edge-1");
+    assert_eq!(exchange(&gw, &other).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item8_token_revoke_refuses_earlier_tokens_and_ends_live_sessions() {
+    let edge = EdgeIssuer::start();
+    let gw = edge_gateway(&edge, "groups_claim = \"groups\"");
+    let (status, body) = exchange(&gw, &edge.sign(edge.claims(json!({})), "edge-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let gateway_token = body["token"].as_str().expect("token").to_owned();
+    let id_token = edge.sign(edge.claims(json!({"jti": "direct"})), "edge-1");
+    let (session, _c1) = connect(&gw, "ai-agent", &gateway_token)
+        .await
+        .expect("gateway token");
+    let (direct, _c2) = connect(&gw, "ai-agent", &id_token)
+        .await
+        .expect("IdP token");
+    session.simple_query("SELECT 1").await.expect("live");
+
+    let dir = gw.data_dir();
+    let dir_s = dir.to_str().expect("utf-8");
+    let (ok, out, err) = phigate(&[
+        "token",
+        "revoke",
+        "--data-dir",
+        dir_s,
+        "--issuer",
+        "edge",
+        "--subject",
+        "edge-user",
+    ]);
+    assert!(ok, "{out} {err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("token-revocations.json"))
+        .expect("revocation file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Live sessions of that individual end (like a revoked API key's), within seconds.
+    for client in [&session, &direct] {
+        let mut ended = None;
+        for _ in 0..50 {
+            match client.simple_query("SELECT 1").await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    ended = Some(text(&e));
+                    break;
+                }
+            }
+        }
+        let msg = ended.expect("the session outlived the revocation");
+        assert!(msg.contains("revoked") || msg.contains("closed"), "{msg}");
+    }
+    // Tokens issued before the revocation open nothing.
+    for token in [&gateway_token, &id_token] {
+        let (code, msg) = refusal(&gw, "ai-agent", token).await;
+        assert_eq!(code, "28P01", "{msg}");
+        assert!(msg.contains("token revoked"), "{msg}");
+    }
+    // A token issued after it (a new sign-in) works.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fresh = edge.sign(edge.claims(json!({"jti": "fresh"})), "edge-1");
+    let (status, body) = exchange(&gw, &fresh).await;
+    assert_eq!(status, 200, "{body}");
+    let (client, _c3) = connect(&gw, "ai-agent", body["token"].as_str().expect("token"))
+        .await
+        .expect("a token issued after the revocation");
+    client.simple_query("SELECT 1").await.expect("works");
+}
+
+/// The real IdP: with `subject_claim = "email"`, an ID token whose e-mail the IdP did not
+/// verify is not exchanged; a verified one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item5_real_idp_unverified_email_is_not_exchanged() {
+    let idp = Idp::start(600);
+    let config = auth_config(&idp, None, None, "")
+        .replace("realm_access.roles", "groups")
+        .replace(
+            "client_id = \"phigate-cli\"",
+            "client_id = \"phigate-cli\"\nsubject_claim = \"email\"",
+        );
+    let gw = start(config);
+    let err = login_result(&gw, false, "dr.rivera+unverified@demo.phigate")
+        .expect_err("an unverified e-mail was exchanged");
+    assert!(err.contains("not verified"), "{err}");
+    let ok = login(&gw, false, "dr.rivera@demo.phigate");
+    assert_eq!(ok["subject"], "dr.rivera@demo.phigate");
 }

@@ -26,6 +26,8 @@ use super::{Action, Approvals, DecideError, GrantKey, Request, Review, Run, Stat
 /// What the session holds, and who holds it.
 pub struct HoldRequest<'a> {
     pub subject: &'a str,
+    /// Who vouched for the subject.
+    pub issuer: &'a str,
     pub role: &'a str,
     pub session: &'a str,
     /// The statement exactly as it will run.
@@ -319,6 +321,7 @@ impl Approvals {
         .then(|| (fingerprint(req.sql), settings.scope_minutes.unwrap_or(30)));
         if let Some((fingerprint, _)) = &scope {
             let key = GrantKey {
+                issuer: req.issuer.to_owned(),
                 subject: req.subject.to_owned(),
                 role: req.role.to_owned(),
                 rule: req.rule.to_owned(),
@@ -338,6 +341,7 @@ impl Approvals {
         let required = settings.approvals.unwrap_or(1);
         let opened = self.open_review(Request {
             requester: req.subject,
+            issuer: req.issuer,
             role: req.role,
             session: req.session,
             statement: req.sql,

@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use phigate_audit::Event;
 
+use crate::auth::Individual;
+
 use super::{
     justification, new_id, rfc3339, Approval, DecideError, ElevationRequest, GrantKey, Kind,
     Request, Review, Run, Scope, Status,
@@ -26,6 +28,8 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct Decision<'a> {
     pub reviewer: &'a str,
+    /// Who vouched for the reviewer (break-glass: the requester is subject and issuer).
+    pub reviewer_issuer: &'a str,
     /// The reviewer's gateway role.
     pub role: &'a str,
     pub approve: bool,
@@ -155,7 +159,7 @@ pub fn statement_review(req: Request<'_>, now: SystemTime) -> Review {
         break_glass: false,
         kind: Kind::Statement,
         elevate_to: None,
-        issuer: None,
+        issuer: Some(req.issuer.to_owned()),
         fingerprint: req.scope.map(|(f, _)| f),
         run: None,
         version: 0,
@@ -264,6 +268,7 @@ fn fingerprint_grant(r: &Review, now: SystemTime) -> Effect {
     match (&r.fingerprint, r.scope_minutes) {
         (Some(fingerprint), Some(minutes)) if !r.break_glass => Effect::GrantFingerprint {
             key: GrantKey {
+                issuer: r.issuer.clone().unwrap_or_default(),
                 subject: r.requester.clone(),
                 role: r.role.clone(),
                 rule: r.rule.clone(),
@@ -291,11 +296,20 @@ fn decide(r: &Review, d: &Decision<'_>, now: SystemTime) -> Result<Step, Refused
     let at = rfc3339(now);
     let mut review = r.clone();
     if d.break_glass {
-        if !d.approve || r.requester != d.reviewer || !d.break_glass_roles.contains(&r.role) {
+        // The same individual: subject and issuer. A namesake at another issuer is someone
+        // else, and a review that does not know its requester's issuer has no owner here.
+        let requester = r
+            .issuer
+            .as_deref()
+            .map(|i| Individual::new(i, &r.requester));
+        let own = requester == Some(Individual::new(d.reviewer_issuer, d.reviewer));
+        if !d.approve || !own || !d.break_glass_roles.contains(&r.role) {
             return refuse(DecideError::BreakGlassRefused);
         }
         review.break_glass = true;
     } else {
+        // Separation of duties is stricter: the same subject text at any issuer counts as
+        // the requester (a person with accounts at two IdPs must not approve themselves).
         if r.requester == d.reviewer {
             return refuse(DecideError::OwnStatement(d.reviewer.to_owned()));
         }

@@ -122,6 +122,8 @@ pub struct Approval {
 /// What opening a review needs: who asks, what, and the rule's approval settings.
 pub struct Request<'a> {
     pub requester: &'a str,
+    /// Who vouched for the requester: break-glass needs the same subject *and* issuer.
+    pub issuer: &'a str,
     pub role: &'a str,
     pub session: &'a str,
     pub statement: &'a str,
@@ -187,7 +189,8 @@ pub struct Review {
     pub kind: Kind,
     /// For an elevation: the role asked for (for `scope_minutes` once approved).
     pub elevate_to: Option<String>,
-    /// For an elevation: who vouched for the requester (the grant is for that issuer only).
+    /// Who vouched for the requester: for an elevation, the grant is for that issuer only;
+    /// for a statement, only the requester at that issuer may approve it under break-glass.
     pub issuer: Option<String>,
     #[serde(skip)]
     pub(crate) fingerprint: Option<String>,

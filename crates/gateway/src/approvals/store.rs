@@ -24,6 +24,8 @@ pub struct StoreError(pub String);
 /// for statements of the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GrantKey {
+    /// The requester's issuer: a namesake at another issuer is not covered.
+    pub issuer: String,
     pub subject: String,
     pub role: String,
     pub rule: String,

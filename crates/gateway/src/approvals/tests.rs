@@ -12,6 +12,7 @@ use super::*;
 fn request(sql: &str, approvals: u32) -> Request<'_> {
     Request {
         requester: "agent",
+        issuer: "corp",
         role: "ai-agent",
         session: "s1",
         statement: sql,
@@ -30,6 +31,7 @@ fn request(sql: &str, approvals: u32) -> Request<'_> {
 fn approve<'a>(reviewer: &'a str, role: &'a str) -> Decision<'a> {
     Decision {
         reviewer,
+        reviewer_issuer: "corp",
         role,
         approve: true,
         reason: "ok",
@@ -48,6 +50,7 @@ fn deny<'a>(reviewer: &'a str) -> Decision<'a> {
 
 fn key(subject: &str, role: &str, fingerprint: &str) -> GrantKey {
     GrantKey {
+        issuer: "corp".into(),
         subject: subject.into(),
         role: role.into(),
         rule: "rule".into(),
@@ -143,6 +146,7 @@ fn break_glass_is_the_requesters_and_only_for_listed_roles() {
     let allowed = vec!["ai-agent".to_owned()];
     let glass = |who, roles| Decision {
         reviewer: who,
+        reviewer_issuer: "corp",
         role: "x",
         approve: true,
         reason: "patient coding, no reviewer",
@@ -167,6 +171,56 @@ fn break_glass_is_the_requesters_and_only_for_listed_roles() {
         r.granted(&key("agent", "ai-agent", "fp")).is_none(),
         "break-glass covers nothing further"
     );
+}
+
+/// Issue 23 item 6: identity is (issuer, subject). A namesake of the requester at another
+/// issuer may not approve the statement as "their own" under break-glass; separation of duties
+/// still treats the namesake as the requester (stricter); a fingerprint approval covers only
+/// the requester at its own issuer.
+#[test]
+fn item6_break_glass_needs_the_requesters_issuer_too() {
+    let r = Approvals::open(None);
+    let rev = r
+        .open_review(request("UPDATE t SET a = 1", 1))
+        .expect("open");
+    let allowed = vec!["ai-agent".to_owned()];
+    let glass = |issuer| Decision {
+        reviewer: "agent",
+        reviewer_issuer: issuer,
+        role: "ai-agent",
+        approve: true,
+        reason: "patient coding, no reviewer",
+        break_glass: true,
+        break_glass_roles: &allowed,
+    };
+    assert_eq!(
+        r.decide(&rev.id, &glass("partner")).map(|d| d.last),
+        Err(DecideError::BreakGlassRefused)
+    );
+    let namesake = Decision {
+        reviewer_issuer: "partner",
+        ..approve("agent", "reviewer")
+    };
+    assert_eq!(
+        r.decide(&rev.id, &namesake).map(|d| d.last),
+        Err(DecideError::OwnStatement("agent".into()))
+    );
+    let d = r.decide(&rev.id, &glass("corp")).expect("own break-glass");
+    assert!(d.last && d.review.break_glass);
+
+    // A fingerprint approval by a reviewer covers the requester at "corp" only.
+    let rev = r
+        .open_review(request("UPDATE t SET a = 2", 1))
+        .expect("open");
+    r.decide(&rev.id, &approve("ann", "reviewer"))
+        .expect("approve");
+    r.transition(&rev.id, &Action::Execute).expect("execute");
+    assert!(r.granted(&key("agent", "ai-agent", "fp")).is_some());
+    let other = GrantKey {
+        issuer: "partner".into(),
+        ..key("agent", "ai-agent", "fp")
+    };
+    assert!(r.granted(&other).is_none(), "a namesake is not covered");
 }
 
 /// Exactly one of racing transitions wins, whatever they are; the others see its state.
@@ -607,6 +661,7 @@ async fn held(
     };
     let request = HoldRequest {
         subject: "agent",
+        issuer: "corp",
         role: "ai-agent",
         session: "s1",
         sql: "DELETE FROM t",
@@ -705,6 +760,7 @@ async fn a_fingerprint_approval_covers_the_next_statement_like_it() {
     let defaults = crate::config::ApprovalsConfig::default();
     let req = |sql: &'static str| HoldRequest {
         subject: "agent",
+        issuer: "corp",
         role: "ai-agent",
         session: "s1",
         sql,

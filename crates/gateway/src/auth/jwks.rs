@@ -155,12 +155,20 @@ impl Jwks {
                     .and_then(Value::as_str)
                     .ok_or_else(|| anyhow::anyhow!("discovery document has no jwks_uri"))?
                     .to_owned();
+                // The configured URIs are checked when the config is read; a discovered one
+                // here, by the same rule (the scheme in any case).
+                if !crate::config::auth::is_secure_url(&u) {
+                    anyhow::bail!("discovery document names a jwks_uri that is not https");
+                }
                 if let Ok(mut w) = self.jwks_uri.write() {
                     *w = Some(u.clone());
                 }
                 u
             }
         };
+        if !crate::config::auth::is_secure_url(&uri) {
+            anyhow::bail!("the jwks_uri is not https");
+        }
         let doc = get_json(&self.client, &uri).await?;
         let keys = doc
             .get("keys")

@@ -49,6 +49,7 @@ pub fn peek(token: &str) -> Result<Unverified, AuthError> {
         Ok(a) if DEFAULT_ALGORITHMS.contains(&a) => {}
         _ => return Err(AuthError::AlgorithmNotAllowed),
     }
+    check_header_extensions(&header_json)?;
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
     let issuer = decode_json(p)?
         .get("iss")
@@ -56,6 +57,33 @@ pub fn peek(token: &str) -> Result<Unverified, AuthError> {
         .ok_or(AuthError::MissingClaim("iss"))?
         .to_owned();
     Ok(Unverified { header, issuer })
+}
+
+/// RFC 7515 §4.1.11: a recipient that does not understand an extension listed in `crit` must
+/// reject the token. This gateway understands none, so any `crit` is refused. RFC 7797's
+/// `b64: false` (an unencoded payload) changes what the signature covers: refused too, with
+/// or without `crit`.
+fn check_header_extensions(header: &Value) -> Result<(), AuthError> {
+    if header.get("crit").is_some() {
+        return Err(AuthError::Malformed);
+    }
+    match header.get("b64") {
+        None | Some(Value::Bool(true)) => Ok(()),
+        Some(_) => Err(AuthError::Malformed),
+    }
+}
+
+/// RFC 7519 §2: `exp`, `nbf` and `iat` are NumericDates, JSON numbers. A string (`"exp":
+/// "9999999999"`) or anything else is malformed, not a date to be guessed at.
+fn check_numeric_dates(claims: &Value) -> Result<(), AuthError> {
+    for name in ["exp", "nbf", "iat"] {
+        match claims.get(name) {
+            None => {}
+            Some(v) if v.as_f64().is_some_and(f64::is_finite) => {}
+            Some(_) => return Err(AuthError::Malformed),
+        }
+    }
+    Ok(())
 }
 
 fn decode_json(part: &str) -> Result<Value, AuthError> {
@@ -113,6 +141,7 @@ pub fn verify(
         _ => AuthError::Malformed,
     })?;
     let claims = data.claims;
+    check_numeric_dates(&claims)?;
     // A token issued in the future is as suspect as one not yet valid.
     if let Some(iat) = claims.get("iat") {
         let iat = iat.as_f64().ok_or(AuthError::Malformed)?;
@@ -144,13 +173,17 @@ pub fn expiry(claims: &Value) -> Result<SystemTime, AuthError> {
         .ok_or(AuthError::Malformed)
 }
 
-/// A claim by name, or by a dotted path into nested objects (`realm_access.roles`). A claim
-/// whose own name contains dots (`https://example.org/groups`) is found first.
+/// A claim by a dotted path into nested objects (`realm_access.roles`), or else by a name that
+/// itself contains dots (`https://example.org/groups`). The nested path wins: a top-level claim
+/// literally named `realm_access.roles` (which a user may be able to set at some IdPs) must
+/// not shadow the roles the IdP put in `realm_access`.
 pub fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(path) {
-        return Some(v);
+    if path.contains('.') {
+        if let Some(v) = path.split('.').try_fold(claims, |v, key| v.get(key)) {
+            return Some(v);
+        }
     }
-    path.split('.').try_fold(claims, |v, key| v.get(key))
+    claims.get(path)
 }
 
 /// The individual: a non-empty string of printable characters.
@@ -218,5 +251,102 @@ mod tests {
         assert_eq!(subject(&c, "email").ok().as_deref(), Some("e@x"));
         assert!(subject(&json!({"sub": ""}), "sub").is_err());
         assert!(subject(&json!({"sub": "a\nb"}), "sub").is_err());
+    }
+
+    #[test]
+    fn item7_nested_path_wins_over_a_dotted_top_level_name() {
+        let c = json!({
+            "realm_access.roles": ["admin"],
+            "realm_access": {"roles": ["agents"]},
+        });
+        assert_eq!(groups(&c, Some("realm_access.roles")), vec!["agents"]);
+        // Without the nested object, the dotted name is still found (URL-named claims).
+        let c = json!({"realm_access.roles": ["admin"], "https://x.org/g": ["g"]});
+        assert_eq!(groups(&c, Some("realm_access.roles")), vec!["admin"]);
+        assert_eq!(groups(&c, Some("https://x.org/g")), vec!["g"]);
+        let c = json!({"a.b": "top", "a": {"b": "nested"}});
+        assert_eq!(subject(&c, "a.b").ok().as_deref(), Some("nested"));
+    }
+
+    fn token_with(header: Value, body: Value) -> String {
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.c2ln", enc(header), enc(body))
+    }
+
+    #[test]
+    fn item10_crit_and_unencoded_payload_headers_are_refused() {
+        let body = json!({"iss": "https://idp", "sub": "x"});
+        let ok = token_with(json!({"alg": "ES256", "typ": "JWT"}), body.clone());
+        assert!(peek(&ok).is_ok());
+        let b64_true = token_with(json!({"alg": "ES256", "b64": true}), body.clone());
+        assert!(peek(&b64_true).is_ok());
+        for header in [
+            json!({"alg": "ES256", "crit": ["exp"]}),
+            json!({"alg": "ES256", "crit": ["x-unknown"], "x-unknown": 1}),
+            json!({"alg": "ES256", "crit": []}),
+            json!({"alg": "ES256", "b64": false}),
+            json!({"alg": "ES256", "b64": false, "crit": ["b64"]}),
+            json!({"alg": "ES256", "b64": "false"}),
+        ] {
+            let t = token_with(header.clone(), body.clone());
+            assert_eq!(peek(&t).err(), Some(AuthError::Malformed), "{header}");
+        }
+    }
+
+    #[test]
+    fn item10_dates_must_be_numeric() {
+        assert!(check_numeric_dates(&json!({"exp": 1, "nbf": 2.5, "iat": 3})).is_ok());
+        assert!(check_numeric_dates(&json!({"sub": "x"})).is_ok());
+        for claims in [
+            json!({"exp": "9999999999"}),
+            json!({"nbf": "0"}),
+            json!({"iat": "now"}),
+            json!({"exp": null}),
+            json!({"exp": true}),
+            json!({"iat": [1]}),
+            json!({"nbf": {"t": 1}}),
+        ] {
+            assert_eq!(
+                check_numeric_dates(&claims).err(),
+                Some(AuthError::Malformed),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn item10_verify_refuses_a_string_exp_end_to_end() {
+        // A real ES256 signature over a token whose exp is a string.
+        let pair = rcgen::KeyPair::generate().expect("key");
+        let enc = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        let raw = pair.public_key_raw();
+        let dec = DecodingKey::from_ec_components(
+            &URL_SAFE_NO_PAD.encode(&raw[1..33]),
+            &URL_SAFE_NO_PAD.encode(&raw[33..65]),
+        )
+        .expect("decoding key");
+        let now = unix_now();
+        let expect = Expect {
+            issuer: "https://idp",
+            audience: &["phigate".to_owned()],
+            algorithms: &[Algorithm::ES256],
+            leeway: Duration::from_secs(1),
+        };
+        let sign = |claims: Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &enc).expect("sign")
+        };
+        let good = sign(
+            json!({"iss": "https://idp", "aud": "phigate", "sub": "a", "exp": now + 60, "iat": now}),
+        );
+        let h = peek(&good).expect("peek").header;
+        assert!(verify(&good, &h, &dec, &expect).is_ok());
+        for bad in [
+            json!({"iss": "https://idp", "aud": "phigate", "sub": "a", "exp": (now + 60).to_string()}),
+            json!({"iss": "https://idp", "aud": "phigate", "sub": "a", "exp": now + 60, "nbf": "0"}),
+            json!({"iss": "https://idp", "aud": "phigate", "sub": "a", "exp": now + 60, "iat": now.to_string()}),
+        ] {
+            let t = sign(bad.clone());
+            assert!(verify(&t, &h, &dec, &expect).is_err(), "{bad}");
+        }
     }
 }

@@ -313,6 +313,11 @@ impl KeyStore {
             .is_some_and(|k| k.revoked_at.is_none() && now < k.expires_at)
     }
 
+    /// Tells sessions to check their credentials again (another revocation list changed).
+    pub fn notify(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }

@@ -10,10 +10,12 @@
 //! Everything after this module sees only an [`Identity`]: an individual subject, the role it
 //! assumed, and when its credential stops being valid.
 
+pub mod exchanged;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod limiter;
+pub mod revocations;
 pub mod signer;
 
 use std::collections::HashMap;
@@ -34,6 +36,30 @@ pub use crate::config::auth::DEVELOPMENT_ISSUER;
 /// The individual behind a session: a person or a machine identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subject(pub String);
+
+/// One individual: a subject *as vouched for by* an issuer. The same subject text at two
+/// issuers is two individuals (`alice` at `corp` is not `alice` at `partner`), so every
+/// comparison of "is this the same person" that grants something compares both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Individual {
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl Individual {
+    pub fn new(issuer: &str, subject: &str) -> Individual {
+        Individual {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Individual {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (issuer {})", self.subject, self.issuer)
+    }
+}
 
 /// A gateway role, chosen by the startup `user` among those the identity may assume.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,10 +84,14 @@ pub enum Credential {
     ApiKey {
         id: String,
     },
-    /// A JWT from a configured OIDC issuer.
-    Oidc,
+    /// A JWT from a configured OIDC issuer (`iat`, unix seconds, if it has one).
+    Oidc {
+        issued_at: Option<u64>,
+    },
     /// A JWT this gateway signed (`phigate login`, development tokens).
-    GatewayToken,
+    GatewayToken {
+        issued_at: u64,
+    },
 }
 
 impl Credential {
@@ -69,9 +99,14 @@ impl Credential {
         match self {
             Credential::StaticToken => "static-token",
             Credential::ApiKey { .. } => "api-key",
-            Credential::Oidc => "oidc",
-            Credential::GatewayToken => "gateway-token",
+            Credential::Oidc { .. } => "oidc",
+            Credential::GatewayToken { .. } => "gateway-token",
         }
+    }
+
+    /// Whether the credential can be revoked while a session it opened runs.
+    pub fn revocable(&self) -> bool {
+        !matches!(self, Credential::StaticToken)
     }
 }
 
@@ -85,6 +120,13 @@ pub struct Identity {
     pub credential: Credential,
     /// When the credential stops being valid; the session ends then.
     pub expires_at: Option<SystemTime>,
+}
+
+impl Identity {
+    /// Who this is: subject and issuer together.
+    pub fn individual(&self) -> Individual {
+        Individual::new(&self.issuer, &self.subject.0)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,8 +156,16 @@ pub enum AuthError {
     MissingClaim(&'static str),
     #[error("token does not name an individual (subject claim missing or empty)")]
     MissingSubject,
+    #[error("token's e-mail address is not verified by the identity provider (email_verified is not true)")]
+    UnverifiedEmail,
     #[error("API key revoked")]
     KeyRevoked,
+    #[error("token revoked (phigate token revoke); sign in again")]
+    TokenRevoked,
+    #[error("this identity provider token was already exchanged; sign in again for a new one")]
+    AlreadyExchanged,
+    #[error("too many token exchanges are remembered right now; try again later")]
+    ExchangeBusy,
     #[error("API key expired")]
     KeyExpired,
     #[error("the identity provider's keys cannot be fetched right now")]
@@ -137,6 +187,7 @@ impl AuthError {
             AuthError::RoleNotAllowed { .. }
                 | AuthError::NoRole { .. }
                 | AuthError::IdpUnavailable
+                | AuthError::ExchangeBusy
                 | AuthError::RateLimited(_)
         )
     }
@@ -193,6 +244,17 @@ impl Elevations {
     }
 }
 
+/// What a token exchange vouches for: the individual, their groups, and when the IdP token
+/// expires (the gateway token must not outlive it).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// The `[[auth.oidc]]` name.
+    pub issuer: String,
+    pub expires_at: SystemTime,
+}
+
 pub struct Authenticator {
     /// Approved elevations: a role an identity may assume for a while beyond its bindings.
     pub elevations: Arc<Elevations>,
@@ -204,6 +266,10 @@ pub struct Authenticator {
     leeway: Duration,
     failed: limiter::FailedLogins,
     development: bool,
+    /// IdP tokens already exchanged (each is exchanged once).
+    exchanged: exchanged::Exchanged,
+    /// Individuals whose tokens were revoked (with a data directory).
+    token_revocations: Option<Arc<revocations::Revocations>>,
 }
 
 impl Authenticator {
@@ -242,6 +308,10 @@ impl Authenticator {
         let mut a = Authenticator::with_statics(&config.identities);
         a.oidc = oidc;
         a.signer = signer;
+        a.token_revocations = config
+            .data_dir
+            .as_deref()
+            .map(|d| Arc::new(revocations::Revocations::open(d)));
         a.keys = keys;
         a.bindings = config.bindings.clone();
         a.leeway = Duration::from_secs(config.auth.leeway_secs);
@@ -272,6 +342,8 @@ impl Authenticator {
             leeway: Duration::from_secs(30),
             failed: limiter::FailedLogins::new(10, Duration::from_secs(60)),
             development: false,
+            exchanged: exchanged::Exchanged::default(),
+            token_revocations: None,
         }
     }
 
@@ -384,21 +456,28 @@ impl Authenticator {
             if !trusted {
                 return Err(AuthError::UntrustedIssuer);
             }
+            let subject = jwt::subject(&claims, "sub")?;
+            // The signer always sets `iat`; a token without one is not ours to trust.
+            let issued_at = issued_at(&claims).ok_or(AuthError::MissingClaim("iat"))?;
+            self.check_revoked(&Individual::new(&idp, &subject), Some(issued_at))?;
             return Ok(Principal {
-                subject: jwt::subject(&claims, "sub")?,
+                subject,
                 groups: jwt::groups(&claims, Some("groups")),
                 issuer: idp,
-                credential: Credential::GatewayToken,
+                credential: Credential::GatewayToken { issued_at },
                 expires_at: Some(jwt::expiry(&claims)?),
                 roles: None,
             });
         }
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
+        let subject = oidc_subject(&issuer.cfg, &claims)?;
+        let issued_at = issued_at(&claims);
+        self.check_revoked(&Individual::new(&issuer.cfg.name, &subject), issued_at)?;
         Ok(Principal {
-            subject: jwt::subject(&claims, &issuer.cfg.subject_claim)?,
+            subject,
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
             issuer: issuer.cfg.name.clone(),
-            credential: Credential::Oidc,
+            credential: Credential::Oidc { issued_at },
             expires_at: Some(jwt::expiry(&claims)?),
             roles: None,
         })
@@ -435,13 +514,41 @@ impl Authenticator {
         Ok((issuer, claims))
     }
 
+    /// Refuses a token of `who` issued (`iat`) before their last `phigate token revoke`.
+    fn check_revoked(&self, who: &Individual, issued_at: Option<u64>) -> Result<(), AuthError> {
+        let Some(list) = &self.token_revocations else {
+            return Ok(());
+        };
+        if let Err(e) = list.reload_if_changed() {
+            tracing::error!(error = %e, "cannot read the token revocation file");
+        }
+        if list.is_revoked(who, issued_at) {
+            return Err(AuthError::TokenRevoked);
+        }
+        Ok(())
+    }
+
+    /// Reads the token revocation file again if it changed; when it did, live sessions check
+    /// their credentials again (the same channel as API key revocation).
+    pub fn reload_token_revocations(&self) {
+        let Some(list) = &self.token_revocations else {
+            return;
+        };
+        let changed = list.reload_if_changed().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the token revocation file");
+            true
+        });
+        if changed {
+            if let Some(keys) = &self.keys {
+                keys.notify();
+            }
+        }
+    }
+
     /// Checks an OIDC token (an ID token or access token from `phigate login`) and returns
-    /// the subject, groups and issuer name it vouches for. Counts towards the failed-login limit.
-    pub async fn exchange(
-        &self,
-        peer: IpAddr,
-        token: &str,
-    ) -> Result<(String, Vec<String>, String), AuthError> {
+    /// the individual and groups it vouches for, and its expiry. Each token is exchanged
+    /// once. Counts towards the failed-login limit.
+    pub async fn exchange(&self, peer: IpAddr, token: &str) -> Result<Exchange, AuthError> {
         let limited = self.failed.check(peer).err();
         let result = self.verify_for_exchange(token).await;
         if let Err(e) = &result {
@@ -469,18 +576,24 @@ impl Authenticator {
             .collect()
     }
 
-    async fn verify_for_exchange(
-        &self,
-        token: &str,
-    ) -> Result<(String, Vec<String>, String), AuthError> {
+    async fn verify_for_exchange(&self, token: &str) -> Result<Exchange, AuthError> {
         // peek refuses oversized tokens and `none` / HS* before anything else.
         let unverified = jwt::peek(token)?;
         let (issuer, claims) = self.verify_oidc(token, &unverified).await?;
-        Ok((
-            jwt::subject(&claims, &issuer.cfg.subject_claim)?,
-            jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
-            issuer.cfg.name.clone(),
-        ))
+        let subject = oidc_subject(&issuer.cfg, &claims)?;
+        self.check_revoked(
+            &Individual::new(&issuer.cfg.name, &subject),
+            issued_at(&claims),
+        )?;
+        let expires_at = jwt::expiry(&claims)?;
+        // Last: only a token that would otherwise be exchanged is remembered.
+        self.exchanged.claim(token_sha256(token), expires_at)?;
+        Ok(Exchange {
+            subject,
+            groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),
+            issuer: issuer.cfg.name.clone(),
+            expires_at,
+        })
     }
 
     /// The roles an identity may assume, in order of preference (the first is its default).
@@ -557,10 +670,17 @@ impl Authenticator {
 
     /// Whether the credential behind a running session is still good (not revoked).
     pub fn still_valid(&self, identity: &Identity) -> bool {
+        let revoked = |issued_at| {
+            self.token_revocations
+                .as_ref()
+                .is_some_and(|l| l.is_revoked(&identity.individual(), issued_at))
+        };
         match (&identity.credential, &self.keys) {
             (Credential::ApiKey { id }, Some(store)) => store.still_valid(id),
             (Credential::ApiKey { .. }, None) => false,
-            _ => true,
+            (Credential::GatewayToken { issued_at }, _) => !revoked(Some(*issued_at)),
+            (Credential::Oidc { issued_at }, _) => !revoked(*issued_at),
+            (Credential::StaticToken, _) => true,
         }
     }
 
@@ -568,6 +688,30 @@ impl Authenticator {
     pub fn revocations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.keys.as_ref().map(|k| k.subscribe())
     }
+}
+
+/// A token's `iat` in whole unix seconds, if it has a sensible one.
+fn issued_at(claims: &serde_json::Value) -> Option<u64> {
+    claims
+        .get("iat")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|t| (0.0..4.0e9).contains(t))
+        .map(|t| t as u64)
+}
+
+/// The individual an OIDC token names. An e-mail address names someone only if the IdP
+/// verified it: `email_verified` must be JSON `true` (not `"true"`, not absent), unless the
+/// issuer is configured with `allow_unverified_email`.
+fn oidc_subject(cfg: &OidcConfig, claims: &serde_json::Value) -> Result<String, AuthError> {
+    let subject = jwt::subject(claims, &cfg.subject_claim)?;
+    let is_email = cfg.subject_claim.trim().eq_ignore_ascii_case("email");
+    if is_email
+        && !cfg.allow_unverified_email
+        && claims.get("email_verified") != Some(&serde_json::Value::Bool(true))
+    {
+        return Err(AuthError::UnverifiedEmail);
+    }
+    Ok(subject)
 }
 
 /// The issuer name the gateway signs with.
@@ -672,5 +816,68 @@ mod tests {
         assert!(!is_loopback_url("http://idp.example.org"));
         assert!(!is_loopback_url("https://127.0.0.1"));
         assert!(!is_loopback_url("http://127.0.0.1.evil.org/"));
+    }
+
+    #[test]
+    fn item5_email_subjects_need_email_verified_true() {
+        let cfg = |allow: bool| -> OidcConfig {
+            let mut c: OidcConfig = serde_json::from_value(serde_json::json!({
+                "name": "corp", "issuer": "https://idp", "audience": ["phigate"],
+                "subject_claim": "email",
+            }))
+            .expect("config");
+            c.allow_unverified_email = allow;
+            c
+        };
+        let claims =
+            |v: serde_json::Value| serde_json::json!({"email": "a@x", "email_verified": v});
+        assert_eq!(
+            oidc_subject(&cfg(false), &claims(true.into())),
+            Ok("a@x".into())
+        );
+        for v in [
+            serde_json::json!(false),
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::Value::Null,
+        ] {
+            assert_eq!(
+                oidc_subject(&cfg(false), &claims(v.clone())),
+                Err(AuthError::UnverifiedEmail),
+                "{v}"
+            );
+            assert_eq!(oidc_subject(&cfg(true), &claims(v)), Ok("a@x".into()));
+        }
+        let absent = serde_json::json!({"email": "a@x"});
+        assert_eq!(
+            oidc_subject(&cfg(false), &absent),
+            Err(AuthError::UnverifiedEmail)
+        );
+        // `sub` is the IdP's own identifier: no e-mail rule.
+        let mut sub = cfg(false);
+        sub.subject_claim = "sub".into();
+        assert_eq!(
+            oidc_subject(&sub, &serde_json::json!({"sub": "s1"})),
+            Ok("s1".into())
+        );
+    }
+
+    #[test]
+    fn item11_schemes_compare_case_insensitively() {
+        use crate::config::auth::is_secure_url;
+        assert!(is_loopback_url("HTTP://LOCALHOST:9/"));
+        assert!(is_secure_url("HTTPS://idp.example.org"));
+        assert!(is_secure_url("https://idp.example.org/jwks"));
+        assert!(is_secure_url("http://127.0.0.1:8080/jwks"));
+        for bad in [
+            "HTTP://idp.example.org",
+            "Http://idp.example.org/jwks",
+            "http://idp.example.org",
+            "ftp://idp.example.org",
+            "idp.example.org",
+            "https://",
+        ] {
+            assert!(!is_secure_url(bad), "{bad}");
+        }
     }
 }

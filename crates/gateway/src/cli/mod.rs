@@ -63,7 +63,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Statements held for review: list, show, approve, deny (through the gateway's HTTP API).
     Review(review::ReviewArgs),
-    /// Development tokens (refused unless the config sets auth.development).
+    /// Development tokens (refused unless the config sets auth.development), and revoking
+    /// an individual's tokens.
     Token {
         #[command(subcommand)]
         command: token::TokenCommand,

@@ -1,10 +1,12 @@
 //! `phigate token mint`: development tokens (refused unless the config sets auth.development).
+//! `phigate token revoke`: every token of one individual issued until now is refused, and the
+//! sessions they opened end.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::parse_ttl;
+use super::{parse_ttl, StateDir};
 use crate::config::Config;
 
 #[derive(Subcommand)]
@@ -21,16 +23,57 @@ pub enum TokenCommand {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Revoke every gateway session token (and IdP token) of one individual issued until now:
+    /// they open no new session, and the sessions they opened end within a second. A new
+    /// `phigate login` afterwards works.
+    Revoke {
+        /// The issuer that vouched for the subject: an [[auth.oidc]] name, or `development`.
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        dir: StateDir,
+    },
 }
 
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Mint {
-        config,
-        subject,
-        groups,
-        ttl,
-    } = command;
-    mint(&config, &subject, &groups, &ttl)
+    match command {
+        TokenCommand::Mint {
+            config,
+            subject,
+            groups,
+            ttl,
+        } => mint(&config, &subject, &groups, &ttl),
+        TokenCommand::Revoke {
+            issuer,
+            subject,
+            dir,
+        } => revoke(&issuer, &subject, &dir),
+    }
+}
+
+fn revoke(issuer: &str, subject: &str, dir: &StateDir) -> anyhow::Result<()> {
+    let (dir, config) = dir.resolve()?;
+    if let Some(c) = &config {
+        let known = issuer == crate::auth::DEVELOPMENT_ISSUER
+            || c.auth.oidc.iter().any(|o| o.name == issuer);
+        if !known {
+            anyhow::bail!(
+                "--issuer {issuer} is not an [[auth.oidc]] name of this config (nor `development`)"
+            );
+        }
+    }
+    let r = crate::auth::revocations::revoke(&dir, issuer, subject)?;
+    println!(
+        "Revoked the tokens of {} at issuer {} issued before {}; their sessions end within a second.",
+        r.subject,
+        r.issuer,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.revoked_at)
+        )
+    );
+    Ok(())
 }
 
 fn mint(

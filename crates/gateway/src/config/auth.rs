@@ -45,7 +45,7 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 
 /// `http://127.0.0.1...`, `http://localhost...`, `http://[::1]...`.
 pub fn is_loopback_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = strip_scheme(url, "http") else {
         return false;
     };
     let host = rest.split(['/', '?']).next().unwrap_or_default();
@@ -54,7 +54,21 @@ pub fn is_loopback_url(url: &str) -> bool {
         _ => host,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The rest of `url` after `scheme://`, the scheme compared without regard to case (RFC 3986
+/// §3.1: `HTTP://` is `http://`, and must not slip past a rule written for `http://`).
+fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = url.split_once("://")?;
+    s.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// Whether keys or tokens may be fetched from `url`: https, or plain http to a loopback
+/// address. Any other scheme, in any case, is refused.
+pub fn is_secure_url(url: &str) -> bool {
+    strip_scheme(url, "https").is_some_and(|rest| !rest.is_empty()) || is_loopback_url(url)
 }
 
 /// A caller known by the SHA-256 of its token. The token goes in the password field; the
@@ -151,6 +165,12 @@ pub struct OidcConfig {
     pub jwks_max_age_secs: u64,
     /// CA bundle for the IdP's HTTPS certificate; the Mozilla roots if unset.
     pub ca_file: Option<PathBuf>,
+    /// DANGEROUS. When `subject_claim` is `email`, a token is refused unless its
+    /// `email_verified` claim is JSON `true`: at an IdP that lets people type in their own
+    /// address, an unverified e-mail lets anyone become anyone. Set this only for an IdP that
+    /// never issues an address its owner has not proven (and says so by omitting the claim).
+    #[serde(default)]
+    pub allow_unverified_email: bool,
 }
 
 fn default_subject_claim() -> String {
@@ -250,7 +270,7 @@ impl Config {
             if o.subject_claim.trim().is_empty() {
                 return invalid(format!("auth.oidc {}: subject_claim is empty", o.name));
             }
-            let insecure = |url: &str| url.starts_with("http://") && !is_loopback_url(url);
+            let insecure = |url: &str| !is_secure_url(url);
             if insecure(&o.issuer) || o.jwks_uri.as_deref().is_some_and(insecure) {
                 return invalid(format!(
                     "auth.oidc {}: the issuer and JWKS must be https (plain http only on loopback)",
@@ -262,8 +282,18 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("auth.oidc {}: {e}", o.name)))?;
             }
         }
+        // Bindings apply to OIDC identities and to gateway tokens (login, development).
+        let issuers = self.auth.oidc.len() + usize::from(self.auth.development);
         for (i, b) in self.bindings.iter().enumerate() {
             let n = i + 1;
+            if !b.subjects.is_empty() && b.issuer.is_none() && issuers > 1 {
+                return invalid(format!(
+                    "binding #{n}: it names subjects but no issuer, and {issuers} issuers are \
+                     configured; a subject is only an individual at its issuer (the same \
+                     text at another issuer is someone else): add issuer = \"<an [[auth.oidc]] \
+                     name or development>\""
+                ));
+            }
             if b.roles.is_empty() {
                 return invalid(format!("binding #{n}: roles is empty"));
             }

@@ -79,3 +79,64 @@ fn two_password_sources_are_rejected() {
     );
     assert!(Config::parse(&text, Path::new("t.toml")).is_err());
 }
+
+/// Issue 23 item 6: with several issuers, a binding by subject names its issuer.
+#[test]
+fn item6_subject_bindings_name_their_issuer_when_several_issuers_exist() {
+    let oidc = |name: &str, n: u8| {
+        format!(
+            "\n[[auth.oidc]]\nname = \"{name}\"\nissuer = \"https://idp{n}.example.org\"\naudience = [\"phigate\"]\n"
+        )
+    };
+    let base = MINIMAL.replace(
+        "password = \"x\"",
+        "password = \"x\"\ndatabase = \"clinic\"",
+    );
+    let role = "\n[[role]]\nname = \"agent\"\n";
+    let binding = |issuer: &str| {
+        format!("\n[[binding]]\nsubjects = [\"alice\"]\nroles = [\"agent\"]\n{issuer}\n")
+    };
+    let parse = |text: String| Config::parse(&text, Path::new("t.toml")).map(|_| ());
+    // One issuer: unambiguous.
+    parse(format!("{base}{}{role}{}", oidc("corp", 1), binding(""))).expect("one issuer");
+    // Two issuers: the binding must say which.
+    let two = format!("{base}{}{}{role}", oidc("corp", 1), oidc("partner", 2));
+    let err = parse(format!("{two}{}", binding("")))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        err.contains("binding #1") && err.contains("issuer"),
+        "{err}"
+    );
+    parse(format!("{two}{}", binding("issuer = \"corp\""))).expect("named issuer");
+    // Groups alone stay as they were.
+    parse(format!(
+        "{two}\n[[binding]]\ngroups = [\"g\"]\nroles = [\"agent\"]\n"
+    ))
+    .expect("group binding");
+}
+
+/// Issue 23 item 11: `HTTP://` is plain http, whatever its case.
+#[test]
+fn item11_upper_case_http_issuers_and_jwks_are_refused() {
+    let oidc = |issuer: &str, jwks: &str| {
+        format!(
+            "{MINIMAL}\n[[auth.oidc]]\nname = \"corp\"\nissuer = \"{issuer}\"\naudience = [\"phigate\"]\n{jwks}\n"
+        )
+    };
+    let parse = |text: String| Config::parse(&text, Path::new("t.toml")).map(|_| ());
+    for (issuer, jwks) in [
+        ("HTTP://idp.example.org", ""),
+        ("Http://idp.example.org", ""),
+        (
+            "https://idp.example.org",
+            "jwks_uri = \"HTTP://idp.example.org/jwks\"",
+        ),
+        ("ftp://idp.example.org", ""),
+    ] {
+        let err = parse(oidc(issuer, jwks)).expect_err(issuer).to_string();
+        assert!(err.contains("must be https"), "{issuer} {jwks}: {err}");
+    }
+    parse(oidc("HTTPS://idp.example.org", "")).expect("https in capitals is https");
+    parse(oidc("HTTP://127.0.0.1:9000", "")).expect("loopback");
+}

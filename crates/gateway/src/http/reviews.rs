@@ -158,6 +158,7 @@ async fn decide(
     }
     let decision = Decision {
         reviewer: &who.subject.0,
+        reviewer_issuer: &who.issuer,
         role: &who.role.0,
         approve,
         reason,

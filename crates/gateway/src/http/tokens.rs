@@ -69,10 +69,16 @@ pub async fn exchange(
             "send the identity provider's token as Authorization: Bearer <token>",
         ));
     };
-    let (subject, groups, idp) = match shared.auth.exchange(peer.ip(), token).await {
+    let exchange = match shared.auth.exchange(peer.ip(), token).await {
         Ok(v) => v,
         Err(e @ crate::auth::AuthError::RateLimited(_)) => {
             return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
+        Err(e @ crate::auth::AuthError::ExchangeBusy) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
         }
         Err(e) => {
             return Err(ApiError::unauthorized(format!(
@@ -80,23 +86,41 @@ pub async fn exchange(
             )))
         }
     };
+    let crate::auth::Exchange {
+        subject,
+        groups,
+        issuer: idp,
+        expires_at,
+    } = exchange;
+    // The session token never outlives the IdP token it was exchanged for (whole seconds,
+    // rounded down).
+    let left = expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let ttl = shared
+        .tokens
+        .session_ttl
+        .min(std::time::Duration::from_secs(left.as_secs()));
+    if ttl.is_zero() {
+        return Err(ApiError::unauthorized(
+            "authentication failed: token expired",
+        ));
+    }
     let roles = shared.auth.roles_for(&subject, &groups, &idp);
     if roles.is_empty() {
         return Err(ApiError::forbidden(format!(
             "identity {subject} is not granted any role"
         )));
     }
-    let (token, expires) = signer
-        .mint(&subject, &groups, &idp, shared.tokens.session_ttl)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot sign a session token");
-            ApiError::internal("cannot sign a session token")
-        })?;
+    let (token, expires) = signer.mint(&subject, &groups, &idp, ttl).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a session token");
+        ApiError::internal("cannot sign a session token")
+    })?;
     tracing::info!(%peer, %subject, issuer = %idp, "session token issued");
     Ok(Json(json!({
         "token": token,
         "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
-        "expires_in": shared.tokens.session_ttl.as_secs(),
+        "expires_in": ttl.as_secs(),
         "subject": subject,
         "roles": roles,
     })))

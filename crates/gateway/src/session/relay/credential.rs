@@ -1,4 +1,5 @@
-//! The session's credential while the session lasts: its expiry, and (API keys) revocation.
+//! The session's credential while the session lasts: its expiry, and revocation (API keys,
+//! and tokens of an individual revoked by `phigate token revoke`).
 
 use crate::pgerror::{ClientError, ToClient};
 
@@ -37,14 +38,15 @@ pub struct CredentialWatch {
 
 impl CredentialWatch {
     pub fn new(identity: &crate::auth::Identity, shared: &Shared) -> Self {
-        let revocations = match identity.credential {
-            crate::auth::Credential::ApiKey { .. } => shared.auth.revocations().map(|mut rx| {
+        let revocations = if identity.credential.revocable() {
+            shared.auth.revocations().map(|mut rx| {
                 // A revocation between the login check and now must not be missed: check
                 // once at the start, whatever the channel says.
                 rx.mark_changed();
                 rx
-            }),
-            _ => None,
+            })
+        } else {
+            None
         };
         CredentialWatch {
             identity: identity.clone(),

@@ -82,6 +82,7 @@ impl Forward<'_> {
         let identity = self.credential.identity.clone();
         let request = HoldRequest {
             subject: &identity.subject.0,
+            issuer: &identity.issuer,
             role: &identity.role.0,
             session: self.guard.session(),
             sql: &held.sql,

@@ -1,0 +1,175 @@
+//! Revoking the tokens of one individual: `phigate token revoke --issuer I --subject S`.
+//!
+//! A gateway session token (or an IdP token) cannot be recalled once issued, so the gateway
+//! remembers, per individual (issuer, subject), the time of their last revocation: every token
+//! issued before it is refused, at login and in live sessions (which end at once, the way a
+//! revoked API key ends them). A token issued after it (a new `phigate login`) works again.
+//!
+//! The list is one JSON file in the data directory (`token-revocations.json`, mode 0600),
+//! rewritten atomically under a lock file so the CLI works while the gateway runs; the gateway
+//! notices a change (modification time and length) within a second. A file that cannot be read
+//! revokes every token (fail closed: a revocation must never be missed).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::jwt::unix_now;
+use super::Individual;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// The `[[auth.oidc]]` name (or `development`) that vouched for the subject.
+    pub issuer: String,
+    pub subject: String,
+    /// Unix seconds: tokens issued before this are refused.
+    pub revoked_at: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationFile {
+    version: u32,
+    revocations: Vec<Revocation>,
+}
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("token-revocations.json")
+}
+
+fn read_file(dir: &Path) -> anyhow::Result<RevocationFile> {
+    let p = path(dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationFile::default()),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", p.display())),
+    }
+}
+
+/// Revokes every token of `subject` at `issuer` issued until now; returns the record.
+pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocation> {
+    let printable =
+        |s: &str| !s.trim().is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+    if !printable(issuer) || !printable(subject) {
+        anyhow::bail!("--issuer and --subject must be 1 to 256 printable characters");
+    }
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("token-revocations.lock"))?;
+    lock.lock()?;
+    let mut file = read_file(dir)?;
+    // A token issued in this very second is refused too (its `iat` equals `revoked_at`).
+    let record = Revocation {
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+        revoked_at: unix_now() + 1,
+    };
+    file.revocations
+        .retain(|r| !(r.issuer == issuer && r.subject == subject));
+    file.revocations.push(record.clone());
+    file.version = 1;
+    crate::fsutil::write_private_atomic(&path(dir), &serde_json::to_vec_pretty(&file)?)?;
+    Ok(record)
+}
+
+#[derive(Default)]
+struct Loaded {
+    stamp: Option<(SystemTime, u64)>,
+    /// None: the file could not be read (every token is refused until it can).
+    by_individual: Option<HashMap<Individual, u64>>,
+}
+
+/// The gateway's view of the revocation file.
+pub struct Revocations {
+    dir: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+impl Revocations {
+    pub fn open(dir: &Path) -> Revocations {
+        let r = Revocations {
+            dir: dir.to_owned(),
+            state: Mutex::new(Loaded::default()),
+        };
+        if let Err(e) = r.reload_if_changed() {
+            tracing::error!(error = %e, "cannot read the token revocation file");
+        }
+        r
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the file again if it changed; `Ok(true)` when it did.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let mut st = self.state();
+        let stamp = std::fs::metadata(path(&self.dir))
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let loaded_once = st.by_individual.is_some() || st.stamp.is_some();
+        if stamp == st.stamp && loaded_once {
+            return Ok(false);
+        }
+        let result = read_file(&self.dir);
+        st.stamp = stamp;
+        st.by_individual = result.as_ref().ok().map(|f| {
+            f.revocations
+                .iter()
+                .map(|r| (Individual::new(&r.issuer, &r.subject), r.revoked_at))
+                .collect()
+        });
+        result.map(|_| true)
+    }
+
+    /// Whether a token of `who` issued at `issued_at` (unix seconds; None: unknown) is revoked.
+    pub fn is_revoked(&self, who: &Individual, issued_at: Option<u64>) -> bool {
+        match &self.state().by_individual {
+            None => true,
+            Some(map) => map
+                .get(who)
+                .is_some_and(|revoked| issued_at.is_none_or(|iat| iat < *revoked)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item8_revocation_refuses_earlier_tokens_of_that_individual_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let list = Revocations::open(dir.path());
+        let alice = Individual::new("corp", "alice");
+        let now = unix_now();
+        assert!(!list.is_revoked(&alice, Some(now)));
+        let rec = revoke(dir.path(), "corp", "alice").expect("revoke");
+        assert!(list.reload_if_changed().expect("reload"));
+        assert!(list.is_revoked(&alice, Some(now)));
+        assert!(list.is_revoked(&alice, None));
+        assert!(!list.is_revoked(&alice, Some(rec.revoked_at)));
+        // A namesake at another issuer is someone else.
+        assert!(!list.is_revoked(&Individual::new("partner", "alice"), Some(now)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(dir.path()))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An unreadable file revokes everything.
+        std::fs::write(path(dir.path()), b"not json, and longer").expect("write");
+        assert!(list.reload_if_changed().is_err());
+        assert!(list.is_revoked(&Individual::new("partner", "bob"), Some(now)));
+        assert!(revoke(dir.path(), "corp", "").is_err());
+    }
+}
