@@ -140,3 +140,78 @@ fn item11_upper_case_http_issuers_and_jwks_are_refused() {
     parse(oidc("HTTPS://idp.example.org", "")).expect("https in capitals is https");
     parse(oidc("HTTP://127.0.0.1:9000", "")).expect("loopback");
 }
+
+/// Every setting the schema knows, as its dotted TOML path (`listen.address`, `role.grant.tables`);
+/// maps whose keys the user chooses (`[[phi]] columns`, a role's `masking`) end in `*`.
+fn schema_paths(node: &serde_json::Value, defs: &serde_json::Value, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(name) = node["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+        return schema_paths(&defs[name], defs, prefix);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for branch in node[key].as_array().into_iter().flatten() {
+            out.extend(schema_paths(branch, defs, prefix));
+        }
+    }
+    if node["items"].is_object() {
+        out.extend(schema_paths(&node["items"], defs, prefix));
+    }
+    if node["additionalProperties"].is_object() {
+        out.push(format!("{prefix}*"));
+    }
+    for (key, child) in node["properties"].as_object().into_iter().flatten() {
+        out.push(format!("{prefix}{key}"));
+        out.extend(schema_paths(child, defs, &format!("{prefix}{key}.")));
+    }
+    out
+}
+
+/// Every key the reference's TOML examples set, as dotted paths (array elements merged).
+fn example_paths(value: &toml::Value, prefix: &str, open: &[String], out: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            if open.iter().any(|p| p.strip_suffix('*') == Some(prefix)) {
+                return;
+            }
+            for (key, child) in table {
+                out.push(format!("{prefix}{key}"));
+                example_paths(child, &format!("{prefix}{key}."), open, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                example_paths(item, prefix, open, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_configuration_reference_documents_every_setting_and_only_those() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/config.schema.json")).expect("schema");
+    let known = schema_paths(&schema, &schema["definitions"], "");
+    let open: Vec<String> = known.iter().filter(|p| p.ends_with('*')).cloned().collect();
+    let reference = include_str!("../../../../docs/configuration.md");
+    let mut documented = Vec::new();
+    for block in reference.split("```toml\n").skip(1) {
+        let text = block.split("```").next().unwrap_or_default();
+        let value: toml::Value = toml::from_str(text)
+            .unwrap_or_else(|e| panic!("a TOML example in docs/configuration.md: {e}"));
+        example_paths(&value, "", &open, &mut documented);
+    }
+    let missing: Vec<&String> = known
+        .iter()
+        .filter(|p| !p.ends_with('*') && !documented.contains(p))
+        .collect();
+    let unknown: Vec<&String> = documented.iter().filter(|p| !known.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "settings missing from docs/configuration.md: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "docs/configuration.md names settings that do not exist: {unknown:?}"
+    );
+}
