@@ -236,7 +236,12 @@ fn demo_config(
         identities: Vec::new(),
         limits: Default::default(),
         phi: demo_phi(),
-        approvals: Default::default(),
+        // The agent may ask to act as a clinician for a while (`phigate review request`); a
+        // reviewer decides.
+        approvals: crate::config::ApprovalsConfig {
+            elevation_roles: vec!["clinician".into()],
+            ..Default::default()
+        },
         recording: crate::config::RecordingConfig {
             key_file: Some(recording_key),
             ..Default::default()
