@@ -105,11 +105,67 @@ pub enum Refused {
     Individual(usize),
     #[error("role {role} already holds {cap} sessions (its max_sessions); try again shortly")]
     Role { role: String, cap: usize },
+    #[error("too many connections from your address still logging in ({0} at once)")]
+    Source(usize),
+}
+
+/// Connections at once per source address (IPv6: per /64): one host cannot take every place
+/// of a listener however many sockets it opens. The map holds only sources with a connection
+/// now, so it is bounded by the listener's own connection cap.
+pub struct PerSource {
+    cap: usize,
+    by_source: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A source's place, given back when dropped.
+pub struct SourceSlot {
+    sources: Arc<PerSource>,
+    source: std::net::IpAddr,
+}
+
+impl PerSource {
+    pub fn new(cap: usize) -> Arc<PerSource> {
+        Arc::new(PerSource {
+            cap,
+            by_source: Mutex::default(),
+        })
+    }
+
+    /// A place for one more connection from `ip`, or why not.
+    pub fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<SourceSlot, Refused> {
+        let source = crate::auth::limiter::source(ip);
+        let mut by = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = by.entry(source).or_default();
+        if *n >= self.cap {
+            if *n == 0 {
+                by.remove(&source);
+            }
+            return Err(Refused::Source(self.cap));
+        }
+        *n += 1;
+        Ok(SourceSlot {
+            sources: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut by = self
+            .sources
+            .by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        release(&mut by, &self.source);
+    }
 }
 
 /// The session caps, shared by every session.
 pub struct Admission {
     connections: Arc<Semaphore>,
+    /// Connections still logging in, per source address.
+    pub startups: Arc<PerSource>,
     max_connections: usize,
     per_individual: usize,
     per_role: usize,
@@ -132,6 +188,7 @@ impl Admission {
     pub fn new(limits: &Limits, max_connections: usize) -> Arc<Admission> {
         Arc::new(Admission {
             connections: Arc::new(Semaphore::new(max_connections)),
+            startups: PerSource::new(limits.startups_per_source),
             max_connections,
             per_individual: limits.sessions_per_identity,
             per_role: limits.sessions_per_role,
@@ -223,6 +280,20 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_source_has_a_cap_of_its_own_and_ipv6_counts_per_64() {
+        let sources = PerSource::new(2);
+        let a: std::net::IpAddr = "2001:db8::1".parse().expect("ip");
+        let a2: std::net::IpAddr = "2001:db8::ffff:2".parse().expect("ip");
+        let b: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+        let first = sources.acquire(a).expect("first");
+        let _second = sources.acquire(a2).expect("second, same /64");
+        assert_eq!(sources.acquire(a).err(), Some(Refused::Source(2)));
+        let _other = sources.acquire(b).expect("another source is not affected");
+        drop(first);
+        let _again = sources.acquire(a).expect("a place came back");
+    }
 
     fn role(name: &str, cap: Option<usize>) -> phigate_policy::Role {
         let config = format!(

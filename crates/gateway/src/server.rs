@@ -119,10 +119,15 @@ async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => match shared.admission.connection() {
-                    Ok(connection) => {
+                Ok((tcp, peer)) => match shared
+                    .admission
+                    .connection()
+                    .and_then(|c| Ok((c, shared.admission.startups.acquire(peer.ip())?)))
+                {
+                    Ok((connection, startup)) => {
                         let shared = shared.clone();
-                        sessions.spawn(crate::session::handle(tcp, peer, shared, connection));
+                        let places = crate::session::Places { connection, startup };
+                        sessions.spawn(crate::session::handle(tcp, peer, shared, places));
                     }
                     // Full: told at once, without reading or waiting (the socket closes here).
                     Err(refused) => {

@@ -60,6 +60,7 @@ pub struct Listen {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     pub http_max_connections: usize,
+    pub http_connections_per_source: usize,
 }
 
 /// The gateway's own tokens.
@@ -184,6 +185,7 @@ impl Shared {
                 http_header_timeout: Duration::from_secs(config.listen.http_header_timeout_secs),
                 http_body_timeout: Duration::from_secs(config.listen.http_body_timeout_secs),
                 http_max_connections: budget.http_connections,
+                http_connections_per_source: config.listen.http_connections_per_source,
             },
             auth,
             tokens: Tokens {

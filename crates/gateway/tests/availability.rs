@@ -536,3 +536,82 @@ async fn item3_access_requests_are_limited_per_individual_and_in_total() {
     assert_eq!(code, 429, "{body}");
     assert!(body.contains("wait for a decision"), "{body}");
 }
+
+/// A blocking socket to `port` on 127.0.0.1 from `source` (any 127.0.0.0/8 address is this
+/// machine): another host, as far as the gateway can tell.
+async fn from_source(source: &str, port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind");
+    let tcp = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    let std = tcp.into_std().expect("std socket");
+    std.set_nonblocking(false).expect("blocking");
+    std
+}
+
+/// Item 1 (after review): one address that opens sockets and never logs in (or never finishes
+/// an HTTP request) fills only its own share of either port: other addresses still log in and
+/// probes still answer. A GSSENCRequest is answered once, not for as long as a client asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_one_address_cannot_fill_either_port() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.listen_extra = "http_max_connections = 16\nhttp_connections_per_source = 4\n".into();
+    opts.extra = "[limits]\nstartups_per_source = 4\n".into();
+    let gw = Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway: {e}"));
+    let key = create_key(&gw, "agent-key", "ai-agent");
+
+    // PostgreSQL port: four silent sockets from 127.0.0.2 take that address's share...
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(from_source("127.0.0.2", gw.pg_port).await);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = from_source("127.0.0.2", gw.pg_port).await;
+    let refused = read_until_closed(&mut fifth, Duration::from_secs(2))
+        .expect("the fifth is refused at once");
+    assert!(refused.contains("53300"), "{refused:?}");
+    assert!(refused.contains("still logging in"), "{refused:?}");
+    // ... and nothing more: another address logs in, as often as it likes.
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(connect_soon(&key_conninfo(&gw, "ai-agent", &key)).await);
+    }
+    for client in &sessions {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    drop(silent);
+
+    // HTTP port: four half-sent requests from 127.0.0.3 fill that address's share only.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = from_source("127.0.0.3", gw.http_port).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+            .expect("half a request");
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = from_source("127.0.0.3", gw.http_port).await;
+    let busy = read_until_closed(&mut extra, Duration::from_secs(2)).expect("answered at once");
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    let (code, body) = gw
+        .http_get("/healthz")
+        .expect("healthz from another address");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = gw.http_get("/readyz").expect("readyz from another address");
+    assert_eq!(code, 200, "{body}");
+
+    // A second GSSENCRequest ends the connection instead of being answered again.
+    let gssenc = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+    let mut s = TcpStream::connect(("127.0.0.1", gw.pg_port)).expect("connect");
+    s.write_all(&gssenc).expect("GSSENCRequest");
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"N");
+    s.write_all(&gssenc).expect("again");
+    let rest = read_until_closed(&mut s, Duration::from_secs(2)).expect("closed at once");
+    assert!(rest.contains("duplicate GSSENCRequest"), "{rest:?}");
+}

@@ -19,7 +19,7 @@ pub struct FailedLogins {
     by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
-fn source(ip: IpAddr) -> IpAddr {
+pub fn source(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

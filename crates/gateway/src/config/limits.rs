@@ -14,6 +14,12 @@ pub struct Limits {
     /// recording), so the gateway always keeps descriptors for its own files.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// PostgreSQL-port connections one source address (IPv6: one /64) may have logging in at
+    /// once (TLS, startup, authentication): a host that opens sockets and never logs in cannot
+    /// fill `max_connections`. Established sessions do not count. Further connections from
+    /// that address are refused with SQLSTATE 53300.
+    #[serde(default = "default_startups_per_source")]
+    pub startups_per_source: usize,
     /// Sessions one individual (issuer and subject) may hold at once, across all its roles.
     #[serde(default = "default_per_identity")]
     pub sessions_per_identity: usize,
@@ -36,6 +42,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: default_max_connections(),
+            startups_per_source: default_startups_per_source(),
             sessions_per_identity: default_per_identity(),
             sessions_per_role: default_per_role(),
             access_requests_per_hour: default_access_requests(),
@@ -46,6 +53,9 @@ impl Default for Limits {
 
 fn default_max_connections() -> usize {
     1000
+}
+fn default_startups_per_source() -> usize {
+    32
 }
 fn default_per_identity() -> usize {
     20

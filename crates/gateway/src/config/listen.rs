@@ -50,6 +50,11 @@ pub struct Listen {
     /// file descriptor limit cannot carry it.
     #[serde(default = "default_http_max_connections")]
     pub http_max_connections: usize,
+    /// HTTP connections one source address (IPv6: one /64) may hold at once: one host cannot
+    /// take every place and shut out health probes and reviewers. Raise it when a proxy on one
+    /// address carries every caller.
+    #[serde(default = "default_http_connections_per_source")]
+    pub http_connections_per_source: usize,
     /// Who may read `/metrics` (it shows the gateway's activity): `loopback` (the default:
     /// callers on this machine), `readers` (also requires a credential of an
     /// `audit.reader_roles` role), or `public` (anyone who reaches the HTTP port, e.g. a
@@ -76,6 +81,9 @@ fn default_http_body_timeout() -> u64 {
 }
 fn default_http_max_connections() -> usize {
     256
+}
+fn default_http_connections_per_source() -> usize {
+    64
 }
 fn default_max_message() -> usize {
     64 * 1024 * 1024

@@ -150,10 +150,15 @@ impl Config {
         if l.max_connections == 0
             || l.sessions_per_identity == 0
             || l.sessions_per_role == 0
+            || l.startups_per_source == 0
             || self.listen.http_max_connections == 0
+            || self.listen.http_connections_per_source == 0
         {
             return Err(ConfigError::Invalid(
-                "limits.max_connections, limits.sessions_per_identity, limits.sessions_per_role                  and listen.http_max_connections must be at least 1"
+                "limits.max_connections, limits.startups_per_source, \
+                 limits.sessions_per_identity, limits.sessions_per_role, \
+                 listen.http_max_connections and listen.http_connections_per_source must be \
+                 at least 1"
                     .into(),
             ));
         }

@@ -207,6 +207,7 @@ fn demo_config(
             http_header_timeout_secs: 10,
             http_body_timeout_secs: 30,
             http_max_connections: 256,
+            http_connections_per_source: 64,
         },
         tls: Some(tls.clone()),
         upstream: Upstream {

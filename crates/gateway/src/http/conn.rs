@@ -42,6 +42,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Serves `app` on `listener` until `stop`; then lets requests in progress finish.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = crate::admission::PerSource::new(limits.per_source);
     let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -61,7 +62,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             },
             _ = stop.cancelled() => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let (Ok(slot), Ok(source)) = (
+            slots.clone().try_acquire_owned(),
+            sources.acquire(peer.ip()),
+        ) else {
             let _ = tcp.try_write(BUSY);
             continue;
         };
@@ -79,7 +83,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
         let conn = builder.serve_connection(io, service);
         let stop = stop.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, source);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => log_end(peer, r),
@@ -104,6 +108,7 @@ fn log_end(peer: SocketAddr, r: Result<(), hyper::Error>) {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub per_source: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }

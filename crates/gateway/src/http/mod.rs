@@ -95,6 +95,7 @@ impl HttpServer {
         let listen = &self.shared.listen;
         let limits = conn::Limits {
             max_connections: listen.http_max_connections,
+            per_source: listen.http_connections_per_source,
             header_timeout: listen.http_header_timeout,
             body_timeout: listen.http_body_timeout,
         };

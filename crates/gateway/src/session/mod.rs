@@ -164,12 +164,11 @@ fn auth_error(e: &AuthError) -> ClientError {
 
 /// Drives one client connection to its end. Errors are logged here; nothing propagates.
 /// `_connection` is its place under `limits.max_connections`, held to the end.
-pub async fn handle(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    _connection: crate::admission::Connection,
-) {
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, places: Places) {
+    let Places {
+        connection: _connection,
+        startup,
+    } = places;
     let _ = tcp.set_nodelay(true);
     let timeout = shared.listen.startup_timeout;
     let mut stream = Stream::Plain(tcp);
@@ -182,6 +181,8 @@ pub async fn handle(
         },
         _ = shared.lifecycle.draining.cancelled() => Err(SessionError::ShuttingDown),
     };
+    // Logged in (or not): the source's place among connections still logging in comes back.
+    drop(startup);
     match started {
         Ok(None) => {}
         Ok(Some(ready)) => relay::relay(ready, &shared).await,
@@ -197,13 +198,28 @@ pub async fn handle(
                 }
                 _ => tracing::info!(%peer, error = %e, "connection ended during startup"),
             }
-            if let Some(notice) = e.to_client() {
-                let _ = stream.write_all(&notice.to_bytes()).await;
-            }
-            let _ = stream.shutdown().await;
+            // The refusal is a courtesy with a deadline: a client that does not read cannot
+            // keep its connection (and its place under the caps) past the startup timeout.
+            let farewell = async {
+                if let Some(notice) = e.to_client() {
+                    let _ = stream.write_all(&notice.to_bytes()).await;
+                }
+                let _ = stream.shutdown().await;
+            };
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
         }
     }
 }
+
+/// A connection's places under the caps: on the listener (for its whole life) and among its
+/// source address's connections still logging in (until startup ends).
+pub struct Places {
+    pub connection: crate::admission::Connection,
+    pub startup: crate::admission::SourceSlot,
+}
+
+/// How long a refused client gets to take its error message before the connection is dropped.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A session that passed startup, ready for the relay.
 pub struct Ready {

@@ -208,6 +208,7 @@ async fn negotiate(
 ) -> Result<Option<(StartupMessage, BytesMut)>, SessionError> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut tried_tls = false;
+    let mut tried_gss = false;
     loop {
         let packet = loop {
             if let Some(p) = parse_startup(&mut buf)? {
@@ -247,7 +248,15 @@ async fn negotiate(
                     None => stream.write_all(b"N").await?,
                 }
             }
-            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            // Once, as PostgreSQL allows: a client repeating it would have the gateway answer
+            // for as long as it keeps asking.
+            StartupPacket::GssEncRequest => {
+                if tried_gss || tried_tls || stream.is_tls() {
+                    return Err(SessionError::Startup("duplicate GSSENCRequest"));
+                }
+                tried_gss = true;
+                stream.write_all(b"N").await?
+            }
             StartupPacket::Cancel(key) => {
                 let found = shared.cancels.cancel(FrontendKey(key)).await;
                 tracing::info!(%peer, relayed = found, "cancel request");
