@@ -174,8 +174,8 @@ pub struct StatementRecord {
     pub text_sha256: Option<String>,
     /// Hex SHA-256 (first 16 bytes) of the redacted text: the statement's shape.
     pub fingerprint: String,
-    /// Keyed hashes (`hmac:<hex>`) of the literals, in placeholder order (or the literals
-    /// themselves in full mode): the first 256; the rest are counted in `literals_omitted` and
+    /// Keyed hashes (`hmac:<hex>`) of the literals, in placeholder order (empty in full mode,
+    /// where `text` holds them as sent): the first 256; the rest are counted in `literals_omitted` and
     /// covered by `text_sha256`, the hash of the whole text.
     pub literals: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -186,7 +186,8 @@ pub struct StatementRecord {
     pub kinds: Vec<String>,
     /// Relations touched: `schema.table:action`.
     pub tables: Vec<String>,
-    /// PHI columns masked in the result (filled in once masking runs).
+    /// PHI columns masked in the result (for a masked role: the tagged columns the statement
+    /// read through its masking views).
     pub masked_columns: Vec<String>,
     /// `allow`, `deny` or `require_approval`.
     pub decision: String,

@@ -49,7 +49,9 @@ pub struct Tightened {
     pub now: u32,
 }
 
-/// Tightens everything under `root` (itself included) that is ours: regular files to owner-only
+/// Tightens everything under `root` (itself included) that is ours (owned by the gateway's
+/// effective user; the root may belong to someone else, e.g. `root:phigate 0770`, and is
+/// walked all the same, with a warning if others can read it): regular files to owner-only
 /// (the owner's bits kept), directories to 0700 — or 0711 for a directory holding something
 /// owned by another user, who must be able to pass through it (the demo run as root keeps
 /// PostgreSQL's directory, owned by `postgres`, in its data directory). Never loosens a mode,
@@ -61,16 +63,27 @@ pub fn tighten_tree(root: &Path) -> std::io::Result<Vec<Tightened>> {
     // A data directory may well be a symbolic link itself (/var/lib/phigate -> /data/...):
     // the walk starts at what it names, and follows no link below.
     let root = std::fs::canonicalize(root)?;
-    let me = std::fs::symlink_metadata(&root)?.uid();
+    let me = rustix::process::geteuid().as_raw();
     let mut changed = Vec::new();
+    let top = root.clone();
     let mut todo = vec![root];
     while let Some(dir) = todo.pop() {
         let meta = std::fs::symlink_metadata(&dir)?;
-        if !meta.is_dir() || meta.uid() != me || dir.join("PG_VERSION").exists() {
+        let ours = meta.uid() == me;
+        if !meta.is_dir() || (!ours && dir != top) || dir.join("PG_VERSION").exists() {
             continue;
         }
+        if !ours && meta.permissions().mode() & 0o007 != 0 {
+            tracing::warn!(path = %dir.display(), mode = %format!("{:04o}", meta.permissions().mode() & 0o7777), "the data directory belongs to another user and others can enter it: make it 0750 or tighter");
+        }
         let mut foreign = false;
-        for entry in std::fs::read_dir(&dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Someone else's directory we may pass through but not list: nothing of ours to see.
+            Err(e) if !ours && e.kind() == std::io::ErrorKind::PermissionDenied => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let m = std::fs::symlink_metadata(entry.path())?;
             if m.uid() != me {
@@ -83,8 +96,10 @@ pub fn tighten_tree(root: &Path) -> std::io::Result<Vec<Tightened>> {
                 tighten(&entry.path(), m.permissions().mode(), 0, &mut changed)?;
             }
         }
-        let traverse = if foreign { 0o011 } else { 0 };
-        tighten(&dir, meta.permissions().mode(), traverse, &mut changed)?;
+        if ours {
+            let traverse = if foreign { 0o011 } else { 0 };
+            tighten(&dir, meta.permissions().mode(), traverse, &mut changed)?;
+        }
     }
     Ok(changed)
 }

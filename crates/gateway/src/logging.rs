@@ -27,29 +27,55 @@ pub fn init(format: LogFormat, level: Option<&str>) {
     };
 }
 
-/// The text format's fields: `name=value` separated by spaces, the message bare, every
-/// control character escaped (`\n`, `\u{1b}`, ...).
+/// The text format's fields: `name=value` separated by spaces, the message bare. A value with
+/// a space, `=`, a quote or a backslash in it is quoted (`name="a b"`), so one value cannot
+/// pose as several fields; every invisible character (controls, line separators,
+/// bidirectional and zero-width characters) is escaped (`\n`, `\u{202e}`), and a backslash is
+/// doubled, so an escape in the log always means the gateway wrote it.
 pub fn text_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
     tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        let text = escape_controls(&format!("{value:?}"));
+        let raw = format!("{value:?}");
         if field.name() == "message" {
-            w.write_str(&text)
+            return w.write_str(&escape_controls(&raw));
+        }
+        // `?value` of a string is already quoted and escaped by Debug.
+        let debug_quoted = raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"');
+        let plain = !raw.is_empty()
+            && !raw
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '=' | '\\') || invisible(c));
+        if debug_quoted {
+            write!(w, "{}={}", field.name(), escape_invisible(&raw))
+        } else if plain {
+            write!(w, "{}={raw}", field.name())
         } else {
-            write!(w, "{}={text}", field.name())
+            let quoted = escape_controls(&raw).replace('"', "\\\"");
+            write!(w, "{}=\"{quoted}\"", field.name())
         }
     })
     .delimited(" ")
 }
 
-/// `s` with each control character (C0, DEL, C1, and the Unicode line and paragraph
-/// separators) written as its Rust escape.
+fn invisible(c: char) -> bool {
+    crate::text::invisible(c)
+}
+
+/// `s` with each backslash doubled and each invisible character escaped.
 pub fn escape_controls(s: &str) -> String {
+    escape_invisible(&s.replace('\\', "\\\\"))
+}
+
+/// `s` with each invisible character (controls, line and paragraph separators, bidirectional
+/// and zero-width characters) written as an escape.
+fn escape_invisible(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
         }
     }
     out
@@ -92,8 +118,37 @@ mod tests {
         });
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.contains("name=x\\n2026"), "{text}");
+        assert!(text.contains("name=\"x\\n2026"), "{text}");
         assert!(text.contains("message x\\n2026"), "{text}");
         assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+    }
+
+    #[test]
+    fn no_value_can_pose_as_another_field_or_hide_what_it_says() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .fmt_fields(text_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let spoof = "x role=admin subject=root";
+            let hidden = "evil\u{202e}txt.exe\u{200b}";
+            let slash = "a\\nb";
+            tracing::info!(user = %spoof, name = %hidden, path = %slash, plain = "ok", "m");
+        });
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(
+            text.contains("user=\"x role=admin subject=root\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("name=\"evil\\u{202e}txt.exe\\u{200b}\""),
+            "{text}"
+        );
+        // A literal backslash-n is not a newline the gateway escaped.
+        assert!(text.contains("path=\"a\\\\nb\""), "{text}");
+        assert!(text.contains("plain=\"ok\""), "{text}");
     }
 }

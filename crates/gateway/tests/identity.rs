@@ -1021,7 +1021,9 @@ async fn item5_unverified_email_is_refused() {
 async fn item7_a_dotted_top_level_claim_does_not_shadow_the_nested_path() {
     let edge = EdgeIssuer::start();
     let gw = edge_gateway(&edge, "groups_claim = \"realm_access.roles\"");
-    let token = edge.sign(
+    // A top-level claim named like the path, saying something else: neither is believed, so
+    // the groups bind no role at all.
+    let forged = edge.sign(
         edge.claims(json!({
             "groups": null,
             "realm_access": {"roles": ["agents"]},
@@ -1029,9 +1031,16 @@ async fn item7_a_dotted_top_level_claim_does_not_shadow_the_nested_path() {
         })),
         "edge-1",
     );
-    let (code, msg) = refusal(&gw, "clinician", &token).await;
-    assert_eq!(code, "28000", "{msg}");
-    assert!(msg.contains("may not assume role"), "{msg}");
+    for role in ["clinician", "ai-agent"] {
+        let (code, msg) = refusal(&gw, role, &forged).await;
+        assert_eq!(code, "28000", "{msg}");
+        assert!(msg.contains("not granted any role"), "{msg}");
+    }
+    // The nested path alone is read as the IdP wrote it.
+    let token = edge.sign(
+        edge.claims(json!({"groups": null, "realm_access": {"roles": ["agents"]}})),
+        "edge-1",
+    );
     let (client, _conn) = connect(&gw, "ai-agent", &token)
         .await
         .expect("the nested roles bind ai-agent");
@@ -1083,6 +1092,48 @@ async fn item8_exchange_is_single_use_and_never_outlives_the_id_token() {
     // Another ID token of the same person is fine.
     let other = edge.sign(edge.claims(json!({"jti": "2"})), "edge-1");
     assert_eq!(exchange(&gw, &other).await.0, 200);
+    // The same token with its ECDSA signature's other valid form (s → n − s) is the same
+    // token: refused too.
+    let twin = other_ecdsa_form(&other);
+    assert_ne!(twin, other);
+    let (status, body) = exchange(&gw, &twin).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("already exchanged"), "{body}");
+    // Each refused exchange is a failed login in the audit log.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phigate"))
+        .args(["audit", "search", "--type", "login_failed", "--data-dir"])
+        .arg(gw.data_dir())
+        .output()
+        .expect("audit search");
+    let refused: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &Value| r["user"] == "token-exchange" && r["via"] == "http")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|r| r["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("already exchanged")));
+}
+
+/// The other valid ES256 signature of the same token: `s` replaced by `n − s` (P-256's order).
+fn other_ecdsa_form(token: &str) -> String {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (signed, sig) = token.rsplit_once('.').expect("three parts");
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).expect("signature");
+    assert_eq!(sig.len(), 64, "r || s");
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = (d + 256 * borrow) as u8;
+    }
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,13 @@
 //! again and again. The SHA-256 of every exchanged token is kept until the token's own `exp`
 //! (after that the token is refused anyway). The set is bounded; when it is full of unexpired
 //! entries the exchange is refused ("busy", HTTP 503) rather than forgetting one, which would
-//! make that token exchangeable again.
+//! make that token exchangeable again. One individual may have at most [`PER_INDIVIDUAL`]
+//! unexpired exchanges remembered: past that only they are refused (HTTP 429), so one person
+//! minting ID tokens in a loop cannot fill the set for everyone.
+//!
+//! A token is known by its signed part (`header.payload`), not its whole text: an ECDSA
+//! signature has two valid forms (`s` and `n − s`), so the same token could otherwise be
+//! presented twice under different hashes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,10 +20,39 @@ use super::AuthError;
 
 /// At most this many unexpired exchanged tokens are remembered.
 pub const CAPACITY: usize = 100_000;
+/// Unexpired exchanges one individual may have remembered.
+pub const PER_INDIVIDUAL: usize = 100;
 
 pub struct Exchanged {
     capacity: usize,
-    seen: Mutex<HashMap<[u8; 32], SystemTime>>,
+    per_individual: usize,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Token → (its expiry, whose it is).
+    tokens: HashMap<[u8; 32], (SystemTime, [u8; 32])>,
+    /// Individual → how many of `tokens` are theirs.
+    by_individual: HashMap<[u8; 32], usize>,
+}
+
+impl Seen {
+    fn forget_expired(&mut self, now: SystemTime) {
+        let by_individual = &mut self.by_individual;
+        self.tokens.retain(|_, (expires, who)| {
+            let keep = *expires > now;
+            if !keep {
+                if let Some(n) = by_individual.get_mut(who) {
+                    *n -= 1;
+                    if *n == 0 {
+                        by_individual.remove(who);
+                    }
+                }
+            }
+            keep
+        });
+    }
 }
 
 impl Default for Exchanged {
@@ -30,25 +65,46 @@ impl Exchanged {
     pub fn with_capacity(capacity: usize) -> Exchanged {
         Exchanged {
             capacity,
-            seen: Mutex::new(HashMap::new()),
+            per_individual: PER_INDIVIDUAL.min(capacity),
+            seen: Mutex::default(),
         }
     }
 
-    /// Records the token (by its hash) as exchanged, valid until `expires`; refuses a token
-    /// seen before, and any token while the set is full of unexpired entries.
-    pub fn claim(&self, hash: [u8; 32], expires: SystemTime) -> Result<(), AuthError> {
+    /// Records the token (by the hash of its signed part) as exchanged by `individual` (a hash
+    /// of issuer and subject), valid until `expires`; refuses a token seen before, an
+    /// individual with [`PER_INDIVIDUAL`] unexpired exchanges, and any token while the set is
+    /// full of unexpired entries.
+    pub fn claim(
+        &self,
+        hash: [u8; 32],
+        individual: [u8; 32],
+        expires: SystemTime,
+    ) -> Result<(), AuthError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = SystemTime::now();
-        if seen.get(&hash).is_some_and(|t| *t > now) {
+        if seen.tokens.get(&hash).is_some_and(|(t, _)| *t > now) {
             return Err(AuthError::AlreadyExchanged);
         }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, t| *t > now);
-            if seen.len() >= self.capacity {
+        let theirs = |s: &Seen| s.by_individual.get(&individual).copied().unwrap_or(0);
+        if seen.tokens.len() >= self.capacity || theirs(&seen) >= self.per_individual {
+            seen.forget_expired(now);
+            if theirs(&seen) >= self.per_individual {
+                return Err(AuthError::ExchangeTooOften);
+            }
+            if seen.tokens.len() >= self.capacity {
                 return Err(AuthError::ExchangeBusy);
             }
         }
-        seen.insert(hash, expires);
+        if let Some((_, who)) = seen.tokens.insert(hash, (expires, individual)) {
+            // An expired entry for the same token, replaced: it no longer counts.
+            if let Some(n) = seen.by_individual.get_mut(&who) {
+                *n -= 1;
+                if *n == 0 {
+                    seen.by_individual.remove(&who);
+                }
+            }
+        }
+        *seen.by_individual.entry(individual).or_default() += 1;
         Ok(())
     }
 }
@@ -63,15 +119,33 @@ mod tests {
         let x = Exchanged::with_capacity(2);
         let later = SystemTime::now() + Duration::from_secs(60);
         let past = SystemTime::now() - Duration::from_secs(1);
-        assert_eq!(x.claim([1; 32], later), Ok(()));
-        assert_eq!(x.claim([1; 32], later), Err(AuthError::AlreadyExchanged));
-        assert_eq!(x.claim([2; 32], later), Ok(()));
+        let (a, b) = ([10; 32], [11; 32]);
+        assert_eq!(x.claim([1; 32], a, later), Ok(()));
+        assert_eq!(x.claim([1; 32], a, later), Err(AuthError::AlreadyExchanged));
+        assert_eq!(x.claim([2; 32], b, later), Ok(()));
         // Full of unexpired entries: refused, nothing forgotten.
-        assert_eq!(x.claim([3; 32], later), Err(AuthError::ExchangeBusy));
-        assert_eq!(x.claim([1; 32], later), Err(AuthError::AlreadyExchanged));
+        assert_eq!(x.claim([3; 32], b, later), Err(AuthError::ExchangeBusy));
+        assert_eq!(x.claim([1; 32], b, later), Err(AuthError::AlreadyExchanged));
         // Expired entries make room.
         let y = Exchanged::with_capacity(1);
-        assert_eq!(y.claim([4; 32], past), Ok(()));
-        assert_eq!(y.claim([5; 32], later), Ok(()));
+        assert_eq!(y.claim([4; 32], a, past), Ok(()));
+        assert_eq!(y.claim([5; 32], a, later), Ok(()));
+    }
+
+    #[test]
+    fn one_individual_cannot_fill_the_set_for_everyone() {
+        let x = Exchanged::with_capacity(1000);
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let (greedy, other) = ([20; 32], [21; 32]);
+        for n in 0..PER_INDIVIDUAL {
+            let token = [[n as u8; 16], [1; 16]].concat();
+            let token: [u8; 32] = token.try_into().expect("32 bytes");
+            assert_eq!(x.claim(token, greedy, later), Ok(()), "exchange {n}");
+        }
+        assert_eq!(
+            x.claim([99; 32], greedy, later),
+            Err(AuthError::ExchangeTooOften)
+        );
+        assert_eq!(x.claim([98; 32], other, later), Ok(()));
     }
 }

@@ -174,16 +174,28 @@ pub fn expiry(claims: &Value) -> Result<SystemTime, AuthError> {
 }
 
 /// A claim by a dotted path into nested objects (`realm_access.roles`), or else by a name that
-/// itself contains dots (`https://example.org/groups`). The nested path wins: a top-level claim
-/// literally named `realm_access.roles` (which a user may be able to set at some IdPs) must
-/// not shadow the roles the IdP put in `realm_access`.
+/// itself contains dots (`https://example.org/groups`). When both exist with different values
+/// the token is ambiguous and the claim counts as absent (fail closed): a top-level claim
+/// literally named `realm_access.roles` (which a user may be able to set at some IdPs) must not
+/// shadow the roles the IdP put in `realm_access`, nor a nested `https://example` object the
+/// claim named by a URL.
 pub fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
-    if path.contains('.') {
-        if let Some(v) = path.split('.').try_fold(claims, |v, key| v.get(key)) {
-            return Some(v);
-        }
+    let literal = claims.get(path);
+    if !path.contains('.') {
+        return literal;
     }
-    claims.get(path)
+    let nested = path.split('.').try_fold(claims, |v, key| v.get(key));
+    match (nested, literal) {
+        (Some(n), Some(l)) if n != l => {
+            tracing::warn!(
+                claim = path,
+                "token refused: a nested claim and a claim named with dots differ"
+            );
+            None
+        }
+        (Some(n), _) => Some(n),
+        (None, l) => l,
+    }
 }
 
 /// The individual: a non-empty string of printable characters.
@@ -254,18 +266,26 @@ mod tests {
     }
 
     #[test]
-    fn item7_nested_path_wins_over_a_dotted_top_level_name() {
+    fn item7_a_dotted_name_and_a_nested_path_that_differ_are_neither_believed() {
         let c = json!({
             "realm_access.roles": ["admin"],
             "realm_access": {"roles": ["agents"]},
         });
+        assert!(groups(&c, Some("realm_access.roles")).is_empty());
+        // A nested object cannot shadow a claim named by a URL either.
+        let c = json!({"https://example.org/groups": ["g"], "https://example": {"org/groups": ["admin"]}});
+        assert!(groups(&c, Some("https://example.org/groups")).is_empty());
+        // The same value both ways is no ambiguity.
+        let c = json!({"a.b": ["x"], "a": {"b": ["x"]}});
+        assert_eq!(groups(&c, Some("a.b")), vec!["x"]);
+        let c = json!({"realm_access": {"roles": ["agents"]}});
         assert_eq!(groups(&c, Some("realm_access.roles")), vec!["agents"]);
         // Without the nested object, the dotted name is still found (URL-named claims).
         let c = json!({"realm_access.roles": ["admin"], "https://x.org/g": ["g"]});
         assert_eq!(groups(&c, Some("realm_access.roles")), vec!["admin"]);
         assert_eq!(groups(&c, Some("https://x.org/g")), vec!["g"]);
         let c = json!({"a.b": "top", "a": {"b": "nested"}});
-        assert_eq!(subject(&c, "a.b").ok().as_deref(), Some("nested"));
+        assert!(subject(&c, "a.b").is_err());
     }
 
     fn token_with(header: Value, body: Value) -> String {

@@ -4,7 +4,7 @@
 //! (32 random bytes) proves possession. Only the SHA-256 of the secret is stored, so the key
 //! file leaks no usable credential; the key itself is printed once, at creation. Every key
 //! expires; a revoked key keeps its record (for the audit trail) and opens no new session, and
-//! sessions it opened end at their next statement.
+//! sessions it opened end within a second (the gateway watches the key file).
 //!
 //! The store is one JSON file in the data directory, rewritten atomically under a lock file,
 //! so the CLI can create and revoke keys while the gateway runs; the gateway notices the change

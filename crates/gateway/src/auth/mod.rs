@@ -166,6 +166,8 @@ pub enum AuthError {
     AlreadyExchanged,
     #[error("too many token exchanges are remembered right now; try again later")]
     ExchangeBusy,
+    #[error("you have exchanged too many identity provider tokens recently; use the session token you have, or try again later")]
+    ExchangeTooOften,
     #[error("API key expired")]
     KeyExpired,
     #[error("the identity provider's keys cannot be fetched right now")]
@@ -188,6 +190,7 @@ impl AuthError {
                 | AuthError::NoRole { .. }
                 | AuthError::IdpUnavailable
                 | AuthError::ExchangeBusy
+                | AuthError::ExchangeTooOften
                 | AuthError::RateLimited(_)
         )
     }
@@ -308,10 +311,12 @@ impl Authenticator {
         let mut a = Authenticator::with_statics(&config.identities);
         a.oidc = oidc;
         a.signer = signer;
-        a.token_revocations = config
-            .data_dir
-            .as_deref()
-            .map(|d| Arc::new(revocations::Revocations::open(d)));
+        a.token_revocations = config.data_dir.as_deref().map(|d| {
+            Arc::new(revocations::Revocations::open(
+                d,
+                Duration::from_secs(config.auth.leeway_secs),
+            ))
+        });
         a.keys = keys;
         a.bindings = config.bindings.clone();
         a.leeway = Duration::from_secs(config.auth.leeway_secs);
@@ -560,6 +565,11 @@ impl Authenticator {
         limit_guesses(limited, result)
     }
 
+    /// The clock skew tolerated on `exp` / `nbf` / `iat` (`auth.leeway_secs`).
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// What `phigate login` needs to know of each issuer that has a login client.
     pub fn login_issuers(&self) -> Vec<serde_json::Value> {
         self.oidc
@@ -587,7 +597,10 @@ impl Authenticator {
         )?;
         let expires_at = jwt::expiry(&claims)?;
         // Last: only a token that would otherwise be exchanged is remembered.
-        self.exchanged.claim(token_sha256(token), expires_at)?;
+        let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+        let individual = token_sha256(&format!("{}\n{subject}", issuer.cfg.name));
+        self.exchanged
+            .claim(token_sha256(signed), individual, expires_at)?;
         Ok(Exchange {
             subject,
             groups: jwt::groups(&claims, issuer.cfg.groups_claim.as_deref()),

@@ -7,8 +7,14 @@
 //!
 //! The list is one JSON file in the data directory (`token-revocations.json`, mode 0600),
 //! rewritten atomically under a lock file so the CLI works while the gateway runs; the gateway
-//! notices a change (modification time and length) within a second. A file that cannot be read
-//! revokes every token (fail closed: a revocation must never be missed).
+//! notices a change (modification and change times, inode and length: every rewrite is a new
+//! file) within a second. A file that cannot be read revokes every token (fail closed: a
+//! revocation must never be missed).
+//!
+//! Token `iat`s come from the identity provider's clock: a token counts as issued before the
+//! revocation unless its `iat` is at least `auth.leeway_secs` after it, so an IdP clock running
+//! ahead by up to the leeway does not let a token issued before the revocation pass. Signing
+//! in again works once the leeway has passed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +65,18 @@ pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocat
     if !printable(issuer) || !printable(subject) {
         anyhow::bail!("--issuer and --subject must be 1 to 256 printable characters");
     }
-    std::fs::create_dir_all(dir)?;
-    let lock = std::fs::OpenOptions::new()
+    crate::fsutil::private_dir_all(dir)?;
+    // Written by anyone but the gateway's own user, the file would be unreadable to it, and an
+    // unreadable file refuses every token.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir)?.uid();
+    if owner != rustix::process::geteuid().as_raw() {
+        anyhow::bail!(
+            "{} belongs to another user (uid {owner}): run this as the gateway's user",
+            dir.display()
+        );
+    }
+    let lock = phigate_audit::private::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -83,7 +99,7 @@ pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocat
 
 #[derive(Default)]
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<(SystemTime, i64, i64, u64, u64)>,
     /// None: the file could not be read (every token is refused until it can).
     by_individual: Option<HashMap<Individual, u64>>,
 }
@@ -91,13 +107,16 @@ struct Loaded {
 /// The gateway's view of the revocation file.
 pub struct Revocations {
     dir: PathBuf,
+    /// `auth.leeway_secs`: tokens issued less than this after a revocation are refused too.
+    leeway: u64,
     state: Mutex<Loaded>,
 }
 
 impl Revocations {
-    pub fn open(dir: &Path) -> Revocations {
+    pub fn open(dir: &Path, leeway: std::time::Duration) -> Revocations {
         let r = Revocations {
             dir: dir.to_owned(),
+            leeway: leeway.as_secs(),
             state: Mutex::new(Loaded::default()),
         };
         if let Err(e) = r.reload_if_changed() {
@@ -113,9 +132,16 @@ impl Revocations {
     /// Reads the file again if it changed; `Ok(true)` when it did.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
         let mut st = self.state();
-        let stamp = std::fs::metadata(path(&self.dir))
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        use std::os::unix::fs::MetadataExt;
+        let stamp = std::fs::metadata(path(&self.dir)).ok().map(|m| {
+            (
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.ino(),
+                m.len(),
+            )
+        });
         let loaded_once = st.by_individual.is_some() || st.stamp.is_some();
         if stamp == st.stamp && loaded_once {
             return Ok(false);
@@ -135,9 +161,9 @@ impl Revocations {
     pub fn is_revoked(&self, who: &Individual, issued_at: Option<u64>) -> bool {
         match &self.state().by_individual {
             None => true,
-            Some(map) => map
-                .get(who)
-                .is_some_and(|revoked| issued_at.is_none_or(|iat| iat < *revoked)),
+            Some(map) => map.get(who).is_some_and(|revoked| {
+                issued_at.is_none_or(|iat| iat < revoked.saturating_add(self.leeway))
+            }),
         }
     }
 }
@@ -149,7 +175,7 @@ mod tests {
     #[test]
     fn item8_revocation_refuses_earlier_tokens_of_that_individual_only() {
         let dir = tempfile::tempdir().expect("tmp");
-        let list = Revocations::open(dir.path());
+        let list = Revocations::open(dir.path(), std::time::Duration::ZERO);
         let alice = Individual::new("corp", "alice");
         let now = unix_now();
         assert!(!list.is_revoked(&alice, Some(now)));
@@ -160,6 +186,21 @@ mod tests {
         assert!(!list.is_revoked(&alice, Some(rec.revoked_at)));
         // A namesake at another issuer is someone else.
         assert!(!list.is_revoked(&Individual::new("partner", "alice"), Some(now)));
+        // A second revocation of a same-length subject in the same instant is still seen (a
+        // rewrite is a new file).
+        let carol = Individual::new("corp", "carol");
+        revoke(dir.path(), "corp", "carol").expect("revoke");
+        assert!(list.reload_if_changed().expect("reload"));
+        assert!(list.is_revoked(&carol, Some(now)));
+        // An identity provider's clock ahead by less than the leeway gains nothing.
+        let skewed = Revocations::open(dir.path(), std::time::Duration::from_secs(30));
+        assert!(skewed.is_revoked(&alice, Some(rec.revoked_at + 29)));
+        assert!(!skewed.is_revoked(&alice, Some(rec.revoked_at + 30)));
+        let modes = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+        };
+        assert_eq!(modes(&dir.path().join("token-revocations.lock")), 0o600);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path(dir.path()))
             .expect("file")

@@ -124,7 +124,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
             let (dir, _) = dir.resolve()?;
             let k = keys::revoke(&dir, &id_or_name)?;
             println!(
-                "Revoked key {} ({}); its sessions end at their next statement.",
+                "Revoked key {} ({}); its sessions end within a second.",
                 k.id, k.name
             );
         }

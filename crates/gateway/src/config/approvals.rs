@@ -29,7 +29,7 @@ pub struct ApprovalsConfig {
     /// of at least 20 characters). Audited and announced as break-glass.
     #[serde(default)]
     pub break_glass_roles: Vec<String>,
-    /// Roles an identity may ask to act as for a while (`phigate access request --role R
+    /// Roles an identity may ask to act as for a while (`phigate review request --role R
     /// --minutes N --reason ...`); a reviewer approves like a held statement. Empty: no
     /// access requests.
     #[serde(default)]

@@ -23,7 +23,8 @@ pub struct Runtime {
 pub struct Listen {
     /// Address for PostgreSQL clients, e.g. `0.0.0.0:6432`.
     pub address: SocketAddr,
-    /// Address for `/healthz`, `/readyz` and (later) the API. Port 0 picks a free port.
+    /// Address for `/healthz`, `/readyz`, `/metrics` and the HTTP API (reviews, tokens, audit).
+    /// Port 0 picks a free port.
     pub http_address: Option<SocketAddr>,
     /// Largest single protocol message a client may send, in bytes.
     #[serde(default = "default_max_message")]

@@ -45,8 +45,9 @@ pub struct Config {
     #[serde(default)]
     pub tls: Option<ServerTls>,
     pub upstream: Upstream,
-    /// Where the gateway keeps its own state: API keys, its token-signing key (and, later, the
-    /// audit log and reviews). Without it, API keys and gateway session tokens are unavailable.
+    /// Where the gateway keeps its own state: API keys, its token-signing key, token
+    /// revocations, the audit log, recordings and reviews (0700, files 0600). Without it, API
+    /// keys and gateway session tokens are unavailable.
     pub data_dir: Option<PathBuf>,
     /// How callers prove who they are: OIDC issuers, gateway session tokens, failed-login limits.
     #[serde(default)]

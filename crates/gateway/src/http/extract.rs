@@ -90,16 +90,7 @@ impl Credentials {
                     // Like a failed login on the wire: the same record (and the same limiter,
                     // which authenticate_api has counted). There is no startup `user` here;
                     // the role the call was tried for stands in for it.
-                    if let Some(audit) = &shared.audit.log {
-                        audit.submit(phigate_audit::Pending::Event(
-                            phigate_audit::Event::LoginFailed {
-                                client_addr: peer.to_string(),
-                                user: role.chars().take(64).collect(),
-                                reason: e.to_string(),
-                                via: Some("http".into()),
-                            },
-                        ));
-                    }
+                    audit_failed_login(shared, peer, role, &e);
                     return Err(ApiError::unauthorized(format!(
                         "authentication failed: {e}"
                     )));
@@ -107,6 +98,21 @@ impl Credentials {
             }
         }
         Err(ApiError::forbidden(format!("this identity may not {what}")))
+    }
+}
+
+/// A credential refused on the HTTP API, as a `login_failed` record (`via: "http"`); `user`
+/// is what the call stood for (the role tried, or `token-exchange`).
+pub fn audit_failed_login(shared: &Shared, peer: SocketAddr, user: &str, e: &AuthError) {
+    if let Some(audit) = &shared.audit.log {
+        audit.submit(phigate_audit::Pending::Event(
+            phigate_audit::Event::LoginFailed {
+                client_addr: peer.to_string(),
+                user: user.chars().take(64).collect(),
+                reason: e.to_string(),
+                via: Some("http".into()),
+            },
+        ));
     }
 }
 

@@ -131,7 +131,10 @@ async fn decide(
         .await;
     // Its requester knows it exists (the notice named it); its reviewers may list it. Anyone
     // else hears what an unknown id gets.
-    let may_see = as_reviewer.is_ok() || review.requester == caller.subject.0;
+    // The requester is an individual: the same subject at the same issuer.
+    let may_see = as_reviewer.is_ok()
+        || (review.requester == caller.subject.0
+            && review.issuer.as_deref() == Some(caller.issuer.as_str()));
     // Break-glass: the requester approves their own statement; anyone else decides as a
     // reviewer of its rule.
     let who = if d.break_glass {
@@ -168,6 +171,10 @@ async fn decide(
     let done = match shared.approvals.reviews.decide(id, &decision) {
         Ok(done) => done,
         Err(crate::approvals::DecideError::NotFound(_)) => return Err(not_for_you()),
+        // Break-glass on someone else's review tells only those who may see it why not.
+        Err(crate::approvals::DecideError::BreakGlassRefused) if !may_see => {
+            return Err(not_for_you())
+        }
         Err(e) => return Err(e.into()),
     };
     if d.break_glass {

@@ -71,9 +71,9 @@ pub async fn exchange(
     };
     let exchange = match shared.auth.exchange(peer.ip(), token).await {
         Ok(v) => v,
-        Err(e @ crate::auth::AuthError::RateLimited(_)) => {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
-        }
+        Err(
+            e @ (crate::auth::AuthError::RateLimited(_) | crate::auth::AuthError::ExchangeTooOften),
+        ) => return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
         Err(e @ crate::auth::AuthError::ExchangeBusy) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -81,9 +81,12 @@ pub async fn exchange(
             ))
         }
         Err(e) => {
+            // A refused exchange (a forged, replayed, revoked or unverified token) is a failed
+            // login like any other.
+            super::extract::audit_failed_login(&shared, peer, "token-exchange", &e);
             return Err(ApiError::unauthorized(format!(
                 "authentication failed: {e}"
-            )))
+            )));
         }
     };
     let crate::auth::Exchange {
@@ -93,10 +96,11 @@ pub async fn exchange(
         expires_at,
     } = exchange;
     // The session token never outlives the IdP token it was exchanged for (whole seconds,
-    // rounded down).
+    // rounded down), the leeway its expiry is checked with included.
     let left = expires_at
         .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .saturating_sub(shared.auth.leeway());
     let ttl = shared
         .tokens
         .session_ttl
