@@ -30,6 +30,7 @@ use crate::config::Config;
 mod apply;
 mod discover;
 mod plan;
+mod verify;
 
 pub use apply::provision;
 pub use discover::{discover, guess_type};
@@ -45,6 +46,8 @@ pub struct MaskedLogin {
     /// `schema.table` → its PHI columns that are not tokenized (predicates on them follow the
     /// role's `phi_predicates`).
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
+    /// `schema.table` → its PHI columns the view computes: no write can assign them.
+    pub unwritable: BTreeMap<String, Vec<String>>,
 }
 
 /// `phigate_m_<role>_<tag>`, lower case, `[a-z0-9_]` only. The tag depends on the role and the
@@ -94,17 +97,35 @@ pub fn token_hex(key: &[u8], value: &str) -> String {
     hex::encode(Sha256::digest([opad.as_slice(), inner.as_slice()].concat()))
 }
 
+/// Where the token key lives: `masking_key_file`, else `<data_dir>/keys/masking-token.key`.
+fn token_key_path(config: &Config) -> Option<std::path::PathBuf> {
+    match (&config.masking_key_file, &config.data_dir) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(d)) => Some(d.join("keys").join("masking-token.key")),
+        (None, None) => None,
+    }
+}
+
 /// The token key: `<data_dir>/keys/masking-token.key` (created on first start).
 pub fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
-    let path = match (&config.masking_key_file, &config.data_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.join("keys").join("masking-token.key"),
-        (None, None) => {
-            anyhow::bail!("masking needs a token key: set data_dir or masking_key_file")
-        }
+    let Some(path) = token_key_path(config) else {
+        anyhow::bail!("masking needs a token key: set data_dir or masking_key_file")
     };
     phigate_audit::load_or_create_key(&path, phigate_audit::random_key)
         .map_err(|e| anyhow::anyhow!("masking token key {}: {e}", path.display()))
+}
+
+/// The token key if it exists already (never created): a gateway with no masked role left
+/// still removes the logins it provisioned earlier.
+fn existing_token_key(config: &Config) -> Option<Vec<u8>> {
+    token_key_path(config)
+        .filter(|p| p.exists())
+        .and_then(|_| token_key(config).ok())
+}
+
+/// The mark on the logins provisioned under this token key (a fleet sharing the key shares it).
+fn owner_mark(key: &[u8]) -> String {
+    token_hex(key, "phigate-masked-logins")[..16].to_owned()
 }
 
 #[cfg(test)]
