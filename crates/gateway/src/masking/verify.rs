@@ -45,7 +45,7 @@ pub(super) enum Need {
     Sequence,
     /// The masked login's USAGE on a schema.
     Schema,
-    /// The gateway login's own, on a tagged table its masking view reads (and writes).
+    /// The gateway login's own SELECT on a tagged table its masking view reads.
     Source,
     /// The masked login's CONNECT on the database.
     Connect,
@@ -79,8 +79,15 @@ impl Check {
         let rel = literal(&format!("{}.{}", ident(&self.schema), ident(&self.name)));
         let p = literal(self.privilege);
         match self.need {
+            // A write the gateway's login cannot make itself is no approved write's to make:
+            // such a table is read-only through the gateway, and nothing is missing.
+            Need::Table if self.privilege != "SELECT" => format!(
+                "(has_table_privilege({login}, {rel}, {p}) OR NOT has_table_privilege(current_user, {rel}, {p}))"
+            ),
             Need::Table => format!("has_table_privilege({login}, {rel}, {p})"),
-            Need::Sequence => format!("has_sequence_privilege({login}, {rel}, {p})"),
+            Need::Sequence => format!(
+                "(has_sequence_privilege({login}, {rel}, {p}) OR NOT has_sequence_privilege(current_user, {rel}, {p}))"
+            ),
             Need::Schema => format!(
                 "has_schema_privilege({login}, {}, {p})",
                 literal(&self.schema)
@@ -88,10 +95,7 @@ impl Check {
             Need::Connect => {
                 format!("has_database_privilege({login}, current_database(), {p})")
             }
-            // Column privileges on every column serve as well as the table's (DELETE has none).
-            Need::Source if self.privilege == "DELETE" => {
-                format!("has_table_privilege(current_user, {rel}, {p})")
-            }
+            // Column privileges on every column serve as well as the table's.
             Need::Source => format!(
                 "(has_table_privilege(current_user, {rel}, {p}) OR NOT EXISTS (SELECT FROM pg_attribute a \
                  WHERE a.attrelid = {rel}::regclass AND a.attnum > 0 AND NOT a.attisdropped \
@@ -209,7 +213,7 @@ mod tests {
             Check::new(Need::Table, "ext", "codes", "SELECT"),
             Check::new(Need::Sequence, "public", "claims_id_seq", "USAGE"),
             Check::new(Need::Source, "public", "patients", "SELECT"),
-            Check::new(Need::Source, "public", "patients", "DELETE"),
+            Check::new(Need::Table, "ext", "codes", "INSERT"),
         ];
         let sql = verify_sql("m_login", &checks);
         assert!(sql.contains("has_table_privilege('m_login', '\"ext\".\"codes\"', 'SELECT')"));
@@ -217,7 +221,7 @@ mod tests {
             "has_sequence_privilege('m_login', '\"public\".\"claims_id_seq\"', 'USAGE')"
         ));
         assert!(sql.contains("has_column_privilege(current_user, a.attrelid, a.attnum, 'SELECT')"));
-        assert!(!sql.contains("has_column_privilege(current_user, a.attrelid, a.attnum, 'DELETE')"));
+        assert!(sql.contains("(has_table_privilege('m_login', '\"ext\".\"codes\"', 'INSERT') OR NOT has_table_privilege(current_user, '\"ext\".\"codes\"', 'INSERT'))"));
         assert!(sql.contains("SELECT on ext.codes (the gateway''s login must own it or hold SELECT WITH GRANT OPTION on it)"));
         assert!(sql.contains("has_database_privilege('m_login', current_database(), 'CONNECT')"));
     }
