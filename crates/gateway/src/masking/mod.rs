@@ -13,13 +13,14 @@
 //! Raw values never reach a masked session, so every path — expressions, whole-row references,
 //! aggregates, functions, CTEs, cursors, COPY, error messages that quote a value, `LIKE`
 //! probes — can only ever see masked values: the wire-level policy is the layer users see; this
-//! is the floor under it. Deterministic tokens come from `<schema>.phigate_token(text)`, an HMAC-SHA-256
-//! under a key kept in a table no masked login can read; no role may call it directly, by name
+//! is the floor under it. Deterministic tokens come from `<login>_k.phigate_token(text)`, an
+//! HMAC-SHA-256 under a key kept in a table in a schema no masked login can use; no role may call it directly, by name
 //! or by field notation (policy rule gateway-internal), so it is no dictionary oracle.
 //!
-//! The parts: `plan` writes the SQL (pure, unit-tested), `apply` reads the catalog, runs the
-//! plan in one transaction and proves no masked login can read a PHI relation, `discover`
-//! proposes `[[phi]]` tags for a person to review.
+//! The parts: `plan` writes the SQL (pure, unit-tested), `verify` the checks of every privilege
+//! the policy implies and the removal of logins no longer configured (pure), `apply` reads the
+//! catalog, runs all of it in one transaction and proves no masked login can read a PHI
+//! relation, `discover` proposes `[[phi]]` tags for a person to review.
 
 use std::collections::BTreeMap;
 
