@@ -392,3 +392,60 @@ fn discover_does_not_tag_keys_or_digit_codes_on_one_signal() {
         assert!(claims["columns"].get("cpt_code").is_none(), "{text}");
     }
 }
+
+/// The `config_reload` audit records, as `phigate audit search` gives them.
+fn reloads(gw: &Gateway) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(gw.data_dir())
+        .args(["--type", "config_reload"])
+        .output()
+        .expect("audit search");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Issue 16 item 3, on reload: a new policy whose grants the gateway's login cannot pass on is
+/// refused, naming what is missing, and nothing of it is provisioned: the masked agent goes on
+/// reading what the previous policy gave it (the check runs inside the provisioning
+/// transaction, which rolls back).
+#[test]
+fn a_reload_the_gateway_login_cannot_grant_keeps_the_previous_provisioning() {
+    db("CREATE SCHEMA ext2; CREATE TABLE ext2.codes (code text); \
+        GRANT USAGE ON SCHEMA ext2 TO phigate_app; GRANT SELECT ON ext2.codes TO phigate_app;");
+    let gw = gateway();
+    provisioned(&gw);
+    let text = std::fs::read_to_string(gw.config_path()).expect("config");
+    let changed = text.replacen("schema = \"public\"", "schema = \"ext2\"", 1);
+    assert_ne!(text, changed);
+    std::fs::write(gw.config_path(), changed).expect("rewrite");
+    let status = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        if let Some(r) = reloads(&gw).pop() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no config_reload record"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(record["ok"], false, "{record}");
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("SELECT on ext2.codes"), "{record}");
+    let mut agent = Raw::login(&gw, "agent");
+    for sql in [
+        "SELECT count(*) FROM members",
+        "SELECT count(*) FROM claims",
+    ] {
+        let msgs = agent.query(sql);
+        assert!(error_of(&msgs).is_none(), "{sql}: {msgs:?}");
+    }
+}
