@@ -186,7 +186,10 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "SELECT * FROM pc_admin_v", "deny:grants"),
     ("agent", "SELECT * FROM pc_admin_t", "deny:grants"),
     ("agent", "INSERT INTO departments VALUES (666, 'pc-refused', 1)", "approval:agent"),
-    ("agent", "UPDATE patients SET last_name = 'pwned'", "approval:agent"),
+    // A masked column cannot be written through the agent's view: refused, never held.
+    ("agent", "UPDATE patients SET last_name = 'pwned'", "deny:masked-column-write"),
+    ("agent", "UPDATE patients SET state = 'ZZ' WHERE id = -1", "approval:agent"),
+    ("agent", "INSERT INTO patients (id, ssn) VALUES (-1, '000-00-0000')", "deny:masked-column-write"),
     ("agent", "MERGE INTO departments d USING (SELECT 1 AS id) s ON d.id = s.id WHEN MATCHED THEN DELETE", "approval:agent"),
     ("agent", "INSERT INTO departments VALUES (12, 'x', 1) ON CONFLICT DO NOTHING", "approval:agent"),
     // --- Comments in every position ------------------------------------------------------------
@@ -241,7 +244,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("reviewer", "WITH departments AS (SELECT 1) INSERT INTO departments VALUES (667, 'pc-cte', 1)", "deny:grants"),
     ("reviewer", "WITH a AS (SELECT 1 AS id), b AS (DELETE FROM a RETURNING id) SELECT * FROM b", "deny:grants"),
     ("agent", "WITH x AS (DELETE FROM patients WHERE id = -1 RETURNING *) SELECT count(*) FROM x", "approval:agent"),
-    ("agent", "WITH x AS (UPDATE patients SET city = 'x' WHERE id = -1 RETURNING id) SELECT 1", "approval:agent"),
+    ("agent", "WITH x AS (UPDATE patients SET city = 'x' WHERE id = -1 RETURNING id) SELECT 1", "deny:masked-column-write"),
+    ("agent", "WITH x AS (UPDATE patients SET state = 'ZZ' WHERE id = -1 RETURNING id) SELECT 1", "approval:agent"),
     ("agent", "WITH a AS (SELECT 1), b AS (INSERT INTO departments VALUES (668, 'pc-agent', 1) RETURNING id) SELECT * FROM a", "approval:agent"),
     ("agent", "SELECT * FROM patients WHERE id IN (WITH d AS (DELETE FROM lab_results RETURNING patient_id) SELECT patient_id FROM d)", "approval:agent"),
     ("clinician", "SELECT * FROM patients WHERE id IN (WITH d AS (DELETE FROM lab_results WHERE id = -1 RETURNING patient_id) SELECT patient_id FROM d)", "allow !0A000"),
@@ -295,7 +299,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("reviewer", "SELECT 1; DELETE FROM patients", "deny:grants"),
     ("clinician", "SELECT 1; DELETE FROM lab_results WHERE id = -1", "allow x!42601"),
     ("agent", "SELECT 1; SET ROLE postgres", "deny:role-switch"),
-    ("agent", "BEGIN; UPDATE patients SET last_name = 'pwned'; COMMIT", "approval:agent"),
+    ("agent", "BEGIN; UPDATE patients SET last_name = 'pwned'; COMMIT", "deny:masked-column-write"),
+    ("agent", "BEGIN; UPDATE patients SET state = 'ZZ' WHERE id = -1; COMMIT", "approval:agent"),
     ("reviewer", "SELECT 1; SELEC 2", "deny:syntax"),
     // --- Server-side COPY ----------------------------------------------------------------------
     ("agent", "COPY patients TO PROGRAM 'touch /tmp/phigate-policy-corpus.program'", "deny:server-copy"),
@@ -364,7 +369,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("agent", "EXPLAIN (ANALYZE false) SELECT 1", "allow"),
     ("agent", "EXPLAIN DELETE FROM patients", "approval:agent"),
     ("agent", "EXPLAIN ANALYZE DELETE FROM patients", "approval:agent"),
-    ("agent", "EXPLAIN (ANALYZE, BUFFERS) UPDATE patients SET last_name = 'pwned'", "approval:agent"),
+    ("agent", "EXPLAIN (ANALYZE, BUFFERS) UPDATE patients SET last_name = 'pwned'", "deny:masked-column-write"),
+    ("agent", "EXPLAIN (ANALYZE, BUFFERS) UPDATE patients SET state = 'ZZ' WHERE id = -1", "approval:agent"),
     ("agent", "EXPLAIN ANALYZE SELECT * INTO pc_agent_into FROM patients", "approval:agent"),
     ("reviewer", "EXPLAIN SELECT * FROM lab_results", "deny:grants"),
     // --- SELECT INTO, CREATE TABLE AS, CREATE VIEW ---------------------------------------------
@@ -634,7 +640,12 @@ fn judge(want: &Want, proto: Proto, got: &Result<(), Failure>) -> Result<(), Str
             } else {
                 ("42501", format!("denied by rule {rule}"))
             };
-            if f.code == code && f.message.starts_with("phigate: ") && f.message.contains(&needle) {
+            // The guard's own refusals name their rule in parentheses.
+            let own = !*approval && f.message.contains(&format!("(rule {rule})"));
+            if f.code == code
+                && f.message.starts_with("phigate: ")
+                && (f.message.contains(&needle) || own)
+            {
                 Ok(())
             } else {
                 Err(format!(

@@ -215,6 +215,10 @@ pub struct Statement {
     /// WHERE, HAVING, ORDER BY, GROUP BY, DISTINCT ON, JOIN ... ON / USING, window clauses.
     /// Over-approximate: names in a subquery inside those clauses count too.
     pub predicate_columns: Vec<String>,
+    /// Columns an INSERT, UPDATE, ON CONFLICT DO UPDATE or MERGE names as its targets, with the
+    /// relation they belong to (lower case). An INSERT without a column list names none: the
+    /// values go to the table's columns by position.
+    pub assigned: Vec<(RelName, String)>,
 }
 
 impl Statement {
@@ -234,6 +238,7 @@ impl Statement {
             outlives_transaction: false,
             inner: None,
             predicate_columns: Vec::new(),
+            assigned: Vec::new(),
         }
     }
 }
@@ -394,6 +399,44 @@ mod tests {
             panic!("parses");
         };
         assert!(st[0].predicate_columns.is_empty());
+    }
+
+    #[test]
+    fn assigned_columns_name_their_relation() {
+        let cols = |sql: &str| -> Vec<String> {
+            let Analysis::Parsed(st) = analyze(sql) else {
+                panic!("{sql} parses");
+            };
+            st.iter()
+                .flat_map(|s| s.assigned.iter())
+                .map(|(r, c)| format!("{r}:{c}"))
+                .collect()
+        };
+        assert_eq!(
+            cols("UPDATE members SET Email = 'x', plan = 'y' WHERE id = 1"),
+            ["members:email", "members:plan"]
+        );
+        assert_eq!(
+            cols("INSERT INTO public.members (name, plan) VALUES ('a', 'b')"),
+            ["public.members:name", "public.members:plan"]
+        );
+        assert_eq!(
+            cols("INSERT INTO m (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET zip = '1'"),
+            ["m:id", "m:zip"]
+        );
+        assert_eq!(
+            cols("WITH u AS (UPDATE members SET (a, b) = (1, 2) RETURNING id) SELECT * FROM u"),
+            ["members:a", "members:b"]
+        );
+        assert_eq!(
+            cols(
+                "MERGE INTO m USING s ON m.id = s.id WHEN MATCHED THEN UPDATE SET email = s.e \
+                  WHEN NOT MATCHED THEN INSERT (id, zip) VALUES (s.id, s.z)"
+            ),
+            ["m:email", "m:id", "m:zip"]
+        );
+        assert!(cols("INSERT INTO members VALUES (1, 'a')").is_empty());
+        assert!(cols("DELETE FROM members WHERE id = 1").is_empty());
     }
 
     /// The cache folds numeric literals; that is only sound if the analysis of a statement and

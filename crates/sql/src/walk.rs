@@ -205,6 +205,10 @@ impl Walker<'_> {
             }
             "InsertStmt" => {
                 self.target(body, Action::Insert);
+                self.assigned(body, &["cols"]);
+                if let Some(conflict) = body.get("on_conflict_clause").filter(|v| !v.is_null()) {
+                    self.assigned_to(body, conflict, &["target_list"]);
+                }
                 // ON CONFLICT DO UPDATE updates; DO NOTHING (action 2) only inserts.
                 if let Some(conflict) = body.get("on_conflict_clause").filter(|v| !v.is_null()) {
                     if conflict.get("action").and_then(Value::as_i64) != Some(2) {
@@ -215,6 +219,7 @@ impl Walker<'_> {
             }
             "UpdateStmt" => {
                 self.target(body, Action::Update);
+                self.assigned(body, &["target_list"]);
                 self.walk_except(body, &["relation", "with_clause"], Action::Select);
             }
             "DeleteStmt" => {
@@ -224,6 +229,17 @@ impl Walker<'_> {
             "MergeStmt" => {
                 for a in [Action::Insert, Action::Update, Action::Delete] {
                     self.target(body, a);
+                }
+                for clause in body
+                    .get("merge_when_clauses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let clause = clause.get("node").unwrap_or(clause);
+                    if let Some(when) = clause.get("MergeWhenClause") {
+                        self.assigned_to(body, when, &["target_list"]);
+                    }
                 }
                 self.walk_except(body, &["relation", "with_clause"], Action::Select);
             }
@@ -347,6 +363,50 @@ impl Walker<'_> {
     fn target(&mut self, body: &Value, action: Action) {
         if let Some(rel) = body.get("relation").filter(|v| !v.is_null()) {
             self.unscoped(|w| w.walk(rel, action));
+        }
+    }
+
+    /// The columns `body`'s lists under `keys` assign (ResTarget names) in `body`'s target.
+    fn assigned(&mut self, body: &Value, keys: &[&str]) {
+        self.assigned_to(body, body, keys);
+    }
+
+    /// The columns `lists`' entries under `keys` assign in the target relation of `stmt`.
+    fn assigned_to(&mut self, stmt: &Value, lists: &Value, keys: &[&str]) {
+        let Some(rel) = stmt.get("relation").and_then(Value::as_object) else {
+            return;
+        };
+        let relation = RelName {
+            schema: rel
+                .get("schemaname")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            name: rel
+                .get("relname")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        };
+        for key in keys {
+            for item in lists
+                .get(*key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let item = item.get("node").unwrap_or(item);
+                let name = item
+                    .get("ResTarget")
+                    .and_then(|t| t.get("name"))
+                    .and_then(Value::as_str);
+                if let Some(name) = name.filter(|n| !n.is_empty()) {
+                    let pair = (relation.clone(), name.to_lowercase());
+                    if !self.st.assigned.contains(&pair) {
+                        self.st.assigned.push(pair);
+                    }
+                }
+            }
         }
     }
 

@@ -6,7 +6,10 @@ use std::collections::{HashMap, HashSet};
 use phigate_policy::masking::PhiTableConfig;
 
 use super::plan::{self, Catalog, Columns};
-use super::{login_name, login_password, pads, token_key, MaskedLogin};
+use super::verify;
+use super::{
+    existing_token_key, login_name, login_password, owner_mark, pads, token_key, MaskedLogin,
+};
 use crate::config::Config;
 use crate::upstream::UpstreamTarget;
 
@@ -30,9 +33,19 @@ pub async fn provision(
     let masked: Vec<&phigate_policy::RoleConfig> =
         config.roles.iter().filter(|r| r.masked).collect();
     if masked.is_empty() {
+        // No masked role left: the logins provisioned earlier under this key go. Nothing
+        // depends on it, so a database that cannot be reached now does not stop the start.
+        if let Some(key) = existing_token_key(config) {
+            let mark = owner_mark(&key);
+            let sql = format!("{}{}", plan::LOCK, verify::prune_sql(&mark, &[]));
+            if let Err(e) = run_pruning(target, &mark, &[], &sql).await {
+                tracing::warn!(error = %e, "masking: cannot remove the logins of roles no longer masked");
+            }
+        }
         return Ok(HashMap::new());
     }
     let key = token_key(config)?;
+    let mark = owner_mark(&key);
     let tables: Vec<(String, String)> = config.phi.iter().map(PhiTableConfig::qualified).collect();
     let cols = columns(target, &tables).await?;
     plan::check_tags(&tables, &config.phi, &cols)?;
@@ -43,12 +56,14 @@ pub async fn provision(
         .await?
         .into_iter()
         .collect();
+    let sequences = verify::sequences(&target.query_column(verify::SEQUENCES).await?);
     let catalog = Catalog {
         tables: &tables,
         phi: &config.phi,
         columns: &cols,
         all_tables: &all_tables,
         exposing: &exposing,
+        sequences: &sequences,
     };
     let (ipad, opad) = pads(&key);
     let mut sql = String::from(plan::LOCK);
@@ -71,6 +86,7 @@ pub async fn provision(
         // behind the gateway's own count (and the only one against anyone else using it).
         let cap = role.max_sessions.unwrap_or(config.limits.sessions_per_role);
         sql.push_str(&plan::connection_limit_sql(&user, cap));
+        sql.push_str(&verify::mark_sql(&user, &mark));
         logins.insert(
             role.name.clone(),
             MaskedLogin {
@@ -79,14 +95,46 @@ pub async fn provision(
                 password,
                 phi_columns: p.phi_columns,
                 predicate_guarded: p.predicate_guarded,
+                unwritable: p.unwritable,
             },
         );
     }
-    // One implicit transaction: all of it or none; tried again while a lock is not available.
+    // Roles no longer configured lose their logins and schemas (only those this key made).
+    let keep: Vec<String> = logins.values().map(|l| l.user.clone()).collect();
+    sql.push_str(&verify::prune_sql(&mark, &keep));
+    run_pruning(target, &mark, &keep, &sql).await?;
+    prove_no_leaks(target, &logins, &exposing).await?;
+    tracing::info!(roles = logins.len(), "masking views provisioned");
+    Ok(logins)
+}
+
+/// Runs the provisioning `sql` (which ends by pruning the logins under `mark` not in `keep`)
+/// and logs which logins it removed and which it could not.
+async fn run_pruning(
+    target: &UpstreamTarget,
+    mark: &str,
+    keep: &[String],
+    sql: &str,
+) -> anyhow::Result<()> {
+    let before = target.query_column(&verify::marked_query(mark)).await?;
+    run(target, sql).await?;
+    let after = target.query_column(&verify::marked_query(mark)).await?;
+    for login in before.iter().filter(|l| !keep.contains(l)) {
+        if after.contains(login) {
+            tracing::warn!(%login, "masking: cannot remove the login of a role no longer configured; remove it by hand");
+        } else {
+            tracing::info!(%login, "masking: removed the login and schema of a role no longer configured");
+        }
+    }
+    Ok(())
+}
+
+/// One implicit transaction: all of it or none; tried again while a lock is not available.
+async fn run(target: &UpstreamTarget, sql: &str) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
-        match target.query_column(&sql).await {
-            Ok(_) => break,
+        match target.query_column(sql).await {
+            Ok(_) => return Ok(()),
             Err(crate::upstream::UpstreamError::Refused { code, .. })
                 if code == phigate_wire::sqlstate::LOCK_NOT_AVAILABLE && attempt < 10 =>
             {
@@ -97,12 +145,12 @@ pub async fn provision(
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
             }
+            Err(crate::upstream::UpstreamError::Refused { message, .. }) => {
+                anyhow::bail!("cannot provision the masking views: {message}")
+            }
             Err(e) => anyhow::bail!("cannot provision the masking views: {e}"),
         }
     }
-    prove_no_leaks(target, &logins, &exposing).await?;
-    tracing::info!(roles = logins.len(), "masking views provisioned");
-    Ok(logins)
 }
 
 /// Prove it: no masked login may read any relation that holds or shows PHI rows, whatever else

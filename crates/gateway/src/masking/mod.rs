@@ -13,13 +13,14 @@
 //! Raw values never reach a masked session, so every path — expressions, whole-row references,
 //! aggregates, functions, CTEs, cursors, COPY, error messages that quote a value, `LIKE`
 //! probes — can only ever see masked values: the wire-level policy is the layer users see; this
-//! is the floor under it. Deterministic tokens come from `<schema>.phigate_token(text)`, an HMAC-SHA-256
-//! under a key kept in a table no masked login can read; no role may call it directly, by name
+//! is the floor under it. Deterministic tokens come from `<login>_k.phigate_token(text)`, an
+//! HMAC-SHA-256 under a key kept in a table in a schema no masked login can use; no role may call it directly, by name
 //! or by field notation (policy rule gateway-internal), so it is no dictionary oracle.
 //!
-//! The parts: `plan` writes the SQL (pure, unit-tested), `apply` reads the catalog, runs the
-//! plan in one transaction and proves no masked login can read a PHI relation, `discover`
-//! proposes `[[phi]]` tags for a person to review.
+//! The parts: `plan` writes the SQL (pure, unit-tested), `verify` the checks of every privilege
+//! the policy implies and the removal of logins no longer configured (pure), `apply` reads the
+//! catalog, runs all of it in one transaction and proves no masked login can read a PHI
+//! relation, `discover` proposes `[[phi]]` tags for a person to review.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ use crate::config::Config;
 mod apply;
 mod discover;
 mod plan;
+mod verify;
 
 pub use apply::provision;
 pub use discover::{discover, guess_type};
@@ -45,6 +47,8 @@ pub struct MaskedLogin {
     /// `schema.table` → its PHI columns that are not tokenized (predicates on them follow the
     /// role's `phi_predicates`).
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
+    /// `schema.table` → its PHI columns the view computes: no write can assign them.
+    pub unwritable: BTreeMap<String, Vec<String>>,
 }
 
 /// `phigate_m_<role>_<tag>`, lower case, `[a-z0-9_]` only. The tag depends on the role and the
@@ -94,17 +98,35 @@ pub fn token_hex(key: &[u8], value: &str) -> String {
     hex::encode(Sha256::digest([opad.as_slice(), inner.as_slice()].concat()))
 }
 
+/// Where the token key lives: `masking_key_file`, else `<data_dir>/keys/masking-token.key`.
+fn token_key_path(config: &Config) -> Option<std::path::PathBuf> {
+    match (&config.masking_key_file, &config.data_dir) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(d)) => Some(d.join("keys").join("masking-token.key")),
+        (None, None) => None,
+    }
+}
+
 /// The token key: `<data_dir>/keys/masking-token.key` (created on first start).
 pub fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
-    let path = match (&config.masking_key_file, &config.data_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.join("keys").join("masking-token.key"),
-        (None, None) => {
-            anyhow::bail!("masking needs a token key: set data_dir or masking_key_file")
-        }
+    let Some(path) = token_key_path(config) else {
+        anyhow::bail!("masking needs a token key: set data_dir or masking_key_file")
     };
     phigate_audit::load_or_create_key(&path, phigate_audit::random_key)
         .map_err(|e| anyhow::anyhow!("masking token key {}: {e}", path.display()))
+}
+
+/// The token key if it exists already (never created): a gateway with no masked role left
+/// still removes the logins it provisioned earlier.
+fn existing_token_key(config: &Config) -> Option<Vec<u8>> {
+    token_key_path(config)
+        .filter(|p| p.exists())
+        .and_then(|_| token_key(config).ok())
+}
+
+/// The mark on the logins provisioned under this token key (a fleet sharing the key shares it).
+fn owner_mark(key: &[u8]) -> String {
+    token_hex(key, "phigate-masked-logins")[..16].to_owned()
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use phigate_policy::masking::{strategy_for, PhiTableConfig, PhiType, Strategy};
 use phigate_policy::RoleConfig;
 
+use super::verify::{Check, Need};
+
 /// ZIP3 areas with 20,000 people or fewer: Safe Harbor replaces them with `000`.
 const SPARSE_ZIP3: &[&str] = &[
     "036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831", "878",
@@ -56,6 +58,9 @@ pub(super) struct Catalog<'a> {
     pub all_tables: &'a [String],
     /// The relations that hold or show a tagged table's rows ([`exposing_query`]).
     pub exposing: &'a HashSet<String>,
+    /// `schema<US>table` → the sequences its inserts draw from (serial, identity, defaults
+    /// calling `nextval`), as `schema<US>sequence` ([`super::verify::SEQUENCES`]).
+    pub sequences: &'a HashMap<String, Vec<String>>,
 }
 
 /// One masked role's SQL and what its sessions need to know of it.
@@ -65,6 +70,15 @@ pub(super) struct RolePlan {
     pub phi_columns: BTreeMap<String, Vec<String>>,
     /// `schema.table` → its PHI columns that are not tokenized.
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
+    /// `schema.table` → its PHI columns the view computes (every strategy but `clear`): no
+    /// write can assign them.
+    pub unwritable: BTreeMap<String, Vec<String>>,
+}
+
+/// The schema of a login's internals (the token key and function): the login has no USAGE on
+/// it and it is on nobody's search_path, so the masked session's catalog shows only its views.
+pub(super) fn internal_schema(user: &str) -> String {
+    format!("{user}_k")
 }
 
 fn tagged_list(tables: &[(String, String)]) -> String {
@@ -222,18 +236,33 @@ pub(super) fn role_plan(
     catalog: &Catalog<'_>,
     write_through: bool,
 ) -> RolePlan {
-    let schema = user;
-    let mut sql = login_sql(user, schema, verifier, pads);
+    let mut sql = login_sql(user, verifier, pads);
+    let mut checks = vec![Check::connect()];
     let mut phi_columns = BTreeMap::new();
     let mut predicate_guarded = BTreeMap::new();
+    let mut unwritable = BTreeMap::new();
     for (t, phi) in catalog.tables.iter().zip(catalog.phi) {
         let Some(have) = catalog.columns.get(t) else {
             continue;
         };
         sql.push_str(&view_sql(role, user, t, phi, have, write_through));
+        // The views are the gateway login's: it reads the tables under them with its own
+        // privileges (and writes them, for approved writes, where it may write them itself).
+        checks.push(Check::new(Need::Source, &t.0, &t.1, "SELECT"));
+        if write_through {
+            sql.push_str(&sequence_grants(user, catalog, t, &mut checks));
+        }
         phi_columns.insert(
             format!("{}.{}", t.0, t.1),
             phi.columns.keys().cloned().collect(),
+        );
+        unwritable.insert(
+            format!("{}.{}", t.0, t.1),
+            phi.columns
+                .iter()
+                .filter(|(_, kind)| strategy_for(&role.masking, **kind) != Strategy::Clear)
+                .map(|(c, _)| c.clone())
+                .collect(),
         );
         predicate_guarded.insert(
             format!("{}.{}", t.0, t.1),
@@ -249,11 +278,19 @@ pub(super) fn role_plan(
                 .collect(),
         );
     }
-    sql.push_str(&base_grants_sql(role, user, catalog, write_through));
+    sql.push_str(&base_grants_sql(
+        role,
+        user,
+        catalog,
+        write_through,
+        &mut checks,
+    ));
+    sql.push_str(&super::verify::verify_sql(user, &checks));
     RolePlan {
         sql,
         phi_columns,
         predicate_guarded,
+        unwritable,
     }
 }
 
@@ -264,10 +301,11 @@ pub(super) fn connection_limit_sql(user: &str, cap: usize) -> String {
 }
 
 /// The login (created if missing, stripped of memberships and table privileges), its schema
-/// afresh, the token key table and the token function.
-fn login_sql(user: &str, schema: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String {
+/// afresh, and its internal schema with the token key table and the token function.
+fn login_sql(user: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String {
     let u = ident(user);
-    let s = ident(schema);
+    let s = ident(user);
+    let k = ident(&internal_schema(user));
     format!(
         "DO $$ BEGIN\n\
            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {u} LOGIN; END IF;\n\
@@ -289,17 +327,20 @@ fn login_sql(user: &str, schema: &str, verifier: &str, (ipad, opad): (&[u8], &[u
            END LOOP;\n\
          END $$;\n\
          DROP SCHEMA IF EXISTS {s} CASCADE;\n\
+         DROP SCHEMA IF EXISTS {k} CASCADE;\n\
          CREATE SCHEMA {s};\n\
          REVOKE ALL ON SCHEMA {s} FROM PUBLIC;\n\
-         CREATE TABLE {s}.token_key (ipad bytea NOT NULL, opad bytea NOT NULL);\n\
-         REVOKE ALL ON {s}.token_key FROM PUBLIC;\n\
-         INSERT INTO {s}.token_key VALUES ('\\x{ipad}', '\\x{opad}');\n\
-         CREATE FUNCTION {s}.phigate_token(v text) RETURNS text\n\
+         CREATE SCHEMA {k};\n\
+         REVOKE ALL ON SCHEMA {k} FROM PUBLIC;\n\
+         CREATE TABLE {k}.token_key (ipad bytea NOT NULL, opad bytea NOT NULL);\n\
+         REVOKE ALL ON {k}.token_key FROM PUBLIC;\n\
+         INSERT INTO {k}.token_key VALUES ('\\x{ipad}', '\\x{opad}');\n\
+         CREATE FUNCTION {k}.phigate_token(v text) RETURNS text\n\
            LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp\n\
-           AS $$ SELECT encode(sha256(k.opad || sha256(k.ipad || convert_to(v, 'UTF8'))), 'hex') FROM {s}.token_key k $$;\n\
-         REVOKE ALL ON FUNCTION {s}.phigate_token(text) FROM PUBLIC;\n\
+           AS $$ SELECT encode(sha256(k.opad || sha256(k.ipad || convert_to(v, 'UTF8'))), 'hex') FROM {k}.token_key k $$;\n\
+         REVOKE ALL ON FUNCTION {k}.phigate_token(text) FROM PUBLIC;\n\
          GRANT USAGE ON SCHEMA {s} TO {u};\n\
-         GRANT EXECUTE ON FUNCTION {s}.phigate_token(text) TO {u};\n",
+         GRANT EXECUTE ON FUNCTION {k}.phigate_token(text) TO {u};\n",
         lit = literal(user),
         pw = literal(verifier),
         ipad = hex::encode(ipad),
@@ -326,7 +367,12 @@ fn view_sql(
         .map(|c| match phi.columns.get(&c.name) {
             Some(kind) => format!(
                 "{} AS {}",
-                mask_expr(c, *kind, strategy_for(&role.masking, *kind), user),
+                mask_expr(
+                    c,
+                    *kind,
+                    strategy_for(&role.masking, *kind),
+                    &internal_schema(user)
+                ),
                 ident(&c.name)
             ),
             None => ident(&c.name),
@@ -358,6 +404,7 @@ fn base_grants_sql(
     user: &str,
     catalog: &Catalog<'_>,
     write_through: bool,
+    checks: &mut Vec<Check>,
 ) -> String {
     let u = ident(user);
     let mut sql = String::new();
@@ -374,21 +421,65 @@ fn base_grants_sql(
         let obj = format!("{}.{}", ident(schema_name), ident(table));
         if granted && !is_phi {
             schemas.insert(schema_name.to_owned());
-            let privileges = if write_through {
-                "SELECT, INSERT, UPDATE, DELETE"
-            } else {
-                "SELECT"
-            };
-            // A table the gateway's login may not grant on stays unreadable (fail closed).
-            sql.push_str(&format!(
-                "DO $$ BEGIN GRANT {privileges} ON {obj} TO {u}; \
-                 EXCEPTION WHEN insufficient_privilege THEN RAISE NOTICE 'phigate: cannot grant on %', {}; END $$;\n",
-                literal(&obj)
-            ));
+            let privileges = privileges(write_through);
+            // What the gateway's login cannot grant is caught by the checks at the end, which
+            // name it (a GRANT without the grant option only warns).
+            sql.push_str(&guarded_grant(&privileges.join(", "), &obj, &u));
+            for p in privileges {
+                checks.push(Check::new(Need::Table, schema_name, table, p));
+            }
+            if write_through {
+                let t = (schema_name.to_owned(), table.to_owned());
+                sql.push_str(&sequence_grants(user, catalog, &t, checks));
+            }
         }
     }
     for sc in schemas {
-        sql.push_str(&format!("GRANT USAGE ON SCHEMA {} TO {u};\n", ident(&sc)));
+        sql.push_str(&guarded_grant(
+            "USAGE",
+            &format!("SCHEMA {}", ident(&sc)),
+            &u,
+        ));
+        checks.push(Check::new(Need::Schema, &sc, "", "USAGE"));
+    }
+    sql
+}
+
+/// The privileges a masked login gets on what its grants name: SELECT, and with approvals on
+/// the writes a reviewer may approve.
+fn privileges(write_through: bool) -> &'static [&'static str] {
+    if write_through {
+        &["SELECT", "INSERT", "UPDATE", "DELETE"]
+    } else {
+        &["SELECT"]
+    }
+}
+
+/// `GRANT privileges ON obj TO u`, where a refusal leaves it to the checks to report.
+fn guarded_grant(privileges: &str, obj: &str, u: &str) -> String {
+    format!(
+        "DO $$ BEGIN GRANT {privileges} ON {obj} TO {u}; \
+         EXCEPTION WHEN insufficient_privilege THEN NULL; END $$;\n"
+    )
+}
+
+/// USAGE on the sequences an insert into `t` draws from (`nextval` needs it; an identity
+/// column's own sequence does not, but gets it too, so a column's default can change to it).
+fn sequence_grants(
+    user: &str,
+    catalog: &Catalog<'_>,
+    t: &(String, String),
+    checks: &mut Vec<Check>,
+) -> String {
+    let mut sql = String::new();
+    let key = format!("{}\u{1f}{}", t.0, t.1);
+    for seq in catalog.sequences.get(&key).into_iter().flatten() {
+        let Some((s, name)) = seq.split_once('\u{1f}') else {
+            continue;
+        };
+        let obj = format!("SEQUENCE {}.{}", ident(s), ident(name));
+        sql.push_str(&guarded_grant("USAGE", &obj, &ident(user)));
+        checks.push(Check::new(Need::Sequence, s, name, "USAGE"));
     }
     sql
 }
@@ -470,18 +561,24 @@ columns = { ssn = "ssn", first_name = "name" }
         ];
         let exposing: HashSet<String> = all[..2].iter().cloned().collect();
         let phi = [f.phi];
+        let mut sequences = HashMap::new();
+        sequences.insert(
+            "public\u{1f}wards".to_owned(),
+            vec!["public\u{1f}wards_id_seq".to_owned()],
+        );
         let catalog = Catalog {
             tables: &tables,
             phi: &phi,
             columns: &columns,
             all_tables: &all,
             exposing: &exposing,
+            sequences: &sequences,
         };
         check_tags(&tables, &phi, &columns).expect("tags match the catalog");
         let p = role_plan(&f.role, "m_login", "SCRAM-x", (b"i", b"o"), &catalog, false);
         assert!(p.sql.contains(
             "CREATE VIEW \"m_login\".\"patients\" WITH (security_barrier) AS SELECT \"id\", \
-             CAST('tok_' || left(\"m_login\".phigate_token(\"first_name\"::text), 16) AS text) AS \"first_name\", \
+             CAST('tok_' || left(\"m_login_k\".phigate_token(\"first_name\"::text), 16) AS text) AS \"first_name\", \
              CAST(CASE WHEN \"ssn\" IS NULL THEN NULL ELSE '***-**-' || right(regexp_replace(\"ssn\", '\\D', '', 'g'), 4) END AS character varying(11)) AS \"ssn\" \
              FROM \"public\".\"patients\";\n"
         ));
@@ -492,6 +589,22 @@ columns = { ssn = "ssn", first_name = "name" }
         assert!(!p.sql.contains("ON \"public\".\"patients\" TO"));
         assert!(!p.sql.contains("ON \"public\".\"patients_view\" TO"));
         assert!(!p.sql.contains("GRANT INSERT"));
+        assert!(!p.sql.contains("SEQUENCE"), "no writes, no sequences");
+        // The internals live apart from the views, and the login cannot reach them.
+        assert!(p.sql.contains("CREATE TABLE \"m_login_k\".token_key"));
+        assert!(!p.sql.contains("GRANT USAGE ON SCHEMA \"m_login_k\""));
+        assert!(p
+            .sql
+            .contains("has_table_privilege('m_login', '\"public\".\"wards\"', 'SELECT')"));
+        assert!(p.unwritable["public.patients"].contains(&"ssn".to_owned()));
+        // With approvals on, inserts may draw from the table's sequence.
+        let w = role_plan(&f.role, "m_login", "SCRAM-x", (b"i", b"o"), &catalog, true);
+        assert!(w
+            .sql
+            .contains("GRANT USAGE ON SEQUENCE \"public\".\"wards_id_seq\" TO \"m_login\""));
+        assert!(w
+            .sql
+            .contains("has_sequence_privilege('m_login', '\"public\".\"wards_id_seq\"', 'USAGE')"));
         assert_eq!(p.predicate_guarded["public.patients"], vec!["ssn"]);
         assert_eq!(
             p.phi_columns["public.patients"],

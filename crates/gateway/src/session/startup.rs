@@ -81,8 +81,8 @@ pub(super) async fn start(
         .seat(&identity.issuer, &identity.subject.0, &role)?;
     let upstream = connect_upstream(shared, &params, db, &role, masked_login.as_ref()).await?;
     audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
-    let (phi, predicate_guarded) = masked_login
-        .map(|l| (l.phi_columns, l.predicate_guarded))
+    let (phi, predicate_guarded, unwritable) = masked_login
+        .map(|l| (l.phi_columns, l.predicate_guarded, l.unwritable))
         .unwrap_or_default();
     let guard = guard::Guard::new(guard::GuardParams {
         tape: shared
@@ -99,6 +99,7 @@ pub(super) async fn start(
         approvals_on: shared.approvals.config.enabled,
         phi,
         predicate_guarded,
+        unwritable,
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     out.clear();

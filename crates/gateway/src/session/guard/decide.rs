@@ -175,6 +175,38 @@ pub fn phi_predicate(
     None
 }
 
+/// A masked role's write that assigns a column its masking view computes: the database can
+/// never run it (`cannot update column ... of view`), so it is refused at once rather than held
+/// for a reviewer whose approval would be wasted.
+pub fn masked_write(
+    role: &Role,
+    unwritable: &BTreeMap<String, Vec<String>>,
+    analysis: &Analysis,
+) -> Option<Decision> {
+    if unwritable.is_empty() {
+        return None;
+    }
+    for st in all_statements(analysis) {
+        for (rel, col) in &st.assigned {
+            // The names in the refusal are the configured ones, never the client's text.
+            let hit = unwritable
+                .iter()
+                .filter(|(key, _)| match &rel.schema {
+                    Some(s) => **key == format!("{s}.{}", rel.name),
+                    None => key.rsplit('.').next() == Some(rel.name.as_str()),
+                })
+                .find_map(|(table, cols)| {
+                    let c = cols.iter().find(|c| c.eq_ignore_ascii_case(col))?;
+                    Some((table, c))
+                });
+            if let Some((table, c)) = hit {
+                return Some(refusals::deny(refusals::masked_write(c, table, &role.name)));
+            }
+        }
+    }
+    None
+}
+
 /// `SET phigate.reason = '...'` (or `RESET phigate.reason`), alone in its Query: the session's
 /// justification from now on (`Some(None)`: reset). `SET LOCAL` and `set_config()` are not
 /// followed.

@@ -56,6 +56,9 @@ pub struct GuardParams {
     pub phi: BTreeMap<String, Vec<String>>,
     /// For a masked role: its non-tokenized PHI columns by `schema.table`.
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
+    /// For a masked role: the PHI columns its masking views compute (every strategy but
+    /// `clear`) by `schema.table`. No write can assign them.
+    pub unwritable: BTreeMap<String, Vec<String>>,
     /// The session's recording, if it is recorded.
     pub tape: Option<Arc<crate::recording::Tape>>,
 }
@@ -560,6 +563,13 @@ impl Guard {
             return Decision::Deny(refusals::audit_unavailable());
         }
         let decision = self.p.policy.decide(&self.p.role, analysis, &[]);
+        if matches!(decision, Decision::Deny(_)) {
+            return decision;
+        }
+        // A write no approval can make run is refused now, not sent to a reviewer.
+        if let Some(refused) = decide::masked_write(&self.p.role, &self.p.unwritable, analysis) {
+            return refused;
+        }
         if decision != Decision::Allow {
             return decision;
         }

@@ -111,6 +111,18 @@ pub fn internal() -> Refusal {
     )
 }
 
+/// A masked role's write to a column its masking view computes: no approval can make it run.
+pub fn masked_write(col: &str, table: &str, role: &str) -> Refusal {
+    refusal(
+        "masked-column-write",
+        format!(
+            "phigate: the PHI column {col} of {table} is masked for role {role} and cannot be written (rule masked-column-write)"
+        ),
+        "This role sees the column through a masking view, which the database cannot write through, so no approval can make it run. Ask someone whose role sees the column unmasked to make this change.",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+    )
+}
+
 /// A masked role conditioning on a non-tokenized PHI column.
 pub fn phi_predicate(col: &str, table: &str, role: &str) -> Refusal {
     refusal(

@@ -127,6 +127,7 @@ async fn session() -> (Peer, Peer) {
         approvals_on: false,
         phi: Default::default(),
         predicate_guarded: Default::default(),
+        unwritable: Default::default(),
         tape: None,
     });
     let (client, gw_client) = tokio::io::duplex(64 * 1024);
