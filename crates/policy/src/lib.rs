@@ -355,7 +355,7 @@ impl Policy {
                     RuleAction::RequireApproval => self.guards(role, st, &resolved).unwrap_or_else(|| Decision::RequireApproval(Refusal {
                         rule: rule.name.clone(),
                         message: format!("phigate: {what} requires approval by rule {}", rule.name),
-                        hint: or(hint, "A reviewer must approve this statement; the approval workflow is not enabled on this gateway yet, so it is refused."),
+                        hint: or(hint, "A reviewer must approve this statement (it is refused at once where approvals are off)."),
                         sqlstate: phigate_wire::sqlstate::INSUFFICIENT_PRIVILEGE,
                         position: None,
                     })),
