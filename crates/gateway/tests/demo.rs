@@ -237,7 +237,7 @@ fn demo_serves_every_identity_and_cleans_up() {
         .status()
         .expect("kill");
     let reloaded = Instant::now();
-    while !read_log().contains("policy reloaded") {
+    while !read_log().contains("configuration reloaded") {
         assert!(
             reloaded.elapsed() < Duration::from_secs(10),
             "no reload after SIGHUP:\n{}",

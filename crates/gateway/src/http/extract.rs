@@ -120,7 +120,7 @@ impl FromRequestParts<Arc<Shared>> for Reviewer {
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let credentials = Credentials::from_request_parts(parts, shared).await?;
         let (policy, _) = shared.policy.store.snapshot();
-        let mut roles = shared.approvals.config.reviewer_roles.clone();
+        let mut roles = shared.approvals.config.get().reviewer_roles.clone();
         roles.extend(policy.rule_reviewer_roles().map(str::to_owned));
         let who = credentials
             .authorize(
@@ -150,7 +150,7 @@ impl FromRequestParts<Arc<Shared>> for AuditReader {
         let who = credentials
             .authorize(
                 shared,
-                &shared.audit.reader_roles,
+                &shared.audit.reader_roles.get(),
                 "read the audit log (audit.reader_roles)",
             )
             .await?;
@@ -193,7 +193,7 @@ impl FromRequestParts<Arc<Shared>> for MetricsReader {
                 credentials
                     .authorize(
                         shared,
-                        &shared.audit.reader_roles,
+                        &shared.audit.reader_roles.get(),
                         "read the metrics (audit.reader_roles)",
                     )
                     .await?;

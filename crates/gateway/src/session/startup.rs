@@ -96,7 +96,7 @@ pub(super) async fn start(
         session: session.clone(),
         audit_on: shared.audit.log.is_some(),
         gate_reads: shared.audit.gate_reads,
-        approvals_on: shared.approvals.config.enabled,
+        approvals_on: shared.approvals.config.get().enabled,
         phi,
         predicate_guarded,
     });
@@ -235,7 +235,8 @@ async fn negotiate(
                 if !buf.is_empty() {
                     return Err(SessionError::Startup("unexpected data after SSLRequest"));
                 }
-                match &shared.listen.tls_acceptor {
+                let tls = shared.listen.tls.get();
+                match &tls.acceptor {
                     Some(acceptor) => {
                         stream.write_all(b"S").await?;
                         let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
@@ -254,7 +255,7 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Startup(m) => {
-                if shared.listen.tls_required && !stream.is_tls() {
+                if shared.listen.tls.get().required && !stream.is_tls() {
                     return Err(SessionError::Startup(
                         "TLS is required; connect with sslmode=require",
                     ));
