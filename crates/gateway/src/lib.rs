@@ -17,6 +17,7 @@ pub mod live;
 pub mod logging;
 pub mod login;
 pub mod masking;
+pub mod metrics;
 pub mod net;
 pub mod pgerror;
 pub mod policy;

@@ -140,6 +140,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Connection and session caps.
     pub admission: Arc<crate::admission::Admission>,
+    /// Statements by decision, their latency, failed logins (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The config the process started with: what a reload cannot change is compared with it
     /// (`needs_restart`).
     pub started: Config,
@@ -218,6 +220,7 @@ impl Shared {
             recorder,
             cancels: CancelRegistry::default(),
             admission: crate::admission::Admission::new(&config.limits, budget.pg_connections),
+            metrics: Arc::default(),
             started: config.clone(),
         })
     }

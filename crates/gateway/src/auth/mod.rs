@@ -188,6 +188,34 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A stable, bounded name for the kind of refusal (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::InvalidCredentials => "invalid_credentials",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::UntrustedIssuer => "untrusted_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Malformed => "malformed",
+            AuthError::TooLarge(_) => "too_large",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::MissingSubject => "missing_subject",
+            AuthError::UnverifiedEmail => "unverified_email",
+            AuthError::KeyRevoked => "key_revoked",
+            AuthError::TokenRevoked => "token_revoked",
+            AuthError::AlreadyExchanged => "already_exchanged",
+            AuthError::ExchangeBusy => "exchange_busy",
+            AuthError::KeyExpired => "key_expired",
+            AuthError::IdpUnavailable => "idp_unavailable",
+            AuthError::RateLimited(_) => "rate_limited",
+            AuthError::RoleNotAllowed { .. } => "role_not_allowed",
+            AuthError::NoRole { .. } => "no_role",
+        }
+    }
+
     /// Counts towards the failed-login limit: a wrong or forged credential. Not: a valid
     /// credential asking for the wrong role, an IdP outage, or the limit itself.
     fn is_failed_guess(&self) -> bool {

@@ -90,6 +90,7 @@ impl Credentials {
                     // Like a failed login on the wire: the same record (and the same limiter,
                     // which authenticate_api has counted). There is no startup `user` here;
                     // the role the call was tried for stands in for it.
+                    shared.metrics.login_failed(e.kind(), "http");
                     if let Some(audit) = &shared.audit.log {
                         audit.submit(phigate_audit::Pending::Event(
                             phigate_audit::Event::LoginFailed {

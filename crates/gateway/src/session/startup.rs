@@ -99,6 +99,7 @@ pub(super) async fn start(
         approvals_on: shared.approvals.config.get().enabled,
         phi,
         predicate_guarded,
+        metrics: shared.metrics.clone(),
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     out.clear();
@@ -409,6 +410,9 @@ async fn authenticate(
         .auth
         .authenticate(peer.ip(), role, token, &is_role)
         .await;
+    if let Err(e) = &result {
+        shared.metrics.login_failed(e.kind(), "wire");
+    }
     if let (Err(e), Some(audit)) = (&result, &shared.audit.log) {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::LoginFailed {

@@ -58,6 +58,8 @@ pub struct GuardParams {
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
     /// The session's recording, if it is recorded.
     pub tape: Option<Arc<crate::recording::Tape>>,
+    /// Statements by decision (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What to do with one client message.
@@ -126,6 +128,9 @@ pub(super) struct Note<'a> {
     executed: &'a [Arc<Prepared>],
     decision: &'a Decision,
     simple: bool,
+    /// The end of a hold (approved: runs now; else refused): counted as the hold's outcome in
+    /// `/metrics`, not as another statement decision.
+    settles: bool,
 }
 
 impl Guard {
@@ -253,6 +258,7 @@ impl Guard {
                     executed: &[],
                     decision: &decision,
                     simple: true,
+                    settles: false,
                 });
                 self.refuse_query(decision, "function-call", record)
             }
@@ -288,6 +294,7 @@ impl Guard {
             executed: &executed,
             decision: &decision,
             simple: true,
+            settles: false,
         });
         match decision {
             Decision::Allow => {
@@ -363,6 +370,7 @@ impl Guard {
                     executed: &[],
                     decision: &decision,
                     simple: false,
+                    settles: false,
                 });
                 self.refuse_parse(name, decision, "parse", record)
             }
@@ -417,6 +425,7 @@ impl Guard {
             executed: &[],
             decision: &refusal,
             simple: false,
+            settles: false,
         });
         let (token, mut bytes) = self.token();
         write::bind(&mut bytes, bind.portal, &token, bind.rest());
@@ -494,6 +503,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::Allow,
             simple: false,
+            settles: false,
         });
         Filtered {
             action: Action::Forward(Sent::Execute {
@@ -514,6 +524,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::Allow,
             simple: held.parse.is_none(),
+            settles: true,
         });
         let sent = match &held.parse {
             Some(name) => Sent::Parse {
@@ -548,6 +559,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::RequireApproval(refusal.clone()),
             simple: held.parse.is_none(),
+            settles: true,
         });
         match &held.parse {
             Some(name) => self.refuse_parse(name, Decision::Deny(refusal), "held", record),

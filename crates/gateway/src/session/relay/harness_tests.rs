@@ -135,6 +135,7 @@ async fn session() -> (Peer, Peer) {
         phi: Default::default(),
         predicate_guarded: Default::default(),
         tape: None,
+        metrics: Default::default(),
     });
     let (client, gw_client) = tokio::io::duplex(64 * 1024);
     let (database, gw_database) = tokio::io::duplex(64 * 1024);
