@@ -1,5 +1,5 @@
 //! For probes and people: `/healthz` (the process is alive), `/readyz` (it accepts sessions
-//! and can reach the database), `/metrics` (Prometheus text: sessions, by role too; statements
+//! and can reach the database; degraded when an OIDC issuer cannot be reached), `/metrics` (Prometheus text: sessions, by role too; statements
 //! by decision and their latency; holds pending; failed logins; audit and recording writer
 //! counters with the audit fsync latency; health).
 
@@ -28,10 +28,24 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // An unreachable IdP degrades the gateway but does not make it unready: sessions still
+    // open with API keys, static identities, gateway tokens and tokens whose keys are cached.
+    let issuers = shared.auth.probe_issuers().await;
+    let degraded = issuers.iter().any(|(_, ok)| !ok);
+    let status = match (ready, degraded) {
+        (false, _) => "not ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let issuers: serde_json::Map<String, Value> = issuers
+        .into_iter()
+        .map(|(name, ok)| (name, json!(if ok { "reachable" } else { "unreachable" })))
+        .collect();
     (
         code,
         Json(json!({
-            "status": if ready { "ready" } else { "not ready" },
+            "status": status,
+            "issuers": issuers,
             "accepting": accepting,
             "upstream": if reachable { "reachable" } else { "unreachable" },
             "audit": match &shared.audit.log {
