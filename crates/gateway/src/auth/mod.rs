@@ -588,49 +588,14 @@ impl Authenticator {
         limit_guesses(limited, result)
     }
 
-    /// What `phigate login` needs to know of each issuer: every one is listed, with its login
-    /// client (`client_id`, `null` when the issuer has none: its tokens are accepted but
-    /// `phigate login` cannot sign in with it), the claim that names the individual and the
-    /// scopes to ask for (those that release that claim included).
+    /// Every issuer for `phigate login` ([`Trust::login_issuers`]).
     pub fn login_issuers(&self) -> Vec<serde_json::Value> {
-        self.trust
-            .get()
-            .oidc
-            .iter()
-            .map(|o| {
-                serde_json::json!({
-                    "name": o.cfg.name,
-                    "issuer": o.cfg.issuer,
-                    "client_id": o.cfg.client_id,
-                    "subject_claim": o.cfg.subject_claim,
-                    "scopes": crate::config::auth::login_scopes(&o.cfg),
-                })
-            })
-            .collect()
+        self.trust.get().login_issuers()
     }
 
-    /// Whether each configured OIDC issuer's keys can be fetched now (`/readyz`), by name.
-    /// Issuers are asked at once; one that has not answered within 3 s counts as unreachable.
+    /// Whether each OIDC issuer's keys can be fetched now ([`Trust::probe_issuers`]).
     pub async fn probe_issuers(&self) -> Vec<(String, bool)> {
-        let probes: Vec<_> = self
-            .trust
-            .get()
-            .oidc
-            .iter()
-            .map(|o| {
-                let o = o.clone();
-                (
-                    o.cfg.name.clone(),
-                    tokio::spawn(async move { o.jwks.probe().await }),
-                )
-            })
-            .collect();
-        let mut out = Vec::with_capacity(probes.len());
-        for (name, probe) in probes {
-            let answered = tokio::time::timeout(Duration::from_secs(3), probe).await;
-            out.push((name, matches!(answered, Ok(Ok(true)))));
-        }
-        out
+        self.trust.get().probe_issuers().await
     }
 
     async fn verify_for_exchange(&self, token: &str) -> Result<Exchange, AuthError> {

@@ -112,6 +112,47 @@ impl Trust {
             .is_some_and(|s| s.subject == subject && s.roles.iter().any(|r| r == role))
     }
 
+    /// What `phigate login` needs to know of each issuer: every one is listed, with its login
+    /// client (`client_id`, `null` when the issuer has none: its tokens are accepted but
+    /// `phigate login` cannot sign in with it), the claim that names the individual and the
+    /// scopes to ask for (those that release that claim included).
+    pub fn login_issuers(&self) -> Vec<serde_json::Value> {
+        self.oidc
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "name": o.cfg.name,
+                    "issuer": o.cfg.issuer,
+                    "client_id": o.cfg.client_id,
+                    "subject_claim": o.cfg.subject_claim,
+                    "scopes": crate::config::auth::login_scopes(&o.cfg),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether each issuer's keys can be fetched now (`/readyz`), by name. Issuers are asked at
+    /// once; one that has not answered within 3 s counts as unreachable.
+    pub async fn probe_issuers(&self) -> Vec<(String, bool)> {
+        let probes: Vec<_> = self
+            .oidc
+            .iter()
+            .map(|o| {
+                let o = o.clone();
+                (
+                    o.cfg.name.clone(),
+                    tokio::spawn(async move { o.jwks.probe().await }),
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(probes.len());
+        for (name, probe) in probes {
+            let answered = tokio::time::timeout(Duration::from_secs(3), probe).await;
+            out.push((name, matches!(answered, Ok(Ok(true)))));
+        }
+        out
+    }
+
     pub(super) fn has_issuer(&self, name: &str) -> bool {
         self.oidc.iter().any(|o| o.cfg.name == name)
     }
