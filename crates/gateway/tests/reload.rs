@@ -473,3 +473,68 @@ async fn a_changed_webhook_receives_the_next_hold() {
         "the old webhook was still used"
     );
 }
+
+/// A role removed from the file ends the sessions that hold it, API keys' included (their role
+/// is written in the key); `audit.reader_roles` follows the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_role_ends_its_sessions_and_audit_readers_follow_the_file() {
+    const ADMIN: &str = "[[role]]\nname = \"admin\"\nrestricted = false\n[[role.grant]]\nschema = \"*\"\nactions = [\"*\"]\n";
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    opts.extra = "[audit]\nreader_roles = []\n".into();
+    assert!(opts.policy.contains(ADMIN));
+    let gw = Gateway::start_with_identities(
+        Path::new(env!("CARGO_BIN_EXE_phigate")),
+        opts,
+        &["agent", "reviewer"],
+    )
+    .expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let cfg = config.to_str().expect("path");
+    let out = Command::new(env!("CARGO_BIN_EXE_phigate"))
+        .args([
+            "keys", "create", "--name", "ops", "--role", "admin", "--config", cfg,
+        ])
+        .output()
+        .expect("keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let conninfo = gw
+        .conninfo("agent")
+        .replace(gw.token("agent"), &key)
+        .replace("user=ai-agent", "user=admin");
+    let (admin, conn) = tokio_postgres::connect(&conninfo, NoTls)
+        .await
+        .expect("API key session");
+    let conn = tokio::spawn(conn);
+    admin.simple_query("SELECT 1").await.expect("works");
+    let reader = gw.token("reviewer").to_owned();
+    let (code, _) = gw
+        .http_as("GET", "/v1/audit/records", &reader, None)
+        .expect("http");
+    assert_eq!(code, 403);
+
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(ADMIN, "")
+            .replace("reader_roles = []", "reader_roles = [\"reviewer\"]"),
+    )
+    .expect("rewrite");
+    hup(&gw);
+    gw.wait_log("configuration reloaded", 1).expect("log line");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("the session of a removed role was not ended")
+        .expect("join");
+    let err = ended.expect_err("ended");
+    assert!(db_message(&err).contains("revoked"), "{err:?}");
+    let (code, body) = gw
+        .http_as("GET", "/v1/audit/records", &reader, None)
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+}

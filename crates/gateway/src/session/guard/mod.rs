@@ -182,7 +182,8 @@ impl Guard {
     }
 
     /// Takes a newer policy (between transactions). A role removed from the policy keeps the
-    /// session on its old snapshot; the next login is refused.
+    /// session on its old snapshot until the credential watch ends the session (the reload
+    /// that removed it tells every session to check); the next login is refused.
     pub fn update_policy(&mut self, policy: Arc<Policy>, version: u64) {
         if let Some(role) = policy.role(&self.p.role.name) {
             self.p.role = role;

@@ -146,7 +146,7 @@ impl Backward {
                     ending = Some(Ended::Expired);
                 }
                 _ = watch.changed(), if ending.is_none() => {
-                    if !shared.auth.still_valid(&watch.identity) {
+                    if !super::credential::admitted(shared, &watch.identity) {
                         if self.quiet() {
                             return self.credential_ended(Ended::Revoked).await;
                         }
