@@ -97,7 +97,8 @@ pub async fn reload(shared: &Shared, path: &Path) -> phigate_audit::Event {
     }
     // Last: live sessions check their credentials against the new trust.
     shared.auth.replace_trust(trust);
-    let needs_restart = needs_restart(&shared.started, &config);
+    let effective = crate::state::effective(config, shared.listen.http_addr);
+    let needs_restart = needs_restart(&shared.started, &effective);
     let version = shared.policy.store.version();
     if needs_restart.is_empty() {
         tracing::info!(path = %path.display(), version, "configuration reloaded");

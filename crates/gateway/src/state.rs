@@ -48,6 +48,8 @@ pub const READY_PROBE_TTL: Duration = Duration::from_secs(2);
 pub struct Listen {
     /// Where PostgreSQL clients connect.
     pub pg_addr: SocketAddr,
+    /// Where the HTTP side listens, if it does.
+    pub http_addr: Option<SocketAddr>,
     /// `[tls]`: replaced by a reload (new handshakes use the new certificate).
     pub tls: Live<ClientTls>,
     pub allow_plaintext_loopback: bool,
@@ -185,6 +187,7 @@ impl Shared {
             },
             listen: Listen {
                 pg_addr,
+                http_addr: http,
                 tls: Live::new(tls),
                 allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
                 max_message: config.listen.max_message_bytes,
@@ -221,9 +224,16 @@ impl Shared {
             cancels: CancelRegistry::default(),
             admission: crate::admission::Admission::new(&config.limits, budget.pg_connections),
             metrics: Arc::default(),
-            started: config.clone(),
+            started: effective(config.clone(), http),
         })
     }
+}
+
+/// `config` as the process runs it: the issuer of gateway tokens filled in (by default, the
+/// HTTP address), so a file that pins it to the same value changes nothing.
+pub fn effective(mut config: Config, http: Option<SocketAddr>) -> Config {
+    config.auth.issuer = Some(crate::auth::gateway_issuer(&config, http));
+    config
 }
 
 /// PHI columns by `schema.table`.
