@@ -1278,3 +1278,60 @@ async fn item13_readyz_reports_an_unreachable_issuer_as_degraded() {
     }
     panic!("the stopped IdP was never reported unreachable: {last}");
 }
+
+/// Issue 16 item 2: SIGHUP applies OIDC issuers and bindings. An issuer added to the file is
+/// trusted at once; a session whose role came from a binding that was removed ends, and that
+/// identity can no longer log in; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item2_a_reload_applies_oidc_issuers_and_bindings() {
+    let idp = Idp::start(600);
+    let short = Idp::start(600);
+    let before = auth_config(&idp, None, None, "");
+    let gw = start(before.clone());
+    let short_token = short.token("agent-ci", None).await;
+    let (_, msg) = refusal(&gw, "ai-agent", &short_token).await;
+    assert!(msg.contains("not trusted"), "{msg}");
+    let agent_token = idp.token("agent-ci", None).await;
+    let (agent, _a) = connect(&gw, "ai-agent", &agent_token).await.expect("agent");
+    let clin_token = idp.token("clinician-svc", None).await;
+    let (clin, clin_conn) = connect(&gw, "clinician", &clin_token)
+        .await
+        .expect("clinician");
+    clin.simple_query("SELECT 1").await.expect("works");
+
+    let clinicians =
+        "[[binding]]\ngroups = [\"clinicians\"]\nroles = [\"clinician\", \"ai-agent\"]\n";
+    let after = auth_config(&idp, Some(&short), None, "").replace(clinicians, "");
+    assert!(before.contains(clinicians));
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains(&before));
+    std::fs::write(&path, text.replace(&before, &after)).expect("rewrite");
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    gw.wait_log("configuration reloaded", 1).expect("reloaded");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), clin_conn)
+        .await
+        .expect("the session of an unbound role was not ended")
+        .expect("join");
+    assert!(text_of(ended), "ended without saying why");
+    let (_, msg) = refusal(&gw, "clinician", &idp.token("clinician-svc", None).await).await;
+    assert!(msg.contains("not granted any role"), "{msg}");
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("the agent goes on");
+    let (client, _c) = connect(&gw, "ai-agent", &short_token)
+        .await
+        .expect("the added issuer is trusted");
+    assert_eq!(whoami(&client).await[2], "short");
+}
+
+/// Whether a session's end carried the gateway's reason.
+fn text_of(ended: Result<(), tokio_postgres::Error>) -> bool {
+    ended.is_err_and(|e| text(&e).contains("revoked"))
+}
