@@ -36,12 +36,12 @@ fn scrape(gw: &Gateway) -> String {
     body
 }
 
-/// The `duration_us` of every `statement_end` record, as `phigate audit search` gives them.
-fn statement_ends(gw: &Gateway) -> Vec<u64> {
+/// The audit records of type `kind`, as `phigate audit search` gives them.
+fn records(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_phigate"))
         .args(["audit", "search", "--data-dir"])
         .arg(gw.data_dir())
-        .args(["--type", "statement_end"])
+        .args(["--type", kind])
         .output()
         .expect("audit search");
     assert!(
@@ -51,10 +51,15 @@ fn statement_ends(gw: &Gateway) -> Vec<u64> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("record");
-            v["duration_us"].as_u64().expect("duration_us")
-        })
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+/// The `duration_us` of every `statement_end` record.
+fn statement_ends(gw: &Gateway) -> Vec<u64> {
+    records(gw, "statement_end")
+        .iter()
+        .map(|v| v["duration_us"].as_u64().expect("duration_us"))
         .collect()
 }
 
@@ -235,6 +240,18 @@ async fn metrics_agree_with_the_traffic() {
         fsyncs,
         "{m}"
     );
+    // The decisions agree with the audit log's statement records (a hold's end adds one).
+    let statements = records(&gw, "statement");
+    for d in ["allow", "deny"] {
+        let n = statements.iter().filter(|r| r["decision"] == d).count() as f64;
+        let series = format!("phigate_statements_total{{decision=\"{d}\"}}");
+        assert_eq!(sample(&m, &series), n, "{d}: {m}");
+    }
+    let held = statements
+        .iter()
+        .filter(|r| r["decision"] == "require_approval")
+        .count() as f64;
+    assert_eq!(held, 2.0, "held, then its expiry: {statements:?}");
     // The existing names stay.
     for name in [
         "phigate_sessions ",
