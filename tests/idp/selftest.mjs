@@ -291,7 +291,7 @@ async function main() {
         client_id: 'phigate-cli',
         response_type: 'code',
         redirect_uri: listener.redirectUri,
-        scope: 'openid db',
+        scope: 'openid email db',
         state,
         nonce,
         code_challenge: b64url(createHash('sha256').update(verifier).digest()),

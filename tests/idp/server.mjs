@@ -29,10 +29,10 @@
 // * A public native client "phigate-cli" for the authorization code + PKCE
 //   flow (any loopback port on http://127.0.0.1/callback) and the device
 //   flow. The built-in development login page accepts any login with any
-//   password; the ID token (aud = "phigate-cli") carries sub = the login,
-//   email = the login, email_verified (true, except for a login containing
-//   "+unverified": an IdP that lets people type in their own address) and
-//   "groups" (see groupsFor).
+//   password; the ID token (aud = "phigate-cli") carries sub = the login and
+//   "groups" (see groupsFor), and with the "email" scope only, email = the
+//   login and email_verified (true, except for a login containing
+//   "+unverified": an IdP that lets people type in their own address).
 //
 // * Key rotation for tests of JWKS refresh:
 //     POST /__admin/rotate             new signing key first, older keys kept
@@ -166,7 +166,9 @@ function buildProvider(issuer) {
     cookies: { keys: cookieKeys },
     scopes: ['openid', 'offline_access', 'email', 'groups', 'db'],
     claims: {
-      openid: ['sub', 'email', 'email_verified', 'groups'],
+      // As at a real IdP, the e-mail claims come with the email scope only (phigate login
+      // must ask for it when subject_claim = "email").
+      openid: ['sub', 'groups'],
       email: ['email', 'email_verified'],
       groups: ['groups'],
     },

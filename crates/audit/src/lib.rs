@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod histogram;
 pub mod query;
 pub mod record;
 pub mod store;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use checkpoint::{PublicKey, SigningKey};
+pub use histogram::Histogram;
 pub use record::{Event, Record, StatementRecord};
 pub use writer::{AuditError, AuditHandle, Auditor, Param, Pending, Ticket};
 

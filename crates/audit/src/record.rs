@@ -75,6 +75,11 @@ pub enum Event {
         ok: bool,
         policy_version: Option<u64>,
         error: Option<String>,
+        /// Settings the reloaded file changes that take effect only after a restart
+        /// (`listen.address`, `data_dir`, `upstream.host`, ...), as dotted paths; empty (and
+        /// absent) when the running process is what the file says.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        needs_restart: Vec<String>,
     },
     /// A statement was held for review.
     ReviewRequested {

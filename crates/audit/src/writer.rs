@@ -92,6 +92,8 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     pub bytes: AtomicU64,
     pub last_seq: AtomicU64,
+    /// How long each fsync of the log took (group commits, checkpoints, shutdown).
+    pub fsync_latency: crate::Histogram,
 }
 
 /// What the writer publishes (a watch channel): sessions await their tickets on it, and
@@ -601,8 +603,10 @@ impl Writer {
         if inner.is_broken() {
             return false;
         }
+        let started = std::time::Instant::now();
         match store.sync() {
             Ok(()) => {
+                inner.stats.fsync_latency.observe(started.elapsed());
                 inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.unsynced.clear();
                 inner.state.send_modify(|d| d.durable = d.durable.max(last));

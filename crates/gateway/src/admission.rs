@@ -249,6 +249,12 @@ impl Admission {
         c.by_role.values().sum()
     }
 
+    /// Sessions held now, by role (roles with none are absent).
+    pub fn sessions_by_role(&self) -> Vec<(String, usize)> {
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.by_role.iter().map(|(r, n)| (r.clone(), *n)).collect()
+    }
+
     /// Connections on the PostgreSQL port now (sessions and logins in progress).
     pub fn connections(&self) -> usize {
         self.max_connections - self.connections.available_permits()

@@ -85,12 +85,15 @@ pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
     let issuer_url = str_field(issuer, "issuer")?
         .trim_end_matches('/')
         .to_owned();
-    let client_id = str_field(issuer, "client_id")?.to_owned();
-    let mut scopes = vec!["openid".to_owned()];
-    if let Some(extra) = issuer.get("scopes").and_then(Value::as_array) {
-        scopes.extend(extra.iter().filter_map(Value::as_str).map(str::to_owned));
-    }
-    let scope = scopes.join(" ");
+    let Some(client_id) = issuer.get("client_id").and_then(Value::as_str) else {
+        anyhow::bail!(
+            "the gateway trusts issuer {} but has no login client for it: set client_id in its \
+             [[auth.oidc]] table (a public client with PKCE / device flow at the IdP)",
+            crate::text::display(str_field(issuer, "name").unwrap_or("?"))
+        );
+    };
+    let client_id = client_id.to_owned();
+    let scope = login_scope(issuer);
     let discovery = get_json(
         &client,
         &format!("{issuer_url}/.well-known/openid-configuration"),
@@ -345,7 +348,7 @@ async fn device_flow(
         .form(&[("client_id", client_id), ("scope", scope)])
         .send()
         .await?;
-    let start: Value = resp.json().await?;
+    let start = idp_answer(resp, "device authorization endpoint").await?;
     let device_code = str_field(&start, "device_code")?.to_owned();
     let user_code = str_field(&start, "user_code")?;
     let uri = str_field(&start, "verification_uri")?;
@@ -379,27 +382,161 @@ async fn device_flow(
             ])
             .send()
             .await?;
-        if resp.status().is_success() {
-            return token_response(resp).await;
+        let status = resp.status();
+        let body = read_body(resp).await?;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        if status.is_success() {
+            if let Some(v) = json.as_ref().filter(|v| v.is_object()) {
+                return Ok(v.clone());
+            }
+        } else {
+            match json
+                .as_ref()
+                .and_then(|b| b.get("error"))
+                .and_then(Value::as_str)
+            {
+                Some("authorization_pending") => continue,
+                Some("slow_down") => {
+                    interval += Duration::from_secs(5);
+                    continue;
+                }
+                _ => {}
+            }
         }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        match body.get("error").and_then(Value::as_str) {
-            Some("authorization_pending") => {}
-            Some("slow_down") => interval += Duration::from_secs(5),
-            Some(e) => anyhow::bail!("the identity provider refused: {e}"),
-            None => anyhow::bail!("the identity provider's token endpoint failed"),
-        }
+        anyhow::bail!(describe_answer(
+            "token endpoint",
+            status,
+            json.as_ref(),
+            &body
+        ));
     }
 }
 
 async fn token_response(resp: reqwest::Response) -> anyhow::Result<Value> {
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        anyhow::bail!(
-            "the identity provider refused the code ({status}): {}",
-            body.get("error").and_then(Value::as_str).unwrap_or("?")
-        );
+    idp_answer(resp, "token endpoint").await
+}
+
+/// The scopes to ask for: those the gateway lists for the issuer (`openid` and the scope that
+/// releases its `subject_claim` among them), `openid` first, each once.
+fn login_scope(issuer: &Value) -> String {
+    let mut scopes = vec!["openid".to_owned()];
+    let listed = issuer.get("scopes").and_then(Value::as_array);
+    for s in listed.into_iter().flatten().filter_map(Value::as_str) {
+        if !s.is_empty() && !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_owned());
+        }
+    }
+    scopes.join(" ")
+}
+
+/// Largest answer read from the IdP.
+const MAX_ANSWER: usize = 256 * 1024;
+
+async fn read_body(mut resp: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            anyhow::bail!("the identity provider's answer is larger than {MAX_ANSWER} bytes");
+        }
+        body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A JSON object from an IdP endpoint, or an error that says what the IdP answered.
+async fn idp_answer(resp: reqwest::Response, what: &str) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let body = read_body(resp).await?;
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    match json {
+        Some(v) if status.is_success() && v.is_object() => Ok(v),
+        json => anyhow::bail!(describe_answer(what, status, json.as_ref(), &body)),
+    }
+}
+
+/// What an IdP endpoint answered instead of what was expected, for a person: the status, an
+/// OAuth error (`error`, `error_description`), or the start of a body that is not JSON. Never
+/// the fields of a successful answer (they hold codes and tokens); control characters escaped.
+fn describe_answer(
+    what: &str,
+    status: reqwest::StatusCode,
+    json: Option<&Value>,
+    body: &[u8],
+) -> String {
+    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let said = match json {
+        Some(v) if field(v, "error").is_some() => {
+            let error = field(v, "error").unwrap_or_default();
+            match field(v, "error_description") {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            }
+        }
+        Some(v) if v.is_object() => "a JSON object without the expected fields".to_owned(),
+        Some(_) => "JSON that is not an object".to_owned(),
+        None if body.is_empty() => "an empty body".to_owned(),
+        None => {
+            let text = String::from_utf8_lossy(body);
+            let excerpt: String = text.chars().take(200).collect();
+            let more = if text.chars().count() > 200 {
+                "…"
+            } else {
+                ""
+            };
+            format!("a body that is not JSON: \"{excerpt}{more}\"")
+        }
+    };
+    let said: String = said.chars().take(400).collect();
+    format!(
+        "the identity provider's {what} answered {status} with {}",
+        crate::text::display(&said)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_start_with_openid_once() {
+        let issuer = serde_json::json!({"scopes": ["openid", "email", "", "email", "groups"]});
+        assert_eq!(login_scope(&issuer), "openid email groups");
+        assert_eq!(login_scope(&serde_json::json!({})), "openid");
+    }
+
+    #[test]
+    fn what_the_idp_answered_is_said_escaped_and_without_secrets() {
+        let bad = reqwest::StatusCode::BAD_REQUEST;
+        let oauth = serde_json::json!({"error": "invalid_client", "error_description": "no\u{1b}[2Jsuch client"});
+        let said = describe_answer("device authorization endpoint", bad, Some(&oauth), b"");
+        assert_eq!(
+            said,
+            "the identity provider's device authorization endpoint answered 400 Bad Request with \
+             invalid_client: no\\u{1b}[2Jsuch client"
+        );
+        let html = b"<html>\r\nProxy error</html>";
+        let said = describe_answer(
+            "token endpoint",
+            reqwest::StatusCode::BAD_GATEWAY,
+            None,
+            html,
+        );
+        assert!(
+            said.ends_with("502 Bad Gateway with a body that is not JSON: \"<html>\\u{d}\\u{a}Proxy error</html>\""),
+            "{said}"
+        );
+        // A successful answer's fields (codes, tokens) are never repeated.
+        let tokens =
+            serde_json::json!({"access_token": "secret-token", "device_code": "secret-code"});
+        let said = describe_answer(
+            "token endpoint",
+            reqwest::StatusCode::OK,
+            Some(&tokens),
+            b"",
+        );
+        assert!(!said.contains("secret"), "{said}");
+        let long = "x".repeat(1000);
+        let said = describe_answer("token endpoint", bad, None, long.as_bytes());
+        assert!(said.len() < 400, "{said}");
+    }
 }

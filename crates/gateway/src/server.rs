@@ -238,63 +238,21 @@ fn spawn_key_watch(shared: &Arc<Shared>) {
     });
 }
 
-/// Reloads the policy from `path` on every SIGHUP. A file that does not load leaves the running
-/// policy in place (and says why in the log): a typo never opens or closes the gates.
+/// Reloads the configuration from `path` on every SIGHUP ([`crate::reload`]). A file that
+/// does not load leaves the running configuration in place (and says why in the log and the
+/// audit log): a typo never opens or closes the gates.
 pub fn spawn_reload_on_sighup(
     shared: Arc<Shared>,
     path: std::path::PathBuf,
     signals: &mut Signals,
 ) {
     let Some(mut hup) = signals.hup.take() else {
-        tracing::warn!("cannot listen for SIGHUP; policy reload disabled");
+        tracing::warn!("cannot listen for SIGHUP; configuration reload disabled");
         return;
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let loaded =
-                crate::config::Config::load(&path).and_then(|c| c.policy().map(|p| (c, p)));
-            let event = match loaded {
-                Ok((config, policy)) => {
-                    // New views and logins first, then the policy that uses them. If the views
-                    // cannot be provisioned, nothing changes (a newly tagged table must never be
-                    // served under the new policy with its old, raw grant).
-                    match crate::masking::provision(&config, &shared.upstream).await {
-                        Ok(logins) => {
-                            if let Ok(mut m) = shared.policy.masked.write() {
-                                *m = logins;
-                            }
-                            shared.policy.store.replace(policy);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "masking re-provisioning failed; keeping the current policy and views");
-                            if let Some(a) = &shared.audit.log {
-                                a.submit(phigate_audit::Pending::Event(
-                                    phigate_audit::Event::ConfigReload {
-                                        ok: false,
-                                        policy_version: None,
-                                        error: Some(e.to_string()),
-                                    },
-                                ));
-                            }
-                            continue;
-                        }
-                    }
-                    tracing::info!(path = %path.display(), version = shared.policy.store.version(), "policy reloaded");
-                    phigate_audit::Event::ConfigReload {
-                        ok: true,
-                        policy_version: Some(shared.policy.store.version()),
-                        error: None,
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "policy reload failed; keeping the current policy");
-                    phigate_audit::Event::ConfigReload {
-                        ok: false,
-                        policy_version: None,
-                        error: Some(e.to_string()),
-                    }
-                }
-            };
+            let event = crate::reload::reload(&shared, &path).await;
             if let Some(a) = &shared.audit.log {
                 a.submit(phigate_audit::Pending::Event(event));
             }

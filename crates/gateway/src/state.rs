@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::live::Live;
 use crate::upstream::UpstreamTarget;
 
 /// Starting and stopping.
@@ -47,8 +48,10 @@ pub const READY_PROBE_TTL: Duration = Duration::from_secs(2);
 pub struct Listen {
     /// Where PostgreSQL clients connect.
     pub pg_addr: SocketAddr,
-    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
-    pub tls_required: bool,
+    /// Where the HTTP side listens, if it does.
+    pub http_addr: Option<SocketAddr>,
+    /// `[tls]`: replaced by a reload (new handshakes use the new certificate).
+    pub tls: Live<ClientTls>,
     pub allow_plaintext_loopback: bool,
     pub max_message: usize,
     pub startup_timeout: Duration,
@@ -61,6 +64,27 @@ pub struct Listen {
     pub http_body_timeout: Duration,
     pub http_max_connections: usize,
     pub http_connections_per_source: usize,
+}
+
+/// TLS towards clients (`[tls]`).
+#[derive(Default)]
+pub struct ClientTls {
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub required: bool,
+}
+
+impl ClientTls {
+    /// Reads the certificate and key the config names.
+    pub fn from_config(config: &Config) -> anyhow::Result<ClientTls> {
+        let Some(t) = &config.tls else {
+            return Ok(ClientTls::default());
+        };
+        let server = crate::tls::server_config(&t.cert_file, &t.key_file)?;
+        Ok(ClientTls {
+            acceptor: Some(tokio_rustls::TlsAcceptor::from(server)),
+            required: t.require,
+        })
+    }
 }
 
 /// The gateway's own tokens.
@@ -77,7 +101,8 @@ pub struct Audit {
     pub log: Option<phigate_audit::Auditor>,
     /// Where it lives, for the HTTP API.
     pub dir: Option<PathBuf>,
-    pub reader_roles: Vec<String>,
+    /// `audit.reader_roles` (reloaded).
+    pub reader_roles: Live<Vec<String>>,
     /// Reads that change nothing go to the database once their record is written, and their
     /// results wait for its fsync (`audit.read_durability = "results"`).
     pub gate_reads: bool,
@@ -87,21 +112,23 @@ pub struct Audit {
 /// Statements held for review and access requests.
 pub struct Approvals {
     pub reviews: crate::approvals::Approvals,
-    pub config: crate::config::ApprovalsConfig,
+    /// `[approvals]` (reloaded; the webhook with it, in `reviews`).
+    pub config: Live<crate::config::ApprovalsConfig>,
 }
 
 /// What statements are decided with.
 pub struct Policy {
     pub store: crate::policy::PolicyStore,
     pub analyzer: phigate_sql::Analyzer,
-    /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries.
-    pub phi_tags: BTreeMap<String, Vec<String>>,
+    /// PHI columns by `schema.table` (the `[[phi]]` tags), for review summaries (reloaded).
+    pub phi_tags: Live<BTreeMap<String, Vec<String>>>,
     /// The database logins of masked roles (provisioned at start and on reload).
     pub masked: RwLock<HashMap<String, crate::masking::MaskedLogin>>,
 }
 
-/// What every session shares. Immutable after start, except the shutdown tokens, the policy
-/// and the masked logins (reloads).
+/// What every session shares. Immutable after start, except the shutdown tokens and what a
+/// reload replaces (the policy, masked logins, trust, TLS, approvals, audit readers: each a
+/// [`Live`] or a store with its own swap).
 pub struct Shared {
     pub lifecycle: Lifecycle,
     pub listen: Listen,
@@ -116,6 +143,11 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Connection and session caps.
     pub admission: Arc<crate::admission::Admission>,
+    /// Statements by decision, their latency, failed logins (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The config the process started with: what a reload cannot change is compared with it
+    /// (`needs_restart`).
+    pub started: Config,
 }
 
 impl Shared {
@@ -125,13 +157,7 @@ impl Shared {
         pg_addr: SocketAddr,
         http: Option<SocketAddr>,
     ) -> anyhow::Result<Shared> {
-        let tls_acceptor = match &config.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-                &t.cert_file,
-                &t.key_file,
-            )?)),
-            None => None,
-        };
+        let tls = ClientTls::from_config(config)?;
         let budget = crate::admission::budget(
             config.limits.max_connections,
             config.listen.http_max_connections,
@@ -143,30 +169,16 @@ impl Shared {
             None => None,
         };
         let reviews = crate::approvals::Approvals::open(config.data_dir.as_deref())
-            .notify(config.approvals.webhook_url.as_deref().and_then(|u| {
-                let slack = config.approvals.webhook_format == crate::config::WebhookFormat::Slack;
-                crate::approvals::Notifier::new(u, slack).map(|mut n| {
-                    n.audit = log.as_ref().map(|a| a.handle());
-                    n
-                })
-            }))
+            .notify(crate::approvals::Notifier::from_config(
+                &config.approvals,
+                log.as_ref().map(|a| a.handle()),
+            )?)
             .grant_elevations_in(auth.elevations.clone())
             .limit_requests(
                 config.limits.access_requests_per_hour,
                 config.limits.pending_access_requests,
             )
             .audit_to(log.as_ref().map(|a| a.handle()));
-        let phi_tags = config
-            .phi
-            .iter()
-            .map(|t| {
-                let (schema, table) = t.qualified();
-                (
-                    format!("{schema}.{table}"),
-                    t.columns.keys().cloned().collect(),
-                )
-            })
-            .collect();
         Ok(Shared {
             lifecycle: Lifecycle {
                 draining: CancellationToken::new(),
@@ -176,8 +188,8 @@ impl Shared {
             },
             listen: Listen {
                 pg_addr,
-                tls_required: config.tls.as_ref().is_some_and(|t| t.require),
-                tls_acceptor,
+                http_addr: http,
+                tls: Live::new(tls),
                 allow_plaintext_loopback: config.listen.allow_plaintext_loopback,
                 max_message: config.listen.max_message_bytes,
                 startup_timeout: Duration::from_secs(config.listen.startup_timeout_secs),
@@ -195,24 +207,48 @@ impl Shared {
             audit: Audit {
                 log,
                 dir: config.audit.resolved_dir(config.data_dir.as_deref()),
-                reader_roles: config.audit.reader_roles.clone(),
+                reader_roles: Live::new(config.audit.reader_roles.clone()),
                 gate_reads: config.audit.read_durability == crate::config::ReadDurability::Results,
                 mirror: config.audit.mirror_dir.clone(),
             },
             approvals: Approvals {
                 reviews,
-                config: config.approvals.clone(),
+                config: Live::new(config.approvals.clone()),
             },
             policy: Policy {
                 store: crate::policy::PolicyStore::new(config.policy()?),
                 analyzer: phigate_sql::Analyzer::default(),
-                phi_tags,
+                phi_tags: Live::new(phi_tags(config)),
                 masked: Default::default(),
             },
             upstream: UpstreamTarget::from_config(&config.upstream)?,
             recorder,
             cancels: CancelRegistry::default(),
             admission: crate::admission::Admission::new(&config.limits, budget.pg_connections),
+            metrics: Arc::default(),
+            started: effective(config.clone(), http),
         })
     }
+}
+
+/// `config` as the process runs it: the issuer of gateway tokens filled in (by default, the
+/// HTTP address), so a file that pins it to the same value changes nothing.
+pub fn effective(mut config: Config, http: Option<SocketAddr>) -> Config {
+    config.auth.issuer = Some(crate::auth::gateway_issuer(&config, http));
+    config
+}
+
+/// PHI columns by `schema.table`.
+pub fn phi_tags(config: &Config) -> BTreeMap<String, Vec<String>> {
+    config
+        .phi
+        .iter()
+        .map(|t| {
+            let (schema, table) = t.qualified();
+            (
+                format!("{schema}.{table}"),
+                t.columns.keys().cloned().collect(),
+            )
+        })
+        .collect()
 }

@@ -57,6 +57,20 @@ pub fn json(doc: String) -> String {
     out
 }
 
+/// A Prometheus label value: `\`, `"` and newlines escaped (the text format's rule).
+pub fn prometheus_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

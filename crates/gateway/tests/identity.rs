@@ -823,9 +823,15 @@ fn login(gw: &Gateway, device: bool, user: &str) -> Value {
 
 /// `phigate login` through the real IdP's pages: its JSON, or what it said when it failed.
 fn login_result(gw: &Gateway, device: bool, user: &str) -> Result<Value, String> {
+    login_with(gw, device, user, &[])
+}
+
+/// [`login_result`] with more arguments for `phigate login` (`--issuer NAME`).
+fn login_with(gw: &Gateway, device: bool, user: &str, args: &[&str]) -> Result<Value, String> {
     let mut cmd = Command::new(bin());
     cmd.args(["login", "--no-browser", "--json", "--url"])
-        .arg(format!("http://127.0.0.1:{}", gw.http_port));
+        .arg(format!("http://127.0.0.1:{}", gw.http_port))
+        .args(args);
     if device {
         cmd.arg("--device");
     }
@@ -1221,4 +1227,162 @@ async fn item5_real_idp_unverified_email_is_not_exchanged() {
     assert!(err.contains("not verified"), "{err}");
     let ok = login(&gw, false, "dr.rivera@demo.phigate");
     assert_eq!(ok["subject"], "dr.rivera@demo.phigate");
+}
+
+/// Issue 16 item 13: `/v1/auth/config` lists every issuer — with its login client, or `null`
+/// when it has none (then `phigate login` says so instead of "choose an issuer ... none") — the
+/// claim that names the individual, and the scopes that release it; `phigate login` asks the
+/// real IdP for them (its e-mail claims come with the `email` scope only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item13_auth_config_lists_every_issuer_and_login_asks_for_the_subject_scope() {
+    let idp = Idp::start(600);
+    let short = Idp::start(600);
+    let config = auth_config(&idp, Some(&short), None, "")
+        .replace("realm_access.roles", "groups")
+        .replace(
+            "client_id = \"phigate-cli\"",
+            "client_id = \"phigate-cli\"\nsubject_claim = \"email\"",
+        );
+    let gw = start(config);
+    let (code, body) = gw.http_get("/v1/auth/config").expect("auth config");
+    assert_eq!(code, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    let issuers = body["issuers"].as_array().expect("issuers");
+    let by_name = |n: &str| {
+        issuers
+            .iter()
+            .find(|i| i["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} missing from {body}"))
+    };
+    let corp = by_name("corp");
+    assert_eq!(corp["client_id"], "phigate-cli", "{corp}");
+    assert_eq!(corp["subject_claim"], "email", "{corp}");
+    assert_eq!(corp["scopes"], json!(["openid", "email"]), "{corp}");
+    let short_issuer = by_name("short");
+    assert_eq!(short_issuer["client_id"], Value::Null, "{short_issuer}");
+    assert_eq!(short_issuer["issuer"], short.issuer.as_str());
+
+    // An issuer without a login client: said plainly.
+    let url = format!("http://127.0.0.1:{}", gw.http_port);
+    let (ok, _, err) = phigate(&["login", "--no-browser", "--url", &url, "--issuer", "short"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no login client") && err.contains("client_id"),
+        "{err}"
+    );
+
+    // The e-mail subject arrives because login asked for the email scope.
+    let ok = login_with(&gw, false, "dr.rivera@demo.phigate", &["--issuer", "corp"]);
+    let ok = ok.unwrap_or_else(|e| panic!("login failed: {e}"));
+    assert_eq!(ok["subject"], "dr.rivera@demo.phigate");
+}
+
+/// Issue 16 item 13: when the IdP's device endpoint refuses, `phigate login --device` says
+/// what it answered (status and OAuth error), not an opaque decoding error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item13_the_device_flow_says_what_the_idp_answered() {
+    let idp = Idp::start(600);
+    let config = auth_config(&idp, None, None, "").replace(
+        "client_id = \"phigate-cli\"",
+        "client_id = \"no-such-client\"",
+    );
+    let gw = start(config);
+    let url = format!("http://127.0.0.1:{}", gw.http_port);
+    let (ok, _, err) = phigate(&["login", "--device", "--no-browser", "--url", &url]);
+    assert!(!ok);
+    assert!(
+        err.contains("device authorization endpoint answered 4") && err.contains("invalid_client"),
+        "{err}"
+    );
+    assert!(!err.contains("decoding"), "{err}");
+}
+
+/// Issue 16 item 13: `/readyz` names each issuer; one that cannot be reached makes the gateway
+/// `degraded`, still 200 (sessions open with other credentials and cached keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item13_readyz_reports_an_unreachable_issuer_as_degraded() {
+    let idp = Idp::start(600);
+    let gw = start(auth_config(&idp, None, None, ""));
+    let readyz = || {
+        let (code, body) = gw.http_get("/readyz").expect("readyz");
+        (code, serde_json::from_str::<Value>(&body).expect("json"))
+    };
+    let (code, body) = readyz();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["issuers"]["corp"], "reachable", "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+
+    drop(idp);
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = readyz();
+        assert_eq!(code, 200, "{body}");
+        if body["issuers"]["corp"] == "unreachable" {
+            assert_eq!(body["status"], "degraded", "{body}");
+            assert_eq!(body["upstream"], "reachable", "{body}");
+            assert_eq!(body["accepting"], true, "{body}");
+            return;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the stopped IdP was never reported unreachable: {last}");
+}
+
+/// Issue 16 item 2: SIGHUP applies OIDC issuers and bindings. An issuer added to the file is
+/// trusted at once; a session whose role came from a binding that was removed ends, and that
+/// identity can no longer log in; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item2_a_reload_applies_oidc_issuers_and_bindings() {
+    let idp = Idp::start(600);
+    let short = Idp::start(600);
+    let before = auth_config(&idp, None, None, "");
+    let gw = start(before.clone());
+    let short_token = short.token("agent-ci", None).await;
+    let (_, msg) = refusal(&gw, "ai-agent", &short_token).await;
+    assert!(msg.contains("not trusted"), "{msg}");
+    let agent_token = idp.token("agent-ci", None).await;
+    let (agent, _a) = connect(&gw, "ai-agent", &agent_token).await.expect("agent");
+    let clin_token = idp.token("clinician-svc", None).await;
+    let (clin, clin_conn) = connect(&gw, "clinician", &clin_token)
+        .await
+        .expect("clinician");
+    clin.simple_query("SELECT 1").await.expect("works");
+
+    let clinicians =
+        "[[binding]]\ngroups = [\"clinicians\"]\nroles = [\"clinician\", \"ai-agent\"]\n";
+    let after = auth_config(&idp, Some(&short), None, "").replace(clinicians, "");
+    assert!(before.contains(clinicians));
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains(&before));
+    std::fs::write(&path, text.replace(&before, &after)).expect("rewrite");
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    gw.wait_log("configuration reloaded", 1).expect("reloaded");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), clin_conn)
+        .await
+        .expect("the session of an unbound role was not ended")
+        .expect("join");
+    assert!(text_of(ended), "ended without saying why");
+    let (_, msg) = refusal(&gw, "clinician", &idp.token("clinician-svc", None).await).await;
+    assert!(msg.contains("not granted any role"), "{msg}");
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("the agent goes on");
+    let (client, _c) = connect(&gw, "ai-agent", &short_token)
+        .await
+        .expect("the added issuer is trusted");
+    assert_eq!(whoami(&client).await[2], "short");
+}
+
+/// Whether a session's end carried the gateway's reason.
+fn text_of(ended: Result<(), tokio_postgres::Error>) -> bool {
+    ended.is_err_and(|e| text(&e).contains("revoked"))
 }

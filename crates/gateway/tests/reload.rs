@@ -1,5 +1,6 @@
-//! SIGHUP reloads the policy atomically; a session keeps its snapshot until its transaction
-//! ends; a broken file leaves the running policy in place.
+//! SIGHUP reloads the configuration atomically: the policy (a session keeps its snapshot until
+//! its transaction ends), identities (a removed one is logged out), TLS certificates, the
+//! approvals webhook; a broken file leaves everything in place; what needs a restart is named.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,7 +69,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(DENY_LABS, ALLOW_LABS)).expect("rewrite");
     hup(&gw);
-    gw.wait_log("policy reloaded", 1).expect("log line");
+    gw.wait_log("configuration reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
         .await
@@ -99,7 +100,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
     hup(&gw);
-    gw.wait_log("policy reloaded", 2).expect("log line");
+    gw.wait_log("configuration reloaded", 2).expect("log line");
     let err = client
         .query_one(&stmt, &[])
         .await
@@ -118,7 +119,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     );
     std::fs::write(&config, text).expect("restore");
     hup(&gw);
-    gw.wait_log("policy reloaded", 3).expect("log line");
+    gw.wait_log("configuration reloaded", 3).expect("log line");
 
     // A broken file is refused and the running policy stays.
     let text = std::fs::read_to_string(&config).expect("config");
@@ -128,7 +129,8 @@ async fn sighup_swaps_the_policy_between_transactions() {
     )
     .expect("rewrite");
     hup(&gw);
-    gw.wait_log("policy reload failed", 1).expect("log line");
+    gw.wait_log("configuration reload failed", 1)
+        .expect("log line");
     let rows = client
         .query_one("SELECT count(*) FROM lab_results", &[])
         .await
@@ -171,7 +173,7 @@ async fn a_reload_reaches_a_session_after_an_extended_copy() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
     hup(&gw);
-    gw.wait_log("policy reloaded", 1).expect("log line");
+    gw.wait_log("configuration reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
         .await
@@ -180,4 +182,359 @@ async fn a_reload_reaches_a_session_after_an_extended_copy() {
         db_message(&err).contains("denied by rule grants"),
         "{err:?}"
     );
+}
+
+/// The audit records of one type, as `phigate audit search` gives them.
+fn audit_records(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_phigate"))
+        .args(["audit", "search", "--data-dir"])
+        .arg(gw.data_dir())
+        .args(["--type", kind])
+        .output()
+        .expect("audit search");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+/// Waits until `phigate audit search` shows `n` records of `kind`.
+fn wait_records(gw: &Gateway, kind: &str, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let got = audit_records(gw, kind);
+        if got.len() >= n {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("fewer than {n} {kind} records:\n{}", gw.log());
+}
+
+/// Offboarding by config: the `[[identity]]` removed from the file and reloaded can no longer
+/// log in, and its live session ends at once; the others go on. A setting only a restart can
+/// apply is named in the log and in the `config_reload` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_identity_is_logged_out_and_restart_only_changes_are_named() {
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let gw = Gateway::start_with_identities(
+        Path::new(env!("CARGO_BIN_EXE_phigate")),
+        GatewayOptions::for_cluster(cluster),
+        &["agent", "clinician"],
+    )
+    .expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let (clinician, conn) = tokio_postgres::connect(&gw.conninfo("clinician"), NoTls)
+        .await
+        .expect("connect");
+    let clinician_conn = tokio::spawn(conn);
+    let (agent, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    clinician.simple_query("SELECT 1").await.expect("works");
+
+    let text = std::fs::read_to_string(&config).expect("config");
+    // The clinician's table: its header, subject, token and roles lines.
+    let start = text
+        .find("[[identity]]\nsubject = \"clinician@test.phigate\"")
+        .expect("clinician's table");
+    let end = start
+        + text[start..]
+            .find("roles = [\"clinician\"]\n")
+            .expect("roles line")
+        + "roles = [\"clinician\"]\n".len();
+    let edited = text
+        .replace(&text[start..end], "")
+        .replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 7");
+    std::fs::write(&config, edited).expect("rewrite");
+    hup(&gw);
+    gw.wait_log("configuration reloaded", 1).expect("log line");
+
+    // The live session ended: the gateway closed it, saying why.
+    let err = clinician
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("a removed identity's session went on");
+    assert!(
+        err.to_string().contains("revoked") || err.is_closed(),
+        "{err:?}"
+    );
+    let _ = clinician_conn.await;
+    assert!(
+        gw.log()
+            .contains("the credential of this session was revoked")
+            || gw.log().contains("credential revoked"),
+        "{}",
+        gw.log()
+    );
+    // And it cannot log in again.
+    let err = tokio_postgres::connect(&gw.conninfo("clinician"), NoTls)
+        .await
+        .err()
+        .expect("a removed identity logged in");
+    assert!(
+        db_message(&err).contains("authentication failed"),
+        "{err:?}"
+    );
+    agent.simple_query("SELECT 1").await.expect("others go on");
+
+    assert!(
+        gw.log()
+            .contains("take effect only after a restart: listen.shutdown_grace_secs"),
+        "{}",
+        gw.log()
+    );
+    let reloads = wait_records(&gw, "config_reload", 1);
+    let last = reloads.last().expect("record");
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(
+        last["needs_restart"],
+        serde_json::json!(["listen.shutdown_grace_secs"]),
+        "{last}"
+    );
+
+    // A file that does not validate changes nothing, and says why.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("roles = [\"ai-agent\"]", "roles = [\"nobody\"]"),
+    )
+    .expect("rewrite");
+    hup(&gw);
+    gw.wait_log("configuration reload failed", 1)
+        .expect("log line");
+    let reloads = wait_records(&gw, "config_reload", 2);
+    let last = reloads.last().expect("record");
+    assert_eq!(last["ok"], false, "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("role nobody is not defined"),
+        "{last}"
+    );
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("still admitted");
+}
+
+fn tls_table(certs: &phigate_testkit::Certs) -> String {
+    format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nrequire = true\n",
+        certs.cert().display(),
+        certs.key().display()
+    )
+}
+
+/// `SELECT 42` through psql with `sslmode=verify-full` against `ca`.
+fn psql_verified(gw: &Gateway, ca: &Path) -> (bool, String) {
+    let conninfo = format!(
+        "host=localhost port={} dbname=clinic user=ai-agent sslmode=verify-full sslrootcert={}",
+        gw.pg_port,
+        ca.display()
+    );
+    let out = Command::new("psql")
+        .args([&conninfo, "-XAtc", "SELECT 42"])
+        .env("PGPASSWORD", gw.token("agent"))
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    (
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "42",
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A certificate rotated in place (new files at the configured paths) and a SIGHUP: the next
+/// handshake gets the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_tls_certificate_is_served_to_the_next_handshake() {
+    let old = phigate_testkit::Certs::generate().expect("certs");
+    let new = phigate_testkit::Certs::generate().expect("certs");
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    opts.extra = tls_table(&old);
+    let gw =
+        Gateway::start_with_identities(Path::new(env!("CARGO_BIN_EXE_phigate")), opts, &["agent"])
+            .expect("gateway");
+    let (ok, err) = psql_verified(&gw, &old.ca());
+    assert!(ok, "{err}");
+    let (ok, _) = psql_verified(&gw, &new.ca());
+    assert!(!ok, "the new CA verified the old certificate");
+
+    std::fs::copy(new.cert(), old.cert()).expect("rotate cert");
+    std::fs::copy(new.key(), old.key()).expect("rotate key");
+    hup(&gw);
+    gw.wait_log("configuration reloaded", 1).expect("log line");
+    let (ok, err) = psql_verified(&gw, &new.ca());
+    assert!(ok, "the rotated certificate was not served: {err}");
+    let (ok, _) = psql_verified(&gw, &old.ca());
+    assert!(!ok, "the old certificate is still served");
+}
+
+/// A webhook receiver that answers 200 and keeps every JSON body it gets.
+fn webhook() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let body = loop {
+                let n = conn.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_owned());
+                    }
+                }
+            };
+            if let Some(v) = body.and_then(|b| serde_json::from_str(&b).ok()) {
+                if let Ok(mut g) = sink.lock() {
+                    g.push(v);
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, got)
+}
+
+/// `approvals.webhook_url` changed and reloaded: the next hold is announced at the new URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_webhook_receives_the_next_hold() {
+    let (first_url, first) = webhook();
+    let (second_url, second) = webhook();
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    opts.extra = format!("[approvals]\ntimeout_secs = 2\nwebhook_url = \"{first_url}\"\n");
+    opts.policy = format!(
+        "{}\n[[rule]]\nname = \"writes-need-approval\"\nroles = [\"ai-agent\"]\nkinds = [\"write\"]\naction = \"require_approval\"\n",
+        phigate_testkit::PASS_THROUGH_POLICY
+    );
+    let gw = Gateway::start(Path::new(env!("CARGO_BIN_EXE_phigate")), opts).expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace(&first_url, &second_url)).expect("rewrite");
+    hup(&gw);
+    gw.wait_log("configuration reloaded", 1).expect("log line");
+
+    let (agent, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let err = agent
+        .simple_query("INSERT INTO patients (id) VALUES (-1)")
+        .await
+        .expect_err("held, then expired");
+    assert!(db_message(&err).contains("review"), "{err:?}");
+    let mut requested = false;
+    for _ in 0..100 {
+        requested = second
+            .lock()
+            .map(|g| g.iter().any(|v| v["event"] == "review.requested"))
+            .unwrap_or(false);
+        if requested {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(requested, "the new webhook got no review.requested");
+    assert!(
+        first.lock().map(|g| g.is_empty()).unwrap_or(false),
+        "the old webhook was still used"
+    );
+}
+
+/// A role removed from the file ends the sessions that hold it, API keys' included (their role
+/// is written in the key); `audit.reader_roles` follows the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_role_ends_its_sessions_and_audit_readers_follow_the_file() {
+    const ADMIN: &str = "[[role]]\nname = \"admin\"\nrestricted = false\n[[role.grant]]\nschema = \"*\"\nactions = [\"*\"]\n";
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    opts.extra = "[audit]\nreader_roles = []\n".into();
+    assert!(opts.policy.contains(ADMIN));
+    let gw = Gateway::start_with_identities(
+        Path::new(env!("CARGO_BIN_EXE_phigate")),
+        opts,
+        &["agent", "reviewer"],
+    )
+    .expect("gateway");
+    let config = gw.dir().join("phigate.toml");
+    let cfg = config.to_str().expect("path");
+    let out = Command::new(env!("CARGO_BIN_EXE_phigate"))
+        .args([
+            "keys", "create", "--name", "ops", "--role", "admin", "--config", cfg,
+        ])
+        .output()
+        .expect("keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let conninfo = gw
+        .conninfo("agent")
+        .replace(gw.token("agent"), &key)
+        .replace("user=ai-agent", "user=admin");
+    let (admin, conn) = tokio_postgres::connect(&conninfo, NoTls)
+        .await
+        .expect("API key session");
+    let conn = tokio::spawn(conn);
+    admin.simple_query("SELECT 1").await.expect("works");
+    let reader = gw.token("reviewer").to_owned();
+    let (code, _) = gw
+        .http_as("GET", "/v1/audit/records", &reader, None)
+        .expect("http");
+    assert_eq!(code, 403);
+
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(ADMIN, "")
+            .replace("reader_roles = []", "reader_roles = [\"reviewer\"]"),
+    )
+    .expect("rewrite");
+    hup(&gw);
+    gw.wait_log("configuration reloaded", 1).expect("log line");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("the session of a removed role was not ended")
+        .expect("join");
+    let err = ended.expect_err("ended");
+    assert!(db_message(&err).contains("revoked"), "{err:?}");
+    let (code, body) = gw
+        .http_as("GET", "/v1/audit/records", &reader, None)
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
 }

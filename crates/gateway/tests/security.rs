@@ -443,7 +443,7 @@ fn class_f_a_reload_reaches_every_session_and_transactions_are_capped() {
         .status()
         .expect("kill");
     assert!(ok.success());
-    gw.wait_log("policy reloaded", 1).expect("reloaded");
+    gw.wait_log("configuration reloaded", 1).expect("reloaded");
     let msgs = agent.query("SELECT body FROM notes WHERE id = 2");
     let e = error_of(&msgs).expect("the new policy applies to this session");
     assert!(

@@ -28,9 +28,11 @@ impl PlannedCheckpoint {
     /// without the chain's lock for periodic checkpoints, so sessions' writes go on meanwhile.
     pub(super) fn execute(&self, inner: &Inner) -> Checkpointed {
         if let Some((ticket, syncer)) = &self.sync {
+            let started = std::time::Instant::now();
             if let Err(e) = syncer.sync() {
                 return Checkpointed::SyncFailed(e.to_string());
             }
+            inner.stats.fsync_latency.observe(started.elapsed());
             inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             inner
                 .state

@@ -43,8 +43,10 @@ pub(super) fn sync_loop(inner: &Inner) {
                 q.idle = false;
             }
         };
+        let started = std::time::Instant::now();
         match target.syncer.sync() {
             Ok(()) => {
+                inner.stats.fsync_latency.observe(started.elapsed());
                 inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 inner
                     .state

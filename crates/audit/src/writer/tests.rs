@@ -106,6 +106,7 @@ fn event(n: u64) -> Pending {
         ok: true,
         policy_version: Some(n),
         error: None,
+        needs_restart: Vec::new(),
     })
 }
 

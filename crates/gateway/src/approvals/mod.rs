@@ -283,7 +283,8 @@ struct RequestLimits {
 pub struct Approvals {
     store: Box<dyn ApprovalStore>,
     audit: Option<phigate_audit::AuditHandle>,
-    notifier: Option<Notifier>,
+    /// Replaced by a reload (`approvals.webhook_url`).
+    notifier: crate::live::Live<Option<Notifier>>,
     /// Where approved elevations go (the authenticator reads them at login).
     elevations: Arc<crate::auth::Elevations>,
     /// Reviews that were pending when the gateway last stopped.
@@ -320,7 +321,7 @@ impl Approvals {
         Approvals {
             store: Box::new(store),
             audit: None,
-            notifier: None,
+            notifier: Default::default(),
             elevations: Default::default(),
             expired_at_start,
             requests: RequestLimits::default(),
@@ -332,7 +333,7 @@ impl Approvals {
         Approvals {
             store,
             audit: None,
-            notifier: None,
+            notifier: Default::default(),
             elevations: Default::default(),
             expired_at_start: 0,
             requests: RequestLimits::default(),
@@ -354,9 +355,14 @@ impl Approvals {
     }
 
     /// Every review state is announced by `notifier`.
-    pub fn notify(mut self, notifier: Option<Notifier>) -> Self {
-        self.notifier = notifier;
+    pub fn notify(self, notifier: Option<Notifier>) -> Self {
+        self.notifier.set(notifier);
         self
+    }
+
+    /// From now on, review states are announced by `notifier` (a reload).
+    pub fn set_notifier(&self, notifier: Option<Notifier>) {
+        self.notifier.set(notifier);
     }
 
     /// Approved elevations are granted in `elevations`.
@@ -372,7 +378,7 @@ impl Approvals {
     }
 
     fn announce(&self, review: &Review) {
-        if let Some(n) = &self.notifier {
+        if let Some(n) = self.notifier.get().as_ref() {
             n.send(review);
         }
     }

@@ -31,6 +31,21 @@ impl Notifier {
         })
     }
 
+    /// The webhook `[approvals]` names, if any; deliveries are audited to `audit`.
+    pub fn from_config(
+        config: &crate::config::ApprovalsConfig,
+        audit: Option<phigate_audit::AuditHandle>,
+    ) -> anyhow::Result<Option<Notifier>> {
+        let Some(url) = config.webhook_url.as_deref() else {
+            return Ok(None);
+        };
+        let slack = config.webhook_format == crate::config::WebhookFormat::Slack;
+        let mut n = Notifier::new(url, slack)
+            .ok_or_else(|| anyhow::anyhow!("approvals.webhook_url: cannot build an HTTP client"))?;
+        n.audit = audit;
+        Ok(Some(n))
+    }
+
     /// Announces a review's state (in the background: nothing waits for the webhook).
     pub(super) fn send(&self, review: &Review) {
         let (statement, _) = phigate_sql::redact_literals(&review.statement);

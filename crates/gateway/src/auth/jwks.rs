@@ -5,7 +5,7 @@
 //! tokens with made-up key ids costs the IdP one request per interval. Keys older than
 //! `max_age` are fetched again; if that fails the old keys stay in use and the failure is logged.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,13 @@ pub struct Jwks {
     generation: AtomicU64,
     /// Held while fetching; holds the time of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// How the last fetch went: [`UNKNOWN`], [`REACHABLE`], [`UNREACHABLE`] (`/readyz`).
+    health: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const REACHABLE: u8 = 1;
+const UNREACHABLE: u8 = 2;
 
 impl Jwks {
     pub fn new(
@@ -82,7 +88,24 @@ impl Jwks {
             set: RwLock::new(Arc::new(KeySet::default())),
             generation: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(None),
+            health: AtomicU8::new(UNKNOWN),
         }
+    }
+
+    /// Whether the issuer's keys can be fetched now (`/readyz`). Fetches at most once per
+    /// `min_refresh` (the rate a login with an unknown key id may already cause), sharing the
+    /// fetch with logins; in between, answers from the last attempt. A successful fetch also
+    /// refreshes the cached keys.
+    pub async fn probe(&self) -> bool {
+        let due = self
+            .refresh
+            .lock()
+            .await
+            .is_none_or(|t| t.elapsed() >= self.min_refresh);
+        if due {
+            self.refresh(self.generation.load(Ordering::Acquire)).await;
+        }
+        self.health.load(Ordering::Acquire) == REACHABLE
     }
 
     fn current(&self) -> Arc<KeySet> {
@@ -122,6 +145,7 @@ impl Jwks {
         *last = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
+                self.health.store(REACHABLE, Ordering::Release);
                 tracing::info!(issuer = %self.issuer, keys = set.keys.len(), "signing keys fetched");
                 match self.set.write() {
                     Ok(mut s) => *s = Arc::new(set),
@@ -130,6 +154,7 @@ impl Jwks {
                 self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(e) => {
+                self.health.store(UNREACHABLE, Ordering::Release);
                 tracing::warn!(issuer = %self.issuer, error = %e, "cannot fetch signing keys")
             }
         }

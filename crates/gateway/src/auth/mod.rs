@@ -17,6 +17,7 @@ pub mod keys;
 pub mod limiter;
 pub mod revocations;
 pub mod signer;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,10 +26,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 
-use crate::config::{BindingConfig, Config, OidcConfig, StaticIdentity};
+#[cfg(test)]
+use crate::config::{BindingConfig, StaticIdentity};
+use crate::config::{Config, OidcConfig};
+use crate::live::Live;
+use trust::{OidcIssuer, Trust};
 
 /// The issuer name of tokens minted by `phigate token mint` (development only).
 pub use crate::config::auth::DEVELOPMENT_ISSUER;
@@ -80,7 +84,11 @@ impl fmt::Display for RoleName {
 /// What the caller presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    StaticToken,
+    /// A static `[[identity]]` token, by its SHA-256 (a reload that removes or changes the
+    /// identity ends the sessions it opened).
+    StaticToken {
+        sha256: [u8; 32],
+    },
     ApiKey {
         id: String,
     },
@@ -97,16 +105,17 @@ pub enum Credential {
 impl Credential {
     pub fn kind(&self) -> &'static str {
         match self {
-            Credential::StaticToken => "static-token",
+            Credential::StaticToken { .. } => "static-token",
             Credential::ApiKey { .. } => "api-key",
             Credential::Oidc { .. } => "oidc",
             Credential::GatewayToken { .. } => "gateway-token",
         }
     }
 
-    /// Whether the credential can be revoked while a session it opened runs.
+    /// Whether the credential can be revoked while a session it opened runs: every kind can
+    /// (a static identity by a reload that removes it).
     pub fn revocable(&self) -> bool {
-        !matches!(self, Credential::StaticToken)
+        true
     }
 }
 
@@ -181,6 +190,35 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A stable, bounded name for the kind of refusal (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::InvalidCredentials => "invalid_credentials",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::UntrustedIssuer => "untrusted_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Malformed => "malformed",
+            AuthError::TooLarge(_) => "too_large",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::MissingSubject => "missing_subject",
+            AuthError::UnverifiedEmail => "unverified_email",
+            AuthError::KeyRevoked => "key_revoked",
+            AuthError::TokenRevoked => "token_revoked",
+            AuthError::AlreadyExchanged => "already_exchanged",
+            AuthError::ExchangeBusy => "exchange_busy",
+            AuthError::ExchangeTooOften => "exchange_too_often",
+            AuthError::KeyExpired => "key_expired",
+            AuthError::IdpUnavailable => "idp_unavailable",
+            AuthError::RateLimited(_) => "rate_limited",
+            AuthError::RoleNotAllowed { .. } => "role_not_allowed",
+            AuthError::NoRole { .. } => "no_role",
+        }
+    }
+
     /// Counts towards the failed-login limit: a wrong or forged credential. Not: a valid
     /// credential asking for the wrong role, an IdP outage, or the limit itself.
     fn is_failed_guess(&self) -> bool {
@@ -201,12 +239,6 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 }
 
 pub use crate::config::auth::is_loopback_url;
-
-struct OidcIssuer {
-    cfg: OidcConfig,
-    algorithms: Vec<Algorithm>,
-    jwks: jwks::Jwks,
-}
 
 /// Who the credential names, before a role is chosen.
 struct Principal {
@@ -261,12 +293,13 @@ pub struct Exchange {
 pub struct Authenticator {
     /// Approved elevations: a role an identity may assume for a while beyond its bindings.
     pub elevations: Arc<Elevations>,
-    statics: HashMap<[u8; 32], StaticIdentity>,
-    oidc: Vec<OidcIssuer>,
+    /// Static identities, OIDC issuers, bindings, leeway: replaced whole by a reload.
+    trust: Live<Trust>,
     signer: Option<Arc<signer::Signer>>,
     keys: Option<Arc<keys::KeyStore>>,
-    bindings: Vec<BindingConfig>,
-    leeway: Duration,
+    /// Ticks when credentials may have stopped being valid, for a gateway without an API key
+    /// store (with one, the store's channel is used).
+    changed: tokio::sync::watch::Sender<u64>,
     failed: limiter::FailedLogins,
     development: bool,
     /// IdP tokens already exchanged (each is exchanged once).
@@ -279,28 +312,7 @@ impl Authenticator {
     /// Builds the authenticator; with a data directory, opens the API keys and the gateway's
     /// signing key (created on first start).
     pub fn from_config(config: &Config, issuer: &str) -> anyhow::Result<Authenticator> {
-        let mut oidc = Vec::new();
-        for o in &config.auth.oidc {
-            let algorithms = if o.algorithms.is_empty() {
-                jwt::DEFAULT_ALGORITHMS.to_vec()
-            } else {
-                o.algorithms
-                    .iter()
-                    .map(|a| jwt::parse_algorithm(a).map_err(anyhow::Error::msg))
-                    .collect::<anyhow::Result<_>>()?
-            };
-            oidc.push(OidcIssuer {
-                algorithms,
-                jwks: jwks::Jwks::new(
-                    &o.issuer,
-                    o.jwks_uri.clone(),
-                    jwks::client(o.ca_file.as_deref())?,
-                    Duration::from_secs(o.jwks_min_refresh_secs),
-                    Duration::from_secs(o.jwks_max_age_secs),
-                ),
-                cfg: o.clone(),
-            });
-        }
+        let trust = Trust::build(config, None)?;
         let (signer, keys) = match &config.data_dir {
             Some(dir) => (
                 Some(Arc::new(signer::Signer::load_or_create(dir, issuer)?)),
@@ -308,8 +320,7 @@ impl Authenticator {
             ),
             None => (None, None),
         };
-        let mut a = Authenticator::with_statics(&config.identities);
-        a.oidc = oidc;
+        let mut a = Authenticator::with_trust(trust);
         a.signer = signer;
         a.token_revocations = config.data_dir.as_deref().map(|d| {
             Arc::new(revocations::Revocations::open(
@@ -318,8 +329,6 @@ impl Authenticator {
             ))
         });
         a.keys = keys;
-        a.bindings = config.bindings.clone();
-        a.leeway = Duration::from_secs(config.auth.leeway_secs);
         a.development = config.auth.development;
         a.failed = limiter::FailedLogins::new(
             config.auth.failed_logins.max_failures,
@@ -328,23 +337,18 @@ impl Authenticator {
         Ok(a)
     }
 
+    #[cfg(test)]
     fn with_statics(identities: &[StaticIdentity]) -> Authenticator {
-        let statics = identities
-            .iter()
-            .filter_map(|id| {
-                let mut hash = [0u8; 32];
-                hex::decode_to_slice(&id.token_sha256, &mut hash).ok()?;
-                Some((hash, id.clone()))
-            })
-            .collect();
+        Authenticator::with_trust(Trust::with_statics(identities))
+    }
+
+    fn with_trust(trust: Trust) -> Authenticator {
         Authenticator {
             elevations: Arc::default(),
-            statics,
-            oidc: Vec::new(),
+            trust: Live::new(trust),
             signer: None,
             keys: None,
-            bindings: Vec::new(),
-            leeway: Duration::from_secs(30),
+            changed: tokio::sync::watch::channel(0).0,
             failed: limiter::FailedLogins::new(10, Duration::from_secs(60)),
             development: false,
             exchanged: exchanged::Exchanged::default(),
@@ -358,6 +362,27 @@ impl Authenticator {
 
     pub fn keys(&self) -> Option<&Arc<keys::KeyStore>> {
         self.keys.as_ref()
+    }
+
+    /// Builds the trust `config` describes (a reload, before anything changes): an error
+    /// leaves the running trust alone.
+    pub fn stage(&self, config: &Config) -> anyhow::Result<Trust> {
+        Trust::build(config, Some(&self.trust.get()))
+    }
+
+    /// Puts `trust` in force; live sessions check their credentials against it (those of a
+    /// removed identity, issuer or binding end).
+    pub fn replace_trust(&self, trust: Trust) {
+        self.trust.set(trust);
+        self.credentials_changed();
+    }
+
+    /// Tells live sessions to check their credentials again.
+    fn credentials_changed(&self) {
+        match &self.keys {
+            Some(keys) => keys.notify(),
+            None => self.changed.send_modify(|g| *g += 1),
+        }
     }
 
     /// Checks the credential and resolves the role. `requested_role` is the startup `user`:
@@ -414,12 +439,14 @@ impl Authenticator {
             return Err(AuthError::TooLarge(jwt::MAX_TOKEN_BYTES));
         }
         // A hash lookup: the time it takes says nothing about how close a guess was.
-        if let Some(id) = self.statics.get(&token_sha256(token)) {
+        let trust = self.trust.get();
+        let sha256 = token_sha256(token);
+        if let Some(id) = trust.statics.get(&sha256) {
             return Ok(Principal {
                 subject: id.subject.clone(),
                 groups: Vec::new(),
                 issuer: "static".into(),
-                credential: Credential::StaticToken,
+                credential: Credential::StaticToken { sha256 },
                 expires_at: None,
                 roles: Some(id.roles.clone()),
             });
@@ -445,7 +472,7 @@ impl Authenticator {
             .as_ref()
             .filter(|s| s.issuer == unverified.issuer)
         {
-            let claims = s.verify(token, &unverified.header, self.leeway)?;
+            let claims = s.verify(token, &unverified.header, trust.leeway)?;
             let idp = claims
                 .get(signer::IDP_CLAIM)
                 .and_then(|v| v.as_str())
@@ -456,7 +483,7 @@ impl Authenticator {
             let trusted = if idp == DEVELOPMENT_ISSUER {
                 self.development
             } else {
-                self.oidc.iter().any(|o| o.cfg.name == idp)
+                trust.has_issuer(&idp)
             };
             if !trusted {
                 return Err(AuthError::UntrustedIssuer);
@@ -494,11 +521,13 @@ impl Authenticator {
         &self,
         token: &str,
         unverified: &jwt::Unverified,
-    ) -> Result<(&OidcIssuer, serde_json::Value), AuthError> {
-        let issuer = self
+    ) -> Result<(Arc<OidcIssuer>, serde_json::Value), AuthError> {
+        let trust = self.trust.get();
+        let issuer = trust
             .oidc
             .iter()
             .find(|o| o.cfg.issuer == unverified.issuer)
+            .cloned()
             .ok_or(AuthError::UntrustedIssuer)?;
         let header = &unverified.header;
         if !issuer.algorithms.contains(&header.alg) {
@@ -513,7 +542,7 @@ impl Authenticator {
                 issuer: &issuer.cfg.issuer,
                 audience: &issuer.cfg.audience,
                 algorithms: &issuer.algorithms,
-                leeway: self.leeway,
+                leeway: trust.leeway,
             },
         )?;
         Ok((issuer, claims))
@@ -567,23 +596,17 @@ impl Authenticator {
 
     /// The clock skew tolerated on `exp` / `nbf` / `iat` (`auth.leeway_secs`).
     pub fn leeway(&self) -> Duration {
-        self.leeway
+        self.trust.get().leeway
     }
 
-    /// What `phigate login` needs to know of each issuer that has a login client.
+    /// Every issuer for `phigate login` ([`Trust::login_issuers`]).
     pub fn login_issuers(&self) -> Vec<serde_json::Value> {
-        self.oidc
-            .iter()
-            .filter_map(|o| {
-                let client_id = o.cfg.client_id.as_ref()?;
-                Some(serde_json::json!({
-                    "name": o.cfg.name,
-                    "issuer": o.cfg.issuer,
-                    "client_id": client_id,
-                    "scopes": o.cfg.scopes,
-                }))
-            })
-            .collect()
+        self.trust.get().login_issuers()
+    }
+
+    /// Whether each OIDC issuer's keys can be fetched now ([`Trust::probe_issuers`]).
+    pub async fn probe_issuers(&self) -> Vec<(String, bool)> {
+        self.trust.get().probe_issuers().await
     }
 
     async fn verify_for_exchange(&self, token: &str) -> Result<Exchange, AuthError> {
@@ -611,22 +634,7 @@ impl Authenticator {
 
     /// The roles an identity may assume, in order of preference (the first is its default).
     pub fn roles_for(&self, subject: &str, groups: &[String], issuer: &str) -> Vec<String> {
-        let mut roles: Vec<String> = Vec::new();
-        for b in &self.bindings {
-            if b.issuer.as_deref().is_some_and(|i| i != issuer) {
-                continue;
-            }
-            let matches = b.subjects.iter().any(|s| s == subject)
-                || b.groups.iter().any(|g| groups.contains(g));
-            if matches {
-                for r in &b.roles {
-                    if !roles.contains(r) {
-                        roles.push(r.clone());
-                    }
-                }
-            }
-        }
-        roles
+        self.trust.get().roles_for(subject, groups, issuer)
     }
 
     fn assume(
@@ -681,25 +689,51 @@ impl Authenticator {
         })
     }
 
-    /// Whether the credential behind a running session is still good (not revoked).
+    /// Whether the credential behind a running session is still good: not revoked, and still
+    /// admitted by the trust in force (its static identity, issuer and role binding still
+    /// configured, or an approved elevation still running).
     pub fn still_valid(&self, identity: &Identity) -> bool {
         let revoked = |issued_at| {
             self.token_revocations
                 .as_ref()
                 .is_some_and(|l| l.is_revoked(&identity.individual(), issued_at))
         };
+        let trust = self.trust.get();
+        let (subject, role) = (identity.subject.0.as_str(), identity.role.0.as_str());
+        let bound = || {
+            trust
+                .roles_for(subject, &identity.groups, &identity.issuer)
+                .iter()
+                .any(|r| r == role)
+                || self
+                    .elevations
+                    .until(&identity.issuer, subject, role)
+                    .is_some()
+        };
         match (&identity.credential, &self.keys) {
             (Credential::ApiKey { id }, Some(store)) => store.still_valid(id),
             (Credential::ApiKey { .. }, None) => false,
-            (Credential::GatewayToken { issued_at }, _) => !revoked(Some(*issued_at)),
-            (Credential::Oidc { issued_at }, _) => !revoked(*issued_at),
-            (Credential::StaticToken, _) => true,
+            (Credential::GatewayToken { issued_at }, _) => {
+                let trusted = if identity.issuer == DEVELOPMENT_ISSUER {
+                    self.development
+                } else {
+                    trust.has_issuer(&identity.issuer)
+                };
+                trusted && !revoked(Some(*issued_at)) && bound()
+            }
+            (Credential::Oidc { issued_at }, _) => {
+                trust.has_issuer(&identity.issuer) && !revoked(*issued_at) && bound()
+            }
+            (Credential::StaticToken { sha256 }, _) => trust.static_admits(sha256, subject, role),
         }
     }
 
-    /// Ticks whenever credentials may have been revoked.
+    /// Ticks whenever credentials may have been revoked (or the trust replaced).
     pub fn revocations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.keys.as_ref().map(|k| k.subscribe())
+        Some(match &self.keys {
+            Some(k) => k.subscribe(),
+            None => self.changed.subscribe(),
+        })
     }
 }
 
@@ -793,8 +827,9 @@ mod tests {
 
     #[test]
     fn bindings_match_groups_subjects_and_issuer() {
-        let mut a = auth();
-        a.bindings = vec![
+        let a = auth();
+        let mut trust = Trust::with_statics(&[]);
+        trust.bindings = vec![
             BindingConfig {
                 roles: vec!["clinician".into()],
                 groups: vec!["clinicians".into()],
@@ -808,6 +843,7 @@ mod tests {
                 issuer: None,
             },
         ];
+        a.trust.set(trust);
         assert_eq!(
             a.roles_for("alice", &["clinicians".into()], "corp"),
             vec!["clinician"]

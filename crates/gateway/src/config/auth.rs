@@ -153,7 +153,8 @@ pub struct OidcConfig {
     pub algorithms: Vec<String>,
     /// The OAuth client `phigate login` uses (a public client with PKCE / device flow).
     pub client_id: Option<String>,
-    /// Extra scopes `phigate login` asks for, besides `openid`.
+    /// Extra scopes `phigate login` asks for, besides `openid` and the standard scope that
+    /// releases `subject_claim` (`email`, `profile`, `phone` or `address`), which it adds.
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Seconds between JWKS fetches for an unknown `kid` (a flood of made-up key ids cannot
@@ -171,6 +172,34 @@ pub struct OidcConfig {
     /// never issues an address its owner has not proven (and says so by omitting the claim).
     #[serde(default)]
     pub allow_unverified_email: bool,
+}
+
+/// The scopes `phigate login` asks the IdP for: `openid`, the standard scope that releases the
+/// `subject_claim` (OpenID Connect Core §5.4: `email` for `email`, `profile` for
+/// `preferred_username`, `name` and the like, `phone` for `phone_number`), then the configured
+/// ones; each once.
+pub fn login_scopes(cfg: &OidcConfig) -> Vec<String> {
+    let claim = cfg.subject_claim.trim().to_ascii_lowercase();
+    let implied = match claim.as_str() {
+        "email" | "email_verified" => Some("email"),
+        "name" | "family_name" | "given_name" | "middle_name" | "nickname"
+        | "preferred_username" | "profile" | "picture" | "website" | "gender" | "birthdate"
+        | "zoneinfo" | "locale" | "updated_at" => Some("profile"),
+        "phone_number" | "phone_number_verified" => Some("phone"),
+        "address" => Some("address"),
+        _ => None,
+    };
+    let mut scopes = vec!["openid".to_owned()];
+    for s in implied
+        .map(str::to_owned)
+        .into_iter()
+        .chain(cfg.scopes.iter().cloned())
+    {
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    scopes
 }
 
 fn default_subject_claim() -> String {
@@ -358,5 +387,35 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_asks_for_the_scope_that_releases_the_subject_claim() {
+        let cfg = |claim: &str, scopes: &[&str]| -> OidcConfig {
+            let mut c: OidcConfig = serde_json::from_value(serde_json::json!({
+                "name": "corp", "issuer": "https://idp", "audience": ["phigate"],
+            }))
+            .expect("config");
+            c.subject_claim = claim.into();
+            c.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+            c
+        };
+        assert_eq!(login_scopes(&cfg("sub", &[])), ["openid"]);
+        assert_eq!(login_scopes(&cfg("email", &[])), ["openid", "email"]);
+        assert_eq!(
+            login_scopes(&cfg(" Email ", &["email", "groups"])),
+            ["openid", "email", "groups"]
+        );
+        assert_eq!(
+            login_scopes(&cfg("preferred_username", &["openid"])),
+            ["openid", "profile"]
+        );
+        assert_eq!(login_scopes(&cfg("phone_number", &[])), ["openid", "phone"]);
+        assert_eq!(login_scopes(&cfg("oid", &["db"])), ["openid", "db"]);
     }
 }

@@ -101,9 +101,11 @@ impl Credentials {
     }
 }
 
-/// A credential refused on the HTTP API, as a `login_failed` record (`via: "http"`); `user`
+/// A credential refused on the HTTP API, counted in `/metrics` and kept as a `login_failed`
+/// record (`via: "http"`); `user`
 /// is what the call stood for (the role tried, or `token-exchange`).
 pub fn audit_failed_login(shared: &Shared, peer: SocketAddr, user: &str, e: &AuthError) {
+    shared.metrics.login_failed(e.kind(), "http");
     if let Some(audit) = &shared.audit.log {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::LoginFailed {
@@ -126,7 +128,7 @@ impl FromRequestParts<Arc<Shared>> for Reviewer {
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let credentials = Credentials::from_request_parts(parts, shared).await?;
         let (policy, _) = shared.policy.store.snapshot();
-        let mut roles = shared.approvals.config.reviewer_roles.clone();
+        let mut roles = shared.approvals.config.get().reviewer_roles.clone();
         roles.extend(policy.rule_reviewer_roles().map(str::to_owned));
         let who = credentials
             .authorize(
@@ -156,7 +158,7 @@ impl FromRequestParts<Arc<Shared>> for AuditReader {
         let who = credentials
             .authorize(
                 shared,
-                &shared.audit.reader_roles,
+                &shared.audit.reader_roles.get(),
                 "read the audit log (audit.reader_roles)",
             )
             .await?;
@@ -199,7 +201,7 @@ impl FromRequestParts<Arc<Shared>> for MetricsReader {
                 credentials
                     .authorize(
                         shared,
-                        &shared.audit.reader_roles,
+                        &shared.audit.reader_roles.get(),
                         "read the metrics (audit.reader_roles)",
                     )
                     .await?;

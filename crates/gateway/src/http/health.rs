@@ -1,6 +1,7 @@
 //! For probes and people: `/healthz` (the process is alive), `/readyz` (it accepts sessions
-//! and can reach the database), `/metrics` (Prometheus text: sessions accepted, audit and
-//! recording writer counters, health).
+//! and can reach the database; degraded when an OIDC issuer cannot be reached), `/metrics` (Prometheus text: sessions, by role too; statements
+//! by decision and their latency; holds pending; failed logins; audit and recording writer
+//! counters with the audit fsync latency; health).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,10 +28,24 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // An unreachable IdP degrades the gateway but does not make it unready: sessions still
+    // open with API keys, static identities, gateway tokens and tokens whose keys are cached.
+    let issuers = shared.auth.probe_issuers().await;
+    let degraded = issuers.iter().any(|(_, ok)| !ok);
+    let status = match (ready, degraded) {
+        (false, _) => "not ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let issuers: serde_json::Map<String, Value> = issuers
+        .into_iter()
+        .map(|(name, ok)| (name, json!(if ok { "reachable" } else { "unreachable" })))
+        .collect();
     (
         code,
         Json(json!({
-            "status": if ready { "ready" } else { "not ready" },
+            "status": status,
+            "issuers": issuers,
             "accepting": accepting,
             "upstream": if reachable { "reachable" } else { "unreachable" },
             "audit": match &shared.audit.log {
@@ -99,6 +114,11 @@ pub async fn metrics(
             get(&s.bytes),
             get(&s.last_seq),
         ));
+        s.fsync_latency.render(
+            &mut out,
+            "phigate_audit_fsync_duration_seconds",
+            "How long each fsync of the audit log took.",
+        );
     }
     if let Some(r) = &shared.recorder {
         let s = &r.stats;
@@ -123,5 +143,49 @@ pub async fn metrics(
         shared.admission.sessions(),
         shared.admission.connections(),
     ));
+    sessions_by_role(&shared, &mut out);
+    holds_pending(&shared, &mut out);
+    shared.metrics.render(&mut out);
     out
+}
+
+/// `phigate_sessions_by_role{role}`: every configured role, 0 when it has no session.
+fn sessions_by_role(shared: &Shared, out: &mut String) {
+    let (policy, _) = shared.policy.store.snapshot();
+    let mut counts: std::collections::BTreeMap<String, usize> = policy
+        .role_names()
+        .into_iter()
+        .map(|r| (r.to_string(), 0))
+        .collect();
+    for (role, n) in shared.admission.sessions_by_role() {
+        counts.insert(role, n);
+    }
+    out.push_str("# HELP phigate_sessions_by_role Sessions open now, by gateway role.\n");
+    out.push_str("# TYPE phigate_sessions_by_role gauge\n");
+    for (role, n) in counts {
+        let role = crate::text::prometheus_label(&role);
+        out.push_str(&format!(
+            "phigate_sessions_by_role{{role=\"{role}\"}} {n}\n"
+        ));
+    }
+}
+
+/// `phigate_holds_pending` (held statements) and `phigate_access_requests_pending`.
+fn holds_pending(shared: &Shared, out: &mut String) {
+    let Ok(pending) = shared.approvals.reviews.list(false) else {
+        return;
+    };
+    let pending: Vec<_> = pending
+        .iter()
+        .filter(|r| r.status == crate::approvals::Status::Pending)
+        .collect();
+    let requests = pending.iter().filter(|r| r.rule == "elevation").count();
+    let holds = pending.len() - requests;
+    out.push_str(&format!(
+        "# HELP phigate_holds_pending Held statements waiting for a reviewer.\n\
+         # TYPE phigate_holds_pending gauge\nphigate_holds_pending {holds}\n\
+         # HELP phigate_access_requests_pending Access requests waiting for a reviewer.\n\
+         # TYPE phigate_access_requests_pending gauge\n\
+         phigate_access_requests_pending {requests}\n"
+    ));
 }

@@ -141,7 +141,7 @@ async fn decide(
         credentials
             .authorize(
                 shared,
-                &shared.approvals.config.break_glass_roles,
+                &shared.approvals.config.get().break_glass_roles,
                 "approve your own statement under break-glass (approvals.break_glass_roles)",
             )
             .await
@@ -159,6 +159,7 @@ async fn decide(
             "break-glass needs a justification of at least 20 characters",
         ));
     }
+    let approvals = shared.approvals.config.get();
     let decision = Decision {
         reviewer: &who.subject.0,
         reviewer_issuer: &who.issuer,
@@ -166,7 +167,7 @@ async fn decide(
         approve,
         reason,
         break_glass: d.break_glass,
-        break_glass_roles: &shared.approvals.config.break_glass_roles,
+        break_glass_roles: &approvals.break_glass_roles,
     };
     let done = match shared.approvals.reviews.decide(id, &decision) {
         Ok(done) => done,
@@ -203,7 +204,7 @@ pub async fn access_request(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if matches!(
         who.credential,
-        crate::auth::Credential::StaticToken | crate::auth::Credential::ApiKey { .. }
+        crate::auth::Credential::StaticToken { .. } | crate::auth::Credential::ApiKey { .. }
     ) {
         return Err(ApiError::forbidden(
             "API keys and static tokens carry a fixed list of roles and are never elevated: ask with your own sign-in (phigate login)",
@@ -212,7 +213,7 @@ pub async fn access_request(
     let req = serde_json::from_slice::<AccessRequestBody>(&body).map_err(|_| {
         ApiError::bad_request("send JSON {\"role\": \"...\", \"minutes\": N, \"reason\": \"...\"}")
     })?;
-    let approvals = &shared.approvals.config;
+    let approvals = shared.approvals.config.get();
     if !approvals.elevation_roles.contains(&req.role) {
         return Err(ApiError::forbidden(
             "that role cannot be asked for (approvals.elevation_roles)",

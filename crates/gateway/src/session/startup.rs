@@ -96,10 +96,11 @@ pub(super) async fn start(
         session: session.clone(),
         audit_on: shared.audit.log.is_some(),
         gate_reads: shared.audit.gate_reads,
-        approvals_on: shared.approvals.config.enabled,
+        approvals_on: shared.approvals.config.get().enabled,
         phi,
         predicate_guarded,
         unwritable,
+        metrics: shared.metrics.clone(),
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     out.clear();
@@ -237,7 +238,8 @@ async fn negotiate(
                 if !buf.is_empty() {
                     return Err(SessionError::Startup("unexpected data after SSLRequest"));
                 }
-                match &shared.listen.tls_acceptor {
+                let tls = shared.listen.tls.get();
+                match &tls.acceptor {
                     Some(acceptor) => {
                         stream.write_all(b"S").await?;
                         let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
@@ -264,7 +266,7 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Startup(m) => {
-                if shared.listen.tls_required && !stream.is_tls() {
+                if shared.listen.tls.get().required && !stream.is_tls() {
                     return Err(SessionError::Startup(
                         "TLS is required; connect with sslmode=require",
                     ));
@@ -418,6 +420,9 @@ async fn authenticate(
         .auth
         .authenticate(peer.ip(), role, token, &is_role)
         .await;
+    if let Err(e) = &result {
+        shared.metrics.login_failed(e.kind(), "wire");
+    }
     if let (Err(e), Some(audit)) = (&result, &shared.audit.log) {
         audit.submit(phigate_audit::Pending::Event(
             phigate_audit::Event::LoginFailed {

@@ -61,6 +61,8 @@ pub struct GuardParams {
     pub unwritable: BTreeMap<String, Vec<String>>,
     /// The session's recording, if it is recorded.
     pub tape: Option<Arc<crate::recording::Tape>>,
+    /// Statements by decision (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What to do with one client message.
@@ -129,6 +131,9 @@ pub(super) struct Note<'a> {
     executed: &'a [Arc<Prepared>],
     decision: &'a Decision,
     simple: bool,
+    /// The end of a hold (approved: runs now; else refused): counted as the hold's outcome in
+    /// `/metrics`, not as another statement decision.
+    settles: bool,
 }
 
 impl Guard {
@@ -180,7 +185,8 @@ impl Guard {
     }
 
     /// Takes a newer policy (between transactions). A role removed from the policy keeps the
-    /// session on its old snapshot; the next login is refused.
+    /// session on its old snapshot until the credential watch ends the session (the reload
+    /// that removed it tells every session to check); the next login is refused.
     pub fn update_policy(&mut self, policy: Arc<Policy>, version: u64) {
         if let Some(role) = policy.role(&self.p.role.name) {
             self.p.role = role;
@@ -209,7 +215,7 @@ impl Guard {
         ex: &Exchange,
     ) -> Filtered {
         let analysis = analysis.unwrap_or_else(|| Arc::new(Analysis::Parsed(Vec::new())));
-        if too_long_name(msg) {
+        if refusals::too_long_name(msg) {
             // A Describe of a statement that does not exist: an error with no effect, in the
             // place of any extended-protocol message.
             let (token, mut bytes) = self.token();
@@ -256,6 +262,7 @@ impl Guard {
                     executed: &[],
                     decision: &decision,
                     simple: true,
+                    settles: false,
                 });
                 self.refuse_query(decision, "function-call", record)
             }
@@ -276,8 +283,8 @@ impl Guard {
             decision = decide::no_prepared_approvals(&analysis, decision);
         }
         if decision == Decision::Allow {
-            let room =
-                decide::prepares(&analysis).find_map(|name| room_to_prepare(ex, name, sql.len()));
+            let room = decide::prepares(&analysis)
+                .find_map(|name| refusals::room_to_prepare(ex, name, sql.len()));
             if let Some(r) = room {
                 decision = Decision::Deny(r);
             }
@@ -291,6 +298,7 @@ impl Guard {
             executed: &executed,
             decision: &decision,
             simple: true,
+            settles: false,
         });
         match decision {
             Decision::Allow => {
@@ -331,7 +339,7 @@ impl Guard {
         if decision == Decision::Allow {
             let room = std::iter::once(name)
                 .chain(decide::prepares(&analysis))
-                .find_map(|n| room_to_prepare(ex, n, sql.len()));
+                .find_map(|n| refusals::room_to_prepare(ex, n, sql.len()));
             if let Some(r) = room {
                 decision = Decision::Deny(r);
             }
@@ -366,6 +374,7 @@ impl Guard {
                     executed: &[],
                     decision: &decision,
                     simple: false,
+                    settles: false,
                 });
                 self.refuse_parse(name, decision, "parse", record)
             }
@@ -420,6 +429,7 @@ impl Guard {
             executed: &[],
             decision: &refusal,
             simple: false,
+            settles: false,
         });
         let (token, mut bytes) = self.token();
         write::bind(&mut bytes, bind.portal, &token, bind.rest());
@@ -497,6 +507,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::Allow,
             simple: false,
+            settles: false,
         });
         Filtered {
             action: Action::Forward(Sent::Execute {
@@ -517,6 +528,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::Allow,
             simple: held.parse.is_none(),
+            settles: true,
         });
         let sent = match &held.parse {
             Some(name) => Sent::Parse {
@@ -551,6 +563,7 @@ impl Guard {
             executed: &[],
             decision: &Decision::RequireApproval(refusal.clone()),
             simple: held.parse.is_none(),
+            settles: true,
         });
         match &held.parse {
             Some(name) => self.refuse_parse(name, Decision::Deny(refusal), "held", record),
@@ -693,38 +706,6 @@ impl Guard {
 
 /// The prefix of every substitute token: a syntax error or a name no client chooses.
 const TOKEN_PREFIX: &str = "phigate_denied_";
-
-/// Whether the session may prepare one more statement `name` of `bytes` of text.
-fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusal> {
-    if name.len() > MAX_NAME_BYTES {
-        return Some(refusals::name_too_long(MAX_NAME_BYTES));
-    }
-    if name.is_empty() || ex.statement(name).is_some() {
-        return None;
-    }
-    if ex.prepared_count() >= MAX_PREPARED {
-        return Some(refusals::limit("prepared statements", MAX_PREPARED));
-    }
-    if ex.prepared_bytes() + bytes > MAX_PREPARED_BYTES {
-        return Some(refusals::limit(
-            "bytes of prepared statements",
-            MAX_PREPARED_BYTES,
-        ));
-    }
-    None
-}
-
-/// Whether a statement or portal name the message carries is longer than PostgreSQL keeps.
-fn too_long_name(msg: &FrontendMessage<'_>) -> bool {
-    let long = |n: &str| n.len() > MAX_NAME_BYTES;
-    match msg {
-        FrontendMessage::Parse(p) => long(p.name),
-        FrontendMessage::Bind(b) => long(b.portal) || long(b.statement),
-        FrontendMessage::Describe { name, .. } | FrontendMessage::Close { name, .. } => long(name),
-        FrontendMessage::Execute { portal, .. } => long(portal),
-        _ => false,
-    }
-}
 
 /// Hold the message for review (its record, if any, goes first).
 fn hold(

@@ -65,7 +65,18 @@ pub fn phi_columns(tables: &[String], phi: &BTreeMap<String, Vec<String>>) -> Ve
 impl Guard {
     /// The statement's audit record (none while the log is off or down).
     pub(super) fn record(&mut self, a: Note<'_>) -> Option<Record> {
+        let (decision, rule) = match a.decision {
+            Decision::Allow => ("allow", None),
+            Decision::Deny(r) => ("deny", Some(r.rule.clone())),
+            Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
+        };
+        if a.settles {
+            self.p.metrics.hold_settled(decision == "allow");
+        }
         if !self.p.audit_on || self.audit_down {
+            if !a.settles {
+                self.p.metrics.statement(decision, false);
+            }
             return None;
         }
         self.statements += 1;
@@ -78,13 +89,12 @@ impl Guard {
         for e in a.executed {
             describe_into(&e.analysis, &mut kinds, &mut tables);
         }
-        let (decision, rule) = match a.decision {
-            Decision::Allow => ("allow", None),
-            Decision::Deny(r) => ("deny", Some(r.rule.clone())),
-            Decision::RequireApproval(r) => ("require_approval", Some(r.rule.clone())),
-        };
         // The PHI columns of the tables it reads, which this (masked) role sees masked.
         let masked_columns = phi_columns(&tables, &self.p.phi);
+        if !a.settles {
+            let masked = decision == "allow" && !masked_columns.is_empty();
+            self.p.metrics.statement(decision, masked);
+        }
         let meta = phigate_audit::StatementRecord {
             session: self.p.session.to_string(),
             subject: self.p.identity.subject.0.clone(),

@@ -2,7 +2,11 @@
 //! names its rule; none carries client data beyond a statement name the client chose.
 
 use phigate_policy::{Decision, Refusal};
+use phigate_wire::frontend::FrontendMessage;
 use phigate_wire::sqlstate;
+
+use super::{MAX_NAME_BYTES, MAX_PREPARED, MAX_PREPARED_BYTES};
+use crate::session::relay::exchange::Exchange;
 
 fn refusal(rule: &str, message: String, hint: &str, code: &'static str) -> Refusal {
     Refusal {
@@ -133,4 +137,33 @@ pub fn phi_predicate(col: &str, table: &str, role: &str) -> Refusal {
         "A condition on a masked value reveals it a little at a time. Use ids or codes; tokenized columns (names, MRNs) may be joined and grouped on.",
         sqlstate::INSUFFICIENT_PRIVILEGE,
     )
+}
+
+/// Whether the session may prepare one more statement `name` of `bytes` of text.
+pub fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusal> {
+    if name.len() > MAX_NAME_BYTES {
+        return Some(name_too_long(MAX_NAME_BYTES));
+    }
+    if name.is_empty() || ex.statement(name).is_some() {
+        return None;
+    }
+    if ex.prepared_count() >= MAX_PREPARED {
+        return Some(limit("prepared statements", MAX_PREPARED));
+    }
+    if ex.prepared_bytes() + bytes > MAX_PREPARED_BYTES {
+        return Some(limit("bytes of prepared statements", MAX_PREPARED_BYTES));
+    }
+    None
+}
+
+/// Whether a statement or portal name the message carries is longer than PostgreSQL keeps.
+pub fn too_long_name(msg: &FrontendMessage<'_>) -> bool {
+    let long = |n: &str| n.len() > MAX_NAME_BYTES;
+    match msg {
+        FrontendMessage::Parse(p) => long(p.name),
+        FrontendMessage::Bind(b) => long(b.portal) || long(b.statement),
+        FrontendMessage::Describe { name, .. } | FrontendMessage::Close { name, .. } => long(name),
+        FrontendMessage::Execute { portal, .. } => long(portal),
+        _ => false,
+    }
 }

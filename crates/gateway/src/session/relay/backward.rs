@@ -146,7 +146,7 @@ impl Backward {
                     ending = Some(Ended::Expired);
                 }
                 _ = watch.changed(), if ending.is_none() => {
-                    if !shared.auth.still_valid(&watch.identity) {
+                    if !super::credential::admitted(shared, &watch.identity) {
                         if self.quiet() {
                             return self.credential_ended(Ended::Revoked).await;
                         }
@@ -178,6 +178,12 @@ impl Backward {
             }
         };
         self.p.link.room.notify_one();
+        for f in &finished {
+            shared
+                .metrics
+                .statement_latency
+                .observe(std::time::Duration::from_micros(f.duration_us));
+        }
         if let Some(audit) = &shared.audit.log {
             for f in finished {
                 audit.submit(statement_end(&self.p.session, f));

@@ -28,6 +28,20 @@ impl ToClient for Ended {
     }
 }
 
+/// Whether the session may go on: its credential is still valid (not revoked, still admitted
+/// by the trust a reload put in force) and its role is still defined (a reload that removes a
+/// role ends its sessions, API keys' included).
+pub fn admitted(shared: &Shared, identity: &crate::auth::Identity) -> bool {
+    shared.auth.still_valid(identity)
+        && shared
+            .policy
+            .store
+            .snapshot()
+            .0
+            .role(&identity.role.0)
+            .is_some()
+}
+
 /// Watches the session's credential: its expiry, and (API keys) revocation.
 #[derive(Clone)]
 pub struct CredentialWatch {
@@ -67,7 +81,7 @@ impl CredentialWatch {
         if let Some(rx) = &mut self.revocations {
             if rx.has_changed().unwrap_or(false) {
                 rx.borrow_and_update();
-                if !shared.auth.still_valid(&self.identity) {
+                if !admitted(shared, &self.identity) {
                     return Some(Ended::Revoked);
                 }
             }
@@ -98,7 +112,7 @@ impl CredentialWatch {
             tokio::select! {
                 _ = expiry => return Ended::Expired,
                 _ = self.changed() => {
-                    if !shared.auth.still_valid(&self.identity) {
+                    if !admitted(shared, &self.identity) {
                         if let Some(rx) = &mut self.revocations {
                             rx.mark_changed();
                         }

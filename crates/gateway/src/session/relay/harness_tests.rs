@@ -40,6 +40,11 @@ enabled = false
 [recording]
 enabled = false
 
+[[identity]]
+subject = "agent@harness"
+token_sha256 = "49f756463ad9dcfb9b6ade54d7d6f15476e7214f46a65b4b0c55d46845b12f70"
+roles = ["ai-agent"]
+
 [[role]]
 name = "ai-agent"
 [[role.grant]]
@@ -107,7 +112,9 @@ async fn session() -> (Peer, Peer) {
         role: RoleName("ai-agent".into()),
         groups: Vec::new(),
         issuer: "static".into(),
-        credential: Credential::StaticToken,
+        credential: Credential::StaticToken {
+            sha256: crate::auth::token_sha256("harness"),
+        },
         expires_at: None,
     };
     let (policy, version) = shared.policy.store.snapshot();
@@ -129,6 +136,7 @@ async fn session() -> (Peer, Peer) {
         predicate_guarded: Default::default(),
         unwritable: Default::default(),
         tape: None,
+        metrics: Default::default(),
     });
     let (client, gw_client) = tokio::io::duplex(64 * 1024);
     let (database, gw_database) = tokio::io::duplex(64 * 1024);

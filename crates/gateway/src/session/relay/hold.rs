@@ -80,6 +80,8 @@ impl Forward<'_> {
         let shared = self.shared;
         let (kinds, tables) = crate::session::guard::describe(&held.analysis);
         let identity = self.credential.identity.clone();
+        let approvals = shared.approvals.config.get();
+        let phi_tags = shared.policy.phi_tags.get();
         let request = HoldRequest {
             subject: &identity.subject.0,
             issuer: &identity.issuer,
@@ -90,8 +92,8 @@ impl Forward<'_> {
             rule: &held.refusal.rule,
             hint: &held.refusal.hint,
             settings: self.guard.approval_settings(&held.refusal.rule),
-            defaults: &shared.approvals.config,
-            phi_columns: crate::session::guard::phi_columns(&tables, &shared.policy.phi_tags),
+            defaults: &approvals,
+            phi_columns: crate::session::guard::phi_columns(&tables, &phi_tags),
             kinds,
             tables,
             session_reason: self.guard.reason(),
