@@ -31,6 +31,10 @@ struct Target {
 #[derive(Debug, Default, Clone)]
 pub struct CancelRegistry {
     inner: Arc<Mutex<HashMap<FrontendKey, Target>>>,
+    /// The database's backend pid of each session → the pid its client was given, so a
+    /// notification names its sender as that sender's client knows it. One entry per live
+    /// session (bounded as sessions are).
+    pids: Arc<Mutex<HashMap<i32, i32>>>,
 }
 
 /// Removes the session's key when the session ends, however it ends.
@@ -43,8 +47,14 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.registry.inner.lock() {
-            map.remove(&self.key);
+        let upstream = match self.registry.inner.lock() {
+            Ok(mut map) => map.remove(&self.key).map(|t| t.key.0.pid),
+            Err(_) => None,
+        };
+        if let (Some(pid), Ok(mut pids)) = (upstream, self.registry.pids.lock()) {
+            if pids.get(&pid) == Some(&self.key.0.pid) {
+                pids.remove(&pid);
+            }
         }
     }
 }
@@ -81,6 +91,9 @@ impl CancelRegistry {
                     key,
                     held: held.clone(),
                 });
+                if let Ok(mut pids) = self.pids.lock() {
+                    pids.insert(key.0.pid, k.0.pid);
+                }
                 return (
                     k,
                     Registration {
@@ -91,6 +104,12 @@ impl CancelRegistry {
                 );
             }
         }
+    }
+
+    /// The pid the client of the session whose database pid is `upstream` was given, if that
+    /// session runs through this gateway.
+    pub fn client_pid(&self, upstream: i32) -> Option<i32> {
+        self.pids.lock().ok()?.get(&upstream).copied()
     }
 
     /// Relays a client's CancelRequest. Unknown keys are ignored, as PostgreSQL does.

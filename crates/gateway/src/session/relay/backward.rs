@@ -49,6 +49,8 @@ pub struct Parts {
     pub transaction_timeout: Option<std::time::Duration>,
     /// What the client was told of its session (encoding, application_name, pid).
     pub view: crate::session::ClientView,
+    /// The pids clients were given, for notifications from other sessions.
+    pub cancels: crate::cancel::CancelRegistry,
 }
 
 pub struct Backward {
@@ -278,17 +280,23 @@ impl Backward {
         Ok(())
     }
 
-    /// A NotificationResponse, into the output with the pid the client knows: the session's
-    /// own notifications carry the pid of the BackendKeyData the client was given (what
-    /// `pg_backend_pid()` is compared with is the database's; drivers compare the message's
-    /// pid with the key's to tell their own notifications from others').
+    /// A NotificationResponse, into the output with the sender's pid as clients know it: the
+    /// pid of the BackendKeyData the sending session's client was given (drivers compare it
+    /// with their own key's, or another connection's, to tell who sent it). A sender that
+    /// does not come through this gateway keeps the database's pid.
     fn notification(&mut self, frame: &phigate_wire::Frame) {
         let (upstream, client) = self.p.view.pids;
         let start = self.out.len();
         self.out.extend_from_slice(frame.as_bytes());
         if let Some(pid) = self.out.get_mut(start + 5..start + 9) {
-            if i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]) == upstream {
-                pid.copy_from_slice(&client.to_be_bytes());
+            let sender = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+            let known = if sender == upstream {
+                Some(client)
+            } else {
+                self.p.cancels.client_pid(sender)
+            };
+            if let Some(known) = known {
+                pid.copy_from_slice(&known.to_be_bytes());
             }
         }
     }
