@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use phigate_testkit::raw::{cancel_packet, cstring, message, show, startup_packet, Msg, Raw};
+use phigate_testkit::raw::{
+    cancel_packet, cstring, message, query, show, startup_packet, Msg, Raw,
+};
 use phigate_testkit::{
     Certs, Cluster, ClusterOptions, Gateway, GatewayOptions, APP_PASSWORD, APP_USER,
 };
@@ -1422,10 +1424,9 @@ async fn capacity_refusals_do_not_name_the_gateway_login() {
     assert_no_upstream_secrets(&a.raw, &a.msgs, "connection limit");
 }
 
-/// The wire crate decodes client strings as UTF-8 and says the gateway pins
-/// `client_encoding` to UTF8. A client that asks for another encoding must therefore either be
-/// pinned to UTF8, or be able to send text in the encoding it asked for; it must not be
-/// disconnected for a "protocol violation" when it sends a perfectly valid LATIN1 query.
+/// A client that asks for another encoding must be able to send text in the encoding it
+/// asked for; it must not be disconnected for a "protocol violation" when it sends a
+/// perfectly valid LATIN1 query.
 #[test]
 fn non_utf8_client_encoding_is_pinned_or_works() {
     let gw = gateway("");
@@ -1465,20 +1466,20 @@ fn non_utf8_client_encoding_is_pinned_or_works() {
     );
 }
 
+/// `standard_conforming_strings` stays on for every role (the parser the gateway analyses
+/// with reads `'\'` as PostgreSQL does only with it on).
 #[tokio::test]
-async fn switching_client_encoding_mid_session_is_refused() {
+async fn standard_conforming_strings_stays_on() {
     let gw = gateway("");
     let (client, _conn) = session(&gw.conninfo("agent")).await;
-    assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
     for sql in [
-        "SET client_encoding TO 'LATIN1'",
-        "SELECT set_config('client_encoding', 'SJIS', false)",
         "SET standard_conforming_strings = off",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
     ] {
         let err = client
             .simple_query(sql)
             .await
-            .expect_err("the gateway reads statements as UTF-8 with standard strings");
+            .expect_err("the gateway reads statements with standard strings");
         let db = err.as_db_error().expect("a refusal from the gateway");
         assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{sql}");
         assert!(
@@ -1486,12 +1487,98 @@ async fn switching_client_encoding_mid_session_is_refused() {
             "{sql}: {db}"
         );
     }
-    // The session goes on, unchanged.
-    assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
     assert_eq!(
         scalar(&client, "SHOW standard_conforming_strings").await,
         "on"
     );
-    let (other, _c) = session(&gw.conninfo("clinician")).await;
-    assert_eq!(scalar(&other, "SELECT 'ok'").await, "ok");
+}
+
+/// An encoding whose multibyte characters may contain `\` or `'` bytes (SJIS, BIG5, GBK, UHC,
+/// GB18030, ...) cannot be analysed safely: asked for when connecting, the session does not
+/// start; switched to by a trusted role, the session ends before another statement is read.
+#[test]
+fn encodings_that_cannot_be_analysed_are_refused() {
+    let gw = gateway("");
+    for enc in ["SJIS", "BIG5", "GB18030"] {
+        let mut a = attempt(
+            gw.pg_port,
+            &[
+                ("user", "ai-agent"),
+                ("database", "clinic"),
+                ("client_encoding", enc),
+            ],
+            gw.token("agent"),
+        );
+        a.msgs.extend(a.raw.read_until_closed());
+        assert!(!a.ready, "{enc}: {}", show(&a.msgs));
+        let fatal = a.msgs.iter().find(|m| m.tag == b'E').expect("an error");
+        assert!(fatal.message().contains(enc), "{fatal}");
+    }
+    let mut a = raw_login(&gw, "agent");
+    // Sent together: the SELECT was read before the session changed encoding, and never runs.
+    let mut both = query("SET client_encoding TO 'SJIS'");
+    both.extend(query("SELECT 'never'"));
+    a.raw.send(&both);
+    let msgs = a.raw.read_until_closed();
+    let fatal = msgs
+        .iter()
+        .find(|m| m.tag == b'E' && m.severity() == "FATAL")
+        .unwrap_or_else(|| panic!("no FATAL: {}", show(&msgs)));
+    assert_eq!(fatal.code(), "0A000", "{fatal}");
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m.first_column().as_deref() == Some("never")),
+        "{}",
+        show(&msgs)
+    );
+}
+
+/// While a change of `client_encoding` is in flight, the gateway cannot know which encoding
+/// the database will read the next text in: a statement with non-ASCII bytes sent behind it
+/// is refused (not guessed), one in ASCII runs; once answered, text in the new encoding is
+/// analysed and runs.
+#[test]
+fn text_sent_behind_an_encoding_change_is_refused_until_it_is_answered() {
+    let gw = gateway("");
+    let mut a = attempt(
+        gw.pg_port,
+        &[
+            ("user", "ai-agent"),
+            ("database", "clinic"),
+            ("client_encoding", "LATIN1"),
+        ],
+        gw.token("agent"),
+    );
+    assert!(a.ready, "{}", show(&a.msgs));
+    let mut batch = query("SET client_encoding TO 'UTF8'");
+    batch.extend(message(b'Q', b"SELECT 'caf\xc3\xa9'\0"));
+    batch.extend(query("SELECT 'ascii'"));
+    a.raw.send(&batch);
+    let mut msgs = a.raw.until_ready();
+    msgs.extend(a.raw.until_ready());
+    msgs.extend(a.raw.until_ready());
+    let refused = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("not refused: {}", show(&msgs)));
+    assert!(
+        refused
+            .message()
+            .contains("client_encoding may be changing"),
+        "{refused}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.first_column().as_deref() == Some("ascii")),
+        "{}",
+        show(&msgs)
+    );
+    let rows = a.raw.query(b"SELECT 'caf\xc3\xa9'");
+    assert!(
+        rows.iter()
+            .any(|m| m.first_column().as_deref() == Some("café")),
+        "{}",
+        show(&rows)
+    );
 }

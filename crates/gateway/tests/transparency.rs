@@ -69,12 +69,7 @@ fn a_pass_through_role_sees_its_session_as_direct() {
         direct["notifications"],
         serde_json::json!([["other", "other's pid"], ["own", "own pid"]])
     );
-    for part in [
-        "encodings",
-        "switch",
-        "application_name",
-        "notifications",
-    ] {
+    for part in ["encodings", "switch", "application_name", "notifications"] {
         assert_eq!(direct[part], through[part], "{part}");
     }
 }

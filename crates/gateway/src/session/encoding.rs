@@ -440,7 +440,15 @@ mod tests {
         ] {
             assert_eq!(ClientEncoding::lookup(name).map(|e| e.name()), Ok(canon));
         }
-        for refused in ["SJIS", "shift_jis", "BIG5", "GBK", "UHC", "GB18030", "JOHAB"] {
+        for refused in [
+            "SJIS",
+            "shift_jis",
+            "BIG5",
+            "GBK",
+            "UHC",
+            "GB18030",
+            "JOHAB",
+        ] {
             assert!(matches!(
                 ClientEncoding::lookup(refused),
                 Err(Unsupported::NotAsciiSafe(_))
@@ -518,7 +526,8 @@ mod tests {
     fn recodes_the_gateways_errors() {
         let latin1 = ClientEncoding::lookup("LATIN1").expect("latin1");
         let mut out = BytesMut::new();
-        crate::pgerror::ClientError::fatal("42501", "phigate: reading café denied").encode(&mut out);
+        crate::pgerror::ClientError::fatal("42501", "phigate: reading café denied")
+            .encode(&mut out);
         let recoded = latin1.recode_own(&out);
         let needle: &[u8] = b"reading caf\xe9 denied\0";
         assert!(recoded.windows(needle.len()).any(|w| w == needle));

@@ -256,8 +256,8 @@ impl Backward {
     /// gateway cannot analyse text in the new encoding, and `standard_conforming_strings`
     /// must stay on: either ends the session before another statement is read.
     fn parameter_status(&mut self, frame: &phigate_wire::Frame) -> Result<(), RelayError> {
-        let (name, value) = crate::session::encoding::parameter_status(frame)
-            .ok_or(WireError::Malformed {
+        let (name, value) =
+            crate::session::encoding::parameter_status(frame).ok_or(WireError::Malformed {
                 what: "ParameterStatus",
                 why: "not two strings",
             })?;
@@ -371,7 +371,10 @@ impl Backward {
             "Reconnect; use an ASCII-safe client_encoding such as UTF8 and leave standard_conforming_strings on (see docs/policy.md).",
         )
         .await;
-        End::ClientError("client_encoding or standard_conforming_strings changed to what phigate cannot analyse".into())
+        End::ClientError(
+            "client_encoding or standard_conforming_strings changed to what phigate cannot analyse"
+                .into(),
+        )
     }
 
     /// The open transaction outlived the role's `transaction_timeout`: the session ends (the

@@ -172,10 +172,12 @@ impl<'s> Forward<'s> {
                     position: None,
                 })),
                 (None, Some(why)) => {
-                    return self.bad_message(WireError::Malformed {
-                        what: "message",
-                        why,
-                    }).await
+                    return self
+                        .bad_message(WireError::Malformed {
+                            what: "message",
+                            why,
+                        })
+                        .await
                 }
                 (Some(sql), None) if sql.len() > phigate_sql::MAX_CACHED_BYTES => {
                     Some(analyze_large(sql).await)
@@ -210,7 +212,10 @@ impl<'s> Forward<'s> {
 
     /// The message as the decoder and the analyser read it (its strings in UTF-8, `None`
     /// when they already are), and why its text cannot be analysed, if it cannot.
-    fn readable(&self, frame: &phigate_wire::Frame) -> (Option<phigate_wire::Frame>, Option<&'static str>) {
+    fn readable(
+        &self,
+        frame: &phigate_wire::Frame,
+    ) -> (Option<phigate_wire::Frame>, Option<&'static str>) {
         if encoding::strings_are_ascii(frame) {
             return (None, None);
         }
@@ -232,15 +237,25 @@ impl<'s> Forward<'s> {
 
     /// Notes a message that may change the session's `client_encoding` (SET, RESET,
     /// set_config, DISCARD ALL), or the Execute of a statement prepared with one.
-    fn watch_encoding(&mut self, msg: &FrontendMessage<'_>, analysis: Option<&phigate_sql::Analysis>) {
+    fn watch_encoding(
+        &mut self,
+        msg: &FrontendMessage<'_>,
+        analysis: Option<&phigate_sql::Analysis>,
+    ) {
         let changes = analysis.is_some_and(changes_encoding);
         if changes {
             self.link.encoding_may_change();
-            if matches!(msg, FrontendMessage::Parse(_) | FrontendMessage::Query { .. }) {
+            if matches!(
+                msg,
+                FrontendMessage::Parse(_) | FrontendMessage::Query { .. }
+            ) {
                 self.encoding_prepared = true;
             }
         } else if self.encoding_prepared
-            && matches!(msg, FrontendMessage::Execute { .. } | FrontendMessage::Query { .. })
+            && matches!(
+                msg,
+                FrontendMessage::Execute { .. } | FrontendMessage::Query { .. }
+            )
         {
             self.link.encoding_may_change();
         }
