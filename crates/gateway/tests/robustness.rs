@@ -1582,3 +1582,43 @@ fn text_sent_behind_an_encoding_change_is_refused_until_it_is_answered() {
         show(&rows)
     );
 }
+
+/// When the database ends a session with a FATAL of its own (an administrator's
+/// `pg_terminate_backend`, `idle_session_timeout`, a shutdown), the client gets that FATAL and
+/// the connection closes, as direct: one ErrorResponse, the database's code, so libpq's and
+/// the drivers' reconnect logic (PQreset) sees what it sees direct.
+#[tokio::test]
+async fn a_session_the_database_terminates_ends_as_it_would_direct() {
+    let gw = gateway("");
+    let mut a = raw_login(&gw, "agent");
+    let pid = a
+        .raw
+        .query(b"SELECT pg_backend_pid()")
+        .iter()
+        .find_map(Msg::first_column)
+        .expect("a row");
+    let direct = format!(
+        "host=127.0.0.1 port={} dbname=clinic user={APP_USER} password={APP_PASSWORD}",
+        clinic().port()
+    );
+    let (admin, _conn) = session(&direct).await;
+    assert_eq!(
+        scalar(&admin, &format!("SELECT pg_terminate_backend({pid})")).await,
+        "t"
+    );
+    let msgs = a.raw.read_until_closed();
+    let errors: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'E').collect();
+    assert_eq!(errors.len(), 1, "{}", show(&msgs));
+    assert_eq!(errors[0].severity(), "FATAL", "{}", errors[0]);
+    assert_eq!(errors[0].code(), "57P01", "{}", errors[0]);
+    // A fresh connection (what PQreset opens) works at once.
+    let mut again = raw_login(&gw, "agent");
+    assert!(
+        again
+            .raw
+            .query(b"SELECT 1")
+            .iter()
+            .any(|m| m.first_column().as_deref() == Some("1")),
+        "no row after reconnecting"
+    );
+}

@@ -58,6 +58,9 @@ pub struct Backward {
     /// The audit ticket known durable: results up to it may be released.
     released: u64,
     out: BytesMut,
+    /// The database ended the session with a FATAL of its own (terminated, idle timeout,
+    /// shutdown): the client has its reason, as it would direct, and gets no second one.
+    upstream_fatal: bool,
 }
 
 impl Backward {
@@ -66,6 +69,7 @@ impl Backward {
             p,
             released: 0,
             out: BytesMut::with_capacity(16 * 1024),
+            upstream_fatal: false,
         }
     }
 
@@ -225,6 +229,9 @@ impl Backward {
             // masked roles; this holds should one arrive anyhow): they are not masked.
             if frame.tag() == tag::NOTIFICATION_RESPONSE && self.p.detect.is_some() {
                 continue;
+            }
+            if frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body()) {
+                self.upstream_fatal = true;
             }
             let start = self.out.len();
             match frame.tag() {
@@ -421,6 +428,10 @@ impl Backward {
         if !self.out.is_empty() && self.audit_released(shared).await {
             let _ = self.p.client.write_all(&self.out).await;
         }
+        // Its FATAL reached the client: the session ends as it would direct.
+        if self.upstream_fatal {
+            return End::UpstreamError(why.to_owned());
+        }
         self.fatal(
             sqlstate::CONNECTION_FAILURE,
             "phigate: the connection to the database was lost",
@@ -429,6 +440,24 @@ impl Backward {
         .await;
         End::UpstreamError(why.to_owned())
     }
+}
+
+/// Whether an ErrorResponse body is a FATAL or PANIC (the database closes the session after).
+fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let len = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        // `V` is the severity never localized; `S` may be, but FATAL/PANIC read the same in
+        // the servers that send no `V` (before 9.6).
+        if matches!(field, b'V' | b'S') && matches!(&tail[..len], b"FATAL" | b"PANIC") {
+            return true;
+        }
+        rest = tail.get(len + 1..).unwrap_or_default();
+    }
+    false
 }
 
 fn statement_end(session: &str, f: Finished) -> phigate_audit::Pending {
