@@ -1581,6 +1581,36 @@ fn text_sent_behind_an_encoding_change_is_refused_until_it_is_answered() {
         "{}",
         show(&rows)
     );
+    // In a transaction block the change holds once answered; its ROLLBACK undoes it, so text
+    // sent behind the ROLLBACK waits for that answer too.
+    a.raw.query(b"BEGIN");
+    a.raw.query(b"SET client_encoding TO 'LATIN1'");
+    let rows = a.raw.query(b"SELECT 'caf\xe9'");
+    let latin1: &[u8] = b"caf\xe9";
+    assert!(
+        rows.iter()
+            .any(|m| m.tag == b'D' && m.body.ends_with(latin1)),
+        "{}",
+        show(&rows)
+    );
+    let mut batch = query("ROLLBACK");
+    batch.extend(message(b'Q', b"SELECT 'caf\xc3\xa9'\0"));
+    a.raw.send(&batch);
+    let mut msgs = a.raw.until_ready();
+    msgs.extend(a.raw.until_ready());
+    assert!(
+        msgs.iter()
+            .any(|m| m.tag == b'E' && m.message().contains("client_encoding may be changing")),
+        "{}",
+        show(&msgs)
+    );
+    let rows = a.raw.query(b"SELECT 'caf\xc3\xa9'");
+    assert!(
+        rows.iter()
+            .any(|m| m.first_column().as_deref() == Some("café")),
+        "{}",
+        show(&rows)
+    );
 }
 
 /// When the database ends a session with a FATAL of its own (an administrator's

@@ -217,6 +217,9 @@ impl Backward {
         let mut ex = link.exchange();
         while let Some(frame) = self.p.reader.next_frame()? {
             let observed = ex.observe(&frame);
+            if frame.tag() == tag::READY_FOR_QUERY && ex.idle() {
+                link.answered_at_ready.store(true, Ordering::Release);
+            }
             if let Some(refusal) = observed.rewrite {
                 let refusal = self.p.view.encoding.recode_own(&refusal);
                 if let Some(t) = tape.as_mut() {

@@ -82,6 +82,8 @@ pub struct Forward<'s> {
     /// A statement that changes `client_encoding` was prepared (Parse or PREPARE): any
     /// Execute may change it.
     encoding_prepared: bool,
+    /// `client_encoding` may have changed since the session was last at rest.
+    encoding_changed: bool,
 }
 
 impl<'s> Forward<'s> {
@@ -101,6 +103,7 @@ impl<'s> Forward<'s> {
             durable_first: false,
             held_unit: None,
             encoding_prepared: false,
+            encoding_changed: false,
         }
     }
 
@@ -184,12 +187,17 @@ impl<'s> Forward<'s> {
                 }
                 _ => Guard::analyze(&msg, &self.shared.policy.analyzer),
             };
-            self.watch_encoding(&msg, analysis.as_deref());
+            let changes = self.watch_encoding(&msg, analysis.as_deref());
             let filtered = {
                 let ex = self.link.exchange();
                 self.guard.filter(&frame, &msg, analysis, &ex)
             };
-            if let Some(held) = self.apply(filtered, frame.as_bytes()) {
+            // Marked once in the exchange: a ReadyForQuery settles the change only if it follows.
+            let held = self.apply(filtered, frame.as_bytes());
+            if changes {
+                self.link.encoding_may_change();
+            }
+            if let Some(held) = held {
                 // What came before the held statement runs now; it waits for a reviewer, and
                 // whatever the client sent after it waits behind it.
                 self.write_ahead().await?;
@@ -235,30 +243,36 @@ impl<'s> Forward<'s> {
         (encoding::lossy_frame(frame), Some(why))
     }
 
-    /// Notes a message that may change the session's `client_encoding` (SET, RESET,
-    /// set_config, DISCARD ALL), or the Execute of a statement prepared with one.
+    /// Whether a message may change the session's `client_encoding` when it runs: a
+    /// statement that names it (SET, RESET, set_config) or resets everything (RESET ALL,
+    /// DISCARD ALL); the Execute of a statement prepared with one; or, once a change was made,
+    /// the end of a transaction (its ROLLBACK undoes a change made inside it), until the
+    /// session is at rest again.
     fn watch_encoding(
         &mut self,
         msg: &FrontendMessage<'_>,
         analysis: Option<&phigate_sql::Analysis>,
-    ) {
-        let changes = analysis.is_some_and(changes_encoding);
+    ) -> bool {
+        if self.encoding_changed && self.link.encoding_at_rest() {
+            self.encoding_changed = false;
+        }
+        let changes = analysis
+            .is_some_and(|a| changes_encoding(a) || (self.encoding_changed && ends_transaction(a)));
         if changes {
-            self.link.encoding_may_change();
+            self.encoding_changed = true;
             if matches!(
                 msg,
                 FrontendMessage::Parse(_) | FrontendMessage::Query { .. }
             ) {
                 self.encoding_prepared = true;
             }
-        } else if self.encoding_prepared
+            return true;
+        }
+        self.encoding_prepared
             && matches!(
                 msg,
                 FrontendMessage::Execute { .. } | FrontendMessage::Query { .. }
             )
-        {
-            self.link.encoding_may_change();
-        }
     }
 
     /// Whatever complete messages came before a bad one still go, once their records are
@@ -403,6 +417,14 @@ fn changes_encoding(a: &phigate_sql::Analysis) -> bool {
                 .iter()
                 .any(|s| s == "client_encoding" || s == "all")
     })
+}
+
+/// Whether a statement ends (or rolls back part of) a transaction block.
+fn ends_transaction(a: &phigate_sql::Analysis) -> bool {
+    let phigate_sql::Analysis::Parsed(stmts) = a else {
+        return false;
+    };
+    stmts.iter().any(|st| st.node == "TransactionStmt")
 }
 
 fn statement_text<'a>(msg: &FrontendMessage<'a>) -> Option<&'a str> {

@@ -92,9 +92,13 @@ pub struct Link {
     /// The session's client encoding, as the database last reported it (the backward half
     /// keeps it; the forward half decodes statement text with it).
     encoding: Mutex<ClientEncoding>,
-    /// A statement that may change `client_encoding` was sent and the session has not been
-    /// at rest since: what the database will convert the next text with is not known yet.
+    /// A statement that may change `client_encoding` was sent, and no ReadyForQuery with
+    /// nothing in flight after it has been seen yet: what the database will convert the next
+    /// text with is not known.
     encoding_unsettled: AtomicBool,
+    /// A ReadyForQuery arrived with nothing in flight after it: every change of the encoding
+    /// sent before it has been reported (PostgreSQL reports changed settings before it).
+    answered_at_ready: AtomicBool,
 }
 
 impl Link {
@@ -107,6 +111,7 @@ impl Link {
             holding: AtomicBool::new(false),
             encoding: Mutex::new(encoding),
             encoding_unsettled: AtomicBool::new(false),
+            answered_at_ready: AtomicBool::new(false),
         }
     }
 
@@ -114,7 +119,9 @@ impl Link {
     /// of it may be in flight (see [`Link::encoding_may_change`]).
     fn encoding(&self) -> Option<ClientEncoding> {
         if self.encoding_unsettled.load(Ordering::Acquire) {
-            if !self.at_rest() {
+            // Under the exchange's lock: the backward half sets `answered_at_ready` under it.
+            let ex = self.exchange();
+            if !(self.answered_at_ready.load(Ordering::Acquire) && ex.idle()) {
                 return None;
             }
             self.encoding_unsettled.store(false, Ordering::Release);
@@ -122,12 +129,21 @@ impl Link {
         Some(*self.encoding.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A statement that may change `client_encoding` is on its way (SET, RESET, set_config,
-    /// DISCARD ALL): until the session is next at rest (its answers in, outside a
-    /// transaction, whose ROLLBACK would undo the change), text with non-ASCII bytes cannot be
-    /// decoded as the database will.
+    /// A statement that may change `client_encoding` was just entered in the exchange (SET,
+    /// RESET, set_config, DISCARD ALL, or the end of a transaction that changed it): until a
+    /// ReadyForQuery with nothing in flight after it, text with non-ASCII bytes cannot be
+    /// decoded as the database will. (CommandComplete is not enough: PostgreSQL reports the
+    /// new value with the next ReadyForQuery, and converts with it at once.)
     fn encoding_may_change(&self) {
+        let _ex = self.exchange();
+        self.answered_at_ready.store(false, Ordering::Release);
         self.encoding_unsettled.store(true, Ordering::Release);
+    }
+
+    /// Whether the encoding is known and the session outside a transaction block: a change
+    /// made earlier can no longer be undone by a ROLLBACK.
+    fn encoding_at_rest(&self) -> bool {
+        !self.encoding_unsettled.load(Ordering::Acquire) && self.at_rest()
     }
 
     /// The database reported a new client encoding.
