@@ -146,6 +146,9 @@ pub struct Exchange {
     views_changed: bool,
     /// An answer did not fit what was sent (see [`Exchange::desynchronised`]).
     desync: bool,
+    /// An extended-protocol message failed and no Sync was in flight: the database skips
+    /// every message it reads until the next Sync (the SQLSTATE they are recorded with).
+    skipping_to_sync: Option<String>,
 }
 
 impl Default for Exchange {
@@ -163,6 +166,7 @@ impl Default for Exchange {
             ddl_pending: false,
             views_changed: false,
             desync: false,
+            skipping_to_sync: None,
         }
     }
 }
@@ -322,6 +326,15 @@ impl Exchange {
                 .any(|e| matches!(e.sent, Sent::Query { .. } | Sent::Execute { .. }))
         {
             return;
+        }
+        // Sent after an error the database already reported, before the Sync that ends its
+        // exchange: skipped unanswered, as what was in flight with it.
+        if let Some(code) = &self.skipping_to_sync {
+            if !matches!(sent, Sent::Sync) {
+                let code = code.clone();
+                return self.finish_now(unit, &code);
+            }
+            self.skipping_to_sync = None;
         }
         self.seq += 1;
         if matches!(sent, Sent::Sync) {
@@ -599,6 +612,9 @@ impl Exchange {
                 }
                 if dropped {
                     self.reproject();
+                }
+                if self.queue.is_empty() {
+                    self.skipping_to_sync = Some(code);
                 }
             }
         }
