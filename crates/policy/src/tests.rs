@@ -140,6 +140,14 @@ fn decisions_table() {
             "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
             "deny:catalog-write",
         ),
+        // Setting it to the value it is pinned to changes nothing.
+        ("admin", "SET standard_conforming_strings TO on", "allow"),
+        ("admin", "SET standard_conforming_strings = 1", "allow"),
+        (
+            "admin",
+            "SET LOCAL standard_conforming_strings = false",
+            "deny:pinned-setting",
+        ),
         // A trusted role may change its encoding (the gateway follows it, and ends the
         // session for one it cannot analyse); a restricted role sets it when it connects.
         ("admin", "SET client_encoding TO 'LATIN1'", "allow"),
