@@ -414,20 +414,6 @@ impl Exchange {
         self.queue.push_back(entry);
     }
 
-    /// A statement finished without an answer of its own (consumed by a COPY, a review that
-    /// ended): its `statement_end` now.
-    pub fn finish_now(&mut self, unit: Option<Unit>, sqlstate: &str) {
-        if let Some(u) = unit {
-            self.finished.push(Finished {
-                n: u.n,
-                sqlstate: sqlstate.to_owned(),
-                rows: Some(0),
-                command: None,
-                duration_us: u.started.elapsed().as_micros() as u64,
-            });
-        }
-    }
-
     /// The backward half received `frame` from the database. An answer that does not fit
     /// what was sent marks the session desynchronised ([`Exchange::desynchronised`]).
     pub fn observe(&mut self, frame: &Frame) -> Observed {
