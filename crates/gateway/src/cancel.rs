@@ -1,6 +1,8 @@
-//! Query cancellation. Each session gets a key minted by the gateway; clients never learn the
-//! database's own key. A CancelRequest quoting a gateway key is relayed, with the upstream key, to
-//! the server that runs that session.
+//! Query cancellation. Each session gets a key minted by the gateway: the database's process id
+//! (what `pg_backend_pid()` says, what notifications carry, what `pg_terminate_backend` takes,
+//! as direct) with a secret of the gateway's own; clients never learn the database's secret. A
+//! CancelRequest quoting a gateway key is relayed, with the upstream key, to the server that
+//! runs that session.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,10 +33,6 @@ struct Target {
 #[derive(Debug, Default, Clone)]
 pub struct CancelRegistry {
     inner: Arc<Mutex<HashMap<FrontendKey, Target>>>,
-    /// The database's backend pid of each session → the pid its client was given, so a
-    /// notification names its sender as that sender's client knows it. One entry per live
-    /// session (bounded as sessions are).
-    pids: Arc<Mutex<HashMap<i32, i32>>>,
 }
 
 /// Removes the session's key when the session ends, however it ends.
@@ -47,20 +45,15 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let upstream = match self.registry.inner.lock() {
-            Ok(mut map) => map.remove(&self.key).map(|t| t.key.0.pid),
-            Err(_) => None,
-        };
-        if let (Some(pid), Ok(mut pids)) = (upstream, self.registry.pids.lock()) {
-            if pids.get(&pid) == Some(&self.key.0.pid) {
-                pids.remove(&pid);
-            }
+        if let Ok(mut map) = self.registry.inner.lock() {
+            map.remove(&self.key);
         }
     }
 }
 
 impl CancelRegistry {
-    /// Mints a fresh, unguessable key for a session whose upstream is `addr` / `key`.
+    /// Mints a key for a session whose upstream is `addr` / `key`: the database's pid (unique
+    /// among its live sessions) and a fresh, unguessable secret.
     pub fn register(&self, addr: SocketAddr, key: UpstreamKey) -> (FrontendKey, Registration) {
         let mut rng = rand::thread_rng();
         let Ok(mut map) = self.inner.lock() else {
@@ -81,7 +74,7 @@ impl CancelRegistry {
         };
         loop {
             let k = FrontendKey(CancelKey {
-                pid: rng.gen_range(1..i32::MAX),
+                pid: key.0.pid,
                 secret: rng.gen(),
             });
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(k) {
@@ -91,9 +84,6 @@ impl CancelRegistry {
                     key,
                     held: held.clone(),
                 });
-                if let Ok(mut pids) = self.pids.lock() {
-                    pids.insert(key.0.pid, k.0.pid);
-                }
                 return (
                     k,
                     Registration {
@@ -104,12 +94,6 @@ impl CancelRegistry {
                 );
             }
         }
-    }
-
-    /// The pid the client of the session whose database pid is `upstream` was given, if that
-    /// session runs through this gateway.
-    pub fn client_pid(&self, upstream: i32) -> Option<i32> {
-        self.pids.lock().ok()?.get(&upstream).copied()
     }
 
     /// Relays a client's CancelRequest. Unknown keys are ignored, as PostgreSQL does.

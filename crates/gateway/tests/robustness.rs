@@ -1260,7 +1260,9 @@ async fn cancel_requests_through_the_gateway() {
     result.unwrap_or_else(|e| panic!("a bogus cancel key cancelled a statement: {}", describe(&e)));
     assert_eq!(scalar(&client, "SELECT 1").await, "1");
 
-    // Clients hold the gateway's key, not the database's.
+    // Clients hold the gateway's key: the database's pid (what pg_backend_pid() says, what
+    // notifications carry and pg_terminate_backend takes, as direct) with the gateway's own
+    // secret; the database's secret never reaches them.
     let mut a = raw_login(&gw, "agent");
     let key = a
         .msgs
@@ -1276,10 +1278,23 @@ async fn cancel_requests_through_the_gateway() {
         .iter()
         .find_map(Msg::first_column)
         .expect("a row");
-    assert_ne!(
+    assert_eq!(
         gateway_pid.to_string(),
         backend_pid,
-        "the database's pid reached the client"
+        "the client's BackendKeyData names another process than pg_backend_pid()"
+    );
+    // The right pid with a secret other than the gateway's cancels nothing.
+    let secret = i32::from_be_bytes([key[4], key[5], key[6], key[7]]);
+    let mut wrong = Raw::connect(gw.pg_port);
+    wrong.send(&cancel_packet(gateway_pid, secret.wrapping_add(1)));
+    assert!(wrong.read_msg().is_none());
+    assert_eq!(
+        a.raw
+            .query(b"SELECT 'not cancelled'")
+            .iter()
+            .find_map(Msg::first_column)
+            .as_deref(),
+        Some("not cancelled")
     );
 }
 

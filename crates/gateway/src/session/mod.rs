@@ -217,13 +217,12 @@ pub struct Ready {
     pub guard: guard::Guard,
     /// The session's place under its individual's and its role's caps.
     pub seat: crate::admission::Seat,
-    /// What the client is told of the session (its encoding, its own application_name,
-    /// the process id it was given).
+    /// What the client is told of the session (its encoding, its own application_name).
     pub client_view: ClientView,
 }
 
-/// What the client was told of its session that differs from the database session's own
-/// view, for the relay to keep consistent.
+/// What the client is told of its session where the gateway must translate the database
+/// session's own view.
 #[derive(Clone, Debug)]
 pub struct ClientView {
     /// The client encoding the database session runs with (`client_encoding`).
@@ -231,8 +230,6 @@ pub struct ClientView {
     /// `application_name` as the client set it at startup ("" when it set none) and as the
     /// gateway sent it to the database (the client's, tagged with the subject).
     pub application_name: (String, String),
-    /// The database's backend pid, and the pid of the BackendKeyData the client was given.
-    pub pids: (i32, i32),
 }
 
 impl ClientView {

@@ -113,7 +113,6 @@ pub(super) async fn start(
                 .to_owned(),
             param(&params, "application_name"),
         ),
-        pids: (upstream.key.0.pid, key.0.pid),
     };
     out.clear();
     backend::write_auth_ok(&mut out);

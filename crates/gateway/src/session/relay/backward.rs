@@ -47,10 +47,8 @@ pub struct Parts {
     pub session: Arc<str>,
     /// The role's cap on a transaction's length.
     pub transaction_timeout: Option<std::time::Duration>,
-    /// What the client was told of its session (encoding, application_name, pid).
+    /// What the client was told of its session (encoding, application_name).
     pub view: crate::session::ClientView,
-    /// The pids clients were given, for notifications from other sessions.
-    pub cancels: crate::cancel::CancelRegistry,
 }
 
 pub struct Backward {
@@ -239,7 +237,6 @@ impl Backward {
             let start = self.out.len();
             match frame.tag() {
                 tag::PARAMETER_STATUS => self.parameter_status(&frame)?,
-                tag::NOTIFICATION_RESPONSE => self.notification(&frame),
                 _ => self.out.extend_from_slice(frame.as_bytes()),
             }
             if let Some(d) = self.p.detect.as_mut() {
@@ -288,27 +285,6 @@ impl Backward {
         let shown = self.p.view.parameter_status(frame);
         self.out.extend_from_slice(&shown);
         Ok(())
-    }
-
-    /// A NotificationResponse, into the output with the sender's pid as clients know it: the
-    /// pid of the BackendKeyData the sending session's client was given (drivers compare it
-    /// with their own key's, or another connection's, to tell who sent it). A sender that
-    /// does not come through this gateway keeps the database's pid.
-    fn notification(&mut self, frame: &phigate_wire::Frame) {
-        let (upstream, client) = self.p.view.pids;
-        let start = self.out.len();
-        self.out.extend_from_slice(frame.as_bytes());
-        if let Some(pid) = self.out.get_mut(start + 5..start + 9) {
-            let sender = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
-            let known = if sender == upstream {
-                Some(client)
-            } else {
-                self.p.cancels.client_pid(sender)
-            };
-            if let Some(known) = known {
-                pid.copy_from_slice(&known.to_be_bytes());
-            }
-        }
     }
 
     /// Waits until the records of the reads forwarded so far are durable; false if they cannot

@@ -152,7 +152,6 @@ async fn session() -> (Peer, Peer) {
         client_view: crate::session::ClientView {
             encoding: crate::session::encoding::ClientEncoding::UTF8,
             application_name: (String::new(), "phigate:harness".into()),
-            pids: (1, 1),
         },
     };
     tokio::spawn(async move { super::relay(ready, &shared).await });

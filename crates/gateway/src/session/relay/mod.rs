@@ -224,7 +224,6 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         session: session.clone(),
         transaction_timeout: transaction_timeout.map(std::time::Duration::from_millis),
         view: client_view,
-        cancels: shared.cancels.clone(),
     })
     .run(shared);
     tokio::pin!(forward, backward);
