@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use phigate_testkit::raw::{show, Msg, Raw};
 use phigate_testkit::{run, Cluster, Gateway, GatewayOptions, APP_PASSWORD, APP_USER, DATABASE};
 
 fn cluster() -> &'static Cluster {
@@ -116,5 +117,81 @@ fn a_restricted_role_reads_and_is_refused_in_its_own_encoding() {
     assert_eq!(
         through["still"],
         serde_json::json!(["iso8859-1", {"rows": [["café"]]}])
+    );
+}
+
+#[derive(serde::Serialize)]
+struct DemoPolicy {
+    role: Vec<phigate_policy::RoleConfig>,
+    rule: Vec<phigate_policy::RuleConfig>,
+    phi: Vec<phigate_policy::masking::PhiTableConfig>,
+}
+
+/// The values of a result's rows, as bytes.
+fn values(msgs: &[Msg]) -> Vec<Vec<u8>> {
+    msgs.iter()
+        .filter(|m| m.tag == b'D')
+        .flat_map(|m| {
+            let mut out = Vec::new();
+            let mut at = 2;
+            while let Some(len) = m.body.get(at..at + 4) {
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                at += 4;
+                let Ok(len) = usize::try_from(len) else {
+                    continue;
+                };
+                out.push(m.body[at..at + len].to_vec());
+                at += len;
+            }
+            out
+        })
+        .collect()
+}
+
+/// A masked role in LATIN1: the masked values it reads are what a UTF8 session reads, in
+/// LATIN1; the content detectors still mask an identifier in LATIN1 text and leave the rest of
+/// the text as the client encoded it; a refusal naming a non-ASCII name reaches it in LATIN1.
+#[test]
+fn a_masked_role_reads_masked_values_in_its_own_encoding() {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.policy = toml::to_string(&DemoPolicy {
+        role: phigate::demo::demo_roles(),
+        rule: phigate::demo::demo_rules(),
+        phi: phigate::demo::demo_phi(),
+    })
+    .expect("policy TOML");
+    opts.extra = "[approvals]\nenabled = false\n".into();
+    let gw = Gateway::start(bin(), opts).expect("gateway");
+    let mut utf8 = Raw::try_login(&gw, "agent", &[]).unwrap_or_else(|m| panic!("{}", show(&m)));
+    let mut latin1 = Raw::try_login(&gw, "agent", &[("client_encoding", "LATIN1")])
+        .unwrap_or_else(|m| panic!("{}", show(&m)));
+    let sql = "SELECT mrn, last_name, ssn, email FROM patients ORDER BY id LIMIT 20";
+    let (a, b) = (values(&utf8.query(sql)), values(&latin1.query(sql)));
+    assert_eq!(a.len(), 80, "{a:?}");
+    let as_latin1: Vec<Vec<u8>> = a
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .chars()
+                .map(|c| u8::try_from(c).unwrap_or(b'?'))
+                .collect()
+        })
+        .collect();
+    assert_eq!(as_latin1, b);
+    // "café" in LATIN1 around a phone number: the number is masked, é stays one LATIN1 byte.
+    let msgs = latin1.query(b"SELECT 'caf\xe9: call 555-867-5309'::text");
+    assert_eq!(
+        values(&msgs),
+        vec![b"caf\xe9: call ***-***-****".to_vec()],
+        "{}",
+        show(&msgs)
+    );
+    let msgs = latin1.query(b"SELECT \"caf\xe9\"()");
+    let refusal = msgs.iter().find(|m| m.tag == b'E').expect("refused");
+    let needle: &[u8] = b"caf\xe9";
+    assert!(
+        refusal.body.windows(needle.len()).any(|w| w == needle),
+        "{}",
+        show(&msgs)
     );
 }
