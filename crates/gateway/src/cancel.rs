@@ -1,6 +1,8 @@
-//! Query cancellation. Each session gets a key minted by the gateway; clients never learn the
-//! database's own key. A CancelRequest quoting a gateway key is relayed, with the upstream key, to
-//! the server that runs that session.
+//! Query cancellation. Each session gets a key minted by the gateway: the database's process id
+//! (what `pg_backend_pid()` says, what notifications carry, what `pg_terminate_backend` takes,
+//! as direct) with a secret of the gateway's own; clients never learn the database's secret. A
+//! CancelRequest quoting a gateway key is relayed, with the upstream key, to the server that
+//! runs that session.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,7 +52,8 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    /// Mints a fresh, unguessable key for a session whose upstream is `addr` / `key`.
+    /// Mints a key for a session whose upstream is `addr` / `key`: the database's pid (unique
+    /// among its live sessions) and a fresh, unguessable secret.
     pub fn register(&self, addr: SocketAddr, key: UpstreamKey) -> (FrontendKey, Registration) {
         let mut rng = rand::thread_rng();
         let Ok(mut map) = self.inner.lock() else {
@@ -71,7 +74,7 @@ impl CancelRegistry {
         };
         loop {
             let k = FrontendKey(CancelKey {
-                pid: rng.gen_range(1..i32::MAX),
+                pid: key.0.pid,
                 secret: rng.gen(),
             });
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(k) {

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use phigate_testkit::raw::{cancel_packet, cstring, message, show, startup_packet, Msg, Raw};
+use phigate_testkit::raw::{
+    cancel_packet, cstring, message, query, show, startup_packet, Msg, Raw,
+};
 use phigate_testkit::{
     Certs, Cluster, ClusterOptions, Gateway, GatewayOptions, APP_PASSWORD, APP_USER,
 };
@@ -1258,7 +1260,9 @@ async fn cancel_requests_through_the_gateway() {
     result.unwrap_or_else(|e| panic!("a bogus cancel key cancelled a statement: {}", describe(&e)));
     assert_eq!(scalar(&client, "SELECT 1").await, "1");
 
-    // Clients hold the gateway's key, not the database's.
+    // Clients hold the gateway's key: the database's pid (what pg_backend_pid() says, what
+    // notifications carry and pg_terminate_backend takes, as direct) with the gateway's own
+    // secret; the database's secret never reaches them.
     let mut a = raw_login(&gw, "agent");
     let key = a
         .msgs
@@ -1274,10 +1278,23 @@ async fn cancel_requests_through_the_gateway() {
         .iter()
         .find_map(Msg::first_column)
         .expect("a row");
-    assert_ne!(
+    assert_eq!(
         gateway_pid.to_string(),
         backend_pid,
-        "the database's pid reached the client"
+        "the client's BackendKeyData names another process than pg_backend_pid()"
+    );
+    // The right pid with a secret other than the gateway's cancels nothing.
+    let secret = i32::from_be_bytes([key[4], key[5], key[6], key[7]]);
+    let mut wrong = Raw::connect(gw.pg_port);
+    wrong.send(&cancel_packet(gateway_pid, secret.wrapping_add(1)));
+    assert!(wrong.read_msg().is_none());
+    assert_eq!(
+        a.raw
+            .query(b"SELECT 'not cancelled'")
+            .iter()
+            .find_map(Msg::first_column)
+            .as_deref(),
+        Some("not cancelled")
     );
 }
 
@@ -1422,10 +1439,9 @@ async fn capacity_refusals_do_not_name_the_gateway_login() {
     assert_no_upstream_secrets(&a.raw, &a.msgs, "connection limit");
 }
 
-/// The wire crate decodes client strings as UTF-8 and says the gateway pins
-/// `client_encoding` to UTF8. A client that asks for another encoding must therefore either be
-/// pinned to UTF8, or be able to send text in the encoding it asked for; it must not be
-/// disconnected for a "protocol violation" when it sends a perfectly valid LATIN1 query.
+/// A client that asks for another encoding must be able to send text in the encoding it
+/// asked for; it must not be disconnected for a "protocol violation" when it sends a
+/// perfectly valid LATIN1 query.
 #[test]
 fn non_utf8_client_encoding_is_pinned_or_works() {
     let gw = gateway("");
@@ -1465,20 +1481,20 @@ fn non_utf8_client_encoding_is_pinned_or_works() {
     );
 }
 
+/// `standard_conforming_strings` stays on for every role (the parser the gateway analyses
+/// with reads `'\'` as PostgreSQL does only with it on).
 #[tokio::test]
-async fn switching_client_encoding_mid_session_is_refused() {
+async fn standard_conforming_strings_stays_on() {
     let gw = gateway("");
     let (client, _conn) = session(&gw.conninfo("agent")).await;
-    assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
     for sql in [
-        "SET client_encoding TO 'LATIN1'",
-        "SELECT set_config('client_encoding', 'SJIS', false)",
         "SET standard_conforming_strings = off",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
     ] {
         let err = client
             .simple_query(sql)
             .await
-            .expect_err("the gateway reads statements as UTF-8 with standard strings");
+            .expect_err("the gateway reads statements with standard strings");
         let db = err.as_db_error().expect("a refusal from the gateway");
         assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{sql}");
         assert!(
@@ -1486,12 +1502,168 @@ async fn switching_client_encoding_mid_session_is_refused() {
             "{sql}: {db}"
         );
     }
-    // The session goes on, unchanged.
-    assert_eq!(scalar(&client, "SHOW client_encoding").await, "UTF8");
     assert_eq!(
         scalar(&client, "SHOW standard_conforming_strings").await,
         "on"
     );
-    let (other, _c) = session(&gw.conninfo("clinician")).await;
-    assert_eq!(scalar(&other, "SELECT 'ok'").await, "ok");
+}
+
+/// An encoding whose multibyte characters may contain `\` or `'` bytes (SJIS, BIG5, GBK, UHC,
+/// GB18030, ...) cannot be analysed safely: asked for when connecting, the session does not
+/// start; switched to by a trusted role, the session ends before another statement is read.
+#[test]
+fn encodings_that_cannot_be_analysed_are_refused() {
+    let gw = gateway("");
+    for enc in ["SJIS", "BIG5", "GB18030"] {
+        let mut a = attempt(
+            gw.pg_port,
+            &[
+                ("user", "ai-agent"),
+                ("database", "clinic"),
+                ("client_encoding", enc),
+            ],
+            gw.token("agent"),
+        );
+        a.msgs.extend(a.raw.read_until_closed());
+        assert!(!a.ready, "{enc}: {}", show(&a.msgs));
+        let fatal = a.msgs.iter().find(|m| m.tag == b'E').expect("an error");
+        assert!(fatal.message().contains(enc), "{fatal}");
+    }
+    let mut a = raw_login(&gw, "agent");
+    // Sent together: the SELECT was read before the session changed encoding, and never runs.
+    let mut both = query("SET client_encoding TO 'SJIS'");
+    both.extend(query("SELECT 'never'"));
+    a.raw.send(&both);
+    let msgs = a.raw.read_until_closed();
+    let fatal = msgs
+        .iter()
+        .find(|m| m.tag == b'E' && m.severity() == "FATAL")
+        .unwrap_or_else(|| panic!("no FATAL: {}", show(&msgs)));
+    assert_eq!(fatal.code(), "0A000", "{fatal}");
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m.first_column().as_deref() == Some("never")),
+        "{}",
+        show(&msgs)
+    );
+}
+
+/// While a change of `client_encoding` is in flight, the gateway cannot know which encoding
+/// the database will read the next text in: a statement with non-ASCII bytes sent behind it
+/// is refused (not guessed), one in ASCII runs; once answered, text in the new encoding is
+/// analysed and runs.
+#[test]
+fn text_sent_behind_an_encoding_change_is_refused_until_it_is_answered() {
+    let gw = gateway("");
+    let mut a = attempt(
+        gw.pg_port,
+        &[
+            ("user", "ai-agent"),
+            ("database", "clinic"),
+            ("client_encoding", "LATIN1"),
+        ],
+        gw.token("agent"),
+    );
+    assert!(a.ready, "{}", show(&a.msgs));
+    let mut batch = query("SET client_encoding TO 'UTF8'");
+    batch.extend(message(b'Q', b"SELECT 'caf\xc3\xa9'\0"));
+    batch.extend(query("SELECT 'ascii'"));
+    a.raw.send(&batch);
+    let mut msgs = a.raw.until_ready();
+    msgs.extend(a.raw.until_ready());
+    msgs.extend(a.raw.until_ready());
+    let refused = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("not refused: {}", show(&msgs)));
+    assert!(
+        refused
+            .message()
+            .contains("client_encoding may be changing"),
+        "{refused}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.first_column().as_deref() == Some("ascii")),
+        "{}",
+        show(&msgs)
+    );
+    let rows = a.raw.query(b"SELECT 'caf\xc3\xa9'");
+    assert!(
+        rows.iter()
+            .any(|m| m.first_column().as_deref() == Some("café")),
+        "{}",
+        show(&rows)
+    );
+    // In a transaction block the change holds once answered; its ROLLBACK undoes it, so text
+    // sent behind the ROLLBACK waits for that answer too.
+    a.raw.query(b"BEGIN");
+    a.raw.query(b"SET client_encoding TO 'LATIN1'");
+    let rows = a.raw.query(b"SELECT 'caf\xe9'");
+    let latin1: &[u8] = b"caf\xe9";
+    assert!(
+        rows.iter()
+            .any(|m| m.tag == b'D' && m.body.ends_with(latin1)),
+        "{}",
+        show(&rows)
+    );
+    let mut batch = query("ROLLBACK");
+    batch.extend(message(b'Q', b"SELECT 'caf\xc3\xa9'\0"));
+    a.raw.send(&batch);
+    let mut msgs = a.raw.until_ready();
+    msgs.extend(a.raw.until_ready());
+    assert!(
+        msgs.iter()
+            .any(|m| m.tag == b'E' && m.message().contains("client_encoding may be changing")),
+        "{}",
+        show(&msgs)
+    );
+    let rows = a.raw.query(b"SELECT 'caf\xc3\xa9'");
+    assert!(
+        rows.iter()
+            .any(|m| m.first_column().as_deref() == Some("café")),
+        "{}",
+        show(&rows)
+    );
+}
+
+/// When the database ends a session with a FATAL of its own (an administrator's
+/// `pg_terminate_backend`, `idle_session_timeout`, a shutdown), the client gets that FATAL and
+/// the connection closes, as direct: one ErrorResponse, the database's code, so libpq's and
+/// the drivers' reconnect logic (PQreset) sees what it sees direct.
+#[tokio::test]
+async fn a_session_the_database_terminates_ends_as_it_would_direct() {
+    let gw = gateway("");
+    let mut a = raw_login(&gw, "agent");
+    let pid = a
+        .raw
+        .query(b"SELECT pg_backend_pid()")
+        .iter()
+        .find_map(Msg::first_column)
+        .expect("a row");
+    let direct = format!(
+        "host=127.0.0.1 port={} dbname=clinic user={APP_USER} password={APP_PASSWORD}",
+        clinic().port()
+    );
+    let (admin, _conn) = session(&direct).await;
+    assert_eq!(
+        scalar(&admin, &format!("SELECT pg_terminate_backend({pid})")).await,
+        "t"
+    );
+    let msgs = a.raw.read_until_closed();
+    let errors: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'E').collect();
+    assert_eq!(errors.len(), 1, "{}", show(&msgs));
+    assert_eq!(errors[0].severity(), "FATAL", "{}", errors[0]);
+    assert_eq!(errors[0].code(), "57P01", "{}", errors[0]);
+    // A fresh connection (what PQreset opens) works at once.
+    let mut again = raw_login(&gw, "agent");
+    assert!(
+        again
+            .raw
+            .query(b"SELECT 1")
+            .iter()
+            .any(|m| m.first_column().as_deref() == Some("1")),
+        "no row after reconnecting"
+    );
 }

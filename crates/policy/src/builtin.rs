@@ -161,8 +161,10 @@ pub fn leaks_via_function(name: &str) -> bool {
 /// Settings no role may change: they change how the database reads statement text, and phigate
 /// reads it as PostgreSQL does by default. With `standard_conforming_strings = off`, `'\'` no
 /// longer ends a string, so `SELECT '\', ' ; DELETE FROM t; -- '` (one SELECT of two strings to
-/// phigate) runs a DELETE.
-pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings", "client_encoding"];
+/// phigate) runs a DELETE. (`client_encoding` is not here: the gateway decodes text as the
+/// database does and follows a change; restricted roles still may not change it, as any
+/// setting outside [`SAFE_SETTINGS`], and set it when they connect.)
+pub const PINNED_FOR_ALL: &[&str] = &["standard_conforming_strings"];
 
 /// Settings under this prefix carry the caller's identity to the database (`phigate.subject`,
 /// `phigate.role`, `phigate.issuer`): set by the gateway at startup, changed by no role, so

@@ -140,9 +140,27 @@ fn decisions_table() {
             "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
             "deny:catalog-write",
         ),
+        // Setting it to the value it is pinned to changes nothing.
+        ("admin", "SET standard_conforming_strings TO on", "allow"),
+        ("admin", "SET standard_conforming_strings = 1", "allow"),
         (
             "admin",
-            "SET client_encoding TO 'SJIS'",
+            "SET LOCAL standard_conforming_strings = false",
+            "deny:pinned-setting",
+        ),
+        // A trusted role may change its encoding (the gateway follows it, and ends the
+        // session for one it cannot analyse); a restricted role sets it when it connects.
+        ("admin", "SET client_encoding TO 'LATIN1'", "allow"),
+        ("admin", "SET NAMES 'WIN1252'", "allow"),
+        (
+            "ai-agent",
+            "SET client_encoding TO 'LATIN1'",
+            "deny:pinned-setting",
+        ),
+        ("ai-agent", "SET NAMES 'LATIN1'", "deny:pinned-setting"),
+        (
+            "ai-agent",
+            "SELECT set_config('client_encoding', 'LATIN1', false)",
             "deny:pinned-setting",
         ),
         (

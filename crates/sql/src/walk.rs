@@ -279,7 +279,11 @@ impl Walker<'_> {
                 self.session_statement(tag, body)
             }
             "VariableSetStmt" => {
-                self.st.settings.push(setting_name(body));
+                // Setting standard_conforming_strings to the value it is pinned to changes
+                // nothing (drivers' own test suites do it before testing quoting).
+                if !keeps_standard_strings(body) {
+                    self.st.settings.push(setting_name(body));
+                }
                 self.walk(body, Action::Select);
             }
             "DropStmt" => {
@@ -661,6 +665,36 @@ fn setting_name(set: &Value) -> String {
     } else {
         str_field(set, "name").to_ascii_lowercase()
     }
+}
+
+/// `SET [LOCAL] standard_conforming_strings TO on` (or `true`, `yes`, `1`): a constant that
+/// leaves the setting as the gateway pins it.
+fn keeps_standard_strings(set: &Value) -> bool {
+    // kind 1 = VAR_SET_VALUE.
+    if set.get("kind").and_then(Value::as_i64) != Some(1)
+        || !str_field(set, "name").eq_ignore_ascii_case("standard_conforming_strings")
+    {
+        return false;
+    }
+    let Some([arg]) = set.get("args").and_then(Value::as_array).map(Vec::as_slice) else {
+        return false;
+    };
+    let Some(("AConst", c)) = node_of(arg) else {
+        return false;
+    };
+    let val = c.get("val");
+    let text = val
+        .and_then(|v| v.get("Sval"))
+        .and_then(|v| v.get("sval"))
+        .and_then(Value::as_str);
+    let int = val
+        .and_then(|v| v.get("Ival"))
+        .and_then(|v| v.get("ival"))
+        .and_then(Value::as_i64);
+    matches!(
+        text.map(str::to_ascii_lowercase).as_deref(),
+        Some("on" | "true" | "yes" | "1")
+    ) || int == Some(1)
 }
 
 fn node_of(v: &Value) -> Option<(&str, &Value)> {

@@ -5,6 +5,7 @@
 //! StartupMessage), authenticate (token → identity → role), connect upstream
 //! ([`crate::upstream`]); then [`relay::relay`] until either side ends.
 
+pub mod encoding;
 pub mod guard;
 pub mod relay;
 mod startup;
@@ -232,10 +233,37 @@ pub struct Ready {
     pub guard: guard::Guard,
     /// The session's place under its individual's and its role's caps.
     pub seat: crate::admission::Seat,
+    /// What the client is told of the session (its encoding, its own application_name).
+    pub client_view: ClientView,
 }
 
-/// Whether an encoding name means UTF-8 (PostgreSQL ignores case and punctuation in these).
-pub(crate) fn is_utf8(name: &str) -> bool {
-    let norm: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
-    norm.eq_ignore_ascii_case("utf8") || norm.eq_ignore_ascii_case("unicode")
+/// What the client is told of its session where the gateway must translate the database
+/// session's own view.
+#[derive(Clone, Debug)]
+pub struct ClientView {
+    /// The client encoding the database session runs with (`client_encoding`).
+    pub encoding: encoding::ClientEncoding,
+    /// `application_name` as the client set it at startup ("" when it set none) and as the
+    /// gateway sent it to the database (the client's, tagged with the subject).
+    pub application_name: (String, String),
+}
+
+impl ClientView {
+    /// A ParameterStatus from the database as the client must see it: `application_name`
+    /// as the client set it, not as the gateway tagged it for the database's logs.
+    pub fn parameter_status<'a>(
+        &self,
+        frame: &'a phigate_wire::Frame,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        let (client, sent) = &self.application_name;
+        match encoding::parameter_status(frame) {
+            Some((b"application_name", v)) if v == self.encoding.encode(sent).as_ref() => {
+                let value = self.encoding.encode(client);
+                std::borrow::Cow::Owned(
+                    encoding::write_parameter_status(b"application_name", &value).to_vec(),
+                )
+            }
+            _ => std::borrow::Cow::Borrowed(frame.as_bytes()),
+        }
+    }
 }

@@ -80,6 +80,9 @@ pub(super) async fn start(
         .admission
         .seat(&identity.issuer, &identity.subject.0, &role)?;
     let upstream = connect_upstream(shared, &params, db, &role, masked_login.as_ref()).await?;
+    // The session's encoding as the database reports it (the client's, or the database's or
+    // role's default when the client named none).
+    let encoding = session_encoding(&upstream.parameter_status)?;
     audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
     let (phi, predicate_guarded, unwritable) = masked_login
         .map(|l| (l.phi_columns, l.predicate_guarded, l.unwritable))
@@ -103,10 +106,20 @@ pub(super) async fn start(
         metrics: shared.metrics.clone(),
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
+    let client_view = super::ClientView {
+        encoding,
+        application_name: (
+            startup
+                .param("application_name")
+                .unwrap_or_default()
+                .to_owned(),
+            param(&params, "application_name"),
+        ),
+    };
     out.clear();
     backend::write_auth_ok(&mut out);
     for ps in &upstream.parameter_status {
-        out.extend_from_slice(ps.as_bytes());
+        out.extend_from_slice(&client_view.parameter_status(ps));
     }
     backend::write_backend_key(&mut out, key.0);
     backend::write_ready_for_query(&mut out, backend::TransactionStatus::Idle);
@@ -132,7 +145,33 @@ pub(super) async fn start(
         registration,
         guard,
         seat,
+        client_view,
     }))
+}
+
+fn param(params: &[(String, String)], name: &str) -> String {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The client encoding the database session started with; a session in an encoding the
+/// gateway cannot analyse does not start (a role's or database's default may name one).
+fn session_encoding(
+    status: &[phigate_wire::Frame],
+) -> Result<super::encoding::ClientEncoding, SessionError> {
+    let reported = status
+        .iter()
+        .filter_map(super::encoding::parameter_status)
+        .find(|(k, _)| *k == b"client_encoding")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    match reported {
+        None => Ok(super::encoding::ClientEncoding::UTF8),
+        Some(name) => super::encoding::ClientEncoding::lookup(&name)
+            .map_err(|e| SessionError::StartupParam(format!("phigate: {e}"))),
+    }
 }
 
 /// The database session: as the role's masked login (its views first on the search_path) or
@@ -310,9 +349,13 @@ fn forwarded_params(m: &StartupMessage) -> Result<Vec<(String, String)>, Session
                     "the startup parameter \"options\" is not allowed; use SET after connecting",
                 ))
             }
-            // The gateway reads statement text as UTF-8, so the session is pinned to UTF8; the
-            // client learns the encoding from ParameterStatus, as with any server default.
-            "client_encoding" => out.push((k.clone(), "UTF8".to_owned())),
+            // The database converts from it, and the gateway decodes statement text with it
+            // for analysis; encodings it cannot analyse safely are refused (`encoding`).
+            "client_encoding" => {
+                super::encoding::ClientEncoding::lookup(v)
+                    .map_err(|e| SessionError::StartupParam(format!("phigate: {e}")))?;
+                out.push((k.clone(), v.clone()))
+            }
             k if k.starts_with("_pq_.") => {}
             k if CLIENT_STARTUP_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
                 out.push((k.to_owned(), v.clone()))

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use phigate_wire::backend::{self, tag};
+use phigate_wire::backend::tag;
 use phigate_wire::{sqlstate, FrameReader, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -16,11 +16,12 @@ use super::observe::Detect;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
 use crate::pgerror::{ClientError, ToClient};
+use crate::session::encoding::ClientEncoding;
 use crate::state::Shared;
 
 enum RelayError {
     Wire(WireError),
-    /// `SET client_encoding` to something else: the gateway reads statement text as UTF-8.
+    /// A client encoding the gateway cannot analyse, or standard_conforming_strings off.
     Encoding,
     /// The database answered what the exchange owner cannot match to what was sent.
     Desync,
@@ -46,6 +47,8 @@ pub struct Parts {
     pub session: Arc<str>,
     /// The role's cap on a transaction's length.
     pub transaction_timeout: Option<std::time::Duration>,
+    /// What the client was told of its session (encoding, application_name).
+    pub view: crate::session::ClientView,
 }
 
 pub struct Backward {
@@ -53,6 +56,9 @@ pub struct Backward {
     /// The audit ticket known durable: results up to it may be released.
     released: u64,
     out: BytesMut,
+    /// The database ended the session with a FATAL of its own (terminated, idle timeout,
+    /// shutdown): the client has its reason, as it would direct, and gets no second one.
+    upstream_fatal: bool,
 }
 
 impl Backward {
@@ -61,6 +67,7 @@ impl Backward {
             p,
             released: 0,
             out: BytesMut::with_capacity(16 * 1024),
+            upstream_fatal: false,
         }
     }
 
@@ -210,10 +217,15 @@ impl Backward {
     fn take_frames(&mut self) -> Result<(Vec<Finished>, bool), RelayError> {
         let tape = self.p.tape.clone();
         let mut tape = tape.as_deref().map(crate::recording::Tape::batch);
-        let mut ex = self.p.link.exchange();
+        let link = self.p.link.clone();
+        let mut ex = link.exchange();
         while let Some(frame) = self.p.reader.next_frame()? {
             let observed = ex.observe(&frame);
+            if frame.tag() == tag::READY_FOR_QUERY && ex.idle() {
+                link.answered_at_ready.store(true, Ordering::Release);
+            }
             if let Some(refusal) = observed.rewrite {
+                let refusal = self.p.view.encoding.recode_own(&refusal);
                 if let Some(t) = tape.as_mut() {
                     t.bytes(&refusal, true);
                 }
@@ -225,19 +237,14 @@ impl Backward {
             if frame.tag() == tag::NOTIFICATION_RESPONSE && self.p.detect.is_some() {
                 continue;
             }
-            if frame.tag() == tag::PARAMETER_STATUS {
-                let (name, value) = backend::decode_parameter_status(&frame)?;
-                if name == "client_encoding" && !crate::session::is_utf8(value) {
-                    return Err(RelayError::Encoding);
-                }
-                // The gateway parses statements as PostgreSQL does with this on; if the
-                // session turned it off anyhow, stop before another statement is read.
-                if name == "standard_conforming_strings" && value != "on" {
-                    return Err(RelayError::Encoding);
-                }
+            if frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body()) {
+                self.upstream_fatal = true;
             }
             let start = self.out.len();
-            self.out.extend_from_slice(frame.as_bytes());
+            match frame.tag() {
+                tag::PARAMETER_STATUS => self.parameter_status(&frame)?,
+                _ => self.out.extend_from_slice(frame.as_bytes()),
+            }
             if let Some(d) = self.p.detect.as_mut() {
                 d.scan(&mut self.out[start..]);
             }
@@ -255,6 +262,35 @@ impl Backward {
             Vec::new()
         };
         Ok((finished, ex.take_views_changed()))
+    }
+
+    /// A ParameterStatus, into the output as the client must see it. A change of
+    /// `client_encoding` is followed (both halves read with it from now on) unless the
+    /// gateway cannot analyse text in the new encoding, and `standard_conforming_strings`
+    /// must stay on: either ends the session before another statement is read.
+    fn parameter_status(&mut self, frame: &phigate_wire::Frame) -> Result<(), RelayError> {
+        let (name, value) =
+            crate::session::encoding::parameter_status(frame).ok_or(WireError::Malformed {
+                what: "ParameterStatus",
+                why: "not two strings",
+            })?;
+        match name {
+            b"client_encoding" => {
+                let e = ClientEncoding::lookup(&String::from_utf8_lossy(value))
+                    .map_err(|_| RelayError::Encoding)?;
+                self.p.view.encoding = e;
+                self.p.link.set_encoding(e);
+                if let Some(d) = self.p.detect.as_mut() {
+                    d.set_encoding(e);
+                }
+            }
+            // The gateway parses statements as PostgreSQL does with this on.
+            b"standard_conforming_strings" if value != b"on" => return Err(RelayError::Encoding),
+            _ => {}
+        }
+        let shown = self.p.view.parameter_status(frame);
+        self.out.extend_from_slice(&shown);
+        Ok(())
     }
 
     /// Waits until the records of the reads forwarded so far are durable; false if they cannot
@@ -278,10 +314,11 @@ impl Backward {
     /// Sends the client a message of the gateway's own, recorded as such. Every message the
     /// gateway itself writes to a client during the relay leaves here.
     async fn send_own(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let bytes = self.p.view.encoding.recode_own(bytes);
         if let Some(tape) = &self.p.tape {
-            tape.from_gateway(bytes);
+            tape.from_gateway(&bytes);
         }
-        self.p.client.write_all(bytes).await
+        self.p.client.write_all(&bytes).await
     }
 
     /// Sends the client the gateway's FATAL (the session ends; a client already gone is not
@@ -322,11 +359,14 @@ impl Backward {
     async fn refuse_encoding(&mut self) -> End {
         self.fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "phigate: only client_encoding UTF8 with standard_conforming_strings on is supported",
-            "Reconnect and leave client_encoding and standard_conforming_strings alone.",
+            "phigate: the session changed to a client_encoding phigate cannot analyse, or turned standard_conforming_strings off",
+            "Reconnect; use an ASCII-safe client_encoding such as UTF8 and leave standard_conforming_strings on (see docs/policy.md).",
         )
         .await;
-        End::ClientError("client_encoding changed away from UTF8".into())
+        End::ClientError(
+            "client_encoding or standard_conforming_strings changed to what phigate cannot analyse"
+                .into(),
+        )
     }
 
     /// The open transaction outlived the role's `transaction_timeout`: the session ends (the
@@ -373,6 +413,10 @@ impl Backward {
         if !self.out.is_empty() && self.audit_released(shared).await {
             let _ = self.p.client.write_all(&self.out).await;
         }
+        // Its FATAL reached the client: the session ends as it would direct.
+        if self.upstream_fatal {
+            return End::UpstreamError(why.to_owned());
+        }
         self.fatal(
             sqlstate::CONNECTION_FAILURE,
             "phigate: the connection to the database was lost",
@@ -381,6 +425,24 @@ impl Backward {
         .await;
         End::UpstreamError(why.to_owned())
     }
+}
+
+/// Whether an ErrorResponse body is a FATAL or PANIC (the database closes the session after).
+fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let len = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        // `V` is the severity never localized; `S` may be, but FATAL/PANIC read the same in
+        // the servers that send no `V` (before 9.6).
+        if matches!(field, b'V' | b'S') && matches!(&tail[..len], b"FATAL" | b"PANIC") {
+            return true;
+        }
+        rest = tail.get(len + 1..).unwrap_or_default();
+    }
+    false
 }
 
 fn statement_end(session: &str, f: Finished) -> phigate_audit::Pending {

@@ -146,6 +146,9 @@ pub struct Exchange {
     views_changed: bool,
     /// An answer did not fit what was sent (see [`Exchange::desynchronised`]).
     desync: bool,
+    /// An extended-protocol message failed and no Sync was in flight: the database skips
+    /// every message it reads until the next Sync (the SQLSTATE they are recorded with).
+    skipping_to_sync: Option<String>,
 }
 
 impl Default for Exchange {
@@ -163,6 +166,7 @@ impl Default for Exchange {
             ddl_pending: false,
             views_changed: false,
             desync: false,
+            skipping_to_sync: None,
         }
     }
 }
@@ -323,6 +327,15 @@ impl Exchange {
         {
             return;
         }
+        // Sent after an error the database already reported, before the Sync that ends its
+        // exchange: skipped unanswered, as what was in flight with it.
+        if let Some(code) = &self.skipping_to_sync {
+            if !matches!(sent, Sent::Sync) {
+                let code = code.clone();
+                return self.finish_now(unit, &code);
+            }
+            self.skipping_to_sync = None;
+        }
         self.seq += 1;
         if matches!(sent, Sent::Sync) {
             self.last_sync = self.seq;
@@ -399,20 +412,6 @@ impl Exchange {
             );
         }
         self.queue.push_back(entry);
-    }
-
-    /// A statement finished without an answer of its own (consumed by a COPY, a review that
-    /// ended): its `statement_end` now.
-    pub fn finish_now(&mut self, unit: Option<Unit>, sqlstate: &str) {
-        if let Some(u) = unit {
-            self.finished.push(Finished {
-                n: u.n,
-                sqlstate: sqlstate.to_owned(),
-                rows: Some(0),
-                command: None,
-                duration_us: u.started.elapsed().as_micros() as u64,
-            });
-        }
     }
 
     /// The backward half received `frame` from the database. An answer that does not fit
@@ -599,6 +598,9 @@ impl Exchange {
                 }
                 if dropped {
                     self.reproject();
+                }
+                if self.queue.is_empty() {
+                    self.skipping_to_sync = Some(code);
                 }
             }
         }

@@ -534,3 +534,36 @@ fn a_close_that_runs_removes_the_statement_for_good() {
     assert!(ex.statement_candidates("s").is_empty());
     assert!(ex.statements.confirmed.is_empty());
 }
+
+/// A pipeline whose error arrives before the client sends the rest of its exchange (libpq's
+/// pipeline mode with flush requests): what it sends after the error, up to its Sync, is
+/// skipped by the database unanswered, and the Sync's ReadyForQuery ends it.
+#[test]
+fn messages_sent_after_an_error_before_sync_are_skipped() {
+    let mut ex = Exchange::default();
+    let s = stmt("select * from doesnotexist");
+    parse(&mut ex, "", &s);
+    ex.push(Sent::Silent, None, None);
+    ex.observe(&error("42P01", "relation \"doesnotexist\" does not exist"));
+    assert!(ex.idle());
+    let t = stmt("select 'aborted'");
+    parse(&mut ex, "", &t);
+    bind(&mut ex, "", &t);
+    ex.push(Sent::Describe, None, None);
+    ex.push(Sent::Execute { portal: "".into() }, None, unit(3));
+    ex.push(Sent::Sync, None, None);
+    ex.observe(&ready(b'I'));
+    assert!(!ex.desynchronised());
+    assert!(ex.idle());
+    let finished = ex.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].sqlstate, "42P01");
+    // The next exchange is answered as usual.
+    let u = stmt("select 2");
+    parse(&mut ex, "", &u);
+    ex.push(Sent::Sync, None, None);
+    ex.observe(&parse_complete());
+    ex.observe(&ready(b'I'));
+    assert!(!ex.desynchronised());
+    assert_eq!(sql_of(&ex, "").as_deref(), Some("select 2"));
+}

@@ -14,6 +14,7 @@ use super::exchange::Unit;
 use super::{End, Event, Link};
 use crate::net::{StreamRead, StreamWrite};
 use crate::pgerror::{ClientError, ToClient};
+use crate::session::encoding;
 use crate::session::guard::{Action, Filtered, Guard, Held};
 use crate::state::Shared;
 
@@ -78,6 +79,11 @@ pub struct Forward<'s> {
     durable_first: bool,
     /// The record of a held Query, completed when its review ends.
     held_unit: Option<Unit>,
+    /// A statement that changes `client_encoding` was prepared (Parse or PREPARE): any
+    /// Execute may change it.
+    encoding_prepared: bool,
+    /// `client_encoding` may have changed since the session was last at rest.
+    encoding_changed: bool,
 }
 
 impl<'s> Forward<'s> {
@@ -96,6 +102,8 @@ impl<'s> Forward<'s> {
             batch: Vec::new(),
             durable_first: false,
             held_unit: None,
+            encoding_prepared: false,
+            encoding_changed: false,
         }
     }
 
@@ -151,7 +159,8 @@ impl<'s> Forward<'s> {
                 Ok(None) => break,
                 Err(e) => return self.bad_message(e).await,
             };
-            let msg = match FrontendMessage::decode(&frame) {
+            let (utf8, unreadable) = self.readable(&frame);
+            let msg = match FrontendMessage::decode(utf8.as_ref().unwrap_or(&frame)) {
                 Ok(msg) => msg,
                 Err(e) => return self.bad_message(e).await,
             };
@@ -160,17 +169,35 @@ impl<'s> Forward<'s> {
                 return self.bad_message(WireError::UnexpectedTag(b'p')).await;
             }
             self.wait_for_room().await?;
-            let analysis = match statement_text(&msg) {
-                Some(sql) if sql.len() > phigate_sql::MAX_CACHED_BYTES => {
+            let analysis = match (statement_text(&msg), unreadable) {
+                (Some(_), Some(why)) => Some(Arc::new(phigate_sql::Analysis::Invalid {
+                    message: why.to_owned(),
+                    position: None,
+                })),
+                (None, Some(why)) => {
+                    return self
+                        .bad_message(WireError::Malformed {
+                            what: "message",
+                            why,
+                        })
+                        .await
+                }
+                (Some(sql), None) if sql.len() > phigate_sql::MAX_CACHED_BYTES => {
                     Some(analyze_large(sql).await)
                 }
                 _ => Guard::analyze(&msg, &self.shared.policy.analyzer),
             };
+            let changes = self.watch_encoding(&msg, analysis.as_deref());
             let filtered = {
                 let ex = self.link.exchange();
                 self.guard.filter(&frame, &msg, analysis, &ex)
             };
-            if let Some(held) = self.apply(filtered, frame.as_bytes()) {
+            // Marked once in the exchange: a ReadyForQuery settles the change only if it follows.
+            let held = self.apply(filtered, frame.as_bytes());
+            if changes {
+                self.link.encoding_may_change();
+            }
+            if let Some(held) = held {
                 // What came before the held statement runs now; it waits for a reviewer, and
                 // whatever the client sent after it waits behind it.
                 self.write_ahead().await?;
@@ -189,6 +216,63 @@ impl<'s> Forward<'s> {
         self.write_ahead().await?;
         self.flush().await?;
         Ok(false)
+    }
+
+    /// The message as the decoder and the analyser read it (its strings in UTF-8, `None`
+    /// when they already are), and why its text cannot be analysed, if it cannot.
+    fn readable(
+        &self,
+        frame: &phigate_wire::Frame,
+    ) -> (Option<phigate_wire::Frame>, Option<&'static str>) {
+        if encoding::strings_are_ascii(frame) {
+            return (None, None);
+        }
+        let why = match self.link.encoding() {
+            Some(e) => match e.frame_to_utf8(frame) {
+                Ok(f) => return (f, None),
+                Err(encoding::Unreadable) => {
+                    "the text is not valid in the session's client_encoding"
+                }
+            },
+            None => {
+                "client_encoding may be changing (a SET, RESET or DISCARD ALL not yet answered, or \
+                 its transaction still open): text with non-ASCII characters cannot be analysed \
+                 until it is settled"
+            }
+        };
+        (encoding::lossy_frame(frame), Some(why))
+    }
+
+    /// Whether a message may change the session's `client_encoding` when it runs: a
+    /// statement that names it (SET, RESET, set_config) or resets everything (RESET ALL,
+    /// DISCARD ALL); the Execute of a statement prepared with one; or, once a change was made,
+    /// the end of a transaction (its ROLLBACK undoes a change made inside it), until the
+    /// session is at rest again.
+    fn watch_encoding(
+        &mut self,
+        msg: &FrontendMessage<'_>,
+        analysis: Option<&phigate_sql::Analysis>,
+    ) -> bool {
+        if self.encoding_changed && self.link.encoding_at_rest() {
+            self.encoding_changed = false;
+        }
+        let changes = analysis
+            .is_some_and(|a| changes_encoding(a) || (self.encoding_changed && ends_transaction(a)));
+        if changes {
+            self.encoding_changed = true;
+            if matches!(
+                msg,
+                FrontendMessage::Parse(_) | FrontendMessage::Query { .. }
+            ) {
+                self.encoding_prepared = true;
+            }
+            return true;
+        }
+        self.encoding_prepared
+            && matches!(
+                msg,
+                FrontendMessage::Execute { .. } | FrontendMessage::Query { .. }
+            )
     }
 
     /// Whatever complete messages came before a bad one still go, once their records are
@@ -319,6 +403,29 @@ static LARGE_ANALYSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_ne
 /// How long a session may wait for the analysis of one large statement (its turn included)
 /// before the statement is refused as unanalysable.
 const ANALYSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a statement may change `client_encoding`: names it in SET, RESET or set_config,
+/// or resets everything (RESET ALL, DISCARD ALL).
+fn changes_encoding(a: &phigate_sql::Analysis) -> bool {
+    let phigate_sql::Analysis::Parsed(stmts) = a else {
+        return false;
+    };
+    stmts.iter().any(|st| {
+        st.node == "DiscardStmt"
+            || st
+                .settings
+                .iter()
+                .any(|s| s == "client_encoding" || s == "all")
+    })
+}
+
+/// Whether a statement ends (or rolls back part of) a transaction block.
+fn ends_transaction(a: &phigate_sql::Analysis) -> bool {
+    let phigate_sql::Analysis::Parsed(stmts) = a else {
+        return false;
+    };
+    stmts.iter().any(|st| st.node == "TransactionStmt")
+}
 
 fn statement_text<'a>(msg: &FrontendMessage<'a>) -> Option<&'a str> {
     match msg {

@@ -158,6 +158,10 @@ async fn session() -> (Peer, Peer) {
         registration,
         guard,
         seat,
+        client_view: crate::session::ClientView {
+            encoding: crate::session::encoding::ClientEncoding::UTF8,
+            application_name: (String::new(), "phigate:harness".into()),
+        },
     };
     tokio::spawn(async move { super::relay(ready, &shared).await });
     (Peer::new(client), Peer::new(database))

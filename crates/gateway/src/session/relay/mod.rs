@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
 
+use super::encoding::ClientEncoding;
 use super::Ready;
 use crate::state::Shared;
 use credential::{CredentialWatch, Ended};
@@ -88,17 +89,66 @@ pub struct Link {
     /// A statement is held for review: the client waits for its answer, so the session is
     /// not at rest.
     holding: AtomicBool,
+    /// The session's client encoding, as the database last reported it (the backward half
+    /// keeps it; the forward half decodes statement text with it).
+    encoding: Mutex<ClientEncoding>,
+    /// A statement that may change `client_encoding` was sent, and no ReadyForQuery with
+    /// nothing in flight after it has been seen yet: what the database will convert the next
+    /// text with is not known.
+    encoding_unsettled: AtomicBool,
+    /// A ReadyForQuery arrived with nothing in flight after it: every change of the encoding
+    /// sent before it has been reported (PostgreSQL reports changed settings before it).
+    answered_at_ready: AtomicBool,
 }
 
 impl Link {
-    fn new() -> Link {
+    fn new(encoding: ClientEncoding) -> Link {
         Link {
             exchange: Mutex::new(Exchange::default()),
             room: Notify::new(),
             release_after: AtomicU64::new(0),
             statements: AtomicU64::new(0),
             holding: AtomicBool::new(false),
+            encoding: Mutex::new(encoding),
+            encoding_unsettled: AtomicBool::new(false),
+            answered_at_ready: AtomicBool::new(false),
         }
+    }
+
+    /// The encoding the database converts the client's next text from; `None` while a change
+    /// of it may be in flight (see [`Link::encoding_may_change`]).
+    fn encoding(&self) -> Option<ClientEncoding> {
+        if self.encoding_unsettled.load(Ordering::Acquire) {
+            // Under the exchange's lock: the backward half sets `answered_at_ready` under it.
+            let ex = self.exchange();
+            if !(self.answered_at_ready.load(Ordering::Acquire) && ex.idle()) {
+                return None;
+            }
+            self.encoding_unsettled.store(false, Ordering::Release);
+        }
+        Some(*self.encoding.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A statement that may change `client_encoding` was just entered in the exchange (SET,
+    /// RESET, set_config, DISCARD ALL, or the end of a transaction that changed it): until a
+    /// ReadyForQuery with nothing in flight after it, text with non-ASCII bytes cannot be
+    /// decoded as the database will. (CommandComplete is not enough: PostgreSQL reports the
+    /// new value with the next ReadyForQuery, and converts with it at once.)
+    fn encoding_may_change(&self) {
+        let _ex = self.exchange();
+        self.answered_at_ready.store(false, Ordering::Release);
+        self.encoding_unsettled.store(true, Ordering::Release);
+    }
+
+    /// Whether the encoding is known and the session outside a transaction block: a change
+    /// made earlier can no longer be undone by a ROLLBACK.
+    fn encoding_at_rest(&self) -> bool {
+        !self.encoding_unsettled.load(Ordering::Acquire) && self.at_rest()
+    }
+
+    /// The database reported a new client encoding.
+    fn set_encoding(&self, e: ClientEncoding) {
+        *self.encoding.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     /// The exchange owner. Held briefly: one message (forward) or one read's frames
@@ -134,18 +184,19 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         guard,
         // Held until the relay ends: the session's place under its caps.
         seat: _seat,
+        client_view,
     } = ready;
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = upstream.stream.split();
     let (events_tx, events_rx) = mpsc::channel(4);
-    let link = Arc::new(Link::new());
+    let link = Arc::new(Link::new(client_view.encoding));
     let session = guard.session().clone();
     let tape = guard.tape().cloned();
     // A masked role's text goes through the content detectors too (the second net).
     let detect = guard
         .role()
         .masked
-        .then(|| observe::Detect::new(identity.subject.0.as_bytes()));
+        .then(|| observe::Detect::new(identity.subject.0.as_bytes(), client_view.encoding));
     let started = std::time::Instant::now();
     let transaction_timeout = guard.role().transaction_timeout_ms;
     let credential = CredentialWatch::new(&identity, shared);
@@ -172,6 +223,7 @@ pub async fn relay(ready: Ready, shared: &Shared) {
         detect,
         session: session.clone(),
         transaction_timeout: transaction_timeout.map(std::time::Duration::from_millis),
+        view: client_view,
     })
     .run(shared);
     tokio::pin!(forward, backward);

@@ -3,6 +3,8 @@
 
 use phigate_wire::backend;
 
+use crate::session::encoding::ClientEncoding;
+
 /// The content detectors on a masked session's way out (`phigate_policy::detect`): text
 /// values of rows, COPY text/CSV data, and error and notice fields, masked in place (lengths
 /// never change, so no message is re-framed).
@@ -15,6 +17,9 @@ pub struct Detect {
     copy_binary: bool,
     /// The session's own subject: shown as is (an agent may see who it is).
     own: Vec<u8>,
+    /// Text arrives in an encoding other than UTF-8 (ASCII-safe: the detectors' ASCII
+    /// patterns read the same).
+    not_utf8: bool,
 }
 
 /// Types whose values are text in both formats: text, varchar, bpchar, char, name, json,
@@ -27,11 +32,17 @@ fn text_like(oid: u32) -> bool {
 
 impl Detect {
     /// Detectors for a masked session; `own` (the session's subject) is shown as is.
-    pub fn new(own: &[u8]) -> Detect {
+    pub fn new(own: &[u8], encoding: ClientEncoding) -> Detect {
         Detect {
             own: own.to_vec(),
+            not_utf8: !encoding.is_utf8(),
             ..Detect::default()
         }
+    }
+
+    /// The session's client encoding changed.
+    pub fn set_encoding(&mut self, encoding: ClientEncoding) {
+        self.not_utf8 = !encoding.is_utf8();
     }
 
     /// Scans one whole message (header included) in place.
@@ -72,7 +83,7 @@ impl Detect {
                     };
                     let scan = match &self.text_cols {
                         Some(cols) => cols.get(col).copied().unwrap_or(false),
-                        None => looks_like_text(value),
+                        None => looks_like_text(value, self.not_utf8),
                     };
                     if scan {
                         phigate_policy::detect::scrub_except(value, &[&self.own]);
@@ -109,14 +120,15 @@ impl Detect {
     }
 }
 
-/// A value of unknown type that is printable UTF-8 (binary encodings of numbers, dates and
-/// the like carry control bytes or are too short to hold an identifier).
-fn looks_like_text(v: &[u8]) -> bool {
+/// A value of unknown type that is printable text in the client's encoding (binary
+/// encodings of numbers, dates and the like carry control bytes or are too short to hold an
+/// identifier).
+fn looks_like_text(v: &[u8], not_utf8: bool) -> bool {
     // Eight and sixteen bytes: int8, float8, timestamps, uuids in binary.
     if v.len() == 8 || v.len() == 16 {
         return false;
     }
     v.iter()
         .all(|b| *b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
-        && std::str::from_utf8(v).is_ok()
+        && (not_utf8 || std::str::from_utf8(v).is_ok())
 }

@@ -35,3 +35,19 @@ pub fn command_tag(frame: &Frame) -> Option<(String, Option<u64>)> {
 pub(super) fn first_word(command: &str) -> String {
     command.split(' ').next().unwrap_or_default().to_owned()
 }
+
+impl super::Exchange {
+    /// A statement finished without an answer of its own (consumed by a COPY, skipped after
+    /// an error, a review that ended): its `statement_end` now.
+    pub fn finish_now(&mut self, unit: Option<Unit>, sqlstate: &str) {
+        if let Some(u) = unit {
+            self.finished.push(Finished {
+                n: u.n,
+                sqlstate: sqlstate.to_owned(),
+                rows: Some(0),
+                command: None,
+                duration_us: u.started.elapsed().as_micros() as u64,
+            });
+        }
+    }
+}
