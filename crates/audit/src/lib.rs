@@ -4,8 +4,10 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod export;
 pub mod query;
 pub mod record;
+pub mod report;
 pub mod store;
 pub mod verify;
 pub mod writer;

@@ -70,6 +70,11 @@ pub enum Event {
         /// Absent in records written before it existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via: Option<String>,
+        /// The individual the credential named, when the gateway could tell: a valid
+        /// credential asking for a role it may not assume, a revoked or expired API key.
+        /// Absent when the credential named nobody it could trust (unknown, forged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
     },
     ConfigReload {
         ok: bool,
@@ -186,8 +191,12 @@ pub struct StatementRecord {
     pub kinds: Vec<String>,
     /// Relations touched: `schema.table:action`.
     pub tables: Vec<String>,
-    /// PHI columns masked in the result (filled in once masking runs).
+    /// PHI columns of the tables it touches, masked for this (masked) role.
     pub masked_columns: Vec<String>,
+    /// PHI columns of the tables it touches, which this (unmasked) role sees in the clear.
+    /// Absent when there are none (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmasked_columns: Vec<String>,
     /// `allow`, `deny` or `require_approval`.
     pub decision: String,
     pub rule: Option<String>,
@@ -214,20 +223,52 @@ impl Record {
         }
     }
 
+    /// The individual the record is about: who ran the session or statement, asked for the
+    /// review, replayed the recording, or (when known) whose credential failed.
     pub fn subject(&self) -> Option<&str> {
         match &self.event {
-            Event::SessionStart { subject, .. } | Event::SessionEnd { subject, .. } => {
-                Some(subject)
-            }
+            Event::SessionStart { subject, .. }
+            | Event::SessionEnd { subject, .. }
+            | Event::ReviewRequested { subject, .. }
+            | Event::RecordingReplayed { subject, .. } => Some(subject),
             Event::Statement(s) => Some(&s.subject),
+            Event::LoginFailed { subject, .. } => subject.as_deref(),
             _ => None,
+        }
+    }
+
+    /// Whether the record names `who` in any role: its subject, or a reviewer who approved or
+    /// denied (`by`; a review several approved names them all, `ann, bob`).
+    pub fn names(&self, who: &str) -> bool {
+        if self.subject() == Some(who) {
+            return true;
+        }
+        match &self.event {
+            Event::ReviewApproval { by, .. } => by == who,
+            Event::ReviewDecided { by: Some(by), .. } => reviewers(by).any(|b| b == who),
+            _ => false,
         }
     }
 
     pub fn role(&self) -> Option<&str> {
         match &self.event {
-            Event::SessionStart { role, .. } | Event::SessionEnd { role, .. } => Some(role),
+            Event::SessionStart { role, .. }
+            | Event::SessionEnd { role, .. }
+            | Event::ReviewRequested { role, .. }
+            | Event::RecordingReplayed { role, .. } => Some(role),
             Event::Statement(s) => Some(&s.role),
+            _ => None,
+        }
+    }
+
+    /// The review a record belongs to, if any.
+    pub fn review(&self) -> Option<&str> {
+        match &self.event {
+            Event::ReviewRequested { review, .. }
+            | Event::ReviewDecided { review, .. }
+            | Event::ReviewApproval { review, .. }
+            | Event::ReviewNotified { review, .. } => Some(review),
+            Event::Statement(s) => s.approval.as_deref(),
             _ => None,
         }
     }
@@ -252,6 +293,11 @@ impl Record {
             Event::RecordingReplayed { .. } => "recording_replayed",
         }
     }
+}
+
+/// The reviewers a `review_decided` record's `by` names (several approvers are joined by `, `).
+pub fn reviewers(by: &str) -> impl Iterator<Item = &str> {
+    by.split(", ").filter(|b| !b.is_empty())
 }
 
 /// Unix time as RFC 3339 with microseconds.

@@ -159,15 +159,15 @@ pub enum AuthError {
     #[error("token's e-mail address is not verified by the identity provider (email_verified is not true)")]
     UnverifiedEmail,
     #[error("API key revoked")]
-    KeyRevoked,
+    KeyRevoked { subject: String },
     #[error("token revoked (phigate token revoke); sign in again")]
-    TokenRevoked,
+    TokenRevoked { subject: String },
     #[error("this identity provider token was already exchanged; sign in again for a new one")]
     AlreadyExchanged,
     #[error("too many token exchanges are remembered right now; try again later")]
     ExchangeBusy,
     #[error("API key expired")]
-    KeyExpired,
+    KeyExpired { subject: String },
     #[error("the identity provider's keys cannot be fetched right now")]
     IdpUnavailable,
     #[error("too many failed logins from this address; try again in {0} s")]
@@ -179,6 +179,19 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The individual a refused credential named, when it was genuine (its signature or
+    /// secret checked out) and only something else was wrong: for the `login_failed` record.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            AuthError::RoleNotAllowed { subject, .. }
+            | AuthError::NoRole { subject }
+            | AuthError::KeyRevoked { subject }
+            | AuthError::KeyExpired { subject }
+            | AuthError::TokenRevoked { subject } => Some(subject),
+            _ => None,
+        }
+    }
+
     /// Counts towards the failed-login limit: a wrong or forged credential. Not: a valid
     /// credential asking for the wrong role, an IdP outage, or the limit itself.
     fn is_failed_guess(&self) -> bool {
@@ -523,7 +536,9 @@ impl Authenticator {
             tracing::error!(error = %e, "cannot read the token revocation file");
         }
         if list.is_revoked(who, issued_at) {
-            return Err(AuthError::TokenRevoked);
+            return Err(AuthError::TokenRevoked {
+                subject: who.subject.clone(),
+            });
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 pub mod audit;
+mod audit_report;
 pub mod demo;
 pub mod discover;
 pub mod keys;
@@ -123,26 +124,64 @@ impl StateDir {
     }
 }
 
-/// Which audit log: the gateway's data directory (its `audit/` is used) or the log directory.
+/// Which audit log (and recordings): from a config file (its `audit.dir` and `recording.dir`,
+/// else under its `data_dir`), or the gateway's data directory (its `audit/` is used) or the
+/// log directory itself.
 #[derive(clap::Args)]
 pub struct AuditDir {
+    /// The gateway's config file (its audit and recordings directories are used).
+    #[arg(long, short, env = "PHIGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The gateway's data directory, or the audit log's directory.
     #[arg(long, env = "PHIGATE_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+}
+
+/// The places an audit command reads.
+struct AuditPlaces {
+    /// The log's directory.
+    log: PathBuf,
+    /// The recordings' directory (it may not exist).
+    recordings: Option<PathBuf>,
+}
+
+impl AuditDir {
+    fn places(&self) -> anyhow::Result<AuditPlaces> {
+        match (&self.config, &self.data_dir) {
+            (Some(_), Some(_)) => anyhow::bail!("give --config or --data-dir, not both"),
+            (Some(path), None) => {
+                let config = Config::load(path)?;
+                let log = config
+                    .audit
+                    .resolved_dir(config.data_dir.as_deref())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: no audit log (audit.enabled is false, or no data_dir)",
+                            path.display()
+                        )
+                    })?;
+                let recordings = config.recording.resolved_dir(config.data_dir.as_deref());
+                Ok(AuditPlaces { log, recordings })
+            }
+            (None, Some(dir)) => Ok(AuditPlaces {
+                log: log_in(dir)?,
+                recordings: Some(dir.join("recordings")),
+            }),
+            (None, None) => anyhow::bail!("give --config FILE or --data-dir DIR"),
+        }
+    }
 }
 
 /// The log directory: `<data dir>/audit`, or the directory itself if it holds the log.
-fn audit_dir(dir: &AuditDir) -> anyhow::Result<PathBuf> {
-    let nested = dir.data_dir.join("audit");
+fn log_in(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let nested = dir.join("audit");
     if nested.is_dir() {
         return Ok(nested);
     }
-    if dir.data_dir.join(phigate_audit::store::PUBLIC_KEY).exists() {
-        return Ok(dir.data_dir.clone());
+    if dir.join(phigate_audit::store::PUBLIC_KEY).exists() {
+        return Ok(dir.to_owned());
     }
-    anyhow::bail!(
-        "no audit log in {} (nor in its audit/)",
-        dir.data_dir.display()
-    )
+    anyhow::bail!("no audit log in {} (nor in its audit/)", dir.display())
 }
 
 fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {

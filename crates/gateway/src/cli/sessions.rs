@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{audit_dir, time_bound, AuditDir};
+use super::{time_bound, AuditDir};
 
 #[derive(Subcommand)]
 pub enum SessionsCommand {
@@ -46,7 +46,7 @@ pub fn run(command: SessionsCommand) -> anyhow::Result<()> {
         until: time_bound(&until)?,
         table,
     };
-    let rows = crate::recording::replay::list(&audit_dir(&dir)?, &filter)?;
+    let rows = crate::recording::replay::list(&dir.places()?.log, &filter)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if json {

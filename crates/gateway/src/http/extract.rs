@@ -97,6 +97,7 @@ impl Credentials {
                                 user: role.chars().take(64).collect(),
                                 reason: e.to_string(),
                                 via: Some("http".into()),
+                                subject: e.subject().map(str::to_owned),
                             },
                         ));
                     }

@@ -81,9 +81,15 @@ pub(super) async fn start(
         .seat(&identity.issuer, &identity.subject.0, &role)?;
     let upstream = connect_upstream(shared, &params, db, &role, masked_login.as_ref()).await?;
     audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
+    let masked = masked_login.is_some();
     let (phi, predicate_guarded) = masked_login
         .map(|l| (l.phi_columns, l.predicate_guarded))
         .unwrap_or_default();
+    let unmasked_phi = if masked {
+        Default::default()
+    } else {
+        shared.policy.phi_tags.clone()
+    };
     let guard = guard::Guard::new(guard::GuardParams {
         tape: shared
             .recorder
@@ -98,6 +104,7 @@ pub(super) async fn start(
         gate_reads: shared.audit.gate_reads,
         approvals_on: shared.approvals.config.enabled,
         phi,
+        unmasked_phi,
         predicate_guarded,
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
@@ -415,6 +422,7 @@ async fn authenticate(
                 user: role.chars().take(64).collect(),
                 reason: e.to_string(),
                 via: Some("wire".into()),
+                subject: e.subject().map(str::to_owned),
             },
         ));
     }

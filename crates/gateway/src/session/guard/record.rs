@@ -85,6 +85,7 @@ impl Guard {
         };
         // The PHI columns of the tables it reads, which this (masked) role sees masked.
         let masked_columns = phi_columns(&tables, &self.p.phi);
+        let unmasked_columns = phi_columns(&tables, &self.p.unmasked_phi);
         let meta = phigate_audit::StatementRecord {
             session: self.p.session.to_string(),
             subject: self.p.identity.subject.0.clone(),
@@ -96,6 +97,7 @@ impl Guard {
             decision: decision.into(),
             rule,
             masked_columns,
+            unmasked_columns,
             approval: a.approval,
             ..Default::default()
         };
