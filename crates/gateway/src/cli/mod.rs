@@ -9,6 +9,7 @@ use crate::config::Config;
 
 pub mod audit;
 mod audit_report;
+mod check;
 pub mod demo;
 pub mod discover;
 pub mod keys;
