@@ -457,3 +457,161 @@ fn check_report(dd: &str, records: &[Value], reviews: &[String]) {
         "{text}"
     );
 }
+
+/// A config of this test's database, without an HTTP listener unless `extra` adds one.
+fn config_file(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let c = cluster();
+    let text = format!(
+        "data_dir = \"{data}\"\n\n[listen]\naddress = \"127.0.0.1:0\"\n{extra}\n\n\
+         [upstream]\nhost = \"{host}\"\nport = {port}\ndatabase = \"clinic\"\nuser = \"{user}\"\npassword = \"{pw}\"\n",
+        data = dir.join("data").display(),
+        host = c.host(),
+        port = c.port(),
+        user = phigate_testkit::APP_USER,
+        pw = phigate_testkit::APP_PASSWORD,
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn check(path: &Path, connect: bool) -> (bool, String, String) {
+    let mut args = vec!["check", "--config", path.to_str().expect("utf-8")];
+    if connect {
+        args.push("--connect");
+    }
+    phigate(&args)
+}
+
+/// An OpenID provider's discovery document, served on loopback for as long as the test runs.
+fn discovery_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let doc = serde_json::json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks") })
+        .to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                doc.len()
+            );
+        }
+    });
+    issuer
+}
+
+#[test]
+fn check_points_at_the_line_and_lists_valid_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let roles = "\n[[role]]\nname = \"ai-agent\"\n[[role.grant]]\nschema = \"public\"\nactions = [\"select\"]\n\n[[role]]\nname = \"reviewer\"\n";
+    // An unknown role in a rule: line 21 is `roles = ["ai-agnet"]`, the value at column 10.
+    let path = config_file(
+        dir.path(),
+        "role.toml",
+        &format!("{roles}\n[[rule]]\nname = \"r\"\nroles = [\"ai-agnet\"]\naction = \"deny\"\n"),
+    );
+    let text = std::fs::read_to_string(&path).expect("read");
+    let line = text
+        .lines()
+        .position(|l| l.contains("ai-agnet"))
+        .expect("line")
+        + 1;
+    let (ok, _, err) = check(&path, false);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("line {line}, column 10: rule r: unknown role ai-agnet (defined roles: ai-agent, reviewer)")),
+        "{err}"
+    );
+    // An unknown statement kind: the valid ones are listed.
+    let path = config_file(
+        dir.path(),
+        "kind.toml",
+        &format!("{roles}\n[[rule]]\nname = \"r\"\nkinds = [\"wirte\"]\naction = \"deny\"\n"),
+    );
+    let (ok, _, err) = check(&path, false);
+    assert!(!ok && err.contains("unknown statement kind wirte (valid kinds: select, insert"), "{err}");
+    assert!(err.contains(", column 10: "), "{err}");
+    // Approvals on, a rule that holds, no HTTP listener: every hold would time out.
+    let holds = format!("{roles}\n[[rule]]\nname = \"hold\"\nkinds = [\"write\"]\naction = \"require_approval\"\n");
+    let path = config_file(dir.path(), "approvals.toml", &holds);
+    let (ok, _, err) = check(&path, false);
+    assert!(!ok && err.contains("listen.http_address is not set"), "{err}");
+    // The gateway refuses to start with it too.
+    let (ok, _, err) = phigate(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert!(!ok && err.contains("listen.http_address is not set"), "{err}");
+    let path = config_file(
+        dir.path(),
+        "approvals-off.toml",
+        &format!("{holds}\n[approvals]\nenabled = false\n"),
+    );
+    let (ok, out, err) = check(&path, false);
+    assert!(ok, "{out}{err}");
+
+    // Warnings: a rule after a broader one; a login client whose tokens would be refused.
+    let path = config_file(
+        dir.path(),
+        "warn.toml",
+        &format!(
+            "{roles}\n[[rule]]\nname = \"no-writes\"\nkinds = [\"write\"]\naction = \"deny\"\n\n\
+             [[rule]]\nname = \"agent-updates\"\nroles = [\"ai-agent\"]\nkinds = [\"update\"]\naction = \"require_approval\"\n\n\
+             [approvals]\nenabled = false\n\n\
+             [[auth.oidc]]\nname = \"corp\"\nissuer = \"https://idp.example\"\naudience = [\"phigate\"]\nclient_id = \"phigate-cli\"\n"
+        ),
+    );
+    let (ok, out, err) = check(&path, false);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("rule agent-updates never applies: rule no-writes, before it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("client_id phigate-cli is not in audience"),
+        "{out}"
+    );
+    assert_eq!(out.matches("warning: ").count(), 2, "{out}");
+    assert!(out.contains("ok (2 warnings)"), "{out}");
+    assert!(out.lines().filter(|l| l.starts_with("warning")).all(|l| l.contains(", column ")), "{out}");
+}
+
+#[test]
+fn check_connect_reaches_the_database_certificates_and_issuers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = discovery_server();
+    let good = format!(
+        "\n[[role]]\nname = \"clinician\"\n[[role.grant]]\nschema = \"public\"\ntables = [\"patients\", \"notes\"]\nactions = [\"select\"]\n\n\
+         [[phi]]\ntable = \"public.patients\"\ncolumns = {{ name = \"name\", ssn = \"ssn\" }}\n\n\
+         [[auth.oidc]]\nname = \"corp\"\nissuer = \"{issuer}\"\naudience = [\"phigate\"]\n"
+    );
+    let path = config_file(dir.path(), "good.toml", &good);
+    let (ok, out, err) = check(&path, true);
+    assert!(ok, "{out}{err}");
+
+    let closed = phigate_testkit::free_port().expect("port");
+    let bad = good
+        .replace("\"patients\", \"notes\"", "\"patients\", \"appointments\"")
+        .replace("ssn = \"ssn\"", "social = \"ssn\"")
+        .replace(&issuer, &format!("http://127.0.0.1:{closed}"))
+        + &format!(
+            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("missing.pem").display(),
+            dir.path().join("missing.key").display()
+        );
+    let path = config_file(dir.path(), "bad.toml", &bad);
+    let (ok, out, err) = check(&path, true);
+    assert!(!ok, "{out}");
+    for want in [
+        "role clinician: grant on public.appointments: no such table or view",
+        "[[phi]] public.patients: no column social",
+        "auth.oidc corp: ",
+        "[tls]: ",
+    ] {
+        assert!(out.contains(want), "{want}: {out} {err}");
+    }
+    assert!(err.contains("4 problems found by --connect"), "{err}");
+    assert!(!out.contains("patients: no such") && !out.contains("no column name"), "{out}");
+}
