@@ -182,6 +182,7 @@ fn expected_cell(column: &str, v: &Value) -> String {
 async fn evidence_for_an_auditor() {
     let mut gw = gateway();
     let reviews = activity(&gw).await;
+    check_review_show(&gw, &reviews[0]);
     gw.terminate().expect("SIGTERM");
     gw.wait_exit(Duration::from_secs(20)).expect("stops");
     let dd = gw.data_dir();
@@ -203,6 +204,44 @@ async fn evidence_for_an_auditor() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(by_config, out);
+}
+
+/// `review show` is for a person; `--json` for a program.
+fn check_review_show(gw: &Gateway, id: &str) {
+    let show = |json: bool| {
+        let mut c = Command::new(bin());
+        c.args(["review", "show", id])
+            .env("PHIGATE_URL", format!("http://127.0.0.1:{}", gw.http_port))
+            .env("PHIGATE_TOKEN", gw.token("reviewer"));
+        if json {
+            c.arg("--json");
+        }
+        phigate_testkit::run(&mut c).expect("review show")
+    };
+    let (ok, text, err) = show(false);
+    assert!(ok, "{err}");
+    assert!(!text.trim_start().starts_with('{'), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{id}  approved  agent@test.phigate as ai-agent  rule writes-need-approval"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("decided by reviewer@test.phigate at "),
+        "{text}"
+    );
+    assert!(text.contains(": checked 0"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && text.contains("\\u{1b}"),
+        "{text}"
+    );
+    let (ok, json, err) = show(true);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["id"], id);
+    let (ok, _, err) = phigate(&["review", "show", "../../v1/audit/records"]);
+    assert!(!ok && err.contains("not a review id"), "{err}");
 }
 
 /// Every documented field is a column; every field of every real record is in its column.
@@ -487,8 +526,8 @@ fn check(path: &Path, connect: bool) -> (bool, String, String) {
 fn discovery_server() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-    let doc = serde_json::json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks") })
-        .to_string();
+    let doc =
+        serde_json::json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks") }).to_string();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             use std::io::{Read, Write};
@@ -534,16 +573,27 @@ fn check_points_at_the_line_and_lists_valid_values() {
         &format!("{roles}\n[[rule]]\nname = \"r\"\nkinds = [\"wirte\"]\naction = \"deny\"\n"),
     );
     let (ok, _, err) = check(&path, false);
-    assert!(!ok && err.contains("unknown statement kind wirte (valid kinds: select, insert"), "{err}");
+    assert!(
+        !ok && err.contains("unknown statement kind wirte (valid kinds: select, insert"),
+        "{err}"
+    );
     assert!(err.contains(", column 10: "), "{err}");
     // Approvals on, a rule that holds, no HTTP listener: every hold would time out.
-    let holds = format!("{roles}\n[[rule]]\nname = \"hold\"\nkinds = [\"write\"]\naction = \"require_approval\"\n");
+    let holds = format!(
+        "{roles}\n[[rule]]\nname = \"hold\"\nkinds = [\"write\"]\naction = \"require_approval\"\n"
+    );
     let path = config_file(dir.path(), "approvals.toml", &holds);
     let (ok, _, err) = check(&path, false);
-    assert!(!ok && err.contains("listen.http_address is not set"), "{err}");
+    assert!(
+        !ok && err.contains("listen.http_address is not set"),
+        "{err}"
+    );
     // The gateway refuses to start with it too.
     let (ok, _, err) = phigate(&["serve", "--config", path.to_str().expect("utf-8")]);
-    assert!(!ok && err.contains("listen.http_address is not set"), "{err}");
+    assert!(
+        !ok && err.contains("listen.http_address is not set"),
+        "{err}"
+    );
     let path = config_file(
         dir.path(),
         "approvals-off.toml",
@@ -575,7 +625,12 @@ fn check_points_at_the_line_and_lists_valid_values() {
     );
     assert_eq!(out.matches("warning: ").count(), 2, "{out}");
     assert!(out.contains("ok (2 warnings)"), "{out}");
-    assert!(out.lines().filter(|l| l.starts_with("warning")).all(|l| l.contains(", column ")), "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("warning"))
+            .all(|l| l.contains(", column ")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -613,5 +668,8 @@ fn check_connect_reaches_the_database_certificates_and_issuers() {
         assert!(out.contains(want), "{want}: {out} {err}");
     }
     assert!(err.contains("4 problems found by --connect"), "{err}");
-    assert!(!out.contains("patients: no such") && !out.contains("no column name"), "{out}");
+    assert!(
+        !out.contains("patients: no such") && !out.contains("no column name"),
+        "{out}"
+    );
 }

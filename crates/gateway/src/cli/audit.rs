@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{time_bound, AuditDir};
+use super::{plural, time_bound, AuditDir};
 
 /// A statement record's decision.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -183,21 +183,30 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     } else {
                         writeln!(
                             out,
-                            "ok: {} records (seq {}..{}) in {} segment(s); {} checkpoint(s) signed by key {}; last checkpoint at {}, {} record(s) after it",
-                            report.records,
+                            "ok: {} (seq {}..{}) in {}; {} signed by key {}; last checkpoint at {}, {} after it",
+                            plural(report.records as u64, "record", "records"),
                             report.first_seq,
                             report.last_seq,
-                            report.segments,
-                            report.checkpoints,
+                            plural(report.segments as u64, "segment", "segments"),
+                            plural(report.checkpoints as u64, "checkpoint", "checkpoints"),
                             report.key_id,
                             report.last_checkpoint_seq,
-                            report.unsigned_tail
+                            plural(report.unsigned_tail as u64, "record", "records")
                         )?;
                         if recordings.is_some() {
                             writeln!(
                                 out,
-                                "ok: {} session recording(s) match their digests",
-                                report.recordings
+                                "ok: {} {} their digests",
+                                plural(
+                                    report.recordings as u64,
+                                    "session recording",
+                                    "session recordings"
+                                ),
+                                if report.recordings == 1 {
+                                    "matches"
+                                } else {
+                                    "match"
+                                }
                             )?;
                         }
                         for w in &report.warnings {

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use phigate_audit::query::{AccessReport, IdentityReport};
 
+use super::plural;
 use crate::text::display;
 
 fn opt(v: &Option<String>) -> std::borrow::Cow<'_, str> {
@@ -13,11 +14,6 @@ fn opt(v: &Option<String>) -> std::borrow::Cow<'_, str> {
 
 fn join(items: &std::collections::BTreeSet<String>) -> String {
     items.iter().cloned().collect::<Vec<_>>().join(",")
-}
-
-/// `n thing`/`n things`.
-pub fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub fn write(out: &mut impl Write, r: &AccessReport) -> std::io::Result<()> {

@@ -49,7 +49,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
+    super::plural(n as u64, one, many)
 }
 
 /// Everything `--connect` found wrong, in words.

@@ -185,6 +185,28 @@ fn log_in(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     anyhow::bail!("no audit log in {} (nor in its audit/)", dir.display())
 }
 
+/// `1 thing`, `2 things`.
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// An error and its causes, as `{:#}` prints them, without a cause whose text the message
+/// before it already holds (`cannot read x: No such file or directory (os error 2)` once, not
+/// twice).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
     humantime::parse_duration(text).map_err(|e| anyhow::anyhow!("--ttl {text}: {e}"))
 }
@@ -202,4 +224,54 @@ fn time_bound(text: &Option<String>) -> anyhow::Result<Option<String>> {
         return Ok(Some(t.clone()));
     }
     anyhow::bail!("{t}: not a time (RFC 3339, YYYY-MM-DD, or an age such as 24h)")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "phigate", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        let e = crate::config::Config::load(std::path::Path::new("/nonexistent/phigate.toml"))
+            .map_err(anyhow::Error::from)
+            .expect_err("no such file");
+        let text = super::describe(&e);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("/nonexistent/phigate.toml"), "{text}");
+    }
+
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(super::plural(1, "statement", "statements"), "1 statement");
+        assert_eq!(super::plural(0, "statement", "statements"), "0 statements");
+    }
 }

@@ -21,25 +21,38 @@ pub enum ReviewCommand {
     /// approvals.elevation_roles); a reviewer approves it like a held statement, then you
     /// connect with that role until it runs out. Uses your own token.
     Request {
+        /// The role to act as.
         #[arg(long)]
         role: String,
+        /// For how long (at most approvals.max_elevation_minutes).
         #[arg(long)]
         minutes: u64,
+        /// Why: the reviewer sees it.
         #[arg(long)]
         reason: String,
     },
     /// Pending reviews (all recent ones with --all).
     List {
+        /// Recent decided reviews too.
         #[arg(long)]
         all: bool,
+        /// Print the reviews as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// One review: who, what exactly, why, which rule.
-    Show { id: String },
+    /// One review: who, what exactly, why, which rule, and how it was decided.
+    Show {
+        /// The review's id (r-...).
+        id: String,
+        /// Print the review as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let the held statement run (once).
     Approve {
+        /// The review's id (r-...).
         id: String,
+        /// Why it may run: recorded in the audit log and shown to the requester.
         #[arg(long)]
         reason: String,
         /// Emergency access: approve your own statement (roles in approvals.break_glass_roles;
@@ -49,7 +62,9 @@ pub enum ReviewCommand {
     },
     /// Refuse it; the requester sees the reason.
     Deny {
+        /// The review's id (r-...).
         id: String,
+        /// Why not: recorded in the audit log and shown to the requester.
         #[arg(long)]
         reason: String,
     },
@@ -64,6 +79,15 @@ async fn review(
     token: Option<String>,
     command: ReviewCommand,
 ) -> anyhow::Result<()> {
+    // `review show ID` reads the HTTP API: the id is a path segment.
+    if let ReviewCommand::Show { id, .. }
+    | ReviewCommand::Approve { id, .. }
+    | ReviewCommand::Deny { id, .. } = &command
+    {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            anyhow::bail!("{}: not a review id (r-...)", display(id));
+        }
+    }
     let url = url.ok_or_else(|| anyhow::anyhow!("give --url (or PHIGATE_URL)"))?;
     let token = token.ok_or_else(|| anyhow::anyhow!("give --token (or PHIGATE_TOKEN)"))?;
     let base = url.trim_end_matches('/');
@@ -80,7 +104,7 @@ async fn review(
             format!("/v1/reviews{}", if *all { "?all=true" } else { "" }),
             None,
         ),
-        ReviewCommand::Show { id } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
+        ReviewCommand::Show { id, .. } => (reqwest::Method::GET, format!("/v1/reviews/{id}"), None),
         ReviewCommand::Request {
             role,
             minutes,
@@ -169,9 +193,10 @@ async fn review(
                 println!("{}", show(&r));
             }
         }
-        ReviewCommand::Show { .. } => {
+        ReviewCommand::Show { json: true, .. } => {
             println!("{}", text::json(serde_json::to_string_pretty(&v)?))
         }
+        ReviewCommand::Show { .. } => println!("{}\n{}", show(&v), decided(&v)),
         ReviewCommand::Request { role, minutes, .. } => println!(
             "access request {id} is pending: once a reviewer approves it (phigate review approve {id} --reason ...), connect with user={role} for {minutes} minutes",
             id = v["id"].as_str().unwrap_or("?"),
@@ -200,4 +225,38 @@ async fn review(
         }
     }
     Ok(())
+}
+
+/// How a review ended (or what it waits for): approvals so far, who decided, why, when.
+fn decided(r: &serde_json::Value) -> String {
+    let s = |k: &str| display(r.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
+    let mut out = format!(
+        "  expires: {}  approvals: {} of {}",
+        s("expires_at"),
+        r["approvals"].as_array().map_or(0, Vec::len),
+        r["approvals_required"].as_u64().unwrap_or(1)
+    );
+    for a in r["approvals"].as_array().into_iter().flatten() {
+        let f = |k: &str| display(a.get(k).and_then(|v| v.as_str()).unwrap_or("-")).into_owned();
+        out.push_str(&format!(
+            "\n    approved by {} at {}: {}",
+            f("by"),
+            f("at"),
+            f("reason")
+        ));
+    }
+    if r["decided_by"].is_string() || r["decided_at"].is_string() {
+        out.push_str(&format!(
+            "\n  decided by {} at {}{}: {}",
+            s("decided_by"),
+            s("decided_at"),
+            if r["break_glass"] == true {
+                " (BREAK-GLASS)"
+            } else {
+                ""
+            },
+            s("decision_reason")
+        ));
+    }
+    out
 }

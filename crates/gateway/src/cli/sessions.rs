@@ -10,8 +10,10 @@ pub enum SessionsCommand {
     List {
         #[command(flatten)]
         dir: AuditDir,
+        /// Sessions of this individual.
         #[arg(long)]
         subject: Option<String>,
+        /// Sessions of this role.
         #[arg(long)]
         role: Option<String>,
         /// Sessions active from this time: RFC 3339, a date, or an age such as 24h.
@@ -23,6 +25,7 @@ pub enum SessionsCommand {
         /// Sessions with a statement that touched this table (`name` or `schema.name`).
         #[arg(long)]
         table: Option<String>,
+        /// Print the sessions as JSON.
         #[arg(long)]
         json: bool,
     },
