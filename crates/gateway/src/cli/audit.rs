@@ -184,21 +184,21 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                         writeln!(
                             out,
                             "ok: {} (seq {}..{}) in {}; {} signed by key {}; last checkpoint at {}, {} after it",
-                            plural(report.records as u64, "record", "records"),
+                            plural(report.records, "record", "records"),
                             report.first_seq,
                             report.last_seq,
                             plural(report.segments as u64, "segment", "segments"),
                             plural(report.checkpoints as u64, "checkpoint", "checkpoints"),
                             report.key_id,
                             report.last_checkpoint_seq,
-                            plural(report.unsigned_tail as u64, "record", "records")
+                            plural(report.unsigned_tail, "record", "records")
                         )?;
                         if recordings.is_some() {
                             writeln!(
                                 out,
                                 "ok: {} {} their digests",
                                 plural(
-                                    report.recordings as u64,
+                                    report.recordings,
                                     "session recording",
                                     "session recordings"
                                 ),
