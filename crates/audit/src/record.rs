@@ -388,3 +388,59 @@ mod credential_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod names_tests {
+    use super::{Event, Record};
+
+    fn rec(event: Event) -> Record {
+        Record {
+            seq: 1,
+            ts: "t".into(),
+            prev: "0".into(),
+            event,
+        }
+    }
+
+    #[test]
+    fn a_record_names_its_subject_and_reviewers() {
+        let decided = |by: &str, break_glass| {
+            rec(Event::ReviewDecided {
+                review: "r-1".into(),
+                status: "approved".into(),
+                by: Some(by.into()),
+                reason: Some("ok".into()),
+                break_glass,
+            })
+        };
+        // Several approvers, each named; break-glass: the requester approved it.
+        assert!(decided("ann, bob", false).names("ann"));
+        assert!(decided("ann, bob", false).names("bob"));
+        assert!(!decided("ann, bob", false).names("an"));
+        assert!(decided("dr.who@x", true).names("dr.who@x"));
+        let failed = |subject: Option<&str>| {
+            rec(Event::LoginFailed {
+                client_addr: "1.2.3.4:5".into(),
+                user: "r".into(),
+                reason: "expired".into(),
+                via: None,
+                subject: subject.map(str::to_owned),
+            })
+        };
+        assert!(failed(Some("eve")).names("eve"));
+        assert!(
+            !failed(None).names("r"),
+            "the role asked for is not a subject"
+        );
+        let requested = rec(Event::ReviewRequested {
+            review: "r-1".into(),
+            session: "s".into(),
+            subject: "cy".into(),
+            role: "ai-agent".into(),
+            rule: "rule".into(),
+            justification: None,
+        });
+        assert!(requested.names("cy"));
+        assert_eq!(requested.role(), Some("ai-agent"));
+    }
+}

@@ -73,7 +73,7 @@ pub struct AuditFilter {
     #[arg(long)]
     session: Option<String>,
     /// Records of this type.
-    #[arg(long = "type", value_enum)]
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
     kind: Option<RecordType>,
 }
 

@@ -80,7 +80,11 @@ pub fn locate(text: &str, place: &Place) -> Option<(usize, usize)> {
             .collect(),
         _ => return item.span().map(|s| line_col(text, s.start)),
     };
-    let table: &Table = scope.first()?;
+    // Without an entry, the first table of the array that holds the value.
+    let table: &Table = scope
+        .iter()
+        .find(|t| find_in_table(**t, place.key, place.value.as_deref()).is_some())
+        .or(scope.first())?;
     let span = find_in_table(table, place.key, place.value.as_deref())
         .or_else(|| find_in_table(table, place.key, None))
         .or_else(|| table.span())
@@ -162,5 +166,7 @@ mod tests {
         );
         assert_eq!(at(Place::entry("role", "b")), Some((8, 1)));
         assert_eq!(at(Place::entry("rule", "missing")), None);
+        // No entry named: the first entry holding the value.
+        assert_eq!(at(Place::section("role").value("wrte")), Some((11, 22)));
     }
 }
