@@ -330,6 +330,23 @@ mod tests {
     fn every_documented_field_of_every_type_fills_its_column() {
         let docs = documented();
         let events = every_event();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| {
+                Record {
+                    seq: 1,
+                    ts: s("t"),
+                    prev: s("0"),
+                    event: e.clone(),
+                }
+                .kind()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            crate::record::TYPES,
+            "record::TYPES lists every type"
+        );
         assert!(docs.len() >= events.len(), "the docs' table was not found");
         for (kind, fields) in &docs {
             let event = events

@@ -295,6 +295,29 @@ impl Record {
     }
 }
 
+/// Every record type, as `type` spells it.
+pub const TYPES: &[&str] = &[
+    "gateway_start",
+    "gateway_stop",
+    "session_start",
+    "session_end",
+    "statement",
+    "statement_end",
+    "login_failed",
+    "config_reload",
+    "review_requested",
+    "review_notified",
+    "review_approval",
+    "review_decided",
+    "recording",
+    "recording_replayed",
+    "audit_recovered",
+    "audit_repaired",
+];
+
+/// A statement record's `decision`s.
+pub const DECISIONS: &[&str] = &["allow", "deny", "require_approval"];
+
 /// The reviewers a `review_decided` record's `by` names (several approvers are joined by `, `).
 pub fn reviewers(by: &str) -> impl Iterator<Item = &str> {
     by.split(", ").filter(|b| !b.is_empty())

@@ -149,7 +149,7 @@ async fn activity(gw: &Gateway) -> Vec<String> {
 fn gateway() -> Gateway {
     let mut opts = GatewayOptions::for_cluster(cluster());
     opts.policy = POLICY.into();
-    opts.extra = "[audit]\nstatement_text = \"full\"\n".into();
+    opts.extra = "[audit]\nstatement_text = \"full\"\nreader_roles = [\"reviewer\"]\n".into();
     Gateway::start_with_identities(bin(), opts, &["agent", "clinician", "reviewer"])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
@@ -183,6 +183,7 @@ async fn evidence_for_an_auditor() {
     let mut gw = gateway();
     let reviews = activity(&gw).await;
     check_review_show(&gw, &reviews[0]);
+    check_http_search(&gw);
     gw.terminate().expect("SIGTERM");
     gw.wait_exit(Duration::from_secs(20)).expect("stops");
     let dd = gw.data_dir();
@@ -204,6 +205,35 @@ async fn evidence_for_an_auditor() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(by_config, out);
+}
+
+/// The HTTP API searches the same way, and refuses what would match nothing.
+fn check_http_search(gw: &Gateway) {
+    let token = gw.token("reviewer");
+    let (code, body) = gw
+        .http_as(
+            "GET",
+            "/v1/audit/records?subject=reviewer@test.phigate",
+            token,
+            None,
+        )
+        .expect("search");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let decided = v["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["type"] == "review_decided")
+        .count();
+    assert_eq!(decided, 3, "{body}");
+    for q in ["type=statment", "decision=refused"] {
+        let (code, body) = gw
+            .http_as("GET", &format!("/v1/audit/records?{q}"), token, None)
+            .expect("search");
+        assert_eq!(code, 400, "{q}: {body}");
+        assert!(body.contains("is not one of"), "{body}");
+    }
 }
 
 /// `review show` is for a person; `--json` for a program.

@@ -293,3 +293,24 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    #[test]
+    fn the_choices_are_the_logs_own() {
+        let names = |v: &[super::RecordType]| -> Vec<String> {
+            v.iter().filter_map(|x| super::value_name(*x)).collect()
+        };
+        assert_eq!(
+            names(super::RecordType::value_variants()),
+            phigate_audit::record::TYPES
+        );
+        let decisions: Vec<String> = super::DecisionArg::value_variants()
+            .iter()
+            .filter_map(|x| super::value_name(*x))
+            .collect();
+        assert_eq!(decisions, phigate_audit::record::DECISIONS);
+    }
+}
