@@ -241,10 +241,12 @@ fn check_review_show(gw: &Gateway, id: &str) {
     let show = |json: bool| {
         let mut c = Command::new(bin());
         c.args(["review", "show", id])
-            .env("PHIGATE_URL", format!("http://127.0.0.1:{}", gw.http_port))
             .env("PHIGATE_TOKEN", gw.token("reviewer"));
         if json {
-            c.arg("--json");
+            // The deployment named by its config, like the audit commands.
+            c.arg("--json").arg("--config").arg(gw.config_path());
+        } else {
+            c.env("PHIGATE_URL", format!("http://127.0.0.1:{}", gw.http_port));
         }
         phigate_testkit::run(&mut c).expect("review show")
     };

@@ -8,6 +8,10 @@ pub struct ReviewArgs {
     /// The gateway's HTTP address.
     #[arg(long, env = "PHIGATE_URL", global = true)]
     url: Option<String>,
+    /// The gateway's config file: its listen.http_address is the address (on this machine),
+    /// when --url is not given.
+    #[arg(long, short, env = "PHIGATE_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     /// Your token or API key (a reviewer role's).
     #[arg(long, env = "PHIGATE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -71,7 +75,28 @@ pub enum ReviewCommand {
 }
 
 pub fn run(args: ReviewArgs) -> anyhow::Result<()> {
-    super::runtime().and_then(|rt| rt.block_on(review(args.url, args.token, args.command)))
+    let url = match (args.url, &args.config) {
+        (Some(url), _) => Some(url),
+        (None, Some(path)) => Some(url_of(path)?),
+        (None, None) => None,
+    };
+    super::runtime().and_then(|rt| rt.block_on(review(url, args.token, args.command)))
+}
+
+/// The HTTP address of the gateway a config file describes, reached from this machine.
+fn url_of(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = crate::config::Config::load(path)?;
+    let mut addr = config
+        .listen
+        .http_address
+        .ok_or_else(|| anyhow::anyhow!("{}: listen.http_address is not set", path.display()))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}"))
 }
 
 async fn review(
@@ -88,7 +113,9 @@ async fn review(
             anyhow::bail!("{}: not a review id (r-...)", display(id));
         }
     }
-    let url = url.ok_or_else(|| anyhow::anyhow!("give --url (or PHIGATE_URL)"))?;
+    let url = url.ok_or_else(|| {
+        anyhow::anyhow!("give --url (or PHIGATE_URL), or --config (or PHIGATE_CONFIG)")
+    })?;
     let token = token.ok_or_else(|| anyhow::anyhow!("give --token (or PHIGATE_TOKEN)"))?;
     let base = url.trim_end_matches('/');
     let lower = base.to_ascii_lowercase();
