@@ -610,6 +610,21 @@ fn check_points_at_the_line_and_lists_valid_values() {
         "{err}"
     );
     assert!(err.contains(", column 10: "), "{err}");
+    // Any other check names its place too.
+    let path = config_file(
+        dir.path(),
+        "identity.toml",
+        &format!("{roles}\n[[identity]]\nsubject = \"a@b\"\ntoken_sha256 = \"abc\"\nroles = [\"ai-agent\"]\n"),
+    );
+    let (ok, _, err) = check(&path, false);
+    let text = std::fs::read_to_string(&path).expect("read");
+    let line = text.lines().position(|l| l.contains("a@b")).expect("line") + 1;
+    assert!(
+        !ok && err.contains(&format!(
+            "line {line}, column 1: identity a@b: token_sha256 must be 64 hex digits"
+        )),
+        "{err}"
+    );
     // Approvals on, a rule that holds, no HTTP listener: every hold would time out.
     let holds = format!(
         "{roles}\n[[rule]]\nname = \"hold\"\nkinds = [\"write\"]\naction = \"require_approval\"\n"

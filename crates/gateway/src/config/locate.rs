@@ -13,8 +13,10 @@ pub struct Place {
     pub section: &'static str,
     /// In an array of tables: the entry whose `name` (or `subject`, or `table`) is this.
     pub entry: Option<String>,
+    /// In an array of tables: the entry at this position (from 0).
+    pub index: Option<usize>,
     /// A key within it (at any depth).
-    pub key: Option<&'static str>,
+    pub key: Option<String>,
     /// A string value within it (under `key` when given).
     pub value: Option<String>,
 }
@@ -35,8 +37,8 @@ impl Place {
         }
     }
 
-    pub fn key(mut self, key: &'static str) -> Place {
-        self.key = Some(key);
+    pub fn key(mut self, key: &str) -> Place {
+        self.key = Some(key.to_owned());
         self
     }
 
@@ -70,6 +72,9 @@ pub fn locate(text: &str, place: &Place) -> Option<(usize, usize)> {
         Item::Table(t) => vec![t],
         Item::ArrayOfTables(a) => a
             .iter()
+            .enumerate()
+            .filter(|(i, _)| place.index.is_none_or(|want| want == *i))
+            .map(|(_, t)| t)
             .filter(|t| {
                 place.entry.as_deref().is_none_or(|want| {
                     ["name", "subject", "table"]
@@ -83,16 +88,70 @@ pub fn locate(text: &str, place: &Place) -> Option<(usize, usize)> {
     // Without an entry, the first table of the array that holds the value.
     let table: &Table = scope
         .iter()
-        .find(|t| find_in_table(**t, place.key, place.value.as_deref()).is_some())
+        .find(|t| find_in_table(**t, place.key.as_deref(), place.value.as_deref()).is_some())
         .or(scope.first())?;
-    let span = find_in_table(table, place.key, place.value.as_deref())
-        .or_else(|| find_in_table(table, place.key, None))
+    let key = place.key.as_deref();
+    let span = find_in_table(table, key, place.value.as_deref())
+        .or_else(|| find_in_table(table, key, None))
         .or_else(|| table.span())
         .or_else(|| {
             // An array-of-tables entry has no span of its own: its first key's.
             table.iter().next().and_then(|(k, _)| table.key(k)?.span())
         })?;
     Some(line_col(text, span.start))
+}
+
+/// Where a message of the config's own checks is about, read from how it begins (`role NAME
+/// ...`, `auth.oidc NAME: ...`, `binding #N: ...`, `upstream.ca_file ...`): every check
+/// names its place first, so every error can carry a line and column.
+pub fn place_of(message: &str) -> Option<Place> {
+    let word = |rest: &str| -> String {
+        rest.split([' ', ':', ','])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // `... role R is not defined` names a value to point at inside the place.
+    let role_value = |p: Place| match message.split_once(": role ") {
+        Some((_, rest)) => p.value(&word(rest)),
+        None => p,
+    };
+    if let Some(rest) = message.strip_prefix("binding #") {
+        let n: usize = word(rest).parse().ok()?;
+        let mut p = role_value(Place::section("binding"));
+        p.index = Some(n.checked_sub(1)?);
+        return Some(p);
+    }
+    for (prefix, section) in [
+        ("auth.oidc ", "auth.oidc"),
+        ("identity ", "identity"),
+        ("role ", "role"),
+        ("rule ", "rule"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return Some(Place::entry(section, word(rest).trim_matches('"')));
+        }
+    }
+    for section in [
+        "auth",
+        "approvals",
+        "audit",
+        "recording",
+        "upstream",
+        "listen",
+        "limits",
+        "runtime",
+    ] {
+        let Some(rest) = message.strip_prefix(section) else {
+            continue;
+        };
+        return match rest.strip_prefix('.') {
+            Some(key) => Some(role_value(Place::section(section).key(&word(key)))),
+            None if rest.starts_with([':', ' ']) => Some(role_value(Place::section(section))),
+            None => None,
+        };
+    }
+    None
 }
 
 fn find_in_table(
@@ -168,5 +227,75 @@ mod tests {
         assert_eq!(at(Place::entry("rule", "missing")), None);
         // No entry named: the first entry holding the value.
         assert_eq!(at(Place::section("role").value("wrte")), Some((11, 22)));
+    }
+
+    #[test]
+    fn messages_name_their_place() {
+        let cases = [
+            (
+                "binding #2: roles is empty",
+                Some(("binding", None, Some(1), None, None)),
+            ),
+            (
+                "binding #1: role x is not defined (add a [[role]] named x)",
+                Some(("binding", None, Some(0), None, Some("x"))),
+            ),
+            (
+                "auth.oidc corp: subject_claim is empty",
+                Some(("auth.oidc", Some("corp"), None, None, None)),
+            ),
+            (
+                "identity a@b: needs at least one role",
+                Some(("identity", Some("a@b"), None, None, None)),
+            ),
+            (
+                "role ai-agent is masked but",
+                Some(("role", Some("ai-agent"), None, None, None)),
+            ),
+            (
+                "upstream.ca_file is only used with",
+                Some(("upstream", None, None, Some("ca_file"), None)),
+            ),
+            (
+                "recording.decrypt_roles: role ghost is not defined",
+                Some((
+                    "recording",
+                    None,
+                    None,
+                    Some("decrypt_roles"),
+                    Some("ghost"),
+                )),
+            ),
+            (
+                "audit: set signing_key_file",
+                Some(("audit", None, None, None, None)),
+            ),
+            ("the audit log needs a place", None),
+            ("auditor", None),
+        ];
+        for (msg, want) in cases {
+            let got = place_of(msg).map(|p| (p.section, p.entry, p.index, p.key, p.value));
+            let want = want.map(
+                |(s, e, i, k, v): (
+                    &str,
+                    Option<&str>,
+                    Option<usize>,
+                    Option<&str>,
+                    Option<&str>,
+                )| {
+                    (
+                        s,
+                        e.map(str::to_owned),
+                        i,
+                        k.map(str::to_owned),
+                        v.map(str::to_owned),
+                    )
+                },
+            );
+            assert_eq!(got, want, "{msg}");
+        }
+        let text = "[[binding]]\ngroups = [\"a\"]\nroles = [\"r\"]\n\n[[binding]]\ngroups = [\"b\"]\nroles = [\"x\"]\n";
+        let p = place_of("binding #2: role x is not defined").expect("place");
+        assert_eq!(locate(text, &p), Some((7, 10)));
     }
 }

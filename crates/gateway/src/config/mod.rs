@@ -60,6 +60,15 @@ impl ConfigError {
                     None => message,
                 },
             },
+            ConfigError::Invalid(message) => {
+                match locate::place_of(&message).and_then(|p| locate::locate(text, &p)) {
+                    Some((line, col)) => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!("line {line}, column {col}: {message}"),
+                    },
+                    None => ConfigError::Invalid(message),
+                }
+            }
             other => other,
         }
     }
