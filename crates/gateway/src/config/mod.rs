@@ -44,7 +44,7 @@ pub enum ConfigError {
     /// column, when the file's text is at hand).
     #[error("{message}")]
     At {
-        place: locate::Place,
+        place: Box<locate::Place>,
         message: String,
     },
 }

@@ -29,7 +29,7 @@ impl Config {
     pub(super) fn unknown_role(&self, place: Place, what: String) -> ConfigError {
         ConfigError::At {
             message: format!("{what} (defined roles: {})", self.role_names()),
-            place,
+            place: Box::new(place),
         }
     }
 
@@ -64,7 +64,7 @@ impl Config {
             }
         };
         ConfigError::At {
-            place,
+            place: Box::new(place),
             message: format!("{message}{valid}"),
         }
     }
@@ -85,7 +85,7 @@ impl Config {
             (None, true) => return Ok(()),
         };
         Err(ConfigError::At {
-            place,
+            place: Box::new(place),
             message: "approvals are enabled and a rule holds statements (or access requests \
                       are allowed), but listen.http_address is not set: reviewers decide \
                       through the HTTP API, so every hold would time out. Set \
