@@ -130,9 +130,9 @@ impl StateDir {
 /// log directory itself.
 #[derive(clap::Args)]
 pub struct AuditDir {
-    /// The gateway's config file (its audit and recordings directories are used). Not read
-    /// from PHIGATE_CONFIG: with PHIGATE_DATA_DIR also set, every audit command would refuse
-    /// the pair.
+    // Not read from PHIGATE_CONFIG: with PHIGATE_DATA_DIR (which these commands always read)
+    // also set, every audit command would refuse the pair.
+    /// The gateway's config file (its audit and recordings directories are used).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// The gateway's data directory, or the audit log's directory.
