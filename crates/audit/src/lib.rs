@@ -4,9 +4,11 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod export;
 pub mod histogram;
 pub mod query;
 pub mod record;
+pub mod report;
 pub mod store;
 pub mod verify;
 pub mod writer;

@@ -70,6 +70,11 @@ pub enum Event {
         /// Absent in records written before it existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via: Option<String>,
+        /// The individual the credential named, when the gateway could tell: a valid
+        /// credential asking for a role it may not assume, a revoked or expired API key.
+        /// Absent when the credential named nobody it could trust (unknown, forged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
     },
     ConfigReload {
         ok: bool,
@@ -194,6 +199,10 @@ pub struct StatementRecord {
     /// PHI columns masked in the result (for a masked role: the tagged columns the statement
     /// read through its masking views).
     pub masked_columns: Vec<String>,
+    /// PHI columns of the tables it touches, which this (unmasked) role sees in the clear.
+    /// Absent when there are none (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmasked_columns: Vec<String>,
     /// `allow`, `deny` or `require_approval`.
     pub decision: String,
     pub rule: Option<String>,
@@ -220,20 +229,52 @@ impl Record {
         }
     }
 
+    /// The individual the record is about: who ran the session or statement, asked for the
+    /// review, replayed the recording, or (when known) whose credential failed.
     pub fn subject(&self) -> Option<&str> {
         match &self.event {
-            Event::SessionStart { subject, .. } | Event::SessionEnd { subject, .. } => {
-                Some(subject)
-            }
+            Event::SessionStart { subject, .. }
+            | Event::SessionEnd { subject, .. }
+            | Event::ReviewRequested { subject, .. }
+            | Event::RecordingReplayed { subject, .. } => Some(subject),
             Event::Statement(s) => Some(&s.subject),
+            Event::LoginFailed { subject, .. } => subject.as_deref(),
             _ => None,
+        }
+    }
+
+    /// Whether the record names `who` in any role: its subject, or a reviewer who approved or
+    /// denied (`by`; a review several approved names them all, `ann, bob`).
+    pub fn names(&self, who: &str) -> bool {
+        if self.subject() == Some(who) {
+            return true;
+        }
+        match &self.event {
+            Event::ReviewApproval { by, .. } => by == who,
+            Event::ReviewDecided { by: Some(by), .. } => reviewers(by).any(|b| b == who),
+            _ => false,
         }
     }
 
     pub fn role(&self) -> Option<&str> {
         match &self.event {
-            Event::SessionStart { role, .. } | Event::SessionEnd { role, .. } => Some(role),
+            Event::SessionStart { role, .. }
+            | Event::SessionEnd { role, .. }
+            | Event::ReviewRequested { role, .. }
+            | Event::RecordingReplayed { role, .. } => Some(role),
             Event::Statement(s) => Some(&s.role),
+            _ => None,
+        }
+    }
+
+    /// The review a record belongs to, if any.
+    pub fn review(&self) -> Option<&str> {
+        match &self.event {
+            Event::ReviewRequested { review, .. }
+            | Event::ReviewDecided { review, .. }
+            | Event::ReviewApproval { review, .. }
+            | Event::ReviewNotified { review, .. } => Some(review),
+            Event::Statement(s) => s.approval.as_deref(),
             _ => None,
         }
     }
@@ -258,6 +299,34 @@ impl Record {
             Event::RecordingReplayed { .. } => "recording_replayed",
         }
     }
+}
+
+/// Every record type, as `type` spells it.
+pub const TYPES: &[&str] = &[
+    "gateway_start",
+    "gateway_stop",
+    "session_start",
+    "session_end",
+    "statement",
+    "statement_end",
+    "login_failed",
+    "config_reload",
+    "review_requested",
+    "review_notified",
+    "review_approval",
+    "review_decided",
+    "recording",
+    "recording_replayed",
+    "audit_recovered",
+    "audit_repaired",
+];
+
+/// A statement record's `decision`s.
+pub const DECISIONS: &[&str] = &["allow", "deny", "require_approval"];
+
+/// The reviewers a `review_decided` record's `by` names (several approvers are joined by `, `).
+pub fn reviewers(by: &str) -> impl Iterator<Item = &str> {
+    by.split(", ").filter(|b| !b.is_empty())
 }
 
 /// Unix time as RFC 3339 with microseconds.
@@ -346,5 +415,61 @@ mod credential_tests {
         ] {
             assert!(!looks_like_credential(r), "{r}");
         }
+    }
+}
+
+#[cfg(test)]
+mod names_tests {
+    use super::{Event, Record};
+
+    fn rec(event: Event) -> Record {
+        Record {
+            seq: 1,
+            ts: "t".into(),
+            prev: "0".into(),
+            event,
+        }
+    }
+
+    #[test]
+    fn a_record_names_its_subject_and_reviewers() {
+        let decided = |by: &str, break_glass| {
+            rec(Event::ReviewDecided {
+                review: "r-1".into(),
+                status: "approved".into(),
+                by: Some(by.into()),
+                reason: Some("ok".into()),
+                break_glass,
+            })
+        };
+        // Several approvers, each named; break-glass: the requester approved it.
+        assert!(decided("ann, bob", false).names("ann"));
+        assert!(decided("ann, bob", false).names("bob"));
+        assert!(!decided("ann, bob", false).names("an"));
+        assert!(decided("dr.who@x", true).names("dr.who@x"));
+        let failed = |subject: Option<&str>| {
+            rec(Event::LoginFailed {
+                client_addr: "1.2.3.4:5".into(),
+                user: "r".into(),
+                reason: "expired".into(),
+                via: None,
+                subject: subject.map(str::to_owned),
+            })
+        };
+        assert!(failed(Some("eve")).names("eve"));
+        assert!(
+            !failed(None).names("r"),
+            "the role asked for is not a subject"
+        );
+        let requested = rec(Event::ReviewRequested {
+            review: "r-1".into(),
+            session: "s".into(),
+            subject: "cy".into(),
+            role: "ai-agent".into(),
+            rule: "rule".into(),
+            justification: None,
+        });
+        assert!(requested.names("cy"));
+        assert_eq!(requested.role(), Some("ai-agent"));
     }
 }

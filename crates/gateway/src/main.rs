@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("phigate: {e:#}");
+            eprintln!("phigate: {}", cli::describe(&e));
             ExitCode::FAILURE
         }
     }

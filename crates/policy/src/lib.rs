@@ -7,10 +7,13 @@
 //! settings, unknown functions and catalog views that leak data), read-only, then the grants.
 
 mod builtin;
+/// Statement kinds a rule may name.
+pub use builtin::KIND_NAMES;
 pub mod detect;
 pub use builtin::REASON_SETTING;
 pub mod masking;
 mod model;
+pub mod shadow;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -110,7 +113,8 @@ pub struct Policy {
     views: Arc<HashMap<RelName, Vec<RelName>>>,
 }
 
-const ACTIONS: [&str; 9] = [
+/// The actions a grant may name (besides `write` = insert, update, delete, and `*`/`all`).
+pub const ACTIONS: [&str; 9] = [
     "select",
     "insert",
     "update",

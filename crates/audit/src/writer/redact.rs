@@ -26,11 +26,13 @@ impl Writer {
                 user,
                 reason,
                 via,
+                subject,
             } if crate::record::looks_like_credential(&user) => Event::LoginFailed {
                 client_addr,
                 user: self.keyed(user.as_bytes()),
                 reason,
                 via,
+                subject,
             },
             e => e,
         }

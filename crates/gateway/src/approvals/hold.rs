@@ -376,7 +376,7 @@ impl Approvals {
             "a reviewer approves".to_owned()
         };
         let message = format!(
-            "phigate: statement held for review {id} by rule {} ; it runs once {who} (waiting up to {} s)",
+            "phigate: statement held for review {id} by rule {}; it runs once {who} (waiting up to {} s)",
             req.rule,
             timeout.as_secs()
         );

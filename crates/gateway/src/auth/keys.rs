@@ -293,10 +293,14 @@ impl KeyStore {
         }
         let now = unix_now();
         if key.revoked_at.is_some() {
-            return Err(AuthError::KeyRevoked);
+            return Err(AuthError::KeyRevoked {
+                subject: key.subject,
+            });
         }
         if now >= key.expires_at {
-            return Err(AuthError::KeyExpired);
+            return Err(AuthError::KeyExpired {
+                subject: key.subject,
+            });
         }
         let mut used = self.last_used.lock().unwrap_or_else(|p| p.into_inner());
         used.0.insert(key.id.clone(), now);
@@ -365,7 +369,12 @@ mod tests {
         revoke(dir.path(), "ci-bot").expect("revoke");
         // Same second, same length: the stamp may not change; force the reload.
         store.state().stamp = None;
-        assert_eq!(store.authenticate(&key), Err(AuthError::KeyRevoked));
+        assert_eq!(
+            store.authenticate(&key),
+            Err(AuthError::KeyRevoked {
+                subject: rec.subject.clone()
+            })
+        );
         assert!(!store.still_valid(&rec.id));
         assert!(create(dir.path(), "x", None, &roles, Duration::ZERO).is_err());
     }

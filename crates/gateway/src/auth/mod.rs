@@ -168,9 +168,9 @@ pub enum AuthError {
     #[error("token's e-mail address is not verified by the identity provider (email_verified is not true)")]
     UnverifiedEmail,
     #[error("API key revoked")]
-    KeyRevoked,
+    KeyRevoked { subject: String },
     #[error("token revoked (phigate token revoke); sign in again")]
-    TokenRevoked,
+    TokenRevoked { subject: String },
     #[error("this identity provider token was already exchanged; sign in again for a new one")]
     AlreadyExchanged,
     #[error("too many token exchanges are remembered right now; try again later")]
@@ -178,7 +178,7 @@ pub enum AuthError {
     #[error("you have exchanged too many identity provider tokens recently; use the session token you have, or try again later")]
     ExchangeTooOften,
     #[error("API key expired")]
-    KeyExpired,
+    KeyExpired { subject: String },
     #[error("the identity provider's keys cannot be fetched right now")]
     IdpUnavailable,
     #[error("too many failed logins from this address; try again in {0} s")]
@@ -206,16 +206,29 @@ impl AuthError {
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::MissingSubject => "missing_subject",
             AuthError::UnverifiedEmail => "unverified_email",
-            AuthError::KeyRevoked => "key_revoked",
-            AuthError::TokenRevoked => "token_revoked",
+            AuthError::KeyRevoked { .. } => "key_revoked",
+            AuthError::TokenRevoked { .. } => "token_revoked",
             AuthError::AlreadyExchanged => "already_exchanged",
             AuthError::ExchangeBusy => "exchange_busy",
             AuthError::ExchangeTooOften => "exchange_too_often",
-            AuthError::KeyExpired => "key_expired",
+            AuthError::KeyExpired { .. } => "key_expired",
             AuthError::IdpUnavailable => "idp_unavailable",
             AuthError::RateLimited(_) => "rate_limited",
             AuthError::RoleNotAllowed { .. } => "role_not_allowed",
             AuthError::NoRole { .. } => "no_role",
+        }
+    }
+
+    /// The individual a refused credential named, when it was genuine (its signature or
+    /// secret checked out) and only something else was wrong: for the `login_failed` record.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            AuthError::RoleNotAllowed { subject, .. }
+            | AuthError::NoRole { subject }
+            | AuthError::KeyRevoked { subject }
+            | AuthError::KeyExpired { subject }
+            | AuthError::TokenRevoked { subject } => Some(subject),
+            _ => None,
         }
     }
 
@@ -557,7 +570,9 @@ impl Authenticator {
             tracing::error!(error = %e, "cannot read the token revocation file");
         }
         if list.is_revoked(who, issued_at) {
-            return Err(AuthError::TokenRevoked);
+            return Err(AuthError::TokenRevoked {
+                subject: who.subject.clone(),
+            });
         }
         Ok(())
     }

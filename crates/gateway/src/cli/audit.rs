@@ -5,19 +5,59 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{audit_dir, time_bound, AuditDir};
+use super::{plural, time_bound, AuditDir};
 
-/// Search criteria shared by search, export and report.
+/// A statement record's decision.
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum DecisionArg {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// A record type (docs/audit.md).
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum RecordType {
+    GatewayStart,
+    GatewayStop,
+    SessionStart,
+    SessionEnd,
+    Statement,
+    StatementEnd,
+    LoginFailed,
+    ConfigReload,
+    ReviewRequested,
+    ReviewNotified,
+    ReviewApproval,
+    ReviewDecided,
+    Recording,
+    RecordingReplayed,
+    AuditRecovered,
+    AuditRepaired,
+}
+
+fn value_name(v: impl clap::ValueEnum) -> Option<String> {
+    v.to_possible_value().map(|p| p.get_name().to_owned())
+}
+
+/// Search criteria shared by search and export.
 #[derive(clap::Args)]
 pub struct AuditFilter {
+    /// Records naming this individual in any role (who ran it, asked for the review,
+    /// approved or denied it, replayed the recording, whose credential failed), and the
+    /// records of its sessions and reviews.
     #[arg(long)]
     subject: Option<String>,
+    /// Records of this role.
     #[arg(long)]
     role: Option<String>,
-    /// A table, `name` or `schema.name`.
+    /// Statements touching a table, `name` or `schema.name`.
     #[arg(long)]
     table: Option<String>,
-    /// A (masked) PHI column.
+    /// Statements reading a PHI column, masked or in the clear (`column`, `table.column` or
+    /// `schema.table.column`).
     #[arg(long)]
     column: Option<String>,
     /// From this time: RFC 3339, a date (2026-11-29), or an age such as 24h or 7d.
@@ -26,14 +66,15 @@ pub struct AuditFilter {
     /// Until this time (same forms).
     #[arg(long)]
     until: Option<String>,
-    /// allow, deny or require_approval.
-    #[arg(long)]
-    decision: Option<String>,
+    /// Statements with this decision.
+    #[arg(long, value_enum)]
+    decision: Option<DecisionArg>,
+    /// Records of this session.
     #[arg(long)]
     session: Option<String>,
-    /// Record type: statement, statement_end, session_start, login_failed, ...
-    #[arg(long = "type")]
-    kind: Option<String>,
+    /// Records of this type.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    kind: Option<RecordType>,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +84,7 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         dir: AuditDir,
-        /// The trusted public key (hex); default: the one beside the log.
+        /// The trusted public key file; default: the one beside the log.
         #[arg(long)]
         public_key: Option<PathBuf>,
         /// A directory holding a copy of the checkpoints (repeatable).
@@ -53,6 +94,7 @@ pub enum AuditCommand {
         /// it exists); each one the log seals is hashed again.
         #[arg(long)]
         recordings_dir: Option<PathBuf>,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +104,7 @@ pub enum AuditCommand {
         dir: AuditDir,
         #[command(flatten)]
         filter: AuditFilter,
+        /// At most this many records.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
@@ -71,18 +114,22 @@ pub enum AuditCommand {
         dir: AuditDir,
         #[command(flatten)]
         filter: AuditFilter,
+        /// `jsonl` (one record per line, as stored) or `csv` (a column per field).
         #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
         format: String,
     },
     /// An access report for a compliance officer: per identity, the tables it touched, rows,
-    /// masked or not, denials and approvals.
+    /// masked or not, refusals and holds, reviews decided; the approvals; failed logins.
     Report {
         #[command(flatten)]
         dir: AuditDir,
+        /// From this time: RFC 3339, a date (2026-11-29), or an age such as 24h or 7d.
         #[arg(long)]
         since: Option<String>,
+        /// Until this time (same forms).
         #[arg(long)]
         until: Option<String>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -97,9 +144,9 @@ impl AuditFilter {
             column: self.column.clone(),
             since: time_bound(&self.since)?,
             until: time_bound(&self.until)?,
-            decision: self.decision.clone(),
+            decision: self.decision.and_then(value_name),
             session: self.session.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind.and_then(value_name),
         })
     }
 }
@@ -117,11 +164,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             recordings_dir,
             json,
         } => {
-            let recordings = recordings_dir.or_else(|| {
-                let d = dir.data_dir.join("recordings");
-                d.is_dir().then_some(d)
-            });
-            let dir = audit_dir(&dir)?;
+            let places = dir.places()?;
+            let recordings = recordings_dir.or_else(|| places.recordings.filter(|d| d.is_dir()));
+            let dir = places.log;
             let key_path = public_key.unwrap_or_else(|| dir.join(phigate_audit::store::PUBLIC_KEY));
             let key = phigate_audit::PublicKey::load(&key_path)?;
             for m in &mirror {
@@ -138,21 +183,30 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     } else {
                         writeln!(
                             out,
-                            "ok: {} records (seq {}..{}) in {} segment(s); {} checkpoint(s) signed by key {}; last checkpoint at {}, {} record(s) after it",
-                            report.records,
+                            "ok: {} (seq {}..{}) in {}; {} signed by key {}; last checkpoint at {}, {} after it",
+                            plural(report.records, "record", "records"),
                             report.first_seq,
                             report.last_seq,
-                            report.segments,
-                            report.checkpoints,
+                            plural(report.segments as u64, "segment", "segments"),
+                            plural(report.checkpoints as u64, "checkpoint", "checkpoints"),
                             report.key_id,
                             report.last_checkpoint_seq,
-                            report.unsigned_tail
+                            plural(report.unsigned_tail, "record", "records")
                         )?;
                         if recordings.is_some() {
                             writeln!(
                                 out,
-                                "ok: {} session recording(s) match their digests",
-                                report.recordings
+                                "ok: {} {} their digests",
+                                plural(
+                                    report.recordings,
+                                    "session recording",
+                                    "session recordings"
+                                ),
+                                if report.recordings == 1 {
+                                    "matches"
+                                } else {
+                                    "match"
+                                }
                             )?;
                         }
                         for w in &report.warnings {
@@ -175,7 +229,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Search { dir, filter, limit } => {
-            let dir = audit_dir(&dir)?;
+            let dir = dir.places()?.log;
             for r in query::search(&dir, &filter.build()?, limit)? {
                 writeln!(out, "{}", text::json(serde_json::to_string(&r)?))?;
             }
@@ -185,14 +239,15 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             filter,
             format,
         } => {
-            let dir = audit_dir(&dir)?;
+            let dir = dir.places()?.log;
             let filter = filter.build()?;
+            let mut matcher = filter.matcher();
             if format == "csv" {
                 writeln!(out, "{}", query::CSV_HEADER)?;
             }
             let mut failed = None;
             phigate_audit::verify::read_records(&dir, |r| {
-                if filter.matches(&r) {
+                if matcher.matches(&r) {
                     let line = if format == "csv" {
                         Ok(display(&query::csv_row(&r)).into_owned())
                     } else {
@@ -218,7 +273,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             until,
             json,
         } => {
-            let dir = audit_dir(&dir)?;
+            let dir = dir.places()?.log;
             let report = query::report(
                 &dir,
                 time_bound(&since)?.as_deref(),
@@ -231,7 +286,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     text::json(serde_json::to_string_pretty(&report)?)
                 )?;
             } else {
-                write_report(&mut out, &report)?;
+                super::audit_report::write(&mut out, &report)?;
             }
         }
     }
@@ -239,65 +294,23 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_report(
-    out: &mut impl std::io::Write,
-    r: &phigate_audit::query::AccessReport,
-) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "Access report, {} to {}",
-        display(r.since.as_deref().unwrap_or("the beginning")),
-        display(r.until.as_deref().unwrap_or("now"))
-    )?;
-    for id in &r.identities {
-        writeln!(out)?;
-        writeln!(
-            out,
-            "{}  roles: {}  sessions: {}  statements: {}  denied: {}  held for approval: {}  approved: {}  failed logins: {}",
-            display(&id.subject),
-            display(&id.roles.iter().cloned().collect::<Vec<_>>().join(",")),
-            id.sessions,
-            id.statements,
-            id.denied,
-            id.approvals_required,
-            id.approved,
-            id.failed_logins
-        )?;
-        for (table, t) in &id.tables {
-            let masked = if t.masked {
-                format!(
-                    "masked ({})",
-                    display(
-                        &t.masked_columns
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                )
-            } else {
-                "NOT masked".to_owned()
-            };
-            writeln!(
-                out,
-                "  {:<32} {:>6} statements {:>10} rows  {}  {}",
-                display(table),
-                t.statements,
-                t.rows,
-                t.actions.iter().cloned().collect::<Vec<_>>().join("/"),
-                masked
-            )?;
-        }
-        for d in &id.denials {
-            writeln!(
-                out,
-                "  refused #{} {} by rule {}: {}",
-                d.seq,
-                display(&d.ts),
-                display(d.rule.as_deref().unwrap_or("?")),
-                display(&d.text)
-            )?;
-        }
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    #[test]
+    fn the_choices_are_the_logs_own() {
+        let names = |v: &[super::RecordType]| -> Vec<String> {
+            v.iter().filter_map(|x| super::value_name(*x)).collect()
+        };
+        assert_eq!(
+            names(super::RecordType::value_variants()),
+            phigate_audit::record::TYPES
+        );
+        let decisions: Vec<String> = super::DecisionArg::value_variants()
+            .iter()
+            .filter_map(|x| super::value_name(*x))
+            .collect();
+        assert_eq!(decisions, phigate_audit::record::DECISIONS);
     }
-    Ok(())
 }

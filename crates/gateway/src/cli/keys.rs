@@ -8,6 +8,7 @@ use super::{parse_ttl, StateDir};
 pub enum KeysCommand {
     /// Create a key; it is printed once and only its hash is stored.
     Create {
+        /// A name for the key (unique; `keys revoke` takes it).
         #[arg(long)]
         name: String,
         /// A role the key may assume (repeatable; the first is its default).
@@ -19,6 +20,7 @@ pub enum KeysCommand {
         /// The individual identity the key stands for (default: the name).
         #[arg(long)]
         subject: Option<String>,
+        /// Print the key and its record as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -26,6 +28,7 @@ pub enum KeysCommand {
     },
     /// List keys with their status and last use.
     List {
+        /// Print the keys as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -33,6 +36,7 @@ pub enum KeysCommand {
     },
     /// Revoke a key by id or name: no new sessions; its open sessions end.
     Revoke {
+        /// The key's id or name.
         id_or_name: String,
         #[command(flatten)]
         dir: StateDir,

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 pub mod audit;
+mod audit_report;
+mod check;
 pub mod demo;
 pub mod discover;
 pub mod keys;
@@ -123,26 +125,88 @@ impl StateDir {
     }
 }
 
-/// Which audit log: the gateway's data directory (its `audit/` is used) or the log directory.
+/// Which audit log (and recordings): from a config file (its `audit.dir` and `recording.dir`,
+/// else under its `data_dir`), or the gateway's data directory (its `audit/` is used) or the
+/// log directory itself.
 #[derive(clap::Args)]
 pub struct AuditDir {
+    // Not read from PHIGATE_CONFIG: with PHIGATE_DATA_DIR (which these commands always read)
+    // also set, every audit command would refuse the pair.
+    /// The gateway's config file (its audit and recordings directories are used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The gateway's data directory, or the audit log's directory.
     #[arg(long, env = "PHIGATE_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+}
+
+/// The places an audit command reads.
+struct AuditPlaces {
+    /// The log's directory.
+    log: PathBuf,
+    /// The recordings' directory (it may not exist).
+    recordings: Option<PathBuf>,
+}
+
+impl AuditDir {
+    fn places(&self) -> anyhow::Result<AuditPlaces> {
+        match (&self.config, &self.data_dir) {
+            (Some(_), Some(_)) => anyhow::bail!("give --config or --data-dir, not both"),
+            (Some(path), None) => {
+                let config = Config::load(path)?;
+                let log = config
+                    .audit
+                    .resolved_dir(config.data_dir.as_deref())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: no audit log (audit.enabled is false, or no data_dir)",
+                            path.display()
+                        )
+                    })?;
+                let recordings = config.recording.resolved_dir(config.data_dir.as_deref());
+                Ok(AuditPlaces { log, recordings })
+            }
+            (None, Some(dir)) => Ok(AuditPlaces {
+                log: log_in(dir)?,
+                recordings: Some(dir.join("recordings")),
+            }),
+            (None, None) => anyhow::bail!("give --config FILE or --data-dir DIR"),
+        }
+    }
 }
 
 /// The log directory: `<data dir>/audit`, or the directory itself if it holds the log.
-fn audit_dir(dir: &AuditDir) -> anyhow::Result<PathBuf> {
-    let nested = dir.data_dir.join("audit");
+fn log_in(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let nested = dir.join("audit");
     if nested.is_dir() {
         return Ok(nested);
     }
-    if dir.data_dir.join(phigate_audit::store::PUBLIC_KEY).exists() {
-        return Ok(dir.data_dir.clone());
+    if dir.join(phigate_audit::store::PUBLIC_KEY).exists() {
+        return Ok(dir.to_owned());
     }
-    anyhow::bail!(
-        "no audit log in {} (nor in its audit/)",
-        dir.data_dir.display()
-    )
+    anyhow::bail!("no audit log in {} (nor in its audit/)", dir.display())
+}
+
+/// `1 thing`, `2 things`.
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// An error and its causes, as `{:#}` prints them, without a cause whose text the message
+/// before it already holds (`cannot read x: No such file or directory (os error 2)` once, not
+/// twice).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
@@ -162,4 +226,54 @@ fn time_bound(text: &Option<String>) -> anyhow::Result<Option<String>> {
         return Ok(Some(t.clone()));
     }
     anyhow::bail!("{t}: not a time (RFC 3339, YYYY-MM-DD, or an age such as 24h)")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "phigate", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        let e = crate::config::Config::load(std::path::Path::new("/nonexistent/phigate.toml"))
+            .map_err(anyhow::Error::from)
+            .expect_err("no such file");
+        let text = super::describe(&e);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("/nonexistent/phigate.toml"), "{text}");
+    }
+
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(super::plural(1, "statement", "statements"), "1 statement");
+        assert_eq!(super::plural(0, "statement", "statements"), "0 statements");
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{audit_dir, AuditDir};
+use super::AuditDir;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -10,7 +10,8 @@ pub struct ReplayArgs {
     session: String,
     #[command(flatten)]
     dir: AuditDir,
-    /// Where the recordings are (default: the data directory's recordings/).
+    /// Where the recordings are (default: the config's recording.dir, or the data
+    /// directory's recordings/).
     #[arg(long)]
     recordings_dir: Option<PathBuf>,
     /// Playback speed: 2 is twice as fast; 0 prints everything at once.
@@ -36,11 +37,13 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
         (None, Ok(_)) => Some(Key::from_env("PHIGATE_RECORDING_KEY").map_err(anyhow::Error::msg)?),
         (None, Err(_)) => None,
     };
+    let places = a.dir.places()?;
     let recordings = a
         .recordings_dir
         .clone()
-        .unwrap_or_else(|| a.dir.data_dir.join("recordings"));
-    let r = replay::load(&audit_dir(&a.dir)?, &recordings, &a.session, key.as_ref())?;
+        .or(places.recordings)
+        .ok_or_else(|| anyhow::anyhow!("no recordings directory: give --recordings-dir"))?;
+    let r = replay::load(&places.log, &recordings, &a.session, key.as_ref())?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.json {

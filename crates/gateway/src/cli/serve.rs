@@ -7,31 +7,31 @@ use crate::config::{Config, LogFormat};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    #[arg(long, short)]
+    /// The config file.
+    #[arg(long, short, env = "PHIGATE_CONFIG")]
     config: PathBuf,
     /// Override the configured log format.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
 }
 
-#[derive(clap::Args)]
-pub struct CheckArgs {
-    #[arg(long, short)]
-    config: PathBuf,
-}
+pub use super::check::{check, CheckArgs};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
         config: path,
         log_format,
     } = args;
-    let config = Config::load(&path)?;
+    let (config, warnings) = Config::load_with_warnings(&path)?;
     let format = match log_format.as_deref() {
         Some("json") => LogFormat::Json,
         Some(_) => LogFormat::Text,
         None => config.log.format,
     };
     crate::logging::init(format, config.log.level.as_deref());
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     super::runtime_with(config.runtime.worker_threads)?.block_on(async {
         let mut signals = crate::server::Signals::install();
         let running = crate::server::start(&config).await?;
@@ -44,16 +44,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         running.wait().await;
         Ok(())
     })
-}
-
-pub fn check(args: CheckArgs) -> anyhow::Result<()> {
-    match Config::load(&args.config) {
-        Ok(_) => {
-            println!("{}: ok", args.config.display());
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 pub fn schema() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{audit_dir, time_bound, AuditDir};
+use super::{time_bound, AuditDir};
 
 #[derive(Subcommand)]
 pub enum SessionsCommand {
@@ -10,8 +10,10 @@ pub enum SessionsCommand {
     List {
         #[command(flatten)]
         dir: AuditDir,
+        /// Sessions of this individual.
         #[arg(long)]
         subject: Option<String>,
+        /// Sessions of this role.
         #[arg(long)]
         role: Option<String>,
         /// Sessions active from this time: RFC 3339, a date, or an age such as 24h.
@@ -23,6 +25,7 @@ pub enum SessionsCommand {
         /// Sessions with a statement that touched this table (`name` or `schema.name`).
         #[arg(long)]
         table: Option<String>,
+        /// Print the sessions as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -46,7 +49,7 @@ pub fn run(command: SessionsCommand) -> anyhow::Result<()> {
         until: time_bound(&until)?,
         table,
     };
-    let rows = crate::recording::replay::list(&audit_dir(&dir)?, &filter)?;
+    let rows = crate::recording::replay::list(&dir.places()?.log, &filter)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if json {

@@ -13,13 +13,16 @@ use crate::config::Config;
 pub enum TokenCommand {
     /// Sign a token for any subject with the gateway's key (development configs only).
     Mint {
-        #[arg(long, short)]
+        /// The gateway's config file (auth.development must be on).
+        #[arg(long, short, env = "PHIGATE_CONFIG")]
         config: PathBuf,
+        /// The individual the token names.
         #[arg(long)]
         subject: String,
         /// A group the token carries (repeatable); bindings map groups to roles.
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Lifetime, e.g. 1h, 30m.
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
@@ -30,6 +33,7 @@ pub enum TokenCommand {
         /// The issuer that vouched for the subject: an [[auth.oidc]] name, or `development`.
         #[arg(long)]
         issuer: String,
+        /// The individual whose tokens are revoked.
         #[arg(long)]
         subject: String,
         #[command(flatten)]

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use locate::Place;
 use phigate_policy::{RoleConfig, RuleConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,9 @@ mod audit;
 pub mod auth;
 mod limits;
 mod listen;
+pub mod locate;
 mod recording;
+mod semantic;
 mod upstream;
 
 pub use approvals::{ApprovalsConfig, WebhookFormat};
@@ -23,6 +26,7 @@ pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdenti
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
+pub use semantic::Warning;
 pub use upstream::{Upstream, UpstreamTlsMode};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,38 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// A semantic error about one place in the file (turned into `Parse`, with its line and
+    /// column, when the file's text is at hand).
+    #[error("{message}")]
+    At {
+        place: Box<locate::Place>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The error with its line and column in `text` when it is about a place in it.
+    fn located(self, text: &str, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::At { place, message } => ConfigError::Parse {
+                path: path.to_owned(),
+                message: match locate::locate(text, &place) {
+                    Some((line, col)) => format!("line {line}, column {col}: {message}"),
+                    None => message,
+                },
+            },
+            ConfigError::Invalid(message) => {
+                match locate::place_of(&message).and_then(|p| locate::locate(text, &p)) {
+                    Some((line, col)) => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!("line {line}, column {col}: {message}"),
+                    },
+                    None => ConfigError::Invalid(message),
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -108,14 +144,35 @@ impl Config {
             path: path.to_owned(),
             message: describe_toml_error(text, &e),
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| e.located(text, path))?;
         Ok(config)
+    }
+
+    /// Loads a file, and also returns its warnings, each with its line and column.
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text, path)?;
+        let warnings = config
+            .warnings()
+            .into_iter()
+            .map(|w| match locate::locate(&text, &w.place) {
+                Some((line, col)) => format!(
+                    "{}: line {line}, column {col}: {}",
+                    path.display(),
+                    w.message
+                ),
+                None => format!("{}: {}", path.display(), w.message),
+            })
+            .collect();
+        Ok((config, warnings))
     }
 
     /// Compiles the policy (roles and rules).
     pub fn policy(&self) -> Result<phigate_policy::Policy, ConfigError> {
-        phigate_policy::Policy::new(&self.roles, &self.rules)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+        phigate_policy::Policy::new(&self.roles, &self.rules).map_err(|e| self.policy_error(e))
     }
 
     /// The JSON schema of this file, published as docs/config.schema.json.
@@ -140,10 +197,15 @@ impl Config {
         for id in &self.identities {
             for role in &id.roles {
                 if policy.role(role).is_none() {
-                    return Err(ConfigError::Invalid(format!(
-                        "identity {}: role {role} is not defined (add a [[role]] named {role})",
-                        id.subject
-                    )));
+                    return Err(self.unknown_role(
+                        Place::entry("identity", &id.subject)
+                            .key("roles")
+                            .value(role),
+                        format!(
+                            "identity {}: role {role} is not defined (add a [[role]] named {role})",
+                            id.subject
+                        ),
+                    ));
                 }
             }
         }
@@ -241,18 +303,23 @@ impl Config {
             .chain(&self.approvals.elevation_roles)
         {
             if policy.role(r).is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "approvals: role {r} (break_glass_roles, elevation_roles) is not defined"
-                )));
+                return Err(self.unknown_role(
+                    Place::section("approvals").value(r),
+                    format!(
+                        "approvals: role {r} (break_glass_roles, elevation_roles) is not defined"
+                    ),
+                ));
             }
         }
         for r in &self.audit.reader_roles {
             if policy.role(r).is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "audit.reader_roles: role {r} is not defined"
-                )));
+                return Err(self.unknown_role(
+                    Place::section("audit").key("reader_roles").value(r),
+                    format!("audit.reader_roles: role {r} is not defined"),
+                ));
             }
         }
+        self.check_approvals_reachable()?;
         self.recording.validate(self, &policy)?;
         if self.upstream.tls != UpstreamTlsMode::VerifyFull && self.upstream.ca_file.is_some() {
             return Err(ConfigError::Invalid(
@@ -267,14 +334,7 @@ impl Config {
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before
-                .rsplit('\n')
-                .next()
-                .map(|l| l.chars().count())
-                .unwrap_or(0)
-                + 1;
+            let (line, col) = locate::line_col(text, span.start);
             format!("line {line}, column {col}: {}", e.message())
         }
         None => e.message().to_owned(),

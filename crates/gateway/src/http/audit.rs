@@ -12,9 +12,20 @@ use super::error::{ApiError, ApiResult};
 use super::extract::AuditReader;
 use crate::state::Shared;
 
-fn filter_from(q: &HashMap<String, String>) -> phigate_audit::query::Filter {
+fn filter_from(q: &HashMap<String, String>) -> Result<phigate_audit::query::Filter, ApiError> {
+    use phigate_audit::record::{DECISIONS, TYPES};
     let get = |k: &str| q.get(k).cloned();
-    phigate_audit::query::Filter {
+    // An unknown value would match nothing: say so rather than answer an empty list.
+    for (key, valid) in [("type", TYPES), ("decision", DECISIONS)] {
+        if let Some(v) = q.get(key).filter(|v| !valid.contains(&v.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "{key}: {} is not one of {}",
+                crate::text::display(v),
+                valid.join(", ")
+            )));
+        }
+    }
+    Ok(phigate_audit::query::Filter {
         subject: get("subject"),
         role: get("role"),
         table: get("table"),
@@ -24,7 +35,7 @@ fn filter_from(q: &HashMap<String, String>) -> phigate_audit::query::Filter {
         decision: get("decision"),
         session: get("session"),
         kind: get("type"),
-    }
+    })
 }
 
 /// `GET /v1/audit/records?subject=&role=&table=&column=&since=&until=&decision=&session=&type=&limit=`
@@ -32,7 +43,7 @@ pub async fn records(
     Query(q): Query<HashMap<String, String>>,
     reader: AuditReader,
 ) -> ApiResult<Json<Value>> {
-    let filter = filter_from(&q);
+    let filter = filter_from(&q)?;
     let limit = q
         .get("limit")
         .and_then(|l| l.parse().ok())

@@ -113,6 +113,7 @@ pub fn audit_failed_login(shared: &Shared, peer: SocketAddr, user: &str, e: &Aut
                 user: user.chars().take(64).collect(),
                 reason: e.to_string(),
                 via: Some("http".into()),
+                subject: e.subject().map(str::to_owned),
             },
         ));
     }

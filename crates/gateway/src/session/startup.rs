@@ -84,9 +84,15 @@ pub(super) async fn start(
     // role's default when the client named none).
     let encoding = session_encoding(&upstream.parameter_status)?;
     audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
+    let masked = masked_login.is_some();
     let (phi, predicate_guarded, unwritable) = masked_login
         .map(|l| (l.phi_columns, l.predicate_guarded, l.unwritable))
         .unwrap_or_default();
+    let unmasked_phi = if masked {
+        Default::default()
+    } else {
+        shared.policy.phi_tags.get()
+    };
     let guard = guard::Guard::new(guard::GuardParams {
         tape: shared
             .recorder
@@ -101,6 +107,7 @@ pub(super) async fn start(
         gate_reads: shared.audit.gate_reads,
         approvals_on: shared.approvals.config.get().enabled,
         phi,
+        unmasked_phi,
         predicate_guarded,
         unwritable,
         metrics: shared.metrics.clone(),
@@ -473,6 +480,7 @@ async fn authenticate(
                 user: role.chars().take(64).collect(),
                 reason: e.to_string(),
                 via: Some("wire".into()),
+                subject: e.subject().map(str::to_owned),
             },
         ));
     }

@@ -54,6 +54,9 @@ pub struct GuardParams {
     pub approvals_on: bool,
     /// For a masked role: its PHI columns by `schema.table`, for the audit records.
     pub phi: BTreeMap<String, Vec<String>>,
+    /// For a role that is not masked: the tagged PHI columns by `schema.table`, which it reads
+    /// in the clear (the audit records' `unmasked_columns`).
+    pub unmasked_phi: Arc<BTreeMap<String, Vec<String>>>,
     /// For a masked role: its non-tokenized PHI columns by `schema.table`.
     pub predicate_guarded: BTreeMap<String, Vec<String>>,
     /// For a masked role: the PHI columns its masking views compute (every strategy but

@@ -95,6 +95,7 @@ impl Guard {
             let masked = decision == "allow" && !masked_columns.is_empty();
             self.p.metrics.statement(decision, masked);
         }
+        let unmasked_columns = phi_columns(&tables, &self.p.unmasked_phi);
         let meta = phigate_audit::StatementRecord {
             session: self.p.session.to_string(),
             subject: self.p.identity.subject.0.clone(),
@@ -106,6 +107,7 @@ impl Guard {
             decision: decision.into(),
             rule,
             masked_columns,
+            unmasked_columns,
             approval: a.approval,
             ..Default::default()
         };

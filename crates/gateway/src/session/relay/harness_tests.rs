@@ -133,6 +133,7 @@ async fn session() -> (Peer, Peer) {
         gate_reads: false,
         approvals_on: false,
         phi: Default::default(),
+        unmasked_phi: Default::default(),
         predicate_guarded: Default::default(),
         unwritable: Default::default(),
         tape: None,
