@@ -2,8 +2,11 @@
 //! process runs — roles, rules and PHI tags (with their masking views), static identities, API
 //! keys, OIDC issuers and bindings, client TLS certificates, approvals and their webhook, audit
 //! reader roles. Everything is built and checked first; only then is anything swapped, so a
-//! file that does not load (or views that cannot be provisioned) leaves the running
-//! configuration entirely as it was, and says why. Sessions whose credential the new file no
+//! file that does not load leaves the running configuration entirely as it was, and says why.
+//! Masking views that cannot be provisioned keep the running roles, rules and PHI tags (and say
+//! so), while identities, keys, issuers, bindings, TLS and approvals still change: an agent
+//! holding a lock on its views cannot keep a removed identity logged in. An unchanged masking
+//! plan is not run again at all. Sessions whose credential the new file no
 //! longer admits end (the key-revocation channel). What the file changes that only a restart
 //! can apply (listen addresses, `data_dir`, `upstream`, ...) is named in the log and in the
 //! `config_reload` audit record (`needs_restart`).
@@ -65,12 +68,12 @@ pub async fn reload(shared: &Shared, path: &Path) -> phigate_audit::Event {
         Err(e) => return failed(format!("{e:#}")),
     };
     // New views and logins first, then the policy that uses them. If the views cannot be
-    // provisioned, nothing changes (a newly tagged table must never be served under the new
-    // policy with its old, raw grant).
-    let logins = match crate::masking::provision(&staged.config, &shared.upstream).await {
-        Ok(logins) => logins,
-        Err(e) => return failed(format!("masking re-provisioning failed: {e:#}")),
-    };
+    // provisioned, the policy does not change (a newly tagged table must never be served under
+    // the new policy with its old, raw grant) — but everything else does: removing an identity,
+    // a key or a binding must take effect even while the views are busy.
+    let provisioned =
+        crate::masking::provision(&staged.config, &shared.upstream, &shared.policy.masked_plan)
+            .await;
     let Staged {
         config,
         policy,
@@ -78,11 +81,20 @@ pub async fn reload(shared: &Shared, path: &Path) -> phigate_audit::Event {
         tls,
         notifier,
     } = staged;
-    if let Ok(mut m) = shared.policy.masked.write() {
-        *m = logins;
-    }
-    shared.policy.store.replace(policy);
-    shared.policy.phi_tags.set(crate::state::phi_tags(&config));
+    let policy_error = match provisioned {
+        Ok(logins) => {
+            if let Ok(mut m) = shared.policy.masked.write() {
+                *m = logins;
+            }
+            shared.policy.store.replace(policy);
+            shared.policy.phi_tags.set(crate::state::phi_tags(&config));
+            None
+        }
+        Err(e) => Some(format!(
+            "masking re-provisioning failed: {e:#}; roles, rules and PHI tags are unchanged, \
+             everything else was applied"
+        )),
+    };
     shared.listen.tls.set(tls);
     shared
         .audit
@@ -100,6 +112,15 @@ pub async fn reload(shared: &Shared, path: &Path) -> phigate_audit::Event {
     let effective = crate::state::effective(config, shared.listen.http_addr);
     let needs_restart = needs_restart(&shared.started, &effective);
     let version = shared.policy.store.version();
+    if let Some(error) = policy_error {
+        tracing::error!(error = %error, "configuration reload incomplete");
+        return phigate_audit::Event::ConfigReload {
+            ok: false,
+            policy_version: Some(version),
+            error: Some(error),
+            needs_restart,
+        };
+    }
     if needs_restart.is_empty() {
         tracing::info!(path = %path.display(), version, "configuration reloaded");
     } else {

@@ -86,7 +86,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tighten_data_modes(config);
     let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
     // Masked roles cannot work without their views: provisioning failure stops the start.
-    let logins = crate::masking::provision(config, &shared.upstream).await?;
+    let logins =
+        crate::masking::provision(config, &shared.upstream, &shared.policy.masked_plan).await?;
     if let Ok(mut m) = shared.policy.masked.write() {
         *m = logins;
     }

@@ -124,6 +124,8 @@ pub struct Policy {
     pub phi_tags: Live<BTreeMap<String, Vec<String>>>,
     /// The database logins of masked roles (provisioned at start and on reload).
     pub masked: RwLock<HashMap<String, crate::masking::MaskedLogin>>,
+    /// The digest of the masking plan last put in force ([`crate::masking::provision`]).
+    pub masked_plan: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 /// What every session shares. Immutable after start, except the shutdown tokens and what a
@@ -220,6 +222,7 @@ impl Shared {
                 analyzer: phigate_sql::Analyzer::default(),
                 phi_tags: Live::new(phi_tags(config)),
                 masked: Default::default(),
+                masked_plan: Default::default(),
             },
             upstream: UpstreamTarget::from_config(&config.upstream)?,
             recorder,

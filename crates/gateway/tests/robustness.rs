@@ -1296,6 +1296,18 @@ async fn cancel_requests_through_the_gateway() {
             .as_deref(),
         Some("not cancelled")
     );
+    // Guessing the 32-bit secret counts like guessing a credential: past the failed-login
+    // limit, that address's cancel requests are not even tried.
+    for guess in 2..14 {
+        let mut wrong = Raw::connect(gw.pg_port);
+        wrong.send(&cancel_packet(gateway_pid, secret.wrapping_add(guess)));
+        assert!(wrong.read_msg().is_none());
+    }
+    gw.wait_log(
+        "cancel request ignored: too many failures from this address",
+        1,
+    )
+    .expect("guessing is limited");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1625,6 +1637,21 @@ fn text_sent_behind_an_encoding_change_is_refused_until_it_is_answered() {
             .any(|m| m.first_column().as_deref() == Some("café")),
         "{}",
         show(&rows)
+    );
+    // Code phigate cannot read may change it too: a DO block that switches the encoding, with
+    // text pipelined behind it (with SJIS, a multibyte character could swallow a quote). The
+    // text is refused, not read as UTF8 while the database reads it otherwise.
+    let mut batch =
+        query("DO $$BEGIN PERFORM set_config('client_encoding', 'LATIN1', false); END$$");
+    batch.extend(message(b'Q', b"SELECT 'caf\xc3\xa9'\0"));
+    a.raw.send(&batch);
+    let mut msgs = a.raw.until_ready();
+    msgs.extend(a.raw.until_ready());
+    assert!(
+        msgs.iter()
+            .any(|m| m.tag == b'E' && m.message().contains("client_encoding may be changing")),
+        "{}",
+        show(&msgs)
     );
 }
 

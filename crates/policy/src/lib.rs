@@ -278,6 +278,14 @@ impl Policy {
         self
     }
 
+    /// Whether `f` is one of the database's built-in functions (`name` or `pg_catalog.name`).
+    pub fn is_builtin(&self, f: &phigate_sql::FuncName) -> bool {
+        match f.schema.as_deref() {
+            None | Some("pg_catalog") => self.builtins.contains(&f.name),
+            Some(_) => false,
+        }
+    }
+
     /// Supplies the views of the database and the relations under each.
     pub fn with_views(mut self, views: Arc<HashMap<RelName, Vec<RelName>>>) -> Policy {
         self.views = views;

@@ -502,6 +502,18 @@ impl Authenticator {
         limit_guesses(limited, result)
     }
 
+    /// A cancel request from `peer` may be tried: not while that address is over the
+    /// failed-login limit. Cancel keys are guessed like credentials (a database pid is easy to
+    /// learn, leaving the 32-bit secret), so unknown keys count as failures.
+    pub fn may_cancel(&self, peer: IpAddr) -> bool {
+        self.failed.check(peer).is_ok()
+    }
+
+    /// A cancel request with a key no session has: one more failure for `peer`.
+    pub fn unknown_cancel_key(&self, peer: IpAddr) {
+        self.failed.failed(peer);
+    }
+
     /// The clock skew tolerated on `exp` / `nbf` / `iat` (`auth.leeway_secs`).
     pub fn leeway(&self) -> Duration {
         self.trust.get().leeway

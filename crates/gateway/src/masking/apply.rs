@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use phigate_policy::masking::PhiTableConfig;
+use sha2::Digest;
 
 use super::plan::{self, Catalog, Columns};
 use super::verify;
@@ -26,9 +27,15 @@ async fn columns(target: &UpstreamTarget, tables: &[(String, String)]) -> anyhow
 }
 
 /// Provisions the masking views and logins of every masked role. Returns role → login.
+///
+/// `applied` holds the digest of the last plan this process put in force: a plan that has not
+/// changed (same roles, tags, catalog and key) is not run again — re-creating the views would
+/// wait for every session that holds a lock on them (an agent idle in a transaction), and a
+/// reload that only removes an identity must not wait for that. The leak proof runs every time.
 pub async fn provision(
     config: &Config,
     target: &UpstreamTarget,
+    applied: &std::sync::Mutex<Option<[u8; 32]>>,
 ) -> anyhow::Result<HashMap<String, MaskedLogin>> {
     let masked: Vec<&phigate_policy::RoleConfig> =
         config.roles.iter().filter(|r| r.masked).collect();
@@ -68,6 +75,8 @@ pub async fn provision(
     let (ipad, opad) = pads(&key);
     let mut sql = String::from(plan::LOCK);
     let mut logins = HashMap::new();
+    // What the plan does, without the verifiers (their salts are random every time).
+    let mut digest = sha2::Sha256::new();
     for role in masked {
         let user = login_name(&role.name, &key);
         let password = login_password(&role.name, &key);
@@ -82,6 +91,15 @@ pub async fn provision(
             config.approvals.enabled,
         );
         sql.push_str(&p.sql);
+        let stable = plan::role_plan(
+            role,
+            &user,
+            "",
+            (&ipad, &opad),
+            &catalog,
+            config.approvals.enabled,
+        );
+        digest.update(stable.sql.as_bytes());
         // The database refuses this login's sessions beyond the role's cap too: a second line
         // behind the gateway's own count (and the only one against anyone else using it).
         let cap = role.max_sessions.unwrap_or(config.limits.sessions_per_role);
@@ -100,9 +118,18 @@ pub async fn provision(
         );
     }
     // Roles no longer configured lose their logins and schemas (only those this key made).
-    let keep: Vec<String> = logins.values().map(|l| l.user.clone()).collect();
+    let mut keep: Vec<String> = logins.values().map(|l| l.user.clone()).collect();
+    keep.sort();
     sql.push_str(&verify::prune_sql(&mark, &keep));
-    run_pruning(target, &mark, &keep, &sql).await?;
+    digest.update(verify::prune_sql(&mark, &keep).as_bytes());
+    let digest: [u8; 32] = digest.finalize().into();
+    let unchanged = *applied.lock().unwrap_or_else(|p| p.into_inner()) == Some(digest);
+    if unchanged {
+        tracing::info!("masking views unchanged; not re-provisioned");
+    } else {
+        run_pruning(target, &mark, &keep, &sql).await?;
+        *applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+    }
     prove_no_leaks(target, &logins, &exposing).await?;
     tracing::info!(roles = logins.len(), "masking views provisioned");
     Ok(logins)

@@ -385,15 +385,15 @@ fn codec(name: &'static str) -> Result<Codec, Unsupported> {
         "WIN866" => e::IBM866,
         "WIN874" => e::WINDOWS_874,
         "KOI8R" => e::KOI8_R,
-        "KOI8U" => e::KOI8_U,
         "EUC_JP" => e::EUC_JP,
         "EUC_KR" => e::EUC_KR,
-        // GB2312's EUC form is a subset of GBK; GBK's extra characters (ASCII trail bytes)
-        // fail the ASCII check.
-        "EUC_CN" => e::GBK,
         "SJIS" | "SHIFT_JIS_2004" | "BIG5" | "GBK" | "UHC" | "JOHAB" | "GB18030" => {
             return Err(Unsupported::NotAsciiSafe(name))
         }
+        // KOI8U (0xAE, 0xBE: the WHATWG table has the KOI8-RU letters, PostgreSQL the box
+        // drawing characters) and EUC_CN (GBK maps A1A4, A1AA to other characters than
+        // PostgreSQL) would be read differently from the database: refused like any encoding
+        // without a decoder that agrees with PostgreSQL character for character.
         _ => return Err(Unsupported::NoDecoder(name)),
     };
     Ok(Codec::Whatwg(enc))

@@ -307,7 +307,14 @@ async fn negotiate(
                 stream.write_all(b"N").await?
             }
             StartupPacket::Cancel(key) => {
+                if !shared.auth.may_cancel(peer.ip()) {
+                    tracing::warn!(%peer, "cancel request ignored: too many failures from this address");
+                    return Ok(None);
+                }
                 let found = shared.cancels.cancel(FrontendKey(key)).await;
+                if !found {
+                    shared.auth.unknown_cancel_key(peer.ip());
+                }
                 tracing::info!(%peer, relayed = found, "cancel request");
                 return Ok(None);
             }

@@ -256,8 +256,13 @@ impl<'s> Forward<'s> {
         if self.encoding_changed && self.link.encoding_at_rest() {
             self.encoding_changed = false;
         }
-        let changes = analysis
-            .is_some_and(|a| changes_encoding(a) || (self.encoding_changed && ends_transaction(a)));
+        // Only a role that may change the encoding can run code that does (restricted roles
+        // cannot run DO blocks, non-built-in functions, or SET it).
+        let changes = analysis.is_some_and(|a| {
+            changes_encoding(a)
+                || (self.encoding_changed && ends_transaction(a))
+                || (!self.guard.role().restricted && self.guard.may_run_code(a))
+        });
         if changes {
             self.encoding_changed = true;
             if matches!(
