@@ -261,7 +261,8 @@ impl<'s> Forward<'s> {
         let changes = analysis.is_some_and(|a| {
             changes_encoding(a)
                 || (self.encoding_changed && ends_transaction(a))
-                || (!self.guard.role().restricted && self.guard.may_run_code(a))
+                || (!self.guard.role().restricted
+                    && crate::session::guard::decide::may_run_code(self.guard.policy(), a))
         });
         if changes {
             self.encoding_changed = true;
