@@ -243,6 +243,32 @@ pub fn reason_setting(analysis: &Analysis, sql: &str) -> Option<Option<String>> 
     }
 }
 
+/// Whether a statement may run code phigate cannot read, which could change session
+/// settings unseen until the database reports them: a DO block, a CALL, a function that is
+/// not built in, or a built-in that runs SQL given as text.
+pub fn may_run_code(policy: &phigate_policy::Policy, a: &phigate_sql::Analysis) -> bool {
+    const RUNS_TEXT: &[&str] = &[
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "ts_stat",
+        "ts_rewrite",
+    ];
+    let phigate_sql::Analysis::Parsed(stmts) = a else {
+        return true;
+    };
+    stmts.iter().any(|st| {
+        st.opaque
+            || matches!(st.node.as_str(), "DoStmt" | "CallStmt")
+            || st
+                .functions
+                .iter()
+                .chain(&st.attribute_calls)
+                .any(|f| !policy.is_builtin(f) || RUNS_TEXT.contains(&f.name.as_str()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,30 +342,4 @@ mod tests {
             .map(|s| s.kind.label().to_owned())
             .collect()
     }
-}
-
-/// Whether a statement may run code phigate cannot read, which could change session
-/// settings unseen until the database reports them: a DO block, a CALL, a function that is
-/// not built in, or a built-in that runs SQL given as text.
-pub fn may_run_code(policy: &phigate_policy::Policy, a: &phigate_sql::Analysis) -> bool {
-    const RUNS_TEXT: &[&str] = &[
-        "query_to_xml",
-        "query_to_xmlschema",
-        "query_to_xml_and_xmlschema",
-        "cursor_to_xml",
-        "ts_stat",
-        "ts_rewrite",
-    ];
-    let phigate_sql::Analysis::Parsed(stmts) = a else {
-        return true;
-    };
-    stmts.iter().any(|st| {
-        st.opaque
-            || matches!(st.node.as_str(), "DoStmt" | "CallStmt")
-            || st
-                .functions
-                .iter()
-                .chain(&st.attribute_calls)
-                .any(|f| !policy.is_builtin(f) || RUNS_TEXT.contains(&f.name.as_str()))
-    })
 }
