@@ -19,6 +19,7 @@ fn setup(dir: &std::path::Path) -> phigate_audit::Auditor {
             full_text: false,
             signing_pkcs8: SigningKey::generate_pkcs8().expect("key"),
             hmac_key: vec![7; 32],
+            durability: phigate_audit::DurabilityTier::Strict,
         },
         Vec::new(),
     )

@@ -81,6 +81,22 @@ pub struct Options {
     pub full_text: bool,
     pub signing: SigningKey,
     pub hmac_key: Vec<u8>,
+    /// What a session waits for before its statements go on.
+    pub durability: DurabilityTier,
+}
+
+/// What a statement's record must be before the statement is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DurabilityTier {
+    /// On disk (`fdatasync`): a power loss loses no record of a statement that ran.
+    #[default]
+    Strict,
+    /// Written to the operating system (a crash of the gateway's process loses nothing), and
+    /// made durable in the background within `flush_interval`: the sync thread flushes at most
+    /// half the interval after the first record not yet on disk was written, and when the disk
+    /// falls further behind (a record written more than the interval ago is still not on disk)
+    /// sessions wait for it as in `Strict` until it catches up.
+    Process { flush_interval: Duration },
 }
 
 /// What `/metrics` and `/readyz` show.
@@ -88,6 +104,12 @@ pub struct Options {
 pub struct Stats {
     pub records: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Waits for durability that had to wait (the ticket was not yet durable when asked).
+    pub waits: AtomicU64,
+    /// Over those waits: the fsyncs that ended while each waited (a wait that began while an
+    /// fsync ran, too late for it, counts that one and the next). `wait_fsyncs / waits` is
+    /// how many fsyncs a statement waits for on average.
+    pub wait_fsyncs: AtomicU64,
     pub failures: AtomicU64,
     pub checkpoints: AtomicU64,
     pub bytes: AtomicU64,
@@ -99,6 +121,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Default)]
 struct Durability {
     durable: u64,
+    /// fsyncs of the log that ended so far (a wait counts the ones it saw end).
+    syncs: u64,
     /// Recent ticket ranges that failed (inclusive).
     failed: VecDeque<(u64, u64)>,
     stopped: bool,
@@ -156,6 +180,7 @@ struct Inner {
     sync_cv: Condvar,
     state: tokio::sync::watch::Sender<Durability>,
     stats: Stats,
+    tier: DurabilityTier,
 }
 
 pub struct Auditor {
@@ -190,6 +215,14 @@ impl Inner {
             self.cv.notify_one();
         }
         Ticket(t)
+    }
+
+    /// An fsync (or a rotation's) ended that made everything up to `ticket` durable.
+    fn synced(&self, ticket: u64) {
+        self.state.send_modify(|d| {
+            d.durable = d.durable.max(ticket);
+            d.syncs += 1;
+        });
     }
 
     fn is_broken(&self) -> bool {
@@ -283,6 +316,7 @@ impl Auditor {
         opts: Options,
         first: Vec<Event>,
     ) -> Auditor {
+        let tier = opts.durability;
         let inner = Arc::new(Inner {
             queue: Mutex::new(Queue {
                 items: Vec::new(),
@@ -308,6 +342,7 @@ impl Auditor {
             sync_cv: Condvar::new(),
             state: tokio::sync::watch::channel(Durability::default()).0,
             stats: Stats::default(),
+            tier,
         });
         inner.stats.last_seq.store(head.0, Ordering::Relaxed);
         let auditor = Auditor {
@@ -428,8 +463,14 @@ impl Auditor {
     pub async fn durable(&self, t: Ticket) -> Result<(), AuditError> {
         let mut rx = self.inner.state.subscribe();
         let mut outcome = Err(AuditError::Stopped);
+        let (syncs_before, waited) = {
+            let d = rx.borrow_and_update();
+            (d.syncs, d.durable < t.0)
+        };
+        let mut syncs_after = syncs_before;
         let _ = rx
             .wait_for(|d| {
+                syncs_after = d.syncs;
                 if d.failed(t.0) {
                     outcome = Err(AuditError::Unavailable);
                     true
@@ -447,7 +488,37 @@ impl Auditor {
                 }
             })
             .await;
+        if waited {
+            let stats = &self.inner.stats;
+            stats.waits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .wait_fsyncs
+                .fetch_add(syncs_after - syncs_before, Ordering::Relaxed);
+        }
         outcome
+    }
+
+    /// Waits until the statements whose records end with ticket `t` (written) may go on: in
+    /// the strict tier, until the record is on disk ([`Auditor::durable`]); in the process
+    /// tier at once, unless the disk is behind (a record written more than the flush interval
+    /// ago is not on disk yet): then until this one is on disk.
+    pub async fn forwardable(&self, t: Ticket) -> Result<(), AuditError> {
+        match self.tier() {
+            DurabilityTier::Process { flush_interval } if !self.behind(flush_interval) => Ok(()),
+            _ => self.durable(t).await,
+        }
+    }
+
+    /// The configured tier.
+    pub fn tier(&self) -> DurabilityTier {
+        self.inner.tier
+    }
+
+    /// A record written more than `interval` ago is not on disk yet.
+    fn behind(&self, interval: Duration) -> bool {
+        let q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+        q.oldest_unsynced()
+            .is_some_and(|since| since.elapsed() > interval)
     }
 
     /// True when the ticket's record is on disk (no wait).
@@ -605,7 +676,7 @@ impl Writer {
             Ok(()) => {
                 inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.unsynced.clear();
-                inner.state.send_modify(|d| d.durable = d.durable.max(last));
+                inner.synced(last);
                 true
             }
             Err(e) => {
@@ -693,7 +764,7 @@ impl Writer {
                     // The previous segment was made durable before this one started.
                     if let Some(last) = self.unsynced.back().copied() {
                         self.unsynced.clear();
-                        inner.state.send_modify(|d| d.durable = d.durable.max(last));
+                        inner.synced(last);
                     }
                 }
                 self.unsynced.push_back(max_ticket);
@@ -718,6 +789,9 @@ impl Writer {
                         ticket: max_ticket,
                         syncer,
                     });
+                    if q.since.is_none() {
+                        q.since = Some(Instant::now());
+                    }
                     let idle = std::mem::take(&mut q.idle);
                     drop(q);
                     if idle {

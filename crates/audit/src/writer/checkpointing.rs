@@ -32,9 +32,7 @@ impl PlannedCheckpoint {
                 return Checkpointed::SyncFailed(e.to_string());
             }
             inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            inner
-                .state
-                .send_modify(|d| d.durable = d.durable.max(*ticket));
+            inner.synced(*ticket);
         }
         match self.sink.write(&self.cp) {
             Ok(()) => {

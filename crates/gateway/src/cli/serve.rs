@@ -48,8 +48,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     match Config::load(&args.config) {
-        Ok(_) => {
+        Ok(config) => {
             println!("{}: ok", args.config.display());
+            println!("{}", config.audit.guarantee());
             Ok(())
         }
         Err(e) => Err(e.into()),
