@@ -468,6 +468,13 @@ impl Auditor {
             (d.syncs, d.durable < t.0)
         };
         let mut syncs_after = syncs_before;
+        if waited && self.inner.tier != DurabilityTier::Strict {
+            // The background flush is not due yet: someone waits, so it starts now.
+            let mut q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            q.urgent = true;
+            drop(q);
+            self.inner.sync_cv.notify_one();
+        }
         let _ = rx
             .wait_for(|d| {
                 syncs_after = d.syncs;

@@ -23,6 +23,8 @@ pub(super) struct SyncQueue {
     /// When the first write the running fsync covers was made.
     pub(super) running_since: Option<Instant>,
     pub(super) stop: bool,
+    /// Someone waits for the disk (process tier): the next fsync starts now.
+    pub(super) urgent: bool,
     /// The sync thread waits for a target (else it takes the next one when its fsync ends, and
     /// needs no wake-up: one futex call less per statement under load).
     pub(super) idle: bool,
@@ -50,18 +52,19 @@ pub(super) fn sync_loop(inner: &Inner) {
                 // After a failure, nothing more: the log is broken until restart.
                 if !inner.is_broken() && q.target.is_some() {
                     let due = match (delay, q.since) {
-                        (Some(d), Some(since)) if !q.stop => since + d,
+                        (Some(d), Some(since)) if !q.stop && !q.urgent => since + d,
                         _ => Instant::now(),
                     };
                     let now = Instant::now();
                     if due <= now {
                         if let Some(t) = q.target.take() {
                             q.running_since = q.since.take();
+                            q.urgent = false;
                             break t;
                         }
                     }
                     // Writes meanwhile need not wake this thread (`idle` stays false); a stop
-                    // does.
+                    // or a wait for the disk does.
                     q = inner
                         .sync_cv
                         .wait_timeout(q, due - now)
