@@ -161,6 +161,10 @@ struct Queue {
     items: Vec<(u64, Pending)>,
     next_ticket: u64,
     shutdown: bool,
+    /// The writer thread waits for the queue to stop being empty: the next event wakes it.
+    /// Otherwise it looks at the queue by itself within a millisecond, and needs no wake-up
+    /// (one futex call and a context switch less per statement under load).
+    writer_asleep: bool,
 }
 
 /// The chain and the store: whoever writes holds this lock, a session appending its own
@@ -202,16 +206,16 @@ impl AuditHandle {
 }
 
 impl Inner {
-    /// Queues an event for the next write: a session's, or the writer thread's (woken when the
-    /// queue stops being empty, so a busy gateway's events ride along with its statements).
+    /// Queues an event for the next write: a session's, or the writer thread's (woken when it
+    /// sleeps, so a busy gateway's events ride along with its statements).
     fn enqueue(&self, p: Pending) -> Ticket {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let t = q.next_ticket;
         q.next_ticket += 1;
-        let was_empty = q.items.is_empty();
         q.items.push((t, p));
+        let wake = std::mem::take(&mut q.writer_asleep);
         drop(q);
-        if was_empty {
+        if wake {
             self.cv.notify_one();
         }
         Ticket(t)
@@ -251,11 +255,13 @@ fn writer_loop(inner: &Inner) {
         let shutdown = {
             let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.items.is_empty() && !q.shutdown {
+                q.writer_asleep = true;
                 q = inner
                     .cv
                     .wait_timeout(q, Duration::from_secs(1))
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
+                q.writer_asleep = false;
             }
             q.shutdown
         };
@@ -322,6 +328,7 @@ impl Auditor {
                 items: Vec::new(),
                 next_ticket: 1,
                 shutdown: false,
+                writer_asleep: false,
             }),
             cv: Condvar::new(),
             core: Mutex::new(Some(Core {
