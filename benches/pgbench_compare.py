@@ -80,8 +80,9 @@ class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
     def __init__(self, scale, worker_threads, record="shape", max_connections=400,
-                 audit_dir=None, read_durability="forward"):
+                 audit_dir=None, read_durability="forward", durability="strict"):
         self.worker_threads = worker_threads
+        self.durability = durability
         self.record = record
         self.audit_dir = audit_dir
         self.read_durability = read_durability
@@ -207,7 +208,8 @@ class Env:
         wait_port(port, p)
 
     def _audit_section(self):
-        lines = [f'read_durability = "{self.read_durability}"']
+        lines = [f'read_durability = "{self.read_durability}"',
+                 f'durability = "{self.durability}"']
         if self.audit_dir:
             d = Path(tempfile.mkdtemp(prefix="phigate-bench-audit-", dir=self.audit_dir))
             self.extra_dirs.append(d)
@@ -293,13 +295,16 @@ def main():
                          "to see the gateway without the disk's flush latency)")
     ap.add_argument("--guarded-read-durability", default="forward", choices=["forward", "results"],
                     help="audit.read_durability of the guarded gateway (docs/audit.md)")
+    ap.add_argument("--guarded-durability", default="strict", choices=["strict", "process"],
+                    help="audit.durability of the guarded gateway (docs/audit.md)")
     ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = Env(args.scale, args.worker_threads, args.guarded_record,
-              audit_dir=args.guarded_audit_dir, read_durability=args.guarded_read_durability)
+              audit_dir=args.guarded_audit_dir, read_durability=args.guarded_read_durability,
+              durability=args.guarded_durability)
     results = []
     try:
         logdir = env.dir / "logs"
