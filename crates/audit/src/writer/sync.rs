@@ -4,13 +4,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{broken_down, Core, DurabilityTier, Inner};
 use crate::store::Syncer;
-
-/// The longest the strict tier's next fsync waits for the sessions the last one released.
-const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// What the sync thread is asked to make durable next.
 pub(super) struct SyncTarget {
@@ -28,16 +25,6 @@ pub(super) struct SyncQueue {
     pub(super) stop: bool,
     /// Someone waits for the disk (process tier): the next fsync starts now.
     pub(super) urgent: bool,
-    /// The last ticket the running (or last) fsync covers.
-    pub(super) running_ticket: u64,
-    /// Waits registered for tickets past `running_ticket` (strict tier): the sessions the
-    /// next fsync will release.
-    pub(super) waiting: u64,
-    /// How many waits the last fsync released: the next one waits (briefly) for as many to
-    /// come back before it starts, so a group does not split in two (see `sync_loop`).
-    pub(super) expect: u64,
-    /// The sync thread waits for `expect` waits: the last one to register wakes it.
-    pub(super) gathering: bool,
     /// The sync thread waits for a target (else it takes the next one when its fsync ends, and
     /// needs no wake-up: one futex call less per statement under load).
     pub(super) idle: bool,
@@ -58,9 +45,6 @@ pub(super) fn sync_loop(inner: &Inner) {
         DurabilityTier::Strict => None,
         DurabilityTier::Process { flush_interval } => Some(flush_interval / 2),
     };
-    // Strict tier: how long the next fsync may wait for the sessions the last one released.
-    let mut gather = Duration::ZERO;
-    let mut gather_until: Option<Instant> = None;
     loop {
         let target = {
             let mut q = inner.sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -70,22 +54,15 @@ pub(super) fn sync_loop(inner: &Inner) {
                     let now = Instant::now();
                     let due = match (delay, q.since) {
                         (Some(d), Some(since)) if !q.stop && !q.urgent => since + d,
-                        (None, _) if q.waiting < q.expect && !q.stop => {
-                            *gather_until.get_or_insert(now + gather)
-                        }
                         _ => now,
                     };
                     if due <= now {
                         if let Some(t) = q.target.take() {
                             q.running_since = q.since.take();
                             q.urgent = false;
-                            q.running_ticket = t.ticket;
-                            q.expect = std::mem::take(&mut q.waiting);
-                            gather_until = None;
                             break t;
                         }
                     }
-                    q.gathering = delay.is_none();
                     // Writes meanwhile need not wake this thread (`idle` stays false); a stop
                     // or a wait for the disk does.
                     q = inner
@@ -93,7 +70,6 @@ pub(super) fn sync_loop(inner: &Inner) {
                         .wait_timeout(q, due - now)
                         .map(|(g, _)| g)
                         .unwrap_or_else(|e| e.into_inner().0);
-                    q.gathering = false;
                     continue;
                 }
                 if q.stop {
@@ -104,11 +80,7 @@ pub(super) fn sync_loop(inner: &Inner) {
                 q.idle = false;
             }
         };
-        let started = Instant::now();
         let result = target.syncer.sync();
-        // Waiting for stragglers costs the ones already there: at most half an fsync, and
-        // never more than a millisecond.
-        gather = (started.elapsed() / 2).min(MAX_GATHER);
         inner
             .sync
             .lock()

@@ -16,24 +16,12 @@ impl Auditor {
             (d.syncs, d.durable < t.0)
         };
         let mut syncs_after = syncs_before;
-        if waited {
+        if waited && self.inner.tier != DurabilityTier::Strict {
+            // The background flush is not due yet: someone waits, so it starts now.
             let mut q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-            let wake = if self.inner.tier == DurabilityTier::Strict {
-                // One of the sessions the next fsync releases: the last of the group it
-                // waits for wakes it.
-                if t.0 > q.running_ticket {
-                    q.waiting += 1;
-                }
-                q.gathering && q.waiting >= q.expect
-            } else {
-                // The background flush is not due yet: someone waits, so it starts now.
-                q.urgent = true;
-                true
-            };
+            q.urgent = true;
             drop(q);
-            if wake {
-                self.inner.sync_cv.notify_one();
-            }
+            self.inner.sync_cv.notify_one();
         }
         let _ = rx
             .wait_for(|d| {
