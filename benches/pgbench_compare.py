@@ -80,8 +80,9 @@ class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
     def __init__(self, scale, worker_threads, record="shape", max_connections=400,
-                 audit_dir=None, read_durability="forward"):
+                 audit_dir=None, read_durability="forward", durability="strict"):
         self.worker_threads = worker_threads
+        self.durability = durability
         self.record = record
         self.audit_dir = audit_dir
         self.read_durability = read_durability
@@ -93,6 +94,7 @@ class Env:
         self.bin = pg_bin()
         self.pg_port, self.bouncer_port, self.gw_port = free_port(), free_port(), free_port()
         self.guarded_port = free_port()
+        self.guarded_http_port = free_port()
         self._certs()
         self._postgres(scale)
         self._pgbouncer()
@@ -175,7 +177,8 @@ class Env:
                      else "")
         cfg.write_text(
             audit_cfg +
-            f'[listen]\naddress = "127.0.0.1:{port}"\n\n'
+            f'[listen]\naddress = "127.0.0.1:{port}"\n' +
+            (f'http_address = "127.0.0.1:{self.guarded_http_port}"\n' if audit else '') + '\n' +
             f'[tls]\ncert_file = "{self.dir / "server.crt"}"\nkey_file = "{self.dir / "server.key"}"\n\n'
             f'[upstream]\nhost = "127.0.0.1"\nport = {self.pg_port}\ndatabase = "{DB}"\n'
             f'user = "{APP_USER}"\npassword = "{APP_PASSWORD}"\n\n'
@@ -206,8 +209,24 @@ class Env:
             self.guarded_gateway = p
         wait_port(port, p)
 
+    def audit_counters(self):
+        """The guarded gateway's audit writer counters (/metrics), or {} if unreachable."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.guarded_http_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith("phigate_audit_"):
+                out[parts[0]] = float(parts[1])
+        return out
+
     def _audit_section(self):
-        lines = [f'read_durability = "{self.read_durability}"']
+        lines = [f'read_durability = "{self.read_durability}"',
+                 f'durability = "{self.durability}"']
         if self.audit_dir:
             d = Path(tempfile.mkdtemp(prefix="phigate-bench-audit-", dir=self.audit_dir))
             self.extra_dirs.append(d)
@@ -293,13 +312,16 @@ def main():
                          "to see the gateway without the disk's flush latency)")
     ap.add_argument("--guarded-read-durability", default="forward", choices=["forward", "results"],
                     help="audit.read_durability of the guarded gateway (docs/audit.md)")
+    ap.add_argument("--guarded-durability", default="strict", choices=["strict", "process"],
+                    help="audit.durability of the guarded gateway (docs/audit.md)")
     ap.add_argument("--targets", default="direct,pgbouncer,phigate,phigate-guarded",
                     help="which paths to measure (ratios need direct and pgbouncer)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = Env(args.scale, args.worker_threads, args.guarded_record,
-              audit_dir=args.guarded_audit_dir, read_durability=args.guarded_read_durability)
+              audit_dir=args.guarded_audit_dir, read_durability=args.guarded_read_durability,
+              durability=args.guarded_durability)
     results = []
     try:
         logdir = env.dir / "logs"
@@ -311,7 +333,20 @@ def main():
                     for name, (port, user, pw) in env.targets().items():
                         if name not in args.targets.split(","):
                             continue
+                        before = env.audit_counters() if name == "phigate-guarded" else {}
                         row[name] = pgbench(port, user, pw, mode, clients, tls, args.duration, logdir)
+                        if before:
+                            after = env.audit_counters()
+                            d = {k: after.get(k, 0) - v for k, v in before.items()}
+                            waits = d.get("phigate_audit_durable_waits_total", 0)
+                            fsyncs = d.get("phigate_audit_fsyncs_total", 0)
+                            row["guarded_audit"] = {
+                                "records": d.get("phigate_audit_records_total", 0),
+                                "fsyncs": fsyncs,
+                                "waits": waits,
+                                "fsyncs_per_wait": d.get("phigate_audit_durable_wait_fsyncs_total", 0) / waits if waits else 0,
+                            }
+                            print(f"  guarded audit: {row['guarded_audit']}", file=sys.stderr)
                         print(f"tls={'on' if tls else 'off'} {mode:9} c={clients:<3} {name:10} "
                               f"tps={row[name]['tps']:>10.0f} p50={row[name]['p50_us']:>7.0f}us "
                               f"p99={row[name]['p99_us']:>7.0f}us", file=sys.stderr)

@@ -19,6 +19,7 @@ fn setup(dir: &std::path::Path) -> phigate_audit::Auditor {
             full_text: false,
             signing_pkcs8: SigningKey::generate_pkcs8().expect("key"),
             hmac_key: vec![7; 32],
+            durability: phigate_audit::DurabilityTier::Strict,
         },
         Vec::new(),
     )
@@ -83,9 +84,13 @@ fn bench(c: &mut Criterion) {
         let s = auditor.stats();
         let records = s.records.load(std::sync::atomic::Ordering::Relaxed);
         let fsyncs = s.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+        let waits = s.waits.load(std::sync::atomic::Ordering::Relaxed);
+        let wait_fsyncs = s.wait_fsyncs.load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "{writers} writers: {records} records in {fsyncs} fsyncs ({:.1} records per fsync)",
-            records as f64 / fsyncs.max(1) as f64
+            "{writers} writers: {records} records in {fsyncs} fsyncs ({:.1} records per fsync); \
+             {waits} waits saw {wait_fsyncs} fsyncs end ({:.2} per wait)",
+            records as f64 / fsyncs.max(1) as f64,
+            wait_fsyncs as f64 / waits.max(1) as f64
         );
         auditor.shutdown();
     }

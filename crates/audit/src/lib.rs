@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use checkpoint::{PublicKey, SigningKey};
 pub use histogram::Histogram;
 pub use record::{Event, Record, StatementRecord};
-pub use writer::{AuditError, AuditHandle, Auditor, Param, Pending, Ticket};
+pub use writer::{AuditError, AuditHandle, Auditor, DurabilityTier, Param, Pending, Ticket};
 
 /// Files and directories for what may hold identities, statements or PHI: owner-only whatever
 /// the umask (it can only take bits away from these modes, never add).
@@ -56,6 +56,8 @@ pub struct Setup {
     pub signing_pkcs8: Vec<u8>,
     /// Key of the keyed hashes of literals and parameters.
     pub hmac_key: Vec<u8>,
+    /// What a statement's record must be before the statement is forwarded.
+    pub durability: DurabilityTier,
 }
 
 /// Opens the store (repairing a torn tail), prunes past retention, and starts the writer.
@@ -83,6 +85,7 @@ pub fn open(setup: Setup, first: Vec<Event>) -> anyhow_like::Result<Auditor> {
             full_text: setup.full_text,
             signing,
             hmac_key: setup.hmac_key,
+            durability: setup.durability,
         },
         events,
     ))

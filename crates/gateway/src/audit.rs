@@ -64,6 +64,7 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Auditor>> {
             full_text: a.statement_text == StatementText::Full,
             signing_pkcs8: signing_key(config)?,
             hmac_key: hmac_key(config)?,
+            durability: a.tier(),
         },
         vec![Event::GatewayStart {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -104,7 +104,7 @@ pub struct Audit {
     /// `audit.reader_roles` (reloaded).
     pub reader_roles: Live<Vec<String>>,
     /// Reads that change nothing go to the database once their record is written, and their
-    /// results wait for its fsync (`audit.read_durability = "results"`).
+    /// results wait for its fsync (`audit.read_durability = "results"`, strict tier).
     pub gate_reads: bool,
     pub mirror: Option<PathBuf>,
 }
@@ -210,7 +210,7 @@ impl Shared {
                 log,
                 dir: config.audit.resolved_dir(config.data_dir.as_deref()),
                 reader_roles: Live::new(config.audit.reader_roles.clone()),
-                gate_reads: config.audit.read_durability == crate::config::ReadDurability::Results,
+                gate_reads: config.audit.gate_reads(),
                 mirror: config.audit.mirror_dir.clone(),
             },
             approvals: Approvals {

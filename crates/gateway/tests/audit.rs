@@ -76,7 +76,7 @@ fn gateway(audit: &str) -> Gateway {
 async fn connect(gw: &Gateway, who: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&gw.conninfo(who), NoTls)
         .await
-        .unwrap_or_else(|e| panic!("{who}: {e}"));
+        .unwrap_or_else(|e| panic!("{who}: {e:?}"));
     tokio::spawn(conn);
     client
 }
@@ -629,4 +629,108 @@ async fn a_full_disk_refuses_statements_and_recovers() {
     let (ok, out) = verify(&disk.0, None);
     assert!(ok, "{out}");
     drop(gw);
+}
+
+/// A counter of `/metrics`.
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    let (code, body) = gw.http_get("/metrics").expect("metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_tier_forwards_without_an_fsync_and_kill_9_loses_nothing() {
+    // Records are written before their statements run and flushed in the background (here:
+    // not within the test), so no statement waits for an fsync.
+    let mut gw = gateway(
+        "durability = \"process\"\nflush_interval_ms = 60000\ncheckpoint_every_secs = 3600\n",
+    );
+    let marker = format!("p{}", gw.pg_port);
+    let config = gw.config_path();
+    let (ok, out, err) = phigate(&["check", "--config", config.to_str().expect("utf-8")]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains(
+            "a power loss can lose up to 60000 ms of records of statements that ran; \
+             a gateway crash loses none"
+        ),
+        "{out}"
+    );
+    let clinician = connect(&gw, "clinician").await;
+    let agent = connect(&gw, "agent").await;
+    let before = metric(&gw, "phigate_audit_fsyncs_total");
+    const ROUNDS: u64 = 30;
+    for n in 0..ROUNDS {
+        let sql = format!("INSERT INTO notes (author, body) VALUES ('p', '{marker} {n}')");
+        clinician.simple_query(&sql).await.expect("insert");
+        let q = format!("SELECT count(*) FROM notes WHERE body LIKE $1 /* {marker} */");
+        agent
+            .query(&q, &[&format!("{marker}%")])
+            .await
+            .expect("select");
+    }
+    let statements = 2 * ROUNDS;
+    let fsyncs = metric(&gw, "phigate_audit_fsyncs_total") - before;
+    // The strict tier makes at least one fsync per statement here (each waits for its own).
+    assert!(
+        fsyncs < statements / 2,
+        "{fsyncs} fsyncs for {statements} statements: statements waited for the disk"
+    );
+
+    let status = Command::new("kill")
+        .args(["-KILL", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    gw.wait_exit(Duration::from_secs(10)).expect("gateway gone");
+    let dir = gw.data_dir().join("audit");
+    let recorded = records(&dir);
+    let ran = database_statements(witness(), &marker);
+    assert_eq!(ran.len() as u64, statements, "{ran:?}");
+    assert_complete(&ran, &recorded);
+    let dd = gw.data_dir();
+    let dd = dd.to_str().expect("utf-8");
+    let (ok, out, err) = phigate(&["audit", "verify", "--data-dir", dd]);
+    assert!(ok, "verify after kill -9: {out} {err}");
+
+    // A crash in the middle of a write (a torn last line) is still cut off at the next start.
+    let seg = segment(&dir);
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let end = phigate_audit::store::records_of(&bytes).0.len();
+    bytes.truncate(end);
+    bytes.extend_from_slice(b"{\"seq\":");
+    std::fs::write(&seg, &bytes).expect("tear");
+    let mut again = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restart");
+    let connected = async {
+        loop {
+            if tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), connected)
+        .await
+        .expect("the gateway starts again");
+    let _ = Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status();
+    let _ = again.wait();
+    let repaired = records(&dir)
+        .into_iter()
+        .any(|r| r["type"] == "audit_repaired" && r["bytes_removed"] == 7);
+    assert!(repaired, "no audit_repaired record for the torn line");
+    let (ok, out, err) = phigate(&["audit", "verify", "--data-dir", dd]);
+    assert!(ok, "verify after the repair: {out} {err}");
 }

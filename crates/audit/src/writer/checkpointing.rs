@@ -34,9 +34,7 @@ impl PlannedCheckpoint {
             }
             inner.stats.fsync_latency.observe(started.elapsed());
             inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            inner
-                .state
-                .send_modify(|d| d.durable = d.durable.max(*ticket));
+            inner.synced(*ticket);
         }
         match self.sink.write(&self.cp) {
             Ok(()) => {

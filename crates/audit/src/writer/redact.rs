@@ -14,7 +14,10 @@ use crate::record::{Event, StatementRecord};
 impl Writer {
     fn keyed(&self, bytes: &[u8]) -> String {
         let tag = hmac::sign(&self.hmac, bytes);
-        format!("hmac:{}", hex::encode(&tag.as_ref()[..16]))
+        let mut out = String::with_capacity(5 + 32);
+        out.push_str("hmac:");
+        out.push_str(&crate::chain::hex(&tag.as_ref()[..16]));
+        out
     }
 
     /// An event as it may reach the disk: a failed login's credential-shaped user name becomes
@@ -49,7 +52,7 @@ impl Writer {
         } else {
             phigate_sql::redact_literals(sql)
         };
-        meta.fingerprint = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
+        meta.fingerprint = crate::chain::hex(&Sha256::digest(text.as_bytes())[..16]);
         let omitted = lits.len().saturating_sub(MAX_LITERALS);
         if text.len() > MAX_TEXT || omitted > 0 {
             // The whole: the text, and (keyed, so no literal can be guessed from it) every

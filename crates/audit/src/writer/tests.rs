@@ -86,6 +86,10 @@ fn start(mem: &Mem) -> Auditor {
 }
 
 fn start_with(mem: &Mem, checkpoint_every: u64) -> Auditor {
+    start_tier(mem, checkpoint_every, DurabilityTier::Strict)
+}
+
+fn start_tier(mem: &Mem, checkpoint_every: u64, durability: DurabilityTier) -> Auditor {
     Auditor::start(
         Box::new(mem.clone()),
         (0, chain::GENESIS.to_owned()),
@@ -96,6 +100,7 @@ fn start_with(mem: &Mem, checkpoint_every: u64) -> Auditor {
             signing: SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().expect("key"))
                 .expect("key"),
             hmac_key: vec![1; 32],
+            durability,
         },
         Vec::new(),
     )
@@ -280,4 +285,63 @@ async fn a_statement_of_many_literals_keeps_a_bounded_record() {
     assert!(st.text_sha256.is_some(), "the whole is still covered");
     assert!(!line.contains("v1999"), "no literal in the clear");
     assert!(line.len() < 64 * 1024, "{} bytes", line.len());
+}
+
+#[tokio::test]
+async fn the_process_tier_forwards_once_written_and_flushes_in_the_background() {
+    let mem = Mem::default();
+    let flush_interval = Duration::from_millis(400);
+    let auditor = start_tier(&mem, 1_000_000, DurabilityTier::Process { flush_interval });
+    mem.with(|d| d.hold = true);
+    let t = auditor.append(vec![event(1)]).expect("written");
+    // Written (in the store) and not on disk: the statement may go on at once.
+    within(auditor.forwardable(t)).await.expect("forwardable");
+    assert_eq!(mem.lines().len(), 1);
+    assert!(!auditor.is_durable(t));
+    // Its flush comes in the background without anyone waiting for it.
+    mem.with(|d| d.hold = false);
+    within(auditor.durable(t)).await.expect("durable");
+    assert_eq!(auditor.stats().waits.load(Ordering::Relaxed), 1);
+
+    // A disk that falls behind the interval: statements wait for it, as in the strict tier.
+    mem.with(|d| d.hold = true);
+    let old = auditor.append(vec![event(2)]).expect("written");
+    within(auditor.forwardable(old)).await.expect("forwardable");
+    tokio::time::sleep(flush_interval + Duration::from_millis(100)).await;
+    let late = auditor.append(vec![event(3)]).expect("written");
+    let waiting = tokio::time::timeout(Duration::from_millis(200), auditor.forwardable(late));
+    assert!(waiting.await.is_err(), "forwarded while the disk is behind");
+    mem.with(|d| d.hold = false);
+    within(auditor.forwardable(late))
+        .await
+        .expect("forwardable");
+    assert!(auditor.is_durable(late));
+    auditor.shutdown();
+}
+
+#[tokio::test]
+async fn a_wait_counts_the_fsyncs_it_saw_end() {
+    let mem = Mem::default();
+    let auditor = start(&mem);
+    mem.with(|d| d.hold = true);
+    let first = auditor.append(vec![event(1)]).expect("written");
+    // The sync thread is inside the first fsync; the second record needs the next one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = auditor.append(vec![event(2)]).expect("written");
+    let waiter = auditor.durable(second);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        mem.with(|d| d.hold = false);
+    };
+    let (r, ()) = tokio::join!(waiter, release);
+    r.expect("durable");
+    assert!(auditor.is_durable(first));
+    let s = auditor.stats();
+    assert_eq!(s.waits.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        s.wait_fsyncs.load(Ordering::Relaxed),
+        2,
+        "the running fsync and its own"
+    );
+    auditor.shutdown();
 }

@@ -45,6 +45,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             n => format!(" ({})", plural(n, "warning", "warnings")),
         }
     );
+    println!("{}", config.audit.guarantee());
     Ok(())
 }
 

@@ -45,6 +45,22 @@ pub struct AuditConfig {
     /// write could lose its record to a power loss (never to a process crash).
     #[serde(default)]
     pub read_durability: ReadDurability,
+    /// The guarantee of every statement's record. `strict` (default): on disk (`fdatasync`)
+    /// before the statement is forwarded (or, for reads with `read_durability = "results"`,
+    /// before its results are released): a power loss loses no record of a statement that
+    /// ran. `process`: *written* to the operating system before the statement is forwarded
+    /// (a crash of the gateway, `kill -9`, loses none) and flushed to disk in the background
+    /// within `flush_interval_ms`: a power loss or an OS crash can lose the records of the
+    /// statements of the last `flush_interval_ms`, as with pgaudit or PostgreSQL's own
+    /// statement log. `read_durability` applies to `strict` only.
+    #[serde(default)]
+    pub durability: Durability,
+    /// With `durability = "process"`: the longest a record stays written but not yet on disk
+    /// (1–60000 ms). The background flush starts at most half of it after the first record
+    /// not yet on disk; when the disk falls further behind, statements wait for it, as in
+    /// `strict`, until it catches up.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
     /// The checkpoint signing key (Ed25519, PKCS#8 DER); created in
     /// `<data_dir>/keys/audit-signing.ed25519.pk8` if unset.
     pub signing_key_file: Option<PathBuf>,
@@ -69,6 +85,8 @@ impl Default for AuditConfig {
             retention_days: default_retention_days(),
             statement_text: StatementText::default(),
             read_durability: ReadDurability::default(),
+            durability: Durability::default(),
+            flush_interval_ms: default_flush_interval_ms(),
             signing_key_file: None,
             signing_key_env: None,
             hmac_key_file: None,
@@ -93,6 +111,17 @@ pub enum ReadDurability {
     Results,
 }
 
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Strict,
+    Process,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    100
+}
 fn default_checkpoint_records() -> u64 {
     1000
 }
@@ -107,6 +136,47 @@ fn default_retention_days() -> u64 {
 }
 
 impl AuditConfig {
+    /// The tier the writer runs with.
+    pub fn tier(&self) -> phigate_audit::DurabilityTier {
+        match self.durability {
+            Durability::Strict => phigate_audit::DurabilityTier::Strict,
+            Durability::Process => phigate_audit::DurabilityTier::Process {
+                flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            },
+        }
+    }
+
+    /// Reads go to the database once their record is written, their results held until it is
+    /// durable (`read_durability = "results"`, strict tier).
+    pub fn gate_reads(&self) -> bool {
+        self.durability == Durability::Strict && self.read_durability == ReadDurability::Results
+    }
+
+    /// What a crash can cost, in one sentence (`phigate check`).
+    pub fn guarantee(&self) -> String {
+        if !self.enabled {
+            return "audit: OFF: statements leave no record".into();
+        }
+        match (self.durability, self.read_durability) {
+            (Durability::Strict, ReadDurability::Forward) => {
+                "audit: strict: every statement's record is on disk before the statement runs; \
+                 neither a power loss nor a gateway crash loses a record of a statement that ran"
+                    .into()
+            }
+            (Durability::Strict, ReadDurability::Results) => {
+                "audit: strict, read_durability = \"results\": a power loss can lose the records \
+                 of reads that ran whose results were never released (writes are on disk before \
+                 they run); a gateway crash loses none"
+                    .into()
+            }
+            (Durability::Process, _) => format!(
+                "audit: process: a power loss can lose up to {} ms of records of statements that \
+                 ran; a gateway crash loses none",
+                self.flush_interval_ms
+            ),
+        }
+    }
+
     /// The log's directory, if the audit is on.
     pub fn resolved_dir(&self, data_dir: Option<&Path>) -> Option<PathBuf> {
         if !self.enabled {

@@ -21,7 +21,7 @@ mod semantic;
 mod upstream;
 
 pub use approvals::{ApprovalsConfig, WebhookFormat};
-pub use audit::{AuditConfig, ReadDurability, StatementText};
+pub use audit::{AuditConfig, Durability, ReadDurability, StatementText};
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
@@ -284,6 +284,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "audit: checkpoint_every_records and checkpoint_every_secs must be at least 1"
                     .into(),
+            ));
+        }
+        if !(1..=60_000).contains(&self.audit.flush_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "audit.flush_interval_ms must be between 1 and 60000".into(),
             ));
         }
         if self.audit.signing_key_file.is_some() && self.audit.signing_key_env.is_some() {

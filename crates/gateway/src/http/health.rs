@@ -105,7 +105,9 @@ pub async fn metrics(
              # TYPE phigate_audit_write_failures_total counter\nphigate_audit_write_failures_total {}\n\
              # TYPE phigate_audit_checkpoints_total counter\nphigate_audit_checkpoints_total {}\n\
              # TYPE phigate_audit_bytes_total counter\nphigate_audit_bytes_total {}\n\
-             # TYPE phigate_audit_last_seq gauge\nphigate_audit_last_seq {}\n",
+             # TYPE phigate_audit_last_seq gauge\nphigate_audit_last_seq {}\n\
+             # TYPE phigate_audit_durable_waits_total counter\nphigate_audit_durable_waits_total {}\n\
+             # TYPE phigate_audit_durable_wait_fsyncs_total counter\nphigate_audit_durable_wait_fsyncs_total {}\n",
             u8::from(a.healthy()),
             get(&s.records),
             get(&s.fsyncs),
@@ -113,6 +115,8 @@ pub async fn metrics(
             get(&s.checkpoints),
             get(&s.bytes),
             get(&s.last_seq),
+            get(&s.waits),
+            get(&s.wait_fsyncs),
         ));
         s.fsync_latency.render(
             &mut out,

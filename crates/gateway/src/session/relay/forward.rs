@@ -366,7 +366,8 @@ impl<'s> Forward<'s> {
 
     /// The batch's audit records go to disk (one shared fsync) before any of its statements
     /// reaches the database; for a batch of reads that change nothing, they are written (they
-    /// survive the gateway's process) before, and durable before any result is released.
+    /// survive the gateway's process) before, and durable before any result is released. In
+    /// the process tier they are written before, and flushed in the background.
     async fn write_ahead(&mut self) -> Result<(), ForwardError> {
         let Some(audit) = &self.shared.audit.log else {
             return Ok(());
@@ -379,6 +380,14 @@ impl<'s> Forward<'s> {
             .statements
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let ticket = audit.append(batch).map_err(|_| ForwardError::Audit)?;
+        if audit.tier() != phigate_audit::DurabilityTier::Strict {
+            // Written: it survives the gateway's process; on disk within the flush interval.
+            self.durable_first = false;
+            return audit
+                .forwardable(ticket)
+                .await
+                .map_err(|_| ForwardError::Audit);
+        }
         if std::mem::take(&mut self.durable_first) {
             return audit.durable(ticket).await.map_err(|_| ForwardError::Audit);
         }
