@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
         role: RoleName("clinician".into()),
         groups: Vec::new(),
         issuer: "static".into(),
-        credential: Credential::StaticToken,
+        credential: Credential::StaticToken { sha256: [0; 32] },
         expires_at: None,
     };
     let answer = answer();
