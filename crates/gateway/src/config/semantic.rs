@@ -110,6 +110,17 @@ impl Config {
                 ),
             });
         }
+        if self.audit.durability == super::audit::Durability::Process
+            && self.audit.read_durability == super::ReadDurability::Results
+        {
+            out.push(Warning {
+                place: Place::section("audit").key("read_durability"),
+                message: "audit.read_durability = \"results\" has no effect with \
+                          audit.durability = \"process\": no statement waits for the disk in \
+                          that tier"
+                    .into(),
+            });
+        }
         for o in &self.auth.oidc {
             if let Some(client) = &o.client_id {
                 if !o.audience.contains(client) {

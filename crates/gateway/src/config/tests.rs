@@ -215,3 +215,19 @@ fn the_configuration_reference_documents_every_setting_and_only_those() {
         "docs/configuration.md names settings that do not exist: {unknown:?}"
     );
 }
+
+#[test]
+fn results_reads_in_the_process_tier_are_warned_about() {
+    let text =
+        format!("{MINIMAL}\n[audit]\ndurability = \"process\"\nread_durability = \"results\"\n");
+    let c = Config::parse(&text, Path::new("t.toml")).expect("valid");
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.message.contains("has no effect")),
+        "no warning"
+    );
+    let strict = text.replace("durability = \"process\"\n", "");
+    let c = Config::parse(&strict, Path::new("t.toml")).expect("valid");
+    assert!(c.warnings().is_empty());
+}
