@@ -135,14 +135,10 @@ impl PerSource {
     pub fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<SourceSlot, Refused> {
         let source = crate::auth::limiter::source(ip);
         let mut by = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
-        let n = by.entry(source).or_default();
-        if *n >= self.cap {
-            if *n == 0 {
-                by.remove(&source);
-            }
+        if by.get(&source).is_some_and(|n| *n >= self.cap) {
             return Err(Refused::Source(self.cap));
         }
-        *n += 1;
+        *by.entry(source).or_default() += 1;
         Ok(SourceSlot {
             sources: self.clone(),
             source,
@@ -157,7 +153,7 @@ impl Drop for SourceSlot {
             .by_source
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        release(&mut by, &self.source);
+        crate::counts::release(&mut by, &self.source);
     }
 }
 
@@ -268,18 +264,8 @@ impl Drop for Seat {
             .counts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        release(&mut c.by_individual, &self.individual);
-        release(&mut c.by_role, &self.role);
-    }
-}
-
-/// One fewer; the entry goes at zero (the maps hold only who has a session now).
-fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
-    if let Some(n) = map.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            map.remove(key);
-        }
+        crate::counts::release(&mut c.by_individual, &self.individual);
+        crate::counts::release(&mut c.by_role, &self.role);
     }
 }
 

@@ -10,6 +10,7 @@ use tracing_subscriber::fmt::format::FormatFields;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::text::invisible;
 
 /// Installs the global subscriber. `RUST_LOG` wins over the configured level.
 pub fn init(format: LogFormat, level: Option<&str>) {
@@ -54,10 +55,6 @@ pub fn text_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
         }
     })
     .delimited(" ")
-}
-
-fn invisible(c: char) -> bool {
-    crate::text::invisible(c)
 }
 
 /// `s` with each backslash doubled and each invisible character escaped.

@@ -43,12 +43,7 @@ impl Seen {
         self.tokens.retain(|_, (expires, who)| {
             let keep = *expires > now;
             if !keep {
-                if let Some(n) = by_individual.get_mut(who) {
-                    *n -= 1;
-                    if *n == 0 {
-                        by_individual.remove(who);
-                    }
-                }
+                crate::counts::release(by_individual, who);
             }
             keep
         });
@@ -97,12 +92,7 @@ impl Exchanged {
         }
         if let Some((_, who)) = seen.tokens.insert(hash, (expires, individual)) {
             // An expired entry for the same token, replaced: it no longer counts.
-            if let Some(n) = seen.by_individual.get_mut(&who) {
-                *n -= 1;
-                if *n == 0 {
-                    seen.by_individual.remove(&who);
-                }
-            }
+            crate::counts::release(&mut seen.by_individual, &who);
         }
         *seen.by_individual.entry(individual).or_default() += 1;
         Ok(())
