@@ -98,25 +98,6 @@ async fn first_pending(gw: &Gateway, token: &str) -> String {
         .to_owned()
 }
 
-/// The audit records of one type, as `phigate audit search` gives them.
-fn audit_records(gw: &Gateway, kind: &str) -> Vec<Value> {
-    let out = Command::new(bin())
-        .args(["audit", "search", "--data-dir"])
-        .arg(gw.data_dir())
-        .args(["--type", kind])
-        .output()
-        .expect("audit search");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-        .collect()
-}
-
 async fn decide(gw: &Gateway, token: &str, id: &str, verb: &str, reason: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/reviews/{id}/{verb}", http(gw)))
@@ -519,7 +500,7 @@ async fn reviews_are_announced_by_webhook_with_retries() {
     // Each delivery is in the audit log: the first after a retry.
     let mut notified = Vec::new();
     for _ in 0..50 {
-        notified = audit_records(&gw, "review_notified");
+        notified = gw.audit_records("review_notified");
         if notified.len() >= 2 {
             break;
         }
@@ -723,11 +704,11 @@ async fn two_approvals_fingerprint_scope_and_break_glass() {
 
     // The audit log has each approval, the break-glass decision marked as such.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let partial = audit_records(&gw, "review_approval");
+    let partial = gw.audit_records("review_approval");
     assert_eq!(partial.len(), 1, "{partial:?}");
     assert_eq!(partial[0]["count"], 1);
     assert_eq!(partial[0]["required"], 2);
-    let decided = audit_records(&gw, "review_decided");
+    let decided = gw.audit_records("review_decided");
     assert!(
         decided.iter().any(|r| r["break_glass"] == true
             && r["by"] == "clinician@test.phigate"
@@ -867,7 +848,7 @@ async fn an_access_request_opens_a_role_for_a_while() {
     assert!(tokio_postgres::connect(&other, NoTls).await.is_err());
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let decided = audit_records(&gw, "review_decided");
+    let decided = gw.audit_records("review_decided");
     assert!(
         decided
             .iter()

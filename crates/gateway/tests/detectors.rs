@@ -15,13 +15,6 @@ fn clinic() -> &'static Cluster {
     phigate_testkit::clinic(phigate::demo::SEED_SQL)
 }
 
-#[derive(serde::Serialize)]
-struct DemoPolicy {
-    role: Vec<phigate_policy::RoleConfig>,
-    rule: Vec<phigate_policy::RuleConfig>,
-    phi: Vec<phigate_policy::masking::PhiTableConfig>,
-}
-
 const DOSE: &str =
     "5 mg; questions: call 555-867-5309 or jo.smith@example.com, SSN 078-05-1120, from 10.1.2.3";
 const MASKED: &str =
@@ -57,12 +50,7 @@ async fn identifiers_in_untagged_columns_reach_the_agent_masked() {
         )
         .expect("seed the row");
     let mut opts = GatewayOptions::for_cluster(clinic());
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: phigate::demo::demo_roles(),
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
     opts.extra = "[approvals]\nenabled = false\n".into();
     let gw = Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     let agent = connect(&gw, "agent").await;

@@ -1106,15 +1106,10 @@ async fn item8_exchange_is_single_use_and_never_outlives_the_id_token() {
     assert_eq!(status, 401, "{body}");
     assert!(body.to_string().contains("already exchanged"), "{body}");
     // Each refused exchange is a failed login in the audit log.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phigate"))
-        .args(["audit", "search", "--type", "login_failed", "--data-dir"])
-        .arg(gw.data_dir())
-        .output()
-        .expect("audit search");
-    let refused: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|r: &Value| r["user"] == "token-exchange" && r["via"] == "http")
+    let refused: Vec<Value> = gw
+        .audit_records("login_failed")
+        .into_iter()
+        .filter(|r| r["user"] == "token-exchange" && r["via"] == "http")
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused.iter().all(|r| r["reason"]

@@ -25,21 +25,9 @@ fn clinic() -> &'static Cluster {
     phigate_testkit::clinic(phigate::demo::SEED_SQL)
 }
 
-#[derive(serde::Serialize)]
-struct DemoPolicy {
-    role: Vec<phigate_policy::RoleConfig>,
-    rule: Vec<phigate_policy::RuleConfig>,
-    phi: Vec<phigate_policy::masking::PhiTableConfig>,
-}
-
 fn demo_gateway(extra: &str) -> Gateway {
     let mut opts = GatewayOptions::for_cluster(clinic());
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: phigate::demo::demo_roles(),
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
     // Writes the agent tries are refused at once rather than held for a reviewer.
     opts.extra = format!("[approvals]\nenabled = false\n{extra}");
     Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
@@ -614,12 +602,7 @@ async fn views_over_phi_tables_are_not_granted() {
         }];
     }
     let mut opts = GatewayOptions::for_cluster(clinic());
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: roles,
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml_with(roles).expect("policy TOML");
     opts.extra = "[approvals]\nenabled = false\n".into();
     let gw = Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     if tokio_postgres::connect(&gw.conninfo("agent"), NoTls)

@@ -12,13 +12,6 @@ fn clinic() -> &'static Cluster {
     phigate_testkit::clinic(phigate::demo::SEED_SQL)
 }
 
-#[derive(serde::Serialize)]
-struct DemoPolicy {
-    role: Vec<phigate_policy::RoleConfig>,
-    rule: Vec<phigate_policy::RuleConfig>,
-    phi: Vec<phigate_policy::masking::PhiTableConfig>,
-}
-
 /// The value of the sample `series` (name and labels, exactly as rendered).
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -36,28 +29,9 @@ fn scrape(gw: &Gateway) -> String {
     body
 }
 
-/// The audit records of type `kind`, as `phigate audit search` gives them.
-fn records(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phigate"))
-        .args(["audit", "search", "--data-dir"])
-        .arg(gw.data_dir())
-        .args(["--type", kind])
-        .output()
-        .expect("audit search");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
-}
-
 /// The `duration_us` of every `statement_end` record.
 fn statement_ends(gw: &Gateway) -> Vec<u64> {
-    records(gw, "statement_end")
+    gw.audit_records("statement_end")
         .iter()
         .map(|v| v["duration_us"].as_u64().expect("duration_us"))
         .collect()
@@ -74,12 +48,7 @@ async fn connect(gw: &Gateway, who: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_agree_with_the_traffic() {
     let mut opts = GatewayOptions::for_cluster(clinic());
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: phigate::demo::demo_roles(),
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
     opts.extra = "[approvals]\ntimeout_secs = 2\n".into();
     let gw = Gateway::start(Path::new(env!("CARGO_BIN_EXE_phigate")), opts).expect("gateway");
 
@@ -242,7 +211,7 @@ async fn metrics_agree_with_the_traffic() {
         "{m}"
     );
     // The decisions agree with the audit log's statement records (a hold's end adds one).
-    let statements = records(&gw, "statement");
+    let statements = gw.audit_records("statement");
     for d in ["allow", "deny"] {
         let n = statements.iter().filter(|r| r["decision"] == d).count() as f64;
         let series = format!("phigate_statements_total{{decision=\"{d}\"}}");

@@ -184,35 +184,30 @@ async fn a_reload_reaches_a_session_after_an_extended_copy() {
     );
 }
 
-/// The audit records of one type, as `phigate audit search` gives them.
-fn audit_records(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_phigate"))
-        .args(["audit", "search", "--data-dir"])
-        .arg(gw.data_dir())
-        .args(["--type", kind])
-        .output()
-        .expect("audit search");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
-}
-
 /// Waits until `phigate audit search` shows `n` records of `kind`.
 fn wait_records(gw: &Gateway, kind: &str, n: usize) -> Vec<serde_json::Value> {
     for _ in 0..100 {
-        let got = audit_records(gw, kind);
+        let got = gw.audit_records(kind);
         if got.len() >= n {
             return got;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("fewer than {n} {kind} records:\n{}", gw.log());
+}
+
+/// The test kit's config without the clinician's `[[identity]]` table (its header, subject,
+/// token and roles lines).
+fn without_clinician(text: &str) -> String {
+    let start = text
+        .find("[[identity]]\nsubject = \"clinician@test.phigate\"")
+        .expect("clinician's table");
+    let end = start
+        + text[start..]
+            .find("roles = [\"clinician\"]\n")
+            .expect("roles line")
+        + "roles = [\"clinician\"]\n".len();
+    text.replace(&text[start..end], "")
 }
 
 /// Offboarding by config: the `[[identity]]` removed from the file and reloaded can no longer
@@ -239,18 +234,8 @@ async fn a_removed_identity_is_logged_out_and_restart_only_changes_are_named() {
     clinician.simple_query("SELECT 1").await.expect("works");
 
     let text = std::fs::read_to_string(&config).expect("config");
-    // The clinician's table: its header, subject, token and roles lines.
-    let start = text
-        .find("[[identity]]\nsubject = \"clinician@test.phigate\"")
-        .expect("clinician's table");
-    let end = start
-        + text[start..]
-            .find("roles = [\"clinician\"]\n")
-            .expect("roles line")
-        + "roles = [\"clinician\"]\n".len();
-    let edited = text
-        .replace(&text[start..end], "")
-        .replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 7");
+    let edited =
+        without_clinician(&text).replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 7");
     std::fs::write(&config, edited).expect("rewrite");
     hup(&gw);
     gw.wait_log("configuration reloaded", 1).expect("log line");
@@ -535,13 +520,6 @@ async fn a_removed_role_ends_its_sessions_and_audit_readers_follow_the_file() {
     assert_eq!(code, 200, "{body}");
 }
 
-#[derive(serde::Serialize)]
-struct DemoPolicy {
-    role: Vec<phigate_policy::RoleConfig>,
-    rule: Vec<phigate_policy::RuleConfig>,
-    phi: Vec<phigate_policy::masking::PhiTableConfig>,
-}
-
 /// An agent idle in a transaction holds locks on its masking views. A reload that does not
 /// change what is masked does not touch the views, so it neither waits for that agent nor
 /// fails: a removed identity is logged out at once.
@@ -549,12 +527,7 @@ struct DemoPolicy {
 async fn an_agent_idle_in_a_transaction_cannot_hold_a_reload_up() {
     let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
     let mut opts = GatewayOptions::for_cluster(cluster);
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: phigate::demo::demo_roles(),
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
     let gw = Gateway::start_with_identities(
         Path::new(env!("CARGO_BIN_EXE_phigate")),
         opts,
@@ -577,15 +550,7 @@ async fn an_agent_idle_in_a_transaction_cannot_hold_a_reload_up() {
 
     let config = gw.dir().join("phigate.toml");
     let text = std::fs::read_to_string(&config).expect("config");
-    let start = text
-        .find("[[identity]]\nsubject = \"clinician@test.phigate\"")
-        .expect("clinician's table");
-    let end = start
-        + text[start..]
-            .find("roles = [\"clinician\"]\n")
-            .expect("roles line")
-        + "roles = [\"clinician\"]\n".len();
-    std::fs::write(&config, text.replace(&text[start..end], "")).expect("rewrite");
+    std::fs::write(&config, without_clinician(&text)).expect("rewrite");
     hup(&gw);
     gw.wait_log("configuration reloaded", 1).expect("log line");
     assert!(

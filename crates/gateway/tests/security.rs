@@ -66,20 +66,6 @@ fn error_of(msgs: &[Msg]) -> Option<&Msg> {
     msgs.iter().find(|m| m.tag == b'E')
 }
 
-/// The audit records of one type, as `phigate audit search` gives them.
-fn audit_records(gw: &Gateway, kind: &str) -> Vec<Value> {
-    let out = Command::new(bin())
-        .args(["audit", "search", "--data-dir"])
-        .arg(gw.data_dir())
-        .args(["--type", kind])
-        .output()
-        .expect("audit search");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// A: an approval covers exactly one execution of exactly what the reviewer saw — not a second
 /// one through SQL `EXECUTE`, `EXPLAIN ANALYZE EXECUTE`, or a Bind after a Close the database
 /// skipped because an earlier message of its pipeline failed.
@@ -172,7 +158,7 @@ fn class_g_the_audit_names_what_ran_after_discard_all() {
     );
     drop(agent);
     let ran = || {
-        audit_records(&gw, "statement").into_iter().find(|r| {
+        gw.audit_records("statement").into_iter().find(|r| {
             r["protocol"] == "extended"
                 && r["text"]
                     .as_str()
@@ -190,7 +176,7 @@ fn class_g_the_audit_names_what_ran_after_discard_all() {
     let record = record.unwrap_or_else(|| {
         panic!(
             "the Execute is not recorded with the statement that ran: {:#?}",
-            audit_records(&gw, "statement")
+            gw.audit_records("statement")
         )
     });
     assert!(
@@ -199,7 +185,8 @@ fn class_g_the_audit_names_what_ran_after_discard_all() {
             .any(|x| x.as_str().is_some_and(|x| x.contains("notes")))),
         "{record}"
     );
-    let harmless = audit_records(&gw, "statement")
+    let harmless = gw
+        .audit_records("statement")
         .into_iter()
         .filter(|r| {
             r["protocol"] == "extended"
@@ -633,7 +620,8 @@ fn class_g_an_execute_of_a_cursor_is_recorded_as_the_cursor() {
     assert!(error_of(&c.query("COMMIT")).is_none());
     drop(c);
     std::thread::sleep(Duration::from_millis(300));
-    let executes: Vec<Value> = audit_records(&gw, "statement")
+    let executes: Vec<Value> = gw
+        .audit_records("statement")
         .into_iter()
         .filter(|r| r["protocol"] == "extended" && r["subject"] == "clinician@test.phigate")
         .collect();

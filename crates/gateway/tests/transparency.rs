@@ -120,13 +120,6 @@ fn a_restricted_role_reads_and_is_refused_in_its_own_encoding() {
     );
 }
 
-#[derive(serde::Serialize)]
-struct DemoPolicy {
-    role: Vec<phigate_policy::RoleConfig>,
-    rule: Vec<phigate_policy::RuleConfig>,
-    phi: Vec<phigate_policy::masking::PhiTableConfig>,
-}
-
 /// The values of a result's rows, as bytes.
 fn values(msgs: &[Msg]) -> Vec<Vec<u8>> {
     msgs.iter()
@@ -154,12 +147,7 @@ fn values(msgs: &[Msg]) -> Vec<Vec<u8>> {
 #[test]
 fn a_masked_role_reads_masked_values_in_its_own_encoding() {
     let mut opts = GatewayOptions::for_cluster(cluster());
-    opts.policy = toml::to_string(&DemoPolicy {
-        role: phigate::demo::demo_roles(),
-        rule: phigate::demo::demo_rules(),
-        phi: phigate::demo::demo_phi(),
-    })
-    .expect("policy TOML");
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
     opts.extra = "[approvals]\nenabled = false\n".into();
     let gw = Gateway::start(bin(), opts).expect("gateway");
     let mut utf8 = Raw::try_login(&gw, "agent", &[]).unwrap_or_else(|m| panic!("{}", show(&m)));

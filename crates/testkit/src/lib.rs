@@ -72,6 +72,7 @@ pub fn sha256_hex(s: &str) -> String {
 /// A `phigate serve` process.
 pub struct Gateway {
     child: Child,
+    bin: PathBuf,
     dir: tempfile::TempDir,
     pub pg_port: u16,
     pub http_port: u16,
@@ -231,6 +232,7 @@ impl Gateway {
             .spawn()?;
         let mut gw = Gateway {
             child,
+            bin: bin.to_owned(),
             dir,
             pg_port,
             http_port,
@@ -318,6 +320,25 @@ impl Gateway {
     /// The data directory (when started with `data_dir: true`).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The audit records of type `kind`, as `phigate audit search` gives them.
+    pub fn audit_records(&self, kind: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .args(["audit", "search", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--type", kind])
+            .output()
+            .expect("phigate audit search");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an audit record"))
+            .collect()
     }
 
     pub fn config_path(&self) -> PathBuf {

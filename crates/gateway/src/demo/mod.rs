@@ -401,6 +401,27 @@ pub fn demo_roles() -> Vec<RoleConfig> {
     ]
 }
 
+/// The demo's roles, rules and PHI tags as TOML tables (`[[role]]`, `[[rule]]`, `[[phi]]`), for a
+/// config that puts the demo policy in front of the demo data elsewhere (tests, experiments).
+pub fn policy_toml() -> Result<String, toml::ser::Error> {
+    policy_toml_with(demo_roles())
+}
+
+/// [`policy_toml`] with other roles in front of the demo's rules and PHI tags.
+pub fn policy_toml_with(roles: Vec<RoleConfig>) -> Result<String, toml::ser::Error> {
+    #[derive(serde::Serialize)]
+    struct Policy {
+        role: Vec<RoleConfig>,
+        rule: Vec<RuleConfig>,
+        phi: Vec<phigate_policy::masking::PhiTableConfig>,
+    }
+    toml::to_string(&Policy {
+        role: roles,
+        rule: demo_rules(),
+        phi: demo_phi(),
+    })
+}
+
 /// The PHI of the demo dataset (the HIPAA Safe Harbor identifiers among its columns).
 pub fn demo_phi() -> Vec<phigate_policy::masking::PhiTableConfig> {
     use phigate_policy::masking::{PhiTableConfig, PhiType};
