@@ -80,6 +80,10 @@ pub const CSV_COLUMNS: &[&str] = &[
     "lost_events",
     "segment",
     "bytes_removed",
+    // gateway_start (the audit tier), audit_unsynced
+    "durability",
+    "flush_interval_ms",
+    "since",
 ];
 
 /// The header line: [`CSV_COLUMNS`] joined by commas.
@@ -89,7 +93,8 @@ n,protocol,fingerprint,text_sha256,literals,literals_omitted,params,kinds,masked
 review,justification,status,by,break_glass,count,required,delivered,attempts,\
 file,sha256,bytes,events,encrypted,truncated,complete,error,decrypted,\
 user,via,\
-ok,policy_version,needs_restart,failed_since,lost_events,segment,bytes_removed";
+ok,policy_version,needs_restart,failed_since,lost_events,segment,bytes_removed,\
+durability,flush_interval_ms,since";
 
 /// Lists of names, joined by a space (names hold none); other lists (literals, parameters)
 /// are written as their JSON array, which keeps values with spaces and NULLs apart.
@@ -213,6 +218,8 @@ mod tests {
             Event::GatewayStart {
                 version: s("1"),
                 pid: 7,
+                durability: Some(s("process")),
+                flush_interval_ms: Some(100),
             },
             Event::GatewayStop {
                 reason: s("signal"),
@@ -330,6 +337,13 @@ mod tests {
             Event::AuditRepaired {
                 segment: s("audit-1.jsonl"),
                 bytes_removed: 3,
+            },
+            Event::AuditUnsynced {
+                reason: s("fsync_failed"),
+                since: s("2026-12-05T00:00:00Z"),
+                pid: 8,
+                flush_interval_ms: 100,
+                error: Some(s("EIO")),
             },
         ]
     }

@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod query;
 pub mod record;
 pub mod report;
+mod run_marker;
 pub mod store;
 pub mod verify;
 pub mod writer;
@@ -75,8 +76,20 @@ pub fn open(setup: Setup, first: Vec<Event>) -> anyhow_like::Result<Auditor> {
         Err(e) => tracing::warn!(error = %e, "cannot prune audit segments"),
     }
     let mut events = head.repairs;
+    // The previous run's process-tier marker (records may be missing) is recorded first; this
+    // run's replaces it, or, in the strict tier, it goes.
+    events.extend(run_marker::previous(&setup.dir)?);
+    let marker = match setup.durability {
+        DurabilityTier::Process { flush_interval } => {
+            Some(run_marker::RunMarker::create(&setup.dir, flush_interval)?)
+        }
+        DurabilityTier::Strict => {
+            run_marker::remove(&setup.dir)?;
+            None
+        }
+    };
     events.extend(first);
-    Ok(Auditor::start(
+    let auditor = Auditor::start(
         Box::new(store),
         (head.seq, head.hash),
         writer::Options {
@@ -88,7 +101,11 @@ pub fn open(setup: Setup, first: Vec<Event>) -> anyhow_like::Result<Auditor> {
             durability: setup.durability,
         },
         events,
-    ))
+    );
+    if let Some(m) = marker {
+        auditor.keep_run_marker(m);
+    }
+    Ok(auditor)
 }
 
 /// Reads a key file, or creates it (owner-only) with `generate()` if it does not exist.

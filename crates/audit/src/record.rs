@@ -23,6 +23,12 @@ pub enum Event {
     GatewayStart {
         version: String,
         pid: u32,
+        /// The audit tier the run used (`strict` or `process`; absent in older records).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        durability: Option<String>,
+        /// In the process tier, the bound on how long a written record may wait for the disk.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flush_interval_ms: Option<u64>,
     },
     GatewayStop {
         reason: String,
@@ -158,11 +164,25 @@ pub enum Event {
         lost_events: u64,
         error: String,
     },
-    /// A torn last line (a crash in the middle of a write, never acknowledged) was cut off at
-    /// start.
+    /// A torn last line (a crash in the middle of a write) was cut off at start. In the strict
+    /// tier it was never acknowledged; in the process tier an `audit_unsynced` record says
+    /// whether the previous run may have forwarded statements whose records were lost.
     AuditRepaired {
         segment: String,
         bytes_removed: u64,
+    },
+    /// At start: the previous run used the process tier and did not stop cleanly (`reason`
+    /// `unclean_stop`: a crash or a power loss) or a background fsync failed (`fsync_failed`,
+    /// with `error`), so records of statements it forwarded may be missing from the end of its
+    /// log — at most those written in the last `flush_interval_ms` (plus an fsync's time)
+    /// before it ended. `since` is when that run started, or when its fsync failed.
+    AuditUnsynced {
+        reason: String,
+        since: String,
+        pid: u32,
+        flush_interval_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 
@@ -291,6 +311,7 @@ impl Record {
             Event::ConfigReload { .. } => "config_reload",
             Event::AuditRecovered { .. } => "audit_recovered",
             Event::AuditRepaired { .. } => "audit_repaired",
+            Event::AuditUnsynced { .. } => "audit_unsynced",
             Event::ReviewRequested { .. } => "review_requested",
             Event::ReviewDecided { .. } => "review_decided",
             Event::ReviewApproval { .. } => "review_approval",
@@ -319,6 +340,7 @@ pub const TYPES: &[&str] = &[
     "recording_replayed",
     "audit_recovered",
     "audit_repaired",
+    "audit_unsynced",
 ];
 
 /// A statement record's `decision`s.

@@ -196,7 +196,7 @@ pub struct FileStore {
     checkpoints: Arc<CheckpointFiles>,
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -188,6 +188,9 @@ struct Inner {
     state: tokio::sync::watch::Sender<Durability>,
     stats: Stats,
     tier: DurabilityTier,
+    /// The process tier's run marker (see `run_marker`): removed at a clean stop, told of a
+    /// failed background fsync.
+    marker: Mutex<Option<crate::run_marker::RunMarker>>,
 }
 
 pub struct Auditor {
@@ -353,6 +356,7 @@ impl Auditor {
             state: tokio::sync::watch::channel(Durability::default()).0,
             stats: Stats::default(),
             tier,
+            marker: Mutex::new(None),
         });
         inner.stats.last_seq.store(head.0, Ordering::Relaxed);
         let auditor = Auditor {
@@ -485,7 +489,12 @@ impl Auditor {
         }
     }
 
-    /// Writes what is queued, a final checkpoint, and stops the writer.
+    pub(crate) fn keep_run_marker(&self, m: crate::run_marker::RunMarker) {
+        *self.inner.marker.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+    }
+
+    /// Writes what is queued, a final checkpoint, and stops the writer; a clean stop (every
+    /// record on disk) removes the process tier's run marker.
     pub fn shutdown(&self) {
         {
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -504,6 +513,20 @@ impl Auditor {
         let handle = self.sync_thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
             let _ = h.join();
+        }
+        let clean = {
+            let d = self.inner.state.borrow();
+            !matches!(d.health, Health::Broken { .. })
+                && self
+                    .inner
+                    .queue
+                    .lock()
+                    .map(|q| d.durable + 1 >= q.next_ticket)
+                    .unwrap_or(false)
+        };
+        let marker = self.inner.marker.lock().map(|mut m| m.take());
+        if let (true, Ok(Some(m))) = (clean, marker) {
+            m.remove();
         }
     }
 }

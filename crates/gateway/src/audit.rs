@@ -69,6 +69,19 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Auditor>> {
         vec![Event::GatewayStart {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
+            durability: Some(
+                match a.tier() {
+                    phigate_audit::DurabilityTier::Strict => "strict",
+                    phigate_audit::DurabilityTier::Process { .. } => "process",
+                }
+                .to_owned(),
+            ),
+            flush_interval_ms: match a.tier() {
+                phigate_audit::DurabilityTier::Strict => None,
+                phigate_audit::DurabilityTier::Process { flush_interval } => {
+                    u64::try_from(flush_interval.as_millis()).ok()
+                }
+            },
         }],
     )
     .map_err(|e| anyhow::anyhow!("cannot open the audit log in {}: {e}", dir.display()))?;

@@ -727,10 +727,34 @@ async fn the_process_tier_forwards_without_an_fsync_and_kill_9_loses_nothing() {
         .args(["-TERM", &again.id().to_string()])
         .status();
     let _ = again.wait();
-    let repaired = records(&dir)
-        .into_iter()
+    let after = records(&dir);
+    let repaired = after
+        .iter()
         .any(|r| r["type"] == "audit_repaired" && r["bytes_removed"] == 7);
     assert!(repaired, "no audit_repaired record for the torn line");
     let (ok, out, err) = phigate(&["audit", "verify", "--data-dir", dd]);
     assert!(ok, "verify after the repair: {out} {err}");
+
+    // Evidence of the tier: every start records it, and the run killed with -9 is reported
+    // once, at the next start (it may have lost records to a power loss), with its pid; the
+    // clean stop of the second run leaves nothing to report.
+    let starts: Vec<_> = after
+        .iter()
+        .filter(|r| r["type"] == "gateway_start")
+        .collect();
+    assert!(starts
+        .iter()
+        .all(|r| r["durability"] == "process" && r["flush_interval_ms"] == 60000));
+    let unsynced: Vec<_> = after
+        .iter()
+        .filter(|r| r["type"] == "audit_unsynced")
+        .collect();
+    assert_eq!(unsynced.len(), 1, "{unsynced:?}");
+    assert_eq!(unsynced[0]["reason"], "unclean_stop");
+    assert_eq!(unsynced[0]["pid"], gw.pid());
+    assert_eq!(unsynced[0]["flush_interval_ms"], 60000);
+    assert!(
+        !dir.join("process-run.json").exists(),
+        "a clean stop removes the run marker"
+    );
 }

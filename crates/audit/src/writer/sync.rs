@@ -95,6 +95,16 @@ pub(super) fn sync_loop(inner: &Inner) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot sync the audit log; statements are refused");
+                // Statements may have run whose records the kernel now drops: the run marker
+                // keeps that for the next start (process tier).
+                if let Some(m) = inner
+                    .marker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    m.fsync_failed(&e.to_string());
+                }
                 // Under the chain's lock, like every change of health: the tickets that are
                 // not durable fail, and the log takes nothing more.
                 let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());

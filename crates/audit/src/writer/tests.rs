@@ -345,3 +345,47 @@ async fn a_wait_counts_the_fsyncs_it_saw_end() {
     );
     auditor.shutdown();
 }
+
+#[tokio::test]
+async fn a_failed_background_fsync_leaves_its_trace_in_the_run_marker_and_a_clean_stop_none() {
+    let flush_interval = Duration::from_millis(50);
+    let tier = DurabilityTier::Process { flush_interval };
+    let kept = |dir: &std::path::Path| crate::run_marker::previous(dir).expect("read");
+
+    // A clean stop: everything on disk, the marker goes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem = Mem::default();
+    let auditor = start_tier(&mem, 1_000_000, tier);
+    auditor.keep_run_marker(
+        crate::run_marker::RunMarker::create(dir.path(), flush_interval).expect("marker"),
+    );
+    let t = auditor.append(vec![event(1)]).expect("written");
+    within(auditor.forwardable(t)).await.expect("forwardable");
+    auditor.shutdown();
+    assert!(kept(dir.path()).is_none(), "a clean stop leaves a marker");
+
+    // The background fsync fails after the statement went on: the marker says so, and stays.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem = Mem::default();
+    let auditor = start_tier(&mem, 1_000_000, tier);
+    auditor.keep_run_marker(
+        crate::run_marker::RunMarker::create(dir.path(), flush_interval).expect("marker"),
+    );
+    mem.with(|d| d.fail_next = true);
+    let t = auditor.append(vec![event(1)]).expect("written");
+    within(auditor.forwardable(t))
+        .await
+        .expect("forwarded before the fsync");
+    assert_eq!(
+        within(auditor.durable(t)).await,
+        Err(AuditError::Unavailable)
+    );
+    auditor.shutdown();
+    match kept(dir.path()) {
+        Some(Event::AuditUnsynced { reason, error, .. }) => {
+            assert_eq!(reason, "fsync_failed");
+            assert!(error.is_some_and(|e| e.contains("injected EIO")));
+        }
+        other => panic!("expected the failed fsync in the marker, got {other:?}"),
+    }
+}

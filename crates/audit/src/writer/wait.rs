@@ -17,11 +17,15 @@ impl Auditor {
         };
         let mut syncs_after = syncs_before;
         if waited && self.inner.tier != DurabilityTier::Strict {
-            // The background flush is not due yet: someone waits, so it starts now.
+            // The background flush that covers this ticket is not due yet: someone waits, so it
+            // starts now. (When the running fsync covers it, nothing is urgent: a flag left set
+            // would start the next, unrelated fsync early.)
             let mut q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
-            q.urgent = true;
-            drop(q);
-            self.inner.sync_cv.notify_one();
+            if q.target.as_ref().is_some_and(|x| x.ticket >= t.0) {
+                q.urgent = true;
+                drop(q);
+                self.inner.sync_cv.notify_one();
+            }
         }
         let _ = rx
             .wait_for(|d| {
