@@ -293,7 +293,8 @@ impl FileStore {
             None => return Err(std::io::Error::other("audit segment has a line over 4 MiB")),
         };
         if keep < tail.len() {
-            // A write cut short by a crash: never acknowledged, so nothing relied on it.
+            // A write cut short by a crash: never acknowledged in the strict tier (in the process
+            // tier, a power loss: the run marker makes the next start record audit_unsynced).
             let removed = (tail.len() - keep) as u64;
             f.set_len(len - removed)?;
             f.sync_all()?;

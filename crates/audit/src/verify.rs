@@ -260,7 +260,7 @@ impl Walk<'_> {
         if stray > 0 {
             if is_last {
                 self.warnings.push(format!(
-                    "{}: {stray} bytes after a gap past the last record (a write a crash left behind, never acknowledged) were ignored",
+                    "{}: {stray} bytes after a gap past the last record (a write a crash left behind; never acknowledged in the strict tier) were ignored",
                     seg.display()
                 ));
             } else {
@@ -278,7 +278,7 @@ impl Walk<'_> {
             if !tail.is_empty() {
                 if is_last {
                     self.warnings.push(format!(
-                        "{}: an incomplete last line of {} bytes (a write interrupted by a crash; never acknowledged) was ignored",
+                        "{}: an incomplete last line of {} bytes (a write interrupted by a crash; never acknowledged in the strict tier) was ignored",
                         seg.display(),
                         tail.len()
                     ));
