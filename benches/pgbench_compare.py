@@ -76,6 +76,31 @@ def wait_port(port, proc=None, timeout=30):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def start_pgbouncer(d, port, pg_port, db, user, password, max_connections, tls=None):
+    """pgbouncer in session pooling mode on 127.0.0.1:port in front of db; returns its process."""
+    d.mkdir()
+    (d / "userlist.txt").write_text(f'"{user}" "{password}"\n')
+    (d / "pgbouncer.ini").write_text(
+        f"[databases]\n{db} = host=127.0.0.1 port={pg_port} dbname={db}\n\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {d / 'userlist.txt'}\n"
+        f"pool_mode = session\nmax_client_conn = {max_connections + 100}\n"
+        f"default_pool_size = {max_connections}\n"
+        f"max_db_connections = 0\nlogfile = {d / 'log'}\n" +
+        (f"client_tls_sslmode = allow\nclient_tls_key_file = {tls[0]}\n"
+         f"client_tls_cert_file = {tls[1]}\n" if tls else ""))
+    if os.geteuid() == 0:
+        for p in [d, d / "userlist.txt", d / "pgbouncer.ini"]:
+            shutil.chown(p, "postgres")
+    # runuser resets the soft descriptor limit to 1024: raise it, or pgbouncer stops
+    # accepting at about 500 clients (a client and a server socket each).
+    cmd = f"ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} && exec pgbouncer {d / 'pgbouncer.ini'}"
+    p = subprocess.Popen(as_postgres(["sh", "-c", cmd]),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, p)
+    return p
+
+
 class Env:
     """The cluster, pgbouncer and phigate, cleaned up on exit."""
 
@@ -144,28 +169,9 @@ class Env:
              f"host=127.0.0.1 port={self.pg_port} user={APP_USER} dbname={DB}"], env=env)
 
     def _pgbouncer(self):
-        d = self.dir / "bouncer"
-        d.mkdir()
-        (d / "userlist.txt").write_text(f'"{APP_USER}" "{APP_PASSWORD}"\n')
-        (d / "pgbouncer.ini").write_text(
-            f"[databases]\n{DB} = host=127.0.0.1 port={self.pg_port} dbname={DB}\n\n"
-            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.bouncer_port}\n"
-            f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {d / 'userlist.txt'}\n"
-            f"pool_mode = session\nmax_client_conn = {self.max_connections + 100}\n"
-            f"default_pool_size = {self.max_connections}\n"
-            f"max_db_connections = 0\nlogfile = {d / 'log'}\n"
-            f"client_tls_sslmode = allow\nclient_tls_key_file = {self.dir / 'server.key'}\n"
-            f"client_tls_cert_file = {self.dir / 'server.crt'}\n")
-        if os.geteuid() == 0:
-            for p in [d, d / "userlist.txt", d / "pgbouncer.ini"]:
-                shutil.chown(p, "postgres")
-        # runuser resets the soft descriptor limit to 1024: raise it, or pgbouncer stops
-        # accepting at about 500 clients (a client and a server socket each).
-        cmd = f"ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} && exec pgbouncer {d / 'pgbouncer.ini'}"
-        p = subprocess.Popen(as_postgres(["sh", "-c", cmd]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs.append(p)
-        wait_port(self.bouncer_port, p)
+        self.procs.append(start_pgbouncer(
+            self.dir / "bouncer", self.bouncer_port, self.pg_port, DB, APP_USER, APP_PASSWORD,
+            self.max_connections, tls=(self.dir / "server.key", self.dir / "server.crt")))
 
     def _phigate(self, name, port, audit):
         binary = ROOT / "target" / "release" / "phigate"
@@ -265,12 +271,14 @@ class Env:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def pgbench(port, user, password, mode, clients, tls, duration, logdir):
+def pgbench(port, user, password, mode, clients, tls, duration, logdir, db=DB, script=None):
+    """pgbench select-only (-S), or the custom `script` file, against db; TPS and latencies."""
     for f in logdir.glob("pgbench_log.*"):
         f.unlink()
     threads = min(clients, os.cpu_count() or 2)
-    conn = f"host=127.0.0.1 port={port} user={user} dbname={DB} sslmode={'require' if tls else 'disable'}"
-    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(threads),
+    conn = f"host=127.0.0.1 port={port} user={user} dbname={db} sslmode={'require' if tls else 'disable'}"
+    workload = ["-f", str(script)] if script else ["-S"]
+    cmd = ["pgbench", "-n", *workload, "-M", mode, "-c", str(clients), "-j", str(threads),
            "-T", str(duration), "-l", "--log-prefix", str(logdir / "pgbench_log"), conn]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD=password))
     if r.returncode != 0:

@@ -13,9 +13,10 @@
 //! Raw values never reach a masked session, so every path — expressions, whole-row references,
 //! aggregates, functions, CTEs, cursors, COPY, error messages that quote a value, `LIKE`
 //! probes — can only ever see masked values: the wire-level policy is the layer users see; this
-//! is the floor under it. Deterministic tokens come from `<login>_k.phigate_token(text)`, an
-//! HMAC-SHA-256 under a key kept in a table in a schema no masked login can use; no role may call it directly, by name
-//! or by field notation (policy rule gateway-internal), so it is no dictionary oracle.
+//! is the floor under it. Deterministic tokens are an HMAC-SHA-256 computed in the masking view
+//! itself, under a key kept in a table in a schema no masked login can use (the view reads it
+//! with its owner's rights): there is no function a session could call to token a guessed value,
+//! so the views are no dictionary oracle.
 //!
 //! The parts: `plan` writes the SQL (pure, unit-tested), `verify` the checks of every privilege
 //! the policy implies and the removal of logins no longer configured (pure), `apply` reads the

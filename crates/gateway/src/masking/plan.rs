@@ -75,7 +75,7 @@ pub(super) struct RolePlan {
     pub unwritable: BTreeMap<String, Vec<String>>,
 }
 
-/// The schema of a login's internals (the token key and function): the login has no USAGE on
+/// The schema of a login's internals (the token key): the login has no USAGE on
 /// it and it is on nobody's search_path, so the masked session's catalog shows only its views.
 pub(super) fn internal_schema(user: &str) -> String {
     format!("{user}_k")
@@ -197,7 +197,16 @@ pub(super) fn mask_expr(c: &Column, t: PhiType, s: Strategy, schema: &str) -> St
             _ => null,
         },
         Strategy::Token => {
-            let tok = format!("{}.phigate_token({col}::text)", ident(schema));
+            // HMAC-SHA-256 under the key (its pads) in the login's internal schema, computed in
+            // the view itself: the view reads the key with its owner's rights (the login has
+            // none on it), each pad once per query (an uncorrelated subquery is an InitPlan),
+            // and the planner sees builtins only — no function call per row, and nothing the
+            // login could call to token a guessed value. NULL stays NULL.
+            let k = ident(schema);
+            let tok = format!(
+                "encode(sha256((SELECT opad FROM {k}.token_key) || \
+                 sha256((SELECT ipad FROM {k}.token_key) || convert_to({col}::text, 'UTF8'))), 'hex')"
+            );
             match c.base.as_str() {
                 _ if string => format!("CAST('tok_' || left({tok}, 16) AS {ty})"),
                 "int4" => format!("('x' || left({tok}, 8))::bit(32)::int4"),
@@ -224,7 +233,7 @@ fn readable(role: &RoleConfig) -> Vec<(String, String)> {
 }
 
 /// The SQL of one masked role: its login (no membership, no privilege on anything outside its
-/// schema), its schema with the token key and function, one masking view per tagged table,
+/// schema), its internal schema with the token key, one masking view per tagged table,
 /// and SELECT (or, with `write_through`, writes too) on the granted tables that show no PHI.
 /// `verifier` is the login's SCRAM verifier, never its password: the statement may land in the
 /// server log. `pads` are the token key's HMAC pads.
@@ -301,7 +310,7 @@ pub(super) fn connection_limit_sql(user: &str, cap: usize) -> String {
 }
 
 /// The login (created if missing, stripped of memberships and table privileges), its schema
-/// afresh, and its internal schema with the token key table and the token function.
+/// afresh, and its internal schema with the token key table (read by the views only).
 fn login_sql(user: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String {
     let u = ident(user);
     let s = ident(user);
@@ -335,12 +344,7 @@ fn login_sql(user: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String
          CREATE TABLE {k}.token_key (ipad bytea NOT NULL, opad bytea NOT NULL);\n\
          REVOKE ALL ON {k}.token_key FROM PUBLIC;\n\
          INSERT INTO {k}.token_key VALUES ('\\x{ipad}', '\\x{opad}');\n\
-         CREATE FUNCTION {k}.phigate_token(v text) RETURNS text\n\
-           LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp\n\
-           AS $$ SELECT encode(sha256(k.opad || sha256(k.ipad || convert_to(v, 'UTF8'))), 'hex') FROM {k}.token_key k $$;\n\
-         REVOKE ALL ON FUNCTION {k}.phigate_token(text) FROM PUBLIC;\n\
-         GRANT USAGE ON SCHEMA {s} TO {u};\n\
-         GRANT EXECUTE ON FUNCTION {k}.phigate_token(text) TO {u};\n",
+         GRANT USAGE ON SCHEMA {s} TO {u};\n",
         lit = literal(user),
         pw = literal(verifier),
         ipad = hex::encode(ipad),
@@ -578,7 +582,8 @@ columns = { ssn = "ssn", first_name = "name" }
         let p = role_plan(&f.role, "m_login", "SCRAM-x", (b"i", b"o"), &catalog, false);
         assert!(p.sql.contains(
             "CREATE VIEW \"m_login\".\"patients\" WITH (security_barrier) AS SELECT \"id\", \
-             CAST('tok_' || left(\"m_login_k\".phigate_token(\"first_name\"::text), 16) AS text) AS \"first_name\", \
+             CAST('tok_' || left(encode(sha256((SELECT opad FROM \"m_login_k\".token_key) || \
+             sha256((SELECT ipad FROM \"m_login_k\".token_key) || convert_to(\"first_name\"::text, 'UTF8'))), 'hex'), 16) AS text) AS \"first_name\", \
              CAST(CASE WHEN \"ssn\" IS NULL THEN NULL ELSE '***-**-' || right(regexp_replace(\"ssn\", '\\D', '', 'g'), 4) END AS character varying(11)) AS \"ssn\" \
              FROM \"public\".\"patients\";\n"
         ));
