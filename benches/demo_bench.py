@@ -10,7 +10,7 @@ its configuration, then runs `phigate serve` on copies of that configuration, on
     process        audit.durability = "process"
     tmpfs          strict, with the audit log on /dev/shm (an fsync that costs nothing: what is
                    left is the CPU cost of the guardrails)
-    unmasked-tmpfs tmpfs, without the PHI tags (the agent's role unmasked)
+    unmasked-tmpfs tmpfs, the agent's role with masking off (same grants, rules and tags)
 
 and, through each, pgbench (extended protocol unless --mode says otherwise) with the script
 
@@ -96,7 +96,8 @@ def gateway_config(template, work, name, port, http_port):
         d = Path(tempfile.mkdtemp(prefix="phigate-bench-audit-", dir="/dev/shm"))
         cfg["audit"]["dir"] = str(d)
     if name.startswith("unmasked"):
-        cfg["phi"] = []
+        for role in cfg["role"]:
+            role["masked"] = False
     path = work / f"phigate-{name}.toml"
     path.write_text(tomli_w.dumps(cfg))
     os.chmod(path, 0o600)

@@ -449,3 +449,56 @@ fn a_reload_the_gateway_login_cannot_grant_keeps_the_previous_provisioning() {
         assert!(error_of(&msgs).is_none(), "{sql}: {msgs:?}");
     }
 }
+
+/// An unchanged masking plan is not run again at a reload — unless its logins or schemas are
+/// gone (dropped by hand, or by another gateway with another configuration): then the reload
+/// provisions them again and the masked agent works without a restart.
+#[test]
+fn a_reload_provisions_again_a_masked_login_dropped_behind_the_gateways_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let top = format!(
+        "masking_key_file = \"{}\"",
+        dir.path().join("token.key").display()
+    );
+    let before = masked_logins("clinician");
+    let gw = Gateway::start_with_identities(
+        bin(),
+        options(policy("public", true), &top),
+        &["agent", "clinician", "reviewer"],
+    )
+    .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    provisioned(&gw);
+    let added: Vec<String> = masked_logins("clinician")
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
+    let [login] = added.as_slice() else {
+        panic!("one clinician login provisioned: {added:?}");
+    };
+    db(&format!(
+        "DROP SCHEMA \"{login}\" CASCADE; DROP SCHEMA \"{login}_k\" CASCADE; \
+         DROP OWNED BY \"{login}\"; DROP ROLE \"{login}\";"
+    ));
+    let status = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reloads(&gw).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no config_reload record"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let record = reloads(&gw).pop().expect("a reload record");
+    assert_eq!(record["ok"], true, "{record}");
+    assert!(
+        masked_logins("clinician").contains(login),
+        "{login} is back"
+    );
+    let mut clinician = Raw::login(&gw, "clinician");
+    let msgs = clinician.query("SELECT count(*) FROM members");
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+}

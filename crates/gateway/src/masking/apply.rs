@@ -123,7 +123,8 @@ pub async fn provision(
     sql.push_str(&verify::prune_sql(&mark, &keep));
     digest.update(verify::prune_sql(&mark, &keep).as_bytes());
     let digest: [u8; 32] = digest.finalize().into();
-    let unchanged = *applied.lock().unwrap_or_else(|p| p.into_inner()) == Some(digest);
+    let unchanged = *applied.lock().unwrap_or_else(|p| p.into_inner()) == Some(digest)
+        && in_place(target, &keep).await?;
     if unchanged {
         tracing::info!("masking views unchanged; not re-provisioned");
     } else {
@@ -133,6 +134,25 @@ pub async fn provision(
     prove_no_leaks(target, &logins, &exposing).await?;
     tracing::info!(roles = logins.len(), "masking views provisioned");
     Ok(logins)
+}
+
+/// The logins and their schemas still exist (someone or another gateway may have dropped them
+/// since this process provisioned them): if not, an unchanged plan runs again.
+async fn in_place(target: &UpstreamTarget, logins: &[String]) -> anyhow::Result<bool> {
+    if logins.is_empty() {
+        return Ok(true);
+    }
+    let names = logins
+        .iter()
+        .map(|l| plan::literal(l))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({names})) \
+         + (SELECT count(*) FROM pg_namespace WHERE nspname IN ({names}))"
+    );
+    let found = target.query_column(&sql).await?;
+    Ok(found.first().map(String::as_str) == Some(&(2 * logins.len()).to_string()))
 }
 
 /// Runs the provisioning `sql` (which ends by pruning the logins under `mark` not in `keep`)
