@@ -72,6 +72,9 @@ pub const CSV_COLUMNS: &[&str] = &[
     // login_failed
     "user",
     "via",
+    // session_start, statement of an MCP tool call
+    "channel",
+    "tool",
     // config_reload, audit_recovered, audit_repaired
     "ok",
     "policy_version",
@@ -88,7 +91,7 @@ version,pid,reason,issuer,credential,client_addr,tls,application_name,database,d
 n,protocol,fingerprint,text_sha256,literals,literals_omitted,params,kinds,masked_columns,unmasked_columns,approval,command,duration_us,\
 review,justification,status,by,break_glass,count,required,delivered,attempts,\
 file,sha256,bytes,events,encrypted,truncated,complete,error,decrypted,\
-user,via,\
+user,via,channel,tool,\
 ok,policy_version,needs_restart,failed_since,lost_events,segment,bytes_removed";
 
 /// Lists of names, joined by a space (names hold none); other lists (literals, parameters)
@@ -227,6 +230,8 @@ mod tests {
                 tls: Some(s("TLSv1.3")),
                 application_name: Some(s("psql")),
                 database: Some(s("clinic")),
+                channel: Some(s("mcp")),
+                tool: Some(s("query")),
             },
             Event::SessionEnd {
                 session: s("s1"),
@@ -255,6 +260,8 @@ mod tests {
                 decision: s("allow"),
                 rule: Some(s("rule")),
                 approval: Some(s("r-1")),
+                channel: Some(s("mcp")),
+                tool: Some(s("query")),
             }),
             Event::StatementEnd {
                 session: s("s1"),
