@@ -174,11 +174,15 @@ impl ServerHandler for Server {
             return Ok(result(Reply::error("phigate: no credential", None)).into());
         };
         let args = Value::Object(request.arguments.unwrap_or_default());
+        let id = serde_json::to_string(&ctx.id).unwrap_or_default();
+        let registered = self.tools.inflight.register(&a.identity, id);
         let call = self.tools.call(&request.name, args, &a.caller);
-        // A cancelled request drops the call, which cancels its statement in the database.
+        // A cancelled request (the caller's notifications/cancelled, or its connection gone)
+        // drops the call, which cancels its statement in the database.
         let reply = tokio::select! {
             r = call => r,
             _ = ctx.ct.cancelled() => Reply::error("phigate: the call was cancelled", None),
+            _ = registered.token.cancelled() => Reply::error("phigate: the call was cancelled", None),
         };
         Ok(result(reply).into())
     }

@@ -118,3 +118,56 @@ impl Held {
         (e.owner == owner(who)).then(|| e.done.clone())
     }
 }
+
+/// Tool calls in progress, by the caller's individual and the JSON-RPC id of its request, so
+/// the caller's `notifications/cancelled` can stop its own call (and so the statement in the
+/// database). A call removes its entry when it ends; at most [`MAX_ENTRIES`] at once.
+#[derive(Default)]
+pub struct InFlight {
+    calls: Mutex<HashMap<(String, String, String), tokio_util::sync::CancellationToken>>,
+}
+
+/// A registered call: its token, and its entry removed on drop.
+pub struct Registered<'a> {
+    owner: &'a InFlight,
+    key: (String, String, String),
+    pub token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.owner.calls.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+impl InFlight {
+    /// Registers `who`'s call with request id `id` (its JSON text).
+    pub fn register(&self, who: &Identity, id: String) -> Registered<'_> {
+        let (issuer, subject) = owner(who);
+        let key = (issuer, subject, id);
+        let token = tokio_util::sync::CancellationToken::new();
+        if let Ok(mut m) = self.calls.lock() {
+            if m.len() < MAX_ENTRIES {
+                m.insert(key.clone(), token.clone());
+            }
+        }
+        Registered {
+            owner: self,
+            key,
+            token,
+        }
+    }
+
+    /// Cancels `who`'s call `id`, if it is in progress.
+    pub fn cancel(&self, who: &Identity, id: String) -> bool {
+        let (issuer, subject) = owner(who);
+        let token = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(issuer, subject, id)).cloned());
+        token.map(|t| t.cancel()).is_some()
+    }
+}

@@ -52,13 +52,15 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     let tools = tools::Tools {
         shared: shared.clone(),
         held: Arc::new(held::Held::default()),
+        inflight: Arc::new(held::InFlight::default()),
     };
+    let state = (shared.clone(), tools.inflight.clone());
     Router::new()
         .route_service(
             "/mcp",
             edge::service(tools, shared.lifecycle.force_close.clone()),
         )
-        .layer(axum::middleware::from_fn_with_state(shared, guard))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
         .route(
             "/.well-known/oauth-protected-resource",
             get(protected_resource),
@@ -121,11 +123,13 @@ fn origin_allowed(shared: &Shared, origin: &str) -> bool {
         .any(|h| origin == format!("http://{h}:{port}") || origin == format!("https://{h}:{port}"))
 }
 
-/// Before the SDK: the caller's address, its `Origin`, its bearer credential.
+/// Before the SDK: the caller's address, its `Origin`, its bearer credential; and the
+/// caller's `notifications/cancelled` (which the SDK's stateless mode drops): it cancels the
+/// caller's own call of that id.
 async fn guard(
-    State(shared): State<Arc<Shared>>,
+    State((shared, inflight)): State<(Arc<Shared>, Arc<held::InFlight>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
@@ -171,6 +175,20 @@ async fn guard(
                 role: String::new(),
                 peer,
             };
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, crate::http::MAX_BODY).await else {
+                return refuse(
+                    &shared,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                );
+            };
+            if let Some(id) = cancelled_request(&bytes) {
+                let found = inflight.cancel(&identity, id);
+                tracing::info!(subject = %identity.subject, found, "MCP call cancelled by its caller");
+                return StatusCode::ACCEPTED.into_response();
+            }
+            let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
             req.extensions_mut().insert(Authed { caller, identity });
             next.run(req).await
         }
@@ -183,6 +201,16 @@ async fn guard(
             )
         }
     }
+}
+
+/// The request id a `notifications/cancelled` names (as JSON text), if the body is one.
+fn cancelled_request(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("method")?.as_str()? != "notifications/cancelled" || v.get("id").is_some() {
+        return None;
+    }
+    let id = v.get("params")?.get("requestId")?;
+    (id.is_string() || id.is_number()).then(|| id.to_string())
 }
 
 /// A refused credential at `/mcp`: counted and audited like one on the HTTP API.

@@ -77,6 +77,7 @@ impl Reply {
 pub struct Tools {
     pub shared: Arc<Shared>,
     pub held: Arc<Held>,
+    pub inflight: Arc<super::held::InFlight>,
 }
 
 #[derive(Deserialize)]
