@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::tools::{Reply, Tools};
 use super::Authed;
 
+/// How often a pending answer's stream carries a keep-alive comment.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 struct Server {
     tools: Tools,
@@ -33,8 +36,12 @@ pub fn service(
     let server = Server { tools };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
-        .with_json_response(true)
-        .with_sse_keep_alive(None)
+        // Answers are event streams with a keep-alive comment every few seconds: a write is
+        // how a closed connection is noticed (hyper does not see a client leave while a
+        // response is pending), and a client closing its stream is how the 2026-07-28 era
+        // cancels a call; the call then stops, and with it its statement.
+        .with_json_response(false)
+        .with_sse_keep_alive(Some(KEEP_ALIVE))
         // Origin and Host: checked before the SDK (`super::guard`), with the bearer credential.
         .disable_allowed_hosts()
         .disable_allowed_origins()

@@ -506,10 +506,9 @@ impl CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                shared.cancels.cancel(crate::cancel::FrontendKey(key)).await;
-            });
+            // Looked up now, before the session (ending with this call) forgets its key.
+            let relay = self.shared.cancels.relay(crate::cancel::FrontendKey(key));
+            tokio::spawn(relay);
         }
     }
 }
