@@ -42,7 +42,6 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::MAX_BODY;
 pub use error::ApiError;
 
 use crate::state::Shared;

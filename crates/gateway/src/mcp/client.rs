@@ -269,11 +269,9 @@ impl Internal {
                 }
                 b's' => o.truncated = true,
                 b'C' => o.command = command_tag(&f),
-                b'N' => {
-                    if o.notices.len() < MAX_NOTICES {
-                        let (_, msg) = fields(&f);
-                        o.notices.push(msg.chars().take(MAX_NOTICE_CHARS).collect());
-                    }
+                b'N' if o.notices.len() < MAX_NOTICES => {
+                    let (_, msg) = fields(&f);
+                    o.notices.push(msg.chars().take(MAX_NOTICE_CHARS).collect());
                 }
                 b'E' if error.is_none() => {
                     let fl = Fields::decode(&f)?;

@@ -45,7 +45,7 @@ pub fn service(
         // Origin and Host: checked before the SDK (`super::guard`), with the bearer credential.
         .disable_allowed_hosts()
         .disable_allowed_origins()
-        .with_max_request_body_bytes(crate::http::MAX_BODY)
+        .with_max_request_body_bytes(super::MAX_REQUEST)
         .with_cancellation_token(stop);
     StreamableHttpService::new(
         move || Ok(server.clone()),

@@ -124,7 +124,7 @@ mod tests {
             assert!(e.starts_with("phigate: "), "{bad}: {e}");
         }
         assert!(one_read("UPDATE t SET a = 1")
-            .unwrap_err()
+            .expect_err("a write")
             .contains("execute"));
     }
 

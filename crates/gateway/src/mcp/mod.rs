@@ -13,7 +13,7 @@
 //! `WWW-Authenticate: Bearer resource_metadata=…` (`/.well-known/oauth-protected-resource`);
 //! a browser `Origin` other than the gateway's own → 403. The SDK's types stay in [`edge`].
 //!
-//! Bounds: a request body is at most [`crate::http`]'s 64 KiB; a `query` returns at most
+//! Bounds: a request body is at most [`MAX_REQUEST`] (as the rest of the HTTP API); a `query` returns at most
 //! [`tools::MAX_ROWS`] rows and [`tools::MAX_RESULT_BYTES`] bytes of values; an
 //! `approval_wait` waits at most [`tools::MAX_WAIT_SECS`]; held executes per individual
 //! [`held::MAX_PER_IDENTITY`]. Every call's session takes a seat under the identity's and the
@@ -38,6 +38,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::state::Shared;
+
+/// Largest MCP request body (the HTTP API's own cap on every body is the same).
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// The caller of an MCP request, established by [`guard`] before the SDK sees it.
 #[derive(Clone)]
@@ -176,7 +179,7 @@ async fn guard(
                 peer,
             };
             let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, crate::http::MAX_BODY).await else {
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_REQUEST).await else {
                 return refuse(
                     &shared,
                     StatusCode::PAYLOAD_TOO_LARGE,
