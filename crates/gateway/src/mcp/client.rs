@@ -99,7 +99,8 @@ impl Output {
     }
 }
 
-/// Limits of one statement's result.
+/// Limits of one statement's result: rows kept (and asked of the portal; 0 keeps none and lets
+/// the statement run to completion), and bytes of values kept (0: no limit besides the rows).
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     pub rows: u32,
@@ -133,12 +134,15 @@ impl Internal {
             tool: tool.to_owned(),
             session: session.clone(),
         };
-        tokio::spawn(crate::session::handle_internal(
-            theirs,
-            caller.peer,
-            shared.clone(),
-            origin,
-        ));
+        shared
+            .lifecycle
+            .internal
+            .spawn(crate::session::handle_internal(
+                theirs,
+                caller.peer,
+                shared.clone(),
+                origin,
+            ));
         let mut me = Internal {
             stream: Stream::Memory(ours),
             reader: FrameReader::new(MAX_MESSAGE),
@@ -200,7 +204,7 @@ impl Internal {
     }
 
     /// Runs one statement with the extended protocol (text parameters, text results), at
-    /// most `caps.rows` rows read.
+    /// most `caps.rows` rows read (the portal stops there).
     pub async fn run(
         &mut self,
         sql: &str,
@@ -251,7 +255,7 @@ impl Internal {
                         .collect();
                 }
                 b'D' => {
-                    if o.truncated || (caps.rows > 0 && o.rows.len() >= caps.rows as usize) {
+                    if o.truncated || o.rows.len() >= caps.rows as usize {
                         o.truncated = true;
                         continue;
                     }

@@ -160,6 +160,11 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
 impl Tools {
     /// Runs tool `name` for `caller` (authenticated by the HTTP layer as `who`).
     pub async fn call(&self, name: &str, arguments: Value, caller: &Caller) -> Reply {
+        // A NUL would end a protocol string early (the role in the startup packet, the text of
+        // a Parse): refused before anything is sent.
+        if has_nul(&arguments) {
+            return Reply::error("phigate: NUL characters are not allowed in arguments", None);
+        }
         let r = match name {
             "list_tables" => self.list_tables(arguments, caller).await,
             "describe_table" => self.describe_table(arguments, caller).await,
@@ -364,9 +369,13 @@ impl Tools {
         let params = text_params(&a.params);
         let mut s = self.open(caller, &a.role, "execute").await?;
         let session = s.session.clone();
+        // Until this call answers, dropping it (a cancel) cancels the statement, or withdraws
+        // it if it is held; once it answered pending_approval, the hold is the caller's.
+        let cancel = CancelOnDrop::new(&self.shared, s.cancel_key());
         let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<Finished>);
         tokio::spawn(async move {
-            let caps = Caps { rows: 1, bytes: 0 };
+            // Runs to completion (a RETURNING's rows are not kept: execute reports a count).
+            let caps = Caps { rows: 0, bytes: 0 };
             let r = s.run(&sql, &params, caps).await;
             s.close().await;
             let _ = done_tx.send(Some(Finished::from_result(r)));
@@ -374,9 +383,11 @@ impl Tools {
         // At once: either the statement finished, or a review was opened for its session.
         loop {
             if let Some(f) = done_rx.borrow().clone() {
+                cancel.disarm();
                 return Ok(finished_reply(f));
             }
             if let Some(review) = self.review_of(&session) {
+                cancel.disarm();
                 self.held.insert(seat, &review.id, done_rx);
                 return Ok(Reply::ok(json!({
                     "status": "pending_approval",
@@ -439,6 +450,15 @@ impl Tools {
                 json!({"status": status, "reason": reason.unwrap_or(message), "timed_out": false})
             }
         }))
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
