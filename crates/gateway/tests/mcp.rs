@@ -318,6 +318,15 @@ fn no_write_through_query_or_explain() {
     ] {
         calls.push(call("explain", json!({"sql": sql, "analyze": analyze})));
     }
+    // A NUL would end the role's or the statement's protocol string early.
+    calls.push(call(
+        "query",
+        json!({"sql": "SELECT 1", "role": "clinician\0options"}),
+    ));
+    calls.push(call(
+        "query",
+        json!({"sql": "SELECT 1\0; DELETE FROM departments"}),
+    ));
     // A plain EXPLAIN of a DELETE plans it and runs nothing.
     calls.push(call("explain", json!({"sql": "DELETE FROM departments"})));
     let r = drive(
@@ -331,6 +340,12 @@ fn no_write_through_query_or_explain() {
     let (refused, plan) = results.split_at(results.len() - 1);
     for (x, c) in refused.iter().zip(&calls) {
         assert_eq!(x["is_error"], true, "{c}: {x}");
+    }
+    for x in &refused[refused.len() - 2..] {
+        assert!(
+            x["text"].as_str().unwrap_or_default().contains("NUL"),
+            "{x}"
+        );
     }
     let write = &refused[2]["text"];
     assert!(
