@@ -585,3 +585,93 @@ async fn no_token_is_401_and_a_foreign_origin_403() {
     let failed = gw.audit_records("login_failed");
     assert!(failed.iter().any(|r| r["via"] == "mcp"), "{failed:?}");
 }
+
+/// An OIDC issuer on loopback (discovery and a JWKS with one ES256 key), signing tokens for
+/// the audience a test asks for.
+fn oidc_issuer() -> (String, jsonwebtoken::EncodingKey) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use std::io::Read;
+    let pair = rcgen::KeyPair::generate().expect("P-256 key");
+    let raw = pair.public_key_raw();
+    let (x, y) = (&raw[1..33], &raw[33..65]);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+        "kid": "mcp-1", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}]});
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let body = if path == "/jwks" {
+                jwks.to_string()
+            } else {
+                discovery.to_string()
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (
+        issuer,
+        jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+}
+
+/// An OIDC token is accepted only for phigate's audience; the protected-resource metadata
+/// names its issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oidc_token_for_another_audience_is_refused() {
+    let (issuer, key) = oidc_issuer();
+    let mut opts = GatewayOptions::for_cluster(clinic());
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
+    opts.extra = format!(
+        "[[auth.oidc]]\nname = \"corp\"\nissuer = \"{issuer}\"\naudience = [\"phigate\"]\n\
+         groups_claim = \"groups\"\n\n[[binding]]\ngroups = [\"agents\"]\nroles = [\"ai-agent\"]\n"
+    );
+    let gw = Gateway::start(bin(), opts).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let sign = |aud: &str| {
+        let now = phigate::auth::jwt::unix_now();
+        let claims = json!({"iss": issuer, "aud": aud, "sub": "agent-7", "groups": ["agents"],
+                            "iat": now, "exp": now + 600});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("mcp-1".into());
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let base = format!("http://127.0.0.1:{}", gw.http_port);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let post = |token: String| {
+        reqwest::Client::new()
+            .post(format!("{base}/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .bearer_auth(token)
+            .json(&list)
+            .send()
+    };
+    let ours = post(sign("phigate")).await.expect("post");
+    assert_eq!(ours.status(), 200);
+    assert!(ours.text().await.expect("body").contains("\"query\""));
+    let theirs = post(sign("urn:billing")).await.expect("post");
+    assert_eq!(theirs.status(), 401);
+    assert!(theirs.headers().contains_key("www-authenticate"));
+    let meta: Value = reqwest::get(format!("{base}/.well-known/oauth-protected-resource"))
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        meta["authorization_servers"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!(issuer))),
+        "{meta}"
+    );
+}
