@@ -5,11 +5,16 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-/// Largest line read from stdin (a request the gateway would refuse anyway past 64 KiB).
+/// Largest line read from stdin (a request the gateway would refuse anyway past 64 KiB); a
+/// longer one is skipped up to its end, never buffered whole.
 const MAX_LINE: usize = 1024 * 1024;
+/// Largest answer read from the gateway (a `query` keeps at most 1 MiB of values).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// The protocol version a message names (`_meta` of the 2026-07-28 era), or the one the
 /// `initialize` answer chose.
@@ -25,15 +30,22 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(super::tools::MAX_WAIT_SECS + 60))
         .build()?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = FramedRead::new(
+        tokio::io::stdin(),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
     let mut stdout = tokio::io::stdout();
     let mut negotiated: Option<String> = None;
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = lines.next().await {
+        let line = match line {
+            Ok(l) => l,
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                tracing::warn!(max = MAX_LINE, "message too large; dropped");
+                continue;
+            }
+            Err(LinesCodecError::Io(e)) => return Err(e.into()),
+        };
         if line.trim().is_empty() {
-            continue;
-        }
-        if line.len() > MAX_LINE {
-            tracing::warn!(bytes = line.len(), "message too large; dropped");
             continue;
         }
         let msg: Value = match serde_json::from_str(&line) {
@@ -105,9 +117,16 @@ async fn read_answers(resp: reqwest::Response) -> Vec<Value> {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let Ok(body) = resp.text().await else {
-        return Vec::new();
-    };
+    let mut resp = resp;
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if bytes.len() + chunk.len() > MAX_ANSWER {
+            tracing::error!(max = MAX_ANSWER, "answer too large; dropped");
+            return Vec::new();
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8_lossy(&bytes);
     if is_sse {
         let mut out = Vec::new();
         for event in body.split("\n\n") {
