@@ -84,6 +84,9 @@ pub const CSV_COLUMNS: &[&str] = &[
     "durability",
     "flush_interval_ms",
     "since",
+    // session_start, statement of an MCP tool call
+    "channel",
+    "tool",
 ];
 
 /// The header line: [`CSV_COLUMNS`] joined by commas.
@@ -94,7 +97,7 @@ review,justification,status,by,break_glass,count,required,delivered,attempts,\
 file,sha256,bytes,events,encrypted,truncated,complete,error,decrypted,\
 user,via,\
 ok,policy_version,needs_restart,failed_since,lost_events,segment,bytes_removed,\
-durability,flush_interval_ms,since";
+durability,flush_interval_ms,since,channel,tool";
 
 /// Lists of names, joined by a space (names hold none); other lists (literals, parameters)
 /// are written as their JSON array, which keeps values with spaces and NULLs apart.
@@ -234,6 +237,8 @@ mod tests {
                 tls: Some(s("TLSv1.3")),
                 application_name: Some(s("psql")),
                 database: Some(s("clinic")),
+                channel: Some(s("mcp")),
+                tool: Some(s("query")),
             },
             Event::SessionEnd {
                 session: s("s1"),
@@ -262,6 +267,8 @@ mod tests {
                 decision: s("allow"),
                 rule: Some(s("rule")),
                 approval: Some(s("r-1")),
+                channel: Some(s("mcp")),
+                tool: Some(s("query")),
             }),
             Event::StatementEnd {
                 session: s("s1"),

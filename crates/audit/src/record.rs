@@ -43,6 +43,13 @@ pub enum Event {
         tls: Option<String>,
         application_name: Option<String>,
         database: Option<String>,
+        /// The door the session came through when it is not the wire: `mcp` for the internal
+        /// session of an MCP tool call. Absent for wire sessions (and older records).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// The MCP tool whose call opened the session (`query`, `execute`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool: Option<String>,
     },
     SessionEnd {
         session: String,
@@ -228,6 +235,12 @@ pub struct StatementRecord {
     pub rule: Option<String>,
     /// The review that approved it, if one did.
     pub approval: Option<String>,
+    /// `mcp` when the statement came from an MCP tool call (as in its `session_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The MCP tool that sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

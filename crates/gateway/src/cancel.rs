@@ -98,31 +98,48 @@ impl CancelRegistry {
 
     /// Relays a client's CancelRequest. Unknown keys are ignored, as PostgreSQL does.
     pub async fn cancel(&self, key: FrontendKey) -> bool {
+        self.relay(key).await
+    }
+
+    /// Like [`CancelRegistry::cancel`], with the key looked up now: the returned future relays
+    /// the cancel even if the session ends before it runs (an MCP call dropped mid-statement
+    /// closes its session at once).
+    pub fn relay(
+        &self,
+        key: FrontendKey,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
         let target = self.inner.lock().ok().and_then(|m| m.get(&key).cloned());
-        let Some(target) = target else {
-            tracing::debug!("cancel request with an unknown key");
-            return false;
-        };
-        // A statement waiting for review is withdrawn; one running is cancelled in the database.
-        target.held.notify_waiters();
-        let mut buf = BytesMut::with_capacity(16);
-        write_cancel(&mut buf, target.key.0);
-        match TcpStream::connect(target.addr).await {
-            Ok(mut s) => {
-                if let Err(e) = s.write_all(&buf).await {
-                    tracing::warn!(error = %e, "could not relay cancel request");
-                    return false;
-                }
-                // The server closes the connection once it has read the request; wait for that
-                // so the cancel has been delivered when we return.
-                let mut sink = [0u8; 1];
-                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
-                true
+        async move {
+            let Some(target) = target else {
+                tracing::debug!("cancel request with an unknown key");
+                return false;
+            };
+            send_cancel(target).await
+        }
+    }
+}
+
+/// Sends a CancelRequest for `target` to the database, and waits until it is read.
+async fn send_cancel(target: Target) -> bool {
+    // A statement waiting for review is withdrawn; one running is cancelled in the database.
+    target.held.notify_waiters();
+    let mut buf = BytesMut::with_capacity(16);
+    write_cancel(&mut buf, target.key.0);
+    match TcpStream::connect(target.addr).await {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(&buf).await {
+                tracing::warn!(error = %e, "could not relay cancel request");
+                return false;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not reach the database to cancel");
-                false
-            }
+            // The server closes the connection once it has read the request; wait for that
+            // so the cancel has been delivered when we return.
+            let mut sink = [0u8; 1];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reach the database to cancel");
+            false
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod live;
 pub mod logging;
 pub mod login;
 pub mod masking;
+pub mod mcp;
 pub mod metrics;
 pub mod net;
 pub mod pgerror;

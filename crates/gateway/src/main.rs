@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Discover(args) => cli::discover::run(args),
         Command::Token { command } => cli::token::run(command),
         Command::Login(args) => cli::login::run(args),
+        Command::Mcp(args) => cli::mcp::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

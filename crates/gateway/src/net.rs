@@ -24,6 +24,12 @@ impl Stream {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
 
+    /// An in-memory stream inside the gateway (an internal session): nothing it carries
+    /// crosses a network.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self, Stream::Memory(_))
+    }
+
     /// TLS protocol version in use, for the session log.
     pub fn tls_version(&self) -> Option<&'static str> {
         let v = match self {

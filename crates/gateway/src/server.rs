@@ -153,19 +153,28 @@ async fn run(
     drop(listener);
     shared.lifecycle.accepting.store(false, Ordering::Release);
     sessions.close();
+    shared.lifecycle.internal.close();
     tracing::info!(
         sessions = sessions.len(),
         grace_secs = grace.as_secs(),
         "draining"
     );
     shared.lifecycle.draining.cancel();
-    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+    let all = async {
+        sessions.wait().await;
+        shared.lifecycle.internal.wait().await;
+    };
+    if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!(
             sessions = sessions.len(),
             "shutdown deadline reached; closing remaining sessions"
         );
         shared.lifecycle.force_close.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+        let all = async {
+            sessions.wait().await;
+            shared.lifecycle.internal.wait().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
     }
     shared.lifecycle.force_close.cancel();
     if let Some(t) = http_task {

@@ -30,6 +30,9 @@ pub struct Lifecycle {
     /// at a time, a success reused for [`READY_PROBE_TTL`], however often `/readyz` is called.
     /// A session that cannot reach the database forgets it.
     pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Sessions the gateway runs inside itself (MCP tool calls): shutdown waits for them as
+    /// for the listener's, so their last records come before the final checkpoint.
+    pub internal: tokio_util::task::TaskTracker,
 }
 
 impl Lifecycle {
@@ -187,6 +190,7 @@ impl Shared {
                 force_close: CancellationToken::new(),
                 accepting: AtomicBool::new(false),
                 upstream_probe: tokio::sync::Mutex::new(None),
+                internal: tokio_util::task::TaskTracker::new(),
             },
             listen: Listen {
                 pg_addr,

@@ -526,6 +526,37 @@ impl Policy {
     }
 }
 
+impl Role {
+    /// Whether a grant of this role covers `action` (`select`, `insert`, ...) on
+    /// `schema.table` (the grant check alone: rules and guards still decide each statement).
+    pub fn grants(&self, schema: &str, table: &str, action: &str) -> bool {
+        let rel = RelName {
+            schema: Some(schema.to_owned()),
+            name: table.to_owned(),
+        };
+        self.grants.iter().any(|g| g.covers(&rel, action))
+    }
+
+    /// Whether any grant lets the role change something (any action but `select`).
+    pub fn may_change(&self) -> bool {
+        !self.read_only
+            && self
+                .grants
+                .iter()
+                .any(|g| g.actions.iter().any(|a| *a != "select"))
+    }
+}
+
+impl Policy {
+    /// Whether a `require_approval` rule applies to `role` (something it sends may be held).
+    pub fn holds_for(&self, role: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.action == RuleAction::RequireApproval
+                && (r.roles.is_empty() || r.roles.iter().any(|n| n == role))
+        })
+    }
+}
+
 impl Grant {
     fn covers(&self, rel: &RelName, action: &str) -> bool {
         let schema_ok = self.schema == "*" || Some(&self.schema) == rel.schema.as_ref();

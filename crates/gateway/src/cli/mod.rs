@@ -14,6 +14,7 @@ pub mod demo;
 pub mod discover;
 pub mod keys;
 pub mod login;
+pub mod mcp;
 pub mod replay;
 pub mod review;
 pub mod serve;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Sign in with your identity provider and get a short-lived gateway token and a ready
     /// psql command.
     Login(login::LoginArgs),
+    /// The MCP server over stdio, for agents that start servers as processes: relays to the
+    /// gateway's /mcp with your credential (PHIGATE_URL, PHIGATE_TOKEN).
+    Mcp(mcp::McpArgs),
 }
 
 /// A multi-threaded runtime with every driver enabled.

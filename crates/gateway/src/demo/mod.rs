@@ -287,6 +287,7 @@ fn ready_json(
     json!({
         "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
         "http": http,
+        "mcp": format!("{http}/mcp"),
         "identities": identities,
         "upstream": {
             "host": cluster.host(),

@@ -16,6 +16,8 @@
 //! - `POST /v1/access-requests`: an identity asks for a role of `approvals.elevation_roles` for
 //!   a while (decided like a review);
 //! - `GET /v1/openapi.json`: this API, described;
+//! - `/mcp`: the MCP server (Streamable HTTP) and `/.well-known/oauth-protected-resource`
+//!   ([`crate::mcp`]);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
 //!
@@ -79,6 +81,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reviews/{id}/deny", post(reviews::deny))
         .route("/v1/access-requests", post(reviews::access_request))
         .route("/v1/openapi.json", get(openapi))
+        .merge(crate::mcp::routes(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(
             shared.listen.http_body_timeout,
             conn::body_deadline,

@@ -171,12 +171,47 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, place
         startup,
     } = places;
     let _ = tcp.set_nodelay(true);
+    run(Stream::Plain(tcp), peer, shared, None, Some(startup)).await
+}
+
+/// Where a session comes from when it is not a client of the PostgreSQL listener: set by the
+/// gateway itself, out of band (never from anything the client sends), and carried into the
+/// session's audit records (`channel`, `tool`).
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// `mcp`.
+    pub channel: &'static str,
+    /// The tool whose call opened the session.
+    pub tool: String,
+    /// The session's id, chosen by the caller so it can find what the session left (a review).
+    pub session: Arc<str>,
+}
+
+/// Runs a session over an in-memory stream inside the gateway (an MCP tool call): the same
+/// startup (the credential as the password, the role as the user), policy, masking login,
+/// audit and recording as a client of the listener. It takes a seat under the identity's and
+/// the role's caps like any session; `peer` is the caller's address.
+pub async fn handle_internal(
+    stream: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    origin: Origin,
+) {
+    run(Stream::Memory(stream), peer, shared, Some(origin), None).await
+}
+
+async fn run(
+    mut stream: Stream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    origin: Option<Origin>,
+    startup: Option<crate::admission::SourceSlot>,
+) {
     let timeout = shared.listen.startup_timeout;
-    let mut stream = Stream::Plain(tcp);
     // A connection still in startup has nothing to lose: on shutdown it is refused at once
     // rather than holding the drain up until its startup timeout.
     let started = tokio::select! {
-        r = tokio::time::timeout(timeout, startup::start(&mut stream, peer, &shared)) => match r {
+        r = tokio::time::timeout(timeout, startup::start(&mut stream, peer, &shared, origin.as_ref())) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout),
         },

@@ -21,11 +21,14 @@ pub(super) async fn start(
     stream: &mut Stream,
     peer: SocketAddr,
     shared: &Shared,
+    origin: Option<&super::Origin>,
 ) -> Result<Option<Ready>, SessionError> {
     let Some((startup, leftover)) = negotiate(stream, peer, shared).await? else {
         return Ok(None);
     };
-    let plaintext_ok = shared.listen.allow_plaintext_loopback && peer.ip().is_loopback();
+    // An in-memory stream never leaves the process: its token crossed no network here.
+    let plaintext_ok = stream.is_in_process()
+        || (shared.listen.allow_plaintext_loopback && peer.ip().is_loopback());
     if !stream.is_tls() && !plaintext_ok {
         return Err(SessionError::Startup(
             "TLS is required (tokens must not travel in plaintext); connect with sslmode=require",
@@ -54,7 +57,10 @@ pub(super) async fn start(
     let mut params = params;
     role_settings(&role, &mut params);
     identity_settings(&identity, &mut params);
-    let session: Arc<str> = Arc::from(crate::audit::session_id().as_str());
+    let session: Arc<str> = match origin {
+        Some(o) => o.session.clone(),
+        None => Arc::from(crate::audit::session_id().as_str()),
+    };
     let db = startup
         .param("database")
         .or(startup.param("user"))
@@ -83,7 +89,10 @@ pub(super) async fn start(
     // The session's encoding as the database reports it (the client's, or the database's or
     // role's default when the client named none).
     let encoding = session_encoding(&upstream.parameter_status)?;
-    audit_session_start(shared, &session, &identity, peer, stream, &startup, db).await?;
+    audit_session_start(
+        shared, &session, &identity, peer, stream, &startup, db, origin,
+    )
+    .await?;
     let masked = masked_login.is_some();
     let (phi, predicate_guarded, unwritable) = masked_login
         .map(|l| (l.phi_columns, l.predicate_guarded, l.unwritable))
@@ -111,6 +120,7 @@ pub(super) async fn start(
         predicate_guarded,
         unwritable,
         metrics: shared.metrics.clone(),
+        origin: origin.map(|o| (o.channel.to_owned(), o.tool.clone())),
     });
     let (key, registration) = shared.cancels.register(upstream.addr, upstream.key);
     let client_view = super::ClientView {
@@ -212,6 +222,7 @@ async fn connect_upstream(
 }
 
 /// Write-ahead: the session's start is on disk before the client may send a statement.
+#[allow(clippy::too_many_arguments)]
 async fn audit_session_start(
     shared: &Shared,
     session: &str,
@@ -220,6 +231,7 @@ async fn audit_session_start(
     stream: &Stream,
     startup: &StartupMessage,
     db: &str,
+    origin: Option<&super::Origin>,
 ) -> Result<(), SessionError> {
     let Some(audit) = &shared.audit.log else {
         return Ok(());
@@ -240,6 +252,8 @@ async fn audit_session_start(
                 .clone()
                 .unwrap_or_else(|| db.to_owned()),
         ),
+        channel: origin.map(|o| o.channel.to_owned()),
+        tool: origin.map(|o| o.tool.clone()),
     };
     audit
         .write(phigate_audit::Pending::Event(event))
@@ -319,7 +333,7 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Startup(m) => {
-                if shared.listen.tls.get().required && !stream.is_tls() {
+                if shared.listen.tls.get().required && !stream.is_tls() && !stream.is_in_process() {
                     return Err(SessionError::Startup(
                         "TLS is required; connect with sslmode=require",
                     ));

@@ -66,6 +66,9 @@ pub struct GuardParams {
     pub tape: Option<Arc<crate::recording::Tape>>,
     /// Statements by decision (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// For an internal session: its channel and tool (`Origin`), written on every statement
+    /// record.
+    pub origin: Option<(String, String)>,
 }
 
 /// What to do with one client message.

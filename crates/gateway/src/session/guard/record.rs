@@ -109,6 +109,8 @@ impl Guard {
             masked_columns,
             unmasked_columns,
             approval: a.approval,
+            channel: self.p.origin.as_ref().map(|o| o.0.clone()),
+            tool: self.p.origin.as_ref().map(|o| o.1.clone()),
             ..Default::default()
         };
         Some(Record {

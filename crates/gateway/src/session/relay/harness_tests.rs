@@ -138,6 +138,7 @@ async fn session() -> (Peer, Peer) {
         unwritable: Default::default(),
         tape: None,
         metrics: Default::default(),
+        origin: None,
     });
     let (client, gw_client) = tokio::io::duplex(64 * 1024);
     let (database, gw_database) = tokio::io::duplex(64 * 1024);

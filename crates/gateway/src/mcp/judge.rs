@@ -1,0 +1,156 @@
+//! What makes a tool call's SQL acceptable to the tool itself, from PostgreSQL's parse tree
+//! (`phigate_sql`): `query` takes exactly one statement that reads, `execute` exactly one
+//! statement, `explain` one statement it can explain. The session's policy decides the rest,
+//! and `query` and `explain` also run inside a read-only transaction, so the database refuses
+//! a write this judgement missed.
+
+use phigate_sql::{Analysis, Kind};
+
+fn parsed(sql: &str) -> Result<Vec<phigate_sql::Statement>, String> {
+    match phigate_sql::analyze(sql) {
+        Analysis::Parsed(stmts) => Ok(stmts),
+        Analysis::Invalid { message, .. } => Err(format!("phigate: {message}")),
+    }
+}
+
+fn exactly_one(sql: &str) -> Result<phigate_sql::Statement, String> {
+    let mut stmts = parsed(sql)?;
+    match stmts.len() {
+        1 => Ok(stmts.remove(0)),
+        0 => Err("phigate: no statement to run".into()),
+        n => Err(format!(
+            "phigate: one statement per call; this text holds {n} (send them one by one)"
+        )),
+    }
+}
+
+/// Whether `st` only reads: a SELECT (no data-modifying CTE, no row locks) or SHOW.
+fn reads(st: &phigate_sql::Statement) -> bool {
+    match st.kind {
+        Kind::Select => st.inner.is_none() && st.accesses.iter().all(|a| !a.action.is_write()),
+        Kind::Show => true,
+        _ => false,
+    }
+}
+
+/// `query`: exactly one statement, and it reads.
+pub fn one_read(sql: &str) -> Result<(), String> {
+    let st = exactly_one(sql)?;
+    if reads(&st) {
+        return Ok(());
+    }
+    Err(format!(
+        "phigate: query runs one read-only statement; this is {} (use the execute tool for \
+         statements that change data, which may be held for approval)",
+        st.kind.label().to_uppercase()
+    ))
+}
+
+/// `execute`: exactly one statement.
+pub fn one_statement(sql: &str) -> Result<(), String> {
+    exactly_one(sql).map(|_| ())
+}
+
+/// `explain`: the EXPLAIN statement to run for `sql`. `analyze` runs the statement, so it is
+/// allowed for a statement that only reads (execution is `execute`'s).
+pub fn explain(sql: &str, analyze: bool) -> Result<String, String> {
+    let st = exactly_one(sql)?;
+    if st.kind == Kind::Explain {
+        return Err(
+            "phigate: pass the statement itself; the explain tool adds EXPLAIN (and ANALYZE \
+             with analyze: true)"
+                .into(),
+        );
+    }
+    if !matches!(
+        st.kind,
+        Kind::Select | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge
+    ) {
+        return Err(format!(
+            "phigate: {} cannot be explained",
+            st.kind.label().to_uppercase()
+        ));
+    }
+    if analyze && !reads(&st) {
+        return Err(format!(
+            "phigate: EXPLAIN ANALYZE runs the statement, and this one is {}: use the execute \
+             tool to run it",
+            st.kind.label().to_uppercase()
+        ));
+    }
+    let text = if analyze {
+        format!("EXPLAIN (ANALYZE) {sql}")
+    } else {
+        format!("EXPLAIN {sql}")
+    };
+    // The composed text is still one EXPLAIN of that statement (a comment cannot end it).
+    let composed = exactly_one(&text)?;
+    if composed.kind != Kind::Explain || composed.explain_analyze != analyze {
+        return Err("phigate: the statement cannot be explained".into());
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_takes_one_read() {
+        for ok in [
+            "SELECT 1",
+            "select * from patients where id = $1",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "SHOW search_path",
+            "SELECT 1;",
+        ] {
+            assert!(one_read(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "COMMIT; DROP TABLE patients",
+            "SELECT 1; SELECT 2",
+            "DELETE FROM patients",
+            "EXPLAIN ANALYZE DELETE FROM patients",
+            "WITH d AS (DELETE FROM patients RETURNING *) SELECT * FROM d",
+            "DO $$ BEGIN DELETE FROM patients; END $$",
+            "COPY patients TO PROGRAM 'cat'",
+            "SET search_path = x",
+            "SELECT 1 INTO t",
+            "BEGIN",
+            "",
+            "SELEC 1",
+        ] {
+            let e = one_read(bad).expect_err(bad);
+            assert!(e.starts_with("phigate: "), "{bad}: {e}");
+        }
+        assert!(one_read("UPDATE t SET a = 1")
+            .expect_err("a write")
+            .contains("execute"));
+    }
+
+    #[test]
+    fn explain_polices_analyze_as_execution() {
+        assert_eq!(
+            explain("SELECT 1", false).as_deref(),
+            Ok("EXPLAIN SELECT 1")
+        );
+        assert_eq!(
+            explain("SELECT 1", true).as_deref(),
+            Ok("EXPLAIN (ANALYZE) SELECT 1")
+        );
+        assert!(explain("DELETE FROM t", false).is_ok());
+        for bad in [
+            ("DELETE FROM t", true),
+            ("EXPLAIN ANALYZE DELETE FROM t", false),
+            ("SELECT 1; DELETE FROM t", false),
+            ("COMMIT; DROP TABLE t", false),
+            ("DO $$ BEGIN END $$", false),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                true,
+            ),
+        ] {
+            assert!(explain(bad.0, bad.1).is_err(), "{bad:?}");
+        }
+    }
+}
