@@ -154,10 +154,22 @@ impl Matcher<'_> {
 
 /// Every matching record, in order.
 pub fn search(dir: &Path, filter: &Filter, limit: usize) -> std::io::Result<Vec<Record>> {
+    search_after(dir, filter, 0, limit)
+}
+
+/// The matching records after sequence number `after`, in order: keyset pagination (the next
+/// page starts after the last `seq` of this one, however the log grows meanwhile). Records
+/// before it still go through the matcher, which follows a subject's sessions and reviews.
+pub fn search_after(
+    dir: &Path,
+    filter: &Filter,
+    after: u64,
+    limit: usize,
+) -> std::io::Result<Vec<Record>> {
     let mut out = Vec::new();
     let mut matcher = filter.matcher();
     read_records(dir, |r| {
-        if matcher.matches(&r) {
+        if matcher.matches(&r) && r.seq > after {
             out.push(r);
         }
         out.len() < limit

@@ -248,6 +248,7 @@ fn demo_config(
             ..Default::default()
         },
         masking_key_file: None,
+        console: Default::default(),
         log: Log::default(),
         runtime: Default::default(),
         // The clinician's recordings keep the rows it saw, encrypted with the demo's recording
@@ -287,6 +288,7 @@ fn ready_json(
     json!({
         "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
         "http": http,
+        "console": format!("{http}/console/"),
         "identities": identities,
         "upstream": {
             "host": cluster.host(),
@@ -341,6 +343,9 @@ fn print_ready(
             dir = data_dir.display()
         );
     }
+    println!(
+        "Web console: {http}/console/ (sign in as any demo identity on the development issuer's page)."
+    );
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
 }
 

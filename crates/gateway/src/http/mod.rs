@@ -16,6 +16,7 @@
 //! - `POST /v1/access-requests`: an identity asks for a role of `approvals.elevation_roles` for
 //!   a while (decided like a review);
 //! - `GET /v1/openapi.json`: this API, described;
+//! - `/console/`: the reviewer and auditor web console, HTML (`console/`);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
 //!
@@ -24,6 +25,7 @@
 
 mod audit;
 mod conn;
+mod console;
 pub mod error;
 pub mod extract;
 mod health;
@@ -57,7 +59,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Every route of the API.
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let console = console::router(shared.clone());
+    let api = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(
@@ -78,7 +81,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reviews/{id}/approve", post(reviews::approve))
         .route("/v1/reviews/{id}/deny", post(reviews::deny))
         .route("/v1/access-requests", post(reviews::access_request))
-        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(openapi));
+    let routes = match console {
+        Some(c) => api.merge(c),
+        None => api,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             shared.listen.http_body_timeout,
             conn::body_deadline,
