@@ -23,8 +23,8 @@ mod upstream;
 
 pub use approvals::{ApprovalsConfig, WebhookFormat};
 pub use audit::{AuditConfig, Durability, ReadDurability, StatementText};
-pub use console::ConsoleConfig;
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
+pub use console::ConsoleConfig;
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;

@@ -28,23 +28,9 @@ pub const DATABASE: &str = "clinic";
 pub const UPSTREAM_USER: &str = "phigate_app";
 
 /// The demo identities: name in the ready file, subject, role (the startup `user`), and the
-/// group their token carries (bound to that role).
-pub const IDENTITIES: [(&str, &str, &str, &str); 4] = [
-    ("agent", "coding-agent@demo.phigate", "ai-agent", "agents"),
-    (
-        "clinician",
-        "dr.rivera@demo.phigate",
-        "clinician",
-        "clinicians",
-    ),
-    ("admin", "admin@demo.phigate", "admin", "admins"),
-    (
-        "reviewer",
-        "privacy.officer@demo.phigate",
-        "reviewer",
-        "reviewers",
-    ),
-];
+/// group their token carries (bound to that role). The development issuer's sign-in page (the
+/// web console) lists them too.
+pub const IDENTITIES: [(&str, &str, &str, &str); 4] = crate::config::auth::DEVELOPMENT_IDENTITIES;
 
 /// How long the demo's tokens live.
 pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);

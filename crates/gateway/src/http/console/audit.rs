@@ -122,7 +122,10 @@ fn summary(r: &Record) -> (String, String) {
             }
             let mut text = v.to_string();
             if text.len() > 240 {
-                let cut = (0..=240).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=240)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
                 text.truncate(cut);
                 text.push('…');
             }
@@ -269,7 +272,11 @@ pub async fn page(State(c): State<Arc<Console>>, v: Viewer, Query(s): Query<Sear
     })
     .await;
     let Ok(Ok(mut records)) = found else {
-        return layout::error_for(&v, StatusCode::INTERNAL_SERVER_ERROR, "The audit log cannot be read.");
+        return layout::error_for(
+            &v,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The audit log cannot be read.",
+        );
     };
     let more = records.len() > PAGE;
     records.truncate(PAGE);
@@ -311,7 +318,11 @@ pub async fn csv(State(c): State<Arc<Console>>, v: Viewer, Query(s): Query<Searc
     })
     .await;
     let Ok(Ok(records)) = found else {
-        return layout::error_for(&v, StatusCode::INTERNAL_SERVER_ERROR, "The audit log cannot be read.");
+        return layout::error_for(
+            &v,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The audit log cannot be read.",
+        );
     };
     let mut out = String::from(phigate_audit::query::CSV_HEADER);
     if !out.ends_with('\n') {

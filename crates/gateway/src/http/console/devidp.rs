@@ -64,17 +64,27 @@ pub struct AuthRequest {
     subject: Option<String>,
 }
 
-fn dev(c: &Console) -> Result<&DevIdp, Response> {
-    c.dev
-        .as_ref()
-        .ok_or_else(|| layout::error(StatusCode::NOT_FOUND, "The development issuer is off."))
+/// Why an authorization request is refused (shown as a page).
+struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        layout::error(self.0, self.1)
+    }
+}
+
+fn dev(c: &Console) -> Result<&DevIdp, Refused> {
+    c.dev.as_ref().ok_or(Refused(
+        StatusCode::NOT_FOUND,
+        "The development issuer is off.",
+    ))
 }
 
 /// Refuses anything but the console's own code + PKCE request: no other client, no other
 /// redirect (no open redirect), no plain PKCE.
-fn check(c: &Console, r: &AuthRequest) -> Result<(), Response> {
+fn check(c: &Console, r: &AuthRequest) -> Result<(), Refused> {
     if r.client_id != DEV_CLIENT_ID || r.redirect_uri != c.redirect_uri() {
-        return Err(layout::error(
+        return Err(Refused(
             StatusCode::BAD_REQUEST,
             "Unknown client or redirect URI: the development issuer serves the console only.",
         ));
@@ -85,7 +95,7 @@ fn check(c: &Console, r: &AuthRequest) -> Result<(), Response> {
         || r.state.is_empty()
         || r.nonce.is_empty()
     {
-        return Err(layout::error(
+        return Err(Refused(
             StatusCode::BAD_REQUEST,
             "The request needs response_type=code, PKCE S256, a state and a nonce.",
         ));
@@ -99,12 +109,12 @@ pub async fn authorize_page(
     Query(r): Query<AuthRequest>,
 ) -> Response {
     if let Err(e) = dev(&c).and_then(|_| check(&c, &r)) {
-        return e;
+        return e.into_response();
     }
     let body = html! {
         p { "The demo's development issuer vouches for these identities. Choose who to be:" }
         ul.signin-list {
-            @for (_, subject, role, _) in crate::demo::IDENTITIES {
+            @for (_, subject, role, _) in crate::config::auth::DEVELOPMENT_IDENTITIES {
                 li {
                     form method="post" action="/dev/authorize" {
                         input type="hidden" name="response_type" value=(r.response_type);
@@ -132,18 +142,21 @@ pub async fn authorize_page(
 pub async fn authorize(State(c): State<Arc<Console>>, Form(r): Form<AuthRequest>) -> Response {
     let idp = match dev(&c) {
         Ok(d) => d,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = check(&c, &r) {
-        return e;
+        return e.into_response();
     }
     let chosen = r.subject.as_deref().and_then(|s| {
-        crate::demo::IDENTITIES
+        crate::config::auth::DEVELOPMENT_IDENTITIES
             .iter()
             .find(|(_, subject, _, _)| *subject == s)
     });
     let Some((_, subject, _, group)) = chosen else {
-        return layout::error(StatusCode::BAD_REQUEST, "Choose one of the demo identities.");
+        return layout::error(
+            StatusCode::BAD_REQUEST,
+            "Choose one of the demo identities.",
+        );
     };
     let code = session::random_token();
     {
@@ -197,7 +210,7 @@ fn token_error(what: &str) -> Response {
 pub async fn token(State(c): State<Arc<Console>>, Form(t): Form<TokenRequest>) -> Response {
     let idp = match dev(&c) {
         Ok(d) => d,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let Some(code) = idp
         .codes

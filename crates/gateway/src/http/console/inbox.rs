@@ -156,11 +156,7 @@ fn rows_markup(list: &[Review]) -> Markup {
 }
 
 /// `GET /console/inbox`
-pub async fn page(
-    State(c): State<Arc<Console>>,
-    v: Viewer,
-    Query(f): Query<Filters>,
-) -> Response {
+pub async fn page(State(c): State<Arc<Console>>, v: Viewer, Query(f): Query<Filters>) -> Response {
     let list = match visible(&c, &v, &f).await {
         Ok(l) => l,
         Err(e) => return e,
@@ -189,11 +185,7 @@ pub async fn page(
 }
 
 /// `GET /console/inbox/rows`: the inbox's list alone (htmx swaps it in on every change).
-pub async fn rows(
-    State(c): State<Arc<Console>>,
-    v: Viewer,
-    Query(f): Query<Filters>,
-) -> Response {
+pub async fn rows(State(c): State<Arc<Console>>, v: Viewer, Query(f): Query<Filters>) -> Response {
     match visible(&c, &v, &f).await {
         Ok(list) => Html(rows_markup(&list).into_string()).into_response(),
         Err(e) => e,
@@ -384,7 +376,14 @@ pub async fn decide(
         "approve" => true,
         "deny" => false,
         _ => {
-            return review_page(&c, &v, &r, StatusCode::BAD_REQUEST, Some("Choose Approve or Deny.")).await
+            return review_page(
+                &c,
+                &v,
+                &r,
+                StatusCode::BAD_REQUEST,
+                Some("Choose Approve or Deny."),
+            )
+            .await
         }
     };
     if f.digest != digest(&r.statement) {

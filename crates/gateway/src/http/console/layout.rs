@@ -10,8 +10,7 @@ use super::Viewer;
 
 /// htmx's settings: no inline indicator styles (the CSP forbids them), no `eval`, no scripts
 /// in swapped content.
-const HTMX_CONFIG: &str =
-    r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"selfRequestsOnly":true}"#;
+const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"selfRequestsOnly":true}"#;
 
 /// A whole page titled `title`, for `viewer` (none: the sign-in pages).
 pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {

@@ -182,7 +182,10 @@ async fn security_headers(State(c): State<Arc<Console>>, req: Request, next: Nex
     let h = res.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, c.csp.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -240,10 +243,8 @@ impl IntoResponse for NotSignedIn {
         if self.0 {
             // htmx follows HX-Redirect with a whole-page navigation.
             let mut res = Redirect::to("/console/signin").into_response();
-            res.headers_mut().insert(
-                "hx-redirect",
-                HeaderValue::from_static("/console/signin"),
-            );
+            res.headers_mut()
+                .insert("hx-redirect", HeaderValue::from_static("/console/signin"));
             return res;
         }
         layout::error(
@@ -265,8 +266,8 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             .ok_or(NotSignedIn(get))?;
         let id = c.session_id(parts).ok_or(NotSignedIn(get))?.to_owned();
         // The live inbox's own requests do not count as activity (idle logoff).
-        let automatic = parts.headers.contains_key("hx-request")
-            || parts.uri.path() == "/console/events";
+        let automatic =
+            parts.headers.contains_key("hx-request") || parts.uri.path() == "/console/events";
         let session = if automatic {
             c.sessions.peek(&id)
         } else {
@@ -277,7 +278,9 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             return Err(NotSignedIn(get));
         };
         let shared = &c.shared;
-        let roles = shared.auth.roles_for(&who.subject, &who.groups, &who.issuer);
+        let roles = shared
+            .auth
+            .roles_for(&who.subject, &who.groups, &who.issuer);
         let can_review = reviewer_roles(shared).iter().any(|r| roles.contains(r));
         let can_audit = shared.audit.dir.is_some()
             && shared
@@ -317,7 +320,10 @@ struct CsrfForm {
 /// `POST /console/logout`: the session ends on the server, the cookie is removed.
 async fn logout(State(c): State<Arc<Console>>, v: Viewer, Form(f): Form<CsrfForm>) -> Response {
     if !csrf_ok(&c, &v, &f.csrf) {
-        return layout::error(StatusCode::FORBIDDEN, "This form has expired; reload the page.");
+        return layout::error(
+            StatusCode::FORBIDDEN,
+            "This form has expired; reload the page.",
+        );
     }
     c.sessions.remove(&v.session_id);
     tracing::info!(subject = %v.who.subject, issuer = %v.who.issuer, "console sign-out");

@@ -106,10 +106,11 @@ impl Store {
     /// (the gateway token's expiry).
     pub fn create(&self, state: State, until: Option<SystemTime>) -> Result<String, Full> {
         let now = Instant::now();
-        let mut ends = now + match state {
-            State::SigningIn(_) => SIGN_IN_TIMEOUT,
-            State::SignedIn(_) => self.absolute,
-        };
+        let mut ends = now
+            + match state {
+                State::SigningIn(_) => SIGN_IN_TIMEOUT,
+                State::SignedIn(_) => self.absolute,
+            };
         if let Some(left) = until.and_then(|u| u.duration_since(SystemTime::now()).ok()) {
             ends = ends.min(now + left);
         } else if until.is_some() {

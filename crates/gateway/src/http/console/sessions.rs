@@ -66,7 +66,11 @@ fn multiline(text: &str) -> String {
 }
 
 /// `GET /console/sessions`
-pub async fn list(State(c): State<Arc<Console>>, v: Viewer, Query(q): Query<ListQuery>) -> Response {
+pub async fn list(
+    State(c): State<Arc<Console>>,
+    v: Viewer,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let (dir, _) = match reader(&c, &v).await {
         Ok(r) => r,
         Err(e) => return e,
@@ -80,7 +84,11 @@ pub async fn list(State(c): State<Arc<Console>>, v: Viewer, Query(q): Query<List
     };
     let found = tokio::task::spawn_blocking(move || replay::list(&dir, &filter)).await;
     let Ok(Ok(mut sessions)) = found else {
-        return layout::error_for(&v, StatusCode::INTERNAL_SERVER_ERROR, "The audit log cannot be read.");
+        return layout::error_for(
+            &v,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The audit log cannot be read.",
+        );
     };
     // Newest first.
     sessions.reverse();

@@ -23,8 +23,8 @@ use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    AuthorizationCode, ClientId, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, Scope, TokenResponse,
 };
 
 use super::session::{Pending, SignedIn, State as SessionState};
@@ -318,7 +318,10 @@ fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
         );
     }
     let Some(signer) = shared.auth.signer() else {
-        return layout::error(StatusCode::SERVICE_UNAVAILABLE, "This gateway signs no tokens.");
+        return layout::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This gateway signs no tokens.",
+        );
     };
     let left = v
         .expires_at
@@ -332,7 +335,10 @@ fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
         .min(absolute)
         .min(Duration::from_secs(left.as_secs()));
     if ttl.is_zero() {
-        return layout::error(StatusCode::UNAUTHORIZED, "Your sign-in has already expired.");
+        return layout::error(
+            StatusCode::UNAUTHORIZED,
+            "Your sign-in has already expired.",
+        );
     }
     let (token, expires) = match signer.mint(&v.subject, &v.groups, &v.issuer, ttl) {
         Ok(t) => t,
