@@ -192,22 +192,28 @@ async function demo(readyPath, screenshotDir) {
   const agent = await devSignIn(browser, ready.console, 'coding-agent@demo.phigate', false);
   const ap = agent.page;
   check(await ap.getByRole('link', { name: 'Inbox', exact: true }).count() === 0, 'the agent has an Inbox link');
-  const second = psql(ready, 'agent', statement);
+  // Its text carries markup (class B: client-originated text): shown as text, never run.
+  const payload = '<img src=x onerror=alert(1)><script>alert(2)</script>';
+  const hostile = `${statement} /* phigate: reason=${payload} */`;
+  const second = psql(ready, 'agent', hostile);
   const ownId = await second.held;
   const own = await ap.goto(`${base}/console/reviews/${ownId}`);
   checkHeaders(own, 'review page');
-  await ap.getByText(statement).waitFor();
+  await ap.getByText(hostile).waitFor();
+  await ap.getByText(payload, { exact: true }).waitFor();
+  check(await ap.locator('img').count() === 0, 'the justification became an element');
+  check(await ap.locator('script').count() === 2, 'the statement text became a script');
   check(await ap.getByRole('button', { name: 'Approve' }).count() === 0, 'the requester sees Approve');
   check(await ap.getByRole('textbox', { name: 'Reason' }).count() === 0, 'the requester sees Reason');
   await audit(ap, 'own-request');
   const csrf = await ap.locator('input[name="csrf"]').first().inputValue();
   const forged = await ap.request.post(`${base}/console/reviews/${ownId}/decide`, {
-    form: { csrf, digest: sha256(statement), reason: 'approving my own change myself', decision: 'approve' },
+    form: { csrf, digest: sha256(hostile), reason: 'approving my own change myself', decision: 'approve' },
     maxRedirects: 0,
   });
   check(forged.status() === 403, `forged approval by the requester: HTTP ${forged.status()}`);
   const noCsrf = await rp.request.post(`${base}/console/reviews/${ownId}/decide`, {
-    form: { csrf: 'x', digest: sha256(statement), reason: 'a reviewer without the token', decision: 'approve' },
+    form: { csrf: 'x', digest: sha256(hostile), reason: 'a reviewer without the token', decision: 'approve' },
     maxRedirects: 0,
   });
   check(noCsrf.status() === 403, `approval without the CSRF token: HTTP ${noCsrf.status()}`);
@@ -217,8 +223,25 @@ async function demo(readyPath, screenshotDir) {
   await ap.getByRole('link', { name: `Review ${ownId}` }).waitFor();
   await audit(ap, 'my-requests');
 
-  // The reviewer denies it (with a reason); the agent's psql fails.
+  // A reviewer's form made for another text is refused (the digest binds the decision).
   await rp.goto(`${base}/console/reviews/${ownId}`);
+  const reviewerCsrf = await rp.locator('input[name="csrf"]').first().inputValue();
+  const stale = await rp.request.post(`${base}/console/reviews/${ownId}/decide`, {
+    form: { csrf: reviewerCsrf, digest: sha256(statement), reason: 'approving what I did not see', decision: 'approve' },
+    maxRedirects: 0,
+  });
+  check(stale.status() === 409, `approval of another text: HTTP ${stale.status()}`);
+  // Cross-site: another origin's form cannot post (SameSite=Lax keeps the cookie home, and
+  // the Host check refuses a rebinding name).
+  const rebound = await rp.request.post(`${base}/console/reviews/${ownId}/decide`, {
+    headers: { host: 'attacker.example:80' },
+    form: { csrf: reviewerCsrf, digest: sha256(hostile), reason: 'a rebinding page posting', decision: 'approve' },
+    maxRedirects: 0,
+  });
+  check(rebound.status() === 421, `a post under another host name: HTTP ${rebound.status()}`);
+
+  // The reviewer denies it (with a reason); the agent's psql fails.
+  await rp.reload();
   await rp.getByRole('textbox', { name: 'Reason' }).fill('Not needed: the code is already right.');
   await rp.getByRole('button', { name: 'Deny' }).click();
   await rp.getByText('denied', { exact: true }).waitFor();

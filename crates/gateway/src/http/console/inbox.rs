@@ -396,7 +396,9 @@ pub async fn decide(
         )
         .await;
     }
-    let reason = f.reason.trim();
+    // A textarea's line breaks become spaces (a reason travels on one line: the client's
+    // error, the logs, the audit log).
+    let reason = f.reason.split_whitespace().collect::<Vec<_>>().join(" ");
     if reason.chars().count() < MIN_REASON_CHARS {
         let msg = format!("A reason of at least {MIN_REASON_CHARS} characters is required.");
         return review_page(&c, &v, &r, StatusCode::UNPROCESSABLE_ENTITY, Some(&msg)).await;
@@ -412,7 +414,7 @@ pub async fn decide(
         Err(e) => return layout::api_error(&v, e),
     };
     let body = DecisionBody {
-        reason: reason.to_owned(),
+        reason,
         break_glass: false,
     };
     match decide_review(shared, &credentials, &caller, &id, approve, &body).await {

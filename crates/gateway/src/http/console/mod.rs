@@ -45,6 +45,8 @@ pub struct Console {
     sessions: Store,
     /// Where browsers reach the console (no trailing slash).
     base: String,
+    /// Its `Host` (host and port, the port only if not the scheme's default).
+    authority: String,
     /// The base is https: the cookie is `__Host-` prefixed and `Secure`.
     secure: bool,
     methods: Vec<signin::Method>,
@@ -52,6 +54,8 @@ pub struct Console {
     dev: Option<devidp::DevIdp>,
     /// For the identity providers: never follows a redirect.
     http: reqwest::Client,
+    /// The identity providers' discovery documents, briefly cached.
+    discovered: signin::Discovered,
     /// The `Content-Security-Policy` of every console page.
     csp: HeaderValue,
 }
@@ -108,6 +112,11 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         .unwrap_or_else(|| format!("http://{http_addr}"))
         .trim_end_matches('/')
         .to_owned();
+    let url = reqwest::Url::parse(&base).ok()?;
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str()?),
+        None => url.host_str()?.to_owned(),
+    };
     let methods = signin::methods(&shared);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -122,10 +131,12 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
             Duration::from_secs(config.absolute_timeout_secs),
         ),
         secure: base.starts_with("https://"),
+        authority,
         dev: shared.tokens.development.then(devidp::DevIdp::default),
         base,
         methods,
         http,
+        discovered: Default::default(),
         csp,
         shared,
     });
@@ -177,8 +188,35 @@ fn content_security_policy(methods: &[signin::Method]) -> HeaderValue {
 }
 
 /// Every console response: no caching (pages carry PHI), no referrer, no framing, the CSP.
+/// Console pages answer only under the console's own host name (`console.public_url`): a
+/// DNS-rebinding page elsewhere gets a redirect to the real origin, whose cookie it never has.
 async fn security_headers(State(c): State<Arc<Console>>, req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let mut res =
+        if req.uri().path().starts_with("/console") && !host.eq_ignore_ascii_case(&c.authority) {
+            let to = format!(
+                "{}{}",
+                c.base,
+                req.uri()
+                    .path_and_query()
+                    .map_or("/console/", |p| p.as_str())
+            );
+            match *req.method() {
+                axum::http::Method::GET | axum::http::Method::HEAD => {
+                    Redirect::permanent(&to).into_response()
+                }
+                _ => layout::error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "This console answers under its own address only.",
+                ),
+            }
+        } else {
+            next.run(req).await
+        };
     let h = res.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, c.csp.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -193,6 +231,10 @@ async fn security_headers(State(c): State<Arc<Console>>, req: Request, next: Nex
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
         HeaderValue::from_static("same-origin"),
     );
     res
@@ -255,9 +297,34 @@ impl IntoResponse for NotSignedIn {
 }
 
 impl FromRequestParts<Arc<Console>> for Viewer {
-    type Rejection = NotSignedIn;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, NotSignedIn> {
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        let get = parts.method == axum::http::Method::GET;
+        let viewer = Viewer::from_session(parts, c)
+            .await
+            .map_err(|e| e.into_response())?;
+        // Every request checks the sign-in's credential as the API checks a bearer token: a
+        // revoked token, an issuer or binding removed by a reload, ends the console session.
+        let shared = &c.shared;
+        if let Err(e) = viewer
+            .credentials()
+            .authorize(shared, &viewer.roles, "use the web console")
+            .await
+        {
+            if !viewer.peer.ip().is_loopback() {
+                return Err(layout::error(e.status(), e.message()));
+            }
+            c.sessions.remove(&viewer.session_id);
+            tracing::info!(subject = %viewer.who.subject, error = %e.message(), "console session ended: its credential no longer holds");
+            return Err(NotSignedIn(get).into_response());
+        }
+        Ok(viewer)
+    }
+}
+
+impl Viewer {
+    async fn from_session(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, NotSignedIn> {
         let get = parts.method == axum::http::Method::GET;
         let peer = parts
             .extensions
@@ -302,7 +369,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
 }
 
 /// `GET /console/`: the first page the roles allow.
-async fn home(v: Result<Viewer, NotSignedIn>) -> Response {
+async fn home(v: Result<Viewer, Response>) -> Response {
     match v {
         Ok(v) if v.can_review => Redirect::to("/console/inbox").into_response(),
         Ok(v) if v.can_audit => Redirect::to("/console/audit").into_response(),

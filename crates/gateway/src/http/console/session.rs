@@ -116,9 +116,27 @@ impl Store {
         } else if until.is_some() {
             ends = now;
         }
+        let signing_in = matches!(state, State::SigningIn(_));
         let mut map = self.lock();
         if map.len() >= self.max {
             map.retain(|_, s| self.alive(s, now));
+        }
+        // Sign-ins in flight hold at most half the store: a flood of started sign-ins pushes
+        // out the oldest of them, never a signed-in session.
+        let pending = map
+            .values()
+            .filter(|s| matches!(s.state, State::SigningIn(_)))
+            .count();
+        if (signing_in && pending >= self.max.div_ceil(2)) || (map.len() >= self.max && pending > 0)
+        {
+            let oldest = map
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::SigningIn(_)))
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
         }
         if map.len() >= self.max {
             return Err(Full);
@@ -164,6 +182,23 @@ impl Store {
             return None;
         }
         map.get(&k).cloned()
+    }
+
+    /// Takes the sign-in in flight of cookie `id` (the callback); a signed-in session is left
+    /// alone (a forged callback link cannot sign anyone out).
+    pub fn take_pending(&self, id: &str) -> Option<Pending> {
+        let now = Instant::now();
+        let k = key(id);
+        let mut map = self.lock();
+        match map.get(&k) {
+            Some(s) if matches!(s.state, State::SigningIn(_)) => {}
+            _ => return None,
+        }
+        let s = map.remove(&k)?;
+        match s.state {
+            State::SigningIn(p) if self.alive(&s, now) => Some(p),
+            _ => None,
+        }
     }
 
     /// Removes the session of cookie `id` (logout, or sign-in done: the caller stores the
@@ -228,6 +263,37 @@ mod tests {
         let full = Store::new(1, Duration::from_secs(60), Duration::from_secs(600));
         full.create(signed_in(), None).expect("room");
         assert!(full.create(signed_in(), None).is_err());
+    }
+
+    #[test]
+    fn a_flood_of_sign_ins_never_pushes_out_a_signed_in_session() {
+        let store = Store::new(4, Duration::from_secs(60), Duration::from_secs(600));
+        let who = store.create(signed_in(), None).expect("room");
+        let pending = || {
+            State::SigningIn(Pending {
+                method: "m".into(),
+                state: "s".into(),
+                nonce: "n".into(),
+                pkce_verifier: "v".into(),
+            })
+        };
+        let mut started = Vec::new();
+        for _ in 0..50 {
+            started.push(store.create(pending(), None).expect("a sign-in may start"));
+        }
+        assert!(store.touch(&who).is_some());
+        assert!(store.len() <= 4);
+        // The newest sign-in is still in flight; the oldest were pushed out.
+        let newest = started.last().expect("one");
+        assert!(store.take_pending(&started[0]).is_none());
+        assert!(store.take_pending(newest).is_some());
+        assert!(store.take_pending(newest).is_none(), "taken once");
+        // A callback with a signed-in session's cookie takes nothing and ends nothing.
+        assert!(store.take_pending(&who).is_none());
+        assert!(store.touch(&who).is_some());
+        store
+            .create(signed_in(), None)
+            .expect("room for another sign-in");
     }
 
     #[test]

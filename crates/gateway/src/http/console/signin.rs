@@ -176,14 +176,55 @@ type Client = openidconnect::Client<
     openidconnect::EndpointMaybeSet,
 >;
 
+/// How long an issuer's discovery document (and its keys) is reused: sign-ins cannot make the
+/// gateway fetch it more often, however many are started.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+
+/// Discovery documents by issuer, each at most [`DISCOVERY_TTL`] old: one entry per sign-in
+/// method.
+#[derive(Default)]
+pub struct Discovered(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, CoreProviderMetadata)>>,
+);
+
+impl Discovered {
+    fn get(&self, issuer: &str) -> Option<CoreProviderMetadata> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(issuer)
+            .filter(|(at, _)| at.elapsed() < DISCOVERY_TTL)
+            .map(|(_, m)| m.clone())
+    }
+
+    fn put(&self, issuer: &str, meta: CoreProviderMetadata) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(issuer.to_owned(), (std::time::Instant::now(), meta));
+    }
+
+    /// Forgets an issuer's document (its keys may have rotated).
+    fn forget(&self, issuer: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(issuer);
+    }
+}
+
 async fn client(c: &Console, m: &Method) -> Result<Client, SignInError> {
-    let issuer = IssuerUrl::new(m.issuer().to_owned()).map_err(|_| SignInError::Provider)?;
-    let meta = CoreProviderMetadata::discover_async(issuer, &c.http)
-        .await
-        .map_err(|e| {
-            tracing::warn!(issuer = %m.issuer(), error = %e, "console sign-in: discovery failed");
-            SignInError::Provider
-        })?;
+    let meta = match c.discovered.get(m.issuer()) {
+        Some(meta) => meta,
+        None => {
+            let issuer =
+                IssuerUrl::new(m.issuer().to_owned()).map_err(|_| SignInError::Provider)?;
+            let meta = CoreProviderMetadata::discover_async(issuer, &c.http)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(issuer = %m.issuer(), error = %e, "console sign-in: discovery failed");
+                    SignInError::Provider
+                })?;
+            c.discovered.put(m.issuer(), meta.clone());
+            meta
+        }
+    };
     let redirect = RedirectUrl::new(c.redirect_uri()).map_err(|_| SignInError::Provider)?;
     let client: Client =
         CoreClient::from_provider_metadata(meta, ClientId::new(m.client_id().to_owned()), None)
@@ -213,8 +254,21 @@ pub async fn page(
     layout::respond(StatusCode::OK, layout::page("Sign in", None, body))
 }
 
-/// `GET /console/signin/{method}`: a new signing-in session, then off to the IdP.
-pub async fn begin(State(c): State<Arc<Console>>, Path(method): Path<String>) -> Response {
+/// `GET /console/signin/{method}`: a new signing-in session, then off to the IdP. A browser
+/// already signed in goes to its pages instead (a link from elsewhere cannot replace its
+/// cookie, which would sign it out).
+pub async fn begin(
+    State(c): State<Arc<Console>>,
+    parts: axum::http::request::Parts,
+    Path(method): Path<String>,
+) -> Response {
+    let signed_in = c
+        .session_id(&parts)
+        .and_then(|id| c.sessions.peek(id))
+        .is_some_and(|s| matches!(s.state, SessionState::SignedIn(_)));
+    if signed_in {
+        return Redirect::to("/console/").into_response();
+    }
     let Some(m) = c.methods.iter().find(|m| m.name() == method) else {
         return layout::error(StatusCode::NOT_FOUND, "No such sign-in method.");
     };
@@ -267,11 +321,7 @@ pub async fn callback(
 ) -> Response {
     let pending = c
         .session_id(&parts)
-        .and_then(|id| c.sessions.remove(id))
-        .and_then(|s| match s.state {
-            SessionState::SigningIn(p) => Some(p),
-            SessionState::SignedIn(_) => None,
-        });
+        .and_then(|id| c.sessions.take_pending(id));
     let Some(pending) = pending else {
         return layout::error(
             StatusCode::BAD_REQUEST,
@@ -391,7 +441,11 @@ async fn finish(
     let verifier = client.id_token_verifier().set_allowed_algs(algorithms);
     let claims = id_token
         .claims(&verifier, &Nonce::new(pending.nonce.clone()))
-        .map_err(|e| SignInError::Invalid(crate::text::display(&e.to_string()).to_string()))?;
+        .map_err(|e| {
+            // Perhaps signed with a key published since the document was fetched.
+            c.discovered.forget(m.issuer());
+            SignInError::Invalid(crate::text::display(&e.to_string()).to_string())
+        })?;
     match m {
         Method::Development { .. } => {
             // The development issuer is this gateway: its ID token carries the demo groups.
