@@ -248,6 +248,18 @@ async function demo(readyPath, screenshotDir) {
   const refused = await second.done;
   check(refused.code !== 0, `denied statement ran: ${JSON.stringify(refused)}`);
 
+  // An access request (an elevation) waits in the inbox too.
+  const asked = await fetch(`${base}/v1/access-requests`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ready.identities.agent.password}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'clinician', minutes: 30, reason: 'fix a dosage entry today' }),
+  });
+  check(asked.status === 201, `access request: HTTP ${asked.status}`);
+  const elevation = (await asked.json()).id;
+  await rp.goto(`${base}/console/inbox`);
+  const elevationRow = rp.getByRole('row').filter({ has: rp.getByRole('link', { name: `Review ${elevation}` }) });
+  await elevationRow.getByText('access request: role clinician for 30 min').waitFor();
+
   // Audit: verify status, a search, the report.
   await rp.getByRole('link', { name: 'Audit', exact: true }).click();
   await rp.waitForURL(/\/console\/audit/);

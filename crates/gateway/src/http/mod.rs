@@ -16,7 +16,8 @@
 //! - `POST /v1/access-requests`: an identity asks for a role of `approvals.elevation_roles` for
 //!   a while (decided like a review);
 //! - `GET /v1/openapi.json`: this API, described;
-//! - `/console/`: the reviewer and auditor web console, HTML (`console/`);
+//! - `/console/`: the reviewer and auditor web console, HTML (`console/`), and with
+//!   `auth.development` the development issuer's sign-in page (`/dev/authorize`, `/dev/token`);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
 //!

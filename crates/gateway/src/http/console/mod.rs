@@ -276,18 +276,34 @@ fn reviewer_roles(shared: &Shared) -> Vec<String> {
     roles
 }
 
-/// What a browser without a live sign-in gets: the sign-in page (a GET), or 401 (anything
-/// else, e.g. a form post after the idle logoff).
-pub struct NotSignedIn(bool);
+/// What a browser without a live sign-in gets: the sign-in page (a page's GET), htmx's
+/// whole-page redirect to it (the live inbox's refresh), or 401 (anything else, e.g. a form
+/// post after the idle logoff).
+#[derive(Clone, Copy)]
+pub struct NotSignedIn {
+    page: bool,
+    htmx: bool,
+}
+
+impl NotSignedIn {
+    fn of(parts: &Parts) -> NotSignedIn {
+        NotSignedIn {
+            page: parts.method == axum::http::Method::GET,
+            htmx: parts.headers.contains_key("hx-request"),
+        }
+    }
+}
 
 impl IntoResponse for NotSignedIn {
     fn into_response(self) -> Response {
-        if self.0 {
-            // htmx follows HX-Redirect with a whole-page navigation.
-            let mut res = Redirect::to("/console/signin").into_response();
+        if self.htmx {
+            let mut res = StatusCode::UNAUTHORIZED.into_response();
             res.headers_mut()
                 .insert("hx-redirect", HeaderValue::from_static("/console/signin"));
             return res;
+        }
+        if self.page {
+            return Redirect::to("/console/signin").into_response();
         }
         layout::error(
             StatusCode::UNAUTHORIZED,
@@ -300,7 +316,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
-        let get = parts.method == axum::http::Method::GET;
+        let out = NotSignedIn::of(parts);
         let viewer = Viewer::from_session(parts, c)
             .await
             .map_err(|e| e.into_response())?;
@@ -317,7 +333,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             }
             c.sessions.remove(&viewer.session_id);
             tracing::info!(subject = %viewer.who.subject, error = %e.message(), "console session ended: its credential no longer holds");
-            return Err(NotSignedIn(get).into_response());
+            return Err(out.into_response());
         }
         Ok(viewer)
     }
@@ -325,13 +341,13 @@ impl FromRequestParts<Arc<Console>> for Viewer {
 
 impl Viewer {
     async fn from_session(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, NotSignedIn> {
-        let get = parts.method == axum::http::Method::GET;
+        let out = NotSignedIn::of(parts);
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0)
-            .ok_or(NotSignedIn(get))?;
-        let id = c.session_id(parts).ok_or(NotSignedIn(get))?.to_owned();
+            .ok_or(out)?;
+        let id = c.session_id(parts).ok_or(out)?.to_owned();
         // The live inbox's own requests do not count as activity (idle logoff).
         let automatic =
             parts.headers.contains_key("hx-request") || parts.uri.path() == "/console/events";
@@ -340,9 +356,9 @@ impl Viewer {
         } else {
             c.sessions.touch(&id)
         }
-        .ok_or(NotSignedIn(get))?;
+        .ok_or(out)?;
         let session::State::SignedIn(who) = session.state else {
-            return Err(NotSignedIn(get));
+            return Err(out);
         };
         let shared = &c.shared;
         let roles = shared
