@@ -10,8 +10,9 @@
 //     refused; an approval with a reason lets the agent's psql finish with UPDATE 1; the
 //     requester sees no decision controls and a forged POST is refused; audit, sessions and
 //     a session's replay.
-//   node tests/console/console.mjs oidc CONSOLE_URL SUBJECT SCREENSHOT_DIR
-//     Sign in through the real OpenID provider (tests/idp/server.mjs) as SUBJECT.
+//   node tests/console/console.mjs oidc CONSOLE_URL SUBJECT IDLE_SECS SCREENSHOT_DIR
+//     Sign in through the real OpenID provider (tests/idp/server.mjs) as SUBJECT; left idle
+//     longer than IDLE_SECS (console.idle_timeout_secs), the browser is signed out.
 //
 // Prints one JSON line with what it measured to stdout; exits non-zero on the first failure.
 
@@ -96,10 +97,16 @@ async function devSignIn(browser, consoleUrl, subject, screenshots) {
   if (screenshots) await audit(page, 'signin');
   await page.getByRole('link', { name: /development issuer/ }).click();
   await page.waitForURL(/\/dev\/authorize/);
+  const before = await sessionCookie(context);
   if (screenshots) await audit(page, 'dev-signin');
   await page.getByRole('button', { name: `Sign in as ${subject}` }).click();
   await page.waitForURL(/\/console\/(inbox|audit|requests)/);
   await page.getByText(`Signed in as ${subject}`).waitFor();
+  // The session id is replaced at sign-in (no fixation); the cookie is HttpOnly, Lax.
+  const after = await sessionCookie(context);
+  check(before && after && before.value !== after.value, 'the session id was not replaced at sign-in');
+  check(after.httpOnly && after.sameSite === 'Lax' && after.path === '/', `cookie flags: ${JSON.stringify({ ...after, value: '…' })}`);
+  check(Buffer.from(after.value, 'base64url').length === 32, 'the session id is not 256 bits');
   return { context, page };
 }
 
@@ -125,6 +132,10 @@ function psql(ready, identity, sql) {
     child.on('close', (code) => resolve({ code, out, err }));
   });
   return { held, done, child };
+}
+
+async function sessionCookie(context) {
+  return (await context.cookies()).find((c) => c.name.endsWith('phigate-console'));
 }
 
 function sha256(text) {
@@ -292,7 +303,7 @@ async function demo(readyPath, screenshotDir) {
   await browser.close();
 }
 
-async function oidc(consoleUrl, subject, screenshotDir) {
+async function oidc(consoleUrl, subject, idleSecs, screenshotDir) {
   shots = screenshotDir;
   const browser = await launch();
   const context = await browser.newContext();
@@ -310,13 +321,19 @@ async function oidc(consoleUrl, subject, screenshotDir) {
   await page.waitForURL(/\/console\/inbox/);
   await page.getByText(`Signed in as ${subject} (corp)`).waitFor();
   await audit(page, 'oidc-inbox');
+  // Automatic logoff: left idle past console.idle_timeout_secs (the live inbox's own
+  // refreshes do not count as activity), the next page is the sign-in page.
+  await page.locator('body[data-live="on"]').waitFor();
+  await page.waitForTimeout((Number(idleSecs) + 2) * 1000);
+  await page.reload();
+  await page.waitForURL(/\/console\/signin/);
   await browser.close();
 }
 
 try {
   if (mode === 'demo') await demo(args[0], args[1]);
-  else if (mode === 'oidc') await oidc(args[0], args[1], args[2]);
-  else fail('usage: console.mjs demo READY_JSON DIR | oidc CONSOLE_URL SUBJECT DIR');
+  else if (mode === 'oidc') await oidc(args[0], args[1], args[2], args[3]);
+  else fail('usage: console.mjs demo READY_JSON DIR | oidc CONSOLE_URL SUBJECT IDLE_SECS DIR');
 } catch (e) {
   fail(e?.stack ?? String(e));
 }

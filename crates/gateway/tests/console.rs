@@ -7,7 +7,7 @@
 //!   the agent's psql finish with `UPDATE 1`, the requester has no decision controls and a
 //!   forged POST is refused, audit, sessions, replay, sign-out.
 //! - A gateway trusting the real OpenID provider (`tests/idp/server.mjs`): sign in through its
-//!   code flow.
+//!   code flow; left idle past `console.idle_timeout_secs`, the browser is signed out.
 //!
 //! Screenshots go to `$PHIGATE_CONSOLE_SCREENSHOTS` (`docs/console` refreshes the docs' ones),
 //! else to a temporary directory.
@@ -168,7 +168,7 @@ impl Drop for Idp {
 }
 
 #[test]
-fn console_signs_in_through_a_real_openid_provider() {
+fn console_signs_in_through_a_real_openid_provider_and_logs_off_when_idle() {
     let idp = Idp::start();
     let mut opts = GatewayOptions::for_cluster(phigate_testkit::clinic(phigate::demo::SEED_SQL));
     opts.policy = phigate::demo::policy_toml().expect("policy");
@@ -188,6 +188,9 @@ issuer = "corp"
 
 [approvals]
 reviewer_roles = ["reviewer"]
+
+[console]
+idle_timeout_secs = 3
 "#,
         idp.issuer
     );
@@ -200,6 +203,7 @@ reviewer_roles = ["reviewer"]
         "oidc",
         &url,
         "privacy.officer@demo.phigate",
+        "3",
         shots.to_str().expect("path"),
     ]);
     assert!(out.contains("\"ok\":true"), "{out}");
