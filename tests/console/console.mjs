@@ -3,8 +3,8 @@
 // $PHIGATE_CHROMIUM) through playwright-core — never a downloaded browser — and checks every
 // page with axe (no serious or critical violation) and for Content-Security-Policy violations.
 //
-// Usage:
-//   node tests/console/console.mjs demo READY_JSON SCREENSHOT_DIR
+// Usage (PHIGATE_BIN: the phigate binary, for `phigate token revoke`):
+//   PHIGATE_BIN=target/debug/phigate node tests/console/console.mjs demo READY_JSON SCREENSHOT_DIR
 //     `phigate demo`'s ready file: sign in on the development issuer's page; an agent's held
 //     UPDATE (psql) shows in the reviewer's inbox without a reload; a reason-less denial is
 //     refused; an approval with a reason lets the agent's psql finish with UPDATE 1; the
@@ -16,7 +16,7 @@
 //
 // Prints one JSON line with what it measured to stdout; exits non-zero on the first failure.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -293,6 +293,15 @@ async function demo(readyPath, screenshotDir) {
   await rp.waitForURL(/\/console\/sessions\/.+/);
   await rp.getByText(/UPDATE encounters SET diagnosis_code/).first().waitFor();
   await audit(rp, 'replay');
+
+  // The agent's tokens are revoked (phigate token revoke): its console session ends at its
+  // next request, as its database sessions do.
+  check(process.env.PHIGATE_BIN, 'set PHIGATE_BIN to the phigate binary');
+  const revoked = spawnSync(process.env.PHIGATE_BIN, ['token', 'revoke', '--issuer', 'development',
+    '--subject', 'coding-agent@demo.phigate', '--data-dir', ready.data_dir], { encoding: 'utf8' });
+  check(revoked.status === 0, `token revoke: ${revoked.stderr}`);
+  const gone = await ap.goto(`${base}/console/requests`);
+  check(gone.url().endsWith('/console/signin'), `after revocation the agent's console answered ${gone.url()}`);
 
   // Sign out: the session is gone on the server.
   await rp.getByRole('button', { name: 'Sign out' }).click();

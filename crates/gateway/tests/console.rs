@@ -5,7 +5,7 @@
 //! - `phigate demo`: sign in on the development issuer's page, an agent's held UPDATE shows in
 //!   the inbox without a reload, a reason-less denial is refused, an approval with a reason lets
 //!   the agent's psql finish with `UPDATE 1`, the requester has no decision controls and a
-//!   forged POST is refused, audit, sessions, replay, sign-out.
+//!   forged POST is refused, audit, sessions, replay, a revoked identity signed out, sign-out.
 //! - A gateway trusting the real OpenID provider (`tests/idp/server.mjs`): sign in through its
 //!   code flow; left idle past `console.idle_timeout_secs`, the browser is signed out.
 //!
@@ -37,6 +37,7 @@ fn browser(args: &[&str]) -> String {
     let script = repo_root().join("tests/console/console.mjs");
     let out = Command::new("node")
         .arg(&script)
+        .env("PHIGATE_BIN", env!("CARGO_BIN_EXE_phigate"))
         .args(args)
         .current_dir(repo_root().join("tests/console"))
         .output()
