@@ -226,7 +226,26 @@ fn report_markup(r: &AccessReport) -> Markup {
     }
 }
 
-async fn verify_markup(c: &Console, dir: std::path::PathBuf) -> Markup {
+/// How long a verification's result is shown before the log is verified again: a page view
+/// never costs more than one pass over the log a minute, however many auditors look.
+const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the last verification found.
+#[derive(Clone)]
+pub enum Verified {
+    Intact(phigate_audit::verify::Report),
+    Failed(phigate_audit::verify::Failure),
+    Unreadable,
+}
+
+/// The last verification and when it ran; one runs at a time (the others wait for it).
+pub type VerifyCache = tokio::sync::Mutex<Option<(std::time::Instant, Verified)>>;
+
+async fn verified(c: &Console, dir: std::path::PathBuf) -> (Verified, std::time::Instant) {
+    let mut last = c.verified.lock().await;
+    if let Some((at, v)) = last.as_ref().filter(|(at, _)| at.elapsed() < VERIFY_EVERY) {
+        return (v.clone(), *at);
+    }
     let mirrors: Vec<_> = c.shared.audit.mirror.iter().cloned().collect();
     let recordings = c.shared.recorder.as_ref().map(|r| r.dir().to_path_buf());
     let result = tokio::task::spawn_blocking(move || {
@@ -239,20 +258,34 @@ async fn verify_markup(c: &Console, dir: std::path::PathBuf) -> Markup {
         ))
     })
     .await;
+    let v = match result {
+        Ok(Ok(Ok(r))) => Verified::Intact(r),
+        Ok(Ok(Err(f))) => Verified::Failed(f),
+        _ => Verified::Unreadable,
+    };
+    let at = std::time::Instant::now();
+    *last = Some((at, v.clone()));
+    (v, at)
+}
+
+async fn verify_markup(c: &Console, dir: std::path::PathBuf) -> Markup {
+    let (v, at) = verified(c, dir).await;
     html! {
         h2 { "Integrity" }
-        @match result {
-            Ok(Ok(Ok(r))) => p role="status" {
+        @match v {
+            Verified::Intact(r) => p role="status" {
                 span.status-ok { "Chain intact" } ": " (r.records) " records (#" (r.first_seq) " to #" (r.last_seq) "), "
                 (r.checkpoints) " signed checkpoints, the last at #" (r.last_checkpoint_seq) " ("
                 (r.unsigned_tail) " records after it not yet signed), " (r.recordings) " recordings checked."
             },
-            Ok(Ok(Err(f))) => p role="alert" {
+            Verified::Failed(f) => p role="alert" {
                 span.status-bad { "Verification FAILED" } ": " (crate::text::display(&f.what))
                 @if let Some(seq) = f.seq { " (record #" (seq) ")" }
             },
-            _ => p role="alert" { span.status-bad { "The audit log cannot be read." } },
+            Verified::Unreadable => p role="alert" { span.status-bad { "The audit log cannot be read." } },
         }
+        p.muted { "Verified " (at.elapsed().as_secs()) " s ago (at most once a minute; "
+            code { "phigate audit verify" } " checks it in full)." }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Console {
     http: reqwest::Client,
     /// The identity providers' discovery documents, briefly cached.
     discovered: signin::Discovered,
+    /// The audit log's last verification, shown on the audit page.
+    verified: audit::VerifyCache,
     /// The `Content-Security-Policy` of every console page.
     csp: HeaderValue,
 }
@@ -137,6 +139,7 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         methods,
         http,
         discovered: Default::default(),
+        verified: Default::default(),
         csp,
         shared,
     });
