@@ -125,7 +125,8 @@ const clients = [
     application_type: 'native',
     token_endpoint_auth_method: 'none',
     // Native clients may use any port on a loopback redirect (RFC 8252 §7.3).
-    redirect_uris: ['http://127.0.0.1/callback'],
+    // ... and the web console's callback (the gateway's HTTP port).
+    redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/console/callback'],
     response_types: ['code'],
     grant_types: [
       'authorization_code',

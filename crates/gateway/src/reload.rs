@@ -29,6 +29,7 @@ const RESTART_ONLY: &[&str] = &[
     "log",
     "runtime",
     "auth",
+    "console",
 ];
 
 /// Parts of [`RESTART_ONLY`] sections that a reload does apply.

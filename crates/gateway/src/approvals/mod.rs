@@ -511,6 +511,11 @@ impl Approvals {
     pub fn get(&self, id: &str) -> Result<Option<Review>, StoreError> {
         self.store.get(id)
     }
+
+    /// Ticks whenever a review is opened or changes (the console's live inbox).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.changes()
+    }
 }
 
 impl Default for RequestLimits {

@@ -106,6 +106,9 @@ impl ApprovalStore for MemoryStore {
         let mut review = review.clone();
         review.version = 0;
         m.insert(review.id.clone(), review);
+        drop(m);
+        // Watchers (the console's live inbox) hear of new reviews as of transitions.
+        self.changes.send_modify(|v| *v += 1);
         Ok(())
     }
 

@@ -108,6 +108,33 @@ impl Signer {
         Ok((token, SystemTime::UNIX_EPOCH + Duration::from_secs(exp)))
     }
 
+    /// Signs an OpenID Connect ID token for the development issuer's code flow (the web
+    /// console's demo sign-in): `aud` is the client, not [`AUDIENCE`], so it never opens a
+    /// session or an API call itself.
+    pub fn mint_id_token(
+        &self,
+        subject: &str,
+        groups: &[String],
+        client_id: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(client_id != AUDIENCE, "an ID token is for a client");
+        let now = jwt::unix_now();
+        let claims = json!({
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + ttl.as_secs().max(1),
+            "nonce": nonce,
+            "groups": groups,
+        });
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.encoding)?)
+    }
+
     /// Checks a token this gateway signed.
     pub fn verify(
         &self,

@@ -16,6 +16,25 @@ use super::{Config, ConfigError};
 /// The issuer name of development tokens minted by `phigate token mint`.
 pub const DEVELOPMENT_ISSUER: &str = "development";
 
+/// The identities of `phigate demo` (its development issuer): name in the ready file,
+/// subject, role (the startup `user`), and the group their token carries.
+pub const DEVELOPMENT_IDENTITIES: [(&str, &str, &str, &str); 4] = [
+    ("agent", "coding-agent@demo.phigate", "ai-agent", "agents"),
+    (
+        "clinician",
+        "dr.rivera@demo.phigate",
+        "clinician",
+        "clinicians",
+    ),
+    ("admin", "admin@demo.phigate", "admin", "admins"),
+    (
+        "reviewer",
+        "privacy.officer@demo.phigate",
+        "reviewer",
+        "reviewers",
+    ),
+];
+
 /// Accepted when an issuer's config does not narrow the list.
 pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
     Algorithm::RS256,

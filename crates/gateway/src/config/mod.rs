@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 mod approvals;
 mod audit;
 pub mod auth;
+mod console;
 mod limits;
 mod listen;
 pub mod locate;
@@ -23,6 +24,7 @@ mod upstream;
 pub use approvals::{ApprovalsConfig, WebhookFormat};
 pub use audit::{AuditConfig, Durability, ReadDurability, StatementText};
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
+pub use console::ConsoleConfig;
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
@@ -100,6 +102,9 @@ pub struct Config {
     /// Session recordings: what each session sent and received, for replay (docs/recording.md).
     #[serde(default)]
     pub recording: RecordingConfig,
+    /// The reviewer and auditor web console (docs/console.md).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// PHI tags: which columns of which tables hold which kind of identifier. Masked roles see
     /// these columns through masking views (docs/masking.md).
     #[serde(default)]

@@ -28,23 +28,9 @@ pub const DATABASE: &str = "clinic";
 pub const UPSTREAM_USER: &str = "phigate_app";
 
 /// The demo identities: name in the ready file, subject, role (the startup `user`), and the
-/// group their token carries (bound to that role).
-pub const IDENTITIES: [(&str, &str, &str, &str); 4] = [
-    ("agent", "coding-agent@demo.phigate", "ai-agent", "agents"),
-    (
-        "clinician",
-        "dr.rivera@demo.phigate",
-        "clinician",
-        "clinicians",
-    ),
-    ("admin", "admin@demo.phigate", "admin", "admins"),
-    (
-        "reviewer",
-        "privacy.officer@demo.phigate",
-        "reviewer",
-        "reviewers",
-    ),
-];
+/// group their token carries (bound to that role). The development issuer's sign-in page (the
+/// web console) lists them too.
+pub const IDENTITIES: [(&str, &str, &str, &str); 4] = crate::config::auth::DEVELOPMENT_IDENTITIES;
 
 /// How long the demo's tokens live.
 pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -248,6 +234,7 @@ fn demo_config(
             ..Default::default()
         },
         masking_key_file: None,
+        console: Default::default(),
         log: Log::default(),
         runtime: Default::default(),
         // The clinician's recordings keep the rows it saw, encrypted with the demo's recording
@@ -288,6 +275,7 @@ fn ready_json(
         "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
         "http": http,
         "mcp": format!("{http}/mcp"),
+        "console": format!("{http}/console/"),
         "identities": identities,
         "upstream": {
             "host": cluster.host(),
@@ -342,6 +330,9 @@ fn print_ready(
             dir = data_dir.display()
         );
     }
+    println!(
+        "Web console: {http}/console/ (sign in as any demo identity on the development issuer's page)."
+    );
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
 }
 

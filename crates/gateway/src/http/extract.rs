@@ -51,6 +51,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
 }
 
 impl Credentials {
+    /// A caller's credential from elsewhere than the Authorization header: the gateway
+    /// session token a console sign-in holds.
+    pub fn new(peer: SocketAddr, token: String) -> Credentials {
+        Credentials {
+            peer,
+            token: Some(token),
+        }
+    }
+
     /// The caller's identity, if its credential is valid for one of `roles` (tried in order);
     /// `what` says what they would be allowed to do, for the log and the refusal.
     pub async fn authorize(

@@ -18,6 +18,8 @@
 //! - `GET /v1/openapi.json`: this API, described;
 //! - `/mcp`: the MCP server (Streamable HTTP) and `/.well-known/oauth-protected-resource`
 //!   ([`crate::mcp`]);
+//! - `/console/`: the reviewer and auditor web console, HTML (`console/`), and with
+//!   `auth.development` the development issuer's sign-in page (`/dev/authorize`, `/dev/token`);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
 //!
@@ -26,6 +28,7 @@
 
 mod audit;
 mod conn;
+mod console;
 pub mod error;
 pub mod extract;
 mod health;
@@ -59,7 +62,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Every route of the API.
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let console = console::router(shared.clone());
+    let api = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(
@@ -81,7 +85,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reviews/{id}/deny", post(reviews::deny))
         .route("/v1/access-requests", post(reviews::access_request))
         .route("/v1/openapi.json", get(openapi))
-        .merge(crate::mcp::routes(shared.clone()))
+        .merge(crate::mcp::routes(shared.clone()));
+    let routes = match console {
+        Some(c) => api.merge(c),
+        None => api,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             shared.listen.http_body_timeout,
             conn::body_deadline,

@@ -49,10 +49,10 @@ pub async fn show(
 }
 
 #[derive(serde::Deserialize)]
-struct DecisionBody {
-    reason: String,
+pub struct DecisionBody {
+    pub reason: String,
     #[serde(default)]
-    break_glass: bool,
+    pub break_glass: bool,
 }
 
 /// `POST /v1/reviews/{id}/approve` `{"reason", "break_glass"?}`
@@ -85,7 +85,7 @@ fn not_for_you() -> ApiError {
 
 /// A reviewer's or requester's reason, as it will travel: trimmed, 1 to 2000 bytes, no control
 /// characters (it reaches the client's ErrorResponse, the logs and the audit log).
-fn checked_reason(reason: &str) -> Result<&str, ApiError> {
+pub fn checked_reason(reason: &str) -> Result<&str, ApiError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.len() > 2000 {
         return Err(ApiError::bad_request(
@@ -118,6 +118,22 @@ async fn decide(
             "send JSON {\"reason\": \"...\"} (and \"break_glass\": true for emergency self-approval)",
         )
     })?;
+    decide_review(shared, credentials, &caller, id, approve, &d)
+        .await
+        .map(|r| Json(json!(r)))
+}
+
+/// The one decision path: the HTTP API and the web console both decide through it (who may,
+/// separation of duties, break-glass, the reason's checks; the approvals module audits the
+/// transition). `caller` is who `credentials` authenticate as (any role of the policy).
+pub async fn decide_review(
+    shared: &Shared,
+    credentials: &Credentials,
+    caller: &crate::auth::Identity,
+    id: &str,
+    approve: bool,
+    d: &DecisionBody,
+) -> ApiResult<crate::approvals::Review> {
     let Some(review) = shared.approvals.reviews.get(id).ok().flatten() else {
         return Err(not_for_you());
     };
@@ -183,7 +199,7 @@ async fn decide(
     } else {
         tracing::info!(review = %id, by = %who.subject, approve, last = done.last, "review decided");
     }
-    Ok(Json(json!(done.review)))
+    Ok(done.review)
 }
 
 #[derive(serde::Deserialize)]

@@ -42,6 +42,19 @@ pub async fn replay(
     reader: AuditReader,
 ) -> ApiResult<Json<Value>> {
     let AuditReader { dir, who } = reader;
+    let replay = audited_replay(&shared, dir, &who, id).await?;
+    Ok(Json(json!(replay)))
+}
+
+/// Session `id`'s replay for `who`, decrypted if their role is in `recording.decrypt_roles`,
+/// audited (`recording_replayed`) before it is returned. The HTTP API and the web console
+/// both read recordings through it.
+pub async fn audited_replay(
+    shared: &Shared,
+    dir: std::path::PathBuf,
+    who: &crate::auth::Identity,
+    id: String,
+) -> ApiResult<replay::Replay> {
     let Some(recorder) = shared.recorder.clone() else {
         return Err(ApiError::not_found("session recordings are off"));
     };
@@ -81,5 +94,5 @@ pub async fn replay(
             return Err(ApiError::audit_unwritable());
         }
     }
-    Ok(Json(json!(replay)))
+    Ok(replay)
 }

@@ -26,13 +26,24 @@ fn signer(shared: &Shared) -> ApiResult<&crate::auth::signer::Signer> {
 pub async fn openid_configuration(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     let signer = signer(&shared)?;
     let base = signer.issuer.trim_end_matches('/');
-    Ok(Json(json!({
+    let mut doc = json!({
         "issuer": signer.issuer,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "id_token_signing_alg_values_supported": ["EdDSA"],
         "subject_types_supported": ["public"],
         "response_types_supported": [],
-    })))
+    });
+    // The development issuer signs the web console in through its own code flow.
+    if shared.tokens.development && shared.started.console.enabled {
+        doc["authorization_endpoint"] = json!(format!("{base}/dev/authorize"));
+        doc["token_endpoint"] = json!(format!("{base}/dev/token"));
+        doc["response_types_supported"] = json!(["code"]);
+        doc["grant_types_supported"] = json!(["authorization_code"]);
+        doc["code_challenge_methods_supported"] = json!(["S256"]);
+        doc["token_endpoint_auth_methods_supported"] = json!(["none"]);
+        doc["scopes_supported"] = json!(["openid"]);
+    }
+    Ok(Json(doc))
 }
 
 pub async fn jwks(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
