@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{broken_down, Core, DurabilityTier, Inner};
+use super::{broken_down, Auditor, Core, DurabilityTier, Health, Inner};
 use crate::store::Syncer;
 
 /// What the sync thread is asked to make durable next.
@@ -113,6 +113,49 @@ pub(super) fn sync_loop(inner: &Inner) {
                     None => inner.cannot_start(broken_down(&e.to_string())),
                 }
             }
+        }
+    }
+}
+
+impl Auditor {
+    pub(crate) fn keep_run_marker(&self, m: crate::run_marker::RunMarker) {
+        *self.inner.marker.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+    }
+
+    /// Writes what is queued, a final checkpoint, and stops the writer; a clean stop (every
+    /// record on disk) removes the process tier's run marker.
+    pub fn shutdown(&self) {
+        {
+            let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.shutdown = true;
+        }
+        self.inner.cv.notify_one();
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        {
+            let mut q = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+            q.stop = true;
+        }
+        self.inner.sync_cv.notify_one();
+        let handle = self.sync_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let clean = {
+            let d = self.inner.state.borrow();
+            !matches!(d.health, Health::Broken { .. })
+                && self
+                    .inner
+                    .queue
+                    .lock()
+                    .map(|q| d.durable + 1 >= q.next_ticket)
+                    .unwrap_or(false)
+        };
+        let marker = self.inner.marker.lock().map(|mut m| m.take());
+        if let (true, Ok(Some(m))) = (clean, marker) {
+            m.remove();
         }
     }
 }
