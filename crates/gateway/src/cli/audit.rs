@@ -36,6 +36,7 @@ pub enum RecordType {
     RecordingReplayed,
     AuditRecovered,
     AuditRepaired,
+    AuditUnsynced,
 }
 
 fn value_name(v: impl clap::ValueEnum) -> Option<String> {
