@@ -244,15 +244,10 @@ fn schemas_like(prefix: &str) -> String {
     ))
 }
 
-/// Issue 16 item 3: a role no longer configured as masked loses its login and schemas at the
-/// next start (the same token key); the configured ones stay.
-#[test]
-fn logins_of_roles_no_longer_masked_are_removed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let top = format!(
-        "masking_key_file = \"{}\"",
-        dir.path().join("token.key").display()
-    );
+/// A gateway whose clinician is masked too, under a token key of its own in `dir`, once it has
+/// provisioned; with the one clinician login it added and the config's top lines.
+fn masked_clinician_gateway(dir: &Path) -> (Gateway, String, String) {
+    let top = format!("masking_key_file = \"{}\"", dir.join("token.key").display());
     let before = masked_logins("clinician");
     let gw = Gateway::start_with_identities(
         bin(),
@@ -268,6 +263,17 @@ fn logins_of_roles_no_longer_masked_are_removed() {
     let [login] = added.as_slice() else {
         panic!("one clinician login provisioned: {added:?}");
     };
+    let login = login.clone();
+    (gw, login, top)
+}
+
+/// Issue 16 item 3: a role no longer configured as masked loses its login and schemas at the
+/// next start (the same token key); the configured ones stay.
+#[test]
+fn logins_of_roles_no_longer_masked_are_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gw, login, top) = masked_clinician_gateway(dir.path());
+    let login = &login;
     assert_eq!(schemas_like(login), format!("{login},{login}_k"));
     let agent_logins = masked_logins("ai\\_agent");
     drop(gw);
@@ -456,25 +462,8 @@ fn a_reload_the_gateway_login_cannot_grant_keeps_the_previous_provisioning() {
 #[test]
 fn a_reload_provisions_again_a_masked_login_dropped_behind_the_gateways_back() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let top = format!(
-        "masking_key_file = \"{}\"",
-        dir.path().join("token.key").display()
-    );
-    let before = masked_logins("clinician");
-    let gw = Gateway::start_with_identities(
-        bin(),
-        options(policy("public", true), &top),
-        &["agent", "clinician", "reviewer"],
-    )
-    .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
-    provisioned(&gw);
-    let added: Vec<String> = masked_logins("clinician")
-        .into_iter()
-        .filter(|l| !before.contains(l))
-        .collect();
-    let [login] = added.as_slice() else {
-        panic!("one clinician login provisioned: {added:?}");
-    };
+    let (gw, login, _) = masked_clinician_gateway(dir.path());
+    let login = &login;
     db(&format!(
         "DROP SCHEMA \"{login}\" CASCADE; DROP SCHEMA \"{login}_k\" CASCADE; \
          DROP OWNED BY \"{login}\"; DROP ROLE \"{login}\";"
