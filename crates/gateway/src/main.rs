@@ -21,6 +21,10 @@ fn main() -> ExitCode {
         Command::Token { command } => cli::token::run(command),
         Command::Login(args) => cli::login::run(args),
         Command::Mcp(args) => cli::mcp::run(args),
+        Command::Completions(args) => cli::ops::completions(args),
+        Command::Man(args) => cli::ops::man(args),
+        Command::Tls { command } => cli::ops::tls(command),
+        Command::Healthcheck(args) => cli::ops::healthcheck(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

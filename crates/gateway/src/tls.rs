@@ -152,3 +152,12 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A self-signed certificate and its private key (PEM) for the given DNS names and IP
+/// addresses: the certificate is its own trust anchor (`sslrootcert=<cert>` verifies it). For
+/// the demo and first runs; production certificates come from the hospital's CA.
+pub fn self_signed(names: &[String]) -> Result<(String, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(names.to_vec())?.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}

@@ -15,6 +15,7 @@ pub mod discover;
 pub mod keys;
 pub mod login;
 pub mod mcp;
+pub mod ops;
 pub mod replay;
 pub mod review;
 pub mod serve;
@@ -78,6 +79,17 @@ pub enum Command {
     /// The MCP server over stdio, for agents that start servers as processes: relays to the
     /// gateway's /mcp with your credential (PHIGATE_URL, PHIGATE_TOKEN).
     Mcp(mcp::McpArgs),
+    /// Shell completions generated from this CLI (bash, zsh, fish, elvish, powershell).
+    Completions(ops::CompletionsArgs),
+    /// Man pages generated from this CLI: phigate.1 and one page per command.
+    Man(ops::ManArgs),
+    /// Certificates for the client listener: a self-signed pair for a first run.
+    Tls {
+        #[command(subcommand)]
+        command: ops::TlsCommand,
+    },
+    /// Ask the gateway's health probe; exit 0 if it answers 2xx (for container HEALTHCHECK).
+    Healthcheck(ops::HealthcheckArgs),
 }
 
 /// A multi-threaded runtime with every driver enabled.

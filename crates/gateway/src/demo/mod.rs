@@ -497,14 +497,11 @@ pub fn demo_rules() -> Vec<RuleConfig> {
 /// certificate is its own trust anchor: clients verify it with `sslrootcert=<cert>`.
 fn self_signed(dir: &Path) -> anyhow::Result<ServerTls> {
     crate::fsutil::private_dir_all(dir)?;
-    let key = rcgen::KeyPair::generate()?;
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    let cert = params.self_signed(&key)?;
+    let (cert, key) = crate::tls::self_signed(&["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     let cert_file = dir.join("server.crt");
     let key_file = dir.join("server.key");
-    write_private(&cert_file, &cert.pem())?;
-    write_private(&key_file, &key.serialize_pem())?;
+    write_private(&cert_file, &cert)?;
+    write_private(&key_file, &key)?;
     Ok(ServerTls {
         cert_file,
         key_file,
