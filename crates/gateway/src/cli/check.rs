@@ -21,6 +21,11 @@ pub struct CheckArgs {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     let (config, warnings) = Config::load_with_warnings(&args.config)?;
+    // Where the database password lives must be readable here, as for `phigate serve`.
+    config
+        .upstream
+        .resolve_password()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     for w in &warnings {
         println!("warning: {w}");
     }

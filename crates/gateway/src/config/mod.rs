@@ -186,7 +186,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.upstream.resolve_password()?;
+        self.upstream.check_password_source()?;
         let policy = self.policy()?;
         // Views and built-in functions are read from the configured database; with the client
         // choosing, a restricted role's checks would be made against another database's catalog.

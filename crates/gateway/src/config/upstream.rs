@@ -50,8 +50,10 @@ fn default_connect_timeout() -> u64 {
 }
 
 impl Upstream {
-    /// Resolves the password from wherever the config says it lives.
-    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+    /// At most one place for the password. Where it lives is read only when the gateway (or
+    /// `phigate check`) connects: the commands that merely read the config (`token mint`,
+    /// `keys`, `audit`) need no database secret in their environment.
+    pub fn check_password_source(&self) -> Result<(), ConfigError> {
         let sources = [
             self.password.is_some(),
             self.password_env.is_some(),
@@ -62,6 +64,12 @@ impl Upstream {
                 "upstream: set only one of password, password_env, password_file".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Resolves the password from wherever the config says it lives.
+    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        self.check_password_source()?;
         if let Some(p) = &self.password {
             return Ok(Some(p.clone()));
         }
