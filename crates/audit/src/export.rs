@@ -121,13 +121,26 @@ fn csv_field(s: &str) -> String {
 pub fn cell(column: &str, v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) if SPACE_JOINED.contains(&column) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Value::String(s)) => inert(s.clone()),
+        Some(Value::Array(items)) if SPACE_JOINED.contains(&column) => inert(
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         Some(other) => other.to_string(),
+    }
+}
+
+/// Text a spreadsheet would run as a formula (it begins with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return: OWASP's list) gets a leading `'`, which spreadsheets show as text. A
+/// client controls much of what is exported (statement text, application_name, reasons).
+fn inert(s: String) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s
     }
 }
 
@@ -150,6 +163,21 @@ pub fn csv_row(r: &Record) -> String {
 mod tests {
     use super::*;
     use crate::record::{Event, StatementRecord};
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_made_text() {
+        let s = |v: &str| cell("text", Some(&Value::String(v.into())));
+        assert_eq!(s("=HYPERLINK(\"http://x\")"), "'=HYPERLINK(\"http://x\")");
+        assert_eq!(s("+1"), "'+1");
+        assert_eq!(s("-- a comment\nSELECT 1"), "'-- a comment\nSELECT 1");
+        assert_eq!(s("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(s("\tx"), "'\tx");
+        assert_eq!(s("SELECT 1"), "SELECT 1");
+        let tables = Value::Array(vec![Value::String("=evil".into())]);
+        assert_eq!(cell("tables", Some(&tables)), "'=evil");
+        // Numbers stay numbers.
+        assert_eq!(cell("rows", Some(&Value::from(-1))), "-1");
+    }
 
     /// docs/audit.md's table: type → documented fields (backquoted names outside parentheses).
     fn documented() -> Vec<(String, Vec<String>)> {

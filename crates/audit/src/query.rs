@@ -177,6 +177,23 @@ pub fn search_after(
     Ok(out)
 }
 
+/// The last `n` matching records, in order (a session's latest statements): every record is
+/// read, only `n` are kept.
+pub fn last(dir: &Path, filter: &Filter, n: usize) -> std::io::Result<Vec<Record>> {
+    let mut out = std::collections::VecDeque::with_capacity(n + 1);
+    let mut matcher = filter.matcher();
+    read_records(dir, |r| {
+        if matcher.matches(&r) {
+            out.push_back(r);
+            if out.len() > n {
+                out.pop_front();
+            }
+        }
+        true
+    })?;
+    Ok(out.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +231,16 @@ mod tests {
         }
         assert_eq!(seen, (1..=7).collect::<Vec<_>>());
         assert_eq!(search(dir.path(), &filter, 2).expect("reads").len(), 2);
+    }
+
+    #[test]
+    fn the_last_records_are_the_newest_however_long_the_log() {
+        let dir = log_of(50);
+        let seqs: Vec<u64> = last(dir.path(), &Filter::default(), 5)
+            .expect("reads")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![46, 47, 48, 49, 50]);
     }
 }

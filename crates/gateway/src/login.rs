@@ -29,6 +29,26 @@ pub struct LoginOptions {
     pub json: bool,
 }
 
+/// Names a PEM bundle that the commands calling the gateway's HTTP listener (`login`, `review`,
+/// `mcp --stdio`, `healthcheck`) trust besides the system's roots: a gateway with
+/// `listen.http_tls` and a private CA, or a self-signed certificate.
+pub const CA_FILE_ENV: &str = "PHIGATE_CA_FILE";
+
+/// An HTTP client for the gateway (and, for `login`, the identity provider): the system's
+/// roots and `PHIGATE_CA_FILE`'s certificates.
+pub fn gateway_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().use_rustls_tls().timeout(timeout);
+    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+        let path = std::path::PathBuf::from(path);
+        let pem = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("{CA_FILE_ENV}: cannot read {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
+}
+
 /// How long the user has to finish signing in.
 const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -51,10 +71,7 @@ pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
     if !lower.starts_with("https://") && !crate::auth::is_loopback_url(&lower) {
         anyhow::bail!("--url must be https:// (plain http only to a gateway on this machine)");
     }
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(15))
-        .build()?;
+    let client = gateway_client(Duration::from_secs(15))?;
     let auth_config = get_json(&client, &format!("{gateway}/v1/auth/config")).await?;
     let issuers = auth_config
         .get("issuers")

@@ -67,6 +67,17 @@ pub struct Listen {
     pub http_body_timeout: Duration,
     pub http_max_connections: usize,
     pub http_connections_per_source: usize,
+    /// The HTTP listener speaks TLS only (`listen.http_tls`), with `tls`'s certificate.
+    pub http_tls: bool,
+}
+
+impl Listen {
+    /// Whether the HTTP listener takes credentials from `peer`: over TLS (`listen.http_tls`)
+    /// from anywhere; over plain HTTP only from this machine (a TLS-terminating proxy here, or
+    /// a local tool), never in the clear across a network.
+    pub fn credentials_from(&self, peer: std::net::IpAddr) -> bool {
+        self.http_tls || peer.is_loopback()
+    }
 }
 
 /// TLS towards clients (`[tls]`).
@@ -204,6 +215,7 @@ impl Shared {
                 http_body_timeout: Duration::from_secs(config.listen.http_body_timeout_secs),
                 http_max_connections: budget.http_connections,
                 http_connections_per_source: config.listen.http_connections_per_source,
+                http_tls: config.listen.http_tls,
             },
             auth,
             tokens: Tokens {

@@ -84,7 +84,10 @@ pub fn upstream_config(
         UpstreamTlsMode::Disable => return Ok(None),
         UpstreamTlsMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider())))
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider: provider(),
+                pin: None,
+            }))
             .with_no_client_auth(),
         UpstreamTlsMode::VerifyFull => {
             let mut roots = RootCertStore::empty();
@@ -102,22 +105,55 @@ pub fn upstream_config(
     Ok(Some(Arc::new(config)))
 }
 
-/// `sslmode=require`: the channel is encrypted and the handshake signature is checked, but the
-/// certificate is not. Offered because operators migrate from libpq setups that use it;
-/// `verify-full` is what a production config should say, and the docs say so.
-#[derive(Debug)]
-struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+/// A client config that trusts exactly the certificate the gateway itself serves (the file
+/// `cert_file`, read at each handshake, so a reload's new certificate is trusted next): for the
+/// gateway's requests to its own HTTP listener (the console's development sign-in, with
+/// `listen.http_tls`), whatever CA issued that certificate.
+pub fn own_listener_config(cert_file: &Path) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            provider: provider(),
+            pin: Some(cert_file.to_owned()),
+        }))
+        .with_no_client_auth())
+}
 
-impl ServerCertVerifier for EncryptOnly {
+/// Checks the handshake's signature always; the certificate itself only when pinned.
+/// Unpinned is `sslmode=require`: the channel is encrypted, the certificate not checked.
+/// Offered because operators migrate from libpq setups that use it; `verify-full` is what a
+/// production config should say, and the docs say so.
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Accept only the leaf certificate in this file.
+    pin: Option<std::path::PathBuf>,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let served = read_certs(pin).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if served
+            .first()
+            .is_some_and(|c| c.as_ref() == end_entity.as_ref())
+        {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
     }
 
     fn verify_tls12_signature(
@@ -130,7 +166,7 @@ impl ServerCertVerifier for EncryptOnly {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -144,12 +180,14 @@ impl ServerCertVerifier for EncryptOnly {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -687,6 +687,7 @@ pub fn gateway_issuer(config: &Config, http: Option<std::net::SocketAddr>) -> St
         return i.clone();
     }
     match http {
+        Some(a) if config.listen.http_tls => format!("https://{a}"),
         Some(a) => format!("http://{a}"),
         None => "phigate".into(),
     }

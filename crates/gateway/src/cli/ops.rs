@@ -126,15 +126,13 @@ pub struct HealthcheckArgs {
 }
 
 /// Exits 0 if the probe answers 2xx in time, else 1 with the reason (for HEALTHCHECK and
-/// systemd's ExecStartPost).
+/// systemd's ExecStartPost). An https URL is verified against the system's roots and
+/// `PHIGATE_CA_FILE`.
 pub fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     let timeout: Duration = args.timeout.into();
     let url = args.url;
     let status = super::runtime_with(Some(1))?.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = crate::login::gateway_client(timeout)?;
         anyhow::Ok(client.get(&url).send().await?.status())
     });
     match status {

@@ -122,9 +122,7 @@ async fn review(
     if !lower.starts_with("https://") && !crate::auth::is_loopback_url(&lower) {
         anyhow::bail!("--url must be https:// (plain http only to a gateway on this machine)");
     }
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(15))
-        .build()?;
+    let client = crate::login::gateway_client(std::time::Duration::from_secs(15))?;
     let (method, path, body) = match &command {
         ReviewCommand::List { all, .. } => (
             reqwest::Method::GET,

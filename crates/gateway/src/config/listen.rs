@@ -26,6 +26,11 @@ pub struct Listen {
     /// Address for `/healthz`, `/readyz`, `/metrics` and the HTTP API (reviews, tokens, audit).
     /// Port 0 picks a free port.
     pub http_address: Option<SocketAddr>,
+    /// Serve the HTTP listener over TLS only, with the `[tls]` certificate (rotated by a
+    /// reload as the client listener's is). The web console needs it outside development:
+    /// over plain HTTP any program on the browser's machine can read the sign-in cookie.
+    #[serde(default)]
+    pub http_tls: bool,
     /// Largest single protocol message a client may send, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,

@@ -230,6 +230,13 @@ impl Config {
                     .into(),
             ));
         }
+        if self.listen.http_tls && (self.tls.is_none() || self.listen.http_address.is_none()) {
+            return Err(ConfigError::Invalid(
+                "listen.http_tls needs listen.http_address and a [tls] table (its certificate \
+                 serves both listeners)"
+                    .into(),
+            ));
+        }
         if let Some(r) = self.roles.iter().find(|r| r.max_sessions == Some(0)) {
             return Err(ConfigError::Invalid(format!(
                 "role {}: max_sessions must be at least 1",

@@ -194,6 +194,8 @@ fn demo_config(
             http_body_timeout_secs: 30,
             http_max_connections: 256,
             http_connections_per_source: 64,
+            // Plain HTTP on loopback: the browser needs no certificate exception for the demo.
+            http_tls: false,
         },
         tls: Some(tls.clone()),
         upstream: Upstream {

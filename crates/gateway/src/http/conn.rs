@@ -39,8 +39,22 @@ connection: close\r\ncontent-length: 64\r\nretry-after: 1\r\n\r\n\
 /// Largest request body the API reads (JSON of a decision or an access request).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Where the HTTP listener's TLS comes from (`listen.http_tls`): the acceptor of the moment,
+/// so a reload's new certificate serves the next handshake.
+pub type TlsSource = Box<dyn Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync>;
+
+/// A connection's byte stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Serves `app` on `listener` until `stop`; then lets requests in progress finish.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsSource>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let sources = crate::admission::PerSource::new(limits.per_source);
     let connections = TaskTracker::new();
@@ -69,8 +83,17 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             let _ = tcp.try_write(BUSY);
             continue;
         };
+        // TLS only, when configured: no certificate at hand means no connection, never
+        // plain HTTP in its place.
+        let acceptor = match &tls {
+            None => None,
+            Some(current) => match current() {
+                Some(a) => Some(a),
+                None => continue,
+            },
+        };
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(WriteDeadline::new(tcp, limits.body_timeout));
+        let tcp = WriteDeadline::new(tcp, limits.body_timeout);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -80,10 +103,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
                 tower_service::Service::call(&mut app, req).await
             }
         });
-        let conn = builder.serve_connection(io, service);
+        let builder = builder.clone();
         let stop = stop.clone();
+        let handshake = limits.header_timeout;
         connections.spawn(async move {
             let _slot = (slot, source);
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(tcp),
+                Some(a) => match tokio::time::timeout(handshake, a.accept(tcp)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "HTTP TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => log_end(peer, r),

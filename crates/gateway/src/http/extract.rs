@@ -69,9 +69,9 @@ impl Credentials {
         what: &str,
     ) -> Result<Identity, ApiError> {
         let peer = self.peer;
-        if !peer.ip().is_loopback() {
+        if !shared.listen.credentials_from(peer.ip()) {
             return Err(ApiError::forbidden(
-                "credentials are accepted from local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+                "credentials are accepted from local callers only over plain HTTP; set listen.http_tls, or put a TLS-terminating proxy on this machine in front of the HTTP port",
             ));
         }
         let Some(token) = &self.token else {

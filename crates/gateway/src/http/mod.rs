@@ -111,8 +111,12 @@ impl HttpServer {
             header_timeout: listen.http_header_timeout,
             body_timeout: listen.http_body_timeout,
         };
+        let tls: Option<conn::TlsSource> = self.shared.listen.http_tls.then(|| {
+            let shared = self.shared.clone();
+            Box::new(move || shared.listen.tls.get().acceptor.clone()) as conn::TlsSource
+        });
         let app = router(self.shared);
-        conn::serve(self.listener, app, limits, stop).await;
+        conn::serve(self.listener, app, limits, tls, stop).await;
     }
 }
 

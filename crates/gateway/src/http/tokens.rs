@@ -68,11 +68,11 @@ pub async fn exchange(
 ) -> ApiResult<Json<Value>> {
     let signer = signer(&shared)?;
     // The IdP token goes in and a session token comes out: never in plaintext across a
-    // network. The HTTP port speaks plain HTTP, so only local callers (or a TLS-terminating
-    // proxy on this machine) may exchange.
-    if !peer.ip().is_loopback() {
+    // network. Over plain HTTP only local callers (or a TLS-terminating proxy on this
+    // machine) may exchange; over `listen.http_tls`, anyone.
+    if !shared.listen.credentials_from(peer.ip()) {
         return Err(ApiError::forbidden(
-            "the token exchange is served to local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+            "the token exchange is served to local callers only over plain HTTP; set listen.http_tls, or put a TLS-terminating proxy on this machine in front of the HTTP port",
         ));
     }
     let Some(token) = bearer(&headers) else {

@@ -76,9 +76,14 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
 
 /// The gateway's own base URL (what its HTTP listener is, as seen from this machine).
 fn base(shared: &Shared) -> String {
+    let scheme = if shared.listen.http_tls {
+        "https"
+    } else {
+        "http"
+    };
     match shared.listen.http_addr {
-        Some(a) => format!("http://{a}"),
-        None => "http://127.0.0.1".into(),
+        Some(a) => format!("{scheme}://{a}"),
+        None => format!("{scheme}://127.0.0.1"),
     }
 }
 
@@ -145,11 +150,11 @@ async fn guard(
             );
         }
     }
-    if !peer.ip().is_loopback() {
+    if !shared.listen.credentials_from(peer.ip()) {
         return refuse(
             &shared,
             StatusCode::FORBIDDEN,
-            "credentials are accepted from local callers only; put a TLS-terminating proxy on this machine in front of the HTTP port",
+            "credentials are accepted from local callers only over plain HTTP; set listen.http_tls, or put a TLS-terminating proxy on this machine in front of the HTTP port",
         );
     }
     let token = req

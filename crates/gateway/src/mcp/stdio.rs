@@ -27,9 +27,7 @@ fn meta_version(msg: &Value) -> Option<String> {
 /// Relays until stdin ends.
 pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
     let endpoint = format!("{}/mcp", url.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(super::tools::MAX_WAIT_SECS + 60))
-        .build()?;
+    let http = crate::login::gateway_client(Duration::from_secs(super::tools::MAX_WAIT_SECS + 60))?;
     let mut lines = FramedRead::new(
         tokio::io::stdin(),
         LinesCodec::new_with_max_length(MAX_LINE),

@@ -184,10 +184,10 @@ fn results(s: &Search, records: &[Record], more: bool) -> Markup {
                     @let (decision, detail) = summary(r);
                     tr {
                         td { (r.seq) } td { (r.ts) } td { (r.kind()) }
-                        td { (crate::text::display(r.subject().unwrap_or(""))) }
+                        td { (super::layout::shown(r.subject().unwrap_or(""))) }
                         td { (r.role().unwrap_or("")) }
                         td { (decision) }
-                        td { code { (crate::text::display(&detail)) } }
+                        td { code { (super::layout::shown(&detail)) } }
                     }
                 } }
             }
@@ -213,7 +213,7 @@ fn report_markup(r: &AccessReport) -> Markup {
             } }
             tbody { @for i in &r.identities {
                 tr {
-                    td { (crate::text::display(&i.subject)) }
+                    td { (super::layout::shown(&i.subject)) }
                     td { (i.roles.iter().cloned().collect::<Vec<_>>().join(", ")) }
                     td { (i.sessions) } td { (i.statements) } td { (i.denied) } td { (i.approvals_required) }
                     td { @for (t, a) in &i.tables {
@@ -279,7 +279,7 @@ async fn verify_markup(c: &Console, dir: std::path::PathBuf) -> Markup {
                 (r.unsigned_tail) " records after it not yet signed), " (r.recordings) " recordings checked."
             },
             Verified::Failed(f) => p role="alert" {
-                span.status-bad { "Verification FAILED" } ": " (crate::text::display(&f.what))
+                span.status-bad { "Verification FAILED" } ": " (super::layout::shown(&f.what))
                 @if let Some(seq) = f.seq { " (record #" (seq) ")" }
             },
             Verified::Unreadable => p role="alert" { span.status-bad { "The audit log cannot be read." } },

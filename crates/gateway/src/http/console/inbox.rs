@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::reviews::{decide_review, DecisionBody};
 use super::{layout, reviewer_roles, Console, Viewer};
-use crate::approvals::{Kind, Review, Status};
+use crate::approvals::{Kind, Review, Scope, Status};
 
 /// Shortest reason the console accepts for a decision.
 pub const MIN_REASON_CHARS: usize = 10;
@@ -142,8 +142,8 @@ fn rows_markup(list: &[Review]) -> Markup {
                     @for r in list {
                         tr {
                             td { a href={ "/console/reviews/" (r.id) } { "Review " (r.id) } }
-                            td { (crate::text::display(&what(r))) }
-                            td { (crate::text::display(&r.requester)) }
+                            td { (super::layout::shown(&what(r))) }
+                            td { (super::layout::shown(&r.requester)) }
                             td { (r.rule) }
                             td { (r.approvals.len()) " of " (r.approvals_required) }
                             td { (time_left(r)) }
@@ -219,9 +219,57 @@ pub async fn events(State(c): State<Arc<Console>>, v: Viewer) -> Response {
         .into_response()
 }
 
-/// The sha256 of a statement, hex: the decision form carries it.
-fn digest(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
+/// The sha256, hex, of what an approval grants — the statement and how far the approval
+/// reaches (its scope and minutes): the decision form carries it, so a decision applies only
+/// to what the page showed.
+fn digest(r: &Review) -> String {
+    let mut h = Sha256::new();
+    h.update(r.statement.as_bytes());
+    h.update([0]);
+    h.update(
+        serde_json::to_string(&r.scope)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.update([0]);
+    h.update(r.scope_minutes.unwrap_or(0).to_be_bytes());
+    hex::encode(h.finalize())
+}
+
+/// What approving grants, in words: beyond the statement shown, when it reaches beyond it.
+fn reach(r: &Review) -> (bool, String) {
+    match r.scope {
+        Scope::Once if has_parameters(&r.statement) => (
+            true,
+            "This statement, once. Its parameters ($1, ...) are bound by the client after \
+             approval: their values are not part of what you approve."
+                .into(),
+        ),
+        Scope::Once => (false, "This statement, once.".into()),
+        Scope::Fingerprint => (
+            true,
+            format!(
+                "This statement, and for {} minutes every statement of the same shape by this \
+                 requester, with any values.",
+                r.scope_minutes.unwrap_or(0)
+            ),
+        ),
+        Scope::Elevation => (
+            true,
+            format!(
+                "Acting as role {} for {} minutes: every statement that role may run.",
+                r.elevate_to.as_deref().unwrap_or("?"),
+                r.scope_minutes.unwrap_or(0)
+            ),
+        ),
+    }
+}
+
+/// Whether a statement has `$n` placeholders (a Parse of the extended protocol).
+fn has_parameters(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'$' && w[1].is_ascii_digit())
 }
 
 /// A review the viewer may see: its reviewers, and its requester.
@@ -241,8 +289,7 @@ async fn recent_activity(c: &Console, session: &str) -> Vec<(u64, String, String
         ..Default::default()
     };
     let found =
-        tokio::task::spawn_blocking(move || phigate_audit::query::search(&dir, &filter, 10_000))
-            .await;
+        tokio::task::spawn_blocking(move || phigate_audit::query::last(&dir, &filter, 5)).await;
     let Ok(Ok(records)) = found else {
         return Vec::new();
     };
@@ -267,19 +314,21 @@ fn facts(r: &Review) -> Markup {
     html! {
         dl.facts {
             dt { "Status" } dd { span class=(status_class) { (r.status) } }
-            dt { "Kind" } dd { (crate::text::display(&what(r))) }
-            dt { "Requester" } dd { (crate::text::display(&r.requester)) " (" (r.issuer.as_deref().unwrap_or("?")) "), role " (r.role) }
-            dt { "Justification" } dd { (crate::text::display(r.justification.as_deref().unwrap_or("none given"))) }
+            @let (wide, grants) = reach(r);
+            dt { "Approving grants" } dd { @if wide { strong.status-bad { (grants) } } @else { (grants) } }
+            dt { "Kind" } dd { (super::layout::shown(&what(r))) }
+            dt { "Requester" } dd { (super::layout::shown(&r.requester)) " (" (r.issuer.as_deref().unwrap_or("?")) "), role " (r.role) }
+            dt { "Justification" } dd { (super::layout::shown(r.justification.as_deref().unwrap_or("none given"))) }
             dt { "Rule" } dd { (r.rule) }
             dt { "Statement kinds" } dd { (r.kinds.join(", ")) }
-            dt { "Tables" } dd { (r.tables.join(", ")) }
-            dt { "PHI columns" } dd { @if r.phi_columns.is_empty() { "none tagged" } @else { (r.phi_columns.join(", ")) } }
+            dt { "Tables" } dd { (super::layout::shown(&r.tables.join(", "))) }
+            dt { "PHI columns" } dd { @if r.phi_columns.is_empty() { "none tagged" } @else { (super::layout::shown(&r.phi_columns.join(", "))) } }
             dt { "Session" } dd { code { (r.session) } }
             dt { "Approvals" } dd { (r.approvals.len()) " of " (r.approvals_required)
-                @for a in &r.approvals { br; (crate::text::display(&a.by)) " at " (a.at) ": " (crate::text::display(&a.reason)) } }
+                @for a in &r.approvals { br; (super::layout::shown(&a.by)) " at " (a.at) ": " (super::layout::shown(&a.reason)) } }
             dt { "Time left" } dd { (time_left(r)) " (expires " (r.expires_at) ")" }
             @if let Some(by) = &r.decided_by {
-                dt { "Decided by" } dd { (crate::text::display(by)) ": " (crate::text::display(r.decision_reason.as_deref().unwrap_or(""))) }
+                dt { "Decided by" } dd { (super::layout::shown(by)) ": " (super::layout::shown(r.decision_reason.as_deref().unwrap_or(""))) }
             }
             @if r.break_glass { dt { "Break-glass" } dd { span.status-bad { "approved by its requester under break-glass" } } }
         }
@@ -299,14 +348,14 @@ async fn review_page(
     let body = html! {
         @if let Some(p) = problem { p role="alert" { (p) } }
         h2 { "Statement" }
-        pre { code { (crate::text::display(&r.statement)) } }
+        pre { code { (super::layout::shown(&r.statement)) } }
         (facts(r))
         @if !activity.is_empty() {
             h2 { "Recent activity in this session" }
             table {
                 thead { tr { th scope="col" { "#" } th scope="col" { "Statement (as audited)" } th scope="col" { "Decision" } } }
                 tbody { @for (n, text, decision) in &activity {
-                    tr { td { (n) } td { code { (crate::text::display(text)) } } td { (decision) } }
+                    tr { td { (n) } td { code { (super::layout::shown(text)) } } td { (decision) } }
                 } }
             }
         }
@@ -314,7 +363,7 @@ async fn review_page(
             h2 { "Decision" }
             form method="post" action={ "/console/reviews/" (r.id) "/decide" } {
                 input type="hidden" name="csrf" value=(v.csrf);
-                input type="hidden" name="digest" value=(digest(&r.statement));
+                input type="hidden" name="digest" value=(digest(r));
                 label for="reason" { "Reason" }
                 p #reason-help.muted { "Required, at least " (MIN_REASON_CHARS) " characters. It is kept in the audit log and shown to the requester." }
                 textarea #reason name="reason" rows="3" required minlength=(MIN_REASON_CHARS) maxlength="2000" aria-describedby="reason-help" {}
@@ -386,7 +435,16 @@ pub async fn decide(
             .await
         }
     };
-    if f.digest != digest(&r.statement) {
+    // Who may decide comes before what: a requester's forged post is refused as such.
+    if is_requester(&r, &v) || !may_decide(&r, &v) {
+        return layout::error_for(
+            &v,
+            StatusCode::FORBIDDEN,
+            "You may not decide this review here (your own request, or not one of its reviewer \
+             roles; break-glass self-approval is on the CLI and API only).",
+        );
+    }
+    if f.digest != digest(&r) {
         return review_page(
             &c,
             &v,
@@ -446,10 +504,10 @@ pub async fn my_requests(State(c): State<Arc<Console>>, v: Viewer) -> Response {
                 tbody { @for r in &list {
                     tr {
                         td { a href={ "/console/reviews/" (r.id) } { "Review " (r.id) } }
-                        td { (crate::text::display(&what(r))) }
+                        td { (super::layout::shown(&what(r))) }
                         td { (r.status) }
-                        td { (crate::text::display(r.decided_by.as_deref().unwrap_or("-"))) }
-                        td { (crate::text::display(r.decision_reason.as_deref().unwrap_or("-"))) }
+                        td { (super::layout::shown(r.decided_by.as_deref().unwrap_or("-"))) }
+                        td { (super::layout::shown(r.decision_reason.as_deref().unwrap_or("-"))) }
                     }
                 } }
             }

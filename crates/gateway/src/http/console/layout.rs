@@ -12,6 +12,10 @@ use super::Viewer;
 /// in swapped content.
 const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"selfRequestsOnly":true}"#;
 
+/// The console is served over plain HTTP on loopback (development): every page says so. Set
+/// once when the console's routes are built (one console per process).
+pub static PLAIN_HTTP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A whole page titled `title`, for `viewer` (none: the sign-in pages).
 pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
     html! {
@@ -28,6 +32,13 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
             }
             body {
                 a.skip href="#main" { "Skip to the content" }
+                @if PLAIN_HTTP.load(std::sync::atomic::Ordering::Relaxed) {
+                    p.insecure role="alert" {
+                        "Development only: this console is served over plain HTTP, so any program on this \
+                         machine can take over your sign-in. Production consoles use HTTPS \
+                         (listen.http_tls)."
+                    }
+                }
                 header {
                     span.brand { "phigate console" }
                     @if let Some(v) = viewer {
@@ -44,7 +55,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                             }
                         }
                         div.who {
-                            span { "Signed in as " strong { (v.who.subject) } " (" (v.who.issuer) ")" }
+                            span { "Signed in as " strong { (shown(&v.who.subject)) } " (" (v.who.issuer) ")" }
                             form method="post" action="/console/logout" {
                                 input type="hidden" name="csrf" value=(v.csrf);
                                 button type="submit" { "Sign out" }
@@ -56,6 +67,34 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                     h1 { (title) }
                     (body)
                 }
+            }
+        }
+    }
+}
+
+/// Client data on a page, made visible as [`crate::text::display`] does, each made-visible
+/// character in a marked span (styled apart and named for screen readers): the typed text
+/// `\u{a}` and a real line break never look alike.
+pub fn shown(text: &str) -> Markup {
+    let mut runs: Vec<Result<&str, char>> = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if crate::text::invisible(c) {
+            if start < i {
+                runs.push(Ok(&text[start..i]));
+            }
+            runs.push(Err(c));
+            start = i + c.len_utf8();
+        }
+    }
+    if start < text.len() {
+        runs.push(Ok(&text[start..]));
+    }
+    html! {
+        @for run in runs {
+            @match run {
+                Ok(t) => (t),
+                Err(c) => span.esc title="hidden character" { (format!("\\u{{{:x}}}", c as u32)) },
             }
         }
     }

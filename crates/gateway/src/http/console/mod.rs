@@ -54,6 +54,9 @@ pub struct Console {
     dev: Option<devidp::DevIdp>,
     /// For the identity providers: never follows a redirect.
     http: reqwest::Client,
+    /// For the development issuer, which is this gateway: over `listen.http_tls`, it trusts
+    /// exactly the certificate the gateway serves.
+    own_http: reqwest::Client,
     /// The identity providers' discovery documents, briefly cached.
     discovered: signin::Discovered,
     /// The audit log's last verification, shown on the audit page.
@@ -108,12 +111,39 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
     if !config.enabled || shared.auth.signer().is_none() {
         return None;
     }
+    let scheme = if shared.listen.http_tls {
+        "https"
+    } else {
+        "http"
+    };
     let base = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"))
+        .unwrap_or_else(|| format!("{scheme}://{http_addr}"))
         .trim_end_matches('/')
         .to_owned();
+    match console_transport(&base) {
+        Transport::Https => {}
+        Transport::LoopbackHttp => {
+            layout::PLAIN_HTTP.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+            %base,
+            "the console is served over plain HTTP: any program on the browser's machine can \
+             read its sign-in cookie (browsers share cookies across ports). For development \
+             only; set listen.http_tls = true (or console.public_url = https://... behind a TLS \
+             proxy)"
+            )
+        }
+        Transport::RemoteHttp => {
+            tracing::error!(
+                %base,
+                "the console is off: it would be reached over plain HTTP from other machines. \
+                 Set listen.http_tls = true, or console.public_url = https://... behind a TLS \
+                 proxy"
+            );
+            return None;
+        }
+    }
     let url = reqwest::Url::parse(&base).ok()?;
     let authority = match url.port() {
         Some(p) => format!("{}:{p}", url.host_str()?),
@@ -125,6 +155,15 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         .timeout(Duration::from_secs(10))
         .build()
         .ok()?;
+    let own_http = match (&shared.started.tls, shared.listen.http_tls) {
+        (Some(tls), true) => reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::own_listener_config(&tls.cert_file).ok()?)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?,
+        _ => http.clone(),
+    };
     let csp = content_security_policy(&methods);
     let console = Arc::new(Console {
         sessions: Store::new(
@@ -138,6 +177,7 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         base,
         methods,
         http,
+        own_http,
         discovered: Default::default(),
         verified: Default::default(),
         csp,
@@ -172,6 +212,27 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         ))
         .with_state(console);
     Some(routes)
+}
+
+/// How browsers reach the console.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transport {
+    Https,
+    /// Plain HTTP on this machine: served, with a warning on every page.
+    LoopbackHttp,
+    /// Plain HTTP from elsewhere: refused (tokens and PHI in the clear on the network).
+    RemoteHttp,
+}
+
+pub fn console_transport(base: &str) -> Transport {
+    let lower = base.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        Transport::Https
+    } else if crate::auth::is_loopback_url(&lower) {
+        Transport::LoopbackHttp
+    } else {
+        Transport::RemoteHttp
+    }
 }
 
 /// `form-action` names the identity providers too (a sign-in may post to them).
@@ -331,7 +392,7 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             .authorize(shared, &viewer.roles, "use the web console")
             .await
         {
-            if !viewer.peer.ip().is_loopback() {
+            if !shared.listen.credentials_from(viewer.peer.ip()) {
                 return Err(layout::error(e.status(), e.message()));
             }
             c.sessions.remove(&viewer.session_id);

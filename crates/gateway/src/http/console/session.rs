@@ -33,11 +33,21 @@ fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
+/// Signed-in sessions one individual may hold at once (browsers, tabs signed in anew): the
+/// next sign-in ends its oldest, so no identity can fill the store and lock reviewers out.
+pub const MAX_PER_IDENTITY: usize = 8;
+
+/// Sign-ins in flight from one source address (IPv6: one /64): a flood of started sign-ins
+/// from one host pushes out only its own.
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
+
 /// One authorization request in flight.
 #[derive(Clone)]
 pub struct Pending {
     /// The sign-in method's name.
     pub method: String,
+    /// Where the browser connected from (IPv6: its /64).
+    pub source: std::net::IpAddr,
     pub state: String,
     pub nonce: String,
     pub pkce_verifier: String,
@@ -120,6 +130,18 @@ impl Store {
         let mut map = self.lock();
         if map.len() >= self.max {
             map.retain(|_, s| self.alive(s, now));
+        }
+        match &state {
+            State::SignedIn(who) => make_room(
+                &mut map,
+                MAX_PER_IDENTITY,
+                |s| matches!(&s.state, State::SignedIn(o) if o.issuer == who.issuer && o.subject == who.subject),
+            ),
+            State::SigningIn(p) => make_room(
+                &mut map,
+                MAX_PENDING_PER_SOURCE,
+                |s| matches!(&s.state, State::SigningIn(o) if o.source == p.source),
+            ),
         }
         // Sign-ins in flight hold at most half the store: a flood of started sign-ins pushes
         // out the oldest of them, never a signed-in session.
@@ -217,6 +239,22 @@ impl Store {
     }
 }
 
+/// Removes the least recently seen of the sessions `of` picks until fewer than `cap` remain.
+fn make_room(map: &mut HashMap<[u8; 32], Session>, cap: usize, of: impl Fn(&Session) -> bool) {
+    let mut mine: Vec<([u8; 32], Instant)> = map
+        .iter()
+        .filter(|(_, s)| of(s))
+        .map(|(k, s)| (*k, s.last_seen))
+        .collect();
+    if mine.len() < cap {
+        return;
+    }
+    mine.sort_by_key(|(_, seen)| *seen);
+    for (k, _) in mine.iter().take(mine.len() + 1 - cap) {
+        map.remove(k);
+    }
+}
+
 /// Constant-time comparison of a submitted CSRF token with the session's.
 pub fn csrf_ok(session: &Session, submitted: &str) -> bool {
     use subtle::ConstantTimeEq;
@@ -235,6 +273,48 @@ mod tests {
             groups: vec![],
             token: "t".into(),
         })
+    }
+
+    fn pending(source: std::net::IpAddr) -> State {
+        State::SigningIn(Pending {
+            method: "m".into(),
+            source,
+            state: "s".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+        })
+    }
+
+    fn signed_in_as(subject: &str) -> State {
+        State::SignedIn(SignedIn {
+            subject: subject.into(),
+            issuer: "development".into(),
+            groups: vec![],
+            token: "t".into(),
+        })
+    }
+
+    #[test]
+    fn one_identity_cannot_fill_the_store_and_one_host_cannot_evict_anothers_sign_in() {
+        let store = Store::new(100, Duration::from_secs(60), Duration::from_secs(600));
+        let reviewer = store.create(signed_in_as("reviewer"), None).expect("room");
+        let other = std::net::IpAddr::from([192, 0, 2, 1]);
+        let theirs = store.create(pending(other), None).expect("room");
+        let mut mine = Vec::new();
+        for _ in 0..1000 {
+            mine.push(store.create(signed_in_as("agent"), None).expect("room"));
+        }
+        for _ in 0..1000 {
+            store
+                .create(pending(std::net::IpAddr::from([127, 0, 0, 1])), None)
+                .expect("room");
+        }
+        assert!(store.len() <= 1 + 1 + MAX_PER_IDENTITY + MAX_PENDING_PER_SOURCE);
+        // The agent's newest sessions live, its oldest were ended; nobody else's were.
+        assert!(store.touch(&mine[0]).is_none());
+        assert!(store.touch(mine.last().expect("one")).is_some());
+        assert!(store.touch(&reviewer).is_some());
+        assert!(store.take_pending(&theirs).is_some());
     }
 
     #[test]
@@ -269,17 +349,14 @@ mod tests {
     fn a_flood_of_sign_ins_never_pushes_out_a_signed_in_session() {
         let store = Store::new(4, Duration::from_secs(60), Duration::from_secs(600));
         let who = store.create(signed_in(), None).expect("room");
-        let pending = || {
-            State::SigningIn(Pending {
-                method: "m".into(),
-                state: "s".into(),
-                nonce: "n".into(),
-                pkce_verifier: "v".into(),
-            })
-        };
         let mut started = Vec::new();
-        for _ in 0..50 {
-            started.push(store.create(pending(), None).expect("a sign-in may start"));
+        for i in 0..50u8 {
+            let from = std::net::IpAddr::from([10, 0, 0, i]);
+            started.push(
+                store
+                    .create(pending(from), None)
+                    .expect("a sign-in may start"),
+            );
         }
         assert!(store.touch(&who).is_some());
         assert!(store.len() <= 4);

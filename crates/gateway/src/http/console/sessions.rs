@@ -112,7 +112,7 @@ pub async fn list(
                 tbody { @for s in &sessions {
                     tr {
                         td { a href={ "/console/sessions/" (s.session) } {
-                            (crate::text::display(&s.subject)) " as " (s.role) " (" (s.session) ")" } }
+                            (super::layout::shown(&s.subject)) " as " (s.role) " (" (s.session) ")" } }
                         td { (s.started) }
                         td { (s.ended.as_deref().unwrap_or("still open")) }
                         td { (s.statements) } td { (s.denied) } td { (s.held) }

@@ -215,7 +215,7 @@ async fn client(c: &Console, m: &Method) -> Result<Client, SignInError> {
         None => {
             let issuer =
                 IssuerUrl::new(m.issuer().to_owned()).map_err(|_| SignInError::Provider)?;
-            let meta = CoreProviderMetadata::discover_async(issuer, &c.http)
+            let meta = CoreProviderMetadata::discover_async(issuer, c.http_for(m))
                 .await
                 .map_err(|e| {
                     tracing::warn!(issuer = %m.issuer(), error = %e, "console sign-in: discovery failed");
@@ -230,6 +230,16 @@ async fn client(c: &Console, m: &Method) -> Result<Client, SignInError> {
         CoreClient::from_provider_metadata(meta, ClientId::new(m.client_id().to_owned()), None)
             .set_redirect_uri(redirect);
     Ok(client)
+}
+
+impl Console {
+    /// The HTTP client for a sign-in method's provider.
+    fn http_for(&self, m: &Method) -> &reqwest::Client {
+        match m {
+            Method::Development { .. } => &self.own_http,
+            Method::Oidc { .. } => &self.http,
+        }
+    }
 }
 
 /// `GET /console/signin`: the methods, one link each.
@@ -259,6 +269,7 @@ pub async fn page(
 /// cookie, which would sign it out).
 pub async fn begin(
     State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     parts: axum::http::request::Parts,
     Path(method): Path<String>,
 ) -> Response {
@@ -290,6 +301,7 @@ pub async fn begin(
     let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
     let pending = Pending {
         method: m.name().to_owned(),
+        source: crate::auth::limiter::source(peer.ip()),
         state: state.secret().clone(),
         nonce: nonce.secret().clone(),
         pkce_verifier: verifier.secret().clone(),
@@ -425,7 +437,7 @@ async fn finish(
         .exchange_code(AuthorizationCode::new(code))
         .map_err(|_| SignInError::Provider)?
         .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
-        .request_async(&c.http)
+        .request_async(c.http_for(m))
         .await
         .map_err(|e| {
             tracing::warn!(issuer = %m.issuer(), error = %e, "console sign-in: code exchange failed");
