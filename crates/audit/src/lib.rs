@@ -108,22 +108,51 @@ pub fn open(setup: Setup, first: Vec<Event>) -> anyhow_like::Result<Auditor> {
     Ok(auditor)
 }
 
-/// Reads a key file, or creates it (owner-only) with `generate()` if it does not exist.
+/// The shortest key file accepted: 32 bytes (256 bits). Shorter is a passphrase, or what an
+/// interrupted write left behind (an empty file), and would make every HMAC under it guessable.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Reads a key file, or creates it (owner-only) with `generate()` if it does not exist. A new
+/// key appears whole or not at all (written beside, synced, then linked in place: a crash
+/// never leaves a short key behind); a key file shorter than [`MIN_KEY_BYTES`] is refused.
 pub fn load_or_create_key(
     path: &Path,
     generate: impl FnOnce() -> Result<Vec<u8>, String>,
 ) -> std::io::Result<Vec<u8>> {
     match std::fs::read(path) {
+        Ok(b) if b.len() < MIN_KEY_BYTES => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} holds {} bytes; a key is at least {MIN_KEY_BYTES} random bytes (an empty \
+                 file is what an interrupted write leaves: move it away and a new key is made)",
+                path.display(),
+                b.len()
+            ),
+        )),
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = generate().map_err(std::io::Error::other)?;
             if let Some(dir) = path.parent() {
                 private::dir_all(dir)?;
             }
-            let mut f = private::options().create_new(true).write(true).open(path)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            Ok(bytes)
+            let tmp = path.with_extension(format!("new-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            {
+                let mut f = private::options().create_new(true).write(true).open(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+            }
+            // A hard link fails if another process made the key meanwhile: then its key wins.
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            match linked {
+                Ok(()) => Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     }
@@ -142,5 +171,30 @@ pub mod anyhow_like {
     pub type Result<T> = std::result::Result<T, std::io::Error>;
     pub fn msg(m: String) -> std::io::Error {
         std::io::Error::other(m)
+    }
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_made_whole_once_and_a_short_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys").join("k.key");
+        let made = load_or_create_key(&path, random_key).expect("made");
+        assert_eq!(made.len(), 32);
+        assert_eq!(load_or_create_key(&path, random_key).expect("read"), made);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        for short in [&b""[..], b"a passphrase"] {
+            std::fs::write(&path, short).expect("write");
+            let e = load_or_create_key(&path, random_key).expect_err("a short key");
+            assert!(e.to_string().contains("at least 32"), "{e}");
+        }
     }
 }

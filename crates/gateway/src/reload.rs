@@ -89,6 +89,7 @@ pub async fn reload(shared: &Shared, path: &Path) -> phigate_audit::Event {
             }
             shared.policy.store.replace(policy);
             shared.policy.phi_tags.set(crate::state::phi_tags(&config));
+            crate::masking::retire_earlier_keys(&config, &shared.upstream).await;
             None
         }
         Err(e) => Some(format!(

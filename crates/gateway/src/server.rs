@@ -91,6 +91,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     if let Ok(mut m) = shared.policy.masked.write() {
         *m = logins;
     }
+    crate::masking::retire_earlier_keys(config, &shared.upstream).await;
     let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
     spawn_key_watch(&shared);
     spawn_review_expiry(&shared);

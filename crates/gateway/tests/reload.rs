@@ -575,3 +575,84 @@ async fn an_agent_idle_in_a_transaction_cannot_hold_a_reload_up() {
         .await
         .expect("the agent goes on");
 }
+
+/// A run of at least `n` hex digits in `text` (key material).
+fn hex_run(text: &str, n: usize) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    for i in 0..=b.len() {
+        if i == b.len() || !b[i].is_ascii_hexdigit() {
+            if i - start >= n {
+                return Some(&text[start..i]);
+            }
+            start = i + 1;
+        }
+    }
+    None
+}
+
+/// A change to a masked role's masking must not wait for that role's own sessions: an agent
+/// idle in a transaction on the views (its locks block re-creating them) has its transaction
+/// ended, the reload takes effect, and the next session sees the new masking. The token key
+/// never appears in the database's log, even for the attempts that timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masking_change_ends_an_idle_agents_transaction_and_the_key_stays_out_of_the_log() {
+    let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
+    let mut opts = GatewayOptions::for_cluster(cluster);
+    opts.policy = phigate::demo::policy_toml().expect("policy TOML");
+    let gw = Gateway::start_with_identities(
+        Path::new(env!("CARGO_BIN_EXE_phigate")),
+        opts,
+        &["agent", "clinician"],
+    )
+    .expect("gateway");
+    let (agent, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect");
+    let agent_conn = tokio::spawn(conn);
+    let before: String = agent
+        .query_one("SELECT zip FROM patients ORDER BY id LIMIT 1", &[])
+        .await
+        .expect("zip")
+        .get(0);
+    agent
+        .batch_execute("BEGIN; SELECT zip FROM patients LIMIT 1")
+        .await
+        .expect("a masked read inside a transaction, left open");
+
+    let config = gw.dir().join("phigate.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    // The agent's role comes first: its masking table gets zip = "redact".
+    let edited = text.replacen("[role.masking]\n", "[role.masking]\nzip = \"redact\"\n", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&config, edited).expect("rewrite");
+    hup(&gw);
+    let reloads = wait_records(&gw, "config_reload", 1);
+    let last = reloads.last().expect("record");
+    assert_eq!(last["ok"], true, "{last}\n{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("ended the open transactions of masked sessions"),
+        "{}",
+        gw.log()
+    );
+    // The idle transaction was ended under the agent.
+    assert!(agent.batch_execute("COMMIT").await.is_err());
+    let _ = agent_conn.await;
+    let (agent, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
+        .await
+        .expect("connect again");
+    tokio::spawn(conn);
+    let after: String = agent
+        .query_one("SELECT zip FROM patients ORDER BY id LIMIT 1", &[])
+        .await
+        .expect("zip")
+        .get(0);
+    assert_ne!(before, after, "the new masking is in force");
+    let log = cluster.server_log();
+    assert!(
+        log.contains("lock timeout") || log.contains("canceling statement due to lock timeout"),
+        "the provisioning did wait for the agent's lock:\n{log}"
+    );
+    assert_eq!(hex_run(&log, 128), None, "key material in the server log");
+}

@@ -223,6 +223,20 @@ pub mod write {
         write_message(out, b'Q', |b| put_cstr(b, sql));
     }
 
+    /// CopyData: `data` for a `COPY ... FROM STDIN` the gateway itself runs.
+    pub fn copy_data(out: &mut BytesMut, data: &[u8]) {
+        write_message(out, b'd', |b| b.extend_from_slice(data));
+    }
+
+    pub fn copy_done(out: &mut BytesMut) {
+        write_message(out, b'c', |_| {});
+    }
+
+    /// CopyFail: the COPY ends with this message as its error.
+    pub fn copy_fail(out: &mut BytesMut, message: &str) {
+        write_message(out, b'f', |b| put_cstr(b, message));
+    }
+
     pub fn password(out: &mut BytesMut, password: &str) {
         write_message(out, b'p', |b| put_cstr(b, password));
     }

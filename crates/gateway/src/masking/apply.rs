@@ -9,10 +9,11 @@ use sha2::Digest;
 use super::plan::{self, Catalog, Columns};
 use super::verify;
 use super::{
-    existing_token_key, login_name, login_password, owner_mark, pads, token_key, MaskedLogin,
+    add_mark, earlier_marks, existing_token_key, key_copy_data, login_name, login_password,
+    owner_mark, remember_mark, token_key, MaskedLogin,
 };
 use crate::config::Config;
-use crate::upstream::UpstreamTarget;
+use crate::upstream::{Step, UpstreamTarget};
 
 /// Reads the columns of the PHI tables: `schema.table` → columns in order.
 async fn columns(target: &UpstreamTarget, tables: &[(String, String)]) -> anyhow::Result<Columns> {
@@ -45,7 +46,7 @@ pub async fn provision(
         if let Some(key) = existing_token_key(config) {
             let mark = owner_mark(&key);
             let sql = format!("{}{}", plan::LOCK, verify::prune_sql(&mark, &[]));
-            if let Err(e) = run_pruning(target, &mark, &[], &sql).await {
+            if let Err(e) = run_pruning(target, &mark, &[], &sql, &[]).await {
                 tracing::warn!(error = %e, "masking: cannot remove the logins of roles no longer masked");
             }
         }
@@ -72,7 +73,6 @@ pub async fn provision(
         exposing: &exposing,
         sequences: &sequences,
     };
-    let (ipad, opad) = pads(&key);
     let mut sql = String::from(plan::LOCK);
     let mut logins = HashMap::new();
     // What the plan does, without the verifiers (their salts are random every time).
@@ -82,23 +82,9 @@ pub async fn provision(
         let password = login_password(&role.name, &key);
         // A SCRAM verifier, never the password: the statement may land in the server log.
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        let p = plan::role_plan(
-            role,
-            &user,
-            &verifier,
-            (&ipad, &opad),
-            &catalog,
-            config.approvals.enabled,
-        );
+        let p = plan::role_plan(role, &user, &verifier, &catalog, config.approvals.enabled);
         sql.push_str(&p.sql);
-        let stable = plan::role_plan(
-            role,
-            &user,
-            "",
-            (&ipad, &opad),
-            &catalog,
-            config.approvals.enabled,
-        );
+        let stable = plan::role_plan(role, &user, "", &catalog, config.approvals.enabled);
         digest.update(stable.sql.as_bytes());
         // The database refuses this login's sessions beyond the role's cap too: a second line
         // behind the gateway's own count (and the only one against anyone else using it).
@@ -122,18 +108,53 @@ pub async fn provision(
     keep.sort();
     sql.push_str(&verify::prune_sql(&mark, &keep));
     digest.update(verify::prune_sql(&mark, &keep).as_bytes());
+    digest.update(sha2::Sha256::digest(key_copy_data(&key)));
     let digest: [u8; 32] = digest.finalize().into();
     let unchanged = *applied.lock().unwrap_or_else(|p| p.into_inner()) == Some(digest)
         && in_place(target, &keep).await?;
     if unchanged {
         tracing::info!("masking views unchanged; not re-provisioned");
     } else {
-        run_pruning(target, &mark, &keep, &sql).await?;
+        run_pruning(target, &mark, &keep, &sql, &key_copy_data(&key)).await?;
         *applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        if let Err(e) = add_mark(config, &mark) {
+            tracing::warn!(error = %e, "masking: cannot remember the token key's mark (a later key rotation will not remove this key's logins)");
+        }
     }
     prove_no_leaks(target, &logins, &exposing).await?;
     tracing::info!(roles = logins.len(), "masking views provisioned");
     Ok(logins)
+}
+
+/// After a key rotation, once the new logins are in force: the logins made under the data
+/// directory's earlier keys (they hold an old key in the database, and the grants of an old
+/// policy) log in no more and are removed. Their sessions still open end with their clients.
+pub async fn retire_earlier_keys(config: &Config, target: &UpstreamTarget) {
+    let Some(key) = existing_token_key(config) else {
+        return;
+    };
+    let mark = owner_mark(&key);
+    let earlier = earlier_marks(config, &mark);
+    if earlier.is_empty() {
+        return;
+    }
+    let mut gone = true;
+    for m in &earlier {
+        let sql = format!("{}{}", plan::LOCK, verify::prune_sql(m, &[]));
+        if let Err(e) = run_pruning(target, m, &[], &sql, &[]).await {
+            tracing::warn!(error = %e, "masking: cannot remove the logins of an earlier token key; trying again at the next reload");
+            return;
+        }
+        match target.query_column(&verify::marked_query(m)).await {
+            Ok(left) => gone &= left.is_empty(),
+            Err(_) => gone = false,
+        }
+    }
+    if gone {
+        if let Err(e) = remember_mark(config, &mark) {
+            tracing::warn!(error = %e, "masking: cannot rewrite the list of token key marks");
+        }
+    }
 }
 
 /// The logins and their schemas still exist (someone or another gateway may have dropped them
@@ -162,9 +183,10 @@ async fn run_pruning(
     mark: &str,
     keep: &[String],
     sql: &str,
+    key_data: &[u8],
 ) -> anyhow::Result<()> {
     let before = target.query_column(&verify::marked_query(mark)).await?;
-    run(target, sql).await?;
+    run(target, sql, key_data, keep).await?;
     let after = target.query_column(&verify::marked_query(mark)).await?;
     for login in before.iter().filter(|l| !keep.contains(l)) {
         if after.contains(login) {
@@ -176,12 +198,46 @@ async fn run_pruning(
     Ok(())
 }
 
-/// One implicit transaction: all of it or none; tried again while a lock is not available.
-async fn run(target: &UpstreamTarget, sql: &str) -> anyhow::Result<()> {
+/// The plan as messages of one transaction: its statements, and at each key line a COPY whose
+/// data is the token key (never in a statement's text).
+fn steps<'a>(sql: &'a str, key_data: &'a [u8]) -> Vec<Step<'a>> {
+    let mut out = vec![Step::Sql("BEGIN")];
+    let mut start = 0;
+    let mut at = 0;
+    for line in sql.split_inclusive('\n') {
+        if plan::is_key_copy(line.trim_end()) {
+            if start < at {
+                out.push(Step::Sql(&sql[start..at]));
+            }
+            out.push(Step::CopyIn {
+                sql: line.trim_end(),
+                data: key_data,
+            });
+            start = at + line.len();
+        }
+        at += line.len();
+    }
+    if start < sql.len() {
+        out.push(Step::Sql(&sql[start..]));
+    }
+    out.push(Step::Sql("COMMIT"));
+    out
+}
+
+/// One transaction: all of it or none; tried again while a lock is not available. After the
+/// first wait, the masked logins' own open transactions are ended (an agent idle in a
+/// transaction on a view must not hold a policy change up; its session ends, and the next one
+/// sees the new views).
+async fn run(
+    target: &UpstreamTarget,
+    sql: &str,
+    key_data: &[u8],
+    logins: &[String],
+) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
-        match target.query_column(sql).await {
-            Ok(_) => return Ok(()),
+        match target.run_steps(&steps(sql, key_data)).await {
+            Ok(()) => return Ok(()),
             Err(crate::upstream::UpstreamError::Refused { code, .. })
                 if code == phigate_wire::sqlstate::LOCK_NOT_AVAILABLE && attempt < 10 =>
             {
@@ -190,12 +246,52 @@ async fn run(target: &UpstreamTarget, sql: &str) -> anyhow::Result<()> {
                     attempt,
                     "masking views: a lock is held elsewhere; trying again"
                 );
+                make_way(target, logins).await;
                 tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
             }
             Err(crate::upstream::UpstreamError::Refused { message, .. }) => {
                 anyhow::bail!("cannot provision the masking views: {message}")
             }
             Err(e) => anyhow::bail!("cannot provision the masking views: {e}"),
+        }
+    }
+}
+
+/// Ends the open transactions of the masked logins (their sessions end; the gateway's clients
+/// reconnect to the new views). The gateway login becomes a member of each masked login first
+/// (it created them, CREATEROLE), which is what lets it signal their backends.
+async fn make_way(target: &UpstreamTarget, logins: &[String]) {
+    if logins.is_empty() {
+        return;
+    }
+    let names = logins
+        .iter()
+        .map(|l| plan::literal(l))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let grant = format!(
+        "DO $$ DECLARE r record; BEGIN\n\
+           FOR r IN SELECT rolname FROM pg_roles WHERE rolname IN ({names})\n\
+                    AND NOT pg_has_role(current_user, oid, 'USAGE') LOOP\n\
+             EXECUTE format('GRANT %I TO %I', r.rolname, current_user);\n\
+           END LOOP;\n\
+         END $$"
+    );
+    let end = format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE usename IN ({names}) AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+    );
+    let result = match target.query_column(&grant).await {
+        Ok(_) => target.query_column(&end).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(n) => tracing::warn!(
+            ended = n.first().map(String::as_str).unwrap_or("0"),
+            "masking views: ended the open transactions of masked sessions holding the views"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "masking views: cannot end the masked sessions holding the views")
         }
     }
 }

@@ -34,7 +34,7 @@ mod discover;
 mod plan;
 mod verify;
 
-pub use apply::provision;
+pub use apply::{provision, retire_earlier_keys};
 pub use discover::{discover, guess_type};
 
 /// The database login and schema of a masked role.
@@ -75,6 +75,24 @@ pub fn login_name(role: &str, key: &[u8]) -> String {
 /// restart) agrees on it; nobody without the key can compute it.
 fn login_password(role: &str, key: &[u8]) -> String {
     token_hex(key, &format!("phigate-login-password:{role}"))
+}
+
+/// The key the database computes column tokens with: derived from the token key, so the key
+/// that also derives the masked logins' passwords never reaches the database (whoever reads
+/// the database's copy can compute tokens, never log in as a masked login).
+fn column_token_key(key: &[u8]) -> Vec<u8> {
+    hex::decode(token_hex(key, "phigate-column-tokens-v1")).unwrap_or_default()
+}
+
+/// A value's token, as the masking views compute it (hex; views keep a prefix).
+pub fn column_token(key: &[u8], value: &str) -> String {
+    token_hex(&column_token_key(key), value)
+}
+
+/// The COPY data (text format) of the token key table: the column-token key's pads.
+fn key_copy_data(key: &[u8]) -> Vec<u8> {
+    let (ipad, opad) = pads(&column_token_key(key));
+    format!("\\\\x{}\t\\\\x{}\n", hex::encode(ipad), hex::encode(opad)).into_bytes()
 }
 
 /// HMAC-SHA-256 key material as stored for SQL: the key padded to the block size, XORed with
@@ -128,6 +146,47 @@ fn existing_token_key(config: &Config) -> Option<Vec<u8>> {
 /// The mark on the logins provisioned under this token key (a fleet sharing the key shares it).
 fn owner_mark(key: &[u8]) -> String {
     token_hex(key, "phigate-masked-logins")[..16].to_owned()
+}
+
+/// Where a data directory remembers the marks of the token keys it provisioned under: after a
+/// key rotation, the logins of the earlier keys are removed (they hold the old key in the
+/// database, and grants of the old policy), never left able to log in.
+fn marks_path(config: &Config) -> Option<std::path::PathBuf> {
+    config
+        .data_dir
+        .as_ref()
+        .map(|d| d.join("keys").join("masking-marks"))
+}
+
+/// The marks of earlier token keys of this data directory (not `current`).
+fn earlier_marks(config: &Config, current: &str) -> Vec<String> {
+    marks_path(config)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|m| m.len() == 16 && m.bytes().all(|b| b.is_ascii_hexdigit()) && *m != current)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Adds `mark` (the current key's, once its provisioning committed) to the earlier ones.
+fn add_mark(config: &Config, mark: &str) -> std::io::Result<()> {
+    let mut marks = earlier_marks(config, mark);
+    marks.push(mark.to_owned());
+    write_marks(config, &marks)
+}
+
+/// Keeps only `mark` (the earlier keys' logins are gone).
+fn remember_mark(config: &Config, mark: &str) -> std::io::Result<()> {
+    write_marks(config, &[mark.to_owned()])
+}
+
+fn write_marks(config: &Config, marks: &[String]) -> std::io::Result<()> {
+    let Some(path) = marks_path(config) else {
+        return Ok(());
+    };
+    crate::fsutil::write_private_atomic(&path, format!("{}\n", marks.join("\n")).as_bytes())
 }
 
 #[cfg(test)]

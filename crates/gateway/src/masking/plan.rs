@@ -201,11 +201,13 @@ pub(super) fn mask_expr(c: &Column, t: PhiType, s: Strategy, schema: &str) -> St
             // the view itself: the view reads the key with its owner's rights (the login has
             // none on it), each pad once per query (an uncorrelated subquery is an InitPlan),
             // and the planner sees builtins only — no function call per row, and nothing the
-            // login could call to token a guessed value. NULL stays NULL.
+            // login could call to token a guessed value. NULL stays NULL. `textsend` gives the
+            // text's bytes as stored (UTF-8 in a UTF-8 database) and never fails on an
+            // encoding, so no error message can quote a raw value.
             let k = ident(schema);
             let tok = format!(
                 "encode(sha256((SELECT opad FROM {k}.token_key) || \
-                 sha256((SELECT ipad FROM {k}.token_key) || convert_to({col}::text, 'UTF8'))), 'hex')"
+                 sha256((SELECT ipad FROM {k}.token_key) || textsend({col}::text))), 'hex')"
             );
             match c.base.as_str() {
                 _ if string => format!("CAST('tok_' || left({tok}, 16) AS {ty})"),
@@ -236,16 +238,16 @@ fn readable(role: &RoleConfig) -> Vec<(String, String)> {
 /// schema), its internal schema with the token key, one masking view per tagged table,
 /// and SELECT (or, with `write_through`, writes too) on the granted tables that show no PHI.
 /// `verifier` is the login's SCRAM verifier, never its password: the statement may land in the
-/// server log. `pads` are the token key's HMAC pads.
+/// server log. The token key itself is never in the SQL: a `COPY ... FROM STDIN` line
+/// ([`is_key_copy`]) marks where it is sent as data.
 pub(super) fn role_plan(
     role: &RoleConfig,
     user: &str,
     verifier: &str,
-    pads: (&[u8], &[u8]),
     catalog: &Catalog<'_>,
     write_through: bool,
 ) -> RolePlan {
-    let mut sql = login_sql(user, verifier, pads);
+    let mut sql = login_sql(user, verifier);
     let mut checks = vec![Check::connect()];
     let mut phi_columns = BTreeMap::new();
     let mut predicate_guarded = BTreeMap::new();
@@ -311,7 +313,7 @@ pub(super) fn connection_limit_sql(user: &str, cap: usize) -> String {
 
 /// The login (created if missing, stripped of memberships and table privileges), its schema
 /// afresh, and its internal schema with the token key table (read by the views only).
-fn login_sql(user: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String {
+fn login_sql(user: &str, verifier: &str) -> String {
     let u = ident(user);
     let s = ident(user);
     let k = ident(&internal_schema(user));
@@ -343,13 +345,17 @@ fn login_sql(user: &str, verifier: &str, (ipad, opad): (&[u8], &[u8])) -> String
          REVOKE ALL ON SCHEMA {k} FROM PUBLIC;\n\
          CREATE TABLE {k}.token_key (ipad bytea NOT NULL, opad bytea NOT NULL);\n\
          REVOKE ALL ON {k}.token_key FROM PUBLIC;\n\
-         INSERT INTO {k}.token_key VALUES ('\\x{ipad}', '\\x{opad}');\n\
+         COPY {k}.token_key (ipad, opad) FROM STDIN;\n\
          GRANT USAGE ON SCHEMA {s} TO {u};\n",
         lit = literal(user),
         pw = literal(verifier),
-        ipad = hex::encode(ipad),
-        opad = hex::encode(opad),
     )
+}
+
+/// A line of the plan where the token key goes in as COPY data (never in the statement text,
+/// which the server logs when a statement fails and shows in `pg_stat_activity`).
+pub(super) fn is_key_copy(line: &str) -> bool {
+    line.starts_with("COPY ") && line.ends_with(".token_key (ipad, opad) FROM STDIN;")
 }
 
 /// The masking view of one tagged table. With approvals on, a write a reviewer approved must be
@@ -579,11 +585,11 @@ columns = { ssn = "ssn", first_name = "name" }
             sequences: &sequences,
         };
         check_tags(&tables, &phi, &columns).expect("tags match the catalog");
-        let p = role_plan(&f.role, "m_login", "SCRAM-x", (b"i", b"o"), &catalog, false);
+        let p = role_plan(&f.role, "m_login", "SCRAM-x", &catalog, false);
         assert!(p.sql.contains(
             "CREATE VIEW \"m_login\".\"patients\" WITH (security_barrier) AS SELECT \"id\", \
              CAST('tok_' || left(encode(sha256((SELECT opad FROM \"m_login_k\".token_key) || \
-             sha256((SELECT ipad FROM \"m_login_k\".token_key) || convert_to(\"first_name\"::text, 'UTF8'))), 'hex'), 16) AS text) AS \"first_name\", \
+             sha256((SELECT ipad FROM \"m_login_k\".token_key) || textsend(\"first_name\"::text))), 'hex'), 16) AS text) AS \"first_name\", \
              CAST(CASE WHEN \"ssn\" IS NULL THEN NULL ELSE '***-**-' || right(regexp_replace(\"ssn\", '\\D', '', 'g'), 4) END AS character varying(11)) AS \"ssn\" \
              FROM \"public\".\"patients\";\n"
         ));
@@ -603,7 +609,7 @@ columns = { ssn = "ssn", first_name = "name" }
             .contains("has_table_privilege('m_login', '\"public\".\"wards\"', 'SELECT')"));
         assert!(p.unwritable["public.patients"].contains(&"ssn".to_owned()));
         // With approvals on, inserts may draw from the table's sequence.
-        let w = role_plan(&f.role, "m_login", "SCRAM-x", (b"i", b"o"), &catalog, true);
+        let w = role_plan(&f.role, "m_login", "SCRAM-x", &catalog, true);
         assert!(w
             .sql
             .contains("GRANT USAGE ON SEQUENCE \"public\".\"wards_id_seq\" TO \"m_login\""));

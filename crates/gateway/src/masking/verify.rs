@@ -184,6 +184,8 @@ pub(super) fn prune_sql(mark: &str, keep: &[String]) -> String {
         "DO $$ DECLARE r record; o record; BEGIN\n\
            FOR r IN SELECT a.oid, a.rolname FROM pg_roles a WHERE shobj_description(a.oid, 'pg_authid') = {comment}\n\
                     AND a.rolname <> ALL (ARRAY[{keep}]::text[]) LOOP\n\
+             -- Whatever happens next, it logs in no more.\n\
+             EXECUTE format('ALTER ROLE %I NOLOGIN', r.rolname);\n\
              BEGIN\n\
                EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', r.rolname);\n\
                EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', r.rolname || '_k');\n\

@@ -210,6 +210,58 @@ impl UpstreamTarget {
         Ok(values)
     }
 
+    /// Runs `steps` in order on one fresh connection (the gateway's own provisioning), each
+    /// its own message; stops at the first error, and the connection ends (an open transaction
+    /// is rolled back). A [`Step::CopyIn`] carries data the statement text must not: it goes
+    /// in CopyData, which the server never logs (a failing statement's text is logged under
+    /// the default `log_min_error_statement`, and shown in `pg_stat_activity`).
+    pub async fn run_steps(&self, steps: &[Step<'_>]) -> Result<(), UpstreamError> {
+        let mut conn = self
+            .connect(&[
+                ("application_name", "phigate provisioning"),
+                ("search_path", "pg_catalog, pg_temp"),
+                ("standard_conforming_strings", "on"),
+            ])
+            .await?;
+        let mut out = BytesMut::new();
+        for step in steps {
+            out.clear();
+            let (sql, data) = match step {
+                Step::Sql(sql) => (*sql, None),
+                Step::CopyIn { sql, data } => (*sql, Some(*data)),
+            };
+            write::query(&mut out, sql);
+            conn.stream.write_all(&out).await?;
+            let mut failed = None;
+            loop {
+                let frame = next(&mut conn.stream, &mut conn.reader).await?;
+                match frame.tag() {
+                    backend::tag::COPY_IN_RESPONSE => {
+                        out.clear();
+                        match data {
+                            Some(d) => {
+                                write::copy_data(&mut out, d);
+                                write::copy_done(&mut out);
+                            }
+                            None => write::copy_fail(&mut out, "no data for this COPY"),
+                        }
+                        conn.stream.write_all(&out).await?;
+                    }
+                    backend::tag::ERROR_RESPONSE => failed = Some(refused(&frame)),
+                    backend::tag::READY_FOR_QUERY => break,
+                    _ => {}
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        out.clear();
+        write::terminate(&mut out);
+        let _ = conn.stream.write_all(&out).await;
+        Ok(())
+    }
+
     async fn start_tls(
         &self,
         mut tcp: TcpStream,
@@ -311,6 +363,14 @@ impl UpstreamTarget {
             )
         })
     }
+}
+
+/// One message of [`UpstreamTarget::run_steps`].
+pub enum Step<'a> {
+    /// Statements, as one simple query.
+    Sql(&'a str),
+    /// A `COPY ... FROM STDIN` and its data (text format).
+    CopyIn { sql: &'a str, data: &'a [u8] },
 }
 
 fn sasl_out_of_order(what: &str) -> UpstreamError {
