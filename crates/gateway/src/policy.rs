@@ -26,8 +26,14 @@ pub struct PolicyStore {
     refreshing: tokio::sync::Mutex<()>,
 }
 
+/// The built-in functions' names, and `operator <name>` for each operator name at least one of
+/// whose definitions runs a built-in function (a name only user-defined functions implement,
+/// such as an extension's or a `CREATE OPERATOR` over a SECURITY DEFINER function, is unknown).
 const BUILTINS_SQL: &str = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc \
-                            WHERE pronamespace = 'pg_catalog'::regnamespace";
+                            WHERE pronamespace = 'pg_catalog'::regnamespace \
+                            UNION SELECT 'operator ' || o.oprname FROM pg_catalog.pg_operator o \
+                            JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode GROUP BY o.oprname \
+                            HAVING bool_or(p.pronamespace = 'pg_catalog'::regnamespace)";
 
 /// Every view and materialized view outside the system schemas, with each relation its rewrite
 /// rule depends on, as `schema<US>view<US>schema<US>relation`.

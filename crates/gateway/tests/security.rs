@@ -322,6 +322,36 @@ fn class_e_no_advisory_locks_for_restricted_roles() {
     );
 }
 
+/// E: an operator runs a function. One that only user-defined functions implement (here over
+/// a SECURITY DEFINER function that reads a table) is as unknown as calling the function by
+/// name; the built-in operators stay usable.
+#[test]
+fn class_e_operators_over_unknown_functions_are_refused() {
+    db(
+        "CREATE OR REPLACE FUNCTION public.note_of(int) RETURNS text SECURITY DEFINER \
+        LANGUAGE sql AS 'SELECT body FROM notes WHERE id = $1';\n\
+        DO $$ BEGIN CREATE OPERATOR public.### (RIGHTARG = int, FUNCTION = public.note_of); \
+        EXCEPTION WHEN duplicate_function THEN NULL; END $$;",
+    );
+    let gw = gateway();
+    let mut agent = Raw::login(&gw, "agent");
+    for sql in [
+        "SELECT ### 1",
+        "SELECT OPERATOR(public.###) 1",
+        "SELECT 1 WHERE 'n' = ### 1",
+    ] {
+        let msgs = agent.query(sql);
+        let e = error_of(&msgs).unwrap_or_else(|| panic!("{sql} ran: {msgs:?}"));
+        assert!(
+            e.message().contains("denied by rule unknown-function"),
+            "{sql}: {}",
+            e.message()
+        );
+    }
+    let msgs = agent.query("SELECT count(*) FROM notes WHERE id = 1 AND body LIKE 'n%'");
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+}
+
 /// Whether `text` holds anything a terminal would act on or hide: C0/C1 controls other than
 /// the line breaks of the output itself, DEL, bidirectional overrides.
 fn deceptive(text: &str) -> bool {

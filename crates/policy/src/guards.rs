@@ -132,6 +132,9 @@ impl Policy {
                 ));
             }
         }
+        if let Some(d) = self.unknown_operator(role, st) {
+            return Some(d);
+        }
         for f in &st.attribute_calls {
             if !role.allow_functions.contains(&f.name) && builtin::leaks_via_function(&f.name) {
                 return Some(deny(
@@ -156,6 +159,33 @@ impl Policy {
             ));
         }
         None
+    }
+
+    /// An operator is a function call: one whose name no built-in function implements, or
+    /// written in another schema than `pg_catalog`, is unknown unless `allow_functions` names
+    /// it as `operator <name>`.
+    fn unknown_operator(&self, role: &Role, st: &Statement) -> Option<Decision> {
+        st.operators.iter().find_map(|op| {
+            let key = format!("operator {}", op.name);
+            let allowed = role.allow_functions.contains(&key)
+                || role.allow_functions.contains(&format!("operator {op}"));
+            let builtin = match op.schema.as_deref() {
+                None | Some("pg_catalog") => self.builtins.contains(&key),
+                Some(_) => false,
+            };
+            (!allowed && !builtin).then(|| {
+                deny(
+                    "unknown-function",
+                    format!("phigate: operator {op} denied by rule unknown-function"),
+                    format!(
+                        "Role {} may use the operators PostgreSQL's built-in functions implement \
+                         and those in its allow_functions (as \"operator <name>\"); phigate \
+                         cannot tell what {op} runs.",
+                        role.name
+                    ),
+                )
+            })
+        })
     }
 }
 

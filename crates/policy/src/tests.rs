@@ -76,6 +76,13 @@ action = "require_approval"
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(
+        [
+            "=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "||", "~~", "~~*", "!~~", "~",
+        ]
+        .iter()
+        .map(|op| format!("operator {op}")),
+    )
     .collect();
     Policy::new(&f.role, &f.rule)
         .expect("valid")
@@ -253,6 +260,14 @@ fn decisions_table() {
         ),
         ("ai-agent", "SELECT relname FROM pg_class", "allow"),
         ("ai-agent", "SELECT my_func(1)", "deny:unknown-function"),
+        // An operator runs a function: one only user-defined functions implement is unknown.
+        ("ai-agent", "SELECT 1 ### 2", "deny:unknown-function"),
+        ("ai-agent", "SELECT OPERATOR(public.###) 1", "deny:unknown-function"),
+        ("ai-agent", "SELECT OPERATOR(public.=) 1", "deny:unknown-function"),
+        ("ai-agent", "SELECT 1 WHERE 1 ### ANY (SELECT 2)", "deny:unknown-function"),
+        ("ai-agent", "SELECT 1 ORDER BY 1 USING ###", "deny:unknown-function"),
+        ("ai-agent", "SELECT 1 WHERE 1 = 1 AND 2 BETWEEN 1 AND 3", "allow"),
+        ("ai-agent", "SELECT OPERATOR(pg_catalog.+) 1", "allow"),
         (
             "ai-agent",
             "COPY patients TO PROGRAM 'curl x'",

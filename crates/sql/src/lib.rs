@@ -193,6 +193,10 @@ pub struct Statement {
     /// function `name(x)` when `x` has no field of that name, so these may be function calls
     /// too. Policy checks them against the functions it refuses by name.
     pub attribute_calls: Vec<FuncName>,
+    /// Operators used (`=`, `OPERATOR(public.###)`, `x ### ANY (...)`, `ORDER BY x USING <`):
+    /// each runs a function, and a user-defined one may run anything. Not resolved by type: a
+    /// name is what the policy can check.
+    pub operators: Vec<FuncName>,
     /// Settings changed (`SET name`, `RESET name`; `RESET ALL` is `all`; also the setting of
     /// `ALTER ROLE / DATABASE / SYSTEM ... SET name`), lower case.
     pub settings: Vec<String>,
@@ -229,6 +233,7 @@ impl Statement {
             accesses: Vec::new(),
             functions: Vec::new(),
             attribute_calls: Vec::new(),
+            operators: Vec::new(),
             settings: Vec::new(),
             name: None,
             opaque: false,
@@ -399,6 +404,36 @@ mod tests {
             panic!("parses");
         };
         assert!(st[0].predicate_columns.is_empty());
+    }
+
+    #[test]
+    fn operators_are_collected_with_their_schema() {
+        let ops = |sql: &str| {
+            let Analysis::Parsed(st) = analyze(sql) else {
+                panic!("parses: {sql}");
+            };
+            st[0]
+                .operators
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ops("SELECT 1 + 2 = 3"), vec!["=", "+"]);
+        assert_eq!(ops("SELECT OPERATOR(public.###) 1"), vec!["public.###"]);
+        assert_eq!(ops("SELECT 1 WHERE 1 ### ALL (SELECT 2)"), vec!["###"]);
+        assert_eq!(ops("SELECT a FROM t ORDER BY a USING ~<~"), vec!["~<~"]);
+        assert_eq!(ops("SELECT 'a' LIKE 'b'"), vec!["~~"]);
+        assert_eq!(
+            ops("SELECT * FROM (SELECT 1 ### 2) s"),
+            vec!["###"],
+            "inside a subquery"
+        );
+        assert!(ops("SELECT 2 BETWEEN 1 AND 3").is_empty());
+        assert_eq!(
+            ops("EXPLAIN SELECT 1 ### 2"),
+            vec!["###"],
+            "an inner statement's"
+        );
     }
 
     #[test]

@@ -142,6 +142,8 @@ fn dedup(st: &mut Statement) {
     st.functions.retain(|f| seen.insert(f.clone()));
     let mut seen = HashSet::new();
     st.attribute_calls.retain(|f| seen.insert(f.clone()));
+    let mut seen = HashSet::new();
+    st.operators.retain(|f| seen.insert(f.clone()));
 }
 
 fn is_null(v: Option<&Value>) -> bool {
@@ -492,6 +494,7 @@ impl Walker<'_> {
             self.st
                 .attribute_calls
                 .extend(inner.attribute_calls.iter().cloned());
+            self.st.operators.extend(inner.operators.iter().cloned());
             self.st.opaque |= inner.opaque;
             self.st.copy_program |= inner.copy_program;
             self.st.copy_file |= inner.copy_file;
@@ -568,6 +571,13 @@ impl Walker<'_> {
                 self.attribute_names(fields.into_iter().skip(1).collect());
             }
         }
+        // Operators: an expression's (`A_Expr`: not BETWEEN, whose name is a keyword), a
+        // sub-link's (`x op ANY (SELECT ...)`), a sort's (`ORDER BY x USING op`).
+        if map.contains_key("lexpr") && map.contains_key("rexpr") && !is_between(map) {
+            self.operator(map.get("name"));
+        }
+        self.operator(map.get("oper_name"));
+        self.operator(map.get("use_op"));
         if map.contains_key("funcname") && map.contains_key("agg_star") {
             let parts = strings(map.get("funcname"));
             if let Some((name, rest)) = parts.split_last() {
@@ -608,6 +618,16 @@ impl Walker<'_> {
         }
         for v in map.values() {
             self.walk(v, action);
+        }
+    }
+
+    fn operator(&mut self, name: Option<&Value>) {
+        let parts = strings(name);
+        if let Some((op, rest)) = parts.split_last() {
+            self.st.operators.push(FuncName {
+                schema: rest.last().cloned(),
+                name: op.clone(),
+            });
         }
     }
 
@@ -695,6 +715,13 @@ fn keeps_standard_strings(set: &Value) -> bool {
         text.map(str::to_ascii_lowercase).as_deref(),
         Some("on" | "true" | "yes" | "1")
     ) || int == Some(1)
+}
+
+/// An `A_Expr` of a BETWEEN form: its name is the keyword, not an operator.
+fn is_between(map: &Map<String, Value>) -> bool {
+    use pg_query::protobuf::AExprKind as K;
+    let kind = map.get("kind").and_then(Value::as_i64).unwrap_or(0);
+    (K::AexprBetween as i64..=K::AexprNotBetweenSym as i64).contains(&kind)
 }
 
 fn node_of(v: &Value) -> Option<(&str, &Value)> {

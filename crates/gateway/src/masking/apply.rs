@@ -316,5 +316,25 @@ async fn prove_no_leaks(
             );
         }
     }
+    // Functions that run with their owner's rights can read PHI tables for anyone who may
+    // execute them. The gateway refuses them by name and through operators (rule
+    // unknown-function); the database does not: say so.
+    if let Some(login) = logins.values().next() {
+        let definer = format!(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'phigate\\_m%' AND has_function_privilege({}, p.oid, 'EXECUTE') \
+             ORDER BY 1 LIMIT 20",
+            plan::literal(&login.user)
+        );
+        if let Ok(found) = target.query_column(&definer).await {
+            if !found.is_empty() {
+                tracing::warn!(
+                    functions = %found.join(", "),
+                    "masking: the masked logins may execute SECURITY DEFINER functions, which run with their owners' rights and may read PHI; the gateway refuses them (rule unknown-function), the database does not: REVOKE EXECUTE ON FUNCTION ... FROM PUBLIC"
+                );
+            }
+        }
+    }
     Ok(())
 }
