@@ -465,7 +465,7 @@ fn approved_execute_runs_exactly_once() {
         .iter()
         .find(|r| r["review"] == review.as_str())
         .map(|r| r["justification"].clone());
-    assert_eq!(j, Some(json!("fix a code * / DROP")));
+    assert_eq!(j, Some(json!("fix a code  DROP")));
     let execs: Vec<Value> = gw
         .audit_records("statement")
         .into_iter()
@@ -674,4 +674,42 @@ async fn an_oidc_token_for_another_audience_is_refused() {
             .is_some_and(|a| a.contains(&json!(issuer))),
         "{meta}"
     );
+}
+
+/// A justification cannot break out of its comment: the statement the judge saw is the one
+/// that runs (`*\u{1}/` once became `*/` after the control character was removed).
+#[test]
+fn a_justification_cannot_change_what_runs() {
+    let gw = gateway();
+    let name = || {
+        clinic()
+            .psql("clinic", "SELECT name FROM departments WHERE id = 1")
+            .expect("read")
+            .trim()
+            .to_owned()
+    };
+    let before = name();
+    let breakout =
+        "routine check *\u{1}/ UPDATE departments SET name = name || '-X' WHERE id = 1 --";
+    let r = drive(
+        &gw,
+        Sdk::Python("2026-07-28"),
+        Via::Http,
+        "clinician",
+        json!([
+            call(
+                "execute",
+                json!({"sql": "SELECT 1", "justification": breakout})
+            ),
+            call(
+                "execute",
+                json!({"sql": "SELECT 1", "justification": "a /* nested */ x"})
+            ),
+        ]),
+    );
+    for x in r["results"].as_array().into_iter().flatten() {
+        assert_eq!(x["is_error"], false, "{x}");
+        assert_eq!(x["structured"]["status"], "completed", "{x}");
+    }
+    assert_eq!(name(), before, "the justification ran SQL");
 }

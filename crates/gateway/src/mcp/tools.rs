@@ -462,12 +462,12 @@ fn has_nul(v: &Value) -> bool {
     }
 }
 
-/// A justification inside a comment: nothing that could end it.
+/// A justification inside a block comment: no character that could end it or open a nested
+/// one (PostgreSQL nests block comments), so it cannot change what runs. Control characters go
+/// first (else `*\u{1}/` would become `*/` once they are gone), then every `*` and `/`.
 fn clean_reason(j: &str) -> String {
-    j.replace("*/", "* /")
-        .replace("/*", "/ *")
-        .chars()
-        .filter(|c| !c.is_control())
+    j.chars()
+        .filter(|c| !c.is_control() && *c != '*' && *c != '/')
         .take(500)
         .collect()
 }
@@ -549,3 +549,28 @@ JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
 WHERE n.nspname = $1::text AND c.relname = $2::text AND a.attnum > 0 AND NOT a.attisdropped \
 ORDER BY a.attnum";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A justification cannot end its comment, open a nested one, or smuggle either through
+    /// a control character: the composed text is still the one statement the judge saw.
+    #[test]
+    fn a_reason_cannot_change_what_runs() {
+        for j in [
+            "routine check *\u{1}/ UPDATE departments SET name = name || '-X' WHERE id = 1 --",
+            "a */ DELETE FROM t --",
+            "a /* b */ DELETE FROM t --",
+            "a *\n/ DELETE FROM t",
+            "/*/*/* deep",
+        ] {
+            let r = clean_reason(j);
+            assert!(!r.contains('*') && !r.contains('/'), "{j:?} -> {r:?}");
+            let sql = format!("/* phigate: reason={r} */ SELECT 1");
+            assert_eq!(super::super::judge::one_read(&sql), Ok(()), "{sql}");
+        }
+        assert_eq!(clean_reason("fix a code */ DROP"), "fix a code  DROP");
+        assert_eq!(clean_reason(&"x".repeat(600)).len(), 500);
+    }
+}
