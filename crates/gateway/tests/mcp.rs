@@ -505,24 +505,35 @@ fn cancelling_a_call_stops_the_backend_query() {
         (Sdk::TypeScript, Via::Stdio, 404),
     ];
     for (sdk, via, n) in cases {
-        let (gw_ref, watcher) = (
-            &gw,
-            std::thread::spawn(move || {
-                wait_until("the statement never ran", || sleeping(n));
-            }),
-        );
-        let r = drive(
-            gw_ref,
-            sdk,
-            via,
-            "agent",
-            json!([{"tool": "query", "args": {"sql": format!("SELECT pg_sleep({n})")},
-                    "cancel_after": 3, "then_sleep": 0.5}]),
-        );
-        watcher.join().expect("the statement ran before the cancel");
-        assert_eq!(r["results"][0]["cancelled"], true, "{sdk:?} {via:?}: {r}");
-        wait_until(&format!("{sdk:?} {via:?}: still running"), || !sleeping(n));
+        cancel_one(&gw, sdk, via, "query", n);
     }
+    // A dropped execute: its statement stops, and its internal session ends.
+    cancel_one(&gw, Sdk::Python("legacy"), Via::Http, "execute", 405);
+    let starts = gw.audit_records("session_start");
+    let executes: Vec<&Value> = starts.iter().filter(|r| r["tool"] == "execute").collect();
+    assert_eq!(executes.len(), 1, "{starts:?}");
+    wait_until("the execute's session never ended", || {
+        gw.audit_records("session_end")
+            .iter()
+            .any(|e| e["session"] == executes[0]["session"])
+    });
+}
+
+fn cancel_one(gw: &Gateway, sdk: Sdk, via: Via, tool: &str, n: u32) {
+    let watcher = std::thread::spawn(move || {
+        wait_until("the statement never ran", || sleeping(n));
+    });
+    let r = drive(
+        gw,
+        sdk,
+        via,
+        "agent",
+        json!([{"tool": tool, "args": {"sql": format!("SELECT pg_sleep({n})")},
+                "cancel_after": 3, "then_sleep": 0.5}]),
+    );
+    watcher.join().expect("the statement ran before the cancel");
+    assert_eq!(r["results"][0]["cancelled"], true, "{sdk:?} {via:?}: {r}");
+    wait_until(&format!("{sdk:?} {via:?}: still running"), || !sleeping(n));
 }
 
 /// No credential: 401 pointing to the protected-resource metadata; a bad one: 401; a foreign
@@ -712,4 +723,54 @@ fn a_justification_cannot_change_what_runs() {
         assert_eq!(x["structured"]["status"], "completed", "{x}");
     }
     assert_eq!(name(), before, "the justification ran SQL");
+}
+
+/// `execute` of a COPY with the client is refused by the tool (a call has no COPY data), so
+/// none waits for data the database would wait for forever (ignoring `statement_timeout`);
+/// more such calls than the identity has sessions leave it able to work.
+#[test]
+fn copy_with_the_client_is_refused_and_holds_no_session() {
+    let gw = gateway();
+    let before = count("departments");
+    let copies = [
+        "COPY departments FROM STDIN",
+        "copy departments (id, name) from stdin with (format csv)",
+        "COPY departments TO STDOUT",
+        "COPY (SELECT * FROM departments) TO STDOUT",
+    ];
+    let mut calls: Vec<Value> = (0..24)
+        .map(|i| call("execute", json!({"sql": copies[i % copies.len()]})))
+        .collect();
+    calls.push(call(
+        "query",
+        json!({"sql": "SELECT count(*) FROM departments"}),
+    ));
+    let r = drive(
+        &gw,
+        Sdk::Python("2026-07-28"),
+        Via::Http,
+        "clinician",
+        json!(calls),
+    );
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    let (copied, read) = results.split_at(results.len() - 1);
+    for x in copied {
+        assert_eq!(x["is_error"], true, "{x}");
+        assert!(
+            x["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not supported over MCP"),
+            "{x}"
+        );
+    }
+    assert_eq!(read[0]["is_error"], false, "{}", read[0]);
+    assert_eq!(read[0]["structured"]["rows"][0][0], before);
+    let waiting = clinic()
+        .psql(
+            "clinic",
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'copy%'",
+        )
+        .expect("activity");
+    assert_eq!(waiting.trim(), "0");
 }

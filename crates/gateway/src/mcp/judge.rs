@@ -46,9 +46,19 @@ pub fn one_read(sql: &str) -> Result<(), String> {
     ))
 }
 
-/// `execute`: exactly one statement.
+/// `execute`: exactly one statement, and not a COPY with the client (`FROM STDIN`, `TO
+/// STDOUT`): a call has no COPY data to give, nor a place for COPY data to go.
 pub fn one_statement(sql: &str) -> Result<(), String> {
-    exactly_one(sql).map(|_| ())
+    let st = exactly_one(sql)?;
+    if st.kind == Kind::Copy && !st.copy_program && !st.copy_file {
+        return Err(
+            "phigate: COPY ... FROM STDIN and COPY ... TO STDOUT are not supported over \
+                    MCP (a tool call has no COPY data stream): read rows with query, add them \
+                    with INSERT through execute"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// `explain`: the EXPLAIN statement to run for `sql`. `analyze` runs the statement, so it is
@@ -126,6 +136,22 @@ mod tests {
         assert!(one_read("UPDATE t SET a = 1")
             .expect_err("a write")
             .contains("execute"));
+    }
+
+    #[test]
+    fn execute_refuses_copy_with_the_client() {
+        for bad in [
+            "COPY departments FROM STDIN",
+            "copy departments (id, name) from stdin with (format csv)",
+            "COPY departments TO STDOUT",
+            "COPY (SELECT * FROM patients) TO STDOUT",
+        ] {
+            let e = one_statement(bad).expect_err(bad);
+            assert!(e.contains("not supported over MCP"), "{bad}: {e}");
+        }
+        assert!(one_statement("UPDATE t SET a = 1").is_ok());
+        // Server-side COPY is the session policy's to judge.
+        assert!(one_statement("COPY t TO '/tmp/x'").is_ok());
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
 pub const MAX_WAIT_SECS: u64 = 300;
 /// Tables `list_tables` returns at most.
 const MAX_TABLES: u32 = 2000;
+/// Longest an `execute` that is not held runs before it is cancelled and its session ended
+/// (nothing holds a session forever; the role's statement timeout usually ends it first).
+pub const EXECUTE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a stopped `execute` (its call dropped, or past its deadline) has to end after
+/// its cancel request before its session is dropped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A tool's answer.
 #[derive(Debug)]
@@ -367,33 +373,44 @@ impl Tools {
             None => a.sql.clone(),
         };
         let params = text_params(&a.params);
-        let mut s = self.open(caller, &a.role, "execute").await?;
+        let s = self.open(caller, &a.role, "execute").await?;
         let session = s.session.clone();
-        // Until this call answers, dropping it (a cancel) cancels the statement, or withdraws
-        // it if it is held; once it answered pending_approval, the hold is the caller's.
+        // Until this call answers, dropping it (a cancel, the request gone, the deadline)
+        // cancels the statement, or withdraws it if it is held, and then ends its session;
+        // once it answered pending_approval, the hold is the caller's.
         let cancel = CancelOnDrop::new(&self.shared, s.cancel_key());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stop_on_drop = stop.clone().drop_guard();
         let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<Finished>);
-        tokio::spawn(async move {
-            // Runs to completion (a RETURNING's rows are not kept: execute reports a count).
-            let caps = Caps { rows: 0, bytes: 0 };
-            let r = s.run(&sql, &params, caps).await;
-            s.close().await;
-            let _ = done_tx.send(Some(Finished::from_result(r)));
-        });
+        tokio::spawn(run_to_end(s, sql, params, stop, done_tx));
+        let deadline = tokio::time::Instant::now() + EXECUTE_DEADLINE;
         // At once: either the statement finished, or a review was opened for its session.
+        // (Reviews are looked for every 50 ms: the session tells nobody it opened one.)
         loop {
             if let Some(f) = done_rx.borrow().clone() {
                 cancel.disarm();
+                stop_on_drop.disarm();
                 return Ok(finished_reply(f));
             }
             if let Some(review) = self.review_of(&session) {
                 cancel.disarm();
+                stop_on_drop.disarm();
                 self.held.insert(seat, &review.id, done_rx);
                 return Ok(Reply::ok(json!({
                     "status": "pending_approval",
                     "review_id": review.id,
                     "expires_at": review.expires_at,
                 })));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Returning drops `cancel` and `stop_on_drop`: cancelled, then ended.
+                return Err(Reply::error(
+                    format!(
+                        "phigate: the statement did not finish within {} s and was cancelled",
+                        EXECUTE_DEADLINE.as_secs()
+                    ),
+                    None,
+                ));
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), done_rx.changed()).await;
         }
@@ -451,6 +468,41 @@ impl Tools {
             }
         }))
     }
+}
+
+/// Runs an `execute`'s statement to its end in its own task (a held one waits there for its
+/// review; a RETURNING's rows are not kept: execute reports a count). When `stop` fires
+/// before it ended (its call was dropped, or passed [`EXECUTE_DEADLINE`]), the statement has
+/// [`STOP_GRACE`] to end after the cancel request; then the session is dropped, which ends
+/// it (its handler sees the client gone and closes the database connection).
+async fn run_to_end(
+    mut s: Internal,
+    sql: String,
+    params: Vec<Option<String>>,
+    stop: tokio_util::sync::CancellationToken,
+    done: tokio::sync::watch::Sender<Option<Finished>>,
+) {
+    let r = {
+        let run = s.run(&sql, &params, Caps { rows: 0, bytes: 0 });
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => Some(r),
+            _ = stop.cancelled() => tokio::time::timeout(STOP_GRACE, &mut run).await.ok(),
+        }
+    };
+    let finished = match r {
+        Some(r) => {
+            s.close().await;
+            Finished::from_result(r)
+        }
+        None => {
+            drop(s);
+            Finished::Failed {
+                message: "phigate: the statement was stopped and its session ended".into(),
+            }
+        }
+    };
+    let _ = done.send(Some(finished));
 }
 
 fn has_nul(v: &Value) -> bool {
