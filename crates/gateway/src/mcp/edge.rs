@@ -117,7 +117,7 @@ fn tool_list(with_execute: bool) -> Vec<Tool> {
     tools.push(
         Tool::new(
             "explain",
-            "The plan of one statement. analyze: true runs it (allowed for reads only).",
+            "The plan of one read-only statement (what query takes; writes are refused). analyze: true runs it.",
             schema(
                 json!({"type": "object", "required": ["sql"], "properties": {
                 "sql": {"type": "string"}, "params": {"type": "array"},
