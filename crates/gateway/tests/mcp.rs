@@ -855,3 +855,48 @@ async fn the_held_cap_holds_under_parallel_calls() {
         "explain waited"
     );
 }
+
+/// Two calls of one individual with the same request id: the end of one leaves the other
+/// cancellable by `notifications/cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_call_whose_id_another_call_shared() {
+    let gw = gateway();
+    let http = reqwest::Client::new();
+    let token = gw.token("agent").to_owned();
+    let sleeper = tokio::spawn(
+        raw_call(
+            &http,
+            &gw,
+            &token,
+            7,
+            "query",
+            json!({"sql": "SELECT pg_sleep(421)"}),
+        )
+        .send(),
+    );
+    tokio::task::spawn_blocking(|| wait_until("the statement never ran", || sleeping(421)))
+        .await
+        .expect("watch");
+    let quick = raw_call(&http, &gw, &token, 7, "query", json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(raw_result(quick).await["isError"], false);
+    let cancel = http
+        .post(format!("http://127.0.0.1:{}/mcp", gw.http_port))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(&token)
+        .json(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": 7}}),
+        )
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cancel.status(), 202);
+    tokio::task::spawn_blocking(|| wait_until("still running", || !sleeping(421)))
+        .await
+        .expect("watch");
+    sleeper.abort();
+}

@@ -170,23 +170,47 @@ impl Held {
 
 /// Tool calls in progress, by the caller's individual and the JSON-RPC id of its request, so
 /// the caller's `notifications/cancelled` can stop its own call (and so the statement in the
-/// database). A call removes its entry when it ends; at most [`MAX_ENTRIES`] at once.
+/// database). Two calls may share a key (two clients of one person using the same id): each
+/// keeps its own entry, removed only by its own registration when it ends; a cancel of that
+/// id stops every one of them (a stateless server cannot tell the clients apart). At most
+/// [`MAX_ENTRIES`] entries at once; a call past that cannot be cancelled by notification
+/// (closing its stream still stops it).
 #[derive(Default)]
 pub struct InFlight {
-    calls: Mutex<HashMap<(String, String, String), tokio_util::sync::CancellationToken>>,
+    calls: Mutex<Calls>,
 }
 
-/// A registered call: its token, and its entry removed on drop.
+type CallKey = (String, String, String);
+
+#[derive(Default)]
+struct Calls {
+    by_key: HashMap<CallKey, Vec<(u64, tokio_util::sync::CancellationToken)>>,
+    count: usize,
+    next: u64,
+}
+
+/// A registered call: its token, and its own entry removed on drop.
 pub struct Registered<'a> {
     owner: &'a InFlight,
-    key: (String, String, String),
+    key: CallKey,
+    serial: Option<u64>,
     pub token: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.owner.calls.lock() {
-            m.remove(&self.key);
+        let Some(serial) = self.serial else { return };
+        if let Ok(mut c) = self.owner.calls.lock() {
+            let mut removed = 0;
+            if let Some(v) = c.by_key.get_mut(&self.key) {
+                let before = v.len();
+                v.retain(|(s, _)| *s != serial);
+                removed = before - v.len();
+                if v.is_empty() {
+                    c.by_key.remove(&self.key);
+                }
+            }
+            c.count = c.count.saturating_sub(removed);
         }
     }
 }
@@ -197,27 +221,45 @@ impl InFlight {
         let (issuer, subject) = owner(who);
         let key = (issuer, subject, id);
         let token = tokio_util::sync::CancellationToken::new();
-        if let Ok(mut m) = self.calls.lock() {
-            if m.len() < MAX_ENTRIES {
-                m.insert(key.clone(), token.clone());
+        let mut serial = None;
+        if let Ok(mut c) = self.calls.lock() {
+            if c.count < MAX_ENTRIES {
+                c.next += 1;
+                let n = c.next;
+                c.by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .push((n, token.clone()));
+                c.count += 1;
+                serial = Some(n);
             }
         }
         Registered {
             owner: self,
             key,
+            serial,
             token,
         }
     }
 
-    /// Cancels `who`'s call `id`, if it is in progress.
+    /// Cancels `who`'s calls with id `id`, if any is in progress.
     pub fn cancel(&self, who: &Identity, id: String) -> bool {
         let (issuer, subject) = owner(who);
-        let token = self
+        let tokens: Vec<_> = self
             .calls
             .lock()
             .ok()
-            .and_then(|m| m.get(&(issuer, subject, id)).cloned());
-        token.map(|t| t.cancel()).is_some()
+            .and_then(|c| c.by_key.get(&(issuer, subject, id)).cloned())
+            .unwrap_or_default();
+        for (_, t) in &tokens {
+            t.cancel();
+        }
+        !tokens.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.calls.lock().map(|c| c.count).unwrap_or(0)
     }
 }
 
@@ -253,5 +295,24 @@ mod tests {
         drop(seat);
         let book = held.book.lock().expect("lock");
         assert_eq!((book.reserved.len(), book.reserved_total), (0, 0));
+    }
+
+    /// Two calls of one individual with the same request id: each keeps its entry, the end of
+    /// one leaves the other's, and a cancel of that id reaches the call still running.
+    #[test]
+    fn calls_sharing_an_id_keep_their_own_entries() {
+        let calls = InFlight::default();
+        let a = who("a");
+        let first = calls.register(&a, "7".into());
+        let second = calls.register(&a, "7".into());
+        assert_eq!(calls.len(), 2);
+        drop(second);
+        assert_eq!(calls.len(), 1);
+        assert!(calls.cancel(&a, "7".into()));
+        assert!(first.token.is_cancelled());
+        assert!(!calls.cancel(&who("b"), "7".into()), "someone else's call");
+        drop(first);
+        assert_eq!(calls.len(), 0);
+        assert!(!calls.cancel(&a, "7".into()));
     }
 }
