@@ -900,3 +900,44 @@ async fn a_cancel_reaches_a_call_whose_id_another_call_shared() {
         .expect("watch");
     sleeper.abort();
 }
+
+/// An approved statement that fails when it runs is `failed`, with its error, not `executed`.
+#[test]
+fn an_approved_statement_that_fails_is_reported_failed() {
+    let gw = gateway();
+    let sql =
+        "UPDATE encounters SET diagnosis_code = diagnosis_code || (1 / 0)::text WHERE id = 12";
+    let r = drive(
+        &gw,
+        Sdk::Python("legacy"),
+        Via::Http,
+        "agent",
+        json!([call("execute", json!({"sql": sql}))]),
+    );
+    let held = &r["results"][0]["structured"];
+    assert_eq!(held["status"], "pending_approval", "{r}");
+    let review = held["review_id"].as_str().expect("review id").to_owned();
+    let approved = gw
+        .approve_next(gw.token("reviewer"), "checked")
+        .expect("approve");
+    assert_eq!(approved, review);
+    let done = drive(
+        &gw,
+        Sdk::Python("legacy"),
+        Via::Http,
+        "agent",
+        json!([call(
+            "approval_wait",
+            json!({"review_id": review, "timeout_s": 60})
+        )]),
+    );
+    let x = &done["results"][0]["structured"];
+    assert_eq!(x["status"], "failed", "{done}");
+    assert_eq!(x["timed_out"], false, "{done}");
+    assert!(
+        x["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("division by zero")),
+        "{done}"
+    );
+}

@@ -458,14 +458,14 @@ impl Tools {
             Err(_) => json!({"status": "pending", "timed_out": true}),
             Ok(Finished::Completed { rows_affected }) => json!({
                 "status": "executed", "rows_affected": rows_affected, "timed_out": false}),
-            Ok(Finished::Failed { message }) => {
-                let status = match review_status {
-                    s @ ("denied" | "expired" | "withdrawn") => s,
-                    // Approved, but the statement failed when it ran.
-                    _ => "executed",
-                };
-                json!({"status": status, "reason": reason.unwrap_or(message), "timed_out": false})
-            }
+            Ok(Finished::Failed { message }) => match review_status {
+                s @ ("denied" | "expired" | "withdrawn") => {
+                    json!({"status": s, "reason": reason.unwrap_or(message), "timed_out": false})
+                }
+                // Approved, but the statement failed when it ran: its error as the session
+                // gave it to its client (scrubbed as on the wire, no values of rows).
+                _ => json!({"status": "failed", "error": message, "timed_out": false}),
+            },
         }))
     }
 }
