@@ -370,6 +370,45 @@ fn no_write_through_query_or_explain() {
         )
         .expect("catalog");
     assert_eq!(copy.trim(), "0");
+    // Each refusal of the tool layer is audited, tied to the caller: a statement record
+    // denied by an mcp- rule, with its tool.
+    let subject = gw
+        .audit_records("session_start")
+        .into_iter()
+        .find(|r| r["role"] == "clinician")
+        .map(|r| r["subject"].clone())
+        .expect("a clinician session");
+    let denied: Vec<Value> = gw
+        .audit_records("statement")
+        .into_iter()
+        .filter(|r| r["rule"].as_str().is_some_and(|x| x.starts_with("mcp-")))
+        .collect();
+    for r in &denied {
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["channel"], "mcp", "{r}");
+        assert_eq!(r["subject"], subject, "{r}");
+        assert_eq!(r["role"], "clinician", "{r}");
+    }
+    let by = |tool: &str, rule: &str| {
+        denied
+            .iter()
+            .filter(|r| r["tool"] == tool && r["rule"] == rule)
+            .count()
+    };
+    // Every query attack but the set_config (a SELECT, refused by the session's policy).
+    assert_eq!(
+        by("query", "mcp-read-only"),
+        attacks.len() - 1,
+        "{denied:?}"
+    );
+    assert_eq!(by("explain", "mcp-read-only"), 5, "{denied:?}");
+    assert_eq!(by("query", "mcp-nul"), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["tool"] == "query" && r["kinds"] == json!(["delete"])),
+        "{denied:?}"
+    );
 }
 
 /// `execute` of a held statement returns at once; only its sender can wait on it; approved,

@@ -183,7 +183,7 @@ impl ServerHandler for Server {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let id = serde_json::to_string(&ctx.id).unwrap_or_default();
         let registered = self.tools.inflight.register(&a.identity, id);
-        let call = self.tools.call(&request.name, args, &a.caller);
+        let call = self.tools.call(&request.name, args, &a.caller, &a.identity);
         // A cancelled request (the caller's notifications/cancelled, or its connection gone)
         // drops the call, which cancels its statement in the database.
         let reply = tokio::select! {

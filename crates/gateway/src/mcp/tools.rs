@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::client::{CallError, Caller, Caps, Internal, Output};
 use super::held::{Finished, Held};
+use super::refused::rule;
 use crate::auth::Identity;
 use crate::state::Shared;
 
@@ -40,6 +41,9 @@ pub struct Reply {
     pub structured: Value,
     pub text: String,
     pub is_error: bool,
+    /// Set when the tool layer refused the call itself (no session saw it): the rule its
+    /// audit record names ([`super::refused::rule`]).
+    pub refused_by: Option<&'static str>,
 }
 
 impl Reply {
@@ -49,6 +53,15 @@ impl Reply {
             structured,
             text,
             is_error: false,
+            refused_by: None,
+        }
+    }
+
+    /// A refusal of the tool layer's own, audited under `rule`.
+    fn refused(rule: &'static str, message: impl Into<String>) -> Reply {
+        Reply {
+            refused_by: Some(rule),
+            ..Reply::error(message, None)
         }
     }
 
@@ -67,6 +80,7 @@ impl Reply {
             structured,
             text,
             is_error: true,
+            refused_by: None,
         }
     }
 
@@ -147,7 +161,8 @@ struct ApprovalWait {
 }
 
 fn args<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Reply> {
-    serde_json::from_value(v).map_err(|e| Reply::error(format!("invalid arguments: {e}"), None))
+    serde_json::from_value(v)
+        .map_err(|e| Reply::refused(rule::ARGUMENTS, format!("invalid arguments: {e}")))
 }
 
 /// Parameters as text (JSON strings as they are, numbers and booleans as written, null as
@@ -164,12 +179,40 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
 }
 
 impl Tools {
-    /// Runs tool `name` for `caller` (authenticated by the HTTP layer as `who`).
-    pub async fn call(&self, name: &str, arguments: Value, caller: &Caller) -> Reply {
+    /// Runs tool `name` for `caller` (authenticated by the HTTP layer as `who`, in its default
+    /// role); a refusal of the tool layer's own is audited.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Value,
+        caller: &Caller,
+        who: &Identity,
+    ) -> Reply {
+        let sql = arguments["sql"].as_str().map(str::to_owned);
+        let role = arguments["role"].as_str().map(str::to_owned);
+        let r = self.dispatch(name, arguments, caller).await;
+        if let Some(rule) = r.refused_by {
+            // The role asked for, when the identity may act as it; else its default role.
+            let role = match role.filter(|r| !r.is_empty() && !r.contains('\0')) {
+                Some(asked) => match self.identity(caller, &asked).await {
+                    Ok(i) => i.role.0,
+                    Err(_) => who.role.0.clone(),
+                },
+                None => who.role.0.clone(),
+            };
+            super::refused::record(&self.shared, who, role, name, rule, sql.as_deref());
+        }
+        r
+    }
+
+    async fn dispatch(&self, name: &str, arguments: Value, caller: &Caller) -> Reply {
         // A NUL would end a protocol string early (the role in the startup packet, the text of
         // a Parse): refused before anything is sent.
         if has_nul(&arguments) {
-            return Reply::error("phigate: NUL characters are not allowed in arguments", None);
+            return Reply::refused(
+                rule::NUL,
+                "phigate: NUL characters are not allowed in arguments",
+            );
         }
         let r = match name {
             "list_tables" => self.list_tables(arguments, caller).await,
@@ -178,7 +221,10 @@ impl Tools {
             "execute" => self.execute(arguments, caller).await,
             "explain" => self.explain(arguments, caller).await,
             "approval_wait" => self.approval_wait(arguments, caller).await,
-            other => Err(Reply::error(format!("unknown tool {other}"), None)),
+            other => Err(Reply::refused(
+                rule::ARGUMENTS,
+                format!("unknown tool {other}"),
+            )),
         };
         r.unwrap_or_else(|e| e)
     }
@@ -258,12 +304,12 @@ impl Tools {
             .or_else(|| role.search_path.first().cloned())
             .unwrap_or_else(|| "public".into());
         let not_found = || {
-            Reply::error(
+            Reply::refused(
+                rule::NOT_FOUND,
                 format!(
                     "phigate: no table {schema}.{} that role {} may read",
                     a.table, role.name
                 ),
-                None,
             )
         };
         if !role.grants(&schema, &a.table, "select") {
@@ -307,7 +353,7 @@ impl Tools {
 
     async fn query(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Query = args(a)?;
-        super::judge::one_read(&a.sql).map_err(|m| Reply::error(m, None))?;
+        super::judge::one_read(&a.sql).map_err(|m| Reply::refused(rule::READ_ONLY, m))?;
         let rows = a.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS);
         let params = text_params(&a.params);
         let out = self
@@ -318,7 +364,8 @@ impl Tools {
 
     async fn explain(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Explain = args(a)?;
-        let sql = super::judge::explain(&a.sql, a.analyze).map_err(|m| Reply::error(m, None))?;
+        let sql = super::judge::explain(&a.sql, a.analyze)
+            .map_err(|m| Reply::refused(rule::READ_ONLY, m))?;
         let params = text_params(&a.params);
         let out = self
             .read_only(caller, &a.role, "explain", &sql, &params, MAX_ROWS)
@@ -365,9 +412,12 @@ impl Tools {
 
     async fn execute(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Execute = args(a)?;
-        super::judge::one_statement(&a.sql).map_err(|m| Reply::error(m, None))?;
+        super::judge::one_statement(&a.sql).map_err(|m| Reply::refused(rule::ONE_STATEMENT, m))?;
         let who = self.identity(caller, &a.role).await?;
-        let seat = self.held.reserve(&who).map_err(|m| Reply::error(m, None))?;
+        let seat = self
+            .held
+            .reserve(&who)
+            .map_err(|m| Reply::refused(rule::HELD_CAP, m))?;
         let sql = match &a.justification {
             Some(j) => format!("/* phigate: reason={} */ {}", clean_reason(j), a.sql),
             None => a.sql.clone(),
@@ -424,7 +474,8 @@ impl Tools {
     async fn approval_wait(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: ApprovalWait = args(a)?;
         let who = self.identity(caller, "").await?;
-        let not_found = || Reply::error(format!("review {} not found", a.review_id), None);
+        let not_found =
+            || Reply::refused(rule::NOT_FOUND, format!("review {} not found", a.review_id));
         let Some(mut done) = self.held.watch(&who, &a.review_id) else {
             return Err(not_found());
         };
@@ -552,6 +603,7 @@ fn rows_reply(out: Output) -> Reply {
         structured,
         text,
         is_error: false,
+        refused_by: None,
     }
 }
 
