@@ -980,3 +980,106 @@ fn an_approved_statement_that_fails_is_reported_failed() {
         "{done}"
     );
 }
+
+/// `phigate mcp --stdio` refuses to send the token over plain HTTP to another machine.
+#[test]
+fn stdio_refuses_plain_http_to_another_host() {
+    for (url, ok) in [
+        ("http://192.0.2.1:6544", false),
+        ("http://phigate.example", false),
+        ("http://127.0.0.1:9", true),
+        ("https://192.0.2.1:6544", true),
+    ] {
+        let out = Command::new(bin())
+            .args(["mcp", "--stdio"])
+            .env("PHIGATE_URL", url)
+            .env("PHIGATE_TOKEN", "phk_not_sent")
+            .stdin(Stdio::null())
+            .output()
+            .expect("phigate mcp --stdio");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{url}: {stderr}");
+        if !ok {
+            assert!(stderr.contains("https://"), "{url}: {stderr}");
+        }
+    }
+}
+
+/// The stdio relay handles each request in its own task: a call waiting for a review delays
+/// no other, and a cancellation reaches the call it names while that call runs.
+#[test]
+fn stdio_relays_calls_side_by_side() {
+    use std::io::BufRead;
+    let gw = gateway();
+    let mut child = Command::new(bin())
+        .args(["mcp", "--stdio"])
+        .env("PHIGATE_URL", format!("http://127.0.0.1:{}", gw.http_port))
+        .env("PHIGATE_TOKEN", gw.token("agent"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("phigate mcp --stdio");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, answers) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut send = |v: Value| {
+        writeln!(stdin, "{v}").expect("write");
+        stdin.flush().expect("flush");
+    };
+    let next = |id: u64| loop {
+        let a = answers
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no answer to {id}"));
+        if a["id"] == id {
+            return a;
+        }
+        assert_ne!(a["id"], 3, "the approval_wait answered first: {a}");
+    };
+    let tool = |id: u64, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": args}})
+    };
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}),
+    );
+    assert!(next(1)["result"]["protocolVersion"].is_string());
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let sql = "UPDATE encounters SET diagnosis_code = diagnosis_code WHERE id = 14";
+    send(tool(2, "execute", json!({"sql": sql})));
+    let held = next(2);
+    let review = held["result"]["structuredContent"]["review_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{held}"))
+        .to_owned();
+    send(tool(
+        3,
+        "approval_wait",
+        json!({"review_id": review, "timeout_s": 120}),
+    ));
+    send(tool(4, "query", json!({"sql": "SELECT pg_sleep(431)"})));
+    wait_until("the query never ran beside the approval_wait", || {
+        sleeping(431)
+    });
+    send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": 4}}),
+    );
+    wait_until("the cancellation did not reach the query", || {
+        !sleeping(431)
+    });
+    send(tool(5, "query", json!({"sql": "SELECT 1"})));
+    assert_eq!(next(5)["result"]["isError"], false);
+    let _ = child.kill();
+    let _ = child.wait();
+}
