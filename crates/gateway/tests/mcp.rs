@@ -784,6 +784,7 @@ fn copy_with_the_client_is_refused_and_holds_no_session() {
     let mut calls: Vec<Value> = (0..24)
         .map(|i| call("execute", json!({"sql": copies[i % copies.len()]})))
         .collect();
+    calls.push(call("query", json!({"sql": "COPY departments TO STDOUT"})));
     calls.push(call(
         "query",
         json!({"sql": "SELECT count(*) FROM departments"}),

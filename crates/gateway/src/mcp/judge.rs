@@ -33,9 +33,23 @@ fn reads(st: &phigate_sql::Statement) -> bool {
     }
 }
 
+/// A COPY with the client (`FROM STDIN`, `TO STDOUT`), which no tool runs.
+fn copy_with_client(st: &phigate_sql::Statement) -> Result<(), String> {
+    if st.kind == Kind::Copy && !st.copy_program && !st.copy_file {
+        return Err(
+            "phigate: COPY ... FROM STDIN and COPY ... TO STDOUT are not supported over MCP (a \
+             tool call has no COPY data stream): read rows with query, add them with INSERT \
+             through execute"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// `query`: exactly one statement, and it reads.
 pub fn one_read(sql: &str) -> Result<(), String> {
     let st = exactly_one(sql)?;
+    copy_with_client(&st)?;
     if reads(&st) {
         return Ok(());
     }
@@ -49,16 +63,7 @@ pub fn one_read(sql: &str) -> Result<(), String> {
 /// `execute`: exactly one statement, and not a COPY with the client (`FROM STDIN`, `TO
 /// STDOUT`): a call has no COPY data to give, nor a place for COPY data to go.
 pub fn one_statement(sql: &str) -> Result<(), String> {
-    let st = exactly_one(sql)?;
-    if st.kind == Kind::Copy && !st.copy_program && !st.copy_file {
-        return Err(
-            "phigate: COPY ... FROM STDIN and COPY ... TO STDOUT are not supported over \
-                    MCP (a tool call has no COPY data stream): read rows with query, add them \
-                    with INSERT through execute"
-                .into(),
-        );
-    }
-    Ok(())
+    copy_with_client(&exactly_one(sql)?)
 }
 
 /// `explain`: the EXPLAIN statement to run for `sql`, which must be one `query` would take:
@@ -148,6 +153,9 @@ mod tests {
             "COPY (SELECT * FROM patients) TO STDOUT",
         ] {
             let e = one_statement(bad).expect_err(bad);
+            assert!(e.contains("not supported over MCP"), "{bad}: {e}");
+            // query says so too, rather than sending the caller to execute.
+            let e = one_read(bad).expect_err(bad);
             assert!(e.contains("not supported over MCP"), "{bad}: {e}");
         }
         assert!(one_statement("UPDATE t SET a = 1").is_ok());
