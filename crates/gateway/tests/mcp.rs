@@ -327,8 +327,12 @@ fn no_write_through_query_or_explain() {
         "query",
         json!({"sql": "SELECT 1\0; DELETE FROM departments"}),
     ));
-    // A plain EXPLAIN of a DELETE plans it and runs nothing.
+    // explain takes what query would: a plain EXPLAIN of a write is refused too.
     calls.push(call("explain", json!({"sql": "DELETE FROM departments"})));
+    calls.push(call(
+        "explain",
+        json!({"sql": "SELECT name FROM departments"}),
+    ));
     let r = drive(
         &gw,
         Sdk::Python("2026-07-28"),
@@ -341,7 +345,7 @@ fn no_write_through_query_or_explain() {
     for (x, c) in refused.iter().zip(&calls) {
         assert_eq!(x["is_error"], true, "{c}: {x}");
     }
-    for x in &refused[refused.len() - 2..] {
+    for x in &refused[refused.len() - 3..refused.len() - 1] {
         assert!(
             x["text"].as_str().unwrap_or_default().contains("NUL"),
             "{x}"
@@ -356,7 +360,7 @@ fn no_write_through_query_or_explain() {
     assert!(plan[0]["structured"]["plan"]
         .as_str()
         .unwrap_or_default()
-        .contains("Delete on departments"));
+        .contains("on departments"));
     assert_eq!((count("departments"), count("patients")), before);
     assert!(!marker.exists(), "COPY ... PROGRAM ran");
     let copy = clinic()
@@ -366,6 +370,45 @@ fn no_write_through_query_or_explain() {
         )
         .expect("catalog");
     assert_eq!(copy.trim(), "0");
+    // Each refusal of the tool layer is audited, tied to the caller: a statement record
+    // denied by an mcp- rule, with its tool.
+    let subject = gw
+        .audit_records("session_start")
+        .into_iter()
+        .find(|r| r["role"] == "clinician")
+        .map(|r| r["subject"].clone())
+        .expect("a clinician session");
+    let denied: Vec<Value> = gw
+        .audit_records("statement")
+        .into_iter()
+        .filter(|r| r["rule"].as_str().is_some_and(|x| x.starts_with("mcp-")))
+        .collect();
+    for r in &denied {
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["channel"], "mcp", "{r}");
+        assert_eq!(r["subject"], subject, "{r}");
+        assert_eq!(r["role"], "clinician", "{r}");
+    }
+    let by = |tool: &str, rule: &str| {
+        denied
+            .iter()
+            .filter(|r| r["tool"] == tool && r["rule"] == rule)
+            .count()
+    };
+    // Every query attack but the set_config (a SELECT, refused by the session's policy).
+    assert_eq!(
+        by("query", "mcp-read-only"),
+        attacks.len() - 1,
+        "{denied:?}"
+    );
+    assert_eq!(by("explain", "mcp-read-only"), 5, "{denied:?}");
+    assert_eq!(by("query", "mcp-nul"), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["tool"] == "query" && r["kinds"] == json!(["delete"])),
+        "{denied:?}"
+    );
 }
 
 /// `execute` of a held statement returns at once; only its sender can wait on it; approved,
@@ -465,7 +508,7 @@ fn approved_execute_runs_exactly_once() {
         .iter()
         .find(|r| r["review"] == review.as_str())
         .map(|r| r["justification"].clone());
-    assert_eq!(j, Some(json!("fix a code * / DROP")));
+    assert_eq!(j, Some(json!("fix a code  DROP")));
     let execs: Vec<Value> = gw
         .audit_records("statement")
         .into_iter()
@@ -505,24 +548,35 @@ fn cancelling_a_call_stops_the_backend_query() {
         (Sdk::TypeScript, Via::Stdio, 404),
     ];
     for (sdk, via, n) in cases {
-        let (gw_ref, watcher) = (
-            &gw,
-            std::thread::spawn(move || {
-                wait_until("the statement never ran", || sleeping(n));
-            }),
-        );
-        let r = drive(
-            gw_ref,
-            sdk,
-            via,
-            "agent",
-            json!([{"tool": "query", "args": {"sql": format!("SELECT pg_sleep({n})")},
-                    "cancel_after": 3, "then_sleep": 0.5}]),
-        );
-        watcher.join().expect("the statement ran before the cancel");
-        assert_eq!(r["results"][0]["cancelled"], true, "{sdk:?} {via:?}: {r}");
-        wait_until(&format!("{sdk:?} {via:?}: still running"), || !sleeping(n));
+        cancel_one(&gw, sdk, via, "query", n);
     }
+    // A dropped execute: its statement stops, and its internal session ends.
+    cancel_one(&gw, Sdk::Python("legacy"), Via::Http, "execute", 405);
+    let starts = gw.audit_records("session_start");
+    let executes: Vec<&Value> = starts.iter().filter(|r| r["tool"] == "execute").collect();
+    assert_eq!(executes.len(), 1, "{starts:?}");
+    wait_until("the execute's session never ended", || {
+        gw.audit_records("session_end")
+            .iter()
+            .any(|e| e["session"] == executes[0]["session"])
+    });
+}
+
+fn cancel_one(gw: &Gateway, sdk: Sdk, via: Via, tool: &str, n: u32) {
+    let watcher = std::thread::spawn(move || {
+        wait_until("the statement never ran", || sleeping(n));
+    });
+    let r = drive(
+        gw,
+        sdk,
+        via,
+        "agent",
+        json!([{"tool": tool, "args": {"sql": format!("SELECT pg_sleep({n})")},
+                "cancel_after": 3, "then_sleep": 0.5}]),
+    );
+    watcher.join().expect("the statement ran before the cancel");
+    assert_eq!(r["results"][0]["cancelled"], true, "{sdk:?} {via:?}: {r}");
+    wait_until(&format!("{sdk:?} {via:?}: still running"), || !sleeping(n));
 }
 
 /// No credential: 401 pointing to the protected-resource metadata; a bad one: 401; a foreign
@@ -674,4 +728,359 @@ async fn an_oidc_token_for_another_audience_is_refused() {
             .is_some_and(|a| a.contains(&json!(issuer))),
         "{meta}"
     );
+}
+
+/// A justification cannot break out of its comment: the statement the judge saw is the one
+/// that runs (`*\u{1}/` once became `*/` after the control character was removed).
+#[test]
+fn a_justification_cannot_change_what_runs() {
+    let gw = gateway();
+    let name = || {
+        clinic()
+            .psql("clinic", "SELECT name FROM departments WHERE id = 1")
+            .expect("read")
+            .trim()
+            .to_owned()
+    };
+    let before = name();
+    let breakout =
+        "routine check *\u{1}/ UPDATE departments SET name = name || '-X' WHERE id = 1 --";
+    let r = drive(
+        &gw,
+        Sdk::Python("2026-07-28"),
+        Via::Http,
+        "clinician",
+        json!([
+            call(
+                "execute",
+                json!({"sql": "SELECT 1", "justification": breakout})
+            ),
+            call(
+                "execute",
+                json!({"sql": "SELECT 1", "justification": "a /* nested */ x"})
+            ),
+        ]),
+    );
+    for x in r["results"].as_array().into_iter().flatten() {
+        assert_eq!(x["is_error"], false, "{x}");
+        assert_eq!(x["structured"]["status"], "completed", "{x}");
+    }
+    assert_eq!(name(), before, "the justification ran SQL");
+}
+
+/// `execute` of a COPY with the client is refused by the tool (a call has no COPY data), so
+/// none waits for data the database would wait for forever (ignoring `statement_timeout`);
+/// more such calls than the identity has sessions leave it able to work.
+#[test]
+fn copy_with_the_client_is_refused_and_holds_no_session() {
+    let gw = gateway();
+    let before = count("departments");
+    let copies = [
+        "COPY departments FROM STDIN",
+        "copy departments (id, name) from stdin with (format csv)",
+        "COPY departments TO STDOUT",
+        "COPY (SELECT * FROM departments) TO STDOUT",
+    ];
+    let mut calls: Vec<Value> = (0..24)
+        .map(|i| call("execute", json!({"sql": copies[i % copies.len()]})))
+        .collect();
+    calls.push(call("query", json!({"sql": "COPY departments TO STDOUT"})));
+    calls.push(call(
+        "query",
+        json!({"sql": "SELECT count(*) FROM departments"}),
+    ));
+    let r = drive(
+        &gw,
+        Sdk::Python("2026-07-28"),
+        Via::Http,
+        "clinician",
+        json!(calls),
+    );
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    let (copied, read) = results.split_at(results.len() - 1);
+    for x in copied {
+        assert_eq!(x["is_error"], true, "{x}");
+        assert!(
+            x["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not supported over MCP"),
+            "{x}"
+        );
+    }
+    assert_eq!(read[0]["is_error"], false, "{}", read[0]);
+    assert_eq!(read[0]["structured"]["rows"][0][0], before);
+    let waiting = clinic()
+        .psql(
+            "clinic",
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'copy%'",
+        )
+        .expect("activity");
+    assert_eq!(waiting.trim(), "0");
+}
+
+/// A raw JSON-RPC `tools/call` over Streamable HTTP (2025-11-25, stateless) as `token`.
+fn raw_call(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    token: &str,
+    id: u64,
+    tool: &str,
+    args: Value,
+) -> reqwest::RequestBuilder {
+    http.post(format!("http://127.0.0.1:{}/mcp", gw.http_port))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(token)
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": tool, "arguments": args}}))
+}
+
+/// The `result` of the JSON-RPC answer in an event stream's body.
+async fn raw_result(r: reqwest::Response) -> Value {
+    let body = r.text().await.expect("body");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find_map(|m| m.get("result").cloned())
+        .unwrap_or_else(|| panic!("no result in {body}"))
+}
+
+/// At most 8 executes of one individual are held at once, however many arrive together (the
+/// place is reserved before the session opens); explain of a write opens no review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_held_cap_holds_under_parallel_calls() {
+    let gw = gateway();
+    let http = reqwest::Client::new();
+    let token = gw.token("agent").to_owned();
+    let sql = "UPDATE encounters SET diagnosis_code = diagnosis_code WHERE id = 13";
+    let calls = (0..40).map(|i| {
+        let (http, gw, token) = (&http, &gw, &token);
+        async move {
+            let r = raw_call(http, gw, token, i, "execute", json!({"sql": sql}))
+                .send()
+                .await
+                .expect("post");
+            raw_result(r).await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let held = results
+        .iter()
+        .filter(|r| r["structuredContent"]["status"] == "pending_approval")
+        .count();
+    assert_eq!(held, 8, "{results:?}");
+    for r in &results {
+        if r["structuredContent"]["status"] != "pending_approval" {
+            assert_eq!(r["isError"], true, "{r}");
+        }
+    }
+    let started = Instant::now();
+    let explained = raw_call(
+        &http,
+        &gw,
+        &token,
+        99,
+        "explain",
+        json!({"sql": "INSERT INTO departments (id, name) VALUES (99, 'x')"}),
+    )
+    .send()
+    .await
+    .expect("post");
+    let explained = raw_result(explained).await;
+    assert_eq!(explained["isError"], true, "{explained}");
+    assert!(explained.to_string().contains("only reads"), "{explained}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "explain waited"
+    );
+}
+
+/// Two calls of one individual with the same request id: the end of one leaves the other
+/// cancellable by `notifications/cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_call_whose_id_another_call_shared() {
+    let gw = gateway();
+    let http = reqwest::Client::new();
+    let token = gw.token("agent").to_owned();
+    let sleeper = tokio::spawn(
+        raw_call(
+            &http,
+            &gw,
+            &token,
+            7,
+            "query",
+            json!({"sql": "SELECT pg_sleep(421)"}),
+        )
+        .send(),
+    );
+    tokio::task::spawn_blocking(|| wait_until("the statement never ran", || sleeping(421)))
+        .await
+        .expect("watch");
+    let quick = raw_call(&http, &gw, &token, 7, "query", json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(raw_result(quick).await["isError"], false);
+    let cancel = http
+        .post(format!("http://127.0.0.1:{}/mcp", gw.http_port))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(&token)
+        .json(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": 7}}),
+        )
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cancel.status(), 202);
+    tokio::task::spawn_blocking(|| wait_until("still running", || !sleeping(421)))
+        .await
+        .expect("watch");
+    sleeper.abort();
+}
+
+/// An approved statement that fails when it runs is `failed`, with its error, not `executed`.
+#[test]
+fn an_approved_statement_that_fails_is_reported_failed() {
+    let gw = gateway();
+    let sql =
+        "UPDATE encounters SET diagnosis_code = diagnosis_code || (1 / 0)::text WHERE id = 12";
+    let r = drive(
+        &gw,
+        Sdk::Python("legacy"),
+        Via::Http,
+        "agent",
+        json!([call("execute", json!({"sql": sql}))]),
+    );
+    let held = &r["results"][0]["structured"];
+    assert_eq!(held["status"], "pending_approval", "{r}");
+    let review = held["review_id"].as_str().expect("review id").to_owned();
+    let approved = gw
+        .approve_next(gw.token("reviewer"), "checked")
+        .expect("approve");
+    assert_eq!(approved, review);
+    let done = drive(
+        &gw,
+        Sdk::Python("legacy"),
+        Via::Http,
+        "agent",
+        json!([call(
+            "approval_wait",
+            json!({"review_id": review, "timeout_s": 60})
+        )]),
+    );
+    let x = &done["results"][0]["structured"];
+    assert_eq!(x["status"], "failed", "{done}");
+    assert_eq!(x["timed_out"], false, "{done}");
+    assert!(
+        x["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("division by zero")),
+        "{done}"
+    );
+}
+
+/// `phigate mcp --stdio` refuses to send the token over plain HTTP to another machine.
+#[test]
+fn stdio_refuses_plain_http_to_another_host() {
+    for (url, ok) in [
+        ("http://192.0.2.1:6544", false),
+        ("http://phigate.example", false),
+        ("http://127.0.0.1:9", true),
+        ("https://192.0.2.1:6544", true),
+    ] {
+        let out = Command::new(bin())
+            .args(["mcp", "--stdio"])
+            .env("PHIGATE_URL", url)
+            .env("PHIGATE_TOKEN", "phk_not_sent")
+            .stdin(Stdio::null())
+            .output()
+            .expect("phigate mcp --stdio");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{url}: {stderr}");
+        if !ok {
+            assert!(stderr.contains("https://"), "{url}: {stderr}");
+        }
+    }
+}
+
+/// The stdio relay handles each request in its own task: a call waiting for a review delays
+/// no other, and a cancellation reaches the call it names while that call runs.
+#[test]
+fn stdio_relays_calls_side_by_side() {
+    use std::io::BufRead;
+    let gw = gateway();
+    let mut child = Command::new(bin())
+        .args(["mcp", "--stdio"])
+        .env("PHIGATE_URL", format!("http://127.0.0.1:{}", gw.http_port))
+        .env("PHIGATE_TOKEN", gw.token("agent"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("phigate mcp --stdio");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, answers) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut send = |v: Value| {
+        writeln!(stdin, "{v}").expect("write");
+        stdin.flush().expect("flush");
+    };
+    let next = |id: u64| loop {
+        let a = answers
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no answer to {id}"));
+        if a["id"] == id {
+            return a;
+        }
+        assert_ne!(a["id"], 3, "the approval_wait answered first: {a}");
+    };
+    let tool = |id: u64, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": args}})
+    };
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}),
+    );
+    assert!(next(1)["result"]["protocolVersion"].is_string());
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let sql = "UPDATE encounters SET diagnosis_code = diagnosis_code WHERE id = 14";
+    send(tool(2, "execute", json!({"sql": sql})));
+    let held = next(2);
+    let review = held["result"]["structuredContent"]["review_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{held}"))
+        .to_owned();
+    send(tool(
+        3,
+        "approval_wait",
+        json!({"review_id": review, "timeout_s": 120}),
+    ));
+    send(tool(4, "query", json!({"sql": "SELECT pg_sleep(431)"})));
+    wait_until("the query never ran beside the approval_wait", || {
+        sleeping(431)
+    });
+    send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": 4}}),
+    );
+    wait_until("the cancellation did not reach the query", || {
+        !sleeping(431)
+    });
+    send(tool(5, "query", json!({"sql": "SELECT 1"})));
+    assert_eq!(next(5)["result"]["isError"], false);
+    let _ = child.kill();
+    let _ = child.wait();
 }

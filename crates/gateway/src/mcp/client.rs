@@ -29,6 +29,9 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Notices kept per statement, and the characters kept of each.
 const MAX_NOTICES: usize = 16;
 const MAX_NOTICE_CHARS: usize = 2000;
+/// What the session answers a statement that waits for COPY data from the client: an MCP
+/// call has none to give, and a backend waiting for it ignores `statement_timeout`.
+pub const COPY_REFUSED: &str = "COPY from the client is not supported over MCP";
 
 /// Who calls, as the internal session's startup presents it.
 #[derive(Clone)]
@@ -200,7 +203,7 @@ impl Internal {
         let mut out = BytesMut::new();
         write::query(&mut out, sql);
         self.stream.write_all(&out).await?;
-        self.read_result(Caps { rows: 0, bytes: 0 }).await
+        self.read_result(Caps { rows: 0, bytes: 0 }, false).await
     }
 
     /// Runs one statement with the extended protocol (text parameters, text results), at
@@ -234,11 +237,25 @@ impl Internal {
         write::execute(&mut out, "", caps.rows.min(i32::MAX as u32) as i32);
         write_message(&mut out, b'S', |_| {});
         self.stream.write_all(&out).await?;
-        self.read_result(caps).await
+        self.read_result(caps, true).await
     }
 
-    /// Reads until ReadyForQuery; the first ErrorResponse is the result.
-    async fn read_result(&mut self, caps: Caps) -> Result<Output, CallError> {
+    /// Ends a COPY from the client at once: CopyFail, and for the extended protocol a Sync
+    /// (the one sent with the statement was ignored in copy-in mode, and after the error the
+    /// backend skips to the next Sync); the ErrorResponse and ReadyForQuery follow.
+    async fn refuse_copy_in(&mut self, extended: bool) -> Result<(), CallError> {
+        let mut out = BytesMut::new();
+        write_message(&mut out, b'f', |b| put_cstr(b, COPY_REFUSED));
+        if extended {
+            write_message(&mut out, b'S', |_| {});
+        }
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Reads until ReadyForQuery; the first ErrorResponse is the result. `extended`: the
+    /// statement went as Parse/Bind/Execute/Sync.
+    async fn read_result(&mut self, caps: Caps, extended: bool) -> Result<Output, CallError> {
         let mut o = Output::default();
         let mut error = None;
         let mut bytes = 0usize;
@@ -272,6 +289,11 @@ impl Internal {
                     }
                 }
                 b's' => o.truncated = true,
+                // CopyInResponse, CopyBothResponse: refused, never left waiting.
+                b'G' | b'W' => self.refuse_copy_in(extended).await?,
+                // CopyOutResponse, CopyData, CopyDone: the data is not a result of these tools
+                // (each message is bounded by the reader); read on to CommandComplete.
+                b'H' | b'd' | b'c' => {}
                 b'C' => o.command = command_tag(&f),
                 b'N' if o.notices.len() < MAX_NOTICES => {
                     let (_, msg) = fields(&f);
@@ -350,4 +372,123 @@ pub fn type_name(oid: u32) -> String {
         _ => return format!("oid:{oid}"),
     };
     name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phigate_wire::sqlstate;
+
+    /// A client over `stream`, past its login (the other end plays the session).
+    fn over(stream: tokio::io::DuplexStream) -> Internal {
+        Internal {
+            stream: Stream::Memory(stream),
+            reader: FrameReader::new(MAX_MESSAGE),
+            key: None,
+            session: Arc::from("test"),
+        }
+    }
+
+    fn error(out: &mut BytesMut, message: &str) {
+        write_message(out, b'E', |b| {
+            for (f, v) in [
+                (b'S', "ERROR"),
+                (b'C', sqlstate::QUERY_CANCELED),
+                (b'M', message),
+            ] {
+                b.put_u8(f);
+                put_cstr(b, v);
+            }
+            b.put_u8(0);
+        });
+    }
+
+    /// Reads frontend messages until `until`, returning their tags.
+    async fn tags_until(s: &mut Stream, r: &mut FrameReader, until: u8) -> Vec<u8> {
+        let mut tags = Vec::new();
+        loop {
+            let f = crate::net::read_frame::<CallError>(s, r)
+                .await
+                .expect("frame");
+            tags.push(f.tag());
+            if f.tag() == until {
+                return tags;
+            }
+        }
+    }
+
+    /// A statement that asks for COPY data (CopyInResponse, CopyBothResponse) is failed at
+    /// once with CopyFail and a Sync, and the call ends with the error: never left waiting.
+    #[tokio::test]
+    async fn copy_in_is_failed_not_waited_for() {
+        for tag in [b'G', b'W'] {
+            let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+            let session = tokio::spawn(async move {
+                let mut s = Stream::Memory(theirs);
+                let mut r = FrameReader::new(MAX_MESSAGE);
+                let sent = tags_until(&mut s, &mut r, b'S').await;
+                let mut out = BytesMut::new();
+                write_message(&mut out, tag, |b| {
+                    b.put_i8(0);
+                    b.put_i16(0);
+                });
+                s.write_all(&out).await.expect("write");
+                let failed = tags_until(&mut s, &mut r, b'S').await;
+                out.clear();
+                error(&mut out, COPY_REFUSED);
+                write_message(&mut out, b'Z', |b| b.put_u8(b'I'));
+                s.write_all(&out).await.expect("write");
+                (sent, failed)
+            });
+            let mut c = over(ours);
+            let caps = Caps { rows: 0, bytes: 0 };
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                c.run("COPY t FROM STDIN", &[], caps),
+            )
+            .await
+            .expect("the call waited for COPY data");
+            match r {
+                Err(CallError::Refused { message, .. }) => assert_eq!(message, COPY_REFUSED),
+                other => panic!("{other:?}"),
+            }
+            let (sent, failed) = session.await.expect("session");
+            assert_eq!(sent, b"PBDES");
+            assert_eq!(failed, b"fS");
+        }
+    }
+
+    /// COPY to the client: its data is read past, not kept, and the call ends.
+    #[tokio::test]
+    async fn copy_out_is_read_to_its_end() {
+        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+        tokio::spawn(async move {
+            let mut s = Stream::Memory(theirs);
+            let mut r = FrameReader::new(MAX_MESSAGE);
+            tags_until(&mut s, &mut r, b'S').await;
+            let mut out = BytesMut::new();
+            write_message(&mut out, b'H', |b| {
+                b.put_i8(0);
+                b.put_i16(0);
+            });
+            for _ in 0..2 {
+                write_message(&mut out, b'd', |b| b.extend_from_slice(b"1\tx\n"));
+            }
+            write_message(&mut out, b'c', |_| {});
+            write_message(&mut out, b'C', |b| put_cstr(b, "COPY 2"));
+            write_message(&mut out, b'Z', |b| b.put_u8(b'I'));
+            s.write_all(&out).await.expect("write");
+        });
+        let mut c = over(ours);
+        let caps = Caps { rows: 10, bytes: 0 };
+        let o = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            c.run("COPY t TO STDOUT", &[], caps),
+        )
+        .await
+        .expect("the call hung")
+        .expect("result");
+        assert_eq!(o.command, "COPY 2");
+        assert!(o.rows.is_empty());
+    }
 }

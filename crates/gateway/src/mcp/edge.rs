@@ -117,7 +117,7 @@ fn tool_list(with_execute: bool) -> Vec<Tool> {
     tools.push(
         Tool::new(
             "explain",
-            "The plan of one statement. analyze: true runs it (allowed for reads only).",
+            "The plan of one read-only statement (what query takes; writes are refused). analyze: true runs it.",
             schema(
                 json!({"type": "object", "required": ["sql"], "properties": {
                 "sql": {"type": "string"}, "params": {"type": "array"},
@@ -130,7 +130,7 @@ fn tool_list(with_execute: bool) -> Vec<Tool> {
     tools.push(
         Tool::new(
             "approval_wait",
-            "Waits (at most timeout_s, up to 300) for a held execute of yours: {status: pending/executed/denied/expired/withdrawn, rows_affected?, reason?, timed_out}.",
+            "Waits (at most timeout_s, up to 300) for a held execute of yours: {status: pending/executed/failed/denied/expired/withdrawn, rows_affected?, error?, reason?, timed_out}.",
             schema(json!({"type": "object", "required": ["review_id"], "properties": {
                 "review_id": {"type": "string"},
                 "timeout_s": {"type": "integer", "minimum": 0, "maximum": super::tools::MAX_WAIT_SECS}}})),
@@ -183,7 +183,7 @@ impl ServerHandler for Server {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let id = serde_json::to_string(&ctx.id).unwrap_or_default();
         let registered = self.tools.inflight.register(&a.identity, id);
-        let call = self.tools.call(&request.name, args, &a.caller);
+        let call = self.tools.call(&request.name, args, &a.caller, &a.identity);
         // A cancelled request (the caller's notifications/cancelled, or its connection gone)
         // drops the call, which cancels its statement in the database.
         let reply = tokio::select! {

@@ -33,9 +33,23 @@ fn reads(st: &phigate_sql::Statement) -> bool {
     }
 }
 
+/// A COPY with the client (`FROM STDIN`, `TO STDOUT`), which no tool runs.
+fn copy_with_client(st: &phigate_sql::Statement) -> Result<(), String> {
+    if st.kind == Kind::Copy && !st.copy_program && !st.copy_file {
+        return Err(
+            "phigate: COPY ... FROM STDIN and COPY ... TO STDOUT are not supported over MCP (a \
+             tool call has no COPY data stream): read rows with query, add them with INSERT \
+             through execute"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// `query`: exactly one statement, and it reads.
 pub fn one_read(sql: &str) -> Result<(), String> {
     let st = exactly_one(sql)?;
+    copy_with_client(&st)?;
     if reads(&st) {
         return Ok(());
     }
@@ -46,13 +60,15 @@ pub fn one_read(sql: &str) -> Result<(), String> {
     ))
 }
 
-/// `execute`: exactly one statement.
+/// `execute`: exactly one statement, and not a COPY with the client (`FROM STDIN`, `TO
+/// STDOUT`): a call has no COPY data to give, nor a place for COPY data to go.
 pub fn one_statement(sql: &str) -> Result<(), String> {
-    exactly_one(sql).map(|_| ())
+    copy_with_client(&exactly_one(sql)?)
 }
 
-/// `explain`: the EXPLAIN statement to run for `sql`. `analyze` runs the statement, so it is
-/// allowed for a statement that only reads (execution is `execute`'s).
+/// `explain`: the EXPLAIN statement to run for `sql`, which must be one `query` would take:
+/// `analyze` runs it, and the session's policy judges even a plain EXPLAIN of a write by the
+/// write (a rule could hold it for review, which no tool that only reads may open).
 pub fn explain(sql: &str, analyze: bool) -> Result<String, String> {
     let st = exactly_one(sql)?;
     if st.kind == Kind::Explain {
@@ -71,10 +87,10 @@ pub fn explain(sql: &str, analyze: bool) -> Result<String, String> {
             st.kind.label().to_uppercase()
         ));
     }
-    if analyze && !reads(&st) {
+    if !reads(&st) {
         return Err(format!(
-            "phigate: EXPLAIN ANALYZE runs the statement, and this one is {}: use the execute \
-             tool to run it",
+            "phigate: explain takes a statement that only reads, as query does; this one is {} \
+             (use the execute tool for statements that change data)",
             st.kind.label().to_uppercase()
         ));
     }
@@ -129,6 +145,25 @@ mod tests {
     }
 
     #[test]
+    fn execute_refuses_copy_with_the_client() {
+        for bad in [
+            "COPY departments FROM STDIN",
+            "copy departments (id, name) from stdin with (format csv)",
+            "COPY departments TO STDOUT",
+            "COPY (SELECT * FROM patients) TO STDOUT",
+        ] {
+            let e = one_statement(bad).expect_err(bad);
+            assert!(e.contains("not supported over MCP"), "{bad}: {e}");
+            // query says so too, rather than sending the caller to execute.
+            let e = one_read(bad).expect_err(bad);
+            assert!(e.contains("not supported over MCP"), "{bad}: {e}");
+        }
+        assert!(one_statement("UPDATE t SET a = 1").is_ok());
+        // Server-side COPY is the session policy's to judge.
+        assert!(one_statement("COPY t TO '/tmp/x'").is_ok());
+    }
+
+    #[test]
     fn explain_polices_analyze_as_execution() {
         assert_eq!(
             explain("SELECT 1", false).as_deref(),
@@ -138,9 +173,11 @@ mod tests {
             explain("SELECT 1", true).as_deref(),
             Ok("EXPLAIN (ANALYZE) SELECT 1")
         );
-        assert!(explain("DELETE FROM t", false).is_ok());
         for bad in [
             ("DELETE FROM t", true),
+            ("DELETE FROM t", false),
+            ("INSERT INTO t VALUES (1)", false),
+            ("SELECT * FROM t FOR UPDATE", false),
             ("EXPLAIN ANALYZE DELETE FROM t", false),
             ("SELECT 1; DELETE FROM t", false),
             ("COMMIT; DROP TABLE t", false),

@@ -23,6 +23,7 @@ pub mod client;
 mod edge;
 pub mod held;
 pub mod judge;
+mod refused;
 pub mod stdio;
 pub mod tools;
 

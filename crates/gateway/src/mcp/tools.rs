@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::client::{CallError, Caller, Caps, Internal, Output};
 use super::held::{Finished, Held};
+use super::refused::rule;
 use crate::auth::Identity;
 use crate::state::Shared;
 
@@ -27,6 +28,12 @@ pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
 pub const MAX_WAIT_SECS: u64 = 300;
 /// Tables `list_tables` returns at most.
 const MAX_TABLES: u32 = 2000;
+/// Longest an `execute` that is not held runs before it is cancelled and its session ended
+/// (nothing holds a session forever; the role's statement timeout usually ends it first).
+pub const EXECUTE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a stopped `execute` (its call dropped, or past its deadline) has to end after
+/// its cancel request before its session is dropped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A tool's answer.
 #[derive(Debug)]
@@ -34,6 +41,9 @@ pub struct Reply {
     pub structured: Value,
     pub text: String,
     pub is_error: bool,
+    /// Set when the tool layer refused the call itself (no session saw it): the rule its
+    /// audit record names ([`super::refused::rule`]).
+    pub refused_by: Option<&'static str>,
 }
 
 impl Reply {
@@ -43,6 +53,15 @@ impl Reply {
             structured,
             text,
             is_error: false,
+            refused_by: None,
+        }
+    }
+
+    /// A refusal of the tool layer's own, audited under `rule`.
+    fn refused(rule: &'static str, message: impl Into<String>) -> Reply {
+        Reply {
+            refused_by: Some(rule),
+            ..Reply::error(message, None)
         }
     }
 
@@ -61,6 +80,7 @@ impl Reply {
             structured,
             text,
             is_error: true,
+            refused_by: None,
         }
     }
 
@@ -141,7 +161,8 @@ struct ApprovalWait {
 }
 
 fn args<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Reply> {
-    serde_json::from_value(v).map_err(|e| Reply::error(format!("invalid arguments: {e}"), None))
+    serde_json::from_value(v)
+        .map_err(|e| Reply::refused(rule::ARGUMENTS, format!("invalid arguments: {e}")))
 }
 
 /// Parameters as text (JSON strings as they are, numbers and booleans as written, null as
@@ -158,12 +179,40 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
 }
 
 impl Tools {
-    /// Runs tool `name` for `caller` (authenticated by the HTTP layer as `who`).
-    pub async fn call(&self, name: &str, arguments: Value, caller: &Caller) -> Reply {
+    /// Runs tool `name` for `caller` (authenticated by the HTTP layer as `who`, in its default
+    /// role); a refusal of the tool layer's own is audited.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Value,
+        caller: &Caller,
+        who: &Identity,
+    ) -> Reply {
+        let sql = arguments["sql"].as_str().map(str::to_owned);
+        let role = arguments["role"].as_str().map(str::to_owned);
+        let r = self.dispatch(name, arguments, caller).await;
+        if let Some(rule) = r.refused_by {
+            // The role asked for, when the identity may act as it; else its default role.
+            let role = match role.filter(|r| !r.is_empty() && !r.contains('\0')) {
+                Some(asked) => match self.identity(caller, &asked).await {
+                    Ok(i) => i.role.0,
+                    Err(_) => who.role.0.clone(),
+                },
+                None => who.role.0.clone(),
+            };
+            super::refused::record(&self.shared, who, role, name, rule, sql.as_deref());
+        }
+        r
+    }
+
+    async fn dispatch(&self, name: &str, arguments: Value, caller: &Caller) -> Reply {
         // A NUL would end a protocol string early (the role in the startup packet, the text of
         // a Parse): refused before anything is sent.
         if has_nul(&arguments) {
-            return Reply::error("phigate: NUL characters are not allowed in arguments", None);
+            return Reply::refused(
+                rule::NUL,
+                "phigate: NUL characters are not allowed in arguments",
+            );
         }
         let r = match name {
             "list_tables" => self.list_tables(arguments, caller).await,
@@ -172,7 +221,10 @@ impl Tools {
             "execute" => self.execute(arguments, caller).await,
             "explain" => self.explain(arguments, caller).await,
             "approval_wait" => self.approval_wait(arguments, caller).await,
-            other => Err(Reply::error(format!("unknown tool {other}"), None)),
+            other => Err(Reply::refused(
+                rule::ARGUMENTS,
+                format!("unknown tool {other}"),
+            )),
         };
         r.unwrap_or_else(|e| e)
     }
@@ -252,12 +304,12 @@ impl Tools {
             .or_else(|| role.search_path.first().cloned())
             .unwrap_or_else(|| "public".into());
         let not_found = || {
-            Reply::error(
+            Reply::refused(
+                rule::NOT_FOUND,
                 format!(
                     "phigate: no table {schema}.{} that role {} may read",
                     a.table, role.name
                 ),
-                None,
             )
         };
         if !role.grants(&schema, &a.table, "select") {
@@ -301,7 +353,7 @@ impl Tools {
 
     async fn query(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Query = args(a)?;
-        super::judge::one_read(&a.sql).map_err(|m| Reply::error(m, None))?;
+        super::judge::one_read(&a.sql).map_err(|m| Reply::refused(rule::READ_ONLY, m))?;
         let rows = a.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS);
         let params = text_params(&a.params);
         let out = self
@@ -312,7 +364,8 @@ impl Tools {
 
     async fn explain(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Explain = args(a)?;
-        let sql = super::judge::explain(&a.sql, a.analyze).map_err(|m| Reply::error(m, None))?;
+        let sql = super::judge::explain(&a.sql, a.analyze)
+            .map_err(|m| Reply::refused(rule::READ_ONLY, m))?;
         let params = text_params(&a.params);
         let out = self
             .read_only(caller, &a.role, "explain", &sql, &params, MAX_ROWS)
@@ -359,41 +412,55 @@ impl Tools {
 
     async fn execute(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: Execute = args(a)?;
-        super::judge::one_statement(&a.sql).map_err(|m| Reply::error(m, None))?;
+        super::judge::one_statement(&a.sql).map_err(|m| Reply::refused(rule::ONE_STATEMENT, m))?;
         let who = self.identity(caller, &a.role).await?;
-        let seat = self.held.reserve(&who).map_err(|m| Reply::error(m, None))?;
+        let seat = self
+            .held
+            .reserve(&who)
+            .map_err(|m| Reply::refused(rule::HELD_CAP, m))?;
         let sql = match &a.justification {
             Some(j) => format!("/* phigate: reason={} */ {}", clean_reason(j), a.sql),
             None => a.sql.clone(),
         };
         let params = text_params(&a.params);
-        let mut s = self.open(caller, &a.role, "execute").await?;
+        let s = self.open(caller, &a.role, "execute").await?;
         let session = s.session.clone();
-        // Until this call answers, dropping it (a cancel) cancels the statement, or withdraws
-        // it if it is held; once it answered pending_approval, the hold is the caller's.
+        // Until this call answers, dropping it (a cancel, the request gone, the deadline)
+        // cancels the statement, or withdraws it if it is held, and then ends its session;
+        // once it answered pending_approval, the hold is the caller's.
         let cancel = CancelOnDrop::new(&self.shared, s.cancel_key());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stop_on_drop = stop.clone().drop_guard();
         let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<Finished>);
-        tokio::spawn(async move {
-            // Runs to completion (a RETURNING's rows are not kept: execute reports a count).
-            let caps = Caps { rows: 0, bytes: 0 };
-            let r = s.run(&sql, &params, caps).await;
-            s.close().await;
-            let _ = done_tx.send(Some(Finished::from_result(r)));
-        });
+        tokio::spawn(run_to_end(s, sql, params, stop, done_tx));
+        let deadline = tokio::time::Instant::now() + EXECUTE_DEADLINE;
         // At once: either the statement finished, or a review was opened for its session.
+        // (Reviews are looked for every 50 ms: the session tells nobody it opened one.)
         loop {
             if let Some(f) = done_rx.borrow().clone() {
                 cancel.disarm();
+                stop_on_drop.disarm();
                 return Ok(finished_reply(f));
             }
             if let Some(review) = self.review_of(&session) {
                 cancel.disarm();
+                stop_on_drop.disarm();
                 self.held.insert(seat, &review.id, done_rx);
                 return Ok(Reply::ok(json!({
                     "status": "pending_approval",
                     "review_id": review.id,
                     "expires_at": review.expires_at,
                 })));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Returning drops `cancel` and `stop_on_drop`: cancelled, then ended.
+                return Err(Reply::error(
+                    format!(
+                        "phigate: the statement did not finish within {} s and was cancelled",
+                        EXECUTE_DEADLINE.as_secs()
+                    ),
+                    None,
+                ));
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), done_rx.changed()).await;
         }
@@ -407,7 +474,8 @@ impl Tools {
     async fn approval_wait(&self, a: Value, caller: &Caller) -> Result<Reply, Reply> {
         let a: ApprovalWait = args(a)?;
         let who = self.identity(caller, "").await?;
-        let not_found = || Reply::error(format!("review {} not found", a.review_id), None);
+        let not_found =
+            || Reply::refused(rule::NOT_FOUND, format!("review {} not found", a.review_id));
         let Some(mut done) = self.held.watch(&who, &a.review_id) else {
             return Err(not_found());
         };
@@ -441,16 +509,51 @@ impl Tools {
             Err(_) => json!({"status": "pending", "timed_out": true}),
             Ok(Finished::Completed { rows_affected }) => json!({
                 "status": "executed", "rows_affected": rows_affected, "timed_out": false}),
-            Ok(Finished::Failed { message }) => {
-                let status = match review_status {
-                    s @ ("denied" | "expired" | "withdrawn") => s,
-                    // Approved, but the statement failed when it ran.
-                    _ => "executed",
-                };
-                json!({"status": status, "reason": reason.unwrap_or(message), "timed_out": false})
-            }
+            Ok(Finished::Failed { message }) => match review_status {
+                s @ ("denied" | "expired" | "withdrawn") => {
+                    json!({"status": s, "reason": reason.unwrap_or(message), "timed_out": false})
+                }
+                // Approved, but the statement failed when it ran: its error as the session
+                // gave it to its client (scrubbed as on the wire, no values of rows).
+                _ => json!({"status": "failed", "error": message, "timed_out": false}),
+            },
         }))
     }
+}
+
+/// Runs an `execute`'s statement to its end in its own task (a held one waits there for its
+/// review; a RETURNING's rows are not kept: execute reports a count). When `stop` fires
+/// before it ended (its call was dropped, or passed [`EXECUTE_DEADLINE`]), the statement has
+/// [`STOP_GRACE`] to end after the cancel request; then the session is dropped, which ends
+/// it (its handler sees the client gone and closes the database connection).
+async fn run_to_end(
+    mut s: Internal,
+    sql: String,
+    params: Vec<Option<String>>,
+    stop: tokio_util::sync::CancellationToken,
+    done: tokio::sync::watch::Sender<Option<Finished>>,
+) {
+    let r = {
+        let run = s.run(&sql, &params, Caps { rows: 0, bytes: 0 });
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => Some(r),
+            _ = stop.cancelled() => tokio::time::timeout(STOP_GRACE, &mut run).await.ok(),
+        }
+    };
+    let finished = match r {
+        Some(r) => {
+            s.close().await;
+            Finished::from_result(r)
+        }
+        None => {
+            drop(s);
+            Finished::Failed {
+                message: "phigate: the statement was stopped and its session ended".into(),
+            }
+        }
+    };
+    let _ = done.send(Some(finished));
 }
 
 fn has_nul(v: &Value) -> bool {
@@ -462,12 +565,12 @@ fn has_nul(v: &Value) -> bool {
     }
 }
 
-/// A justification inside a comment: nothing that could end it.
+/// A justification inside a block comment: no character that could end it or open a nested
+/// one (PostgreSQL nests block comments), so it cannot change what runs. Control characters go
+/// first (else `*\u{1}/` would become `*/` once they are gone), then every `*` and `/`.
 fn clean_reason(j: &str) -> String {
-    j.replace("*/", "* /")
-        .replace("/*", "/ *")
-        .chars()
-        .filter(|c| !c.is_control())
+    j.chars()
+        .filter(|c| !c.is_control() && *c != '*' && *c != '/')
         .take(500)
         .collect()
 }
@@ -500,6 +603,7 @@ fn rows_reply(out: Output) -> Reply {
         structured,
         text,
         is_error: false,
+        refused_by: None,
     }
 }
 
@@ -549,3 +653,28 @@ JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
 WHERE n.nspname = $1::text AND c.relname = $2::text AND a.attnum > 0 AND NOT a.attisdropped \
 ORDER BY a.attnum";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A justification cannot end its comment, open a nested one, or smuggle either through
+    /// a control character: the composed text is still the one statement the judge saw.
+    #[test]
+    fn a_reason_cannot_change_what_runs() {
+        for j in [
+            "routine check *\u{1}/ UPDATE departments SET name = name || '-X' WHERE id = 1 --",
+            "a */ DELETE FROM t --",
+            "a /* b */ DELETE FROM t --",
+            "a *\n/ DELETE FROM t",
+            "/*/*/* deep",
+        ] {
+            let r = clean_reason(j);
+            assert!(!r.contains('*') && !r.contains('/'), "{j:?} -> {r:?}");
+            let sql = format!("/* phigate: reason={r} */ SELECT 1");
+            assert_eq!(super::super::judge::one_read(&sql), Ok(()), "{sql}");
+        }
+        assert_eq!(clean_reason("fix a code */ DROP"), "fix a code  DROP");
+        assert_eq!(clean_reason(&"x".repeat(600)).len(), 500);
+    }
+}
