@@ -105,8 +105,8 @@ fn the_compose_quick_start_works_as_its_readme_says() {
         ),
         ("port = 5432", format!("port = {}", cluster.port())),
         (
-            "http://localhost:6544",
-            format!("http://127.0.0.1:{http_port}"),
+            "https://localhost:6544",
+            format!("https://127.0.0.1:{http_port}"),
         ),
         ("/var/lib/phigate", data.display().to_string()),
     ] {
@@ -153,16 +153,20 @@ fn the_compose_quick_start_works_as_its_readme_says() {
     let mut serve = Serve(child, log);
     wait_listening(&mut serve, pg_port);
 
-    // The image's HEALTHCHECK command answers.
-    let dockerfile = read(&repo().join("Dockerfile"));
-    assert!(dockerfile.contains(
-        "CMD [\"/usr/local/bin/phigate\", \"healthcheck\", \"--url\", \"http://127.0.0.1:6544/healthz\"]"
+    // The image has a HEALTHCHECK; the compose file's own answers over TLS, trusting the
+    // served certificate.
+    assert!(read(&repo().join("Dockerfile")).contains("HEALTHCHECK"));
+    assert!(compose_yaml.contains(
+        "test: [\"CMD\", \"/usr/local/bin/phigate\", \"healthcheck\", \"--url\", \"https://127.0.0.1:6544/healthz\"]"
     ));
-    let (ok, out, err) = run(Command::new(BIN).args([
-        "healthcheck",
-        "--url",
-        &format!("http://127.0.0.1:{http_port}/healthz"),
-    ]))
+    assert!(compose_yaml.contains("PHIGATE_CA_FILE: /var/lib/phigate/tls/server.crt"));
+    let (ok, out, err) = run(Command::new(BIN)
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("https://127.0.0.1:{http_port}/healthz"),
+        ])
+        .env("PHIGATE_CA_FILE", data.join("tls/server.crt")))
     .expect("healthcheck");
     assert!(ok, "{out}{err}\n{}", serve.log());
 
