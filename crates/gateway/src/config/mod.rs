@@ -185,6 +185,30 @@ impl Config {
         serde_json::to_string_pretty(&schemars::schema_for!(Config)).unwrap_or_default()
     }
 
+    /// `listen.http_tls` needs a certificate, and makes the console's address https.
+    fn validate_http_tls(&self) -> Result<(), ConfigError> {
+        if self.listen.http_tls && (self.tls.is_none() || self.listen.http_address.is_none()) {
+            return Err(ConfigError::Invalid(
+                "listen.http_tls needs listen.http_address and a [tls] table (its certificate \
+                 serves both listeners)"
+                    .into(),
+            ));
+        }
+        let plain_console = self
+            .console
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.to_ascii_lowercase().starts_with("http://"));
+        if self.listen.http_tls && plain_console {
+            return Err(ConfigError::Invalid(
+                "console.public_url is http:// but listen.http_tls serves TLS only: give its \
+                 https:// address"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.upstream.check_password_source()?;
         let policy = self.policy()?;
@@ -230,13 +254,7 @@ impl Config {
                     .into(),
             ));
         }
-        if self.listen.http_tls && (self.tls.is_none() || self.listen.http_address.is_none()) {
-            return Err(ConfigError::Invalid(
-                "listen.http_tls needs listen.http_address and a [tls] table (its certificate \
-                 serves both listeners)"
-                    .into(),
-            ));
-        }
+        self.validate_http_tls()?;
         if let Some(r) = self.roles.iter().find(|r| r.max_sessions == Some(0)) {
             return Err(ConfigError::Invalid(format!(
                 "role {}: max_sessions must be at least 1",

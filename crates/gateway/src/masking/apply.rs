@@ -257,7 +257,8 @@ async fn run(
     }
 }
 
-/// Ends the open transactions of the masked logins (their sessions end; the gateway's clients
+/// Ends the idle open transactions of the masked logins (a statement still running ends by
+/// itself, within the role's statement_timeout) (their sessions end; the gateway's clients
 /// reconnect to the new views). The gateway login becomes a member of each masked login first
 /// (it created them, CREATEROLE), which is what lets it signal their backends.
 async fn make_way(target: &UpstreamTarget, logins: &[String]) {
@@ -279,7 +280,7 @@ async fn make_way(target: &UpstreamTarget, logins: &[String]) {
     );
     let end = format!(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE usename IN ({names}) AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+         WHERE usename IN ({names}) AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
     );
     let result = match target.query_column(&grant).await {
         Ok(_) => target.query_column(&end).await,

@@ -7,15 +7,18 @@
 //! - `POST /dev/token`: the code and its PKCE verifier in, an EdDSA ID token (signed by the
 //!   gateway's key, `aud` = the console client) out.
 //!
-//! Anyone who can reach the page can sign in as any demo identity: that is what the
-//! development issuer is (its tokens are printed by `phigate demo` anyway). At most
-//! [`MAX_CODES`] codes wait at once.
+//! From this machine, anyone who can reach the page can sign in as any demo identity: that is
+//! what the development issuer is (its tokens are printed by `phigate demo` anyway). From
+//! elsewhere (`listen.http_tls` takes credentials from anywhere) the page also asks for the
+//! *development sign-in code*, a random value of this process that the gateway writes to its
+//! log at start: reaching the port is not enough to become a reviewer. At most [`MAX_CODES`]
+//! codes wait at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
@@ -41,9 +44,36 @@ struct Code {
     issued: Instant,
 }
 
-#[derive(Default)]
 pub struct DevIdp {
     codes: Mutex<HashMap<String, Code>>,
+    /// What a browser elsewhere than this machine must type (random per process).
+    remote_code: String,
+}
+
+impl DevIdp {
+    pub fn new() -> DevIdp {
+        let mut b = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+        DevIdp {
+            codes: Mutex::default(),
+            remote_code: hex::encode(b),
+        }
+    }
+
+    /// For the start-up log: the code browsers elsewhere need.
+    pub fn remote_code(&self) -> &str {
+        &self.remote_code
+    }
+
+    fn code_ok(&self, peer: std::net::SocketAddr, typed: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        peer.ip().is_loopback()
+            || typed.is_some_and(|t| {
+                let t = t.trim();
+                t.len() == self.remote_code.len()
+                    && bool::from(t.as_bytes().ct_eq(self.remote_code.as_bytes()))
+            })
+    }
 }
 
 /// The authorization request, as the console sends it (and the form posts it back).
@@ -62,6 +92,8 @@ pub struct AuthRequest {
     code_challenge_method: String,
     /// The identity chosen (the form only).
     subject: Option<String>,
+    /// The development sign-in code (the form, from elsewhere than this machine).
+    remote_code: Option<String>,
 }
 
 /// Why an authorization request is refused (shown as a page).
@@ -106,13 +138,19 @@ fn check(c: &Console, r: &AuthRequest) -> Result<(), Refused> {
 /// `GET /dev/authorize`
 pub async fn authorize_page(
     State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(r): Query<AuthRequest>,
 ) -> Response {
     if let Err(e) = dev(&c).and_then(|_| check(&c, &r)) {
         return e.into_response();
     }
+    let remote = !peer.ip().is_loopback();
     let body = html! {
         p { "The demo's development issuer vouches for these identities. Choose who to be:" }
+        @if remote {
+            p { "From another machine, the development sign-in code is needed too: the gateway \
+                 writes it to its log when it starts." }
+        }
         ul.signin-list {
             @for (_, subject, role, _) in crate::config::auth::DEVELOPMENT_IDENTITIES {
                 li {
@@ -125,6 +163,10 @@ pub async fn authorize_page(
                         input type="hidden" name="code_challenge" value=(r.code_challenge);
                         input type="hidden" name="code_challenge_method" value=(r.code_challenge_method);
                         input type="hidden" name="subject" value=(subject);
+                        @if remote {
+                            label { "Development sign-in code "
+                                input type="text" name="remote_code" autocomplete="off" required; }
+                        }
                         button type="submit" { "Sign in as " (subject) }
                         " " span.muted { "(role " (role) ")" }
                     }
@@ -139,13 +181,23 @@ pub async fn authorize_page(
 }
 
 /// `POST /dev/authorize`: a code for the chosen identity, back to the console.
-pub async fn authorize(State(c): State<Arc<Console>>, Form(r): Form<AuthRequest>) -> Response {
+pub async fn authorize(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Form(r): Form<AuthRequest>,
+) -> Response {
     let idp = match dev(&c) {
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
     if let Err(e) = check(&c, &r) {
         return e.into_response();
+    }
+    if !idp.code_ok(peer, r.remote_code.as_deref()) {
+        return layout::error(
+            StatusCode::FORBIDDEN,
+            "From another machine, the development sign-in code (in the gateway's log) is needed.",
+        );
     }
     let chosen = r.subject.as_deref().and_then(|s| {
         crate::config::auth::DEVELOPMENT_IDENTITIES
@@ -253,4 +305,24 @@ pub async fn token(State(c): State<Arc<Console>>, Form(t): Form<TokenRequest>) -
         "id_token": id_token,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod remote_code_tests {
+    use super::*;
+
+    #[test]
+    fn a_browser_elsewhere_needs_the_development_sign_in_code() {
+        let idp = DevIdp::new();
+        let local: std::net::SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let elsewhere: std::net::SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        assert!(idp.code_ok(local, None));
+        assert!(!idp.code_ok(elsewhere, None));
+        assert!(!idp.code_ok(elsewhere, Some("")));
+        assert!(!idp.code_ok(elsewhere, Some("0123456789abcdef01234567")));
+        let code = idp.remote_code().to_owned();
+        assert_eq!(code.len(), 24);
+        assert!(idp.code_ok(elsewhere, Some(&format!(" {code} "))));
+        assert_ne!(DevIdp::new().remote_code(), code, "random per process");
+    }
 }

@@ -171,9 +171,18 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
             Duration::from_secs(config.idle_timeout_secs),
             Duration::from_secs(config.absolute_timeout_secs),
         ),
-        secure: base.starts_with("https://"),
+        secure: console_transport(&base) == Transport::Https,
         authority,
-        dev: shared.tokens.development.then(devidp::DevIdp::default),
+        dev: shared.tokens.development.then(|| {
+            let idp = devidp::DevIdp::new();
+            if !http_addr.ip().is_loopback() {
+                tracing::warn!(
+                    code = idp.remote_code(),
+                    "development sign-in from other machines needs this code (auth.development: never in production)"
+                );
+            }
+            idp
+        }),
         base,
         methods,
         http,
