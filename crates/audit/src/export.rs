@@ -380,6 +380,17 @@ mod tests {
                 flush_interval_ms: 100,
                 error: Some(s("EIO")),
             },
+            Event::ConsoleSignin {
+                subject: s("carol"),
+                issuer: s("hospital"),
+                client_addr: s("127.0.0.1:5"),
+            },
+            Event::ConsoleSignout {
+                subject: s("carol"),
+                issuer: s("hospital"),
+                client_addr: s("127.0.0.1:5"),
+                reason: s("signed out"),
+            },
         ]
     }
 

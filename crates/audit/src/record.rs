@@ -191,6 +191,23 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Someone signed in to the web console (after the identity provider vouched for them and
+    /// a role bound to them).
+    ConsoleSignin {
+        subject: String,
+        /// The `[[auth.oidc]]` name, or `development`.
+        issuer: String,
+        client_addr: String,
+    },
+    /// A console session ended: signed out, or its credential no longer holds (revoked, its
+    /// issuer or binding removed). Idle and absolute logoffs end a session at its next request
+    /// and are not recorded.
+    ConsoleSignout {
+        subject: String,
+        issuer: String,
+        client_addr: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -269,7 +286,9 @@ impl Record {
             Event::SessionStart { subject, .. }
             | Event::SessionEnd { subject, .. }
             | Event::ReviewRequested { subject, .. }
-            | Event::RecordingReplayed { subject, .. } => Some(subject),
+            | Event::RecordingReplayed { subject, .. }
+            | Event::ConsoleSignin { subject, .. }
+            | Event::ConsoleSignout { subject, .. } => Some(subject),
             Event::Statement(s) => Some(&s.subject),
             Event::LoginFailed { subject, .. } => subject.as_deref(),
             _ => None,
@@ -331,6 +350,8 @@ impl Record {
             Event::ReviewNotified { .. } => "review_notified",
             Event::Recording { .. } => "recording",
             Event::RecordingReplayed { .. } => "recording_replayed",
+            Event::ConsoleSignin { .. } => "console_signin",
+            Event::ConsoleSignout { .. } => "console_signout",
         }
     }
 }
@@ -354,6 +375,8 @@ pub const TYPES: &[&str] = &[
     "audit_recovered",
     "audit_repaired",
     "audit_unsynced",
+    "console_signin",
+    "console_signout",
 ];
 
 /// A statement record's `decision`s.

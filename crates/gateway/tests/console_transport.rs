@@ -19,6 +19,51 @@ fn gateway(listen_extra: &str, extra: &str) -> Gateway {
     Gateway::start(Path::new(BIN), opts).expect("gateway")
 }
 
+/// The development sign-in from the start: (the callback's response, its session cookie).
+async fn dev_sign_in(
+    http: &reqwest::Client,
+    base: &str,
+    subject: &str,
+) -> (reqwest::Response, String) {
+    let start = http
+        .get(format!("{base}/console/signin/development"))
+        .send()
+        .await
+        .expect("sign-in");
+    let pending = set_cookie(&start);
+    let url = reqwest::Url::parse(&location(&start)).expect("authorize url");
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("subject".into(), subject.into()));
+    let back = http
+        .post(format!("{base}/dev/authorize"))
+        .form(&form)
+        .send()
+        .await
+        .expect("authorize");
+    let callback = location(&back);
+    assert!(callback.contains("/console/callback?"), "{callback}");
+    let signed = http
+        .get(&callback)
+        .header("cookie", &pending)
+        .send()
+        .await
+        .expect("callback");
+    let session = set_cookie(&signed);
+    (signed, session)
+}
+
+/// The `name=value` of a response's Set-Cookie.
+fn set_cookie(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn location(res: &reqwest::Response) -> String {
     res.headers()
         .get("location")
@@ -87,35 +132,8 @@ async fn the_http_listener_speaks_tls_only_when_asked_and_the_console_cookie_is_
     // The whole development sign-in over TLS: the console fetches its own issuer's discovery
     // document and exchanges the code over the TLS listener, trusting the served certificate.
     let http = client(Some(&certs.ca()));
-    let to_idp = location(&res);
-    let url = reqwest::Url::parse(&to_idp).expect("authorize url");
-    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    form.push(("subject".into(), "privacy.officer@demo.phigate".into()));
-    let back = http
-        .post(format!("{base}/dev/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .expect("authorize");
-    let callback = location(&back);
-    assert!(callback.contains("/console/callback?"), "{callback}");
-    let pending = cookie.split(';').next().expect("cookie").to_owned();
-    let signed = http
-        .get(&callback)
-        .header("cookie", &pending)
-        .send()
-        .await
-        .expect("callback");
+    let (signed, session) = dev_sign_in(&http, &base, "privacy.officer@demo.phigate").await;
     let status = signed.status();
-    let session = signed
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
     assert!(
         session.starts_with("__Host-phigate-console="),
         "{status} {session}\n{}\n{}",
@@ -132,6 +150,49 @@ async fn the_http_listener_speaks_tls_only_when_asked_and_the_console_cookie_is_
         .await
         .expect("text");
     assert!(home.contains("privacy.officer@demo.phigate"), "{home}");
+    // The sign-in and the sign-out are audit records (HIPAA: log-in monitoring).
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page's CSRF token")
+        .to_owned();
+    let out = http
+        .post(format!("{base}/console/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sign out");
+    assert!(out.status().is_redirection(), "{}", out.status());
+    let audited = |kind: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found = gw.audit_records(kind);
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let signin = audited("console_signin");
+    assert_eq!(signin.len(), 1, "{signin:?}");
+    assert_eq!(signin[0]["subject"], "privacy.officer@demo.phigate");
+    assert_eq!(signin[0]["issuer"], "development");
+    let signout = audited("console_signout");
+    assert_eq!(signout.len(), 1, "{signout:?}");
+    assert_eq!(signout[0]["reason"], "signed out");
+    // An identity the provider vouches for but no role is bound to: refused, and audited.
+    let (refused, cookie) = dev_sign_in(&http, &base, "coding-agent@demo.phigate").await;
+    assert_eq!(refused.status(), 403);
+    assert!(cookie.is_empty(), "{cookie}");
+    let failed = audited("login_failed");
+    assert!(
+        failed
+            .iter()
+            .any(|r| r["via"] == "console" && r["subject"] == "coding-agent@demo.phigate"),
+        "{failed:?}"
+    );
 
     // The sign-in page carries no development-only warning over TLS.
     let page = client(Some(&certs.ca()))

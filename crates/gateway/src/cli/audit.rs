@@ -37,6 +37,8 @@ pub enum RecordType {
     AuditRecovered,
     AuditRepaired,
     AuditUnsynced,
+    ConsoleSignin,
+    ConsoleSignout,
 }
 
 fn value_name(v: impl clap::ValueEnum) -> Option<String> {

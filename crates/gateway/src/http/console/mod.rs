@@ -66,6 +66,28 @@ pub struct Console {
 }
 
 impl Console {
+    /// Writes a console event to the audit log (sign-ins, sign-outs, refused sign-ins).
+    fn audit(&self, event: phigate_audit::Event) {
+        if let Some(log) = &self.shared.audit.log {
+            log.submit(phigate_audit::Pending::Event(event));
+        }
+    }
+
+    /// A console sign-in refused after the browser came back from the identity provider:
+    /// a `login_failed` record (`via: "console"`) and the failed-login counter.
+    fn audit_refused(&self, peer: SocketAddr, reason: &str, subject: Option<&str>) {
+        self.shared
+            .metrics
+            .login_failed("console_signin", "console");
+        self.audit(phigate_audit::Event::LoginFailed {
+            client_addr: peer.to_string(),
+            user: "console".into(),
+            reason: reason.chars().take(256).collect(),
+            via: Some("console".into()),
+            subject: subject.map(str::to_owned),
+        });
+    }
+
     fn cookie_name(&self) -> &'static str {
         if self.secure {
             "__Host-phigate-console"
@@ -406,6 +428,15 @@ impl FromRequestParts<Arc<Console>> for Viewer {
             }
             c.sessions.remove(&viewer.session_id);
             tracing::info!(subject = %viewer.who.subject, error = %e.message(), "console session ended: its credential no longer holds");
+            c.audit(phigate_audit::Event::ConsoleSignout {
+                subject: viewer.who.subject.clone(),
+                issuer: viewer.who.issuer.clone(),
+                client_addr: viewer.peer.to_string(),
+                reason: format!("credential no longer holds: {}", e.message())
+                    .chars()
+                    .take(256)
+                    .collect(),
+            });
             return Err(out.into_response());
         }
         Ok(viewer)
@@ -483,6 +514,12 @@ async fn logout(State(c): State<Arc<Console>>, v: Viewer, Form(f): Form<CsrfForm
     }
     c.sessions.remove(&v.session_id);
     tracing::info!(subject = %v.who.subject, issuer = %v.who.issuer, "console sign-out");
+    c.audit(phigate_audit::Event::ConsoleSignout {
+        subject: v.who.subject.clone(),
+        issuer: v.who.issuer.clone(),
+        client_addr: v.peer.to_string(),
+        reason: "signed out".into(),
+    });
     let mut res = Redirect::to("/console/signin?out=1").into_response();
     res.headers_mut().insert(header::SET_COOKIE, c.cookie(""));
     res

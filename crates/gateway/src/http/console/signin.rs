@@ -363,6 +363,7 @@ pub async fn callback(
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(%peer, method = %m.name(), error = %e, "console sign-in refused");
+            c.audit_refused(peer, &e.to_string(), None);
             return layout::error(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
@@ -374,6 +375,7 @@ fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
     let shared = &c.shared;
     let roles = shared.auth.roles_for(&v.subject, &v.groups, &v.issuer);
     if roles.is_empty() {
+        c.audit_refused(peer, "no role is bound to this identity", Some(&v.subject));
         return layout::error(
             StatusCode::FORBIDDEN,
             "Your identity is not granted any role of this gateway.",
@@ -420,6 +422,11 @@ fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
         Err(e) => return layout::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     tracing::info!(%peer, subject = %v.subject, issuer = %v.issuer, "console sign-in");
+    c.audit(phigate_audit::Event::ConsoleSignin {
+        subject: v.subject.clone(),
+        issuer: v.issuer.clone(),
+        client_addr: peer.to_string(),
+    });
     let mut res = Redirect::to("/console/").into_response();
     res.headers_mut().insert(header::SET_COOKIE, c.cookie(&id));
     res
