@@ -97,14 +97,19 @@ async function devSignIn(browser, consoleUrl, subject, screenshots) {
   if (screenshots) await audit(page, 'signin');
   await page.getByRole('link', { name: /development issuer/ }).click();
   await page.waitForURL(/\/dev\/authorize/);
+  // A sign-in in flight is a sealed cookie of its own; no session exists before sign-in.
   const before = await sessionCookie(context);
+  const inFlight = (await context.cookies()).find((c) => c.name.endsWith('phigate-signin'));
+  check(!before && inFlight, 'a session before sign-in, or no sign-in cookie in flight');
   if (screenshots) await audit(page, 'dev-signin');
   await page.getByRole('button', { name: `Sign in as ${subject}` }).click();
   await page.waitForURL(/\/console\/(inbox|audit|requests)/);
   await page.getByText(`Signed in as ${subject}`).waitFor();
-  // The session id is replaced at sign-in (no fixation); the cookie is HttpOnly, Lax.
+  // The session id is made at sign-in (nothing planted before can be fixed); the sign-in
+  // cookie is gone; the cookie is HttpOnly, Lax.
   const after = await sessionCookie(context);
-  check(before && after && before.value !== after.value, 'the session id was not replaced at sign-in');
+  check(after, 'no session cookie after sign-in');
+  check(!(await context.cookies()).some((c) => c.name.endsWith('phigate-signin')), 'the sign-in cookie outlived the sign-in');
   check(after.httpOnly && after.sameSite === 'Lax' && after.path === '/', `cookie flags: ${JSON.stringify({ ...after, value: '…' })}`);
   check(Buffer.from(after.value, 'base64url').length === 32, 'the session id is not 256 bits');
   return { context, page };

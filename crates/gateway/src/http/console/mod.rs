@@ -17,6 +17,7 @@ mod audit;
 mod devidp;
 mod inbox;
 mod layout;
+mod pending;
 mod session;
 mod sessions;
 mod signin;
@@ -43,6 +44,8 @@ use session::{SignedIn, Store};
 pub struct Console {
     shared: Arc<Shared>,
     sessions: Store,
+    /// Seals the sign-ins in flight into their browsers' cookies.
+    sealer: pending::Sealer,
     /// Where browsers reach the console (no trailing slash).
     base: String,
     /// Its `Host` (host and port, the port only if not the scheme's default).
@@ -111,19 +114,49 @@ impl Console {
         format!("{}/console/callback", self.base)
     }
 
+    /// The `Set-Cookie` value of a sign-in in flight (empty `sealed`: removed). Its own cookie,
+    /// so a signed-in session's is never replaced by a link that starts a sign-in.
+    fn signin_cookie(&self, sealed: &str) -> HeaderValue {
+        let (name, secure) = if self.secure {
+            ("__Host-phigate-signin", "; Secure")
+        } else {
+            ("phigate-signin", "")
+        };
+        let age = if sealed.is_empty() {
+            "0".to_owned()
+        } else {
+            pending::SIGN_IN_TIMEOUT.as_secs().to_string()
+        };
+        let v = format!("{name}={sealed}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={age}");
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn signin_cookie_value<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
+        let name = if self.secure {
+            "__Host-phigate-signin"
+        } else {
+            "phigate-signin"
+        };
+        cookie_value(parts, name)
+    }
+
     /// The cookie's session id, if the request carries one.
     fn session_id<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
-        let name = self.cookie_name();
-        parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+        cookie_value(parts, self.cookie_name())
     }
+}
+
+/// The value of cookie `name` in a request.
+fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// The console's routes, or `None` when it is off (or has no signing key to mint tokens).
@@ -193,6 +226,7 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
             Duration::from_secs(config.idle_timeout_secs),
             Duration::from_secs(config.absolute_timeout_secs),
         ),
+        sealer: pending::Sealer::new()?,
         secure: console_transport(&base) == Transport::Https,
         authority,
         dev: shared.tokens.development.then(|| {
@@ -461,9 +495,7 @@ impl Viewer {
             c.sessions.touch(&id)
         }
         .ok_or(out)?;
-        let session::State::SignedIn(who) = session.state else {
-            return Err(out);
-        };
+        let session::State::SignedIn(who) = session.state;
         let shared = &c.shared;
         let roles = shared
             .auth

@@ -1,14 +1,12 @@
 //! Console sessions, kept on the server: the browser holds only a random 256-bit id in a
 //! cookie; the store keys sessions by the id's SHA-256, so a copy of the store's memory gives
-//! no usable cookie. A session is first *signing in* (it holds the PKCE verifier, nonce and
-//! state of one authorization request) and then *signed in* under a fresh id (rotated at
-//! login: an id planted before sign-in is worthless after it).
+//! no usable cookie. A session exists only once signed in, under a fresh id (a sign-in in
+//! flight lives in the browser, sealed: [`super::pending`]).
 //!
-//! Bounds: at most `console.max_sessions` sessions; a signed-in one ends after
-//! `console.idle_timeout_secs` without a request (HIPAA automatic logoff) and after
-//! `console.absolute_timeout_secs` (or its gateway token's expiry) in any case; a sign-in not
-//! finished within [`SIGN_IN_TIMEOUT`] is dropped. Expired sessions are swept whenever a new
-//! one is made.
+//! Bounds: at most `console.max_sessions` sessions, at most [`MAX_PER_IDENTITY`] per
+//! individual; a session ends after `console.idle_timeout_secs` without a request (HIPAA
+//! automatic logoff) and after `console.absolute_timeout_secs` (or its gateway token's expiry)
+//! in any case. Expired sessions are swept whenever a new one is made.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,9 +16,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-
-/// How long a browser has to come back from the identity provider.
-pub const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A session id or CSRF token: 32 random bytes, base64url.
 pub fn random_token() -> String {
@@ -37,22 +32,6 @@ fn key(id: &str) -> [u8; 32] {
 /// next sign-in ends its oldest, so no identity can fill the store and lock reviewers out.
 pub const MAX_PER_IDENTITY: usize = 8;
 
-/// Sign-ins in flight from one source address (IPv6: one /64): a flood of started sign-ins
-/// from one host pushes out only its own.
-pub const MAX_PENDING_PER_SOURCE: usize = 16;
-
-/// One authorization request in flight.
-#[derive(Clone)]
-pub struct Pending {
-    /// The sign-in method's name.
-    pub method: String,
-    /// Where the browser connected from (IPv6: its /64).
-    pub source: std::net::IpAddr,
-    pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: String,
-}
-
 /// Who signed in, and the gateway session token minted for them: every page authorizes with
 /// that token exactly as the HTTP API does.
 #[derive(Clone)]
@@ -66,7 +45,6 @@ pub struct SignedIn {
 
 #[derive(Clone)]
 pub enum State {
-    SigningIn(Pending),
     SignedIn(SignedIn),
 }
 
@@ -105,61 +83,28 @@ impl Store {
     }
 
     fn alive(&self, s: &Session, now: Instant) -> bool {
-        let idle = match s.state {
-            State::SigningIn(_) => SIGN_IN_TIMEOUT,
-            State::SignedIn(_) => self.idle,
-        };
-        now < s.ends && now.duration_since(s.last_seen) < idle
+        now < s.ends && now.duration_since(s.last_seen) < self.idle
     }
 
     /// Stores `state` under a new id and returns the id. `until` caps the session's life
     /// (the gateway token's expiry).
     pub fn create(&self, state: State, until: Option<SystemTime>) -> Result<String, Full> {
         let now = Instant::now();
-        let mut ends = now
-            + match state {
-                State::SigningIn(_) => SIGN_IN_TIMEOUT,
-                State::SignedIn(_) => self.absolute,
-            };
+        let mut ends = now + self.absolute;
         if let Some(left) = until.and_then(|u| u.duration_since(SystemTime::now()).ok()) {
             ends = ends.min(now + left);
         } else if until.is_some() {
             ends = now;
         }
-        let signing_in = matches!(state, State::SigningIn(_));
         let mut map = self.lock();
         if map.len() >= self.max {
             map.retain(|_, s| self.alive(s, now));
         }
-        match &state {
-            State::SignedIn(who) => make_room(
-                &mut map,
-                MAX_PER_IDENTITY,
-                |s| matches!(&s.state, State::SignedIn(o) if o.issuer == who.issuer && o.subject == who.subject),
-            ),
-            State::SigningIn(p) => make_room(
-                &mut map,
-                MAX_PENDING_PER_SOURCE,
-                |s| matches!(&s.state, State::SigningIn(o) if o.source == p.source),
-            ),
-        }
-        // Sign-ins in flight hold at most half the store: a flood of started sign-ins pushes
-        // out the oldest of them, never a signed-in session.
-        let pending = map
-            .values()
-            .filter(|s| matches!(s.state, State::SigningIn(_)))
-            .count();
-        if (signing_in && pending >= self.max.div_ceil(2)) || (map.len() >= self.max && pending > 0)
-        {
-            let oldest = map
-                .iter()
-                .filter(|(_, s)| matches!(s.state, State::SigningIn(_)))
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                map.remove(&k);
-            }
-        }
+        let State::SignedIn(who) = &state;
+        make_room(&mut map, MAX_PER_IDENTITY, |s| {
+            let State::SignedIn(o) = &s.state;
+            o.issuer == who.issuer && o.subject == who.subject
+        });
         if map.len() >= self.max {
             return Err(Full);
         }
@@ -204,23 +149,6 @@ impl Store {
             return None;
         }
         map.get(&k).cloned()
-    }
-
-    /// Takes the sign-in in flight of cookie `id` (the callback); a signed-in session is left
-    /// alone (a forged callback link cannot sign anyone out).
-    pub fn take_pending(&self, id: &str) -> Option<Pending> {
-        let now = Instant::now();
-        let k = key(id);
-        let mut map = self.lock();
-        match map.get(&k) {
-            Some(s) if matches!(s.state, State::SigningIn(_)) => {}
-            _ => return None,
-        }
-        let s = map.remove(&k)?;
-        match s.state {
-            State::SigningIn(p) if self.alive(&s, now) => Some(p),
-            _ => None,
-        }
     }
 
     /// Removes the session of cookie `id` (logout, or sign-in done: the caller stores the
@@ -275,16 +203,6 @@ mod tests {
         })
     }
 
-    fn pending(source: std::net::IpAddr) -> State {
-        State::SigningIn(Pending {
-            method: "m".into(),
-            source,
-            state: "s".into(),
-            nonce: "n".into(),
-            pkce_verifier: "v".into(),
-        })
-    }
-
     fn signed_in_as(subject: &str) -> State {
         State::SignedIn(SignedIn {
             subject: subject.into(),
@@ -295,26 +213,18 @@ mod tests {
     }
 
     #[test]
-    fn one_identity_cannot_fill_the_store_and_one_host_cannot_evict_anothers_sign_in() {
+    fn one_identity_cannot_fill_the_store() {
         let store = Store::new(100, Duration::from_secs(60), Duration::from_secs(600));
         let reviewer = store.create(signed_in_as("reviewer"), None).expect("room");
-        let other = std::net::IpAddr::from([192, 0, 2, 1]);
-        let theirs = store.create(pending(other), None).expect("room");
         let mut mine = Vec::new();
         for _ in 0..1000 {
             mine.push(store.create(signed_in_as("agent"), None).expect("room"));
         }
-        for _ in 0..1000 {
-            store
-                .create(pending(std::net::IpAddr::from([127, 0, 0, 1])), None)
-                .expect("room");
-        }
-        assert!(store.len() <= 1 + 1 + MAX_PER_IDENTITY + MAX_PENDING_PER_SOURCE);
+        assert!(store.len() <= 1 + MAX_PER_IDENTITY);
         // The agent's newest sessions live, its oldest were ended; nobody else's were.
         assert!(store.touch(&mine[0]).is_none());
         assert!(store.touch(mine.last().expect("one")).is_some());
         assert!(store.touch(&reviewer).is_some());
-        assert!(store.take_pending(&theirs).is_some());
     }
 
     #[test]
@@ -343,34 +253,6 @@ mod tests {
         let full = Store::new(1, Duration::from_secs(60), Duration::from_secs(600));
         full.create(signed_in(), None).expect("room");
         assert!(full.create(signed_in(), None).is_err());
-    }
-
-    #[test]
-    fn a_flood_of_sign_ins_never_pushes_out_a_signed_in_session() {
-        let store = Store::new(4, Duration::from_secs(60), Duration::from_secs(600));
-        let who = store.create(signed_in(), None).expect("room");
-        let mut started = Vec::new();
-        for i in 0..50u8 {
-            let from = std::net::IpAddr::from([10, 0, 0, i]);
-            started.push(
-                store
-                    .create(pending(from), None)
-                    .expect("a sign-in may start"),
-            );
-        }
-        assert!(store.touch(&who).is_some());
-        assert!(store.len() <= 4);
-        // The newest sign-in is still in flight; the oldest were pushed out.
-        let newest = started.last().expect("one");
-        assert!(store.take_pending(&started[0]).is_none());
-        assert!(store.take_pending(newest).is_some());
-        assert!(store.take_pending(newest).is_none(), "taken once");
-        // A callback with a signed-in session's cookie takes nothing and ends nothing.
-        assert!(store.take_pending(&who).is_none());
-        assert!(store.touch(&who).is_some());
-        store
-            .create(signed_in(), None)
-            .expect("room for another sign-in");
     }
 
     #[test]

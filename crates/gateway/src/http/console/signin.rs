@@ -27,7 +27,8 @@ use openidconnect::{
     RedirectUrl, Scope, TokenResponse,
 };
 
-use super::session::{Pending, SignedIn, State as SessionState};
+use super::pending::Pending;
+use super::session::{SignedIn, State as SessionState};
 use super::{layout, Console};
 use crate::auth::DEVELOPMENT_ISSUER;
 use crate::state::Shared;
@@ -264,12 +265,10 @@ pub async fn page(
     layout::respond(StatusCode::OK, layout::page("Sign in", None, body))
 }
 
-/// `GET /console/signin/{method}`: a new signing-in session, then off to the IdP. A browser
-/// already signed in goes to its pages instead (a link from elsewhere cannot replace its
-/// cookie, which would sign it out).
+/// `GET /console/signin/{method}`: the sign-in sealed into the browser's own cookie, then off
+/// to the IdP. A browser already signed in goes to its pages instead.
 pub async fn begin(
     State(c): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     parts: axum::http::request::Parts,
     Path(method): Path<String>,
 ) -> Response {
@@ -299,19 +298,21 @@ pub async fn begin(
         }
     }
     let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
-    let pending = Pending {
-        method: m.name().to_owned(),
-        source: crate::auth::limiter::source(peer.ip()),
-        state: state.secret().clone(),
-        nonce: nonce.secret().clone(),
-        pkce_verifier: verifier.secret().clone(),
-    };
-    let id = match c.sessions.create(SessionState::SigningIn(pending), None) {
-        Ok(id) => id,
-        Err(e) => return layout::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    let pending = Pending::new(
+        m.name().to_owned(),
+        state.secret().clone(),
+        nonce.secret().clone(),
+        verifier.secret().clone(),
+    );
+    let Some(sealed) = c.sealer.seal(&pending) else {
+        return layout::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot start a sign-in now.",
+        );
     };
     let mut res = Redirect::to(url.as_str()).into_response();
-    res.headers_mut().insert(header::SET_COOKIE, c.cookie(&id));
+    res.headers_mut()
+        .insert(header::SET_COOKIE, c.signin_cookie(&sealed));
     res
 }
 
@@ -331,9 +332,7 @@ pub async fn callback(
     parts: axum::http::request::Parts,
     Query(q): Query<Callback>,
 ) -> Response {
-    let pending = c
-        .session_id(&parts)
-        .and_then(|id| c.sessions.take_pending(id));
+    let pending = c.signin_cookie_value(&parts).and_then(|v| c.sealer.open(v));
     let Some(pending) = pending else {
         return layout::error(
             StatusCode::BAD_REQUEST,
@@ -429,6 +428,9 @@ fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
     });
     let mut res = Redirect::to("/console/").into_response();
     res.headers_mut().insert(header::SET_COOKIE, c.cookie(&id));
+    // The sign-in in flight is done: its cookie goes.
+    res.headers_mut()
+        .append(header::SET_COOKIE, c.signin_cookie(""));
     res
 }
 
