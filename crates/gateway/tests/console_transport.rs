@@ -108,7 +108,7 @@ async fn the_http_listener_speaks_tls_only_when_asked_and_the_console_cookie_is_
         .await
         .is_err());
 
-    // The console's sign-in cookie: host-only, Secure, HttpOnly.
+    // The sign-in in flight's sealed cookie: host-only, Secure, HttpOnly.
     let res = client(Some(&certs.ca()))
         .get(format!("{base}/console/signin/development"))
         .send()
@@ -121,7 +121,7 @@ async fn the_http_listener_speaks_tls_only_when_asked_and_the_console_cookie_is_
         .unwrap_or_default()
         .to_owned();
     assert!(
-        cookie.starts_with("__Host-phigate-console="),
+        cookie.starts_with("__Host-phigate-signin="),
         "{cookie}\n{}",
         gw.log()
     );
