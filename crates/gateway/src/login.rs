@@ -99,47 +99,11 @@ pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
             }
         );
     };
-    let issuer_url = str_field(issuer, "issuer")?
-        .trim_end_matches('/')
-        .to_owned();
-    let Some(client_id) = issuer.get("client_id").and_then(Value::as_str) else {
-        anyhow::bail!(
-            "the gateway trusts issuer {} but has no login client for it: set client_id in its \
-             [[auth.oidc]] table (a public client with PKCE / device flow at the IdP)",
-            crate::text::display(str_field(issuer, "name").unwrap_or("?"))
-        );
-    };
-    let client_id = client_id.to_owned();
-    let scope = login_scope(issuer);
-    let discovery = get_json(
-        &client,
-        &format!("{issuer_url}/.well-known/openid-configuration"),
-    )
-    .await?;
-    let token_endpoint = str_field(&discovery, "token_endpoint")?.to_owned();
-
-    let tokens = if opts.device {
-        let endpoint = str_field(&discovery, "device_authorization_endpoint")?;
-        device_flow(&client, endpoint, &token_endpoint, &client_id, &scope).await?
+    let resp = if issuer.get("kind").and_then(Value::as_str) == Some("saml") {
+        saml_sign_in(&client, &gateway, issuer, &opts).await?
     } else {
-        let endpoint = str_field(&discovery, "authorization_endpoint")?;
-        code_flow(
-            &client,
-            endpoint,
-            &token_endpoint,
-            &client_id,
-            &scope,
-            opts.open_browser,
-        )
-        .await?
+        oidc_sign_in(&client, &gateway, issuer, &opts).await?
     };
-    let id_token = str_field(&tokens, "id_token")?;
-
-    let resp = client
-        .post(format!("{gateway}/v1/auth/token"))
-        .bearer_auth(id_token)
-        .send()
-        .await?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -212,6 +176,108 @@ pub async fn run(opts: LoginOptions) -> anyhow::Result<()> {
         println!("psql \"{conn}\"");
     }
     Ok(())
+}
+
+/// Signs in at an OIDC issuer (code flow with PKCE, or the device flow) and exchanges its ID
+/// token at the gateway: the gateway's answer.
+async fn oidc_sign_in(
+    client: &reqwest::Client,
+    gateway: &str,
+    issuer: &Value,
+    opts: &LoginOptions,
+) -> anyhow::Result<reqwest::Response> {
+    let issuer_url = str_field(issuer, "issuer")?
+        .trim_end_matches('/')
+        .to_owned();
+    let Some(client_id) = issuer.get("client_id").and_then(Value::as_str) else {
+        anyhow::bail!(
+            "the gateway trusts issuer {} but has no login client for it: set client_id in its \
+             [[auth.oidc]] table (a public client with PKCE / device flow at the IdP)",
+            crate::text::display(str_field(issuer, "name").unwrap_or("?"))
+        );
+    };
+    let client_id = client_id.to_owned();
+    let scope = login_scope(issuer);
+    let discovery = get_json(
+        client,
+        &format!("{issuer_url}/.well-known/openid-configuration"),
+    )
+    .await?;
+    let token_endpoint = str_field(&discovery, "token_endpoint")?.to_owned();
+
+    let tokens = if opts.device {
+        let endpoint = str_field(&discovery, "device_authorization_endpoint")?;
+        device_flow(client, endpoint, &token_endpoint, &client_id, &scope).await?
+    } else {
+        let endpoint = str_field(&discovery, "authorization_endpoint")?;
+        code_flow(
+            client,
+            endpoint,
+            &token_endpoint,
+            &client_id,
+            &scope,
+            opts.open_browser,
+        )
+        .await?
+    };
+    let id_token = str_field(&tokens, "id_token")?;
+
+    Ok(client
+        .post(format!("{gateway}/v1/auth/token"))
+        .bearer_auth(id_token)
+        .send()
+        .await?)
+}
+
+/// Signs in at a SAML identity provider through the gateway: the browser goes to the gateway's
+/// `/saml/{name}/login` with this command's loopback port, state and S256 challenge; the
+/// gateway verifies the IdP's response and sends the browser back here with a one-time code,
+/// which only this command (holding the verifier) can redeem: the gateway's answer.
+async fn saml_sign_in(
+    client: &reqwest::Client,
+    gateway: &str,
+    issuer: &Value,
+    opts: &LoginOptions,
+) -> anyhow::Result<reqwest::Response> {
+    if opts.device {
+        anyhow::bail!(
+            "--device is for OpenID Connect issuers; a SAML sign-in needs a browser (use \
+             --no-browser to open the printed address yourself)"
+        );
+    }
+    let name = str_field(issuer, "name")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let verifier = random_b64(32);
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let state = random_b64(16);
+    let mut url = reqwest::Url::parse(gateway)?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("--url cannot be a base for paths"))?
+        .pop_if_empty()
+        .extend(["saml", name, "login"]);
+    url.query_pairs_mut()
+        .append_pair("cli_port", &listener.local_addr()?.port().to_string())
+        .append_pair("cli_state", &state)
+        .append_pair("cli_challenge", &challenge);
+    eprintln!("Open this address to sign in:\n{url}");
+    if opts.open_browser {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url.as_str())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let code = tokio::time::timeout(SIGN_IN_TIMEOUT, wait_for_code(&listener, &state))
+        .await
+        .map_err(|_| anyhow::anyhow!("sign-in was not completed within 5 minutes"))??;
+    Ok(client
+        .post(format!("{gateway}/v1/auth/saml/token"))
+        .form(&[
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await?)
 }
 
 async fn code_flow(

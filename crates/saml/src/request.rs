@@ -31,14 +31,15 @@ pub fn new_id() -> String {
     id
 }
 
-/// Builds an AuthnRequest from `sp` to `idp`, to come back with `relay_state`.
+/// Builds AuthnRequest `id` (see [`new_id`]) from `sp` to `idp`, to come back with
+/// `relay_state`.
 pub fn authn_request(
     idp: &IdentityProvider,
     sp: &ServiceProvider,
+    id: &str,
     relay_state: &str,
     now: SystemTime,
 ) -> AuthnRequest {
-    let id = new_id();
     let xml = format!(
         "<samlp:AuthnRequest xmlns:samlp=\"{PROTOCOL}\" xmlns:saml=\"{ASSERTION}\" ID=\"{id}\" \
          Version=\"2.0\" IssueInstant=\"{}\" Destination=\"{}\" \
@@ -50,6 +51,7 @@ pub fn authn_request(
         escape(&idp.sso_url),
         escape(&sp.acs_url),
         escape(&sp.entity_id),
+        id = escape(id),
     );
     let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
     // Writing to a Vec cannot fail.
@@ -65,7 +67,10 @@ pub fn authn_request(
         percent(&encoded),
         percent(relay_state)
     );
-    AuthnRequest { id, redirect_url }
+    AuthnRequest {
+        id: id.to_owned(),
+        redirect_url,
+    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

@@ -90,7 +90,8 @@ pub struct GatewayOptions {
     pub upstream_extra: String,
     /// Extra lines for the `[listen]` table.
     pub listen_extra: String,
-    /// Extra top-level TOML (e.g. a `[tls]` table), appended at the end.
+    /// Extra top-level TOML (e.g. a `[tls]` table), appended at the end; `{http_port}` in it
+    /// becomes the HTTP port chosen (for URLs that name the gateway, such as a SAML ACS).
     pub extra: String,
     /// The `[[role]]` / `[[rule]]` tables. Default: [`PASS_THROUGH_POLICY`].
     pub policy: String,
@@ -207,7 +208,7 @@ impl Gateway {
             port = opts.upstream_port,
             user = opts.upstream_user,
             upstream_extra = opts.upstream_extra,
-            extra = opts.extra,
+            extra = opts.extra.replace("{http_port}", &http_port.to_string()),
             policy = opts.policy,
         );
         let config_path = dir.path().join("phigate.toml");

@@ -49,6 +49,13 @@ pub enum AuthError {
     RoleNotAllowed { subject: String, role: String },
     #[error("identity {subject} is not granted any role")]
     NoRole { subject: String },
+    /// A SAML response or sign-in that did not verify; the text names the rule it broke.
+    #[error("SAML sign-in refused: {0}")]
+    Saml(String),
+    #[error("this SAML assertion was already used; sign in again")]
+    SamlReplayed,
+    #[error("too many sign-ins are in progress; try again shortly")]
+    SignInsBusy,
 }
 
 impl AuthError {
@@ -78,6 +85,9 @@ impl AuthError {
             AuthError::RateLimited(_) => "rate_limited",
             AuthError::RoleNotAllowed { .. } => "role_not_allowed",
             AuthError::NoRole { .. } => "no_role",
+            AuthError::Saml(_) => "saml_refused",
+            AuthError::SamlReplayed => "saml_replayed",
+            AuthError::SignInsBusy => "signins_busy",
         }
     }
 
@@ -105,6 +115,7 @@ impl AuthError {
                 | AuthError::ExchangeBusy
                 | AuthError::ExchangeTooOften
                 | AuthError::RateLimited(_)
+                | AuthError::SignInsBusy
         )
     }
 }

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod keys;
 pub mod limiter;
 pub mod revocations;
+pub mod saml;
 pub mod signer;
 pub mod trust;
 
@@ -212,6 +213,8 @@ pub struct Authenticator {
     exchanged: exchanged::Exchanged,
     /// Individuals whose tokens were revoked (with a data directory).
     token_revocations: Option<Arc<revocations::Revocations>>,
+    /// SAML sign-ins in flight, assertion IDs seen, sign-ins to collect.
+    saml_flights: saml::Flights,
 }
 
 impl Authenticator {
@@ -259,6 +262,7 @@ impl Authenticator {
             development: false,
             exchanged: exchanged::Exchanged::default(),
             token_revocations: None,
+            saml_flights: saml::Flights::default(),
         }
     }
 

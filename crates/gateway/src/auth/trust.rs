@@ -47,6 +47,7 @@ impl OidcIssuer {
 pub struct Trust {
     pub(super) statics: HashMap<[u8; 32], StaticIdentity>,
     pub(super) oidc: Vec<Arc<OidcIssuer>>,
+    pub(super) saml: Vec<Arc<super::saml::SamlIssuer>>,
     pub(super) bindings: Vec<BindingConfig>,
     pub(super) leeway: Duration,
 }
@@ -66,9 +67,22 @@ impl Trust {
                 None => Arc::new(OidcIssuer::new(o)?),
             });
         }
+        // A metadata file is read again (its certificates may have rotated); fetched metadata
+        // is kept while the settings stay the same.
+        let mut saml = Vec::new();
+        for s in &config.auth.saml {
+            let kept = current
+                .filter(|_| s.idp_metadata_file.is_none())
+                .and_then(|t| t.saml.iter().find(|i| &i.cfg == s).cloned());
+            saml.push(match kept {
+                Some(i) => i,
+                None => Arc::new(super::saml::SamlIssuer::new(s)?),
+            });
+        }
         Ok(Trust {
             statics: statics(&config.identities),
             oidc,
+            saml,
             bindings: config.bindings.clone(),
             leeway: Duration::from_secs(config.auth.leeway_secs),
         })
@@ -79,6 +93,7 @@ impl Trust {
         Trust {
             statics: statics(identities),
             oidc: Vec::new(),
+            saml: Vec::new(),
             bindings: Vec::new(),
             leeway: Duration::from_secs(30),
         }
@@ -116,19 +131,27 @@ impl Trust {
     /// client (`client_id`, `null` when the issuer has none: its tokens are accepted but
     /// `phigate login` cannot sign in with it), the claim that names the individual and the
     /// scopes to ask for (those that release that claim included).
+    /// SAML issuers are listed with `"kind": "saml"` and their sign-in path at the gateway.
     pub fn login_issuers(&self) -> Vec<serde_json::Value> {
-        self.oidc
-            .iter()
-            .map(|o| {
-                serde_json::json!({
-                    "name": o.cfg.name,
-                    "issuer": o.cfg.issuer,
-                    "client_id": o.cfg.client_id,
-                    "subject_claim": o.cfg.subject_claim,
-                    "scopes": crate::config::auth::login_scopes(&o.cfg),
-                })
+        let oidc = self.oidc.iter().map(|o| {
+            serde_json::json!({
+                "name": o.cfg.name,
+                "kind": "oidc",
+                "issuer": o.cfg.issuer,
+                "client_id": o.cfg.client_id,
+                "subject_claim": o.cfg.subject_claim,
+                "scopes": crate::config::auth::login_scopes(&o.cfg),
             })
-            .collect()
+        });
+        let saml = self.saml.iter().map(|s| {
+            serde_json::json!({
+                "name": s.cfg.name,
+                "kind": "saml",
+                "login_path": format!("/saml/{}/login", s.cfg.name),
+                "subject_attribute": s.cfg.subject_attribute,
+            })
+        });
+        oidc.chain(saml).collect()
     }
 
     /// Whether each issuer's keys can be fetched now (`/readyz`), by name. Issuers are asked at
@@ -154,7 +177,7 @@ impl Trust {
     }
 
     pub(super) fn has_issuer(&self, name: &str) -> bool {
-        self.oidc.iter().any(|o| o.cfg.name == name)
+        self.oidc.iter().any(|o| o.cfg.name == name) || self.saml.iter().any(|s| s.cfg.name == name)
     }
 }
 

@@ -123,6 +123,9 @@ pub struct AuthConfig {
     /// OpenID Connect issuers whose JWTs are accepted.
     #[serde(default)]
     pub oidc: Vec<OidcConfig>,
+    /// SAML 2.0 identity providers people sign in with (the console, `phigate login`).
+    #[serde(default)]
+    pub saml: Vec<super::saml::SamlConfig>,
     #[serde(default)]
     pub failed_logins: FailedLogins,
 }
@@ -135,6 +138,7 @@ impl Default for AuthConfig {
             session_token_ttl_secs: default_session_token_ttl(),
             development: false,
             oidc: Vec::new(),
+            saml: Vec::new(),
             failed_logins: FailedLogins::default(),
         }
     }
@@ -271,8 +275,8 @@ pub struct BindingConfig {
     /// Matches these individuals (the subject claim's value).
     #[serde(default)]
     pub subjects: Vec<String>,
-    /// Only identities vouched for by this issuer: an `[[auth.oidc]]` name, or `development`
-    /// for tokens from `phigate token mint`. Any issuer if unset.
+    /// Only identities vouched for by this issuer: an `[[auth.oidc]]` or `[[auth.saml]]` name,
+    /// or `development` for tokens from `phigate token mint`. Any issuer if unset.
     pub issuer: Option<String>,
 }
 
@@ -281,11 +285,21 @@ impl Config {
     pub(super) fn validate_auth(&self, policy: &phigate_policy::Policy) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut names = std::collections::HashSet::new();
+        let reserved = [DEVELOPMENT_ISSUER, "static", "api-key"];
+        for s in &self.auth.saml {
+            if !names.insert(s.name.as_str()) || reserved.contains(&s.name.as_str()) {
+                return invalid(format!(
+                    "auth.saml: the name {} is used twice or reserved",
+                    s.name
+                ));
+            }
+        }
+        self.validate_saml()?;
         for o in &self.auth.oidc {
-            let reserved = [DEVELOPMENT_ISSUER, "static", "api-key"];
             if !names.insert(o.name.as_str()) || reserved.contains(&o.name.as_str()) {
                 return invalid(format!(
-                    "auth.oidc: the name {} is used twice or reserved",
+                    "auth.oidc: the name {} is used twice (among [[auth.oidc]] and [[auth.saml]]) \
+                     or reserved",
                     o.name
                 ));
             }
@@ -330,8 +344,9 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("auth.oidc {}: {e}", o.name)))?;
             }
         }
-        // Bindings apply to OIDC identities and to gateway tokens (login, development).
-        let issuers = self.auth.oidc.len() + usize::from(self.auth.development);
+        // Bindings apply to OIDC and SAML identities and to gateway tokens (login, development).
+        let issuers =
+            self.auth.oidc.len() + self.auth.saml.len() + usize::from(self.auth.development);
         for (i, b) in self.bindings.iter().enumerate() {
             let n = i + 1;
             if !b.subjects.is_empty() && b.issuer.is_none() && issuers > 1 {
@@ -339,7 +354,7 @@ impl Config {
                     "binding #{n}: it names subjects but no issuer, and {issuers} issuers are \
                      configured; a subject is only an individual at its issuer (the same \
                      text at another issuer is someone else): add issuer = \"<an [[auth.oidc]] \
-                     name or development>\""
+                     or [[auth.saml]] name, or development>\""
                 ));
             }
             if b.roles.is_empty() {
@@ -360,11 +375,13 @@ impl Config {
                 }
             }
             if let Some(iss) = &b.issuer {
-                let known =
-                    iss == DEVELOPMENT_ISSUER || self.auth.oidc.iter().any(|o| &o.name == iss);
+                let known = iss == DEVELOPMENT_ISSUER
+                    || self.auth.oidc.iter().any(|o| &o.name == iss)
+                    || self.auth.saml.iter().any(|s| &s.name == iss);
                 if !known {
                     return invalid(format!(
-                        "binding #{n}: issuer {iss} is not an [[auth.oidc]] name (nor `development`)"
+                        "binding #{n}: issuer {iss} is not an [[auth.oidc]] or [[auth.saml]] name \
+                         (nor `development`)"
                     ));
                 }
             }

@@ -18,6 +18,7 @@ mod limits;
 mod listen;
 pub mod locate;
 mod recording;
+pub mod saml;
 mod semantic;
 mod upstream;
 
@@ -28,6 +29,7 @@ pub use console::ConsoleConfig;
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
+pub use saml::SamlConfig;
 pub use semantic::Warning;
 pub use upstream::{Upstream, UpstreamTlsMode};
 

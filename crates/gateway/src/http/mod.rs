@@ -20,6 +20,9 @@
 //!   ([`crate::mcp`]);
 //! - `/console/`: the reviewer and auditor web console, HTML (`console/`), and with
 //!   `auth.development` the development issuer's sign-in page (`/dev/authorize`, `/dev/token`);
+//! - `/saml/{name}/metadata`, `/saml/{name}/login`, `/saml/{name}/acs` and
+//!   `POST /v1/auth/saml/token`: the gateway as a SAML service provider for people signing in
+//!   (`saml.rs`);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
 //!   health).
 //!
@@ -33,6 +36,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod reviews;
+mod saml;
 mod sessions;
 mod tokens;
 
@@ -85,6 +89,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reviews/{id}/deny", post(reviews::deny))
         .route("/v1/access-requests", post(reviews::access_request))
         .route("/v1/openapi.json", get(openapi))
+        .merge(saml::routes())
         .merge(crate::mcp::routes(shared.clone()));
     let routes = match console {
         Some(c) => api.merge(c),

@@ -66,7 +66,7 @@ pub async fn exchange(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let signer = signer(&shared)?;
+    signer(&shared)?;
     // The IdP token goes in and a session token comes out: never in plaintext across a
     // network. Over plain HTTP only local callers (or a TLS-terminating proxy on this
     // machine) may exchange; over `listen.http_tls`, anyone.
@@ -103,9 +103,24 @@ pub async fn exchange(
     let crate::auth::Exchange {
         subject,
         groups,
-        issuer: idp,
+        issuer,
         expires_at,
     } = exchange;
+    session_token(&shared, peer, &subject, &groups, &issuer, expires_at)
+}
+
+/// Mints the gateway session token for an individual an IdP vouched for until `expires_at`,
+/// and answers what `phigate login` reads: `token`, `expires_at`, `expires_in`, `subject`,
+/// `roles`.
+pub(super) fn session_token(
+    shared: &Shared,
+    peer: SocketAddr,
+    subject: &str,
+    groups: &[String],
+    idp: &str,
+    expires_at: std::time::SystemTime,
+) -> ApiResult<Json<Value>> {
+    let signer = signer(shared)?;
     // The session token never outlives the IdP token it was exchanged for (whole seconds,
     // rounded down), the leeway its expiry is checked with included.
     let left = expires_at
@@ -121,13 +136,13 @@ pub async fn exchange(
             "authentication failed: token expired",
         ));
     }
-    let roles = shared.auth.roles_for(&subject, &groups, &idp);
+    let roles = shared.auth.roles_for(subject, groups, idp);
     if roles.is_empty() {
         return Err(ApiError::forbidden(format!(
             "identity {subject} is not granted any role"
         )));
     }
-    let (token, expires) = signer.mint(&subject, &groups, &idp, ttl).map_err(|e| {
+    let (token, expires) = signer.mint(subject, groups, idp, ttl).map_err(|e| {
         tracing::error!(error = %e, "cannot sign a session token");
         ApiError::internal("cannot sign a session token")
     })?;

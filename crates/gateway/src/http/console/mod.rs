@@ -18,6 +18,7 @@ mod devidp;
 mod inbox;
 mod layout;
 mod pending;
+mod saml;
 mod session;
 mod sessions;
 mod signin;
@@ -254,6 +255,7 @@ pub fn router(shared: Arc<Shared>) -> Option<Router<Arc<Shared>>> {
         .route("/console/signin", get(signin::page))
         .route("/console/signin/{method}", get(signin::begin))
         .route("/console/callback", get(signin::callback))
+        .route("/console/saml/finish", get(saml::finish))
         .route("/console/logout", post(logout))
         .route("/console/inbox", get(inbox::page))
         .route("/console/inbox/rows", get(inbox::rows))

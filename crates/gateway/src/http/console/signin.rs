@@ -50,12 +50,14 @@ pub enum Method {
     /// The gateway's development issuer (`auth.development`, the demo): its own sign-in page
     /// lists the demo identities.
     Development { issuer: String },
+    /// An `[[auth.saml]]` identity provider ([`super::saml`]).
+    Saml { name: String },
 }
 
 impl Method {
     pub fn name(&self) -> &str {
         match self {
-            Method::Oidc { name, .. } => name,
+            Method::Oidc { name, .. } | Method::Saml { name } => name,
             Method::Development { .. } => DEVELOPMENT_ISSUER,
         }
     }
@@ -66,23 +68,25 @@ impl Method {
             Method::Development { .. } => {
                 "Sign in with the development issuer (demo identities)".into()
             }
+            Method::Saml { name } => format!("Sign in with {name} (SAML)"),
         }
     }
 
     fn issuer(&self) -> &str {
         match self {
             Method::Oidc { issuer, .. } | Method::Development { issuer } => issuer,
+            Method::Saml { .. } => "",
         }
     }
 
     fn client_id(&self) -> &str {
         match self {
             Method::Oidc { client_id, .. } => client_id,
-            Method::Development { .. } => DEV_CLIENT_ID,
+            Method::Development { .. } | Method::Saml { .. } => DEV_CLIENT_ID,
         }
     }
 
-    /// The IdP's origin, for the CSP's `form-action`.
+    /// The IdP's origin, for the CSP's `form-action` (a SAML sign-in leaves by redirect).
     pub fn origin(&self) -> Option<String> {
         let url = reqwest::Url::parse(self.issuer()).ok()?;
         Some(url.origin().ascii_serialization()).filter(|o| o != "null")
@@ -112,6 +116,11 @@ pub fn methods(shared: &Shared) -> Vec<Method> {
                 .filter(|s| s != "openid")
                 .collect(),
             algorithms: signing_algorithms(&o.algorithms),
+        });
+    }
+    for s in &shared.started.auth.saml {
+        out.push(Method::Saml {
+            name: s.name.clone(),
         });
     }
     out
@@ -238,7 +247,7 @@ impl Console {
     fn http_for(&self, m: &Method) -> &reqwest::Client {
         match m {
             Method::Development { .. } => &self.own_http,
-            Method::Oidc { .. } => &self.http,
+            Method::Oidc { .. } | Method::Saml { .. } => &self.http,
         }
     }
 }
@@ -269,6 +278,7 @@ pub async fn page(
 /// to the IdP. A browser already signed in goes to its pages instead.
 pub async fn begin(
     State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     parts: axum::http::request::Parts,
     Path(method): Path<String>,
 ) -> Response {
@@ -282,6 +292,9 @@ pub async fn begin(
     let Some(m) = c.methods.iter().find(|m| m.name() == method) else {
         return layout::error(StatusCode::NOT_FOUND, "No such sign-in method.");
     };
+    if let Method::Saml { name } = m {
+        return super::saml::begin(&c, name, peer).await;
+    }
     let client = match client(&c, m).await {
         Ok(cl) => cl,
         Err(e) => return layout::error(StatusCode::BAD_GATEWAY, &e.to_string()),
@@ -370,7 +383,7 @@ pub async fn callback(
 }
 
 /// Mints the gateway session token and stores the signed-in session under a new id.
-fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
+pub(super) fn signed_in(c: &Console, v: Verified, peer: std::net::SocketAddr) -> Response {
     let shared = &c.shared;
     let roles = shared.auth.roles_for(&v.subject, &v.groups, &v.issuer);
     if roles.is_empty() {
@@ -458,6 +471,7 @@ async fn finish(
     let algorithms = match m {
         Method::Oidc { algorithms, .. } => algorithms.clone(),
         Method::Development { .. } => vec![CoreJwsSigningAlgorithm::EdDsa],
+        Method::Saml { .. } => return Err(SignInError::Provider),
     };
     let verifier = client.id_token_verifier().set_allowed_algs(algorithms);
     let claims = id_token
@@ -468,6 +482,7 @@ async fn finish(
             SignInError::Invalid(crate::text::display(&e.to_string()).to_string())
         })?;
     match m {
+        Method::Saml { .. } => Err(SignInError::Provider),
         Method::Development { .. } => {
             // The development issuer is this gateway: its ID token carries the demo groups.
             let groups = token_claim_groups(&id_token.to_string());

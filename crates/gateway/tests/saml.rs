@@ -1,0 +1,579 @@
+//! SAML 2.0 sign-in for people, against a real SAML identity provider: `tests/saml-idp/idp.py`
+//! (signed with Debian's `xmlsec1`, the way pysaml2 and most IdPs sign; its self-check runs the
+//! good responses through pysaml2's own service provider). The console and `phigate login` sign
+//! in through it, the identity's groups map to roles, and a corpus of hostile responses (XML
+//! signature wrapping XSW1–8, a comment inside NameID, a key not in the metadata, SHA-1, other
+//! audiences and recipients, expired, replayed, IdP-initiated, a DOCTYPE, ...) is each refused
+//! with a clear message and recorded as a failed login.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use phigate_testkit::{Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_phigate"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> String {
+    std::env::var("PHIGATE_PYTHON").unwrap_or_else(|_| {
+        repo_root()
+            .join("target/clients-venv/bin/python")
+            .display()
+            .to_string()
+    })
+}
+
+/// A `tests/saml-idp/idp.py` process.
+struct Idp {
+    child: Child,
+    url: String,
+    metadata_file: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Idp {
+    fn start() -> Idp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(python())
+            .arg(repo_root().join("tests/saml-idp/idp.py"))
+            .args(["--port", "0", "--dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the SAML IdP (run scripts/client-deps): {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("IdP readiness line");
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP printed {line:?}: {e}"));
+        Idp {
+            child,
+            url: ready["url"].as_str().expect("url").to_owned(),
+            metadata_file: ready["metadata_file"]
+                .as_str()
+                .expect("metadata")
+                .to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The IdP's answer to `request` (a redirect URL the gateway sent the browser to), for
+    /// `user`, shaped by `variant`: (SAMLResponse, RelayState).
+    async fn answer(
+        &self,
+        request: Option<&str>,
+        user: &str,
+        variant: &str,
+        acs: &str,
+    ) -> (String, Option<String>) {
+        let (saml_request, relay) = match request {
+            Some(url) => {
+                let url = reqwest::Url::parse(url).expect("redirect URL");
+                assert!(url.as_str().starts_with(&self.url), "sent to {url}");
+                let get = |k: &str| {
+                    url.query_pairs()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.into_owned())
+                };
+                (get("SAMLRequest"), get("RelayState"))
+            }
+            None => (None, None),
+        };
+        let body = json!({
+            "saml_request": saml_request,
+            "relay_state": relay,
+            "user": user,
+            "variant": variant,
+            "acs": acs,
+        });
+        let mut body = body;
+        if request.is_none() {
+            body["audience"] = json!("https://phigate.test/saml/portal");
+        }
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/test/response", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("IdP")
+            .json()
+            .await
+            .expect("IdP JSON");
+        let response = resp["SAMLResponse"]
+            .as_str()
+            .unwrap_or_else(|| panic!("IdP answered {resp}"))
+            .to_owned();
+        (response, resp["RelayState"].as_str().map(str::to_owned))
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway trusting the IdP twice: `hospital` (SP-initiated only, NameID is the subject) and
+/// `portal` (IdP-initiated allowed, the `mail` attribute is the subject).
+fn gateway(idp: &Idp) -> Gateway {
+    let mut opts = GatewayOptions::for_cluster(phigate_testkit::clinic(phigate::demo::SEED_SQL));
+    opts.policy = phigate::demo::policy_toml().expect("policy");
+    opts.extra = format!(
+        r#"
+[auth]
+leeway_secs = 5
+
+[auth.failed_logins]
+max_failures = 1000
+
+[[auth.saml]]
+name = "hospital"
+idp_metadata_file = "{md}"
+sp_entity_id = "https://phigate.test/saml/hospital"
+acs_url = "http://127.0.0.1:{{http_port}}/saml/hospital/acs"
+groups_attribute = "groups"
+
+[[auth.saml]]
+name = "portal"
+idp_metadata_file = "{md}"
+sp_entity_id = "https://phigate.test/saml/portal"
+acs_url = "http://127.0.0.1:{{http_port}}/saml/portal/acs"
+subject_attribute = "mail"
+groups_attribute = "groups"
+allow_idp_initiated = true
+
+[[binding]]
+issuer = "hospital"
+groups = ["clinicians"]
+roles = ["clinician"]
+
+[[binding]]
+issuer = "hospital"
+groups = ["reviewers"]
+roles = ["reviewer"]
+
+[[binding]]
+issuer = "portal"
+groups = ["clinicians"]
+roles = ["clinician"]
+
+[approvals]
+reviewer_roles = ["reviewer"]
+"#,
+        md = idp.metadata_file
+    );
+    Gateway::start_with_identities(bin(), opts, &[])
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in {resp:?}"))
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+/// The `name=value` of the `Set-Cookie` named `name`.
+fn cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")) && c.len() > name.len() + 1)
+}
+
+fn base(gw: &Gateway) -> String {
+    format!("http://127.0.0.1:{}", gw.http_port)
+}
+
+/// Posts a response to an ACS: (status, Location or body).
+async fn post_acs(
+    gw: &Gateway,
+    issuer: &str,
+    response: &str,
+    relay: Option<&str>,
+) -> (u16, String) {
+    let mut form = vec![("SAMLResponse", response.to_owned())];
+    if let Some(r) = relay {
+        form.push(("RelayState", r.to_owned()));
+    }
+    let resp = client()
+        .post(format!("{}/saml/{issuer}/acs", base(gw)))
+        .form(&form)
+        .send()
+        .await
+        .expect("ACS");
+    let status = resp.status().as_u16();
+    if status == 303 {
+        return (status, location(&resp));
+    }
+    (status, resp.text().await.expect("body"))
+}
+
+/// The audit records of `kind`, once there are at least `n` (they are written in batches).
+async fn audit_records(gw: &Gateway, kind: &str, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let records = gw.audit_records(kind);
+        if records.len() >= n {
+            return records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.audit_records(kind)
+}
+
+/// Starts a `phigate login`-style sign-in at `issuer`: the IdP URL the gateway redirects to.
+async fn start_cli_flight(gw: &Gateway, issuer: &str) -> String {
+    let resp = client()
+        .get(format!(
+            "{}/saml/{issuer}/login?cli_port=9&cli_state=state-0123456789abcdef&cli_challenge={}",
+            base(gw),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        ))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status().as_u16(), 303, "{resp:?}");
+    location(&resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_through_saml_bound_to_the_browser_that_started() {
+    let idp = Idp::start();
+    let gw = gateway(&idp);
+    let acs = format!("{}/saml/hospital/acs", base(&gw));
+    let c = client();
+
+    // SP metadata for the IdP's administrator.
+    let md = c
+        .get(format!("{}/saml/hospital/metadata", base(&gw)))
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(md.status().as_u16(), 200);
+    let md = md.text().await.expect("text");
+    assert!(md.contains("WantAssertionsSigned=\"true\""), "{md}");
+    assert!(md.contains(&acs), "{md}");
+    assert!(
+        md.contains("entityID=\"https://phigate.test/saml/hospital\""),
+        "{md}"
+    );
+
+    let page = c
+        .get(format!("{}/console/signin", base(&gw)))
+        .send()
+        .await
+        .expect("signin page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("Sign in with hospital (SAML)"), "{page}");
+
+    // Sign in as the privacy officer (group reviewers: role reviewer), in "this browser".
+    let begin = c
+        .get(format!("{}/console/signin/hospital", base(&gw)))
+        .send()
+        .await
+        .expect("begin");
+    assert_eq!(begin.status().as_u16(), 303);
+    let signin_cookie = cookie(&begin, "phigate-signin").expect("sign-in cookie");
+    let (response, relay) = idp
+        .answer(Some(&location(&begin)), "reviewer", "good", &acs)
+        .await;
+    let (status, next) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    assert_eq!(status, 303, "{next}");
+    assert!(next.starts_with("/console/saml/finish?key="), "{next}");
+    let finish = c
+        .get(format!("{}{next}", base(&gw)))
+        .header("cookie", &signin_cookie)
+        .send()
+        .await
+        .expect("finish");
+    assert_eq!(finish.status().as_u16(), 303, "{:?}", finish.text().await);
+    assert_eq!(location(&finish), "/console/");
+    let session = cookie(&finish, "phigate-console").expect("console session cookie");
+    let home = c
+        .get(format!("{}/console/", base(&gw)))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("home");
+    assert_eq!(
+        location(&home),
+        "/console/inbox",
+        "a reviewer's home is the inbox"
+    );
+    let inbox = c
+        .get(format!("{}/console/inbox", base(&gw)))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("inbox");
+    assert_eq!(inbox.status().as_u16(), 200);
+    let inbox = inbox.text().await.expect("text");
+    assert!(inbox.contains("privacy.officer@hospital.test"), "{inbox}");
+    let signin = audit_records(&gw, "console_signin", 1).await;
+    assert_eq!(signin.len(), 1, "{signin:?}");
+    assert_eq!(signin[0]["subject"], "privacy.officer@hospital.test");
+    assert_eq!(signin[0]["issuer"], "hospital");
+
+    // A verified sign-in collected by a browser that did not start it (login CSRF): refused.
+    let begin = c
+        .get(format!("{}/console/signin/hospital", base(&gw)))
+        .send()
+        .await
+        .expect("begin");
+    let (response, relay) = idp
+        .answer(Some(&location(&begin)), "clinician", "good", &acs)
+        .await;
+    let (status, next) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    assert_eq!(status, 303, "{next}");
+    let other = c
+        .get(format!("{}{next}", base(&gw)))
+        .send()
+        .await
+        .expect("finish");
+    assert_eq!(other.status().as_u16(), 400);
+    let text = other.text().await.expect("text");
+    assert!(text.contains("not started in this browser"), "{text}");
+
+    // A person no binding grants a role: refused at the console, with the reason audited.
+    let begin = c
+        .get(format!("{}/console/signin/hospital", base(&gw)))
+        .send()
+        .await
+        .expect("begin");
+    let signin_cookie = cookie(&begin, "phigate-signin").expect("sign-in cookie");
+    let (response, relay) = idp
+        .answer(Some(&location(&begin)), "nobody", "good", &acs)
+        .await;
+    let (_, next) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    let refused = c
+        .get(format!("{}{next}", base(&gw)))
+        .header("cookie", &signin_cookie)
+        .send()
+        .await
+        .expect("finish");
+    assert_eq!(refused.status().as_u16(), 403);
+    let failed = audit_records(&gw, "login_failed", 2).await;
+    assert!(
+        failed
+            .iter()
+            .any(|r| r["subject"] == "nobody@hospital.test"),
+        "{failed:?}"
+    );
+}
+
+/// What `phigate login --issuer hospital` prints, after the browser part is played here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phigate_login_signs_in_with_saml_and_the_token_opens_a_session() {
+    let idp = Idp::start();
+    let gw = gateway(&idp);
+    let acs = format!("{}/saml/hospital/acs", base(&gw));
+    let mut login = Command::new(bin())
+        .args([
+            "login",
+            "--no-browser",
+            "--json",
+            "--issuer",
+            "hospital",
+            "--url",
+        ])
+        .arg(base(&gw))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("phigate login");
+    let mut lines = BufReader::new(login.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("login printed no address")
+            .expect("line");
+        if line.starts_with("http://") {
+            break line;
+        }
+    };
+    assert!(url.contains("/saml/hospital/login?cli_port="), "{url}");
+    let c = client();
+    let to_idp = c.get(&url).send().await.expect("gateway login");
+    assert_eq!(to_idp.status().as_u16(), 303);
+    let (response, relay) = idp
+        .answer(Some(&location(&to_idp)), "clinician", "good", &acs)
+        .await;
+    let (status, callback) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    assert_eq!(status, 303, "{callback}");
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    let done = reqwest::get(&callback).await.expect("CLI callback");
+    assert_eq!(done.status().as_u16(), 200);
+    let out = login.wait_with_output().expect("login output");
+    assert!(out.status.success(), "{out:?}");
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(result["subject"], "dr.house@hospital.test");
+    assert_eq!(result["roles"], json!(["clinician"]));
+
+    // The token opens a database session as that individual.
+    let token = result["token"].as_str().expect("token");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=clinic user=clinician password='{token}' sslmode=disable",
+        gw.pg_port
+    );
+    let (db, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connect with the SAML session token");
+    tokio::spawn(conn);
+    let row = db
+        .query_one("SELECT current_setting('phigate.subject')", &[])
+        .await
+        .expect("whoami");
+    assert_eq!(row.get::<_, String>(0), "dr.house@hospital.test");
+
+    // The one-time code cannot be redeemed again.
+    let code = reqwest::Url::parse(&callback)
+        .expect("callback URL")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code");
+    let again = c
+        .post(format!("{}/v1/auth/saml/token", base(&gw)))
+        .form(&[
+            ("code", code.as_str()),
+            ("code_verifier", "x".repeat(43).as_str()),
+        ])
+        .send()
+        .await
+        .expect("redeem");
+    assert_eq!(again.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_broken_responses_are_refused_and_audited() {
+    let idp = Idp::start();
+    let gw = gateway(&idp);
+    let acs = format!("{}/saml/hospital/acs", base(&gw));
+    // (variant, what the refusal says)
+    let corpus = [
+        (
+            "unsigned",
+            "neither the assertion nor the response is signed",
+        ),
+        (
+            "wrong-key",
+            "does not verify with the identity provider's certificate",
+        ),
+        ("sha1", "SHA-1"),
+        ("xsw1", "exactly one assertion"),
+        ("xsw2", "an element the profile does not allow there"),
+        ("xsw3", "exactly one assertion"),
+        ("xsw4", "exactly one assertion"),
+        ("xsw5", "exactly one assertion"),
+        ("xsw6", "exactly one assertion"),
+        ("xsw7", "ID is used twice"),
+        ("xsw8", "ID is used twice"),
+        ("nameid-comment", "comments are not accepted"),
+        ("audience", "another audience"),
+        ("no-audience", "no AudienceRestriction"),
+        ("recipient", "Recipient is not this gateway"),
+        ("destination", "Destination is not this gateway"),
+        ("expired", "expired"),
+        ("not-yet-valid", "not yet valid"),
+        ("wrong-in-response-to", "different sign-in request"),
+        ("idp-initiated", "does not say which sign-in request"),
+        ("doctype", "document type declaration"),
+        ("empty-nameid", "the subject is empty"),
+        ("wrong-issuer", "not the configured identity provider"),
+        ("status-failure", "did not sign the person in"),
+        ("two-assertions", "exactly one assertion"),
+    ];
+    let mut wrong = Vec::new();
+    for (variant, reason) in corpus {
+        let url = start_cli_flight(&gw, "hospital").await;
+        let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
+        let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+        if status != 401 || !body.contains(reason) {
+            wrong.push(format!("{variant}: {status} {body}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Each refusal is a failed login with its reason.
+    let failed = audit_records(&gw, "login_failed", corpus.len()).await;
+    assert_eq!(failed.len(), corpus.len(), "{failed:#?}");
+    for (record, (variant, reason)) in failed.iter().zip(corpus) {
+        let text = record["reason"].as_str().unwrap_or_default();
+        assert!(text.contains(reason), "{variant}: {record}");
+        assert_eq!(record["user"], "saml:hospital");
+    }
+
+    // Valid shapes: a signed response covering an unsigned assertion, and both signed.
+    for variant in ["only-response-signed", "response-signed"] {
+        let url = start_cli_flight(&gw, "hospital").await;
+        let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
+        let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+        assert_eq!(status, 303, "{variant} refused: {body}");
+    }
+
+    // A request is answered once: the same RelayState again is refused.
+    let url = start_cli_flight(&gw, "hospital").await;
+    let (response, relay) = idp.answer(Some(&url), "clinician", "good", &acs).await;
+    assert_eq!(
+        post_acs(&gw, "hospital", &response, relay.as_deref())
+            .await
+            .0,
+        303
+    );
+    let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("already answered"), "{body}");
+
+    // No RelayState at an issuer that does not allow IdP-initiated sign-in.
+    let (status, body) = post_acs(&gw, "hospital", &response, None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("IdP-initiated"), "{body}");
+
+    // Where IdP-initiated sign-in is allowed, an assertion is still accepted only once.
+    let portal_acs = format!("{}/saml/portal/acs", base(&gw));
+    let (unsolicited, _) = idp
+        .answer(None, "clinician", "idp-initiated", &portal_acs)
+        .await;
+    let (status, next) = post_acs(&gw, "portal", &unsolicited, None).await;
+    assert_eq!(status, 303, "{next}");
+    assert!(next.starts_with("/console/saml/finish?key="), "{next}");
+    let (status, body) = post_acs(&gw, "portal", &unsolicited, None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("already used"), "{body}");
+    // ... and a response meant for one request is not accepted as unsolicited.
+    let url = start_cli_flight(&gw, "portal").await;
+    let (solicited, _) = idp
+        .answer(Some(&url), "clinician", "good", &portal_acs)
+        .await;
+    let (status, body) = post_acs(&gw, "portal", &solicited, None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("not waiting for"), "{body}");
+
+    // An oversized body is refused before it is read.
+    let (status, _) = post_acs(&gw, "hospital", &"A".repeat(600 * 1024), None).await;
+    assert_eq!(status, 413);
+}
