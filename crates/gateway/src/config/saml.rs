@@ -129,10 +129,16 @@ mod tests {
     fn saml(extra: &str) -> String {
         format!(
             r#"
+data_dir = "/var/lib/phigate"
+
+[listen]
+address = "127.0.0.1:6432"
+
 [upstream]
 host = "127.0.0.1"
 database = "clinic"
 user = "phigate"
+password = "x"
 
 [[auth.saml]]
 name = "hospital"
