@@ -13,6 +13,10 @@
 //   node tests/console/console.mjs oidc CONSOLE_URL SUBJECT IDLE_SECS SCREENSHOT_DIR
 //     Sign in through the real OpenID provider (tests/idp/server.mjs) as SUBJECT; left idle
 //     longer than IDLE_SECS (console.idle_timeout_secs), the browser is signed out.
+//   node tests/console/console.mjs saml CONSOLE_URL USER SUBJECT SCREENSHOT_DIR
+//     Sign in through the SAML identity provider (tests/saml-idp/idp.py, `[[auth.saml]]` named
+//     hospital) as its USER: the IdP's page posts the signed response to the gateway's ACS, the
+//     browser lands in the console signed in as SUBJECT; signing out ends the session.
 //
 // Prints one JSON line with what it measured to stdout; exits non-zero on the first failure.
 
@@ -344,10 +348,31 @@ async function oidc(consoleUrl, subject, idleSecs, screenshotDir) {
   await browser.close();
 }
 
+async function saml(consoleUrl, user, subject, screenshotDir) {
+  shots = screenshotDir;
+  const browser = await launch();
+  const context = await browser.newContext();
+  const page = await newPage(context);
+  await page.goto(consoleUrl);
+  await audit(page, 'saml-signin');
+  await page.getByRole('link', { name: 'Sign in with hospital (SAML)' }).click();
+  // The IdP's page: one button per user; its next page posts the response to our ACS.
+  await page.locator(`#signin-${user}`).click();
+  await page.waitForURL(/\/console\/inbox/);
+  await page.getByText(`Signed in as ${subject} (hospital)`).waitFor();
+  await audit(page, 'saml-inbox');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.waitForURL(/\/console\/signin/);
+  const after = await page.goto(`${new URL(consoleUrl).origin}/console/inbox`);
+  check(after.url().endsWith('/console/signin'), `after sign-out, the inbox answered ${after.url()}`);
+  await browser.close();
+}
+
 try {
   if (mode === 'demo') await demo(args[0], args[1]);
   else if (mode === 'oidc') await oidc(args[0], args[1], args[2], args[3]);
-  else fail('usage: console.mjs demo READY_JSON DIR | oidc CONSOLE_URL SUBJECT IDLE_SECS DIR');
+  else if (mode === 'saml') await saml(args[0], args[1], args[2], args[3]);
+  else fail('usage: console.mjs demo READY_JSON DIR | oidc CONSOLE_URL SUBJECT IDLE_SECS DIR | saml CONSOLE_URL USER SUBJECT DIR');
 } catch (e) {
   fail(e?.stack ?? String(e));
 }

@@ -33,7 +33,12 @@ const RESTART_ONLY: &[&str] = &[
 ];
 
 /// Parts of [`RESTART_ONLY`] sections that a reload does apply.
-const LIVE: &[&str] = &["audit.reader_roles", "auth.oidc", "auth.saml", "auth.leeway_secs"];
+const LIVE: &[&str] = &[
+    "audit.reader_roles",
+    "auth.oidc",
+    "auth.saml",
+    "auth.leeway_secs",
+];
 
 /// Everything a reload puts in force, built before anything changes.
 struct Staged {

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use phigate_testkit::{Gateway, GatewayOptions};
 
+#[allow(dead_code)]
+mod saml_support;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -166,6 +169,41 @@ impl Drop for Idp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Issue 21: a person signs in to the console through a SAML identity provider in a real
+/// browser (the IdP's page posts the signed response cross-origin to the ACS); the identity's
+/// group maps to the reviewer role, whose home is the inbox.
+#[test]
+fn console_signs_in_through_a_saml_identity_provider_in_a_real_browser() {
+    let idp = saml_support::Idp::start();
+    let gw = saml_support::gateway(&idp);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shots = screenshots(dir.path());
+    let url = format!("http://127.0.0.1:{}/console/", gw.http_port);
+    let out = browser(&[
+        "saml",
+        &url,
+        "reviewer",
+        "privacy.officer@hospital.test",
+        shots.to_str().expect("path"),
+    ]);
+    assert!(out.contains("\"ok\":true"), "{out}");
+    // Audit records are written in batches.
+    let mut signins = Vec::new();
+    for _ in 0..50 {
+        signins = gw.audit_records("console_signin");
+        if !signins.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        signins
+            .iter()
+            .any(|r| r["subject"] == "privacy.officer@hospital.test" && r["issuer"] == "hospital"),
+        "{signins:?}"
+    );
 }
 
 #[test]
