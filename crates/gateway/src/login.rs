@@ -398,7 +398,7 @@ async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyho
             (
                 "Sign-in failed; see the terminal.",
                 Err(anyhow::anyhow!(
-                    "the identity provider refused: {e} {}",
+                    "the sign-in was refused: {e} {}",
                     param("error_description").unwrap_or_default()
                 )),
             )

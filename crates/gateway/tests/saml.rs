@@ -346,13 +346,29 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
         ("status-failure", "did not sign the person in"),
         ("two-assertions", "exactly one assertion"),
     ];
+    // Each sign-in was started by `phigate login` (port 9): the refusal goes back to it, with
+    // the reason, so that it ends at once.
     let mut wrong = Vec::new();
     for (variant, reason) in corpus {
         let url = start_cli_flight(&gw, "hospital").await;
         let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
-        let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
-        if status != 401 || !body.contains(reason) {
-            wrong.push(format!("{variant}: {status} {body}"));
+        let (status, to) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+        let told = (status == 303)
+            .then(|| reqwest::Url::parse(&to).ok())
+            .flatten()
+            .filter(|u| u.as_str().starts_with("http://127.0.0.1:9/callback?"))
+            .map(|u| {
+                let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+                (
+                    q.get("error").cloned(),
+                    q.get("error_description").cloned(),
+                    q.get("state").cloned(),
+                )
+            });
+        let ok = matches!(&told, Some((Some(e), Some(d), Some(s)))
+            if e == "access_denied" && d.contains(reason) && s == "state-0123456789abcdef");
+        if !ok {
+            wrong.push(format!("{variant}: {status} {to}"));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

@@ -340,46 +340,52 @@ impl Authenticator {
     /// Verifies a `SAMLResponse` posted to `issuer`'s ACS with `relay_state`: a response to a
     /// request of ours not answered before (or, where allowed, an unsolicited one), an
     /// assertion not seen before, an individual not revoked. Counts towards the failed-login
-    /// limit. Returns the person and the sign-in's purpose.
+    /// limit. Returns the person, and the sign-in the RelayState named (taken: it is answered
+    /// once, whatever the outcome) so that a refusal can be told to whoever started it.
     pub async fn saml_assertion(
         &self,
         peer: IpAddr,
         issuer: &SamlIssuer,
         saml_response: &str,
         relay_state: Option<&str>,
-    ) -> Result<(Person, Option<Flight>), AuthError> {
+    ) -> (Result<Person, AuthError>, Option<Flight>) {
+        let flight = relay_state
+            .filter(|r| !r.is_empty())
+            .map(|r| self.saml_flights.take(r));
         let limited = self.failed.check(peer).err();
-        let result = self.verify_saml(issuer, saml_response, relay_state).await;
+        let result = self
+            .verify_saml(issuer, saml_response, flight.as_ref())
+            .await;
         if let Err(e) = &result {
             if e.is_failed_guess() {
                 let n = self.failed.failed(peer);
                 tracing::warn!(%peer, failures = n, error = %e, "SAML sign-in refused");
             }
         }
-        super::limit_guesses(limited, result)
+        (super::limit_guesses(limited, result), flight.flatten())
     }
 
+    /// `flight`: `None` without a RelayState; `Some(None)` for one that names no sign-in in
+    /// flight.
     async fn verify_saml(
         &self,
         issuer: &SamlIssuer,
         saml_response: &str,
-        relay_state: Option<&str>,
-    ) -> Result<(Person, Option<Flight>), AuthError> {
-        let flight = match relay_state.filter(|r| !r.is_empty()) {
-            Some(relay) => {
-                let f = self.saml_flights.take(relay).ok_or_else(|| {
-                    AuthError::Saml(
-                        "this sign-in was not started here, was already answered, or took too \
-                         long; start again"
-                            .into(),
-                    )
-                })?;
-                if f.issuer != issuer.cfg.name {
-                    return Err(AuthError::Saml(
-                        "the response came back to another identity provider's endpoint".into(),
-                    ));
-                }
-                Some(f)
+        flight: Option<&Option<Flight>>,
+    ) -> Result<Person, AuthError> {
+        let flight = match flight {
+            Some(Some(f)) if f.issuer == issuer.cfg.name => Some(f),
+            Some(Some(_)) => {
+                return Err(AuthError::Saml(
+                    "the response came back to another identity provider's endpoint".into(),
+                ))
+            }
+            Some(None) => {
+                return Err(AuthError::Saml(
+                    "this sign-in was not started here, was already answered, or took too \
+                     long; start again"
+                        .into(),
+                ))
             }
             None if issuer.cfg.allow_idp_initiated => None,
             None => {
@@ -414,16 +420,13 @@ impl Authenticator {
             Some(unix),
         )?;
         let day = now + Duration::from_secs(24 * 3600);
-        Ok((
-            Person {
-                subject: assertion.subject,
-                groups: assertion.groups,
-                issuer: issuer.cfg.name.clone(),
-                expires_at: assertion
-                    .session_not_on_or_after
-                    .map_or(day, |t| t.min(day)),
-            },
-            flight,
-        ))
+        Ok(Person {
+            subject: assertion.subject,
+            groups: assertion.groups,
+            issuer: issuer.cfg.name.clone(),
+            expires_at: assertion
+                .session_not_on_or_after
+                .map_or(day, |t| t.min(day)),
+        })
     }
 }

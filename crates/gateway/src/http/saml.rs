@@ -148,7 +148,7 @@ async fn acs(
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    let verified = shared
+    let (verified, flight) = shared
         .auth
         .saml_assertion(
             peer.ip(),
@@ -157,11 +157,27 @@ async fn acs(
             form.relay_state.as_deref(),
         )
         .await;
-    let (person, flight) = match verified {
-        Ok(v) => v,
+    let person = match verified {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(%peer, issuer = %name, error = %e, "SAML sign-in refused");
             super::extract::audit_failed_login(&shared, peer, &format!("saml:{name}"), &e);
+            // `phigate login` waits on its loopback port: tell it, so it ends with the reason.
+            if let Some(Flight {
+                purpose: Purpose::Cli { port, state, .. },
+                ..
+            }) = flight
+            {
+                if let Ok(mut to) =
+                    reqwest::Url::parse(&format!("http://127.0.0.1:{port}/callback"))
+                {
+                    to.query_pairs_mut()
+                        .append_pair("error", "access_denied")
+                        .append_pair("error_description", &e.to_string())
+                        .append_pair("state", &state);
+                    return Redirect::to(to.as_str()).into_response();
+                }
+            }
             return page(status_of(&e), &e.to_string());
         }
     };
