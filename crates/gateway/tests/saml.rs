@@ -431,3 +431,34 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
     let (status, _) = post_acs(&gw, "hospital", &"A".repeat(600 * 1024), None).await;
     assert_eq!(status, 413);
 }
+
+/// Metadata from which nothing could be verified stops the gateway from starting, and
+/// `phigate check` says why.
+#[test]
+fn idp_metadata_without_a_signing_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md = dir.path().join("idp.xml");
+    std::fs::write(
+        &md,
+        r#"<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="https://idp.test">
+  <md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+    <md:KeyDescriptor use="encryption"><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#"/></md:KeyDescriptor>
+    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.test/sso"/>
+  </md:IDPSSODescriptor>
+</md:EntityDescriptor>"#,
+    )
+    .expect("write metadata");
+    let mut opts = phigate_testkit::GatewayOptions::for_cluster(phigate_testkit::clinic(
+        phigate::demo::SEED_SQL,
+    ));
+    opts.extra = format!(
+        "[[auth.saml]]\nname = \"hospital\"\nidp_metadata_file = \"{}\"\n\
+         sp_entity_id = \"https://phigate.test/saml/hospital\"\n\
+         acs_url = \"http://127.0.0.1:{{http_port}}/saml/hospital/acs\"\n",
+        md.display()
+    );
+    let Err(e) = Gateway::start_with_identities(bin(), opts, &[]) else {
+        panic!("the gateway started with metadata that has no signing certificate");
+    };
+    assert!(e.to_string().contains("no signing certificate"), "{e}");
+}

@@ -127,7 +127,8 @@ impl SamlIssuer {
         }
     }
 
-    async fn fetch(&self) -> anyhow::Result<IdentityProvider> {
+    /// Fetches and reads the metadata at `idp_metadata_url` (`phigate check --connect` too).
+    pub async fn fetch(&self) -> anyhow::Result<IdentityProvider> {
         let (Some(http), Some(url)) = (&self.http, &self.cfg.idp_metadata_url) else {
             anyhow::bail!("no metadata URL");
         };

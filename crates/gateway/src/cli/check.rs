@@ -1,6 +1,7 @@
 //! `phigate check`: load and validate a config file (errors and warnings with their line and
-//! column); with `--connect`, also reach what it names: the database's tables and columns in
-//! grants and `[[phi]]`, the certificate files, the OIDC issuers.
+//! column), and read the SAML identity providers' metadata files; with `--connect`, also reach
+//! what it names: the database's tables and columns in grants and `[[phi]]`, the certificate
+//! files, the OIDC issuers, the SAML metadata URLs.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ pub struct CheckArgs {
     config: PathBuf,
     /// Also connect: to the database (tables and columns named in grants and [[phi]] must
     /// exist), load the certificate files, and ask every OIDC issuer for its discovery
-    /// document (or its jwks_uri).
+    /// document (or its jwks_uri), and fetch every `idp_metadata_url`.
     #[arg(long)]
     connect: bool,
 }
@@ -26,6 +27,12 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         .upstream
         .resolve_password()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    // A SAML metadata file the gateway would refuse to start with (unreadable, no signing
+    // certificate, ...).
+    for s in &config.auth.saml {
+        crate::auth::saml::SamlIssuer::new(s)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", args.config.display()))?;
+    }
     for w in &warnings {
         println!("warning: {w}");
     }
@@ -73,6 +80,20 @@ async fn connect(config: &Config) -> Vec<String> {
     for o in &config.auth.oidc {
         if let Err(e) = issuer(o).await {
             problems.push(format!("auth.oidc {}: {e:#}", o.name));
+        }
+    }
+    for s in config
+        .auth
+        .saml
+        .iter()
+        .filter(|s| s.idp_metadata_url.is_some())
+    {
+        let fetched = match crate::auth::saml::SamlIssuer::new(s) {
+            Ok(i) => i.fetch().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = fetched {
+            problems.push(format!("auth.saml {}: idp_metadata_url: {e:#}", s.name));
         }
     }
     problems
