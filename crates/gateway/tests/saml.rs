@@ -462,3 +462,51 @@ fn idp_metadata_without_a_signing_certificate_is_refused() {
     };
     assert!(e.to_string().contains("no signing certificate"), "{e}");
 }
+
+/// The IdP rotates its signing key: responses signed with the new key are refused until the
+/// operator puts the new metadata in place and reloads (SIGHUP); then the old key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_idp_certificate_is_taken_at_reload() {
+    let entity = "https://idp.hospital.test/saml";
+    let old = Idp::start_as(Some(entity));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md = dir.path().join("idp-metadata.xml");
+    std::fs::copy(&old.metadata_file, &md).expect("copy metadata");
+    let gw = saml_support::gateway_for(md.to_str().expect("utf-8"));
+    let acs = format!("{}/saml/hospital/acs", base(&gw));
+    let sign_in = |idp| sign_in_at(&gw, idp, &acs);
+    assert!(
+        sign_in(&old).await.contains("code="),
+        "the current key signs in"
+    );
+    let new = Idp::start_as(Some(entity));
+    let refused = sign_in(&new).await;
+    assert!(
+        refused.contains("does+not+verify") || refused.contains("does%20not%20verify"),
+        "{refused}"
+    );
+    std::fs::copy(&new.metadata_file, &md).expect("rotate metadata");
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    gw.wait_log("configuration reloaded", 1).expect("reloaded");
+    assert!(
+        sign_in(&new).await.contains("code="),
+        "the new key signs in"
+    );
+    let refused = sign_in(&old).await;
+    assert!(refused.contains("error=access_denied"), "{refused}");
+}
+
+/// A `phigate login`-style sign-in answered by `idp` (whichever IdP the metadata names): where
+/// the ACS sent the browser.
+async fn sign_in_at(gw: &Gateway, idp: &Idp, acs: &str) -> String {
+    let url = start_cli_flight(gw, "hospital").await;
+    let url = url.replace(&url[..url.find("/sso/").expect("sso")], &idp.url);
+    let (response, relay) = idp.answer(Some(&url), "clinician", "good", acs).await;
+    post_acs(gw, "hospital", &response, relay.as_deref())
+        .await
+        .1
+}

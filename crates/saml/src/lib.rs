@@ -44,3 +44,5 @@ pub enum Error {
     #[error("identity provider metadata refused: {0}")]
     Metadata(String),
 }
+#[cfg(test)]
+mod zz_probe;

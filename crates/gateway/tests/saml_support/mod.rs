@@ -35,11 +35,21 @@ pub struct Idp {
 
 impl Idp {
     pub fn start() -> Idp {
+        Idp::start_as(None)
+    }
+
+    /// An IdP with its own fresh signing key, as `entity_id` if given (the same IdP after a
+    /// key rotation).
+    pub fn start_as(entity_id: Option<&str>) -> Idp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(python())
-            .arg(repo_root().join("tests/saml-idp/idp.py"))
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/saml-idp/idp.py"))
             .args(["--port", "0", "--dir"])
-            .arg(dir.path())
+            .arg(dir.path());
+        if let Some(e) = entity_id {
+            cmd.args(["--entity-id", e]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -122,6 +132,11 @@ impl Drop for Idp {
 /// A gateway trusting the IdP twice: `hospital` (SP-initiated only, NameID is the subject) and
 /// `portal` (IdP-initiated allowed, the `mail` attribute is the subject).
 pub fn gateway(idp: &Idp) -> Gateway {
+    gateway_for(&idp.metadata_file)
+}
+
+/// [`gateway`], with the IdP's metadata at `md`.
+pub fn gateway_for(md: &str) -> Gateway {
     let mut opts = GatewayOptions::for_cluster(phigate_testkit::clinic(phigate::demo::SEED_SQL));
     opts.policy = phigate::demo::policy_toml().expect("policy");
     opts.extra = format!(
@@ -166,7 +181,6 @@ roles = ["clinician"]
 [approvals]
 reviewer_roles = ["reviewer"]
 "#,
-        md = idp.metadata_file
     );
     Gateway::start_with_identities(bin(), opts, &[])
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
