@@ -44,5 +44,3 @@ pub enum Error {
     #[error("identity provider metadata refused: {0}")]
     Metadata(String),
 }
-#[cfg(test)]
-mod zz_probe;
