@@ -81,8 +81,9 @@ async fn audit_records(gw: &Gateway, kind: &str, n: usize) -> Vec<Value> {
     gw.audit_records(kind)
 }
 
-/// Starts a `phigate login`-style sign-in at `issuer`: the IdP URL the gateway redirects to.
-async fn start_cli_flight(gw: &Gateway, issuer: &str) -> String {
+/// Starts a `phigate login`-style sign-in at `issuer` in a browser: the IdP URL the gateway
+/// redirects to, and the sign-in's ticket cookie.
+async fn start_cli_flight(gw: &Gateway, issuer: &str) -> (String, String) {
     let resp = client()
         .get(format!(
             "{}/saml/{issuer}/login?cli_port=9&cli_state=state-0123456789abcdef&cli_challenge={}",
@@ -93,7 +94,72 @@ async fn start_cli_flight(gw: &Gateway, issuer: &str) -> String {
         .await
         .expect("login");
     assert_eq!(resp.status().as_u16(), 303, "{resp:?}");
-    location(&resp)
+    let ticket = cookie(&resp, "phigate-saml").expect("ticket cookie");
+    (location(&resp), ticket)
+}
+
+/// Follows a redirect the gateway gave the browser (with `cookie`): the next one.
+async fn follow(gw: &Gateway, to: &str, cookie: &str) -> (u16, String) {
+    let resp = client()
+        .get(format!("{}{to}", base(gw)))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("follow");
+    let status = resp.status().as_u16();
+    if status == 303 {
+        return (status, location(&resp));
+    }
+    (status, resp.text().await.expect("body"))
+}
+
+/// What `phigate login` (loopback port 9) is told: its code, or the reason for a refusal.
+fn told(callback: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(callback).map_err(|_| format!("not a URL: {callback}"))?;
+    if !url.as_str().starts_with("http://127.0.0.1:9/callback?") {
+        return Err(format!("sent elsewhere: {callback}"));
+    }
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    if q.get("state").map(String::as_str) != Some("state-0123456789abcdef") {
+        return Err(format!("wrong state: {callback}"));
+    }
+    match (q.get("code"), q.get("error"), q.get("error_description")) {
+        (Some(code), None, None) => Ok(code.clone()),
+        (None, Some(e), Some(d)) if e == "access_denied" => Err(d.clone()),
+        _ => Err(format!("malformed: {callback}")),
+    }
+}
+
+/// What a `phigate login` browser round trip came to.
+struct CliSignIn {
+    told: Result<String, String>,
+    response: String,
+    relay: Option<String>,
+    ticket: String,
+}
+
+/// A whole `phigate login` browser round trip at `hospital`, answered by `idp` with `variant`.
+async fn cli_sign_in(gw: &Gateway, idp: &Idp, variant: &str) -> CliSignIn {
+    let acs = format!("{}/saml/hospital/acs", base(gw));
+    let (url, ticket) = start_cli_flight(gw, "hospital").await;
+    // The AuthnRequest goes to the IdP the metadata names; `idp` answers it.
+    let url = url.replace(&url[..url.find("/sso/").expect("sso")], &idp.url);
+    let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
+    let (status, to) = post_acs(gw, "hospital", &response, relay.as_deref()).await;
+    let told = if status != 303 || !to.starts_with("/saml/hospital/finish?key=") {
+        Err(format!("ACS answered {status} {to}"))
+    } else {
+        match follow(gw, &to, &ticket).await {
+            (303, callback) => told(&callback),
+            (status, body) => Err(format!("finish answered {status} {body}")),
+        }
+    };
+    CliSignIn {
+        told,
+        response,
+        relay,
+        ticket,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +201,7 @@ async fn the_console_signs_in_through_saml_bound_to_the_browser_that_started() {
         .await
         .expect("begin");
     assert_eq!(begin.status().as_u16(), 303);
-    let signin_cookie = cookie(&begin, "phigate-signin").expect("sign-in cookie");
+    let signin_cookie = cookie(&begin, "phigate-saml").expect("ticket cookie");
     let (response, relay) = idp
         .answer(Some(&location(&begin)), "reviewer", "good", &acs)
         .await;
@@ -202,7 +268,7 @@ async fn the_console_signs_in_through_saml_bound_to_the_browser_that_started() {
         .send()
         .await
         .expect("begin");
-    let signin_cookie = cookie(&begin, "phigate-signin").expect("sign-in cookie");
+    let signin_cookie = cookie(&begin, "phigate-saml").expect("ticket cookie");
     let (response, relay) = idp
         .answer(Some(&location(&begin)), "nobody", "good", &acs)
         .await;
@@ -258,10 +324,40 @@ async fn phigate_login_signs_in_with_saml_and_the_token_opens_a_session() {
     let c = client();
     let to_idp = c.get(&url).send().await.expect("gateway login");
     assert_eq!(to_idp.status().as_u16(), 303);
+    let ticket = cookie(&to_idp, "phigate-saml").expect("ticket cookie");
     let (response, relay) = idp
         .answer(Some(&location(&to_idp)), "clinician", "good", &acs)
         .await;
-    let (status, callback) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    let (status, finish) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    assert_eq!(status, 303, "{finish}");
+    assert!(finish.starts_with("/saml/hospital/finish?key="), "{finish}");
+    // Without the ticket of the browser that started it, the sign-in cannot be collected
+    // (neither at the console, where a key of phigate login's is refused anyway).
+    let (status, _) = follow(
+        &gw,
+        &finish.replace("/saml/hospital/", "/console/saml/"),
+        &ticket,
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "a phigate login sign-in collected at the console"
+    );
+    let to_idp = c.get(&url).send().await.expect("gateway login");
+    let (response, relay) = idp
+        .answer(Some(&location(&to_idp)), "clinician", "good", &acs)
+        .await;
+    let (_, finish) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    let (status, _) = follow(&gw, &finish, "").await;
+    assert_eq!(status, 400, "collected without the ticket");
+    // A third start in the same browser (the one the CLI's address opened) goes through.
+    let to_idp = c.get(&url).send().await.expect("gateway login");
+    let ticket = cookie(&to_idp, "phigate-saml").expect("ticket cookie");
+    let (response, relay) = idp
+        .answer(Some(&location(&to_idp)), "clinician", "good", &acs)
+        .await;
+    let (_, finish) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
+    let (status, callback) = follow(&gw, &finish, &ticket).await;
     assert_eq!(status, 303, "{callback}");
     assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
     let done = reqwest::get(&callback).await.expect("CLI callback");
@@ -311,7 +407,6 @@ async fn phigate_login_signs_in_with_saml_and_the_token_opens_a_session() {
 async fn hostile_and_broken_responses_are_refused_and_audited() {
     let idp = Idp::start();
     let gw = gateway(&idp);
-    let acs = format!("{}/saml/hospital/acs", base(&gw));
     // (variant, what the refusal says)
     let corpus = [
         (
@@ -350,25 +445,9 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
     // the reason, so that it ends at once.
     let mut wrong = Vec::new();
     for (variant, reason) in corpus {
-        let url = start_cli_flight(&gw, "hospital").await;
-        let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
-        let (status, to) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
-        let told = (status == 303)
-            .then(|| reqwest::Url::parse(&to).ok())
-            .flatten()
-            .filter(|u| u.as_str().starts_with("http://127.0.0.1:9/callback?"))
-            .map(|u| {
-                let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
-                (
-                    q.get("error").cloned(),
-                    q.get("error_description").cloned(),
-                    q.get("state").cloned(),
-                )
-            });
-        let ok = matches!(&told, Some((Some(e), Some(d), Some(s)))
-            if e == "access_denied" && d.contains(reason) && s == "state-0123456789abcdef");
-        if !ok {
-            wrong.push(format!("{variant}: {status} {to}"));
+        match cli_sign_in(&gw, &idp, variant).await.told {
+            Err(d) if d.contains(reason) => {}
+            other => wrong.push(format!("{variant}: {other:?}")),
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
@@ -383,27 +462,31 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
 
     // Valid shapes: a signed response covering an unsigned assertion, and both signed.
     for variant in ["only-response-signed", "response-signed"] {
-        let url = start_cli_flight(&gw, "hospital").await;
-        let (response, relay) = idp.answer(Some(&url), "clinician", variant, &acs).await;
-        let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
-        assert_eq!(status, 303, "{variant} refused: {body}");
+        let outcome = cli_sign_in(&gw, &idp, variant).await.told;
+        assert!(outcome.is_ok(), "{variant} refused: {outcome:?}");
     }
 
-    // A request is answered once: the same RelayState again is refused.
-    let url = start_cli_flight(&gw, "hospital").await;
-    let (response, relay) = idp.answer(Some(&url), "clinician", "good", &acs).await;
-    assert_eq!(
-        post_acs(&gw, "hospital", &response, relay.as_deref())
-            .await
-            .0,
-        303
+    // A request is answered once: the same response and RelayState again are refused.
+    let first = cli_sign_in(&gw, &idp, "good").await;
+    assert!(first.told.is_ok(), "{:?}", first.told);
+    let (status, to) = post_acs(&gw, "hospital", &first.response, first.relay.as_deref()).await;
+    assert_eq!(status, 303, "{to}");
+    let (_, callback) = follow(&gw, &to, &first.ticket).await;
+    let again = told(&callback);
+    assert!(
+        matches!(&again, Err(d) if d.contains("already answered")),
+        "{again:?}"
     );
-    let (status, body) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
-    assert_eq!(status, 401);
-    assert!(body.contains("already answered"), "{body}");
+
+    // Starting sign-ins stores nothing: a flood from one address keeps no one out.
+    for _ in 0..200 {
+        start_cli_flight(&gw, "hospital").await;
+    }
+    let outcome = cli_sign_in(&gw, &idp, "good").await.told;
+    assert!(outcome.is_ok(), "after a flood of starts: {outcome:?}");
 
     // No RelayState at an issuer that does not allow IdP-initiated sign-in.
-    let (status, body) = post_acs(&gw, "hospital", &response, None).await;
+    let (status, body) = post_acs(&gw, "hospital", &first.response, None).await;
     assert_eq!(status, 401);
     assert!(body.contains("IdP-initiated"), "{body}");
 
@@ -414,12 +497,14 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
         .await;
     let (status, next) = post_acs(&gw, "portal", &unsolicited, None).await;
     assert_eq!(status, 303, "{next}");
-    assert!(next.starts_with("/console/saml/finish?key="), "{next}");
+    // It signs no one in by itself: the browser starts a sign-in bound to it at the gateway
+    // (which the IdP's session completes at once).
+    assert_eq!(next, "/console/signin/portal");
     let (status, body) = post_acs(&gw, "portal", &unsolicited, None).await;
     assert_eq!(status, 401);
     assert!(body.contains("already used"), "{body}");
     // ... and a response meant for one request is not accepted as unsolicited.
-    let url = start_cli_flight(&gw, "portal").await;
+    let (url, _) = start_cli_flight(&gw, "portal").await;
     let (solicited, _) = idp
         .answer(Some(&url), "clinician", "good", &portal_acs)
         .await;
@@ -448,18 +533,29 @@ fn idp_metadata_without_a_signing_certificate_is_refused() {
 </md:EntityDescriptor>"#,
     )
     .expect("write metadata");
-    let mut opts = phigate_testkit::GatewayOptions::for_cluster(phigate_testkit::clinic(
-        phigate::demo::SEED_SQL,
-    ));
-    opts.extra = format!(
-        "[[auth.saml]]\nname = \"hospital\"\nidp_metadata_file = \"{}\"\n\
-         sp_entity_id = \"https://phigate.test/saml/hospital\"\n\
-         acs_url = \"http://127.0.0.1:{{http_port}}/saml/hospital/acs\"\n",
-        md.display()
-    );
-    let Err(e) = Gateway::start_with_identities(bin(), opts, &[]) else {
-        panic!("the gateway started with metadata that has no signing certificate");
-    };
+    let config = dir.path().join("phigate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[listen]\naddress = \"127.0.0.1:6432\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\ndatabase = \"clinic\"\nuser = \"phigate\"\n\
+             password = \"x\"\n\
+             [[auth.saml]]\nname = \"hospital\"\nidp_metadata_file = \"{}\"\n\
+             sp_entity_id = \"https://phigate.test/saml/hospital\"\n\
+             acs_url = \"https://phigate.test/saml/hospital/acs\"\n",
+            dir.path().join("data").display(),
+            md.display()
+        ),
+    )
+    .expect("write config");
+    // `serve` builds the same trust as `check` and refuses to start for the same reason.
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("phigate check");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.to_string().contains("no signing certificate"), "{e}");
 }
 
@@ -473,17 +569,15 @@ async fn a_rotated_idp_certificate_is_taken_at_reload() {
     let md = dir.path().join("idp-metadata.xml");
     std::fs::copy(&old.metadata_file, &md).expect("copy metadata");
     let gw = saml_support::gateway_for(md.to_str().expect("utf-8"));
-    let acs = format!("{}/saml/hospital/acs", base(&gw));
-    let sign_in = |idp| sign_in_at(&gw, idp, &acs);
     assert!(
-        sign_in(&old).await.contains("code="),
+        cli_sign_in(&gw, &old, "good").await.told.is_ok(),
         "the current key signs in"
     );
     let new = Idp::start_as(Some(entity));
-    let refused = sign_in(&new).await;
+    let refused = cli_sign_in(&gw, &new, "good").await.told;
     assert!(
-        refused.contains("does+not+verify") || refused.contains("does%20not%20verify"),
-        "{refused}"
+        matches!(&refused, Err(d) if d.contains("does not verify")),
+        "{refused:?}"
     );
     std::fs::copy(&new.metadata_file, &md).expect("rotate metadata");
     let ok = Command::new("kill")
@@ -493,20 +587,9 @@ async fn a_rotated_idp_certificate_is_taken_at_reload() {
     assert!(ok.success());
     gw.wait_log("configuration reloaded", 1).expect("reloaded");
     assert!(
-        sign_in(&new).await.contains("code="),
+        cli_sign_in(&gw, &new, "good").await.told.is_ok(),
         "the new key signs in"
     );
-    let refused = sign_in(&old).await;
-    assert!(refused.contains("error=access_denied"), "{refused}");
-}
-
-/// A `phigate login`-style sign-in answered by `idp` (whichever IdP the metadata names): where
-/// the ACS sent the browser.
-async fn sign_in_at(gw: &Gateway, idp: &Idp, acs: &str) -> String {
-    let url = start_cli_flight(gw, "hospital").await;
-    let url = url.replace(&url[..url.find("/sso/").expect("sso")], &idp.url);
-    let (response, relay) = idp.answer(Some(&url), "clinician", "good", acs).await;
-    post_acs(gw, "hospital", &response, relay.as_deref())
-        .await
-        .1
+    let refused = cli_sign_in(&gw, &old, "good").await.told;
+    assert!(refused.is_err(), "{refused:?}");
 }

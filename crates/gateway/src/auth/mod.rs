@@ -18,6 +18,7 @@ pub mod keys;
 pub mod limiter;
 pub mod revocations;
 pub mod saml;
+pub mod saml_state;
 pub mod signer;
 pub mod trust;
 
@@ -214,7 +215,7 @@ pub struct Authenticator {
     /// Individuals whose tokens were revoked (with a data directory).
     token_revocations: Option<Arc<revocations::Revocations>>,
     /// SAML sign-ins in flight, assertion IDs seen, sign-ins to collect.
-    saml_flights: saml::Flights,
+    saml_flights: saml_state::Flights,
 }
 
 impl Authenticator {
@@ -262,7 +263,7 @@ impl Authenticator {
             development: false,
             exchanged: exchanged::Exchanged::default(),
             token_revocations: None,
-            saml_flights: saml::Flights::default(),
+            saml_flights: saml_state::Flights::default(),
         }
     }
 

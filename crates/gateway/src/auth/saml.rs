@@ -1,35 +1,19 @@
-//! SAML 2.0 identity providers (`[[auth.saml]]`) as the gateway trusts them, and the state of
-//! SAML sign-ins: AuthnRequests in flight (by their opaque RelayState), the replay cache of
-//! assertion IDs, and sign-ins verified but not yet collected by the browser or `phigate login`.
-//!
-//! The XML work is `phigate_saml`'s; this module decides which responses may be read at all (a
-//! request of ours, not answered before; an assertion not seen before) and who they make
-//! someone. Every store here is bounded; see the constants.
+//! SAML 2.0 identity providers (`[[auth.saml]]`) as the gateway trusts them, and the checks
+//! around a response's verification: which responses may be read at all (an answer to a request
+//! of ours, not answered before, or an unsolicited one where allowed; an assertion not seen
+//! before) and who they make someone. The XML work is `phigate_saml`'s; the state of sign-ins
+//! is [`super::saml_state`]'s.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use phigate_saml::{IdentityProvider, ServiceProvider, SignatureAlgorithm};
 
+use super::saml_state::{Flight, Flights, Person, Purpose, Started};
 use super::{AuthError, Authenticator, Individual};
 use crate::config::SamlConfig;
 
-/// AuthnRequests in flight, at most: each is answered or forgotten within [`FLIGHT_TTL`].
-pub const MAX_FLIGHTS: usize = 4096;
-/// AuthnRequests in flight per source address (IPv6: per /64), at most: one address cannot
-/// fill the store and keep others from signing in.
-pub const MAX_FLIGHTS_PER_SOURCE: usize = 32;
-/// How long a sign-in may take at the identity provider.
-pub const FLIGHT_TTL: Duration = Duration::from_secs(600);
-/// Assertion IDs remembered, at most (each until its assertion expires, minutes). When full of
-/// unexpired IDs, SAML sign-ins are refused rather than an ID forgotten early.
-pub const MAX_SEEN: usize = 65_536;
-/// Verified sign-ins waiting to be collected (by the browser, or by `phigate login` with its
-/// one-time code), at most, and for how long.
-pub const MAX_FINISHED: usize = 4096;
-pub const FINISHED_TTL: Duration = Duration::from_secs(60);
 /// How long fetched IdP metadata is used before it is fetched again; and after a failed
 /// fetch, how long before the next try.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -117,9 +101,15 @@ impl SamlIssuer {
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.cfg.name, error = %e, "cannot fetch SAML IdP metadata");
-                // A document fetched earlier stays in use while the IdP is unreachable.
+                // A document fetched earlier stays in use while the IdP is unreachable, and the
+                // next try waits as after any failure.
                 if let Metadata::Fetched(_, idp) = &*m {
-                    return Ok(idp.clone());
+                    let idp = idp.clone();
+                    let retry_at = Instant::now()
+                        .checked_sub(METADATA_MAX_AGE - METADATA_RETRY)
+                        .unwrap_or_else(Instant::now);
+                    *m = Metadata::Fetched(retry_at, idp.clone());
+                    return Ok(idp);
                 }
                 *m = Metadata::Failed(Instant::now());
                 Err(AuthError::IdpUnavailable)
@@ -150,162 +140,6 @@ impl SamlIssuer {
     }
 }
 
-/// What a sign-in is for, decided when it starts.
-#[derive(Debug, Clone)]
-pub enum Purpose {
-    /// The web console: collected by the browser that started it (its sealed sign-in cookie
-    /// names the RelayState).
-    Console,
-    /// `phigate login`: the browser is sent to the CLI's loopback `port` with a one-time code,
-    /// which only the holder of the verifier behind `challenge` (S256) can redeem.
-    Cli {
-        port: u16,
-        state: String,
-        challenge: String,
-    },
-}
-
-/// A sign-in in flight.
-#[derive(Debug, Clone)]
-pub struct Flight {
-    pub issuer: String,
-    pub request_id: String,
-    pub purpose: Purpose,
-    source: IpAddr,
-    started: Instant,
-}
-
-/// A person the identity provider vouched for.
-#[derive(Debug, Clone)]
-pub struct Person {
-    pub subject: String,
-    pub groups: Vec<String>,
-    /// The `[[auth.saml]]` name.
-    pub issuer: String,
-    /// The IdP's bound on the session, or a day (the gateway's own limits are shorter).
-    pub expires_at: SystemTime,
-}
-
-/// A verified sign-in waiting to be collected.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub person: Person,
-    /// `phigate login`: the S256 challenge the redeemer's verifier must match.
-    pub challenge: Option<String>,
-    /// Whether the browser that collects it must hold the sign-in cookie naming it (every
-    /// console sign-in the gateway started; not an IdP-initiated one).
-    pub bound: bool,
-    at: Instant,
-}
-
-/// A fresh RelayState: 192 random bits, URL-safe (and within SAML's 80-byte bound).
-fn relay_state() -> String {
-    use base64::Engine;
-    let bytes: [u8; 24] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Sign-ins in flight, assertion IDs seen, sign-ins finished: each bounded.
-#[derive(Default)]
-pub struct Flights(Mutex<Stores>);
-
-#[derive(Default)]
-struct Stores {
-    flights: HashMap<String, Flight>,
-    seen: HashMap<String, SystemTime>,
-    finished: HashMap<String, Finished>,
-}
-
-impl Flights {
-    /// Records a sign-in starting; returns its RelayState.
-    pub fn start(
-        &self,
-        issuer: &str,
-        request_id: &str,
-        purpose: Purpose,
-        source: IpAddr,
-    ) -> Result<String, AuthError> {
-        let source = super::limiter::source(source);
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.flights.retain(|_, f| f.started.elapsed() < FLIGHT_TTL);
-        let mine = s.flights.values().filter(|f| f.source == source).count();
-        if s.flights.len() >= MAX_FLIGHTS || mine >= MAX_FLIGHTS_PER_SOURCE {
-            return Err(AuthError::SignInsBusy);
-        }
-        let relay = relay_state();
-        s.flights.insert(
-            relay.clone(),
-            Flight {
-                issuer: issuer.to_owned(),
-                request_id: request_id.to_owned(),
-                purpose,
-                source,
-                started: Instant::now(),
-            },
-        );
-        Ok(relay)
-    }
-
-    /// Takes the sign-in a RelayState names: each is answered once.
-    pub fn take(&self, relay: &str) -> Option<Flight> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.flights
-            .remove(relay)
-            .filter(|f| f.started.elapsed() < FLIGHT_TTL)
-    }
-
-    /// Remembers an assertion until `until`; an ID seen before is a replay.
-    fn first_use(&self, issuer: &str, id: &str, until: SystemTime) -> Result<(), AuthError> {
-        let key = format!("{issuer}\n{id}");
-        let now = SystemTime::now();
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if s.seen.get(&key).is_some_and(|t| *t > now) {
-            return Err(AuthError::SamlReplayed);
-        }
-        if s.seen.len() >= MAX_SEEN {
-            s.seen.retain(|_, t| *t > now);
-            if s.seen.len() >= MAX_SEEN {
-                return Err(AuthError::SignInsBusy);
-            }
-        }
-        s.seen.insert(key, until);
-        Ok(())
-    }
-
-    /// Keeps a verified sign-in under `key` until it is collected.
-    pub fn finish(
-        &self,
-        key: &str,
-        person: Person,
-        challenge: Option<String>,
-        bound: bool,
-    ) -> Result<(), AuthError> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.finished.retain(|_, f| f.at.elapsed() < FINISHED_TTL);
-        if s.finished.len() >= MAX_FINISHED {
-            return Err(AuthError::SignInsBusy);
-        }
-        s.finished.insert(
-            key.to_owned(),
-            Finished {
-                person,
-                challenge,
-                bound,
-                at: Instant::now(),
-            },
-        );
-        Ok(())
-    }
-
-    /// Collects a verified sign-in: once.
-    pub fn collect(&self, key: &str) -> Option<Finished> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.finished
-            .remove(key)
-            .filter(|f| f.at.elapsed() < FINISHED_TTL)
-    }
-}
-
 impl Authenticator {
     /// The `[[auth.saml]]` issuer named `name`.
     pub fn saml_issuer(&self, name: &str) -> Option<Arc<SamlIssuer>> {
@@ -321,28 +155,29 @@ impl Authenticator {
         &self.saml_flights
     }
 
-    /// Starts a sign-in at `issuer`: the RelayState and the IdP URL to send the browser to.
+    /// Starts a sign-in at `issuer`: what was started, and the IdP URL to send the browser to.
     pub async fn saml_start(
         &self,
         issuer: &SamlIssuer,
         purpose: Purpose,
-        peer: IpAddr,
-    ) -> Result<(String, String), AuthError> {
+    ) -> Result<(Started, String), AuthError> {
         let idp = issuer.idp().await?;
-        let request_id = phigate_saml::new_id();
-        let relay = self
-            .saml_flights
-            .start(&issuer.cfg.name, &request_id, purpose, peer)?;
-        let req =
-            phigate_saml::authn_request(&idp, &issuer.sp, &request_id, &relay, SystemTime::now());
-        Ok((relay, req.redirect_url))
+        let started = self.saml_flights.start(&issuer.cfg.name, purpose);
+        let req = phigate_saml::authn_request(
+            &idp,
+            &issuer.sp,
+            &started.request_id,
+            &started.relay,
+            SystemTime::now(),
+        );
+        Ok((started, req.redirect_url))
     }
 
-    /// Verifies a `SAMLResponse` posted to `issuer`'s ACS with `relay_state`: a response to a
+    /// Verifies a `SAMLResponse` posted to `issuer`'s ACS with `relay_state`: an answer to a
     /// request of ours not answered before (or, where allowed, an unsolicited one), an
     /// assertion not seen before, an individual not revoked. Counts towards the failed-login
-    /// limit. Returns the person, and the sign-in the RelayState named (taken: it is answered
-    /// once, whatever the outcome) so that a refusal can be told to whoever started it.
+    /// limit. Returns the person, and the sign-in the RelayState named (so that a refusal can
+    /// be told to whoever started it).
     pub async fn saml_assertion(
         &self,
         peer: IpAddr,
@@ -352,22 +187,55 @@ impl Authenticator {
     ) -> (Result<Person, AuthError>, Option<Flight>) {
         let flight = relay_state
             .filter(|r| !r.is_empty())
-            .map(|r| self.saml_flights.take(r));
+            .map(|r| self.saml_flights.flight(&issuer.cfg.name, r));
         let limited = self.failed.check(peer).err();
         let result = self
             .verify_saml(issuer, saml_response, flight.as_ref())
             .await;
         if let Err(e) = &result {
-            if e.is_failed_guess() {
-                let n = self.failed.failed(peer);
-                tracing::warn!(%peer, failures = n, error = %e, "SAML sign-in refused");
-            }
+            self.count_failure(peer, e);
         }
         (super::limit_guesses(limited, result), flight.flatten())
     }
 
-    /// `flight`: `None` without a RelayState; `Some(None)` for one that names no sign-in in
-    /// flight.
+    /// A refused SAML step from `peer`: one more failure, if it was a guess.
+    pub fn count_failure(&self, peer: IpAddr, e: &AuthError) {
+        if e.is_failed_guess() {
+            let n = self.failed.failed(peer);
+            tracing::warn!(%peer, failures = n, error = %e, "SAML sign-in refused");
+        }
+    }
+
+    /// `phigate login` redeems its one-time code with its PKCE verifier. Counts towards the
+    /// failed-login limit.
+    pub fn saml_redeem(
+        &self,
+        peer: IpAddr,
+        code: &str,
+        verifier: &str,
+    ) -> Result<Person, AuthError> {
+        use base64::Engine;
+        use sha2::Digest;
+        self.failed.check(peer).map_err(AuthError::RateLimited)?;
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let redeemed = (code.len() <= 128 && verifier.len() <= 128)
+            .then(|| self.saml_flights.redeem(code))
+            .flatten()
+            .filter(|c| super::saml_state::same(&c.challenge, &challenge));
+        match redeemed {
+            Some(c) => Ok(c.person),
+            None => {
+                let e =
+                    AuthError::Saml("unknown, used or expired code, or the wrong verifier".into());
+                self.count_failure(peer, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// `flight`: `None` without a RelayState; `Some(None)` for one this gateway did not make
+    /// (for this issuer), or that expired.
     async fn verify_saml(
         &self,
         issuer: &SamlIssuer,
@@ -375,17 +243,13 @@ impl Authenticator {
         flight: Option<&Option<Flight>>,
     ) -> Result<Person, AuthError> {
         let flight = match flight {
-            Some(Some(f)) if f.issuer == issuer.cfg.name => Some(f),
-            Some(Some(_)) => {
-                return Err(AuthError::Saml(
-                    "the response came back to another identity provider's endpoint".into(),
-                ))
+            Some(Some(f)) if self.saml_flights.answered(&f.request_id) => {
+                return Err(super::saml_state::already_answered())
             }
+            Some(Some(f)) => Some(f),
             Some(None) => {
                 return Err(AuthError::Saml(
-                    "this sign-in was not started here, was already answered, or took too \
-                     long; start again"
-                        .into(),
+                    "this sign-in was not started here or took too long; start again".into(),
                 ))
             }
             None if issuer.cfg.allow_idp_initiated => None,
@@ -413,6 +277,9 @@ impl Authenticator {
             .map_err(|e| AuthError::Saml(e.to_string()))?;
         self.saml_flights
             .first_use(&issuer.cfg.name, &assertion.id, assertion.valid_until)?;
+        if let Some(f) = flight {
+            self.saml_flights.answer(&f.request_id)?;
+        }
         let unix = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

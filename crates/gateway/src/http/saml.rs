@@ -5,9 +5,12 @@
 //!   `cli_challenge` for `phigate login`, else for the web console (via
 //!   `/console/signin/{name}`) — and sends the browser to the IdP (HTTP-Redirect binding);
 //! - `POST /saml/{name}/acs`: the IdP's response (HTTP-POST binding, size-capped), verified by
-//!   [`crate::auth::Authenticator::saml_assertion`]; the console's sign-in is then collected by
-//!   the browser that started it (`/console/saml/finish`), `phigate login`'s by the CLI with a
-//!   one-time code at `POST /v1/auth/saml/token` (form `code`, `code_verifier`).
+//!   [`crate::auth::Authenticator::saml_assertion`]; the browser is then sent, with a one-time
+//!   key, to collect the outcome where the ticket cookie of the sign-in it started must name
+//!   the same RelayState ([`crate::auth::saml_state`]): the console's at
+//!   `/console/saml/finish`, `phigate login`'s at `GET /saml/{name}/finish`, which takes a
+//!   one-time code (or the refusal) to the CLI's loopback port; the CLI redeems the code with
+//!   its PKCE verifier at `POST /v1/auth/saml/token` (form `code`, `code_verifier`).
 //!
 //! Every refusal is a `login_failed` audit record and counts towards the failed-login limit.
 
@@ -15,17 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use base64::Engine;
 use maud::html;
 use serde_json::Value;
-use sha2::Digest;
 
 use super::error::{ApiError, ApiResult};
-use crate::auth::saml::{Flight, Purpose};
+use crate::auth::saml::SamlIssuer;
+use crate::auth::saml_state::{same, Kind, Person, Purpose, Ticket};
 use crate::auth::AuthError;
 use crate::state::Shared;
 
@@ -41,10 +43,11 @@ pub fn routes() -> Router<Arc<Shared>> {
             "/saml/{name}/acs",
             post(acs).layer(DefaultBodyLimit::max(MAX_ACS_BODY)),
         )
+        .route("/saml/{name}/finish", get(finish))
         .route("/v1/auth/saml/token", post(token))
 }
 
-fn issuer(shared: &Shared, name: &str) -> ApiResult<Arc<crate::auth::saml::SamlIssuer>> {
+fn issuer(shared: &Shared, name: &str) -> ApiResult<Arc<SamlIssuer>> {
     shared
         .auth
         .saml_issuer(name)
@@ -80,10 +83,55 @@ fn url_safe_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The ticket cookie's name: `__Host-` and `Secure` when the ACS is reached over https.
+fn ticket_cookie_name(issuer: &SamlIssuer) -> (&'static str, bool) {
+    if issuer
+        .cfg
+        .acs_url
+        .to_ascii_lowercase()
+        .starts_with("https://")
+    {
+        ("__Host-phigate-saml", true)
+    } else {
+        ("phigate-saml", false)
+    }
+}
+
+/// The `Set-Cookie` value for a sign-in's ticket (empty: removed). `SameSite=Lax`: it comes
+/// along to the finish URL (a top-level GET), never on the IdP's cross-site POST.
+pub(super) fn ticket_cookie(issuer: &SamlIssuer, ticket: &str) -> HeaderValue {
+    let (name, secure) = ticket_cookie_name(issuer);
+    let secure = if secure { "; Secure" } else { "" };
+    let age = if ticket.is_empty() {
+        0
+    } else {
+        crate::auth::saml_state::FLIGHT_TTL.as_secs()
+    };
+    let v = format!("{name}={ticket}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={age}");
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The ticket this browser holds for a sign-in at `issuer`, if genuine and current.
+pub(super) fn ticket(shared: &Shared, issuer: &SamlIssuer, headers: &HeaderMap) -> Option<Ticket> {
+    let (name, _) = ticket_cookie_name(issuer);
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)?;
+    shared
+        .auth
+        .saml_flights()
+        .ticket(value)
+        .filter(|t| t.issuer == issuer.cfg.name)
+}
+
 /// `GET /saml/{name}/login`.
 async fn login(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     Query(q): Query<Login>,
 ) -> Response {
@@ -98,7 +146,7 @@ async fn login(
             (p, s, c)
         }
         (None, None, None) => {
-            // Console sign-ins start at the console (its sealed cookie binds the browser).
+            // A console sign-in starts at the console.
             return Redirect::to(&format!("/console/signin/{name}")).into_response();
         }
         _ => {
@@ -113,8 +161,13 @@ async fn login(
         state,
         challenge,
     };
-    match shared.auth.saml_start(&issuer, purpose, peer.ip()).await {
-        Ok((_, url)) => Redirect::to(&url).into_response(),
+    match shared.auth.saml_start(&issuer, purpose).await {
+        Ok((started, url)) => {
+            let mut res = Redirect::to(&url).into_response();
+            res.headers_mut()
+                .insert(header::SET_COOKIE, ticket_cookie(&issuer, &started.ticket));
+            res
+        }
         Err(e) => page(status_of(&e), &e.to_string()),
     }
 }
@@ -137,7 +190,8 @@ struct Acs {
     relay_state: Option<String>,
 }
 
-/// `POST /saml/{name}/acs`.
+/// `POST /saml/{name}/acs`: verifies, then sends the browser on to collect the outcome with
+/// the ticket of the sign-in it started.
 async fn acs(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -148,6 +202,7 @@ async fn acs(
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
+    let relay = form.relay_state.as_deref().unwrap_or_default();
     let (verified, flight) = shared
         .auth
         .saml_assertion(
@@ -157,77 +212,140 @@ async fn acs(
             form.relay_state.as_deref(),
         )
         .await;
+    let flights = shared.auth.saml_flights();
     let person = match verified {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(%peer, issuer = %name, error = %e, "SAML sign-in refused");
             super::extract::audit_failed_login(&shared, peer, &format!("saml:{name}"), &e);
-            // `phigate login` waits on its loopback port: tell it, so it ends with the reason.
-            if let Some(Flight {
-                purpose: Purpose::Cli { port, state, .. },
-                ..
-            }) = flight
-            {
-                if let Ok(mut to) =
-                    reqwest::Url::parse(&format!("http://127.0.0.1:{port}/callback"))
-                {
-                    to.query_pairs_mut()
-                        .append_pair("error", "access_denied")
-                        .append_pair("error_description", &e.to_string())
-                        .append_pair("state", &state);
-                    return Redirect::to(to.as_str()).into_response();
+            // `phigate login` waits on its loopback port: its browser takes the reason there.
+            if flight.as_ref().is_some_and(|f| f.kind == Kind::Cli) {
+                if let Some(key) = flights.refused(e.to_string(), relay) {
+                    return Redirect::to(&format!("/saml/{name}/finish?key={key}")).into_response();
                 }
             }
             return page(status_of(&e), &e.to_string());
         }
     };
-    let flights = shared.auth.saml_flights();
-    match flight {
-        Some(Flight {
-            purpose:
-                Purpose::Cli {
-                    port,
-                    state,
-                    challenge,
-                },
-            ..
-        }) => {
-            let code = random_token();
-            if let Err(e) = flights.finish(&code_key(&code), person, Some(challenge), false) {
-                return page(status_of(&e), &e.to_string());
-            }
-            Redirect::to(&format!(
-                "http://127.0.0.1:{port}/callback?code={code}&state={state}"
-            ))
-            .into_response()
+    let Some(flight) = flight else {
+        // Unsolicited (allowed for this IdP): the person is signed in at the IdP, so a sign-in
+        // the gateway starts goes through at once, bound to this browser. The response itself
+        // is spent (its assertion ID is remembered); it signs no one in.
+        return Redirect::to(&format!("/console/signin/{name}")).into_response();
+    };
+    let key = match flights.verified(person, relay) {
+        Ok(k) => k,
+        Err(e) => return page(status_of(&e), &e.to_string()),
+    };
+    match flight.kind {
+        Kind::Cli => Redirect::to(&format!("/saml/{name}/finish?key={key}")).into_response(),
+        Kind::Console => Redirect::to(&format!("/console/saml/finish?key={key}")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Finish {
+    pub key: String,
+}
+
+/// Collects a sign-in's outcome for the browser holding the ticket that started it, of
+/// `kind`. A refusal names the subject a mismatched browser tried to collect.
+pub(super) fn collect(
+    shared: &Shared,
+    issuer: &SamlIssuer,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    key: &str,
+    kind: Kind,
+) -> Result<(Ticket, Result<Person, String>), Box<Response>> {
+    let ticket = ticket(shared, issuer, headers);
+    let Some(outcome) = shared.auth.saml_flights().collect(key) else {
+        let e = AuthError::Saml("unknown or expired sign-in key".into());
+        shared.auth.count_failure(peer.ip(), &e);
+        return Err(Box::new(page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, already used, or took too long. Start again.",
+        )));
+    };
+    match ticket {
+        Some(t) if same(&t.relay, &outcome.relay) && t.purpose.kind() == kind => {
+            Ok((t, outcome.result))
         }
-        console => {
-            if !shared.started.console.enabled {
-                return page(StatusCode::NOT_FOUND, "The web console is off.");
+        _ => {
+            let subject = outcome.result.as_ref().ok().map(|p| p.subject.clone());
+            let e = AuthError::Saml(
+                "a sign-in was collected by a browser that did not start it".into(),
+            );
+            shared.auth.count_failure(peer.ip(), &e);
+            if let Some(audit) = &shared.audit.log {
+                audit.submit(phigate_audit::Pending::Event(
+                    phigate_audit::Event::LoginFailed {
+                        client_addr: peer.to_string(),
+                        user: format!("saml:{}", issuer.cfg.name),
+                        reason: e.to_string(),
+                        via: Some("http".into()),
+                        subject,
+                    },
+                ));
             }
-            // Collected by the browser at the console; a sign-in started there is bound to
-            // that browser's sealed cookie (it names the RelayState).
-            let (key, bound) = match &console {
-                Some(_) => (form.relay_state.unwrap_or_default(), true),
-                None => (random_token(), false),
-            };
-            if let Err(e) = flights.finish(&key, person, None, bound) {
-                return page(status_of(&e), &e.to_string());
-            }
-            Redirect::to(&format!("/console/saml/finish?key={key}")).into_response()
+            Err(Box::new(page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in was not started in this browser. Start again.",
+            )))
         }
     }
 }
 
-/// 256 random bits, URL-safe.
-fn random_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// One-time codes are kept by their hash.
-fn code_key(code: &str) -> String {
-    hex::encode(sha2::Sha256::digest(code.as_bytes()))
+/// `GET /saml/{name}/finish?key=...`: `phigate login`'s browser collects the outcome and takes
+/// it to the CLI's loopback port: a one-time code, or the reason for a refusal.
+async fn finish(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<Finish>,
+) -> Response {
+    let issuer = match issuer(&shared, &name) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let (ticket, result) = match collect(&shared, &issuer, &headers, peer, &q.key, Kind::Cli) {
+        Ok(v) => v,
+        Err(res) => return *res,
+    };
+    let Purpose::Cli {
+        port,
+        state,
+        challenge,
+    } = ticket.purpose
+    else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is not for phigate login.",
+        );
+    };
+    let Ok(mut to) = reqwest::Url::parse(&format!("http://127.0.0.1:{port}/callback")) else {
+        return page(StatusCode::BAD_REQUEST, "Bad loopback port.");
+    };
+    let code = match result.map(|p| shared.auth.saml_flights().code(p, &challenge)) {
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(e)) => return page(status_of(&e), &e.to_string()),
+        Err(reason) => Err(reason),
+    };
+    {
+        let mut query = to.query_pairs_mut();
+        match &code {
+            Ok(code) => query.append_pair("code", code),
+            Err(reason) => query
+                .append_pair("error", "access_denied")
+                .append_pair("error_description", reason),
+        };
+        query.append_pair("state", &state);
+    }
+    let mut res = Redirect::to(to.as_str()).into_response();
+    res.headers_mut()
+        .insert(header::SET_COOKIE, ticket_cookie(&issuer, ""));
+    res
 }
 
 #[derive(serde::Deserialize)]
@@ -247,25 +365,21 @@ async fn token(
             "the session token is served to local callers only over plain HTTP; set listen.http_tls, or put a TLS-terminating proxy on this machine in front of the HTTP port",
         ));
     }
-    let refused = || ApiError::unauthorized("authentication failed: unknown, used or expired code");
-    if form.code.len() > 128 || form.code_verifier.len() > 128 {
-        return Err(refused());
-    }
-    let finished = shared
+    let p = match shared
         .auth
-        .saml_flights()
-        .collect(&code_key(&form.code))
-        .ok_or_else(refused)?;
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(form.code_verifier.as_bytes()));
-    let matches = finished.challenge.as_deref().is_some_and(|c| {
-        use subtle::ConstantTimeEq;
-        c.len() == challenge.len() && bool::from(c.as_bytes().ct_eq(challenge.as_bytes()))
-    });
-    if !matches {
-        return Err(refused());
-    }
-    let p = finished.person;
+        .saml_redeem(peer.ip(), &form.code, &form.code_verifier)
+    {
+        Ok(p) => p,
+        Err(e @ AuthError::RateLimited(_)) => {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
+        Err(e) => {
+            super::extract::audit_failed_login(&shared, peer, "saml-token", &e);
+            return Err(ApiError::unauthorized(format!(
+                "authentication failed: {e}"
+            )));
+        }
+    };
     super::tokens::session_token(
         &shared,
         peer,
@@ -277,7 +391,7 @@ async fn token(
 }
 
 /// A small HTML page for the person in the browser (a refusal, mostly).
-fn page(status: StatusCode, message: &str) -> Response {
+pub(super) fn page(status: StatusCode, message: &str) -> Response {
     let body = html! {
         (maud::DOCTYPE)
         html lang="en" {

@@ -278,7 +278,6 @@ pub async fn page(
 /// to the IdP. A browser already signed in goes to its pages instead.
 pub async fn begin(
     State(c): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     parts: axum::http::request::Parts,
     Path(method): Path<String>,
 ) -> Response {
@@ -293,7 +292,7 @@ pub async fn begin(
         return layout::error(StatusCode::NOT_FOUND, "No such sign-in method.");
     };
     if let Method::Saml { name } = m {
-        return super::saml::begin(&c, name, peer).await;
+        return super::saml::begin(&c, name).await;
     }
     let client = match client(&c, m).await {
         Ok(cl) => cl,
