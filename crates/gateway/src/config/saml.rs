@@ -39,8 +39,9 @@ pub struct SamlConfig {
     #[serde(default)]
     pub allowed_signature_algorithms: Vec<String>,
     /// Accept responses that answer no request of ours (IdP-initiated sign-in, from the IdP's
-    /// portal). Off by default: such responses can be replayed into another browser (login
-    /// CSRF) and are not bound to a sign-in the person started here.
+    /// portal). Such a response signs no one in by itself (anyone could have posted it: login
+    /// CSRF): once verified and spent, it starts a sign-in at the gateway, bound to the browser,
+    /// which the IdP completes at once. Off by default.
     #[serde(default)]
     pub allow_idp_initiated: bool,
 }

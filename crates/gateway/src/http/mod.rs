@@ -20,7 +20,7 @@
 //!   ([`crate::mcp`]);
 //! - `/console/`: the reviewer and auditor web console, HTML (`console/`), and with
 //!   `auth.development` the development issuer's sign-in page (`/dev/authorize`, `/dev/token`);
-//! - `/saml/{name}/metadata`, `/saml/{name}/login`, `/saml/{name}/acs` and
+//! - `/saml/{name}/metadata`, `/saml/{name}/login`, `/saml/{name}/acs`, `/saml/{name}/finish` and
 //!   `POST /v1/auth/saml/token`: the gateway as a SAML service provider for people signing in
 //!   (`saml.rs`);
 //! - `GET /metrics`: Prometheus text (sessions accepted, audit and recording writer counters,
