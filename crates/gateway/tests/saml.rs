@@ -113,6 +113,33 @@ async fn follow(gw: &Gateway, to: &str, cookie: &str) -> (u16, String) {
     (status, resp.text().await.expect("body"))
 }
 
+/// Collects a `phigate login` sign-in at its finish URL `to` as the browser holding `ticket`
+/// does: a verified one is confirmed first (the page names whom it signs in). Where the browser
+/// is sent then.
+async fn finish_cli(gw: &Gateway, to: &str, ticket: &str) -> (u16, String) {
+    let (status, body) = follow(gw, to, ticket).await;
+    if status != 200 {
+        return (status, body);
+    }
+    assert!(
+        body.contains("Continue only if you just ran phigate login"),
+        "{body}"
+    );
+    let (path, key) = to.split_once("?key=").expect("a key");
+    let resp = client()
+        .post(format!("{}{path}", base(gw)))
+        .header("cookie", ticket)
+        .form(&[("key", key)])
+        .send()
+        .await
+        .expect("confirm");
+    let status = resp.status().as_u16();
+    if status == 303 {
+        return (status, location(&resp));
+    }
+    (status, resp.text().await.expect("body"))
+}
+
 /// What `phigate login` (loopback port 9) is told: its code, or the reason for a refusal.
 fn told(callback: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(callback).map_err(|_| format!("not a URL: {callback}"))?;
@@ -149,7 +176,7 @@ async fn cli_sign_in(gw: &Gateway, idp: &Idp, variant: &str) -> CliSignIn {
     let told = if status != 303 || !to.starts_with("/saml/hospital/finish?key=") {
         Err(format!("ACS answered {status} {to}"))
     } else {
-        match follow(gw, &to, &ticket).await {
+        match finish_cli(gw, &to, &ticket).await {
             (303, callback) => told(&callback),
             (status, body) => Err(format!("finish answered {status} {body}")),
         }
@@ -357,7 +384,10 @@ async fn phigate_login_signs_in_with_saml_and_the_token_opens_a_session() {
         .answer(Some(&location(&to_idp)), "clinician", "good", &acs)
         .await;
     let (_, finish) = post_acs(&gw, "hospital", &response, relay.as_deref()).await;
-    let (status, callback) = follow(&gw, &finish, &ticket).await;
+    let (status, page) = follow(&gw, &finish, &ticket).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("dr.house@hospital.test"), "{page}");
+    let (status, callback) = finish_cli(&gw, &finish, &ticket).await;
     assert_eq!(status, 303, "{callback}");
     assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
     let done = reqwest::get(&callback).await.expect("CLI callback");

@@ -18,6 +18,9 @@ use crate::config::SamlConfig;
 /// fetch, how long before the next try.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(3600);
 const METADATA_RETRY: Duration = Duration::from_secs(10);
+/// While the metadata URL cannot be fetched, the last document is used at most this long after
+/// it was fetched (an IdP may have withdrawn a compromised key since).
+const METADATA_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// The largest metadata document fetched.
 const MAX_METADATA_BYTES: usize = 1024 * 1024;
 
@@ -33,10 +36,16 @@ pub struct SamlIssuer {
 }
 
 enum Metadata {
+    /// From `idp_metadata_file`.
     Loaded(Arc<IdentityProvider>),
-    Fetched(Instant, Arc<IdentityProvider>),
-    Failed(Instant),
-    NotYet,
+    /// Fetched at `fetched`; the next fetch is due at `due`.
+    Fetched {
+        fetched: Instant,
+        due: Instant,
+        idp: Arc<IdentityProvider>,
+    },
+    /// Nothing fetched (yet, or any more); the next try is due at `due`.
+    Missing { due: Instant },
 }
 
 impl SamlIssuer {
@@ -57,7 +66,9 @@ impl SamlIssuer {
                 (Metadata::Loaded(Arc::new(idp)), None)
             }
             (None, _) => (
-                Metadata::NotYet,
+                Metadata::Missing {
+                    due: Instant::now(),
+                },
                 Some(
                     super::jwks::client(cfg.ca_file.as_deref())
                         .map_err(|e| anyhow::anyhow!("auth.saml {n}: {e}"))?,
@@ -76,19 +87,21 @@ impl SamlIssuer {
         })
     }
 
-    /// The identity provider: from its file, or its URL's document at most an hour old.
+    /// The identity provider: from its file, or its URL's document, fetched again after an
+    /// hour. One caller fetches at a time (the others use the document there is, or are told
+    /// the IdP is unavailable, until the next try 10 s later); while fetches fail, the last
+    /// document stays in use for at most [`METADATA_MAX_STALE`].
     pub async fn idp(&self) -> Result<Arc<IdentityProvider>, AuthError> {
+        let now = Instant::now();
         {
-            let m = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
-            match &*m {
+            let mut m = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *m {
                 Metadata::Loaded(idp) => return Ok(idp.clone()),
-                Metadata::Fetched(at, idp) if at.elapsed() < METADATA_MAX_AGE => {
-                    return Ok(idp.clone())
+                Metadata::Fetched { due, idp, .. } if now < *due => return Ok(idp.clone()),
+                Metadata::Missing { due } if now < *due => return Err(AuthError::IdpUnavailable),
+                Metadata::Fetched { due, .. } | Metadata::Missing { due } => {
+                    *due = now + METADATA_RETRY;
                 }
-                Metadata::Failed(at) if at.elapsed() < METADATA_RETRY => {
-                    return Err(AuthError::IdpUnavailable)
-                }
-                _ => {}
             }
         }
         let fetched = self.fetch().await;
@@ -96,23 +109,29 @@ impl SamlIssuer {
         match fetched {
             Ok(idp) => {
                 let idp = Arc::new(idp);
-                *m = Metadata::Fetched(Instant::now(), idp.clone());
+                *m = Metadata::Fetched {
+                    fetched: Instant::now(),
+                    due: Instant::now() + METADATA_MAX_AGE,
+                    idp: idp.clone(),
+                };
                 Ok(idp)
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.cfg.name, error = %e, "cannot fetch SAML IdP metadata");
-                // A document fetched earlier stays in use while the IdP is unreachable, and the
-                // next try waits as after any failure.
-                if let Metadata::Fetched(_, idp) = &*m {
-                    let idp = idp.clone();
-                    let retry_at = Instant::now()
-                        .checked_sub(METADATA_MAX_AGE - METADATA_RETRY)
-                        .unwrap_or_else(Instant::now);
-                    *m = Metadata::Fetched(retry_at, idp.clone());
-                    return Ok(idp);
+                match &*m {
+                    Metadata::Fetched { fetched, idp, .. }
+                        if fetched.elapsed() < METADATA_MAX_STALE =>
+                    {
+                        Ok(idp.clone())
+                    }
+                    Metadata::Loaded(idp) => Ok(idp.clone()),
+                    _ => {
+                        *m = Metadata::Missing {
+                            due: Instant::now() + METADATA_RETRY,
+                        };
+                        Err(AuthError::IdpUnavailable)
+                    }
                 }
-                *m = Metadata::Failed(Instant::now());
-                Err(AuthError::IdpUnavailable)
             }
         }
     }
@@ -151,6 +170,11 @@ impl Authenticator {
             .cloned()
     }
 
+    /// Every `[[auth.saml]]` issuer in force.
+    pub fn saml_issuers(&self) -> Vec<Arc<SamlIssuer>> {
+        self.trust.get().saml.clone()
+    }
+
     pub fn saml_flights(&self) -> &Flights {
         &self.saml_flights
     }
@@ -175,12 +199,10 @@ impl Authenticator {
 
     /// Verifies a `SAMLResponse` posted to `issuer`'s ACS with `relay_state`: an answer to a
     /// request of ours not answered before (or, where allowed, an unsolicited one), an
-    /// assertion not seen before, an individual not revoked. Counts towards the failed-login
-    /// limit. Returns the person, and the sign-in the RelayState named (so that a refusal can
+    /// assertion not seen before, an individual not revoked. Returns the person, and the sign-in the RelayState named (so that a refusal can
     /// be told to whoever started it).
     pub async fn saml_assertion(
         &self,
-        peer: IpAddr,
         issuer: &SamlIssuer,
         saml_response: &str,
         relay_state: Option<&str>,
@@ -188,14 +210,13 @@ impl Authenticator {
         let flight = relay_state
             .filter(|r| !r.is_empty())
             .map(|r| self.saml_flights.flight(&issuer.cfg.name, r));
-        let limited = self.failed.check(peer).err();
+        // Not counted towards the failed-login limit: a response cannot be guessed (it is
+        // signed), and any web page can make a browser post one, so counting would let a
+        // page lock its visitors out.
         let result = self
             .verify_saml(issuer, saml_response, flight.as_ref())
             .await;
-        if let Err(e) = &result {
-            self.count_failure(peer, e);
-        }
-        (super::limit_guesses(limited, result), flight.flatten())
+        (result, flight.flatten())
     }
 
     /// A refused SAML step from `peer`: one more failure, if it was a guess.

@@ -349,6 +349,19 @@ impl Flights {
         Some(key)
     }
 
+    /// How a sign-in ended, without collecting it: its RelayState and subject (`None`: refused).
+    pub fn peek(&self, key: &str) -> Option<(String, Option<String>)> {
+        let s = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let o = s
+            .outcomes
+            .get(&hashed(key))
+            .filter(|o| o.at.elapsed() < COLLECT_TTL)?;
+        Some((
+            o.relay.clone(),
+            o.result.as_ref().ok().map(|p| p.subject.clone()),
+        ))
+    }
+
     /// Collects how a sign-in ended: once.
     pub fn collect(&self, key: &str) -> Option<Outcome> {
         let mut s = self.stores.lock().unwrap_or_else(|e| e.into_inner());

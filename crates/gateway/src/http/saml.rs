@@ -43,7 +43,7 @@ pub fn routes() -> Router<Arc<Shared>> {
             "/saml/{name}/acs",
             post(acs).layer(DefaultBodyLimit::max(MAX_ACS_BODY)),
         )
-        .route("/saml/{name}/finish", get(finish))
+        .route("/saml/{name}/finish", get(confirm).post(finish))
         .route("/v1/auth/saml/token", post(token))
 }
 
@@ -205,12 +205,7 @@ async fn acs(
     let relay = form.relay_state.as_deref().unwrap_or_default();
     let (verified, flight) = shared
         .auth
-        .saml_assertion(
-            peer.ip(),
-            &issuer,
-            &form.saml_response,
-            form.relay_state.as_deref(),
-        )
+        .saml_assertion(&issuer, &form.saml_response, form.relay_state.as_deref())
         .await;
     let flights = shared.auth.saml_flights();
     let person = match verified {
@@ -259,9 +254,9 @@ pub(super) fn collect(
     kind: Kind,
 ) -> Result<(Ticket, Result<Person, String>), Box<Response>> {
     let ticket = ticket(shared, issuer, headers);
+    // Neither an unknown key nor a mismatched ticket counts towards the failed-login limit: a
+    // key cannot be guessed (256 bits), and any web page can send a browser here.
     let Some(outcome) = shared.auth.saml_flights().collect(key) else {
-        let e = AuthError::Saml("unknown or expired sign-in key".into());
-        shared.auth.count_failure(peer.ip(), &e);
         return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "This sign-in is unknown, already used, or took too long. Start again.",
@@ -276,7 +271,7 @@ pub(super) fn collect(
             let e = AuthError::Saml(
                 "a sign-in was collected by a browser that did not start it".into(),
             );
-            shared.auth.count_failure(peer.ip(), &e);
+            shared.metrics.login_failed(e.kind(), "http");
             if let Some(audit) = &shared.audit.log {
                 audit.submit(phigate_audit::Pending::Event(
                     phigate_audit::Event::LoginFailed {
@@ -296,9 +291,12 @@ pub(super) fn collect(
     }
 }
 
-/// `GET /saml/{name}/finish?key=...`: `phigate login`'s browser collects the outcome and takes
-/// it to the CLI's loopback port: a one-time code, or the reason for a refusal.
-async fn finish(
+/// `GET /saml/{name}/finish?key=...`: before a code for `phigate login` leaves for a loopback
+/// port, the person confirms that they started it (any web page can send a browser that is
+/// signed in at the IdP through a sign-in it started, with a loopback port and challenge of its
+/// choosing, and a process on this computer could be listening there). A refusal goes on at
+/// once.
+async fn confirm(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
@@ -309,7 +307,70 @@ async fn finish(
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    let (ticket, result) = match collect(&shared, &issuer, &headers, peer, &q.key, Kind::Cli) {
+    let ticket = ticket(&shared, &issuer, &headers);
+    let peeked = shared.auth.saml_flights().peek(&q.key);
+    let (Some(t), Some((relay, Some(subject)))) = (&ticket, &peeked) else {
+        return deliver(&shared, &issuer, &headers, peer, &q.key);
+    };
+    let Purpose::Cli { port, .. } = &t.purpose else {
+        return deliver(&shared, &issuer, &headers, peer, &q.key);
+    };
+    if !same(&t.relay, relay) {
+        return deliver(&shared, &issuer, &headers, peer, &q.key);
+    }
+    let body = html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "phigate login" } }
+            body {
+                h1 { "Sign in phigate login on this computer?" }
+                p {
+                    "A phigate login command on this computer (waiting on port " (port)
+                    ") asks for a gateway session as "
+                    strong { (crate::text::display(subject).to_string()) }
+                    "."
+                }
+                p { "Continue only if you just ran phigate login yourself." }
+                form method="post" action={ "/saml/" (name) "/finish" } {
+                    input type="hidden" name="key" value=(q.key);
+                    button type="submit" id="continue" { "Continue" }
+                }
+            }
+        }
+    };
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `POST /saml/{name}/finish` (form `key`): `phigate login`'s browser collects the outcome and
+/// takes it to the CLI's loopback port: a one-time code, or the reason for a refusal.
+async fn finish(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(q): Form<Finish>,
+) -> Response {
+    match issuer(&shared, &name) {
+        Ok(issuer) => deliver(&shared, &issuer, &headers, peer, &q.key),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn deliver(
+    shared: &Shared,
+    issuer: &SamlIssuer,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    key: &str,
+) -> Response {
+    let (ticket, result) = match collect(shared, issuer, headers, peer, key, Kind::Cli) {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -344,7 +405,7 @@ async fn finish(
     }
     let mut res = Redirect::to(to.as_str()).into_response();
     res.headers_mut()
-        .insert(header::SET_COOKIE, ticket_cookie(&issuer, ""));
+        .insert(header::SET_COOKIE, ticket_cookie(issuer, ""));
     res
 }
 

@@ -43,14 +43,7 @@ pub async fn finish(
     Query(q): Query<Finish>,
 ) -> Response {
     // The key names the outcome; the outcome names its issuer, whose cookie is checked.
-    let issuers: Vec<_> = c
-        .shared
-        .started
-        .auth
-        .saml
-        .iter()
-        .filter_map(|s| c.shared.auth.saml_issuer(&s.name))
-        .collect();
+    let issuers = c.shared.auth.saml_issuers();
     let Some(issuer) = issuers
         .iter()
         .find(|i| super::super::saml::ticket(&c.shared, i, &headers).is_some())
