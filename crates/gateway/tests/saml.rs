@@ -542,6 +542,30 @@ async fn hostile_and_broken_responses_are_refused_and_audited() {
     assert_eq!(status, 401);
     assert!(body.contains("not waiting for"), "{body}");
 
+    // Parser bombs are refused before the XML parser runs, and the gateway serves on: 5,000
+    // unclosed levels (the parser recurses per level) and 4,000 namespace declarations in
+    // scope at each of 1,000 elements (it copies them per element).
+    use base64::Engine;
+    let b64 = |x: String| base64::engine::general_purpose::STANDARD.encode(x);
+    let open = "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"";
+    let deep = b64(format!("{open}>{}", "<a>".repeat(5000)));
+    let decls: String = (0..4000).map(|k| format!(" xmlns:a{k}=\"u\"")).collect();
+    let wide = b64(format!(
+        "{open}{decls}>{}</samlp:Response>",
+        "<b xmlns:c=\"u\"/>".repeat(1000)
+    ));
+    for (bomb, reason) in [(deep, "nest too deeply"), (wide, "too many attributes")] {
+        let started = std::time::Instant::now();
+        let (status, body) = post_acs(&gw, "portal", &bomb, None).await;
+        assert_eq!(status, 401, "{reason}: {body}");
+        assert!(body.contains(reason), "{body}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "slow refusal"
+        );
+    }
+    assert_eq!(gw.http_get("/healthz").expect("healthz").0, 200);
+
     // An oversized body is refused before it is read.
     let (status, _) = post_acs(&gw, "hospital", &"A".repeat(600 * 1024), None).await;
     assert_eq!(status, 413);

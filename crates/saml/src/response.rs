@@ -28,6 +28,9 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 pub const MAX_NAME_CHARS: usize = 256;
 /// Groups beyond this many are refused rather than silently dropped.
 pub const MAX_GROUPS: usize = 256;
+/// The longest bearer window accepted (IdPs use minutes): the replay cache keeps every
+/// assertion ID this long at most.
+pub const MAX_BEARER_WINDOW: Duration = Duration::from_secs(3600);
 
 const SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
 const BEARER: &str = "urn:oasis:names:tc:SAML:2.0:cm:bearer";
@@ -317,15 +320,25 @@ fn read_assertion(assertion: Node, expect: &Expect) -> Result<Assertion, Error> 
     })
 }
 
-/// A subject or group: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none a control character.
+/// Characters that render as nothing (format characters: zero-width spaces and joiners,
+/// bidirectional controls, the soft hyphen, the byte-order mark): `alice\u{200b}` would be
+/// someone other than `alice` who looks the same.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+}
+
+/// A subject or group: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none a control or
+/// invisible character.
 fn checked_name(raw: &str, what: &str) -> Result<String, Error> {
     let v = raw.trim();
     if v.is_empty() {
         return Err(Error::Refused(format!("{what} is empty")));
     }
-    if v.chars().count() > MAX_NAME_CHARS || v.chars().any(char::is_control) {
+    if v.chars().count() > MAX_NAME_CHARS || v.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(Error::Refused(format!(
-            "{what} is longer than {MAX_NAME_CHARS} characters or holds control characters"
+            "{what} is longer than {MAX_NAME_CHARS} characters or holds control or invisible \
+             characters"
         )));
     }
     Ok(v.to_owned())
@@ -402,6 +415,13 @@ fn bearer(sc: Node, expect: &Expect) -> Result<SystemTime, Error> {
         .ok_or_else(|| Error::Refused("the subject confirmation has no NotOnOrAfter".into()))?;
     if expect.now >= until + expect.skew {
         return Err(Error::Refused("the assertion has expired".into()));
+    }
+    if until > expect.now + MAX_BEARER_WINDOW + expect.skew {
+        return Err(Error::Refused(
+            "the assertion may be presented for more than an hour (its subject confirmation's \
+             NotOnOrAfter); the identity provider's window is too long"
+                .into(),
+        ));
     }
     if time_attr(data, "NotBefore")?.is_some_and(|t| expect.now + expect.skew < t) {
         return Err(Error::Refused("the assertion is not yet valid".into()));

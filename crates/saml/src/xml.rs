@@ -39,7 +39,103 @@ pub fn parse_metadata(text: &str) -> Result<Document<'_>, Error> {
     parse_with(text, true)
 }
 
+/// Attributes one element may carry (a real one carries a handful).
+const MAX_ATTRIBUTES: usize = 64;
+
+/// A linear pass over the raw text before the parser sees it: nesting depth, namespace
+/// declarations in scope and attributes per element, bounded. The parser recurses once per
+/// level (a deep document would overflow the thread's stack) and copies the namespaces in scope
+/// at every element that declares one (quadratic), so both are refused before it runs.
+fn prescan(text: &str) -> Result<(), Error> {
+    let b = text.as_bytes();
+    let too = |what: &str| Err(Error::Malformed(what.to_owned()));
+    let after = |from: usize, end: &[u8]| -> Result<usize, Error> {
+        b.get(from..)
+            .and_then(|r| r.windows(end.len()).position(|w| w == end))
+            .map(|p| from + p + end.len())
+            .ok_or_else(|| Error::Malformed("not well-formed XML (unterminated)".into()))
+    };
+    // Namespace declarations made by each open element.
+    let mut open: Vec<usize> = Vec::new();
+    let mut in_scope = 0usize;
+    let mut i = 0;
+    while let Some(p) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
+        i += p;
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = after(i + 4, b"-->")?;
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = after(i + 9, b"]]>")?;
+        } else if rest.starts_with(b"<?") {
+            i = after(i + 2, b"?>")?;
+        } else if rest.starts_with(b"<!") {
+            return too("a document type declaration (DTD) is not accepted");
+        } else if rest.starts_with(b"</") {
+            i = after(i + 2, b">")?;
+            in_scope -= open.pop().unwrap_or(0);
+        } else {
+            let (end, declarations) = start_tag(b, i)?;
+            in_scope += declarations;
+            if in_scope > MAX_NAMESPACES {
+                return too("too many namespaces in scope");
+            }
+            if b[end - 2] == b'/' {
+                in_scope -= declarations;
+            } else {
+                open.push(declarations);
+                if open.len() > MAX_DEPTH {
+                    return too("elements nest too deeply");
+                }
+            }
+            i = end;
+        }
+    }
+    Ok(())
+}
+
+/// The start tag at `b[at] == b'<'`: where it ends (after `>`) and how many of its attributes
+/// declare a namespace. More than [`MAX_ATTRIBUTES`] attributes are refused.
+fn start_tag(b: &[u8], at: usize) -> Result<(usize, usize), Error> {
+    let (mut attributes, mut declarations) = (0, 0);
+    let mut quote = None;
+    let mut j = at + 1;
+    while let Some(&c) = b.get(j) {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(c),
+            (None, b'=') => {
+                attributes += 1;
+                if attributes > MAX_ATTRIBUTES {
+                    return Err(Error::Malformed(
+                        "an element carries too many attributes".into(),
+                    ));
+                }
+                let name_end = b[..j]
+                    .iter()
+                    .rposition(|c| !c.is_ascii_whitespace())
+                    .map_or(0, |p| p + 1);
+                let name_start = b[..name_end]
+                    .iter()
+                    .rposition(|c| c.is_ascii_whitespace() || *c == b'<')
+                    .map_or(0, |p| p + 1);
+                let name = &b[name_start..name_end];
+                if name == b"xmlns" || name.starts_with(b"xmlns:") {
+                    declarations += 1;
+                }
+            }
+            (None, b'>') => return Ok((j + 1, declarations)),
+            _ => {}
+        }
+        j += 1;
+    }
+    Err(Error::Malformed(
+        "not well-formed XML (unterminated tag)".into(),
+    ))
+}
+
 fn parse_with(text: &str, comments: bool) -> Result<Document<'_>, Error> {
+    prescan(text)?;
     if contains_ascii_ci(text, "<!DOCTYPE") || contains_ascii_ci(text, "<!ENTITY") {
         return Err(Error::Malformed(
             "a document type declaration (DTD) is not accepted".into(),
@@ -179,4 +275,39 @@ pub fn instant(value: &str) -> Result<std::time::SystemTime, Error> {
 /// The time `name` on `n`, if present.
 pub fn time_attr(n: Node, name: &str) -> Result<Option<std::time::SystemTime>, Error> {
     n.attribute(name).map(instant).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bombs_are_refused_before_the_parser_runs() {
+        let deep = format!("<r>{}", "<a>".repeat(100_000));
+        let e = parse(&deep).expect_err("deep").to_string();
+        assert!(e.contains("nest too deeply"), "{e}");
+        let decls: String = (0..40).map(|k| format!(" xmlns:a{k}=\"u\"")).collect();
+        let wide = format!("<r{decls}>{}</r>", "<b xmlns:c=\"u\"/>".repeat(1000));
+        let e = parse(&wide).expect_err("namespaces").to_string();
+        assert!(e.contains("too many namespaces"), "{e}");
+        let attrs: String = (0..100).map(|k| format!(" a{k}=\"1\"")).collect();
+        let e = parse(&format!("<r{attrs}/>"))
+            .expect_err("attributes")
+            .to_string();
+        assert!(e.contains("too many attributes"), "{e}");
+        let e = parse("<r><![CDATA[ <a><a>")
+            .expect_err("unterminated")
+            .to_string();
+        assert!(e.contains("unterminated"), "{e}");
+    }
+
+    #[test]
+    fn ordinary_documents_pass_the_prescan() {
+        let xml = r#"<?xml version='1.0'?>
+<p:R xmlns:p="urn:p" a='x>y' b="&lt;"><p:S xmlns:q="urn:q"/><![CDATA[<x>]]><p:T q = "1"></p:T></p:R>"#;
+        let doc = parse(xml).expect("parses");
+        assert_eq!(doc.root_element().tag_name().name(), "R");
+        let depth_ok = format!("{}{}", "<a>".repeat(60), "</a>".repeat(60));
+        parse(&depth_ok).expect("60 levels");
+    }
 }

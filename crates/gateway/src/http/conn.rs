@@ -38,6 +38,10 @@ connection: close\r\ncontent-length: 64\r\nretry-after: 1\r\n\r\n\
 
 /// Largest request body the API reads (JSON of a decision or an access request).
 pub const MAX_BODY: usize = 64 * 1024;
+/// The body limit of a SAML assertion consumer service (`POST /saml/{name}/acs`): a base64,
+/// form-encoded response of up to `phigate_saml::MAX_RESPONSE_BYTES` (a response with many
+/// groups exceeds [`MAX_BODY`]).
+pub const MAX_SAML_BODY: usize = phigate_saml::MAX_RESPONSE_BYTES * 3 / 2 + 8192;
 
 /// Where the HTTP listener's TLS comes from (`listen.http_tls`): the acceptor of the moment,
 /// so a reload's new certificate serves the next handshake.
@@ -160,12 +164,18 @@ pub async fn body_deadline(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+    let path = parts.uri.path();
+    let limit = if path.starts_with("/saml/") && path.ends_with("/acs") {
+        MAX_SAML_BODY
+    } else {
+        MAX_BODY
+    };
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
             return ApiError::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a request body is at most {MAX_BODY} bytes"),
+                format!("a request body is at most {limit} bytes"),
             )
             .into_response()
         }

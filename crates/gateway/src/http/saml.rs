@@ -31,9 +31,9 @@ use crate::auth::saml_state::{same, Kind, Person, Purpose, Ticket};
 use crate::auth::AuthError;
 use crate::state::Shared;
 
-/// The largest ACS form accepted: a base64 response of [`phigate_saml::MAX_RESPONSE_BYTES`]
-/// and a RelayState.
-const MAX_ACS_BODY: usize = phigate_saml::MAX_RESPONSE_BYTES * 4 / 3 + 8192;
+/// The largest ACS form accepted: a base64, form-encoded response of
+/// [`phigate_saml::MAX_RESPONSE_BYTES`] and a RelayState.
+const MAX_ACS_BODY: usize = super::conn::MAX_SAML_BODY;
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
