@@ -247,8 +247,7 @@ async fn saml_sign_in(
     }
     let name = str_field(issuer, "name")?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let verifier = random_b64(32);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let (verifier, challenge) = pkce();
     let state = random_b64(16);
     let mut url = reqwest::Url::parse(gateway)?;
     url.path_segments_mut()
@@ -259,17 +258,8 @@ async fn saml_sign_in(
         .append_pair("cli_port", &listener.local_addr()?.port().to_string())
         .append_pair("cli_state", &state)
         .append_pair("cli_challenge", &challenge);
-    eprintln!("Open this address to sign in:\n{url}");
-    if opts.open_browser {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(url.as_str())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-    }
-    let code = tokio::time::timeout(SIGN_IN_TIMEOUT, wait_for_code(&listener, &state))
-        .await
-        .map_err(|_| anyhow::anyhow!("sign-in was not completed within 5 minutes"))??;
+    // The gateway's URL was checked in `run`: https, or loopback.
+    let code = in_browser(&url, opts.open_browser, &listener, &state).await?;
     Ok(client
         .post(format!("{gateway}/v1/auth/saml/token"))
         .form(&[
@@ -293,8 +283,7 @@ async fn code_flow(
         "http://127.0.0.1:{}/callback",
         listener.local_addr()?.port()
     );
-    let verifier = random_b64(32);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let (verifier, challenge) = pkce();
     let state = random_b64(16);
     let nonce = random_b64(16);
     let mut url = reqwest::Url::parse(authorization_endpoint)?;
@@ -307,19 +296,9 @@ async fn code_flow(
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    eprintln!("Open this address to sign in:\n{url}");
     let endpoint = authorization_endpoint.to_ascii_lowercase();
-    if open_browser && (endpoint.starts_with("https://") || crate::auth::is_loopback_url(&endpoint))
-    {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(url.as_str())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-    }
-    let code = tokio::time::timeout(SIGN_IN_TIMEOUT, wait_for_code(&listener, &state))
-        .await
-        .map_err(|_| anyhow::anyhow!("sign-in was not completed within 5 minutes"))??;
+    let secure = endpoint.starts_with("https://") || crate::auth::is_loopback_url(&endpoint);
+    let code = in_browser(&url, open_browser && secure, &listener, &state).await?;
     let resp = client
         .post(token_endpoint)
         .form(&[
@@ -332,6 +311,34 @@ async fn code_flow(
         .send()
         .await?;
     token_response(resp).await
+}
+
+/// A PKCE verifier and its S256 challenge.
+fn pkce() -> (String, String) {
+    let verifier = random_b64(32);
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// Prints the sign-in address (and opens it in a browser when `open`), then waits, at most
+/// [`SIGN_IN_TIMEOUT`], for the loopback callback that carries `state`: its code.
+async fn in_browser(
+    url: &reqwest::Url,
+    open: bool,
+    listener: &tokio::net::TcpListener,
+    state: &str,
+) -> anyhow::Result<String> {
+    eprintln!("Open this address to sign in:\n{url}");
+    if open {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url.as_str())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    tokio::time::timeout(SIGN_IN_TIMEOUT, wait_for_code(listener, state))
+        .await
+        .map_err(|_| anyhow::anyhow!("sign-in was not completed within 5 minutes"))?
 }
 
 /// Accepts connections on the loopback redirect until one brings the code for our `state`.
