@@ -114,14 +114,7 @@ pub(super) fn ticket_cookie(issuer: &SamlIssuer, ticket: &str) -> HeaderValue {
 /// The ticket this browser holds for a sign-in at `issuer`, if genuine and current.
 pub(super) fn ticket(shared: &Shared, issuer: &SamlIssuer, headers: &HeaderMap) -> Option<Ticket> {
     let (name, _) = ticket_cookie_name(issuer);
-    let value = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)?;
+    let value = super::console::cookie_value(headers, name)?;
     shared
         .auth
         .saml_flights()
@@ -318,34 +311,24 @@ async fn confirm(
     if !same(&t.relay, relay) {
         return deliver(&shared, &issuer, &headers, peer, &q.key);
     }
-    let body = html! {
-        (maud::DOCTYPE)
-        html lang="en" {
-            head { meta charset="utf-8"; title { "phigate login" } }
-            body {
-                h1 { "Sign in phigate login on this computer?" }
-                p {
-                    "A phigate login command on this computer (waiting on port " (port)
-                    ") asks for a gateway session as "
-                    strong { (crate::text::display(subject).to_string()) }
-                    "."
-                }
-                p { "Continue only if you just ran phigate login yourself." }
-                form method="post" action={ "/saml/" (name) "/finish" } {
-                    input type="hidden" name="key" value=(q.key);
-                    button type="submit" id="continue" { "Continue" }
-                }
+    document(
+        StatusCode::OK,
+        "phigate login",
+        html! {
+            h1 { "Sign in phigate login on this computer?" }
+            p {
+                "A phigate login command on this computer (waiting on port " (port)
+                ") asks for a gateway session as "
+                strong { (crate::text::display(subject).to_string()) }
+                "."
             }
-        }
-    };
-    let mut res = (StatusCode::OK, body).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+            p { "Continue only if you just ran phigate login yourself." }
+            form method="post" action={ "/saml/" (name) "/finish" } {
+                input type="hidden" name="key" value=(q.key);
+                button type="submit" id="continue" { "Continue" }
+            }
+        },
+    )
 }
 
 /// `POST /saml/{name}/finish` (form `key`): `phigate login`'s browser collects the outcome and
@@ -453,17 +436,26 @@ async fn token(
 
 /// A small HTML page for the person in the browser (a refusal, mostly).
 pub(super) fn page(status: StatusCode, message: &str) -> Response {
-    let body = html! {
+    document(
+        status,
+        "phigate sign-in",
+        html! {
+            h1 { "Sign-in" }
+            p { (crate::text::display(message).to_string()) }
+        },
+    )
+}
+
+/// A page of its own (not the console's layout): no script, no framing, not cached.
+fn document(status: StatusCode, title: &str, body: maud::Markup) -> Response {
+    let page = html! {
         (maud::DOCTYPE)
         html lang="en" {
-            head { meta charset="utf-8"; title { "phigate sign-in" } }
-            body {
-                h1 { "Sign-in" }
-                p { (crate::text::display(message).to_string()) }
-            }
+            head { meta charset="utf-8"; title { (title) } }
+            body { (body) }
         }
     };
-    let mut res = (status, body).into_response();
+    let mut res = (status, page).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

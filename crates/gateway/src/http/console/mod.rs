@@ -30,6 +30,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -138,19 +139,18 @@ impl Console {
         } else {
             "phigate-signin"
         };
-        cookie_value(parts, name)
+        cookie_value(&parts.headers, name)
     }
 
     /// The cookie's session id, if the request carries one.
     fn session_id<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
-        cookie_value(parts, self.cookie_name())
+        cookie_value(&parts.headers, self.cookie_name())
     }
 }
 
 /// The value of cookie `name` in a request.
-fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+pub(super) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
