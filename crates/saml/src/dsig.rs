@@ -127,14 +127,12 @@ pub fn verify(
     }
     no_text(sig)?;
     let mut parts = elements(sig);
-    let signed_info = parts
-        .next()
-        .filter(|n| is(*n, DSIG, "SignedInfo"))
-        .ok_or_else(|| malformed("SignedInfo must come first"))?;
-    let value = parts
-        .next()
-        .filter(|n| is(*n, DSIG, "SignatureValue"))
-        .ok_or_else(|| malformed("SignatureValue must follow SignedInfo"))?;
+    let signed_info = next_ds(&mut parts, "SignedInfo", "SignedInfo must come first")?;
+    let value = next_ds(
+        &mut parts,
+        "SignatureValue",
+        "SignatureValue must follow SignedInfo",
+    )?;
     for rest in parts {
         // The key in the message is never used; an Object could smuggle signed content.
         if !is(rest, DSIG, "KeyInfo") {
@@ -144,18 +142,13 @@ pub fn verify(
 
     no_text(signed_info)?;
     let mut si = elements(signed_info);
-    let c14n_method = si
-        .next()
-        .filter(|n| is(*n, DSIG, "CanonicalizationMethod"))
-        .ok_or_else(|| malformed("CanonicalizationMethod must come first"))?;
-    let method = si
-        .next()
-        .filter(|n| is(*n, DSIG, "SignatureMethod"))
-        .ok_or_else(|| malformed("SignatureMethod must follow"))?;
-    let reference = si
-        .next()
-        .filter(|n| is(*n, DSIG, "Reference"))
-        .ok_or_else(|| malformed("there must be a Reference"))?;
+    let c14n_method = next_ds(
+        &mut si,
+        "CanonicalizationMethod",
+        "CanonicalizationMethod must come first",
+    )?;
+    let method = next_ds(&mut si, "SignatureMethod", "SignatureMethod must follow")?;
+    let reference = next_ds(&mut si, "Reference", "there must be a Reference")?;
     if si.next().is_some() {
         return Err(malformed("exactly one Reference is accepted"));
     }
@@ -178,18 +171,17 @@ pub fn verify(
     }
     no_text(reference)?;
     let mut r = elements(reference);
-    let transforms = r
-        .next()
-        .filter(|n| is(*n, DSIG, "Transforms"))
-        .ok_or_else(|| malformed("Reference needs Transforms"))?;
-    let digest_method = r
-        .next()
-        .filter(|n| is(*n, DSIG, "DigestMethod"))
-        .ok_or_else(|| malformed("DigestMethod must follow Transforms"))?;
-    let digest_value = r
-        .next()
-        .filter(|n| is(*n, DSIG, "DigestValue"))
-        .ok_or_else(|| malformed("DigestValue must follow DigestMethod"))?;
+    let transforms = next_ds(&mut r, "Transforms", "Reference needs Transforms")?;
+    let digest_method = next_ds(
+        &mut r,
+        "DigestMethod",
+        "DigestMethod must follow Transforms",
+    )?;
+    let digest_value = next_ds(
+        &mut r,
+        "DigestValue",
+        "DigestValue must follow DigestMethod",
+    )?;
     if r.next().is_some() {
         return Err(malformed("unexpected element in Reference"));
     }
@@ -235,6 +227,19 @@ pub fn verify(
         ));
     }
     Ok(())
+}
+
+/// The next element of `children`, which must be `ds:{local}`; else a malformed signature,
+/// saying `rule`.
+fn next_ds<'a, 'i>(
+    children: &mut impl Iterator<Item = Node<'a, 'i>>,
+    local: &str,
+    rule: &str,
+) -> Result<Node<'a, 'i>, Error> {
+    children
+        .next()
+        .filter(|n| is(*n, DSIG, local))
+        .ok_or_else(|| Error::Signature(format!("malformed signature: {rule}")))
 }
 
 /// The `InclusiveNamespaces PrefixList` of an exclusive C14N algorithm element (its
