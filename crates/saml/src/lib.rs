@@ -26,7 +26,7 @@ mod xml;
 
 pub use dsig::SignatureAlgorithm;
 pub use metadata::{IdentityProvider, ServiceProvider};
-pub use request::{authn_request, new_id, AuthnRequest};
+pub use request::{authn_request, AuthnRequest};
 pub use response::{read_response, Assertion, Expect, MAX_RESPONSE_BYTES};
 
 /// Why a message or metadata was refused. Messages name the rule broken, never content from

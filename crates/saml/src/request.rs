@@ -20,19 +20,8 @@ pub struct AuthnRequest {
     pub redirect_url: String,
 }
 
-/// A fresh message ID: `_` and 128 random bits in hex (an xs:ID must not start with a digit).
-pub fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let mut id = String::with_capacity(33);
-    id.push('_');
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
-}
-
-/// Builds AuthnRequest `id` (see [`new_id`]) from `sp` to `idp`, to come back with
-/// `relay_state`.
+/// Builds AuthnRequest `id` (an xs:ID: it must not start with a digit) from `sp` to `idp`, to
+/// come back with `relay_state`.
 pub fn authn_request(
     idp: &IdentityProvider,
     sp: &ServiceProvider,

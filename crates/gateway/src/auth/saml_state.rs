@@ -162,8 +162,7 @@ fn hashed(token: &str) -> String {
 
 /// Compares secrets in constant time.
 pub fn same(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 impl Flights {
