@@ -12,7 +12,6 @@
 //! Screenshots go to `$PHIGATE_CONSOLE_SCREENSHOTS` (`docs/console` refreshes the docs' ones),
 //! else to a temporary directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,21 +141,12 @@ struct Idp {
 
 impl Idp {
     fn start() -> Idp {
-        let mut child = Command::new("node")
-            .arg(repo_root().join("tests/idp/server.mjs"))
-            .args(["--port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the test IdP (run scripts/client-deps): {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("IdP readiness line");
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP printed {line:?}: {e}"));
+        let (child, ready) = phigate_testkit::spawn_ready(
+            Command::new("node")
+                .arg(repo_root().join("tests/idp/server.mjs"))
+                .args(["--port", "0"]),
+        )
+        .unwrap_or_else(|e| panic!("cannot start the test IdP (run scripts/client-deps): {e}"));
         Idp {
             child,
             issuer: ready["issuer"].as_str().expect("issuer").to_owned(),

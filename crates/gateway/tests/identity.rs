@@ -43,21 +43,12 @@ struct Idp {
 
 impl Idp {
     fn start(ttl_secs: u64) -> Idp {
-        let mut child = Command::new("node")
-            .arg(repo_root().join("tests/idp/server.mjs"))
-            .args(["--port", "0", "--ttl", &ttl_secs.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the test IdP (run scripts/client-deps): {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("IdP readiness line");
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP printed {line:?}: {e}"));
+        let (child, ready) = phigate_testkit::spawn_ready(
+            Command::new("node")
+                .arg(repo_root().join("tests/idp/server.mjs"))
+                .args(["--port", "0", "--ttl", &ttl_secs.to_string()]),
+        )
+        .unwrap_or_else(|e| panic!("cannot start the test IdP (run scripts/client-deps): {e}"));
         Idp {
             child,
             issuer: ready["issuer"].as_str().expect("issuer").to_owned(),
@@ -1353,11 +1344,7 @@ async fn item2_a_reload_applies_oidc_issuers_and_bindings() {
     let text = std::fs::read_to_string(&path).expect("config");
     assert!(text.contains(&before));
     std::fs::write(&path, text.replace(&before, &after)).expect("rewrite");
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("reloaded");
 
     let ended = tokio::time::timeout(Duration::from_secs(10), clin_conn)

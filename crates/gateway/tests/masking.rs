@@ -301,11 +301,7 @@ async fn token_key_rotation() {
     };
     assert_eq!(exists(&old_login), "1");
     std::fs::write(&key_file, [9u8; 32]).expect("new key");
-    let status = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    gw.reload().expect("SIGHUP");
     let mut after = before.clone();
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

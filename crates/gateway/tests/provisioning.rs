@@ -427,11 +427,7 @@ fn a_reload_the_gateway_login_cannot_grant_keeps_the_previous_provisioning() {
     let changed = text.replacen("schema = \"public\"", "schema = \"ext2\"", 1);
     assert_ne!(text, changed);
     std::fs::write(gw.config_path(), changed).expect("rewrite");
-    let status = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    gw.reload().expect("SIGHUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let record = loop {
         if let Some(r) = reloads(&gw).pop() {
@@ -468,11 +464,7 @@ fn a_reload_provisions_again_a_masked_login_dropped_behind_the_gateways_back() {
         "DROP SCHEMA \"{login}\" CASCADE; DROP SCHEMA \"{login}_k\" CASCADE; \
          DROP OWNED BY \"{login}\"; DROP ROLE \"{login}\";"
     ));
-    let status = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    gw.reload().expect("SIGHUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while reloads(&gw).is_empty() {
         assert!(

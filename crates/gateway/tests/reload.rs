@@ -32,14 +32,6 @@ fn db_message(err: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| err.to_string())
 }
 
-fn hup(gw: &Gateway) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
-
 #[tokio::test]
 async fn sighup_swaps_the_policy_between_transactions() {
     let cluster = phigate_testkit::clinic(phigate::demo::SEED_SQL);
@@ -68,7 +60,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
     client.batch_execute("BEGIN").await.expect("begin");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(DENY_LABS, ALLOW_LABS)).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
@@ -99,7 +91,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
         .expect("PREPARE");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 2).expect("log line");
     let err = client
         .query_one(&stmt, &[])
@@ -118,7 +110,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
         "{err:?}"
     );
     std::fs::write(&config, text).expect("restore");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 3).expect("log line");
 
     // A broken file is refused and the running policy stays.
@@ -128,7 +120,7 @@ async fn sighup_swaps_the_policy_between_transactions() {
         text.replace("actions = [\"select\"]", "actions = [\"selct\"]"),
     )
     .expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reload failed", 1)
         .expect("log line");
     let rows = client
@@ -172,7 +164,7 @@ async fn a_reload_reaches_a_session_after_an_extended_copy() {
     }
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(ALLOW_LABS, DENY_LABS)).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
     let err = client
         .simple_query("SELECT count(*) FROM lab_results")
@@ -237,7 +229,7 @@ async fn a_removed_identity_is_logged_out_and_restart_only_changes_are_named() {
     let edited =
         without_clinician(&text).replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 7");
     std::fs::write(&config, edited).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
 
     // The live session ended: the gateway closed it, saying why.
@@ -286,7 +278,7 @@ async fn a_removed_identity_is_logged_out_and_restart_only_changes_are_named() {
         text.replace("roles = [\"ai-agent\"]", "roles = [\"nobody\"]"),
     )
     .expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reload failed", 1)
         .expect("log line");
     let reloads = wait_records(&gw, "config_reload", 2);
@@ -351,7 +343,7 @@ async fn a_rotated_tls_certificate_is_served_to_the_next_handshake() {
 
     std::fs::copy(new.cert(), old.cert()).expect("rotate cert");
     std::fs::copy(new.key(), old.key()).expect("rotate key");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
     let (ok, err) = psql_verified(&gw, &new.ca());
     assert!(ok, "the rotated certificate was not served: {err}");
@@ -425,7 +417,7 @@ async fn a_changed_webhook_receives_the_next_hold() {
     let config = gw.dir().join("phigate.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace(&first_url, &second_url)).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
 
     let (agent, conn) = tokio_postgres::connect(&gw.conninfo("agent"), NoTls)
@@ -506,7 +498,7 @@ async fn a_removed_role_ends_its_sessions_and_audit_readers_follow_the_file() {
             .replace("reader_roles = []", "reader_roles = [\"reviewer\"]"),
     )
     .expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
         .await
@@ -551,7 +543,7 @@ async fn an_agent_idle_in_a_transaction_cannot_hold_a_reload_up() {
     let config = gw.dir().join("phigate.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, without_clinician(&text)).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("log line");
     assert!(
         gw.log()
@@ -626,7 +618,7 @@ async fn a_masking_change_ends_an_idle_agents_transaction_and_the_key_stays_out_
     let edited = text.replacen("[role.masking]\n", "[role.masking]\nzip = \"redact\"\n", 1);
     assert_ne!(edited, text);
     std::fs::write(&config, edited).expect("rewrite");
-    hup(&gw);
+    gw.reload().expect("SIGHUP");
     let reloads = wait_records(&gw, "config_reload", 1);
     let last = reloads.last().expect("record");
     assert_eq!(last["ok"], true, "{last}\n{}", gw.log());

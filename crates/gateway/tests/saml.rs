@@ -634,11 +634,7 @@ async fn a_rotated_idp_certificate_is_taken_at_reload() {
         "{refused:?}"
     );
     std::fs::copy(&new.metadata_file, &md).expect("rotate metadata");
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("reloaded");
     assert!(
         cli_sign_in(&gw, &new, "good").await.told.is_ok(),

@@ -455,11 +455,7 @@ fn class_f_a_reload_reaches_every_session_and_transactions_are_capped() {
         text.replace("actions = [\"select\", \"write\"]", "actions = [\"write\"]"),
     )
     .expect("rewrite");
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
+    gw.reload().expect("SIGHUP");
     gw.wait_log("configuration reloaded", 1).expect("reloaded");
     let msgs = agent.query("SELECT body FROM notes WHERE id = 2");
     let e = error_of(&msgs).expect("the new policy applies to this session");

@@ -350,6 +350,17 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Sends SIGHUP: the gateway reloads its config file.
+    pub fn reload(&self) -> Result<(), Error> {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill -HUP {} failed: {status}", self.pid()).into());
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<(), Error> {
         let status = Command::new("kill")
@@ -518,6 +529,28 @@ impl Certs {
     }
     pub fn key(&self) -> PathBuf {
         self.dir.path().join("server.key")
+    }
+}
+
+/// Starts a helper process (a test identity provider, ...) that prints one JSON line to stdout
+/// once it is ready: the process, and that line. Its stderr is discarded.
+pub fn spawn_ready(cmd: &mut Command) -> Result<(Child, serde_json::Value), Error> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    }
+    match serde_json::from_str(&line) {
+        Ok(ready) => Ok((child, ready)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("{cmd:?} printed {line:?}, not a JSON ready line: {e}").into())
+        }
     }
 }
 

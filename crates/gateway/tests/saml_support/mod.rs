@@ -1,9 +1,8 @@
 //! The SAML test identity provider (`tests/saml-idp/idp.py`) and a gateway that trusts it, for
 //! `saml.rs` and the console's browser test.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use phigate_testkit::{Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -49,18 +48,8 @@ impl Idp {
         if let Some(e) = entity_id {
             cmd.args(["--entity-id", e]);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
+        let (child, ready) = phigate_testkit::spawn_ready(&mut cmd)
             .unwrap_or_else(|e| panic!("cannot start the SAML IdP (run scripts/client-deps): {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("IdP readiness line");
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP printed {line:?}: {e}"));
         Idp {
             child,
             url: ready["url"].as_str().expect("url").to_owned(),
