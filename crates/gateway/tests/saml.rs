@@ -31,6 +31,15 @@ fn location(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// A response as the test reads it: (status, the Location of a 303 or else the body).
+async fn answer(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    if status == 303 {
+        return (status, location(&resp));
+    }
+    (status, resp.text().await.expect("body"))
+}
+
 /// The `name=value` of the `Set-Cookie` named `name`.
 fn cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
@@ -62,11 +71,7 @@ async fn post_acs(
         .send()
         .await
         .expect("ACS");
-    let status = resp.status().as_u16();
-    if status == 303 {
-        return (status, location(&resp));
-    }
-    (status, resp.text().await.expect("body"))
+    answer(resp).await
 }
 
 /// The audit records of `kind`, once there are at least `n` (they are written in batches).
@@ -106,11 +111,7 @@ async fn follow(gw: &Gateway, to: &str, cookie: &str) -> (u16, String) {
         .send()
         .await
         .expect("follow");
-    let status = resp.status().as_u16();
-    if status == 303 {
-        return (status, location(&resp));
-    }
-    (status, resp.text().await.expect("body"))
+    answer(resp).await
 }
 
 /// Collects a `phigate login` sign-in at its finish URL `to` as the browser holding `ticket`
@@ -133,11 +134,7 @@ async fn finish_cli(gw: &Gateway, to: &str, ticket: &str) -> (u16, String) {
         .send()
         .await
         .expect("confirm");
-    let status = resp.status().as_u16();
-    if status == 303 {
-        return (status, location(&resp));
-    }
-    (status, resp.text().await.expect("body"))
+    answer(resp).await
 }
 
 /// What `phigate login` (loopback port 9) is told: its code, or the reason for a refusal.
