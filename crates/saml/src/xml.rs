@@ -42,8 +42,12 @@ pub fn parse_metadata(text: &str) -> Result<Document<'_>, Error> {
 /// Attributes one element may carry (a real one carries a handful).
 const MAX_ATTRIBUTES: usize = 64;
 
+/// CDATA sections a document may hold: the parser merges adjacent text by copying it whole,
+/// so thousands of empty sections after a long text would be quadratic work.
+const MAX_CDATA: usize = 16;
+
 /// A linear pass over the raw text before the parser sees it: nesting depth, namespace
-/// declarations in scope and attributes per element, bounded. The parser recurses once per
+/// declarations in scope, attributes per element and CDATA sections, bounded. The parser recurses once per
 /// level (a deep document would overflow the thread's stack) and copies the namespaces in scope
 /// at every element that declares one (quadratic), so both are refused before it runs.
 fn prescan(text: &str) -> Result<(), Error> {
@@ -58,6 +62,7 @@ fn prescan(text: &str) -> Result<(), Error> {
     // Namespace declarations made by each open element.
     let mut open: Vec<usize> = Vec::new();
     let mut in_scope = 0usize;
+    let mut cdata = 0usize;
     let mut i = 0;
     while let Some(p) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
         i += p;
@@ -65,6 +70,10 @@ fn prescan(text: &str) -> Result<(), Error> {
         if rest.starts_with(b"<!--") {
             i = after(i + 4, b"-->")?;
         } else if rest.starts_with(b"<![CDATA[") {
+            cdata += 1;
+            if cdata > MAX_CDATA {
+                return too("too many CDATA sections");
+            }
             i = after(i + 9, b"]]>")?;
         } else if rest.starts_with(b"<?") {
             i = after(i + 2, b"?>")?;
@@ -157,7 +166,8 @@ fn parse_with(text: &str, comments: bool) -> Result<Document<'_>, Error> {
                     "XML processing instructions are not accepted".into(),
                 ))
             }
-            NodeType::Element if n.ancestors().nth(MAX_DEPTH).is_some() => {
+            // `ancestors` counts the node itself and the document root.
+            NodeType::Element if n.ancestors().nth(MAX_DEPTH + 1).is_some() => {
                 return Err(Error::Malformed("elements nest too deeply".into()))
             }
             NodeType::Element if n.namespaces().len() > MAX_NAMESPACES => {
@@ -307,7 +317,9 @@ mod tests {
 <p:R xmlns:p="urn:p" a='x>y' b="&lt;"><p:S xmlns:q="urn:q"/><![CDATA[<x>]]><p:T q = "1"></p:T></p:R>"#;
         let doc = parse(xml).expect("parses");
         assert_eq!(doc.root_element().tag_name().name(), "R");
-        let depth_ok = format!("{}{}", "<a>".repeat(60), "</a>".repeat(60));
-        parse(&depth_ok).expect("60 levels");
+        let depth_ok = format!("{}{}", "<a>".repeat(64), "</a>".repeat(64));
+        parse(&depth_ok).expect("64 levels");
+        let too_deep = format!("{}{}", "<a>".repeat(65), "</a>".repeat(65));
+        assert!(parse(&too_deep).is_err());
     }
 }
