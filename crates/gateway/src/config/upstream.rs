@@ -40,6 +40,10 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Statements each session keeps prepared in the database for its repeated unnamed ones
+    /// (the statement cache; 0 turns it off). At most 1024.
+    #[serde(default = "default_statement_cache")]
+    pub statement_cache: usize,
 }
 
 fn default_pg_port() -> u16 {
@@ -48,12 +52,22 @@ fn default_pg_port() -> u16 {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_statement_cache() -> usize {
+    crate::session::relay::exchange::cache::DEFAULT_CAPACITY
+}
+/// The most statements a session's cache may keep.
+pub const MAX_STATEMENT_CACHE: usize = 1024;
 
 impl Upstream {
     /// At most one place for the password. Where it lives is read only when the gateway (or
     /// `phigate check`) connects: the commands that merely read the config (`token mint`,
     /// `keys`, `audit`) need no database secret in their environment.
     pub fn check_password_source(&self) -> Result<(), ConfigError> {
+        if self.statement_cache > MAX_STATEMENT_CACHE {
+            return Err(ConfigError::Invalid(format!(
+                "upstream.statement_cache: at most {MAX_STATEMENT_CACHE}"
+            )));
+        }
         let sources = [
             self.password.is_some(),
             self.password_env.is_some(),

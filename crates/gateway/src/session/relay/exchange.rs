@@ -33,10 +33,12 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use cache::{Cache, Op};
 use phigate_policy::Refusal;
 use phigate_wire::backend::{self, tag, Fields, Notice, TransactionStatus};
 use phigate_wire::Frame;
 
+pub mod cache;
 mod names;
 mod units;
 use names::{apply, drop_unnamed, name_hash, Names};
@@ -110,6 +112,8 @@ struct Entry {
     tag_rows: Option<u64>,
     command: Option<String>,
     error: Option<String>,
+    /// What the statement cache made of the message.
+    op: Op,
 }
 
 /// What the backward half does with a message from the database.
@@ -149,6 +153,8 @@ pub struct Exchange {
     /// An extended-protocol message failed and no Sync was in flight: the database skips
     /// every message it reads until the next Sync (the SQLSTATE they are recorded with).
     skipping_to_sync: Option<String>,
+    /// Repeated unnamed statements prepared under names of the gateway's own.
+    cache: Cache,
 }
 
 impl Default for Exchange {
@@ -167,11 +173,21 @@ impl Default for Exchange {
             views_changed: false,
             desync: false,
             skipping_to_sync: None,
+            cache: Cache::default(),
         }
     }
 }
 
 impl Exchange {
+    /// An exchange whose statement cache holds up to `capacity` statements (0: none), named
+    /// after the session's `nonce`.
+    pub fn new(capacity: usize, nonce: &str) -> Exchange {
+        Exchange {
+            cache: Cache::new(capacity, nonce),
+            ..Exchange::default()
+        }
+    }
+
     /// Nothing is in flight: every message sent has been answered.
     pub fn idle(&self) -> bool {
         self.queue.is_empty() && !self.copy_in
@@ -294,9 +310,75 @@ impl Exchange {
         out
     }
 
+    /// The forward half sends a message the guard let through as it is (`frame`, as the
+    /// client sent it): the bytes for the database go into `out`, through the statement cache
+    /// ([`cache`]), and its entry joins the queue.
+    pub fn send(&mut self, sent: Sent, unit: Option<Unit>, frame: &[u8], out: &mut BytesMut) {
+        let body = frame.get(5..).unwrap_or_default();
+        let op = if self.copy_in {
+            Op::Plain
+        } else {
+            match &sent {
+                Sent::Parse {
+                    name,
+                    statement: Some(p),
+                } if name.is_empty() => self.cache.parse(body, p, out),
+                Sent::Bind { .. } => match self.unnamed_upstream() {
+                    Some(n) if cache::bind_to(out, body, &n).is_some() => Op::Uses(n),
+                    _ => Op::Plain,
+                },
+                Sent::Describe if body == b"S\0" => match self.unnamed_upstream() {
+                    Some(n) => {
+                        cache::describe_statement(out, &n);
+                        Op::Uses(n)
+                    }
+                    None => Op::Plain,
+                },
+                Sent::Sync => {
+                    // Names the cache let go are closed in the database, ahead of the Sync.
+                    for name in self.cache.take_closing() {
+                        cache::close_statement(out, &name);
+                        let close = Sent::Close {
+                            portal: false,
+                            name: name.to_string(),
+                        };
+                        self.push_op(close, None, None, Op::Closes(name));
+                    }
+                    Op::Plain
+                }
+                _ => Op::Plain,
+            }
+        };
+        if op == Op::Plain {
+            out.extend_from_slice(frame);
+        }
+        self.push_op(sent, None, unit, op);
+    }
+
+    /// The cached name the client's unnamed statement is prepared under, when a message sent
+    /// now runs.
+    fn unnamed_upstream(&self) -> Option<Arc<str>> {
+        self.statements.projected.get("")?.upstream().cloned()
+    }
+
+    /// Statements the cache holds in the database.
+    pub fn cached_count(&self) -> usize {
+        self.cache.held()
+    }
+
     /// The forward half sends `sent`: its entry joins the queue, and the projection takes its
     /// effects. Call before the bytes leave.
     pub fn push(&mut self, sent: Sent, refusal: Option<(String, Refusal)>, unit: Option<Unit>) {
+        self.push_op(sent, refusal, unit, Op::Plain)
+    }
+
+    fn push_op(
+        &mut self,
+        sent: Sent,
+        refusal: Option<(String, Refusal)>,
+        unit: Option<Unit>,
+        op: Op,
+    ) {
         if self.copy_in {
             // The database is reading COPY data: it swallows Sync and Flush, ends the COPY at
             // CopyDone / CopyFail, and fails it on anything else (that message is consumed).
@@ -332,6 +414,11 @@ impl Exchange {
         if let Some(code) = &self.skipping_to_sync {
             if !matches!(sent, Sent::Sync) {
                 let code = code.clone();
+                match op {
+                    Op::Creates(name) => self.cache.settled(&name, false),
+                    Op::Closes(name) => self.cache.close_later(name),
+                    _ => {}
+                }
                 return self.finish_now(unit, &code);
             }
             self.skipping_to_sync = None;
@@ -402,8 +489,13 @@ impl Exchange {
             tag_rows: None,
             command: None,
             error: None,
+            op,
         };
         for ef in entry_effects(&entry) {
+            if matches!(ef, Effect::DiscardAll | Effect::DeallocateAll) {
+                // The database drops the cache's names with the client's.
+                self.cache.clear(true);
+            }
             apply(
                 &mut self.statements.projected,
                 &mut self.portals.projected,
@@ -438,7 +530,7 @@ impl Exchange {
             }
             tag::PARSE_COMPLETE => self.complete(|s| matches!(s, Sent::Parse { .. })),
             tag::BIND_COMPLETE => self.complete(|s| matches!(s, Sent::Bind { .. })),
-            tag::CLOSE_COMPLETE => self.complete(|s| matches!(s, Sent::Close { .. })),
+            tag::CLOSE_COMPLETE => observed.rewrite = self.close_complete(),
             tag::PARAMETER_DESCRIPTION => self.expect(|s| matches!(s, Sent::Describe)),
             tag::NO_DATA => self.complete(|s| matches!(s, Sent::Describe)),
             tag::ROW_DESCRIPTION => {
@@ -459,6 +551,39 @@ impl Exchange {
             _ => {}
         }
         observed
+    }
+
+    /// A CloseComplete: the client's (a Close), the client's ParseComplete (a reused cached
+    /// statement's Parse), or the gateway's own (not the client's to see).
+    fn close_complete(&mut self) -> Option<BytesMut> {
+        let op = match self.queue.front() {
+            Some(e) if matches!(e.sent, Sent::Parse { .. } | Sent::Close { .. }) => e.op.clone(),
+            _ => {
+                self.desync = true;
+                return None;
+            }
+        };
+        let parse = self.head_is(|s| matches!(s, Sent::Parse { .. }));
+        match op {
+            Op::Reuses if parse => {
+                self.pop(true);
+                let mut out = BytesMut::with_capacity(5);
+                phigate_wire::frame::write_message(&mut out, tag::PARSE_COMPLETE, |_| {});
+                Some(out)
+            }
+            Op::Closes(_) if !parse => {
+                self.pop(true);
+                Some(BytesMut::new())
+            }
+            _ if !parse => {
+                self.pop(true);
+                None
+            }
+            _ => {
+                self.desync = true;
+                None
+            }
+        }
     }
 
     /// The database answered something the head of the queue cannot be answered with: the
@@ -562,6 +687,16 @@ impl Exchange {
             }
         }
         head.error.get_or_insert(code.clone());
+        // `cached plan must not change result type`: the cached name is of no more use.
+        if let Op::Uses(name) = &head.op {
+            if code == phigate_wire::sqlstate::FEATURE_NOT_SUPPORTED {
+                let name = name.clone();
+                self.cache.broken(&name);
+            }
+        }
+        let Some(head) = self.queue.front_mut() else {
+            return rewrite;
+        };
         // A COPY that failed is over.
         self.copy_in = false;
         // "Prepared statement already exists" for a name the database never confirmed to the
@@ -678,6 +813,8 @@ impl Exchange {
             }
             if std::mem::take(&mut self.ddl_pending) {
                 self.views_changed = true;
+                // Plans of the cache may no longer fit the tables: prepared afresh.
+                self.cache.clear(false);
             }
         }
     }
@@ -741,6 +878,12 @@ impl Exchange {
     }
 
     fn finish(&mut self, e: Entry) {
+        match &e.op {
+            Op::Creates(name) => self.cache.settled(name, e.error.is_none()),
+            // Skipped after an earlier error: the name is still there.
+            Op::Closes(name) if e.error.is_some() => self.cache.close_later(name.clone()),
+            _ => {}
+        }
         let Some(unit) = e.unit else {
             return;
         };
@@ -796,3 +939,7 @@ fn entry_effects(e: &Entry) -> impl Iterator<Item = &Effect> {
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "exchange_cache_tests.rs"]
+mod cache_tests;

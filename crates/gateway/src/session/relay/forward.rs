@@ -319,8 +319,7 @@ impl<'s> Forward<'s> {
                 if f.ddl {
                     ex.note_ddl();
                 }
-                ex.push(sent, None, unit);
-                self.out.extend_from_slice(original);
+                ex.send(sent, unit, original, &mut self.out);
                 None
             }
             Action::Substitute {

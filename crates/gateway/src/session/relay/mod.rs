@@ -102,9 +102,9 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(encoding: ClientEncoding) -> Link {
+    fn new(encoding: ClientEncoding, exchange: Exchange) -> Link {
         Link {
-            exchange: Mutex::new(Exchange::default()),
+            exchange: Mutex::new(exchange),
             room: Notify::new(),
             release_after: AtomicU64::new(0),
             statements: AtomicU64::new(0),
@@ -189,7 +189,8 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = upstream.stream.split();
     let (events_tx, events_rx) = mpsc::channel(4);
-    let link = Arc::new(Link::new(client_view.encoding));
+    let exchange = Exchange::new(shared.started.upstream.statement_cache, guard.nonce());
+    let link = Arc::new(Link::new(client_view.encoding, exchange));
     let session = guard.session().clone();
     let tape = guard.tape().cloned();
     // A masked role's text goes through the content detectors too (the second net).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use phigate_sql::Analysis;
 
@@ -23,6 +23,9 @@ pub struct Prepared {
     /// What running it does to the session's names: a `PREPARE`, `DEALLOCATE` or
     /// `DISCARD ALL` sent with Parse takes effect when a portal of it is executed.
     pub effect: Option<Effect>,
+    /// The name the database holds it by, when the statement cache prepared it under a name of
+    /// its own (see [`super::cache`]); otherwise it is held as the client named it.
+    upstream: OnceLock<Arc<str>>,
 }
 
 impl Prepared {
@@ -65,7 +68,17 @@ impl Prepared {
             uses: AtomicU32::new(if review.is_some() { 1 } else { u32::MAX }),
             review,
             effect,
+            upstream: OnceLock::new(),
         })
+    }
+
+    /// The name the statement cache prepared it under in the database, if it did.
+    pub fn upstream(&self) -> Option<&Arc<str>> {
+        self.upstream.get()
+    }
+
+    pub(super) fn set_upstream(&self, name: Arc<str>) {
+        let _ = self.upstream.set(name);
     }
 
     pub fn version(&self) -> u64 {

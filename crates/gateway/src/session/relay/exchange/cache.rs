@@ -1,0 +1,306 @@
+//! The statement cache: a repeated unnamed statement is prepared once in the database, under a
+//! name of the gateway's own, and run from there.
+//!
+//! Drivers that use the extended protocol without naming their statements (pgbench `-M
+//! extended`, psycopg below its `prepare_threshold`, node-postgres without `name`, many ORMs)
+//! send Parse, Bind, Execute for every execution: PostgreSQL parses, rewrites and plans the
+//! text each time. For a masked role the text reads a masking view, whose expansion and
+//! planning cost more than the read itself. The cache keeps what the database prepared:
+//!
+//! - The first Parse of a text goes as sent. The second (the text is seen again among the last
+//!   [`SEEN`] unnamed Parses) goes as a Parse of `phigate_s<session nonce>_<n>` instead — the
+//!   *create*; the client still receives its ParseComplete.
+//! - Every later Parse of the same text, once that name is confirmed, goes as a Close of the
+//!   unnamed statement — the *reuse*: the database answers CloseComplete, which the client
+//!   receives as its ParseComplete, in the same place and skipped by an earlier error just as
+//!   the Parse would have been. (Closing the unnamed statement keeps the database's unnamed
+//!   statement from ever standing for a cached text.)
+//! - A Bind or Describe of the unnamed statement goes to the name the client's unnamed
+//!   statement was prepared under ([`super::Prepared::upstream`]), known from the exchange's
+//!   own projection of what the unnamed statement is when the message runs.
+//!
+//! What is judged, recorded and recorded on tape does not change: the guard decides every Parse
+//! and Bind as it arrives, and the cache only changes which of the database's statements the
+//! decided text runs as. Only ASCII texts are cached (the same bytes are the same text in every
+//! client encoding), only single SELECT / INSERT / UPDATE / DELETE / MERGE statements, and no
+//! statement a reviewer approved.
+//!
+//! A cached plan can be invalidated by the database: it re-plans after DDL and re-parses after
+//! a `search_path` change by itself, but refuses with `cached plan must not change result
+//! type` (0A000) when a table under a `SELECT *` gained or lost columns. Such a name is dropped
+//! from the cache at that error (the statement is prepared anew at its next sightings) and
+//! closed in the database at the next Sync; the cache is emptied when the session's own DDL
+//! commits and when `DISCARD ALL` or `DEALLOCATE ALL` runs.
+//!
+//! Bounded: at most `capacity` (`upstream.statement_cache`, default 64) texts of at most
+//! [`MAX_TEXT`] bytes and [`MAX_BYTES`] together, [`SEEN`] 64-bit hashes of unnamed texts, and
+//! [`MAX_CLOSING`] names waiting to be closed; past that, or after [`MAX_FORGOTTEN`] names were
+//! forgotten without a close, the cache turns itself off for the session.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use phigate_sql::Analysis;
+use phigate_wire::frame::write_message;
+
+use super::Prepared;
+
+/// Longest statement text the cache keeps.
+pub const MAX_TEXT: usize = 8 << 10;
+/// Statement text the cache of one session keeps together.
+pub const MAX_BYTES: usize = 64 << 10;
+/// Hashes of unnamed texts remembered to recognise a second sighting.
+pub const SEEN: usize = 256;
+/// Names waiting to be closed in the database.
+pub const MAX_CLOSING: usize = 64;
+/// Names forgotten without a close (a `DISCARD ALL` that then failed) before the cache stops.
+pub const MAX_FORGOTTEN: usize = 256;
+/// The default capacity (`upstream.statement_cache`).
+pub const DEFAULT_CAPACITY: usize = 64;
+
+/// What the cache did to a message on its way to the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sent as the client sent it.
+    Plain,
+    /// A Parse sent under this name: the cache's entry is ready once it is answered.
+    Creates(Arc<str>),
+    /// A Parse sent as a Close of the unnamed statement: its CloseComplete is the client's
+    /// ParseComplete.
+    Reuses,
+    /// A Bind or Describe sent to this cached name.
+    Uses(Arc<str>),
+    /// The gateway's own Close of this name: its answer is not the client's.
+    Closes(Arc<str>),
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: Arc<str>,
+    ready: bool,
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    capacity: usize,
+    prefix: String,
+    next: u64,
+    slots: HashMap<Box<[u8]>, Slot>,
+    bytes: usize,
+    seen: VecDeque<u64>,
+    closing: Vec<Arc<str>>,
+    forgotten: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::new(0, "")
+    }
+}
+
+impl Cache {
+    /// A cache of `capacity` statements (0: off), naming them after `nonce`.
+    pub fn new(capacity: usize, nonce: &str) -> Cache {
+        Cache {
+            capacity,
+            prefix: format!("phigate_s{nonce}_"),
+            next: 0,
+            slots: HashMap::new(),
+            bytes: 0,
+            seen: VecDeque::new(),
+            closing: Vec::new(),
+            forgotten: 0,
+        }
+    }
+
+    /// Statements the cache holds (or is preparing) in the database.
+    pub fn held(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// A Parse of the unnamed statement (`body`: the Parse's body as sent) that the guard let
+    /// through as `statement`: what to send in its place, into `out`.
+    pub fn parse(&mut self, body: &[u8], statement: &Prepared, out: &mut BytesMut) -> Op {
+        let Some(key) = self.key(body, statement) else {
+            return Op::Plain;
+        };
+        if let Some(slot) = self.slots.get(key) {
+            if !slot.ready {
+                return Op::Plain;
+            }
+            let name = slot.name.clone();
+            close_statement(out, "");
+            statement.set_upstream(name);
+            return Op::Reuses;
+        }
+        let hash = hash_of(key);
+        if !self.seen.contains(&hash) {
+            if self.seen.len() >= SEEN {
+                self.seen.pop_front();
+            }
+            self.seen.push_back(hash);
+            return Op::Plain;
+        }
+        if self.slots.len() >= self.capacity || self.bytes + key.len() > MAX_BYTES {
+            return Op::Plain;
+        }
+        self.seen.retain(|h| *h != hash);
+        self.next += 1;
+        let name: Arc<str> = Arc::from(format!("{}{}", self.prefix, self.next));
+        self.bytes += key.len();
+        self.slots.insert(
+            key.into(),
+            Slot {
+                name: name.clone(),
+                ready: false,
+            },
+        );
+        // The Parse again, under the cache's name: the text and types exactly as sent.
+        write_message(out, b'P', |b| {
+            b.extend_from_slice(name.as_bytes());
+            b.put_u8(0);
+            b.extend_from_slice(key);
+        });
+        statement.set_upstream(name.clone());
+        Op::Creates(name)
+    }
+
+    /// The text-and-types part of an unnamed Parse's body, when the statement may be cached.
+    fn key<'b>(&self, body: &'b [u8], statement: &Prepared) -> Option<&'b [u8]> {
+        if self.capacity == 0 || statement.review.is_some() || statement.effect.is_some() {
+            return None;
+        }
+        // The body of an unnamed Parse starts with the name's terminator.
+        let key = body.strip_prefix(&[0])?;
+        if key.len() > MAX_TEXT || !key.is_ascii() || !plannable(&statement.analysis) {
+            return None;
+        }
+        Some(key)
+    }
+
+    /// A Create was answered: `ok` — the name exists in the database; otherwise it does not.
+    pub fn settled(&mut self, name: &Arc<str>, ok: bool) {
+        if ok {
+            if let Some(slot) = self.slots.values_mut().find(|s| s.name == *name) {
+                slot.ready = true;
+            }
+        } else {
+            self.remove(name);
+        }
+    }
+
+    /// The database refused to run a cached name as it is (its result type changed): the name
+    /// leaves the cache and is closed at the next Sync.
+    pub fn broken(&mut self, name: &Arc<str>) {
+        if self.remove(name) {
+            self.close_later(name.clone());
+        }
+    }
+
+    /// A Close of a cached name did not run (an earlier error skipped it): it goes again.
+    pub fn close_later(&mut self, name: Arc<str>) {
+        if self.closing.len() >= MAX_CLOSING {
+            self.capacity = 0;
+            return;
+        }
+        self.closing.push(name);
+    }
+
+    /// The names to close now (before a Sync).
+    pub fn take_closing(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.closing)
+    }
+
+    /// The database may have dropped every cached name (`DISCARD ALL`, `DEALLOCATE ALL`), or
+    /// the session's DDL committed: everything is forgotten (a name that still exists stays
+    /// unused until the session ends; after [`MAX_FORGOTTEN`] such names the cache stops).
+    pub fn clear(&mut self, dropped: bool) {
+        if !dropped {
+            for slot in self.slots.values() {
+                if slot.ready {
+                    self.closing.push(slot.name.clone());
+                }
+            }
+            if self.closing.len() > MAX_CLOSING {
+                self.forgotten += self.closing.len() - MAX_CLOSING;
+                self.closing.truncate(MAX_CLOSING);
+            }
+        } else {
+            self.forgotten += self.slots.len();
+        }
+        if self.forgotten > MAX_FORGOTTEN {
+            self.capacity = 0;
+        }
+        self.slots.clear();
+        self.bytes = 0;
+    }
+
+    fn remove(&mut self, name: &Arc<str>) -> bool {
+        let key = self
+            .slots
+            .iter()
+            .find(|(_, s)| s.name == *name)
+            .map(|(k, _)| k.clone());
+        let Some(key) = key else {
+            return false;
+        };
+        self.bytes -= key.len();
+        self.slots.remove(&key);
+        true
+    }
+}
+
+/// Only statements with a plan worth keeping: one SELECT, INSERT, UPDATE, DELETE or MERGE.
+fn plannable(a: &Analysis) -> bool {
+    let Analysis::Parsed(stmts) = a else {
+        return false;
+    };
+    matches!(stmts.as_slice(), [st] if matches!(
+        st.node.as_str(),
+        "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+    ))
+}
+
+fn hash_of(key: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Close of a prepared statement.
+pub fn close_statement(out: &mut BytesMut, name: &str) {
+    write_message(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.extend_from_slice(name.as_bytes());
+        b.put_u8(0);
+    });
+}
+
+/// A Bind (`body` as sent) of the unnamed statement, sent to `name` instead. `None` when the
+/// Bind does not name the unnamed statement.
+pub fn bind_to(out: &mut BytesMut, body: &[u8], name: &str) -> Option<()> {
+    let portal_end = body.iter().position(|b| *b == 0)?;
+    // The statement name right after the portal's is empty.
+    if body.get(portal_end + 1) != Some(&0) {
+        return None;
+    }
+    write_message(out, b'B', |b| {
+        b.extend_from_slice(&body[..=portal_end]);
+        b.extend_from_slice(name.as_bytes());
+        b.put_u8(0);
+        b.extend_from_slice(&body[portal_end + 2..]);
+    });
+    Some(())
+}
+
+/// Describe of the prepared statement `name`.
+pub fn describe_statement(out: &mut BytesMut, name: &str) {
+    write_message(out, b'D', |b| {
+        b.put_u8(b'S');
+        b.extend_from_slice(name.as_bytes());
+        b.put_u8(0);
+    });
+}

@@ -1,0 +1,196 @@
+//! The statement cache against a real PostgreSQL: a driver's repeated unnamed statements
+//! (tokio-postgres `query_typed`: Parse, Bind, Execute, Sync of the unnamed statement each
+//! time) are prepared once under the gateway's own name, give the same rows as going direct,
+//! and survive what can happen to a prepared statement: the session's own DDL, DDL by someone
+//! else that changes a table's columns, `DISCARD ALL`, a `search_path` change.
+
+use std::path::Path;
+
+use phigate_testkit::{Cluster, Gateway, GatewayOptions, APP_PASSWORD, APP_USER, DATABASE};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+
+fn cluster() -> &'static Cluster {
+    phigate_testkit::clinic(phigate::demo::SEED_SQL)
+}
+
+fn gateway(extra_upstream: &str) -> Gateway {
+    let mut opts = GatewayOptions::for_cluster(cluster());
+    opts.upstream_extra = extra_upstream.to_owned();
+    Gateway::start(Path::new(env!("CARGO_BIN_EXE_phigate")), opts).expect("gateway starts")
+}
+
+async fn connect(conninfo: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(conn);
+    client
+}
+
+async fn direct() -> Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} dbname={DATABASE} user={APP_USER} password={APP_PASSWORD} sslmode=disable",
+        cluster().port()
+    ))
+    .await
+}
+
+/// The gateway's cached statements in this session, as (name, text).
+async fn cached(client: &Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'phigate\\_s%' ORDER BY prepare_time",
+            &[],
+        )
+        .await
+        .expect("pg_prepared_statements")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+const MRN: &str = "SELECT mrn, last_name FROM patients WHERE id = $1";
+
+async fn mrn(client: &Client, id: i32) -> Result<(String, String), tokio_postgres::Error> {
+    let rows = client.query_typed(MRN, &[(&id, Type::INT4)]).await?;
+    Ok((rows[0].get(0), rows[0].get(1)))
+}
+
+#[tokio::test]
+async fn repeated_unnamed_statements_run_prepared_with_the_same_rows() {
+    let gw = gateway("");
+    let through = connect(&gw.conninfo("clinician")).await;
+    let direct = direct().await;
+    for id in 1..=50 {
+        assert_eq!(
+            mrn(&through, id).await.expect("through the gateway"),
+            mrn(&direct, id).await.expect("direct"),
+            "patient {id}"
+        );
+    }
+    // Prepared once, on the second sighting, under the gateway's name.
+    let held = cached(&through).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].1, MRN);
+    // A text seen once is not cached; errors still come in their place.
+    let err = through
+        .query_typed("SELECT 1/$1", &[(&0i32, Type::INT4)])
+        .await
+        .expect_err("division by zero");
+    assert_eq!(err.code().map(|c| c.code()), Some("22012"));
+    for _ in 0..3 {
+        let err = through
+            .query_typed("SELECT 1/$1", &[(&0i32, Type::INT4)])
+            .await
+            .expect_err("division by zero, cached");
+        assert_eq!(err.code().map(|c| c.code()), Some("22012"));
+    }
+    assert_eq!(cached(&through).await.len(), 2);
+    // Every statement is audited as usual: 50 reads, each with its own record.
+    let records = gw.audit_records("statement");
+    let reads = records
+        .iter()
+        .filter(|r| r["text"].as_str() == Some(MRN))
+        .count();
+    assert_eq!(reads, 50);
+}
+
+#[tokio::test]
+async fn the_cache_survives_ddl_discard_and_search_path() {
+    let gw = gateway("");
+    let admin = direct().await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS cache_probe; CREATE TABLE cache_probe (id int PRIMARY KEY, a text);\
+             INSERT INTO cache_probe VALUES (1, 'one'), (2, 'two');",
+        )
+        .await
+        .expect("probe table");
+    let c = connect(&gw.conninfo("clinician")).await;
+    let star = "SELECT * FROM cache_probe WHERE id = $1";
+    let columns = |rows: &[tokio_postgres::Row]| rows[0].columns().len();
+    for _ in 0..4 {
+        let rows = c
+            .query_typed(star, &[(&1i32, Type::INT4)])
+            .await
+            .expect("read");
+        assert_eq!(columns(&rows), 2);
+    }
+    assert_eq!(cached(&c).await.len(), 1);
+
+    // The session's own DDL: the cache is emptied once it commits; no error follows.
+    c.batch_execute("ALTER TABLE cache_probe ADD COLUMN b int DEFAULT 7")
+        .await
+        .expect("own DDL");
+    for _ in 0..4 {
+        let rows = c
+            .query_typed(star, &[(&1i32, Type::INT4)])
+            .await
+            .expect("read after own DDL");
+        assert_eq!(columns(&rows), 3);
+    }
+
+    // DDL by someone else (a migration run directly): PostgreSQL refuses the cached plan once
+    // at most ("cached plan must not change result type"); the name is dropped and the text
+    // prepared afresh.
+    admin
+        .batch_execute("ALTER TABLE cache_probe ADD COLUMN c int DEFAULT 8")
+        .await
+        .expect("their DDL");
+    let mut refused = 0;
+    for _ in 0..4 {
+        match c.query_typed(star, &[(&1i32, Type::INT4)]).await {
+            Ok(rows) => assert_eq!(columns(&rows), 4),
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused <= 1, "refused {refused} times");
+    let held = cached(&c).await;
+    assert_eq!(held.len(), 1, "the dropped name was closed: {held:?}");
+
+    // DISCARD ALL drops the cache's statements with the client's: nothing breaks.
+    c.batch_execute("DISCARD ALL").await.expect("discard");
+    assert!(cached(&c).await.is_empty());
+    for _ in 0..3 {
+        c.query_typed(star, &[(&2i32, Type::INT4)])
+            .await
+            .expect("read after DISCARD ALL");
+    }
+
+    // search_path: the cached statement is parsed again under the new path, as an unnamed
+    // one would be.
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS other; DROP TABLE IF EXISTS other.cache_probe;\
+             CREATE TABLE other.cache_probe (id int, a text, b int, c int);\
+             INSERT INTO other.cache_probe VALUES (1, 'other', 0, 0)",
+        )
+        .await
+        .expect("other schema");
+    c.batch_execute("SET search_path = other, public")
+        .await
+        .expect("set path");
+    let rows = c
+        .query_typed(star, &[(&1i32, Type::INT4)])
+        .await
+        .expect("read under the new path");
+    assert_eq!(rows[0].get::<_, String>(1), "other");
+    admin
+        .batch_execute("DROP TABLE cache_probe; DROP SCHEMA other CASCADE")
+        .await
+        .expect("clean up");
+}
+
+#[tokio::test]
+async fn statement_cache_zero_turns_it_off() {
+    let gw = gateway("statement_cache = 0");
+    let c = connect(&gw.conninfo("clinician")).await;
+    for id in 1..=5 {
+        mrn(&c, id).await.expect("read");
+    }
+    assert!(cached(&c).await.is_empty());
+}
