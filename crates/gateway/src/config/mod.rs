@@ -31,7 +31,7 @@ pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
 pub use recording::RecordingConfig;
 pub use saml::SamlConfig;
 pub use semantic::Warning;
-pub use upstream::{Upstream, UpstreamTlsMode};
+pub use upstream::{Upstream, UpstreamTlsMode, DEFAULT_STATEMENT_CACHE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

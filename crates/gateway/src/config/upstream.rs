@@ -53,8 +53,10 @@ fn default_connect_timeout() -> u64 {
     10
 }
 fn default_statement_cache() -> usize {
-    crate::session::relay::exchange::cache::DEFAULT_CAPACITY
+    DEFAULT_STATEMENT_CACHE
 }
+/// Statements a session's cache keeps unless configured otherwise.
+pub const DEFAULT_STATEMENT_CACHE: usize = 64;
 /// The most statements a session's cache may keep.
 pub const MAX_STATEMENT_CACHE: usize = 1024;
 

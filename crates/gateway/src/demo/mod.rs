@@ -209,7 +209,7 @@ fn demo_config(
             tls: UpstreamTlsMode::Disable,
             ca_file: None,
             connect_timeout_secs: 10,
-            statement_cache: crate::session::relay::exchange::cache::DEFAULT_CAPACITY,
+            statement_cache: crate::config::DEFAULT_STATEMENT_CACHE,
         },
         data_dir: Some(data_dir.to_path_buf()),
         // The development issuer: the gateway signs each demo identity's token itself.

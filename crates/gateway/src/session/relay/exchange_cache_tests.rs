@@ -50,7 +50,7 @@ struct Driver {
 impl Driver {
     fn new() -> Driver {
         Driver {
-            ex: Exchange::new(cache::DEFAULT_CAPACITY, "n0"),
+            ex: Exchange::new(crate::config::DEFAULT_STATEMENT_CACHE, "n0"),
             out: BytesMut::new(),
         }
     }
@@ -217,7 +217,7 @@ fn what_is_not_cached() {
         "SET search_path = public",
         "DISCARD ALL",
     ] {
-        d.ex = Exchange::new(cache::DEFAULT_CAPACITY, "n0");
+        d.ex = Exchange::new(crate::config::DEFAULT_STATEMENT_CACHE, "n0");
         for _ in 0..3 {
             let msgs = d.run(sql);
             assert_eq!(msgs[0], p(""), "{sql}");

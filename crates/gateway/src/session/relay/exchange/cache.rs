@@ -58,8 +58,6 @@ pub const SEEN: usize = 256;
 pub const MAX_CLOSING: usize = 64;
 /// Names forgotten without a close (a `DISCARD ALL` that then failed) before the cache stops.
 pub const MAX_FORGOTTEN: usize = 256;
-/// The default capacity (`upstream.statement_cache`).
-pub const DEFAULT_CAPACITY: usize = 64;
 
 /// What the cache did to a message on its way to the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
