@@ -194,3 +194,112 @@ async fn statement_cache_zero_turns_it_off() {
     }
     assert!(cached(&c).await.is_empty());
 }
+
+/// The statement of pbe() as a point read the clinician may run, without parameters.
+const READ: &str = "SELECT mrn FROM patients WHERE id = 7";
+
+/// No client can reach what a cached name holds: every protocol message and SQL statement that
+/// names a statement with the reserved prefix is refused, so a later reuse runs exactly the text
+/// the guard judged.
+#[test]
+fn the_cache_names_are_out_of_reach() {
+    use phigate_testkit::raw::{
+        bind, close_statement, describe_statement, parse, pbe, sync, tags, Raw,
+    };
+    let gw = gateway("");
+    let mut c = Raw::login(&gw, "clinician");
+    for _ in 0..3 {
+        c.send(&[pbe(READ), sync()].concat());
+        assert_eq!(tags(&c.until_ready()), "12DCZ");
+    }
+    let held = c.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'phigate\\_s%'");
+    let name = held
+        .iter()
+        .find_map(|m| m.first_column())
+        .expect("a cached statement");
+    let swap = "SELECT ssn FROM patients WHERE id = 7";
+    let attempts = [
+        [close_statement(&name), sync()].concat(),
+        [parse(&name, swap), sync()].concat(),
+        [describe_statement(&name), sync()].concat(),
+        [bind("", &name), sync()].concat(),
+        [parse(&name.to_uppercase(), swap), sync()].concat(),
+    ];
+    for attempt in attempts {
+        c.send(&attempt);
+        let msgs = c.until_ready();
+        assert_eq!(tags(&msgs), "EZ", "{}", phigate_testkit::raw::show(&msgs));
+        assert_eq!(msgs[0].code(), "26000");
+        assert!(
+            msgs[0].message().contains("reserved"),
+            "{}",
+            msgs[0].message()
+        );
+    }
+    for sql in [
+        format!("DEALLOCATE {name}"),
+        format!("EXECUTE {name}"),
+        format!("PREPARE {name} AS {swap}"),
+        format!("EXPLAIN EXECUTE {name}"),
+        "PREPARE PHIGATE_Sx AS SELECT 1".to_owned(),
+    ] {
+        let msgs = c.query(&sql);
+        assert_eq!(
+            msgs[0].code(),
+            "26000",
+            "{sql}: {}",
+            phigate_testkit::raw::show(&msgs)
+        );
+    }
+    // Reused: the text judged, the row it reads.
+    c.send(&[pbe(READ), sync()].concat());
+    let msgs = c.until_ready();
+    assert_eq!(tags(&msgs), "12DCZ");
+    let direct = c.query(READ);
+    assert_eq!(msgs[2].first_column(), direct[1].first_column());
+}
+
+/// A name the cache let go is closed only when nothing is in flight: a driver's COPY FROM STDIN
+/// through the extended protocol (whose Sync PostgreSQL reads as nothing during the COPY)
+/// runs as direct.
+#[test]
+fn a_released_name_is_never_closed_into_a_copy() {
+    use phigate_testkit::raw::{bind, execute, message, parse, pbe, sync, tags, Raw};
+    let gw = gateway("");
+    let mut c = Raw::login(&gw, "admin");
+    for _ in 0..3 {
+        c.send(&[pbe(READ), sync()].concat());
+        assert_eq!(tags(&c.until_ready()), "12DCZ");
+    }
+    // The session's own DDL releases the cached name.
+    let msgs = c.query("CREATE TEMP TABLE copy_probe (a int)");
+    assert_eq!(tags(&msgs), "CZ");
+    c.send(
+        &[
+            parse("", "COPY copy_probe FROM STDIN"),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    let mut seen = String::new();
+    loop {
+        let m = c.read();
+        seen.push(char::from(m.tag));
+        if m.tag == b'G' {
+            break;
+        }
+        assert_ne!(m.tag, b'E', "{}", m.message());
+    }
+    assert_eq!(
+        seen, "12G",
+        "the gateway's CloseComplete is not the client's"
+    );
+    c.send(&[message(b'd', b"1\n2\n"), message(b'c', b""), sync()].concat());
+    let msgs = c.until_ready();
+    assert_eq!(tags(&msgs), "CZ", "{}", phigate_testkit::raw::show(&msgs));
+    assert_eq!(msgs[0].command(), "COPY 2");
+    let count = c.query("SELECT count(*) FROM copy_probe");
+    assert_eq!(count[1].first_column().as_deref(), Some("2"));
+}

@@ -26,6 +26,15 @@ pub fn has_ddl(analysis: &Analysis) -> bool {
     all_statements(analysis).any(|s| matches!(s.kind, Kind::Ddl(_)))
 }
 
+/// Whether a SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` names a statement the gateway
+/// keeps for itself (the statement cache's).
+pub fn uses_reserved_name(analysis: &Analysis) -> bool {
+    all_statements(analysis).any(|s| {
+        matches!(s.kind, Kind::Prepare | Kind::Execute | Kind::Deallocate)
+            && s.name.as_deref().is_some_and(super::refusals::is_reserved)
+    })
+}
+
 /// The names SQL-level `EXECUTE` runs, at the top level or inside `EXPLAIN`.
 pub fn executes(analysis: &Analysis) -> Vec<&str> {
     all_statements(analysis)

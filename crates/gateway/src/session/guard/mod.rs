@@ -237,6 +237,12 @@ impl Guard {
                 refusals::name_too_long(MAX_NAME_BYTES),
             );
         }
+        if refusals::names_reserved(msg) {
+            let (token, mut bytes) = self.token();
+            write::describe_statement(&mut bytes, &token);
+            self.log_refusal(&Decision::Deny(refusals::reserved_name()), "name");
+            return substitute(bytes, Sent::Describe, token, refusals::reserved_name());
+        }
         match msg {
             FrontendMessage::Query { sql } => self.query(frame, sql, analysis, ex),
             FrontendMessage::Parse(parse) => self.parse(frame, parse.name, parse.sql, analysis, ex),
@@ -589,6 +595,9 @@ impl Guard {
     fn decide(&self, analysis: &Analysis) -> Decision {
         if self.audit_down {
             return Decision::Deny(refusals::audit_unavailable());
+        }
+        if decide::uses_reserved_name(analysis) {
+            return Decision::Deny(refusals::reserved_name());
         }
         let decision = self.p.policy.decide(&self.p.role, analysis, &[]);
         if matches!(decision, Decision::Deny(_)) {

@@ -2,7 +2,7 @@
 //! names its rule; none carries client data beyond a statement name the client chose.
 
 use phigate_policy::{Decision, Refusal};
-use phigate_wire::frontend::FrontendMessage;
+use phigate_wire::frontend::{FrontendMessage, Target};
 use phigate_wire::sqlstate;
 
 use super::{MAX_NAME_BYTES, MAX_PREPARED, MAX_PREPARED_BYTES};
@@ -157,6 +157,43 @@ pub fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusa
 }
 
 /// Whether a statement or portal name the message carries is longer than PostgreSQL keeps.
+/// The prefix of the names the statement cache gives its statements in the database
+/// (`session/relay/exchange/cache.rs`): no client may name a statement with it.
+pub const RESERVED_PREFIX: &str = "phigate_s";
+
+/// Whether a statement name is the gateway's (compared without case).
+pub fn is_reserved(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+/// Whether a message names a statement by a name reserved for the gateway.
+pub fn names_reserved(msg: &FrontendMessage<'_>) -> bool {
+    match msg {
+        FrontendMessage::Parse(p) => is_reserved(p.name),
+        FrontendMessage::Bind(b) => is_reserved(b.statement),
+        FrontendMessage::Describe {
+            target: Target::Statement,
+            name,
+        }
+        | FrontendMessage::Close {
+            target: Target::Statement,
+            name,
+        } => is_reserved(name),
+        _ => false,
+    }
+}
+
+/// A statement name the gateway keeps for itself.
+pub fn reserved_name() -> Refusal {
+    refusal(
+        "reserved-name",
+        format!("phigate: prepared statement names starting with \"{RESERVED_PREFIX}\" are reserved for the gateway"),
+        "Choose another name for the statement.",
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+    )
+}
+
 pub fn too_long_name(msg: &FrontendMessage<'_>) -> bool {
     let long = |n: &str| n.len() > MAX_NAME_BYTES;
     match msg {

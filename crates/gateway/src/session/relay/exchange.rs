@@ -215,6 +215,7 @@ impl Exchange {
     /// DDL is on its way: views are read again once it has committed.
     pub fn note_ddl(&mut self) {
         self.ddl_pending = true;
+        self.cache.suspend();
     }
 
     /// Committed DDL may have changed views since the last call.
@@ -643,7 +644,7 @@ impl Exchange {
             if std::mem::take(&mut self.ddl_pending) {
                 self.views_changed = true;
                 // Plans of the cache may no longer fit the tables: prepared afresh.
-                self.cache.clear(false);
+                self.cache.resume();
             }
         }
     }

@@ -316,23 +316,144 @@ fn a_changed_result_type_drops_the_name_and_closes_it_unseen() {
     ];
     assert_eq!(d.answers(&refused), "1EZ");
     assert_eq!(d.ex.cached_count(), 0);
-    // The next exchange closes the name ahead of its Sync; the client does not see that
-    // CloseComplete. The text is seen again before it is cached again.
+    // The client's unnamed statement still runs as that name: it is not closed yet. The text
+    // is seen again before it is cached again.
+    assert_eq!(
+        d.run(READ),
+        [p(""), ('B', "".into()), ('E', "".into()), ('S', "".into())]
+    );
+    assert_eq!(d.answers(&ok_run()), "12DCZ");
+    // Once nothing is in flight and the unnamed statement is another, the name is closed ahead
+    // of the next message; the client does not see that CloseComplete.
     let msgs = d.run(READ);
     assert_eq!(
         msgs,
         [
-            p(""),
-            ('B', "".into()),
-            ('E', "".into()),
             ('C', "phigate_sn0_1".into()),
+            p("phigate_sn0_2"),
+            ('B', "phigate_sn0_2".into()),
+            ('E', "".into()),
             ('S', "".into())
         ]
     );
     let mut answers = ok_run();
-    answers.insert(4, answer(b'3', b""));
-    assert_eq!(d.answers(&answers), "12DC-Z");
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_2"));
+    answers.insert(0, answer(b'3', b""));
+    assert_eq!(d.answers(&answers), "-12DCZ");
+    assert!(d.ex.at_rest());
+}
+
+#[test]
+fn nothing_is_closed_while_messages_are_in_flight() {
+    let mut d = Driver::new();
+    for _ in 0..2 {
+        d.run(READ);
+        d.answers(&ok_run());
+    }
+    // DDL releases the name while a pipeline is still unanswered.
+    d.run(READ);
+    d.ex.note_ddl();
+    d.ex.push(
+        Sent::Query {
+            effects: vec![None],
+        },
+        None,
+        None,
+    );
+    d.run("COPY t FROM STDIN");
+    assert!(
+        !sent(&mut d.out).iter().any(|m| m.0 == 'C'),
+        "no Close behind messages in flight"
+    );
+    let mut answers = reused_run();
+    answers.extend([answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"I")]);
+    answers.extend(ok_run());
+    d.answers(&answers);
+    assert!(d.ex.at_rest());
+    // Nothing in flight: the next message takes the Close along, first.
+    d.parse("SELECT 1");
+    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_sn0_1".into()));
+}
+
+#[test]
+fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
+    let mut d = Driver::new();
+    d.run(READ);
+    d.answers(&ok_run());
+    assert_eq!(d.run(READ)[0], p("phigate_sn0_1"));
+    // The session's DDL goes before the create is answered.
+    d.ex.note_ddl();
+    d.ex.push(
+        Sent::Query {
+            effects: vec![None],
+        },
+        None,
+        None,
+    );
+    let mut answers = ok_run();
+    answers.extend([answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"I")]);
+    d.answers(&answers);
+    assert_eq!(d.ex.cached_count(), 0);
+    d.parse("SELECT 1");
+    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_sn0_1".into()));
+}
+
+#[test]
+fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
+    let mut d = Driver::new();
+    for _ in 0..2 {
+        d.run(READ);
+        d.answers(&ok_run());
+    }
+    // BEGIN; CREATE TEMP TABLE patients (...): until the transaction ends, no reuse (the
+    // temporary table shadows what the plan reads).
+    d.ex.note_ddl();
+    d.ex.push(
+        Sent::Query {
+            effects: vec![None],
+        },
+        None,
+        None,
+    );
+    d.answers(&[answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"T")]);
+    for i in 0..3 {
+        let msgs = d.run(READ);
+        // The released name is closed ahead of the first.
+        let closes = usize::from(i == 0);
+        assert_eq!(msgs.len(), 4 + closes, "{msgs:?}");
+        assert_eq!(msgs[closes], p(""));
+        let mut answers = vec![
+            answer(b'1', b""),
+            answer(b'2', b""),
+            answer(b'C', b"SELECT 0\0"),
+            answer(b'Z', b"T"),
+        ];
+        if i == 0 {
+            answers.insert(0, answer(b'3', b""));
+        }
+        d.answers(&answers);
+    }
+    d.ex.push(
+        Sent::Query {
+            effects: vec![None],
+        },
+        None,
+        None,
+    );
+    d.answers(&[answer(b'C', b"ROLLBACK\0"), answer(b'Z', b"I")]);
+    d.run(READ);
+    d.answers(&ok_run());
+    assert_eq!(d.run(READ)[0], p("phigate_sn0_2"), "in use again");
+    d.answers(&ok_run());
+    // A failed transaction: the Parse fails there (25P02), as it would uncached.
+    d.ex.push(
+        Sent::Query {
+            effects: vec![None],
+        },
+        None,
+        None,
+    );
+    d.answers(&[error("22012", "division by zero"), answer(b'Z', b"E")]);
+    assert_eq!(d.run(READ)[0], p(""));
 }
 
 #[test]

@@ -29,13 +29,21 @@
 //! a `search_path` change by itself, but refuses with `cached plan must not change result
 //! type` (0A000) when a table under a `SELECT *` gained or lost columns. Such a name is dropped
 //! from the cache at that error (the statement is prepared anew at its next sightings) and
-//! closed in the database at the next Sync; the cache is emptied when the session's own DDL
-//! commits and when `DISCARD ALL` or `DEALLOCATE ALL` runs.
+//! closed in the database before the next message sent with nothing in flight (never while a
+//! COPY may be reading messages as data). When the session sends DDL the cache is emptied and
+//! unused until that transaction ends (a temporary table created in it may shadow a table a
+//! cached plan reads); `DISCARD ALL` and `DEALLOCATE ALL` empty it too. In a failed
+//! transaction Parse goes as sent (it fails there, as it would uncached).
 //!
 //! Bounded: at most `capacity` (`upstream.statement_cache`, default 64) texts of at most
-//! [`MAX_TEXT`] bytes and [`MAX_BYTES`] together, [`SEEN`] 64-bit hashes of unnamed texts, and
-//! [`MAX_CLOSING`] names waiting to be closed; past that, or after [`MAX_FORGOTTEN`] names were
-//! forgotten without a close, the cache turns itself off for the session.
+//! [`MAX_TEXT`] bytes and [`MAX_BYTES`] together, [`SEEN`] 64-bit hashes of unnamed texts,
+//! [`MAX_CLOSING`] names waiting to be closed, and the creates in flight when the cache was
+//! emptied (at most the exchange's messages in flight); past that, or after [`MAX_FORGOTTEN`]
+//! names were forgotten without a close, the cache turns itself off for the session.
+//!
+//! No client can reach the cache's names: the guard refuses any Parse, Bind, Describe or Close
+//! of a statement named with `phigate_s` and any SQL `PREPARE`, `EXECUTE` or `DEALLOCATE` of
+//! one (`guard::refusals::RESERVED_PREFIX`), so what a name holds is what the cache put there.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -90,7 +98,12 @@ pub struct Cache {
     bytes: usize,
     seen: VecDeque<u64>,
     closing: Vec<Arc<str>>,
+    /// Creates still in flight when the cache was emptied: closed once answered.
+    doomed: Vec<Arc<str>>,
     forgotten: usize,
+    /// DDL of the session's own is under way: nothing is created or reused until its
+    /// transaction ends (a temporary table may shadow what a cached plan reads).
+    suspended: bool,
 }
 
 impl Default for Cache {
@@ -110,7 +123,9 @@ impl Cache {
             bytes: 0,
             seen: VecDeque::new(),
             closing: Vec::new(),
+            doomed: Vec::new(),
             forgotten: 0,
+            suspended: false,
         }
     }
 
@@ -168,7 +183,11 @@ impl Cache {
 
     /// The text-and-types part of an unnamed Parse's body, when the statement may be cached.
     fn key<'b>(&self, body: &'b [u8], statement: &Prepared) -> Option<&'b [u8]> {
-        if self.capacity == 0 || statement.review.is_some() || statement.effect.is_some() {
+        if self.capacity == 0
+            || self.suspended
+            || statement.review.is_some()
+            || statement.effect.is_some()
+        {
             return None;
         }
         // The body of an unnamed Parse starts with the name's terminator.
@@ -181,6 +200,13 @@ impl Cache {
 
     /// A Create was answered: `ok` — the name exists in the database; otherwise it does not.
     pub fn settled(&mut self, name: &Arc<str>, ok: bool) {
+        if let Some(i) = self.doomed.iter().position(|n| n == name) {
+            let name = self.doomed.swap_remove(i);
+            if ok {
+                self.close_later(name);
+            }
+            return;
+        }
         if ok {
             if let Some(slot) = self.slots.values_mut().find(|s| s.name == *name) {
                 slot.ready = true;
@@ -191,7 +217,7 @@ impl Cache {
     }
 
     /// The database refused to run a cached name as it is (its result type changed): the name
-    /// leaves the cache and is closed at the next Sync.
+    /// leaves the cache and is closed once nothing is in flight.
     pub fn broken(&mut self, name: &Arc<str>) {
         if self.remove(name) {
             self.close_later(name.clone());
@@ -207,7 +233,7 @@ impl Cache {
         self.closing.push(name);
     }
 
-    /// The names to close now (before a Sync).
+    /// The names to close now (nothing is in flight).
     pub fn take_closing(&mut self) -> Vec<Arc<str>> {
         std::mem::take(&mut self.closing)
     }
@@ -220,6 +246,8 @@ impl Cache {
             for slot in self.slots.values() {
                 if slot.ready {
                     self.closing.push(slot.name.clone());
+                } else {
+                    self.doomed.push(slot.name.clone());
                 }
             }
             if self.closing.len() > MAX_CLOSING {
@@ -234,6 +262,21 @@ impl Cache {
         }
         self.slots.clear();
         self.bytes = 0;
+    }
+
+    /// The session's DDL is on its way: the cache is emptied and neither creates nor reuses
+    /// until [`Cache::resume`].
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+        self.clear(false);
+    }
+
+    /// The transaction of the session's DDL ended (committed or not): emptied again, and in
+    /// use again.
+    pub fn resume(&mut self) {
+        if std::mem::take(&mut self.suspended) {
+            self.clear(false);
+        }
     }
 
     fn remove(&mut self, name: &Arc<str>) -> bool {

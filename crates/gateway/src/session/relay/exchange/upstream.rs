@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use phigate_wire::backend::tag;
+use phigate_wire::backend::{tag, TransactionStatus};
 
 use super::cache::{self, Op};
 use super::{entry_effects, Effect, Exchange, Prepared, Sent, Unit};
@@ -66,14 +66,20 @@ impl Exchange {
     /// ([`cache`]), and its entry joins the queue.
     pub fn send(&mut self, sent: Sent, unit: Option<Unit>, frame: &[u8], out: &mut BytesMut) {
         let body = frame.get(5..).unwrap_or_default();
+        if self.queue.is_empty() && !self.copy_in && self.skipping_to_sync.is_none() {
+            self.close_released(out);
+        }
         let op = if self.copy_in {
             Op::Plain
         } else {
             match &sent {
+                // In a failed transaction the Parse fails (25P02) as it would uncached.
                 Sent::Parse {
                     name,
                     statement: Some(p),
-                } if name.is_empty() => self.cache.parse(body, p, out),
+                } if name.is_empty() && self.status != TransactionStatus::Failed => {
+                    self.cache.parse(body, p, out)
+                }
                 Sent::Bind { .. } => match self.unnamed_upstream() {
                     Some(n) if cache::bind_to(out, body, &n).is_some() => Op::Uses(n),
                     _ => Op::Plain,
@@ -85,18 +91,6 @@ impl Exchange {
                     }
                     None => Op::Plain,
                 },
-                Sent::Sync => {
-                    // Names the cache let go are closed in the database, ahead of the Sync.
-                    for name in self.cache.take_closing() {
-                        cache::close_statement(out, &name);
-                        let close = Sent::Close {
-                            portal: false,
-                            name: name.to_string(),
-                        };
-                        self.push_op(close, None, None, Op::Closes(name));
-                    }
-                    Op::Plain
-                }
                 _ => Op::Plain,
             }
         };
@@ -104,6 +98,25 @@ impl Exchange {
             out.extend_from_slice(frame);
         }
         self.push_op(sent, None, unit, op);
+    }
+
+    /// Names the cache let go are closed in the database, when nothing is in flight (so no
+    /// COPY can be under way to read the Close as its data, and no error can make the database
+    /// skip it unanswered), except the one the client's unnamed statement still runs as.
+    fn close_released(&mut self, out: &mut BytesMut) {
+        let current = self.unnamed_upstream();
+        for name in self.cache.take_closing() {
+            if current.as_ref() == Some(&name) {
+                self.cache.close_later(name);
+                continue;
+            }
+            cache::close_statement(out, &name);
+            let close = Sent::Close {
+                portal: false,
+                name: name.to_string(),
+            };
+            self.push_op(close, None, None, Op::Closes(name));
+        }
     }
 
     /// The cached name the client's unnamed statement is prepared under, when a message sent
