@@ -242,6 +242,8 @@ fn the_cache_names_are_out_of_reach() {
         format!("PREPARE {name} AS {swap}"),
         format!("EXPLAIN EXECUTE {name}"),
         "PREPARE PHIGATE_Sx AS SELECT 1".to_owned(),
+        format!("CREATE TEMP TABLE cache_ctas AS EXECUTE {name}"),
+        format!("EXPLAIN ANALYZE CREATE TEMP TABLE cache_ctas AS EXECUTE {name}"),
     ] {
         let msgs = c.query(&sql);
         assert_eq!(
@@ -249,6 +251,11 @@ fn the_cache_names_are_out_of_reach() {
             "26000",
             "{sql}: {}",
             phigate_testkit::raw::show(&msgs)
+        );
+        assert!(
+            msgs[0].message().contains("reserved"),
+            "{sql}: {}",
+            msgs[0].message()
         );
     }
     // Reused: the text judged, the row it reads.
@@ -302,4 +309,57 @@ fn a_released_name_is_never_closed_into_a_copy() {
     assert_eq!(msgs[0].command(), "COPY 2");
     let count = c.query("SELECT count(*) FROM copy_probe");
     assert_eq!(count[1].first_column().as_deref(), Some("2"));
+}
+
+/// The database's unnamed statement is only ever the client's own: after a create, a Bind of
+/// the unnamed statement whose earlier segment failed can run neither an older statement the
+/// guard no longer considers nor a skipped one. What the unnamed statement is while several
+/// candidates are in flight and one is cached is refused until the answers are read.
+#[test]
+fn the_unnamed_statement_is_never_a_stale_one() {
+    use phigate_testkit::raw::{bind, execute, parse, pbe, show, sync, tags, Raw};
+    let gw = gateway("");
+    let mut c = Raw::login(&gw, "clinician");
+    let other = "SELECT ssn FROM patients WHERE id = 7";
+    let ssn = c.query(other)[1].first_column().expect("the SSN");
+    c.send(&[pbe(READ), sync()].concat());
+    assert_eq!(tags(&c.until_ready()), "12DCZ");
+    // The database's unnamed statement becomes `other` (never cached: seen once).
+    c.send(&[pbe(other), sync()].concat());
+    assert_eq!(tags(&c.until_ready()), "12DCZ");
+    // READ's second sighting: the create.
+    c.send(&[pbe(READ), sync()].concat());
+    assert_eq!(tags(&c.until_ready()), "12DCZ");
+    // A failed segment whose Parse of a third text is skipped, then a Bind of "" in the next.
+    c.send(
+        &[
+            bind("", "nosuch"),
+            parse("", "SELECT name FROM departments WHERE id = 1"),
+            sync(),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    let first = c.until_ready();
+    assert_eq!(tags(&first), "EZ", "{}", show(&first));
+    let second = c.until_ready();
+    let text = show(&second);
+    let values: Vec<String> = second
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .filter_map(|m| m.first_column())
+        .collect();
+    assert!(!values.contains(&ssn), "`other` must not run: {values:?}");
+    match tags(&second).as_str() {
+        // Refused as ambiguous, or READ's row (the statement the guard judged last).
+        "EZ" => assert_eq!(second[0].code(), "26000", "{text}"),
+        "2DCZ" => {}
+        t => panic!("{t}: {text}"),
+    }
+    // Read first, then bind: READ runs.
+    c.send(&[bind("", ""), execute(""), sync()].concat());
+    let msgs = c.until_ready();
+    assert_eq!(tags(&msgs), "2DCZ", "{}", show(&msgs));
 }

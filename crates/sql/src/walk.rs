@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::{Access, Action, DdlKind, FuncName, Kind, RelName, Statement};
 
+mod nested;
+
 /// Analyses every top-level statement of a parse tree. `None` if the tree has an unexpected
 /// shape (which the caller treats as "cannot analyse").
 pub fn analyze_tree(tree: &Value) -> Option<Vec<Statement>> {
@@ -268,6 +270,7 @@ impl Walker<'_> {
                 self.walk_except(body, &["relation"], Action::Select);
             }
             "ExplainStmt" | "PrepareStmt" | "DeclareCursorStmt" => self.nested_statement(tag, body),
+            "CreateTableAsStmt" if nested::executes_prepared(body) => self.create_as_execute(body),
             // `DEALLOCATE ALL` has no name (a statement may be called "all": `DEALLOCATE
             // "all"` drops only that one).
             "ExecuteStmt" | "DeallocateStmt" => {
@@ -463,45 +466,6 @@ impl Walker<'_> {
             }
             _ => {}
         }
-    }
-
-    /// EXPLAIN, PREPARE and DECLARE hold a statement of their own: analysed on its own as
-    /// `inner`, and what it touches is what the outer statement touches.
-    fn nested_statement(&mut self, tag: &str, body: &Value) {
-        if tag == "ExplainStmt" {
-            self.st.explain_analyze = explain_analyzes(body);
-        }
-        if tag == "PrepareStmt" {
-            self.st.name = Some(str_field(body, "name").to_owned());
-        }
-        if tag == "DeclareCursorStmt" {
-            self.st.name = Some(str_field(body, "portalname").to_owned());
-            // CURSOR_OPT_HOLD: the cursor outlives the transaction.
-            let options = body.get("options").and_then(Value::as_i64).unwrap_or(0);
-            self.st.outlives_transaction |= options & 0x0020 != 0;
-        }
-        if let Some((itag, ibody)) = body.get("query").and_then(node_of) {
-            let mut inner = Statement::new(kind_of(itag, ibody), itag);
-            let mut w = Walker {
-                st: &mut inner,
-                scopes: self.scopes.clone(),
-            };
-            w.statement_node(itag, ibody, None);
-            dedup(&mut inner);
-            // The outer statement touches whatever the inner one does.
-            self.st.accesses.extend(inner.accesses.iter().cloned());
-            self.st.functions.extend(inner.functions.iter().cloned());
-            self.st
-                .attribute_calls
-                .extend(inner.attribute_calls.iter().cloned());
-            self.st.operators.extend(inner.operators.iter().cloned());
-            self.st.opaque |= inner.opaque;
-            self.st.copy_program |= inner.copy_program;
-            self.st.copy_file |= inner.copy_file;
-            self.st.settings.extend(inner.settings.iter().cloned());
-            self.st.inner = Some(Box::new(inner));
-        }
-        self.walk_except(body, &["query"], Action::Select);
     }
 
     /// The relations a locking clause locks: every table in FROM, also inside subqueries and

@@ -9,8 +9,8 @@ use phigate_sql::{Analysis, Kind, Statement};
 use super::refusals;
 use crate::session::relay::exchange::{Effect, Portal, Prepared};
 
-/// The top-level statements of an analysis and what they hold inside (PREPARE's, EXPLAIN's and
-/// DECLARE's statement).
+/// The top-level statements of an analysis and what they hold inside, at any depth (PREPARE's,
+/// EXPLAIN's and DECLARE's statement, CREATE TABLE AS EXECUTE's, EXPLAIN of that).
 pub fn all_statements(analysis: &Analysis) -> impl Iterator<Item = &Statement> {
     let stmts: &[Statement] = match analysis {
         Analysis::Parsed(stmts) => stmts,
@@ -18,7 +18,7 @@ pub fn all_statements(analysis: &Analysis) -> impl Iterator<Item = &Statement> {
     };
     stmts
         .iter()
-        .flat_map(|st| std::iter::once(st).chain(st.inner.as_deref()))
+        .flat_map(|st| std::iter::successors(Some(st), |s| s.inner.as_deref()))
 }
 
 /// Allowed DDL may change views: the catalog is read again once it commits.
@@ -338,6 +338,20 @@ mod tests {
             matches!(&e[6], Some(Effect::Deallocate { name }) if name == "all"),
             "a statement called \"all\" is not DEALLOCATE ALL"
         );
+        // CREATE TABLE ... AS EXECUTE runs the prepared statement too: it is decided again,
+        // takes an approval's one use, and cannot name the gateway's statements.
+        let ctas = phigate_sql::analyze("CREATE TEMP TABLE s AS EXECUTE p(5)");
+        assert_eq!(executes(&ctas), vec!["p"]);
+        assert!(has_ddl(&ctas));
+        assert!(uses_reserved_name(&phigate_sql::analyze(
+            "CREATE TABLE s AS EXECUTE phigate_s0123_1(6)"
+        )));
+        assert!(uses_reserved_name(&phigate_sql::analyze(
+            "EXPLAIN ANALYZE CREATE TABLE s AS EXECUTE PHIGATE_S0123_1"
+        )));
+        assert!(!uses_reserved_name(&phigate_sql::analyze(
+            "CREATE TABLE phigate_s AS SELECT 1"
+        )));
         assert_eq!(
             executes(&phigate_sql::analyze(
                 "EXPLAIN ANALYZE EXECUTE p(1); EXECUTE q"

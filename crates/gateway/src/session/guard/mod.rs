@@ -225,23 +225,13 @@ impl Guard {
         ex: &Exchange,
     ) -> Filtered {
         let analysis = analysis.unwrap_or_else(|| Arc::new(Analysis::Parsed(Vec::new())));
-        if refusals::too_long_name(msg) {
+        if let Some(refusal) = refusals::of_names(msg, ex) {
             // A Describe of a statement that does not exist: an error with no effect, in the
             // place of any extended-protocol message.
             let (token, mut bytes) = self.token();
             write::describe_statement(&mut bytes, &token);
-            return substitute(
-                bytes,
-                Sent::Describe,
-                token,
-                refusals::name_too_long(MAX_NAME_BYTES),
-            );
-        }
-        if refusals::names_reserved(msg) {
-            let (token, mut bytes) = self.token();
-            write::describe_statement(&mut bytes, &token);
-            self.log_refusal(&Decision::Deny(refusals::reserved_name()), "name");
-            return substitute(bytes, Sent::Describe, token, refusals::reserved_name());
+            self.log_refusal(&Decision::Deny(refusal.clone()), "name");
+            return substitute(bytes, Sent::Describe, token, refusal);
         }
         match msg {
             FrontendMessage::Query { sql } => self.query(frame, sql, analysis, ex),
@@ -322,10 +312,12 @@ impl Guard {
                     self.reason = reason;
                 }
                 let effects = decide::effects(&analysis, &sql, self.p.policy_version);
+                let ddl = decide::has_ddl(&analysis)
+                    || executed.iter().any(|p| decide::has_ddl(&p.analysis));
                 Filtered {
                     action: Action::Forward(Sent::Query { effects }),
                     record,
-                    ddl: decide::has_ddl(&analysis),
+                    ddl,
                 }
             }
             Decision::RequireApproval(refusal) if self.p.approvals_on => {
@@ -410,6 +402,8 @@ impl Guard {
             } else {
                 Decision::Deny(refusals::unknown_statement(bind.statement))
             })
+        } else if refusals::is_ambiguous_unnamed(bind.statement, &candidates) {
+            Some(Decision::Deny(refusals::ambiguous_unnamed()))
         } else if bind.portal.len() > MAX_NAME_BYTES {
             Some(Decision::Deny(refusals::name_too_long(MAX_NAME_BYTES)))
         } else if !bind.portal.is_empty()
@@ -530,12 +524,19 @@ impl Guard {
             simple: false,
             settles: false,
         });
+        // DDL runs when its portal is executed (also a Parse of `EXECUTE name` of prepared DDL).
+        let ddl = decide::has_ddl(&analysis)
+            || decide::executes(&analysis).into_iter().any(|name| {
+                ex.statement_candidates(name)
+                    .iter()
+                    .any(|p| decide::has_ddl(&p.analysis))
+            });
         Filtered {
             action: Action::Forward(Sent::Execute {
                 portal: portal.to_owned(),
             }),
             record,
-            ddl: false,
+            ddl,
         }
     }
 

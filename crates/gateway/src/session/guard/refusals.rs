@@ -157,6 +157,25 @@ pub fn room_to_prepare(ex: &Exchange, name: &str, bytes: usize) -> Option<Refusa
 }
 
 /// Whether a statement or portal name the message carries is longer than PostgreSQL keeps.
+/// The gateway's refusal of a message for the names it carries, before anything else: a name
+/// PostgreSQL would cut short, a name reserved for the gateway, or a Describe of the unnamed
+/// statement while what it is stays ambiguous.
+pub fn of_names(msg: &FrontendMessage<'_>, ex: &Exchange) -> Option<Refusal> {
+    if too_long_name(msg) {
+        return Some(name_too_long(MAX_NAME_BYTES));
+    }
+    if names_reserved(msg) {
+        return Some(reserved_name());
+    }
+    match msg {
+        FrontendMessage::Describe {
+            target: Target::Statement,
+            name: "",
+        } if is_ambiguous_unnamed("", &ex.statement_candidates("")) => Some(ambiguous_unnamed()),
+        _ => None,
+    }
+}
+
 /// The prefix of the names the statement cache gives its statements in the database
 /// (`session/relay/exchange/cache.rs`): no client may name a statement with it.
 pub const RESERVED_PREFIX: &str = "phigate_s";
@@ -192,6 +211,26 @@ pub fn reserved_name() -> Refusal {
         "Choose another name for the statement.",
         sqlstate::INVALID_SQL_STATEMENT_NAME,
     )
+}
+
+/// A Bind or Describe of the unnamed statement while what it is depends on answers still to
+/// come, and one of the possibilities runs as a statement of the gateway's cache.
+pub fn ambiguous_unnamed() -> Refusal {
+    refusal(
+        "ambiguous-unnamed",
+        "phigate: the unnamed statement may still be one of several statements in flight".into(),
+        "Send Sync and read the results of the earlier messages first, or Parse the statement again before binding it.",
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+    )
+}
+
+/// Whether the unnamed statement's candidates disagree on what the database runs (see
+/// `session/relay/exchange/cache.rs`): more than one, and one of them cached.
+pub fn is_ambiguous_unnamed(
+    name: &str,
+    candidates: &[std::sync::Arc<crate::session::relay::exchange::Prepared>],
+) -> bool {
+    name.is_empty() && candidates.len() > 1 && candidates.iter().any(|c| c.upstream().is_some())
 }
 
 pub fn too_long_name(msg: &FrontendMessage<'_>) -> bool {

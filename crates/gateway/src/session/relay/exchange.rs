@@ -553,9 +553,11 @@ impl Exchange {
         head.error.get_or_insert(code.clone());
         // `cached plan must not change result type`: the cached name is of no more use.
         if let Op::Uses(name) = &head.op {
-            if code == phigate_wire::sqlstate::FEATURE_NOT_SUPPORTED {
-                let name = name.clone();
-                self.cache.broken(&name);
+            let name = name.clone();
+            match code.as_str() {
+                phigate_wire::sqlstate::FEATURE_NOT_SUPPORTED => self.cache.broken(&name),
+                phigate_wire::sqlstate::INVALID_SQL_STATEMENT_NAME => self.cache.gone(&name),
+                _ => {}
             }
         }
         let Some(head) = self.queue.front_mut() else {

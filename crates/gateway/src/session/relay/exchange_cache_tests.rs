@@ -115,6 +115,24 @@ impl Driver {
         sent(&mut self.out)
     }
 
+    /// The first two executions of READ: as sent, then the create under `phigate_sn0_<n>`.
+    fn warm(&mut self, n: u32) {
+        let name = format!("phigate_sn0_{n}");
+        self.run(READ);
+        assert_eq!(self.answers(&ok_run()), "12DCZ");
+        assert_eq!(
+            self.run(READ),
+            [
+                ('C', "".into()),
+                p(&name),
+                ('B', name.clone()),
+                ('E', "".into()),
+                ('S', "".into())
+            ]
+        );
+        assert_eq!(self.answers(&created_run()), "-12DCZ");
+    }
+
     /// The database's answers; what the client receives, by tag ('-': nothing).
     fn answers(&mut self, frames: &[Frame]) -> String {
         let mut seen = String::new();
@@ -140,6 +158,14 @@ fn ok_run() -> Vec<Frame> {
     ]
 }
 
+/// The same run when the Parse was a create: the gateway's Close of the unnamed statement is
+/// answered first (not the client's to see).
+fn created_run() -> Vec<Frame> {
+    let mut frames = ok_run();
+    frames.insert(0, answer(b'3', b""));
+    frames
+}
+
 /// The same run when the Parse was sent as a Close of the unnamed statement.
 fn reused_run() -> Vec<Frame> {
     let mut frames = ok_run();
@@ -163,17 +189,19 @@ fn a_repeated_unnamed_statement_is_prepared_once_and_reused() {
         [p(""), ('B', "".into()), ('E', "".into()), ('S', "".into())]
     );
     assert_eq!(d.answers(&ok_run()), "12DCZ");
-    // Second: prepared under the cache's name; the client still sees its ParseComplete.
+    // Second: prepared under the cache's name, the database's unnamed statement closed ahead
+    // of it; the client sees its ParseComplete, not that CloseComplete.
     assert_eq!(
         d.run(READ),
         [
+            ('C', "".into()),
             p(&name),
             ('B', name.clone()),
             ('E', "".into()),
             ('S', "".into())
         ]
     );
-    assert_eq!(d.answers(&ok_run()), "12DCZ");
+    assert_eq!(d.answers(&created_run()), "-12DCZ");
     assert_eq!(d.ex.cached_count(), 1);
     // From then on: no Parse, a Close of the unnamed statement whose CloseComplete is the
     // client's ParseComplete.
@@ -212,6 +240,10 @@ fn what_is_not_cached() {
     let mut d = Driver::new();
     for sql in [
         "SELECT 'é'",
+        // Constants are read when a statement is parsed: a prepared one would keep the value.
+        "SELECT 'now'::timestamptz",
+        "SELECT * FROM visits WHERE day = date '2024-01-02'",
+        "SELECT $$x$$",
         "SELECT 1; SELECT 2",
         "BEGIN",
         "SET search_path = public",
@@ -251,12 +283,14 @@ fn a_create_that_fails_or_is_skipped_leaves_nothing_cached() {
     d.run(READ);
     d.answers(&ok_run());
     // The second sighting's Parse fails: the rest up to Sync is skipped.
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_1"));
+    assert_eq!(d.run(READ)[1], p("phigate_sn0_1"));
     let failed = [
         error("42P01", "relation does not exist"),
         answer(b'Z', b"I"),
     ];
-    assert_eq!(d.answers(&failed), "EZ");
+    let mut answers = failed.to_vec();
+    answers.insert(0, answer(b'3', b""));
+    assert_eq!(d.answers(&answers), "-EZ");
     assert_eq!(d.ex.cached_count(), 0);
     // After an earlier failure in the same exchange, a create is skipped with it.
     d.run(READ);
@@ -265,7 +299,7 @@ fn a_create_that_fails_or_is_skipped_leaves_nothing_cached() {
     d.parse(READ);
     d.sync();
     let msgs = sent(&mut d.out);
-    assert_eq!(msgs[1], p("phigate_sn0_2"));
+    assert_eq!(msgs[1..3], [('C', "".into()), p("phigate_sn0_2")]);
     assert_eq!(d.answers(&failed), "EZ");
     assert_eq!(
         d.ex.cached_count(),
@@ -273,20 +307,14 @@ fn a_create_that_fails_or_is_skipped_leaves_nothing_cached() {
         "skipped: the name was never prepared"
     );
     // Nothing in flight refers to a name the database does not hold: prepared afresh.
-    d.run(READ);
-    d.answers(&ok_run());
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_3"));
-    assert_eq!(d.answers(&ok_run()), "12DCZ");
+    d.warm(3);
     assert_eq!(d.ex.cached_count(), 1);
 }
 
 #[test]
 fn a_reuse_skipped_after_an_error_is_skipped_like_the_parse() {
     let mut d = Driver::new();
-    for _ in 0..2 {
-        d.run(READ);
-        d.answers(&ok_run());
-    }
+    d.warm(1);
     d.parse("SELECT broken");
     d.parse(READ);
     d.bind();
@@ -304,10 +332,7 @@ fn a_reuse_skipped_after_an_error_is_skipped_like_the_parse() {
 #[test]
 fn a_changed_result_type_drops_the_name_and_closes_it_unseen() {
     let mut d = Driver::new();
-    for _ in 0..2 {
-        d.run(READ);
-        d.answers(&ok_run());
-    }
+    d.warm(1);
     d.run(READ);
     let refused = [
         answer(b'3', b""),
@@ -330,25 +355,23 @@ fn a_changed_result_type_drops_the_name_and_closes_it_unseen() {
         msgs,
         [
             ('C', "phigate_sn0_1".into()),
+            ('C', "".into()),
             p("phigate_sn0_2"),
             ('B', "phigate_sn0_2".into()),
             ('E', "".into()),
             ('S', "".into())
         ]
     );
-    let mut answers = ok_run();
+    let mut answers = created_run();
     answers.insert(0, answer(b'3', b""));
-    assert_eq!(d.answers(&answers), "-12DCZ");
+    assert_eq!(d.answers(&answers), "--12DCZ");
     assert!(d.ex.at_rest());
 }
 
 #[test]
 fn nothing_is_closed_while_messages_are_in_flight() {
     let mut d = Driver::new();
-    for _ in 0..2 {
-        d.run(READ);
-        d.answers(&ok_run());
-    }
+    d.warm(1);
     // DDL releases the name while a pipeline is still unanswered.
     d.run(READ);
     d.ex.note_ddl();
@@ -379,7 +402,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
     let mut d = Driver::new();
     d.run(READ);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_1"));
+    assert_eq!(d.run(READ)[1], p("phigate_sn0_1"));
     // The session's DDL goes before the create is answered.
     d.ex.note_ddl();
     d.ex.push(
@@ -389,7 +412,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
         None,
         None,
     );
-    let mut answers = ok_run();
+    let mut answers = created_run();
     answers.extend([answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"I")]);
     d.answers(&answers);
     assert_eq!(d.ex.cached_count(), 0);
@@ -400,10 +423,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
 #[test]
 fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
     let mut d = Driver::new();
-    for _ in 0..2 {
-        d.run(READ);
-        d.answers(&ok_run());
-    }
+    d.warm(1);
     // BEGIN; CREATE TEMP TABLE patients (...): until the transaction ends, no reuse (the
     // temporary table shadows what the plan reads).
     d.ex.note_ddl();
@@ -442,8 +462,8 @@ fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
     d.answers(&[answer(b'C', b"ROLLBACK\0"), answer(b'Z', b"I")]);
     d.run(READ);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_2"), "in use again");
-    d.answers(&ok_run());
+    assert_eq!(d.run(READ)[1], p("phigate_sn0_2"), "in use again");
+    d.answers(&created_run());
     // A failed transaction: the Parse fails there (25P02), as it would uncached.
     d.ex.push(
         Sent::Query {
@@ -459,10 +479,7 @@ fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
 #[test]
 fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     let mut d = Driver::new();
-    for _ in 0..2 {
-        d.run(READ);
-        d.answers(&ok_run());
-    }
+    d.warm(1);
     assert_eq!(d.ex.cached_count(), 1);
     d.ex.push(
         Sent::Query {
@@ -476,8 +493,8 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     // Nothing left to close: DISCARD ALL dropped it.
     assert_eq!(d.run(READ)[..1], [p("")]);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[0], p("phigate_sn0_2"));
-    d.answers(&ok_run());
+    assert_eq!(d.run(READ)[1], p("phigate_sn0_2"));
+    d.answers(&created_run());
     // DDL of the session's own, once committed: the cached names are closed.
     d.ex.note_ddl();
     d.ex.push(
@@ -491,4 +508,43 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     assert_eq!(d.ex.cached_count(), 0);
     let msgs = d.run(READ);
     assert!(msgs.contains(&('C', "phigate_sn0_2".into())), "{msgs:?}");
+}
+
+#[test]
+fn a_name_the_database_dropped_behind_the_gateway_leaves_the_cache() {
+    let mut d = Driver::new();
+    d.warm(1);
+    // Something dropped it (a DEALLOCATE ALL inside a function): the Bind fails once.
+    d.run(READ);
+    let gone = [
+        answer(b'3', b""),
+        error("26000", "prepared statement does not exist"),
+        answer(b'Z', b"I"),
+    ];
+    assert_eq!(d.answers(&gone), "1EZ");
+    assert_eq!(d.ex.cached_count(), 0);
+    assert_eq!(d.run(READ)[0], p(""), "seen afresh");
+}
+
+#[test]
+fn parameter_types_of_any_oid_are_cached() {
+    let mut d = Driver::new();
+    // Parse with one parameter typed 1700 (numeric: 0x06A4, a byte above 0x7f).
+    let mut body = vec![0];
+    body.extend_from_slice(b"SELECT $1::numeric\0");
+    body.extend_from_slice(&[0, 1, 0, 0, 0x06, 0xA4]);
+    for _ in 0..2 {
+        let s = Prepared::new(
+            Arc::from("SELECT $1::numeric"),
+            Arc::new(phigate_sql::analyze("SELECT $1::numeric")),
+            1,
+        );
+        let sent = Sent::Parse {
+            name: String::new(),
+            statement: Some(s),
+        };
+        d.ex.send(sent, None, &raw(b'P', &body), &mut d.out);
+    }
+    let msgs = sent(&mut d.out);
+    assert_eq!(msgs[2], p("phigate_sn0_1"), "{msgs:?}");
 }

@@ -22,8 +22,10 @@
 //! What is judged, recorded and recorded on tape does not change: the guard decides every Parse
 //! and Bind as it arrives, and the cache only changes which of the database's statements the
 //! decided text runs as. Only ASCII texts are cached (the same bytes are the same text in every
-//! client encoding), only single SELECT / INSERT / UPDATE / DELETE / MERGE statements, and no
-//! statement a reviewer approved.
+//! client encoding) without string constants (a prepared statement keeps the value a constant
+//! such as `'now'::timestamptz` had when it was parsed), only single SELECT / INSERT / UPDATE /
+//! DELETE / MERGE statements, and no statement a reviewer approved. A create closes the
+//! database's unnamed statement first, so that statement is only ever the client's own.
 //!
 //! A cached plan can be invalidated by the database: it re-plans after DDL and re-parses after
 //! a `search_path` change by itself, but refuses with `cached plan must not change result
@@ -81,6 +83,9 @@ pub enum Op {
     Uses(Arc<str>),
     /// The gateway's own Close of this name: its answer is not the client's.
     Closes(Arc<str>),
+    /// The gateway's own Close of the unnamed statement, ahead of a create: its answer is not
+    /// the client's.
+    Hidden,
 }
 
 #[derive(Debug)]
@@ -171,7 +176,10 @@ impl Cache {
                 ready: false,
             },
         );
-        // The Parse again, under the cache's name: the text and types exactly as sent.
+        // The database's unnamed statement goes (as a Parse of it would drop it), so that it
+        // never stands for a statement other than the client's; then the Parse again, under the
+        // cache's name: the text and types exactly as sent.
+        close_statement(out, "");
         write_message(out, b'P', |b| {
             b.extend_from_slice(name.as_bytes());
             b.put_u8(0);
@@ -192,7 +200,12 @@ impl Cache {
         }
         // The body of an unnamed Parse starts with the name's terminator.
         let key = body.strip_prefix(&[0])?;
-        if key.len() > MAX_TEXT || !key.is_ascii() || !plannable(&statement.analysis) {
+        let text = &key[..key.iter().position(|b| *b == 0)?];
+        if key.len() > MAX_TEXT
+            || !text.is_ascii()
+            || has_constant_text(text)
+            || !plannable(&statement.analysis)
+        {
             return None;
         }
         Some(key)
@@ -279,6 +292,14 @@ impl Cache {
         }
     }
 
+    /// The database does not hold a cached name any more (something dropped it behind the
+    /// gateway's back): it leaves the cache, with nothing to close.
+    pub fn gone(&mut self, name: &Arc<str>) {
+        if self.remove(name) {
+            self.forgotten += 1;
+        }
+    }
+
     fn remove(&mut self, name: &Arc<str>) -> bool {
         let key = self
             .slots
@@ -303,6 +324,16 @@ fn plannable(a: &Analysis) -> bool {
         st.node.as_str(),
         "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
     ))
+}
+
+/// Whether a text holds a string constant (`'...'`, `E'...'`, `$$...$$`): PostgreSQL reads such
+/// a constant into its type when it parses the statement, and a prepared statement keeps that
+/// reading — `'now'::timestamptz`, or a date under a `DateStyle` or `TimeZone` changed since —
+/// where an unnamed one is read again at each execution. Parameters (`$1`) are read at Bind.
+fn has_constant_text(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, b)| {
+        *b == b'\'' || (*b == b'$' && !text.get(i + 1).is_some_and(u8::is_ascii_digit))
+    })
 }
 
 fn hash_of(key: &[u8]) -> u64 {

@@ -78,7 +78,16 @@ impl Exchange {
                     name,
                     statement: Some(p),
                 } if name.is_empty() && self.status != TransactionStatus::Failed => {
-                    self.cache.parse(body, p, out)
+                    let op = self.cache.parse(body, p, out);
+                    if matches!(op, Op::Creates(_)) {
+                        // The Close of the unnamed statement written ahead of the create.
+                        let close = Sent::Close {
+                            portal: false,
+                            name: String::new(),
+                        };
+                        self.push_op(close, None, None, Op::Hidden);
+                    }
+                    op
                 }
                 Sent::Bind { .. } => match self.unnamed_upstream() {
                     Some(n) if cache::bind_to(out, body, &n).is_some() => Op::Uses(n),
@@ -148,7 +157,7 @@ impl Exchange {
                 phigate_wire::frame::write_message(&mut out, tag::PARSE_COMPLETE, |_| {});
                 Some(out)
             }
-            Op::Closes(_) if !parse => {
+            Op::Closes(_) | Op::Hidden if !parse => {
                 self.pop(true);
                 Some(BytesMut::new())
             }
