@@ -12,6 +12,9 @@ its configuration, then runs `phigate serve` on copies of that configuration, on
                    left is the CPU cost of the guardrails)
     unmasked-tmpfs tmpfs, the agent's role with masking off (same grants, rules and tags)
 
+and any of them with `-nocache` appended (e.g. `strict-nocache`): the same with the statement
+cache off (`upstream.statement_cache = 0`), for before/after figures in one run.
+
 and, through each, pgbench (extended protocol unless --mode says otherwise) with the script
 
     \\set id random(1, 10000)
@@ -83,6 +86,10 @@ def gateway_config(template, work, name, port, http_port):
     cfg["limits"].update(startups_per_source=512, sessions_per_identity=512,
                          sessions_per_role=512)
     cfg.setdefault("log", {})["level"] = "warn"
+    full = name
+    if name.endswith("-nocache"):
+        cfg["upstream"]["statement_cache"] = 0
+        name = name.removesuffix("-nocache")
     if name == "pass-through":
         cfg["audit"] = {"enabled": False}
         cfg["recording"] = {"enabled": False}
@@ -98,7 +105,7 @@ def gateway_config(template, work, name, port, http_port):
     if name.startswith("unmasked"):
         for role in cfg["role"]:
             role["masked"] = False
-    path = work / f"phigate-{name}.toml"
+    path = work / f"phigate-{full}.toml"
     path.write_text(tomli_w.dumps(cfg))
     os.chmod(path, 0o600)
     return path, cfg.get("audit", {}).get("dir")
@@ -166,8 +173,8 @@ def main():
                 shm.append(audit_dir)
             gw = run_gateway(path, port, work, name)
             try:
-                if name == "pass-through":
-                    bench("phigate pass-through", port, "bench", BENCH_TOKEN)
+                if name.removesuffix("-nocache") == "pass-through":
+                    bench(f"phigate {name}", port, "bench", BENCH_TOKEN)
                     continue
                 if not name.startswith("unmasked"):
                     bench(f"clinician {name}", port, "clinician", ids["clinician"]["password"])
