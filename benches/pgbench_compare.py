@@ -205,8 +205,8 @@ class Env:
              f'[recording]\nkey_file = "{self.dir / "recording.key"}"\n\n') +
             f'[log]\nlevel = "warn"\n\n'
             # Admit the benchmark's clients (one identity opens them all).
-            f'[limits]\nsessions_per_identity = 512\nsessions_per_role = 512\n'
-            f'startups_per_source = 512\n\n'
+            f'[limits]\nsessions_per_identity = 2048\nsessions_per_role = 2048\n'
+            f'startups_per_source = 2048\n\n'
             f'[runtime]\nworker_threads = {self.worker_threads}\n')
         log = open(self.dir / f"phigate-{name}.log", "w")
         p = subprocess.Popen([str(binary), "serve", "--config", str(cfg)],
