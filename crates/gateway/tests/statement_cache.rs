@@ -224,6 +224,10 @@ fn the_cache_names_are_out_of_reach() {
         [describe_statement(&name), sync()].concat(),
         [bind("", &name), sync()].concat(),
         [parse(&name.to_uppercase(), swap), sync()].concat(),
+        // The refusals' substitutes name statements and portals that must not exist.
+        [parse("phigate_denied_0_1", swap), sync()].concat(),
+        [bind("phigate_denied_0_1", ""), sync()].concat(),
+        [phigate_testkit::raw::execute("phigate_denied_0_1"), sync()].concat(),
     ];
     for attempt in attempts {
         c.send(&attempt);
@@ -243,6 +247,8 @@ fn the_cache_names_are_out_of_reach() {
         format!("EXPLAIN EXECUTE {name}"),
         "PREPARE PHIGATE_Sx AS SELECT 1".to_owned(),
         format!("CREATE TEMP TABLE cache_ctas AS EXECUTE {name}"),
+        "DECLARE phigate_denied_0_2 CURSOR FOR SELECT 1".to_owned(),
+        "PREPARE phigate_denied_0_3 AS SELECT 1".to_owned(),
         format!("EXPLAIN ANALYZE CREATE TEMP TABLE cache_ctas AS EXECUTE {name}"),
     ] {
         let msgs = c.query(&sql);

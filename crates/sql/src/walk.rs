@@ -26,9 +26,18 @@ pub fn analyze_tree(tree: &Value) -> Option<Vec<Statement>> {
     Some(out)
 }
 
+/// `SELECT ... INTO`: PostgreSQL takes the INTO of a set operation from its leftmost branch.
+fn selects_into(body: &Value) -> bool {
+    !is_null(body.get("into_clause"))
+        || body
+            .get("larg")
+            .map(|l| l.get("SelectStmt").unwrap_or(l))
+            .is_some_and(selects_into)
+}
+
 fn kind_of(tag: &str, body: &Value) -> Kind {
     match tag {
-        "SelectStmt" if !is_null(body.get("into_clause")) => Kind::Ddl(DdlKind::Create),
+        "SelectStmt" if selects_into(body) => Kind::Ddl(DdlKind::Create),
         "SelectStmt" => Kind::Select,
         "InsertStmt" => Kind::Insert,
         "UpdateStmt" => Kind::Update,

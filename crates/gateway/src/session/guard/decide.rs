@@ -26,12 +26,14 @@ pub fn has_ddl(analysis: &Analysis) -> bool {
     all_statements(analysis).any(|s| matches!(s.kind, Kind::Ddl(_)))
 }
 
-/// Whether a SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` names a statement the gateway
-/// keeps for itself (the statement cache's).
+/// Whether a SQL-level `PREPARE`, `EXECUTE`, `DEALLOCATE` or cursor statement names a statement
+/// or portal the gateway keeps for itself (`refusals::RESERVED_PREFIX`).
 pub fn uses_reserved_name(analysis: &Analysis) -> bool {
     all_statements(analysis).any(|s| {
-        matches!(s.kind, Kind::Prepare | Kind::Execute | Kind::Deallocate)
-            && s.name.as_deref().is_some_and(super::refusals::is_reserved)
+        matches!(
+            s.kind,
+            Kind::Prepare | Kind::Execute | Kind::Deallocate | Kind::Cursor
+        ) && s.name.as_deref().is_some_and(super::refusals::is_reserved)
     })
 }
 
@@ -351,6 +353,16 @@ mod tests {
         )));
         assert!(!uses_reserved_name(&phigate_sql::analyze(
             "CREATE TABLE phigate_s AS SELECT 1"
+        )));
+        assert!(uses_reserved_name(&phigate_sql::analyze(
+            "DECLARE phigate_denied_1 CURSOR FOR SELECT 1"
+        )));
+        // SELECT ... INTO in the leftmost branch of a set operation creates a table.
+        assert!(has_ddl(&phigate_sql::analyze(
+            "SELECT 1 AS n INTO TEMP departments UNION ALL SELECT 2"
+        )));
+        assert!(!has_ddl(&phigate_sql::analyze(
+            "SELECT 1 UNION ALL SELECT 2"
         )));
         assert_eq!(
             executes(&phigate_sql::analyze(

@@ -327,11 +327,6 @@ impl Guard {
         }
     }
 
-    /// The session's nonce, in the names the gateway gives what it sends the database.
-    pub fn nonce(&self) -> &str {
-        &self.nonce
-    }
-
     fn parse(
         &mut self,
         frame: &Frame,

@@ -176,29 +176,26 @@ pub fn of_names(msg: &FrontendMessage<'_>, ex: &Exchange) -> Option<Refusal> {
     }
 }
 
-/// The prefix of the names the statement cache gives its statements in the database
-/// (`session/relay/exchange/cache.rs`): no client may name a statement with it.
-pub const RESERVED_PREFIX: &str = "phigate_s";
+/// The prefix of the names the gateway gives what it sends the database: the statement cache's
+/// statements (`phigate_s…`) and the refusals' substitutes (`phigate_denied_…`, a statement or
+/// portal that must not exist). No client may name a statement or a portal with it.
+pub const RESERVED_PREFIX: &str = "phigate_";
 
-/// Whether a statement name is the gateway's (compared without case).
+/// Whether a statement or portal name is the gateway's (compared without ASCII case).
 pub fn is_reserved(name: &str) -> bool {
     name.get(..RESERVED_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
 }
 
-/// Whether a message names a statement by a name reserved for the gateway.
+/// Whether a message names a statement or portal by a name reserved for the gateway.
 pub fn names_reserved(msg: &FrontendMessage<'_>) -> bool {
     match msg {
         FrontendMessage::Parse(p) => is_reserved(p.name),
-        FrontendMessage::Bind(b) => is_reserved(b.statement),
-        FrontendMessage::Describe {
-            target: Target::Statement,
-            name,
+        FrontendMessage::Bind(b) => is_reserved(b.statement) || is_reserved(b.portal),
+        FrontendMessage::Describe { name, .. } | FrontendMessage::Close { name, .. } => {
+            is_reserved(name)
         }
-        | FrontendMessage::Close {
-            target: Target::Statement,
-            name,
-        } => is_reserved(name),
+        FrontendMessage::Execute { portal, .. } => is_reserved(portal),
         _ => false,
     }
 }
@@ -207,14 +204,14 @@ pub fn names_reserved(msg: &FrontendMessage<'_>) -> bool {
 pub fn reserved_name() -> Refusal {
     refusal(
         "reserved-name",
-        format!("phigate: prepared statement names starting with \"{RESERVED_PREFIX}\" are reserved for the gateway"),
-        "Choose another name for the statement.",
+        format!("phigate: statement and portal names starting with \"{RESERVED_PREFIX}\" are reserved for the gateway"),
+        "Choose another name.",
         sqlstate::INVALID_SQL_STATEMENT_NAME,
     )
 }
 
 /// A Bind or Describe of the unnamed statement while what it is depends on answers still to
-/// come, and one of the possibilities runs as a statement of the gateway's cache.
+/// come.
 pub fn ambiguous_unnamed() -> Refusal {
     refusal(
         "ambiguous-unnamed",
@@ -224,13 +221,14 @@ pub fn ambiguous_unnamed() -> Refusal {
     )
 }
 
-/// Whether the unnamed statement's candidates disagree on what the database runs (see
-/// `session/relay/exchange/cache.rs`): more than one, and one of them cached.
+/// Whether what the unnamed statement is when a message runs depends on answers still to come
+/// (more than one candidate): the statement the audit would record and the one the database
+/// runs may differ, and a cached candidate runs under another name.
 pub fn is_ambiguous_unnamed(
     name: &str,
     candidates: &[std::sync::Arc<crate::session::relay::exchange::Prepared>],
 ) -> bool {
-    name.is_empty() && candidates.len() > 1 && candidates.iter().any(|c| c.upstream().is_some())
+    name.is_empty() && candidates.len() > 1
 }
 
 pub fn too_long_name(msg: &FrontendMessage<'_>) -> bool {

@@ -548,3 +548,57 @@ fn parameter_types_of_any_oid_are_cached() {
     let msgs = sent(&mut d.out);
     assert_eq!(msgs[2], p("phigate_sn0_1"), "{msgs:?}");
 }
+
+#[test]
+fn deallocate_all_and_discard_all_keep_the_unnamed_statement() {
+    // PostgreSQL's DropAllPreparedStatements drops the named statements only: sent through
+    // Parse, Bind, Execute (not a simple Query, which drops the unnamed one itself), the
+    // unnamed statement stays, and the gateway must still know what it is.
+    for (effect, tag) in [
+        (Effect::DeallocateAll, "DEALLOCATE ALL\0"),
+        (Effect::DiscardAll, "DISCARD ALL\0"),
+    ] {
+        let mut d = Driver::new();
+        let s = d.parse("SELECT 1");
+        d.sync();
+        d.answers(&[answer(b'1', b""), answer(b'Z', b"I")]);
+        let all = Prepared::with_effect(
+            Arc::from("DEALLOCATE ALL"),
+            Arc::new(phigate_sql::analyze("DEALLOCATE ALL")),
+            1,
+            Some(effect),
+        );
+        d.ex.push(
+            Sent::Parse {
+                name: "d".into(),
+                statement: Some(all.clone()),
+            },
+            None,
+            None,
+        );
+        d.ex.push(
+            Sent::Bind {
+                portal: "p".into(),
+                bound: Some(Arc::new(Portal {
+                    statement: all,
+                    params: Vec::new(),
+                })),
+            },
+            None,
+            None,
+        );
+        d.ex.push(Sent::Execute { portal: "p".into() }, None, None);
+        d.sync();
+        d.answers(&[
+            answer(b'1', b""),
+            answer(b'2', b""),
+            answer(b'C', tag.as_bytes()),
+            answer(b'Z', b"I"),
+        ]);
+        assert!(
+            d.ex.statement("").is_some_and(|p| Arc::ptr_eq(p, &s)),
+            "the unnamed statement is still SELECT 1"
+        );
+        assert!(d.ex.statement("d").is_none());
+    }
+}

@@ -189,7 +189,10 @@ pub async fn relay(ready: Ready, shared: &Shared) {
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = upstream.stream.split();
     let (events_tx, events_rx) = mpsc::channel(4);
-    let exchange = Exchange::new(shared.started.upstream.statement_cache, guard.nonce());
+    // The cache's names carry a nonce of their own: they are visible to the session
+    // (`pg_prepared_statements`), the refusals' tokens are not.
+    let cache_nonce = format!("{:016x}", rand::random::<u64>());
+    let exchange = Exchange::new(shared.started.upstream.statement_cache, &cache_nonce);
     let link = Arc::new(Link::new(client_view.encoding, exchange));
     let session = guard.session().clone();
     let tape = guard.tape().cloned();

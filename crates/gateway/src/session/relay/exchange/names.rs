@@ -200,9 +200,10 @@ pub(super) fn apply(
         Effect::Deallocate { name } => {
             statements.remove(name);
         }
-        Effect::DeallocateAll => statements.clear(),
+        // PostgreSQL drops the named statements; the unnamed one is not among them.
+        Effect::DeallocateAll => statements.retain(|name, _| name.is_empty()),
         Effect::DiscardAll => {
-            statements.clear();
+            statements.retain(|name, _| name.is_empty());
             portals.clear();
         }
         Effect::Bind { portal, bound } => {
