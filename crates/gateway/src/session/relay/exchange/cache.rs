@@ -8,7 +8,7 @@
 //! planning cost more than the read itself. The cache keeps what the database prepared:
 //!
 //! - The first Parse of a text goes as sent. The second (the text is seen again among the last
-//!   [`SEEN`] unnamed Parses) goes as a Parse of `phigate_s<session nonce>_<n>` instead — the
+//!   [`SEEN`] unnamed Parses) goes as a Parse of `phigate_s<cache nonce>_<n>` instead — the
 //!   *create*; the client still receives its ParseComplete.
 //! - Every later Parse of the same text, once that name is confirmed, goes as a Close of the
 //!   unnamed statement — the *reuse*: the database answers CloseComplete, which the client
@@ -43,9 +43,11 @@
 //! emptied (at most the exchange's messages in flight); past that, or after [`MAX_FORGOTTEN`]
 //! names were forgotten without a close, the cache turns itself off for the session.
 //!
-//! No client can reach the cache's names: the guard refuses any Parse, Bind, Describe or Close
-//! of a statement named with `phigate_s` and any SQL `PREPARE`, `EXECUTE` or `DEALLOCATE` of
-//! one (`guard::refusals::RESERVED_PREFIX`), so what a name holds is what the cache put there.
+//! No client can reach the cache's names: the guard refuses every message and SQL statement
+//! that names a statement or portal `phigate_…` (`guard::refusals::RESERVED_PREFIX`), so what a
+//! name holds is what the cache put there. The names carry a nonce of the cache's own (they are
+//! visible in `pg_prepared_statements`). A Bind or Describe of the unnamed statement with several
+//! candidates in flight is refused by the guard, so the projection says what runs.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
