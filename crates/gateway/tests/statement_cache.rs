@@ -40,7 +40,7 @@ async fn direct() -> Client {
 async fn cached(client: &Client) -> Vec<(String, String)> {
     client
         .query(
-            "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'phigate\\_s%' ORDER BY prepare_time",
+            "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'phigate\\_stmt\\_%' ORDER BY prepare_time",
             &[],
         )
         .await
@@ -212,7 +212,8 @@ fn the_cache_names_are_out_of_reach() {
         c.send(&[pbe(READ), sync()].concat());
         assert_eq!(tags(&c.until_ready()), "12DCZ");
     }
-    let held = c.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'phigate\\_s%'");
+    let held =
+        c.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'phigate\\_stmt\\_%'");
     let name = held
         .iter()
         .find_map(|m| m.first_column())
@@ -245,7 +246,7 @@ fn the_cache_names_are_out_of_reach() {
         format!("EXECUTE {name}"),
         format!("PREPARE {name} AS {swap}"),
         format!("EXPLAIN EXECUTE {name}"),
-        "PREPARE PHIGATE_Sx AS SELECT 1".to_owned(),
+        "PREPARE PHIGATE_STMT_x AS SELECT 1".to_owned(),
         format!("CREATE TEMP TABLE cache_ctas AS EXECUTE {name}"),
         "DECLARE phigate_denied_0_2 CURSOR FOR SELECT 1".to_owned(),
         "PREPARE phigate_denied_0_3 AS SELECT 1".to_owned(),

@@ -27,7 +27,7 @@ pub fn has_ddl(analysis: &Analysis) -> bool {
 }
 
 /// Whether a SQL-level `PREPARE`, `EXECUTE`, `DEALLOCATE` or cursor statement names a statement
-/// or portal the gateway keeps for itself (`refusals::RESERVED_PREFIX`).
+/// or portal the gateway keeps for itself (`refusals::RESERVED`).
 pub fn uses_reserved_name(analysis: &Analysis) -> bool {
     all_statements(analysis).any(|s| {
         matches!(
@@ -346,10 +346,10 @@ mod tests {
         assert_eq!(executes(&ctas), vec!["p"]);
         assert!(has_ddl(&ctas));
         assert!(uses_reserved_name(&phigate_sql::analyze(
-            "CREATE TABLE s AS EXECUTE phigate_s0123_1(6)"
+            "CREATE TABLE s AS EXECUTE phigate_stmt_0123_1(6)"
         )));
         assert!(uses_reserved_name(&phigate_sql::analyze(
-            "EXPLAIN ANALYZE CREATE TABLE s AS EXECUTE PHIGATE_S0123_1"
+            "EXPLAIN ANALYZE CREATE TABLE s AS EXECUTE PHIGATE_STMT_0123_1"
         )));
         assert!(!uses_reserved_name(&phigate_sql::analyze(
             "CREATE TABLE phigate_s AS SELECT 1"

@@ -176,15 +176,17 @@ pub fn of_names(msg: &FrontendMessage<'_>, ex: &Exchange) -> Option<Refusal> {
     }
 }
 
-/// The prefix of the names the gateway gives what it sends the database: the statement cache's
-/// statements (`phigate_s…`) and the refusals' substitutes (`phigate_denied_…`, a statement or
-/// portal that must not exist). No client may name a statement or a portal with it.
-pub const RESERVED_PREFIX: &str = "phigate_";
+/// The prefixes of the names the gateway gives what it sends the database: the statement
+/// cache's statements and the refusals' substitutes (a statement or portal that must not
+/// exist). No client may name a statement or a portal with them.
+pub const RESERVED: [&str; 2] = ["phigate_stmt_", "phigate_denied_"];
 
 /// Whether a statement or portal name is the gateway's (compared without ASCII case).
 pub fn is_reserved(name: &str) -> bool {
-    name.get(..RESERVED_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+    RESERVED.iter().any(|prefix| {
+        name.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// Whether a message names a statement or portal by a name reserved for the gateway.
@@ -204,7 +206,10 @@ pub fn names_reserved(msg: &FrontendMessage<'_>) -> bool {
 pub fn reserved_name() -> Refusal {
     refusal(
         "reserved-name",
-        format!("phigate: statement and portal names starting with \"{RESERVED_PREFIX}\" are reserved for the gateway"),
+        format!(
+            "phigate: statement and portal names starting with \"{}\" or \"{}\" are reserved for the gateway",
+            RESERVED[0], RESERVED[1]
+        ),
         "Choose another name.",
         sqlstate::INVALID_SQL_STATEMENT_NAME,
     )

@@ -115,9 +115,9 @@ impl Driver {
         sent(&mut self.out)
     }
 
-    /// The first two executions of READ: as sent, then the create under `phigate_sn0_<n>`.
+    /// The first two executions of READ: as sent, then the create under `phigate_stmt_n0_<n>`.
     fn warm(&mut self, n: u32) {
-        let name = format!("phigate_sn0_{n}");
+        let name = format!("phigate_stmt_n0_{n}");
         self.run(READ);
         assert_eq!(self.answers(&ok_run()), "12DCZ");
         assert_eq!(
@@ -182,7 +182,7 @@ fn p(name: &str) -> (char, String) {
 #[test]
 fn a_repeated_unnamed_statement_is_prepared_once_and_reused() {
     let mut d = Driver::new();
-    let name = "phigate_sn0_1".to_owned();
+    let name = "phigate_stmt_n0_1".to_owned();
     // First sighting: as sent.
     assert_eq!(
         d.run(READ),
@@ -283,7 +283,7 @@ fn a_create_that_fails_or_is_skipped_leaves_nothing_cached() {
     d.run(READ);
     d.answers(&ok_run());
     // The second sighting's Parse fails: the rest up to Sync is skipped.
-    assert_eq!(d.run(READ)[1], p("phigate_sn0_1"));
+    assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_1"));
     let failed = [
         error("42P01", "relation does not exist"),
         answer(b'Z', b"I"),
@@ -299,7 +299,7 @@ fn a_create_that_fails_or_is_skipped_leaves_nothing_cached() {
     d.parse(READ);
     d.sync();
     let msgs = sent(&mut d.out);
-    assert_eq!(msgs[1..3], [('C', "".into()), p("phigate_sn0_2")]);
+    assert_eq!(msgs[1..3], [('C', "".into()), p("phigate_stmt_n0_2")]);
     assert_eq!(d.answers(&failed), "EZ");
     assert_eq!(
         d.ex.cached_count(),
@@ -354,10 +354,10 @@ fn a_changed_result_type_drops_the_name_and_closes_it_unseen() {
     assert_eq!(
         msgs,
         [
-            ('C', "phigate_sn0_1".into()),
+            ('C', "phigate_stmt_n0_1".into()),
             ('C', "".into()),
-            p("phigate_sn0_2"),
-            ('B', "phigate_sn0_2".into()),
+            p("phigate_stmt_n0_2"),
+            ('B', "phigate_stmt_n0_2".into()),
             ('E', "".into()),
             ('S', "".into())
         ]
@@ -394,7 +394,7 @@ fn nothing_is_closed_while_messages_are_in_flight() {
     assert!(d.ex.at_rest());
     // Nothing in flight: the next message takes the Close along, first.
     d.parse("SELECT 1");
-    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_sn0_1".into()));
+    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_stmt_n0_1".into()));
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
     let mut d = Driver::new();
     d.run(READ);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[1], p("phigate_sn0_1"));
+    assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_1"));
     // The session's DDL goes before the create is answered.
     d.ex.note_ddl();
     d.ex.push(
@@ -417,7 +417,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
     d.answers(&answers);
     assert_eq!(d.ex.cached_count(), 0);
     d.parse("SELECT 1");
-    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_sn0_1".into()));
+    assert_eq!(sent(&mut d.out)[0], ('C', "phigate_stmt_n0_1".into()));
 }
 
 #[test]
@@ -462,7 +462,7 @@ fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
     d.answers(&[answer(b'C', b"ROLLBACK\0"), answer(b'Z', b"I")]);
     d.run(READ);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[1], p("phigate_sn0_2"), "in use again");
+    assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_2"), "in use again");
     d.answers(&created_run());
     // A failed transaction: the Parse fails there (25P02), as it would uncached.
     d.ex.push(
@@ -493,7 +493,7 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     // Nothing left to close: DISCARD ALL dropped it.
     assert_eq!(d.run(READ)[..1], [p("")]);
     d.answers(&ok_run());
-    assert_eq!(d.run(READ)[1], p("phigate_sn0_2"));
+    assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_2"));
     d.answers(&created_run());
     // DDL of the session's own, once committed: the cached names are closed.
     d.ex.note_ddl();
@@ -507,7 +507,10 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     d.answers(&[answer(b'C', b"ALTER TABLE\0"), answer(b'Z', b"I")]);
     assert_eq!(d.ex.cached_count(), 0);
     let msgs = d.run(READ);
-    assert!(msgs.contains(&('C', "phigate_sn0_2".into())), "{msgs:?}");
+    assert!(
+        msgs.contains(&('C', "phigate_stmt_n0_2".into())),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -546,7 +549,7 @@ fn parameter_types_of_any_oid_are_cached() {
         d.ex.send(sent, None, &raw(b'P', &body), &mut d.out);
     }
     let msgs = sent(&mut d.out);
-    assert_eq!(msgs[2], p("phigate_sn0_1"), "{msgs:?}");
+    assert_eq!(msgs[2], p("phigate_stmt_n0_1"), "{msgs:?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! planning cost more than the read itself. The cache keeps what the database prepared:
 //!
 //! - The first Parse of a text goes as sent. The second (the text is seen again among the last
-//!   [`SEEN`] unnamed Parses) goes as a Parse of `phigate_s<cache nonce>_<n>` instead — the
+//!   [`SEEN`] unnamed Parses) goes as a Parse of `phigate_stmt_<cache nonce>_<n>` instead — the
 //!   *create*; the client still receives its ParseComplete.
 //! - Every later Parse of the same text, once that name is confirmed, goes as a Close of the
 //!   unnamed statement — the *reuse*: the database answers CloseComplete, which the client
@@ -44,7 +44,7 @@
 //! names were forgotten without a close, the cache turns itself off for the session.
 //!
 //! No client can reach the cache's names: the guard refuses every message and SQL statement
-//! that names a statement or portal `phigate_…` (`guard::refusals::RESERVED_PREFIX`), so what a
+//! that names a statement or portal with the gateway's prefixes (`guard::refusals::RESERVED`), so what a
 //! name holds is what the cache put there. The names carry a nonce of the cache's own (they are
 //! visible in `pg_prepared_statements`). A Bind or Describe of the unnamed statement with several
 //! candidates in flight is refused by the guard, so the projection says what runs.
@@ -124,7 +124,7 @@ impl Cache {
     pub fn new(capacity: usize, nonce: &str) -> Cache {
         Cache {
             capacity,
-            prefix: format!("phigate_s{nonce}_"),
+            prefix: format!("phigate_stmt_{nonce}_"),
             next: 0,
             slots: HashMap::new(),
             bytes: 0,
