@@ -11,7 +11,7 @@
 //! in the extended protocol: everything up to Sync discarded), and the client must see the
 //! refusal in its place among the other responses. So the gateway substitutes the refused
 //! message with one the database is certain to reject *without executing anything*: a Query or
-//! Parse whose text is a single unique token (`phigate_denied_<session nonce>_<n>`, a syntax
+//! Parse whose text is a single unique token (`phigate_denied_<128 random bits>`, a syntax
 //! error), or a Bind / Describe / Execute naming a statement or portal that does not exist.
 //! The refusal travels with the substitute's entry in the exchange; the database's error for it
 //! is replaced by the refusal. The refused text never reaches the database.
@@ -116,8 +116,6 @@ pub struct Held {
 
 pub struct Guard {
     p: GuardParams,
-    nonce: String,
-    counter: u64,
     /// Statements numbered in the session.
     statements: u64,
     /// Set for a batch while the audit log cannot be written: every statement is refused.
@@ -144,11 +142,8 @@ pub(super) struct Note<'a> {
 
 impl Guard {
     pub fn new(p: GuardParams) -> Self {
-        let nonce: u64 = rand::thread_rng().gen();
         Guard {
             p,
-            nonce: format!("{nonce:016x}"),
-            counter: 0,
             statements: 0,
             audit_down: false,
             reason: None,
@@ -714,13 +709,13 @@ impl Guard {
         );
     }
 
-    /// A fresh substitute token, and a buffer for the substitute message.
+    /// A fresh substitute token, and a buffer for the substitute message. 128 random bits
+    /// each time: a client that sees one (PostgreSQL's DEBUG notices name them) cannot tell the
+    /// next, so nothing it prepares, declares or opens (a refcursor is named by a string) can
+    /// stand where a substitute must find nothing.
     fn token(&mut self) -> (String, BytesMut) {
-        self.counter += 1;
-        (
-            format!("{TOKEN_PREFIX}{}_{}", self.nonce, self.counter),
-            BytesMut::new(),
-        )
+        let id: u128 = rand::thread_rng().gen();
+        (format!("{TOKEN_PREFIX}{id:032x}"), BytesMut::new())
     }
 }
 

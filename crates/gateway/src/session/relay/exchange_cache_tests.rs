@@ -605,3 +605,47 @@ fn deallocate_all_and_discard_all_keep_the_unnamed_statement() {
         assert!(d.ex.statement("d").is_none());
     }
 }
+
+#[test]
+fn discard_all_takes_a_cached_unnamed_statement_with_it() {
+    // The client's unnamed statement lives only under the cache's name, which DISCARD ALL
+    // drops: the mirror drops it too (a Bind of it is then refused as unknown, not sent to a
+    // name that is gone).
+    let mut d = Driver::new();
+    d.warm(1);
+    let all = Prepared::with_effect(
+        Arc::from("DISCARD ALL"),
+        Arc::new(phigate_sql::analyze("DISCARD ALL")),
+        1,
+        Some(Effect::DiscardAll),
+    );
+    d.ex.push(
+        Sent::Parse {
+            name: "d".into(),
+            statement: Some(all.clone()),
+        },
+        None,
+        None,
+    );
+    d.ex.push(
+        Sent::Bind {
+            portal: "p".into(),
+            bound: Some(Arc::new(Portal {
+                statement: all,
+                params: Vec::new(),
+            })),
+        },
+        None,
+        None,
+    );
+    d.ex.push(Sent::Execute { portal: "p".into() }, None, None);
+    d.sync();
+    d.answers(&[
+        answer(b'1', b""),
+        answer(b'2', b""),
+        answer(b'C', b"DISCARD ALL\0"),
+        answer(b'Z', b"I"),
+    ]);
+    assert!(d.ex.statement("").is_none());
+    assert_eq!(d.ex.cached_count(), 0);
+}

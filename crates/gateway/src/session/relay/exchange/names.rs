@@ -200,10 +200,11 @@ pub(super) fn apply(
         Effect::Deallocate { name } => {
             statements.remove(name);
         }
-        // PostgreSQL drops the named statements; the unnamed one is not among them.
-        Effect::DeallocateAll => statements.retain(|name, _| name.is_empty()),
+        // PostgreSQL drops the named statements; the unnamed one is not among them, unless the
+        // statement cache holds it under a name of its own (then it went with the names).
+        Effect::DeallocateAll => statements.retain(|n, p| unnamed_in_place(n, p)),
         Effect::DiscardAll => {
-            statements.retain(|name, _| name.is_empty());
+            statements.retain(|n, p| unnamed_in_place(n, p));
             portals.clear();
         }
         Effect::Bind { portal, bound } => {
@@ -217,6 +218,11 @@ pub(super) fn apply(
 }
 
 /// What a simple Query leaves behind: no unnamed statement, no unnamed portal.
+/// The unnamed statement as the database holds it (not under a cached name).
+fn unnamed_in_place(name: &str, p: &Prepared) -> bool {
+    name.is_empty() && p.upstream().is_none()
+}
+
 pub(super) fn drop_unnamed(
     statements: &mut HashMap<String, Arc<Prepared>>,
     portals: &mut HashMap<String, Arc<Portal>>,
