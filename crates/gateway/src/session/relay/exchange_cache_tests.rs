@@ -115,6 +115,57 @@ impl Driver {
         sent(&mut self.out)
     }
 
+    /// A simple Query of one statement, doing `effect` to the session's names.
+    fn query(&mut self, effect: Option<Effect>) {
+        self.ex.push(
+            Sent::Query {
+                effects: vec![effect],
+            },
+            None,
+            None,
+        );
+    }
+
+    /// `sql` prepared as "d", bound to portal "p" and executed, then Sync; answered with
+    /// `tag`. Its execution does `effect` to the session's names.
+    fn execute_named(&mut self, sql: &str, effect: Effect, tag: &str) {
+        let statement = Prepared::with_effect(
+            Arc::from(sql),
+            Arc::new(phigate_sql::analyze(sql)),
+            1,
+            Some(effect),
+        );
+        self.ex.push(
+            Sent::Parse {
+                name: "d".into(),
+                statement: Some(statement.clone()),
+            },
+            None,
+            None,
+        );
+        self.ex.push(
+            Sent::Bind {
+                portal: "p".into(),
+                bound: Some(Arc::new(Portal {
+                    statement,
+                    params: Vec::new(),
+                })),
+            },
+            None,
+            None,
+        );
+        self.ex
+            .push(Sent::Execute { portal: "p".into() }, None, None);
+        self.sync();
+        let tag = format!("{tag}\0");
+        self.answers(&[
+            answer(b'1', b""),
+            answer(b'2', b""),
+            answer(b'C', tag.as_bytes()),
+            answer(b'Z', b"I"),
+        ]);
+    }
+
     /// The first two executions of READ: as sent, then the create under `phigate_stmt_n0_<n>`.
     fn warm(&mut self, n: u32) {
         let name = format!("phigate_stmt_n0_{n}");
@@ -375,13 +426,7 @@ fn nothing_is_closed_while_messages_are_in_flight() {
     // DDL releases the name while a pipeline is still unanswered.
     d.run(READ);
     d.ex.note_ddl();
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     d.run("COPY t FROM STDIN");
     assert!(
         !sent(&mut d.out).iter().any(|m| m.0 == 'C'),
@@ -405,13 +450,7 @@ fn a_create_in_flight_when_the_cache_empties_is_closed_once_answered() {
     assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_1"));
     // The session's DDL goes before the create is answered.
     d.ex.note_ddl();
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     let mut answers = created_run();
     answers.extend([answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"I")]);
     d.answers(&answers);
@@ -427,13 +466,7 @@ fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
     // BEGIN; CREATE TEMP TABLE patients (...): until the transaction ends, no reuse (the
     // temporary table shadows what the plan reads).
     d.ex.note_ddl();
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     d.answers(&[answer(b'C', b"CREATE TABLE\0"), answer(b'Z', b"T")]);
     for i in 0..3 {
         let msgs = d.run(READ);
@@ -452,26 +485,14 @@ fn during_the_sessions_ddl_and_in_a_failed_transaction_parses_go_as_sent() {
         }
         d.answers(&answers);
     }
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     d.answers(&[answer(b'C', b"ROLLBACK\0"), answer(b'Z', b"I")]);
     d.run(READ);
     d.answers(&ok_run());
     assert_eq!(d.run(READ)[1], p("phigate_stmt_n0_2"), "in use again");
     d.answers(&created_run());
     // A failed transaction: the Parse fails there (25P02), as it would uncached.
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     d.answers(&[error("22012", "division by zero"), answer(b'Z', b"E")]);
     assert_eq!(d.run(READ)[0], p(""));
 }
@@ -481,13 +502,7 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     let mut d = Driver::new();
     d.warm(1);
     assert_eq!(d.ex.cached_count(), 1);
-    d.ex.push(
-        Sent::Query {
-            effects: vec![Some(Effect::DiscardAll)],
-        },
-        None,
-        None,
-    );
+    d.query(Some(Effect::DiscardAll));
     assert_eq!(d.ex.cached_count(), 0);
     d.answers(&[answer(b'C', b"DISCARD ALL\0"), answer(b'Z', b"I")]);
     // Nothing left to close: DISCARD ALL dropped it.
@@ -497,13 +512,7 @@ fn discard_all_and_the_sessions_own_ddl_empty_the_cache() {
     d.answers(&created_run());
     // DDL of the session's own, once committed: the cached names are closed.
     d.ex.note_ddl();
-    d.ex.push(
-        Sent::Query {
-            effects: vec![None],
-        },
-        None,
-        None,
-    );
+    d.query(None);
     d.answers(&[answer(b'C', b"ALTER TABLE\0"), answer(b'Z', b"I")]);
     assert_eq!(d.ex.cached_count(), 0);
     let msgs = d.run(READ);
@@ -558,46 +567,14 @@ fn deallocate_all_and_discard_all_keep_the_unnamed_statement() {
     // Parse, Bind, Execute (not a simple Query, which drops the unnamed one itself), the
     // unnamed statement stays, and the gateway must still know what it is.
     for (effect, tag) in [
-        (Effect::DeallocateAll, "DEALLOCATE ALL\0"),
-        (Effect::DiscardAll, "DISCARD ALL\0"),
+        (Effect::DeallocateAll, "DEALLOCATE ALL"),
+        (Effect::DiscardAll, "DISCARD ALL"),
     ] {
         let mut d = Driver::new();
         let s = d.parse("SELECT 1");
         d.sync();
         d.answers(&[answer(b'1', b""), answer(b'Z', b"I")]);
-        let all = Prepared::with_effect(
-            Arc::from("DEALLOCATE ALL"),
-            Arc::new(phigate_sql::analyze("DEALLOCATE ALL")),
-            1,
-            Some(effect),
-        );
-        d.ex.push(
-            Sent::Parse {
-                name: "d".into(),
-                statement: Some(all.clone()),
-            },
-            None,
-            None,
-        );
-        d.ex.push(
-            Sent::Bind {
-                portal: "p".into(),
-                bound: Some(Arc::new(Portal {
-                    statement: all,
-                    params: Vec::new(),
-                })),
-            },
-            None,
-            None,
-        );
-        d.ex.push(Sent::Execute { portal: "p".into() }, None, None);
-        d.sync();
-        d.answers(&[
-            answer(b'1', b""),
-            answer(b'2', b""),
-            answer(b'C', tag.as_bytes()),
-            answer(b'Z', b"I"),
-        ]);
+        d.execute_named(tag, effect, tag);
         assert!(
             d.ex.statement("").is_some_and(|p| Arc::ptr_eq(p, &s)),
             "the unnamed statement is still SELECT 1"
@@ -613,39 +590,7 @@ fn discard_all_takes_a_cached_unnamed_statement_with_it() {
     // name that is gone).
     let mut d = Driver::new();
     d.warm(1);
-    let all = Prepared::with_effect(
-        Arc::from("DISCARD ALL"),
-        Arc::new(phigate_sql::analyze("DISCARD ALL")),
-        1,
-        Some(Effect::DiscardAll),
-    );
-    d.ex.push(
-        Sent::Parse {
-            name: "d".into(),
-            statement: Some(all.clone()),
-        },
-        None,
-        None,
-    );
-    d.ex.push(
-        Sent::Bind {
-            portal: "p".into(),
-            bound: Some(Arc::new(Portal {
-                statement: all,
-                params: Vec::new(),
-            })),
-        },
-        None,
-        None,
-    );
-    d.ex.push(Sent::Execute { portal: "p".into() }, None, None);
-    d.sync();
-    d.answers(&[
-        answer(b'1', b""),
-        answer(b'2', b""),
-        answer(b'C', b"DISCARD ALL\0"),
-        answer(b'Z', b"I"),
-    ]);
+    d.execute_named("DISCARD ALL", Effect::DiscardAll, "DISCARD ALL");
     assert!(d.ex.statement("").is_none());
     assert_eq!(d.ex.cached_count(), 0);
 }
