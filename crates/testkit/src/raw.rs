@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use phigate_wire::frame::{put_cstr, write_message};
+use bytes::BytesMut;
+use phigate_wire::frame::write_message;
 use phigate_wire::frontend::write;
 use phigate_wire::startup::{write_cancel, write_startup, CancelKey};
 use phigate_wire::FrameReader;
@@ -193,12 +193,7 @@ pub fn describe_statement(name: &str) -> Vec<u8> {
 
 /// A Close of a prepared statement.
 pub fn close_statement(name: &str) -> Vec<u8> {
-    bytes_of(|out| {
-        write_message(out, b'C', |b| {
-            b.put_u8(b'S');
-            put_cstr(b, name);
-        })
-    })
+    bytes_of(|out| write::close_statement(out, name))
 }
 
 /// A Sync.

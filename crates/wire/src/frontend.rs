@@ -277,6 +277,13 @@ pub mod write {
         });
     }
 
+    pub fn close_statement(out: &mut BytesMut, name: &str) {
+        write_message(out, b'C', |b| {
+            b.put_u8(b'S');
+            put_cstr(b, name);
+        });
+    }
+
     pub fn execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
         write_message(out, b'E', |b| {
             put_cstr(b, portal);

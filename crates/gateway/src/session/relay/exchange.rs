@@ -311,11 +311,7 @@ impl Exchange {
         if let Some(code) = &self.skipping_to_sync {
             if !matches!(sent, Sent::Sync) {
                 let code = code.clone();
-                match op {
-                    Op::Creates(name) => self.cache.settled(&name, false),
-                    Op::Closes(name) => self.cache.close_later(name),
-                    _ => {}
-                }
+                self.cache.answered(&op, false);
                 return self.finish_now(unit, &code);
             }
             self.skipping_to_sync = None;
@@ -710,12 +706,7 @@ impl Exchange {
     }
 
     fn finish(&mut self, e: Entry) {
-        match &e.op {
-            Op::Creates(name) => self.cache.settled(name, e.error.is_none()),
-            // Skipped after an earlier error: the name is still there.
-            Op::Closes(name) if e.error.is_some() => self.cache.close_later(name.clone()),
-            _ => {}
-        }
+        self.cache.answered(&e.op, e.error.is_none());
         let Some(unit) = e.unit else {
             return;
         };

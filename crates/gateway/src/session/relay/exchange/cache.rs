@@ -57,6 +57,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use phigate_sql::Analysis;
 use phigate_wire::frame::write_message;
+use phigate_wire::frontend::write;
 
 use super::Prepared;
 
@@ -152,7 +153,7 @@ impl Cache {
                 return Op::Plain;
             }
             let name = slot.name.clone();
-            close_statement(out, "");
+            write::close_statement(out, "");
             statement.set_upstream(name);
             return Op::Reuses;
         }
@@ -181,7 +182,7 @@ impl Cache {
         // The database's unnamed statement goes (as a Parse of it would drop it), so that it
         // never stands for a statement other than the client's; then the Parse again, under the
         // cache's name: the text and types exactly as sent.
-        close_statement(out, "");
+        write::close_statement(out, "");
         write_message(out, b'P', |b| {
             b.extend_from_slice(name.as_bytes());
             b.put_u8(0);
@@ -214,7 +215,7 @@ impl Cache {
     }
 
     /// A Create was answered: `ok` — the name exists in the database; otherwise it does not.
-    pub fn settled(&mut self, name: &Arc<str>, ok: bool) {
+    fn settled(&mut self, name: &Arc<str>, ok: bool) {
         if let Some(i) = self.doomed.iter().position(|n| n == name) {
             let name = self.doomed.swap_remove(i);
             if ok {
@@ -228,6 +229,17 @@ impl Cache {
             }
         } else {
             self.remove(name);
+        }
+    }
+
+    /// A message the cache changed left the queue: answered (`ok`), failed or skipped. A
+    /// create that did not run leaves nothing; a Close of the cache's that did not run goes
+    /// again.
+    pub fn answered(&mut self, op: &Op, ok: bool) {
+        match op {
+            Op::Creates(name) => self.settled(name, ok),
+            Op::Closes(name) if !ok => self.close_later(name.clone()),
+            _ => {}
         }
     }
 
@@ -344,15 +356,6 @@ fn hash_of(key: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Close of a prepared statement.
-pub fn close_statement(out: &mut BytesMut, name: &str) {
-    write_message(out, b'C', |b| {
-        b.put_u8(b'S');
-        b.extend_from_slice(name.as_bytes());
-        b.put_u8(0);
-    });
-}
-
 /// A Bind (`body` as sent) of the unnamed statement, sent to `name` instead. `None` when the
 /// Bind does not name the unnamed statement.
 pub fn bind_to(out: &mut BytesMut, body: &[u8], name: &str) -> Option<()> {
@@ -368,13 +371,4 @@ pub fn bind_to(out: &mut BytesMut, body: &[u8], name: &str) -> Option<()> {
         b.extend_from_slice(&body[portal_end + 2..]);
     });
     Some(())
-}
-
-/// Describe of the prepared statement `name`.
-pub fn describe_statement(out: &mut BytesMut, name: &str) {
-    write_message(out, b'D', |b| {
-        b.put_u8(b'S');
-        b.extend_from_slice(name.as_bytes());
-        b.put_u8(0);
-    });
 }

@@ -217,12 +217,12 @@ pub(super) fn apply(
     }
 }
 
-/// What a simple Query leaves behind: no unnamed statement, no unnamed portal.
 /// The unnamed statement as the database holds it (not under a cached name).
 fn unnamed_in_place(name: &str, p: &Prepared) -> bool {
     name.is_empty() && p.upstream().is_none()
 }
 
+/// What a simple Query leaves behind: no unnamed statement, no unnamed portal.
 pub(super) fn drop_unnamed(
     statements: &mut HashMap<String, Arc<Prepared>>,
     portals: &mut HashMap<String, Arc<Portal>>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use phigate_wire::backend::{tag, TransactionStatus};
+use phigate_wire::frontend::write;
 
 use super::cache::{self, Op};
 use super::{entry_effects, Effect, Exchange, Prepared, Sent, Unit};
@@ -95,7 +96,7 @@ impl Exchange {
                 },
                 Sent::Describe if body == b"S\0" => match self.unnamed_upstream() {
                     Some(n) => {
-                        cache::describe_statement(out, &n);
+                        write::describe_statement(out, &n);
                         Op::Uses(n)
                     }
                     None => Op::Plain,
@@ -119,7 +120,7 @@ impl Exchange {
                 self.cache.close_later(name);
                 continue;
             }
-            cache::close_statement(out, &name);
+            write::close_statement(out, &name);
             let close = Sent::Close {
                 portal: false,
                 name: name.to_string(),
