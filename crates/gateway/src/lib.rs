@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod counts;
 pub mod demo;
 pub mod fsutil;

@@ -30,6 +30,7 @@ const RESTART_ONLY: &[&str] = &[
     "runtime",
     "auth",
     "console",
+    "cluster",
 ];
 
 /// Parts of [`RESTART_ONLY`] sections that a reload does apply.

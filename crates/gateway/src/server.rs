@@ -84,7 +84,25 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     tighten_data_modes(config);
-    let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr)?);
+    let cluster_stop = CancellationToken::new();
+    let control = match &config.cluster {
+        Some(cluster) => {
+            let address = crate::control::NodeAddress {
+                pg: pg_addr.to_string(),
+                http: http_addr.map(|a| a.to_string()),
+            };
+            let c = crate::control::Control::start(
+                cluster,
+                config.data_dir.as_deref(),
+                address,
+                cluster_stop.clone(),
+            )
+            .await?;
+            Some(c)
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared::from_config(config, pg_addr, http_addr, control)?);
     // Masked roles cannot work without their views: provisioning failure stops the start.
     let logins =
         crate::masking::provision(config, &shared.upstream, &shared.policy.masked_plan).await?;
@@ -99,6 +117,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
     shared.lifecycle.accepting.store(true, Ordering::Release);
     let done = tokio::spawn(run(listener, http, shared.clone(), stop.clone(), grace));
+    let done = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = done.await;
+            // Stopped cleanly: this node's lease ends now, not after it would lapse.
+            if let Some(c) = &shared.control {
+                c.leave().await;
+            }
+            cluster_stop.cancel();
+        })
+    };
     tracing::info!(%pg_addr, http = ?http_addr, "phigate is accepting connections");
     Ok(Running {
         pg_addr,
@@ -201,20 +230,39 @@ async fn run(
     tracing::info!("stopped");
 }
 
-/// Expires reviews and access requests nobody decided in time, every few seconds.
+/// Expires reviews and access requests nobody decided in time, every few seconds; settles
+/// holds that ended without settling. In a cluster also: abandons the reviews of nodes that
+/// are gone, and grants here the elevations approved on other nodes (every second).
 fn spawn_review_expiry(shared: &Arc<Shared>) {
     let shared = shared.clone();
     let stop = shared.lifecycle.force_close.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for n in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            let expired = shared.approvals.reviews.expire_due();
+            let reviews = &shared.approvals.reviews;
+            if shared.control.is_some() {
+                reviews.sync_elevations().await;
+            }
+            if !n.is_multiple_of(5) {
+                continue;
+            }
+            let expired = reviews.expire_due().await;
             if expired > 0 {
                 tracing::info!(expired, "reviews nobody decided in time expired");
+            }
+            reviews.settle_left().await;
+            if shared.control.is_some() {
+                let abandoned = reviews.abandon_orphans().await;
+                if abandoned > 0 {
+                    tracing::warn!(
+                        abandoned,
+                        "reviews held by nodes that are gone were abandoned"
+                    );
+                }
             }
         }
     });

@@ -161,6 +161,9 @@ pub struct Shared {
     pub admission: Arc<crate::admission::Admission>,
     /// Statements by decision, their latency, failed logins (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The control database this node shares with the others of its cluster (`None`: a
+    /// single node).
+    pub control: Option<Arc<crate::control::Control>>,
     /// The config the process started with: what a reload cannot change is compared with it
     /// (`needs_restart`).
     pub started: Config,
@@ -172,6 +175,7 @@ impl Shared {
         config: &Config,
         pg_addr: SocketAddr,
         http: Option<SocketAddr>,
+        control: Option<Arc<crate::control::Control>>,
     ) -> anyhow::Result<Shared> {
         let tls = ClientTls::from_config(config)?;
         let budget = crate::admission::budget(
@@ -184,7 +188,13 @@ impl Shared {
             Some(a) => crate::recording::Recorder::start(config, a)?,
             None => None,
         };
-        let reviews = crate::approvals::Approvals::open(config.data_dir.as_deref())
+        let reviews = match &control {
+            Some(c) => crate::approvals::Approvals::with_store(Box::new(
+                crate::approvals::SharedStore::new(c.clone()),
+            )),
+            None => crate::approvals::Approvals::open(config.data_dir.as_deref()),
+        };
+        let reviews = reviews
             .notify(crate::approvals::Notifier::from_config(
                 &config.approvals,
                 log.as_ref().map(|a| a.handle()),
@@ -245,6 +255,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             admission: crate::admission::Admission::new(&config.limits, budget.pg_connections),
             metrics: Arc::default(),
+            control,
             started: effective(config.clone(), http),
         })
     }

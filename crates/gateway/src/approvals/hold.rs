@@ -223,7 +223,9 @@ pub fn settle(
         (Status::Pending, WaitEnd::Withdrawn | WaitEnd::Decided) => {
             withdrawn(Transition::Withdraw { reason: None })
         }
-        (Status::Withdrawn | Status::Approved, _) => withdrawn(Transition::None),
+        (Status::Withdrawn | Status::Approved | Status::Abandoned, _) => {
+            withdrawn(Transition::None)
+        }
     }
 }
 
@@ -292,12 +294,7 @@ struct Abandon<'a> {
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            let withdraw = Action::Withdraw { reason: None };
-            if self.approvals.transition(&id, &withdraw).is_err() {
-                let _ = self
-                    .approvals
-                    .transition(&id, &Action::Forfeit { reason: None });
-            }
+            self.approvals.left_behind(id);
         }
     }
 }
@@ -327,7 +324,7 @@ impl Approvals {
                 rule: req.rule.to_owned(),
                 fingerprint: fingerprint.clone(),
             };
-            if let Some((review, until)) = self.granted(&key) {
+            if let Some((review, until)) = self.granted(&key).await {
                 let message = format!("phigate: runs under review {review}, which approved statements like this one until {until}");
                 let _ = tokio::time::timeout(timeout, client.notice(note(&message, None))).await;
                 return Settlement::Run { review };
@@ -339,22 +336,24 @@ impl Approvals {
             settings.reviewer_roles.clone()
         };
         let required = settings.approvals.unwrap_or(1);
-        let opened = self.open_review(Request {
-            requester: req.subject,
-            issuer: req.issuer,
-            role: req.role,
-            session: req.session,
-            statement: req.sql,
-            kinds: req.kinds,
-            tables: req.tables,
-            rule: req.rule,
-            timeout,
-            approvals_required: required,
-            reviewer_roles,
-            scope,
-            phi_columns: req.phi_columns,
-            session_reason: req.session_reason,
-        });
+        let opened = self
+            .open_review(Request {
+                requester: req.subject,
+                issuer: req.issuer,
+                role: req.role,
+                session: req.session,
+                statement: req.sql,
+                kinds: req.kinds,
+                tables: req.tables,
+                rule: req.rule,
+                timeout,
+                approvals_required: required,
+                reviewer_roles,
+                scope,
+                phi_columns: req.phi_columns,
+                session_reason: req.session_reason,
+            })
+            .await;
         let review = match opened {
             Ok(r) => r,
             Err(e) => {
@@ -390,7 +389,7 @@ impl Approvals {
             .wait(&id, timeout, client, &interrupts, &mut changes)
             .await;
         abandon.id = None;
-        self.conclude(&id, end, client, req.rule, timeout)
+        self.conclude(&id, end, client, req.rule, timeout).await
     }
 
     /// Waits until the review leaves `pending`, the timeout, a cancel, or the client is gone.
@@ -407,15 +406,16 @@ impl Approvals {
         // The store's wake-ups are a hint: the review is read again on each, and now and then
         // without one.
         let mut woken = true;
+        let recheck = self.store.recheck();
         loop {
-            match self.store.get(id) {
+            match self.store.get(id).await {
                 Ok(Some(r)) if r.status == Status::Pending => {}
                 Ok(_) => return WaitEnd::Decided,
                 Err(e) => tracing::warn!(review = %id, error = %e, "cannot read a held review"),
             }
             tokio::select! {
                 c = changes.changed(), if woken => woken = c.is_ok(),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(recheck) => {}
                 _ = &mut deadline => return WaitEnd::TimedOut,
                 _ = interrupts.cancel.notified() => return WaitEnd::Withdrawn,
                 _ = interrupts.force_close.cancelled() => return WaitEnd::Withdrawn,
@@ -429,7 +429,7 @@ impl Approvals {
 
     /// Settles the held statement and applies the settlement's transition; one that lost a
     /// race is settled again from the state that won.
-    fn conclude<C: HoldClient>(
+    async fn conclude<C: HoldClient>(
         &self,
         id: &str,
         end: WaitEnd,
@@ -438,7 +438,7 @@ impl Approvals {
         timeout: Duration,
     ) -> Settlement {
         for _ in 0..8 {
-            let review = match self.store.get(id) {
+            let review = match self.store.get(id).await {
                 Ok(Some(r)) => r,
                 _ => break,
             };
@@ -454,7 +454,7 @@ impl Approvals {
                 Transition::Expire => Action::Expire,
                 Transition::Withdraw { reason } => Action::Withdraw { reason },
             };
-            match self.transition(id, &action) {
+            match self.transition(id, &action).await {
                 Ok(r) => {
                     if r.run == Some(Run::Executed) && r.break_glass {
                         tracing::warn!(review = %id, subject = %r.requester, role = %r.role, reason = %r.decision_reason.as_deref().unwrap_or_default(), "BREAK-GLASS: a statement approved by its own requester runs");

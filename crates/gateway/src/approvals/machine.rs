@@ -54,6 +54,8 @@ pub enum Action<'a> {
     /// The approved statement cannot run (credential ended, audit failing, client gone): the
     /// log says it was withdrawn after its approval.
     Forfeit { reason: Option<&'a str> },
+    /// The node holding the statement is gone (its lease lapsed): nobody can run it.
+    Abandon,
 }
 
 /// Why a transition does not apply to the review as read.
@@ -101,7 +103,10 @@ fn decided_event(r: &Review, status: Status, reason: Option<String>) -> Event {
     Event::ReviewDecided {
         review: r.id.clone(),
         status: status.as_str().to_owned(),
-        by: r.decided_by.clone().filter(|_| status != Status::Withdrawn),
+        by: r
+            .decided_by
+            .clone()
+            .filter(|_| !matches!(status, Status::Withdrawn | Status::Abandoned)),
         reason,
         break_glass: r.break_glass && status == Status::Approved,
     }
@@ -209,6 +214,13 @@ pub fn apply(r: &Review, action: &Action<'_>, now: SystemTime) -> Result<Step, R
         Action::Withdraw { reason } => end(r, Status::Withdrawn, reason.map(str::to_owned), now),
         Action::Execute => settle_run(r, Run::Executed, None, now),
         Action::Forfeit { reason } => settle_run(r, Run::Forfeited, reason.map(str::to_owned), now),
+        Action::Abandon if r.kind == Kind::Statement => end(
+            r,
+            Status::Abandoned,
+            Some("the node holding the statement stopped renewing its lease".into()),
+            now,
+        ),
+        Action::Abandon => Err(not_pending(r)),
     }
 }
 

@@ -20,6 +20,7 @@
 mod hold;
 pub mod machine;
 mod notifier;
+mod shared;
 mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -34,7 +35,8 @@ pub use hold::{
 };
 pub use machine::{Action, Decision};
 pub use notifier::Notifier;
-pub use store::{ApprovalStore, GrantKey, MemoryStore, StoreError};
+pub use shared::SharedStore;
+pub use store::{ApprovalStore, GrantKey, MemoryStore, StoreError, StoreFuture};
 
 /// Where a review stands, as the API and the history show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -45,6 +47,8 @@ pub enum Status {
     Denied,
     Expired,
     Withdrawn,
+    /// The node holding the statement stopped renewing its lease (a cluster).
+    Abandoned,
 }
 
 impl Status {
@@ -55,6 +59,7 @@ impl Status {
             Status::Denied => "denied",
             Status::Expired => "expired",
             Status::Withdrawn => "withdrawn",
+            Status::Abandoned => "abandoned",
         }
     }
 }
@@ -112,7 +117,7 @@ pub enum Outcome {
 }
 
 /// One reviewer's approval of a review that needs several.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Approval {
     pub by: String,
     pub reason: String,
@@ -154,7 +159,7 @@ pub struct ElevationRequest<'a> {
     pub reviewer_roles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Review {
     pub id: String,
     pub status: Status,
@@ -290,6 +295,8 @@ pub struct Approvals {
     /// Reviews that were pending when the gateway last stopped.
     pub expired_at_start: usize,
     requests: RequestLimits,
+    /// Reviews of holds that ended without settling, to settle (bounded: 4,096).
+    left: Mutex<Vec<String>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -325,6 +332,7 @@ impl Approvals {
             elevations: Default::default(),
             expired_at_start,
             requests: RequestLimits::default(),
+            left: Mutex::default(),
         }
     }
 
@@ -337,6 +345,7 @@ impl Approvals {
             elevations: Default::default(),
             expired_at_start: 0,
             requests: RequestLimits::default(),
+            left: Mutex::default(),
         }
     }
 
@@ -384,9 +393,9 @@ impl Approvals {
     }
 
     /// Opens a review of a held statement (its `review_requested` is queued for the log).
-    pub fn open_review(&self, req: Request<'_>) -> Result<Review, StoreError> {
+    pub async fn open_review(&self, req: Request<'_>) -> Result<Review, StoreError> {
         let review = machine::statement_review(req, SystemTime::now());
-        self.store.create(&review)?;
+        self.store.create(&review).await?;
         self.announce(&review);
         self.submit(machine::requested_event(
             &review,
@@ -405,7 +414,8 @@ impl Approvals {
         let now = SystemTime::now();
         let waiting = self
             .store
-            .list(false)?
+            .list(false)
+            .await?
             .iter()
             .filter(|r| r.kind == Kind::Elevation)
             .count();
@@ -415,7 +425,7 @@ impl Approvals {
         self.requests.admit(req.issuer, req.requester, now)?;
         let justification = Some(req.reason.to_owned());
         let review = machine::elevation_review(req, now);
-        self.store.create(&review)?;
+        self.store.create(&review).await?;
         self.announce(&review);
         if let Some(audit) = audit {
             let event =
@@ -429,26 +439,27 @@ impl Approvals {
     /// checked against what was read, and the result stored only if nobody changed the review
     /// meanwhile (else all of it again, so a transition that lost a race sees the winner's
     /// state and fails). The winner emits the audit event and applies the effects.
-    pub fn transition(&self, id: &str, action: &Action<'_>) -> Result<Review, DecideError> {
+    pub async fn transition(&self, id: &str, action: &Action<'_>) -> Result<Review, DecideError> {
+        let mut action = action;
+        let mut lapsed = false;
         loop {
             let current = self
                 .store
-                .get(id)?
+                .get(id)
+                .await?
                 .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
             let now = SystemTime::now();
             let step = match machine::apply(&current, action, now) {
                 Ok(step) => step,
                 // An access request nobody decided in time lapses when someone tries.
                 Err(machine::Refused::Lapsed) => {
-                    self.transition(id, &Action::Expire)?;
-                    return Err(DecideError::NotPending {
-                        id: id.to_owned(),
-                        status: Status::Expired,
-                    });
+                    action = &Action::Expire;
+                    lapsed = true;
+                    continue;
                 }
                 Err(machine::Refused::Decide(e)) => return Err(e),
             };
-            if !self.store.swap(current.version, &step.review)? {
+            if !self.store.swap(current.version, &step.review).await? {
                 continue;
             }
             for event in step.events {
@@ -464,10 +475,25 @@ impl Approvals {
                     subject,
                     role,
                     until,
-                } => self.elevations.grant(&issuer, &subject, &role, until),
-                machine::Effect::GrantFingerprint { key, until } => {
-                    self.store.grant(&key, id, until)?
+                } => {
+                    self.elevations.grant(&issuer, &subject, &role, until);
+                    if let Err(e) = self
+                        .store
+                        .elevate(&issuer, &subject, &role, id, until)
+                        .await
+                    {
+                        tracing::error!(review = %id, error = %e, "an approved elevation holds on this node only: the control database did not take it");
+                    }
                 }
+                machine::Effect::GrantFingerprint { key, until } => {
+                    self.store.grant(&key, id, until).await?
+                }
+            }
+            if lapsed {
+                return Err(DecideError::NotPending {
+                    id: id.to_owned(),
+                    status: Status::Expired,
+                });
             }
             return Ok(step.review);
         }
@@ -475,41 +501,104 @@ impl Approvals {
 
     /// Expires every pending review whose time has passed (run now and then, so that a request
     /// nobody decides does not wait, nor stay in memory, forever). Returns how many.
-    pub fn expire_due(&self) -> usize {
+    pub async fn expire_due(&self) -> usize {
         let now = SystemTime::now();
-        let Ok(pending) = self.store.list(false) else {
+        let Ok(pending) = self.store.list(false).await else {
             return 0;
         };
-        pending
+        let mut expired = 0;
+        for r in pending
             .iter()
             .filter(|r| humantime::parse_rfc3339_weak(&r.expires_at).is_ok_and(|t| t < now))
-            .filter(|r| self.transition(&r.id, &Action::Expire).is_ok())
-            .count()
+        {
+            if self.transition(&r.id, &Action::Expire).await.is_ok() {
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Marks abandoned every pending review of a statement held by a node whose lease lapsed
+    /// (a cluster: that node's client is gone with it). Returns how many.
+    pub async fn abandon_orphans(&self) -> usize {
+        let Ok(orphans) = self.store.orphaned().await else {
+            return 0;
+        };
+        let mut abandoned = 0;
+        for r in &orphans {
+            if self.transition(&r.id, &Action::Abandon).await.is_ok() {
+                abandoned += 1;
+            }
+        }
+        abandoned
+    }
+
+    /// Grants here the elevations other nodes approved (a cluster). Returns how many hold.
+    pub async fn sync_elevations(&self) -> usize {
+        let Ok(all) = self.store.elevations().await else {
+            return 0;
+        };
+        for (issuer, subject, role, until) in &all {
+            self.elevations.grant(issuer, subject, role, *until);
+        }
+        all.len()
+    }
+
+    /// Settles the reviews of holds that ended without settling (a session dropped while its
+    /// statement waited) that could not be settled at once.
+    pub async fn settle_left(&self) {
+        let left = std::mem::take(&mut *self.left.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in left {
+            self.withdraw_left(&id).await;
+        }
+    }
+
+    /// Withdraws the review of a hold that ended without settling (or forfeits its approval).
+    async fn withdraw_left(&self, id: &str) {
+        let withdraw = Action::Withdraw { reason: None };
+        if self.transition(id, &withdraw).await.is_err() {
+            let _ = self.transition(id, &Action::Forfeit { reason: None }).await;
+        }
+    }
+
+    /// A hold ended without settling its review: settled now if the store answers at once,
+    /// else by the next [`settle_left`](Approvals::settle_left).
+    pub(crate) fn left_behind(&self, id: String) {
+        use futures_util::FutureExt;
+        if self.withdraw_left(&id).now_or_never().is_none() {
+            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a store that stays unreachable loses these (each review then expires).
+            if left.len() < 4096 {
+                left.push(id);
+            }
+        }
     }
 
     /// A reviewer's decision (approve or deny; with `break_glass`, the requester approves their
     /// own statement).
-    pub fn decide(&self, id: &str, decision: &Decision<'_>) -> Result<Decided, DecideError> {
-        let review = self.transition(id, &Action::Decide(decision.clone()))?;
+    pub async fn decide(&self, id: &str, decision: &Decision<'_>) -> Result<Decided, DecideError> {
+        let review = self
+            .transition(id, &Action::Decide(decision.clone()))
+            .await?;
         let last = review.status != Status::Pending;
         Ok(Decided { review, last })
     }
 
     /// A live `fingerprint` approval covering this statement: the review that granted it and
     /// until when.
-    pub fn granted(&self, key: &GrantKey) -> Option<(String, String)> {
-        let (review, until) = self.store.granted(key).ok().flatten()?;
+    pub async fn granted(&self, key: &GrantKey) -> Option<(String, String)> {
+        let (review, until) = self.store.granted(key).await.ok().flatten()?;
         (until > SystemTime::now()).then(|| (review, rfc3339(until)))
     }
 
-    pub fn list(&self, all: bool) -> Result<Vec<Review>, StoreError> {
-        let mut v = self.store.list(all)?;
+    pub async fn list(&self, all: bool) -> Result<Vec<Review>, StoreError> {
+        let mut v = self.store.list(all).await?;
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(v)
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<Review>, StoreError> {
-        self.store.get(id)
+    pub async fn get(&self, id: &str) -> Result<Option<Review>, StoreError> {
+        self.store.get(id).await
     }
 
     /// Ticks whenever a review is opened or changes (the console's live inbox).

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -32,23 +32,57 @@ pub struct GrantKey {
     pub fingerprint: String,
 }
 
+/// What a store's operations return: a network store answers later, the embedded one at once.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 pub trait ApprovalStore: Send + Sync {
     /// Keeps a new review (its `version` 0).
-    fn create(&self, review: &Review) -> Result<(), StoreError>;
-    fn get(&self, id: &str) -> Result<Option<Review>, StoreError>;
+    fn create<'a>(&'a self, review: &'a Review) -> StoreFuture<'a, ()>;
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Review>>;
     /// Pending reviews, or all recent ones with `all` (any order).
-    fn list(&self, all: bool) -> Result<Vec<Review>, StoreError>;
+    fn list(&self, all: bool) -> StoreFuture<'_, Vec<Review>>;
     /// Compare-and-set: stores `next` in place of its review, with its version one more than
     /// `expected`, if the stored version is still `expected`; false (nothing stored) if another
     /// transition came first. Wakes the [`changes`](ApprovalStore::changes) watchers.
-    fn swap(&self, expected: u64, next: &Review) -> Result<bool, StoreError>;
+    fn swap<'a>(&'a self, expected: u64, next: &'a Review) -> StoreFuture<'a, bool>;
     /// Changes when any review changes: a wake-up hint for the sessions holding statements,
     /// which then re-read their review.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// How often a held statement's review is read again without a wake-up.
+    fn recheck(&self) -> Duration {
+        Duration::from_secs(1)
+    }
     /// A `fingerprint` approval by review `review`, valid until `until`.
-    fn grant(&self, key: &GrantKey, review: &str, until: SystemTime) -> Result<(), StoreError>;
+    fn grant<'a>(
+        &'a self,
+        key: &'a GrantKey,
+        review: &'a str,
+        until: SystemTime,
+    ) -> StoreFuture<'a, ()>;
     /// The review and end of the latest grant for `key` (possibly run out).
-    fn granted(&self, key: &GrantKey) -> Result<Option<(String, SystemTime)>, StoreError>;
+    fn granted<'a>(&'a self, key: &'a GrantKey) -> StoreFuture<'a, Option<(String, SystemTime)>>;
+    /// Pending reviews of statements held by nodes whose lease has lapsed (a store shared by
+    /// several nodes); none for a single node.
+    fn orphaned(&self) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+    /// Shares an approved elevation with the other nodes (a single node grants it in memory
+    /// only, and this does nothing).
+    fn elevate<'a>(
+        &'a self,
+        _issuer: &'a str,
+        _subject: &'a str,
+        _role: &'a str,
+        _review: &'a str,
+        _until: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// Elevations shared by any node that have not run out: (issuer, subject, role, until).
+    fn elevations(&self) -> StoreFuture<'_, Vec<(String, String, String, SystemTime)>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// The embedded store: one gateway's reviews in memory.
@@ -95,8 +129,8 @@ impl MemoryStore {
     }
 }
 
-impl ApprovalStore for MemoryStore {
-    fn create(&self, review: &Review) -> Result<(), StoreError> {
+impl MemoryStore {
+    fn create_now(&self, review: &Review) -> Result<(), StoreError> {
         let mut m = self.reviews.lock().unwrap_or_else(|e| e.into_inner());
         self.record(review);
         // Decided reviews are kept for the API until the map grows large.
@@ -112,12 +146,12 @@ impl ApprovalStore for MemoryStore {
         Ok(())
     }
 
-    fn get(&self, id: &str) -> Result<Option<Review>, StoreError> {
+    fn get_now(&self, id: &str) -> Result<Option<Review>, StoreError> {
         let m = self.reviews.lock().unwrap_or_else(|e| e.into_inner());
         Ok(m.get(id).cloned())
     }
 
-    fn list(&self, all: bool) -> Result<Vec<Review>, StoreError> {
+    fn list_now(&self, all: bool) -> Result<Vec<Review>, StoreError> {
         let m = self.reviews.lock().unwrap_or_else(|e| e.into_inner());
         Ok(m.values()
             .filter(|r| all || r.status == Status::Pending)
@@ -125,7 +159,7 @@ impl ApprovalStore for MemoryStore {
             .collect())
     }
 
-    fn swap(&self, expected: u64, next: &Review) -> Result<bool, StoreError> {
+    fn swap_now(&self, expected: u64, next: &Review) -> Result<bool, StoreError> {
         let mut m = self.reviews.lock().unwrap_or_else(|e| e.into_inner());
         let Some(current) = m.get_mut(&next.id) else {
             return Ok(false);
@@ -144,11 +178,7 @@ impl ApprovalStore for MemoryStore {
         Ok(true)
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    fn grant(&self, key: &GrantKey, review: &str, until: SystemTime) -> Result<(), StoreError> {
+    fn grant_now(&self, key: &GrantKey, review: &str, until: SystemTime) -> Result<(), StoreError> {
         let mut g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         let now = SystemTime::now();
         g.retain(|_, (_, t)| *t > now);
@@ -156,9 +186,44 @@ impl ApprovalStore for MemoryStore {
         Ok(())
     }
 
-    fn granted(&self, key: &GrantKey) -> Result<Option<(String, SystemTime)>, StoreError> {
+    fn granted_now(&self, key: &GrantKey) -> Result<Option<(String, SystemTime)>, StoreError> {
         let g = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         Ok(g.get(key).cloned())
+    }
+}
+
+impl ApprovalStore for MemoryStore {
+    fn create<'a>(&'a self, review: &'a Review) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.create_now(review)))
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Review>> {
+        Box::pin(std::future::ready(self.get_now(id)))
+    }
+
+    fn list(&self, all: bool) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(std::future::ready(self.list_now(all)))
+    }
+
+    fn swap<'a>(&'a self, expected: u64, next: &'a Review) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(self.swap_now(expected, next)))
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn grant<'a>(
+        &'a self,
+        key: &'a GrantKey,
+        review: &'a str,
+        until: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.grant_now(key, review, until)))
+    }
+
+    fn granted<'a>(&'a self, key: &'a GrantKey) -> StoreFuture<'a, Option<(String, SystemTime)>> {
+        Box::pin(std::future::ready(self.granted_now(key)))
     }
 }
 

@@ -9,6 +9,15 @@ use phigate_wire::sqlstate;
 use super::machine::{self, Effect, Refused};
 use super::*;
 
+/// The embedded store answers at once: its operations complete on the first poll.
+trait Now: std::future::Future + Sized {
+    fn now(self) -> Self::Output {
+        futures_util::FutureExt::now_or_never(self).expect("the embedded store answers at once")
+    }
+}
+
+impl<F: std::future::Future> Now for F {}
+
 fn request(sql: &str, approvals: u32) -> Request<'_> {
     Request {
         requester: "agent",
@@ -59,7 +68,12 @@ fn key(subject: &str, role: &str, fingerprint: &str) -> GrantKey {
 }
 
 fn status(a: &Approvals, id: &str) -> Status {
-    a.get(id).ok().flatten().map(|r| r.status).expect("review")
+    a.get(id)
+        .now()
+        .ok()
+        .flatten()
+        .map(|r| r.status)
+        .expect("review")
 }
 
 #[test]
@@ -70,26 +84,33 @@ fn separation_of_duties_and_one_decision() {
             "DELETE FROM t /* phigate: reason=cleanup of test rows */",
             1,
         ))
+        .now()
         .expect("open");
     assert_eq!(rev.justification.as_deref(), Some("cleanup of test rows"));
     assert_eq!(
         r.decide(&rev.id, &approve("agent", "reviewer"))
+            .now()
             .map(|d| d.review.id),
         Err(DecideError::OwnStatement("agent".into()))
     );
     assert!(matches!(
-        r.decide(&rev.id, &approve("dba", "ai-agent")),
+        r.decide(&rev.id, &approve("dba", "ai-agent")).now(),
         Err(DecideError::WrongRole { .. })
     ));
     assert!(r
         .decide(&rev.id, &approve("reviewer", "reviewer"))
+        .now()
         .is_ok_and(|d| d.last));
     assert!(matches!(
-        r.get(&rev.id).ok().flatten().and_then(|r| r.outcome()),
+        r.get(&rev.id)
+            .now()
+            .ok()
+            .flatten()
+            .and_then(|r| r.outcome()),
         Some(Outcome::Approved { .. })
     ));
     assert_eq!(
-        r.decide(&rev.id, &deny("reviewer2")).map(|d| d.last),
+        r.decide(&rev.id, &deny("reviewer2")).now().map(|d| d.last),
         Err(DecideError::NotPending {
             id: rev.id.clone(),
             status: Status::Approved
@@ -102,38 +123,53 @@ fn two_approvals_from_two_people_then_a_fingerprint_grant() {
     let r = Approvals::open(None);
     let rev = r
         .open_review(request("UPDATE t SET a = 1", 2))
+        .now()
         .expect("open");
     let first = r
         .decide(&rev.id, &approve("ann", "reviewer"))
+        .now()
         .expect("first approval");
     assert!(!first.last && first.review.status == Status::Pending);
     assert_eq!(
         r.decide(&rev.id, &approve("ann", "reviewer"))
+            .now()
             .map(|d| d.last),
         Err(DecideError::AlreadyApproved("ann".into()))
     );
-    assert!(r.granted(&key("agent", "ai-agent", "fp")).is_none());
+    assert!(r.granted(&key("agent", "ai-agent", "fp")).now().is_none());
     let second = r
         .decide(&rev.id, &approve("bob", "reviewer"))
+        .now()
         .expect("second approval");
     assert!(second.last);
     assert!(
         matches!(second.review.outcome(), Some(Outcome::Approved { by, .. }) if by == "ann, bob")
     );
     // The grant starts when the statement runs.
-    assert!(r.granted(&key("agent", "ai-agent", "fp")).is_none());
-    r.transition(&rev.id, &Action::Execute).expect("execute");
+    assert!(r.granted(&key("agent", "ai-agent", "fp")).now().is_none());
+    r.transition(&rev.id, &Action::Execute)
+        .now()
+        .expect("execute");
     assert_eq!(
-        r.granted(&key("agent", "ai-agent", "fp")).map(|g| g.0),
+        r.granted(&key("agent", "ai-agent", "fp"))
+            .now()
+            .map(|g| g.0),
         Some(rev.id.clone())
     );
-    assert!(r.granted(&key("someone-else", "ai-agent", "fp")).is_none());
-    assert!(r.granted(&key("agent", "clinician", "fp")).is_none());
-    assert!(r.granted(&key("agent", "ai-agent", "other")).is_none());
+    assert!(r
+        .granted(&key("someone-else", "ai-agent", "fp"))
+        .now()
+        .is_none());
+    assert!(r.granted(&key("agent", "clinician", "fp")).now().is_none());
+    assert!(r
+        .granted(&key("agent", "ai-agent", "other"))
+        .now()
+        .is_none());
     // It ran once: neither a second run nor a forfeit applies.
-    assert!(r.transition(&rev.id, &Action::Execute).is_err());
+    assert!(r.transition(&rev.id, &Action::Execute).now().is_err());
     assert!(r
         .transition(&rev.id, &Action::Forfeit { reason: None })
+        .now()
         .is_err());
 }
 
@@ -142,6 +178,7 @@ fn break_glass_is_the_requesters_and_only_for_listed_roles() {
     let r = Approvals::open(None);
     let rev = r
         .open_review(request("UPDATE t SET a = 1", 2))
+        .now()
         .expect("open");
     let allowed = vec!["ai-agent".to_owned()];
     let glass = |who, roles| Decision {
@@ -155,20 +192,26 @@ fn break_glass_is_the_requesters_and_only_for_listed_roles() {
     };
     assert_eq!(
         r.decide(&rev.id, &glass("someone", &allowed))
+            .now()
             .map(|d| d.last),
         Err(DecideError::BreakGlassRefused)
     );
     assert_eq!(
-        r.decide(&rev.id, &glass("agent", &[])).map(|d| d.last),
+        r.decide(&rev.id, &glass("agent", &[]))
+            .now()
+            .map(|d| d.last),
         Err(DecideError::BreakGlassRefused)
     );
     let d = r
         .decide(&rev.id, &glass("agent", &allowed))
+        .now()
         .expect("break-glass");
     assert!(d.last && d.review.break_glass);
-    r.transition(&rev.id, &Action::Execute).expect("execute");
+    r.transition(&rev.id, &Action::Execute)
+        .now()
+        .expect("execute");
     assert!(
-        r.granted(&key("agent", "ai-agent", "fp")).is_none(),
+        r.granted(&key("agent", "ai-agent", "fp")).now().is_none(),
         "break-glass covers nothing further"
     );
 }
@@ -182,6 +225,7 @@ fn item6_break_glass_needs_the_requesters_issuer_too() {
     let r = Approvals::open(None);
     let rev = r
         .open_review(request("UPDATE t SET a = 1", 1))
+        .now()
         .expect("open");
     let allowed = vec!["ai-agent".to_owned()];
     let glass = |issuer| Decision {
@@ -194,7 +238,7 @@ fn item6_break_glass_needs_the_requesters_issuer_too() {
         break_glass_roles: &allowed,
     };
     assert_eq!(
-        r.decide(&rev.id, &glass("partner")).map(|d| d.last),
+        r.decide(&rev.id, &glass("partner")).now().map(|d| d.last),
         Err(DecideError::BreakGlassRefused)
     );
     let namesake = Decision {
@@ -202,25 +246,35 @@ fn item6_break_glass_needs_the_requesters_issuer_too() {
         ..approve("agent", "reviewer")
     };
     assert_eq!(
-        r.decide(&rev.id, &namesake).map(|d| d.last),
+        r.decide(&rev.id, &namesake).now().map(|d| d.last),
         Err(DecideError::OwnStatement("agent".into()))
     );
-    let d = r.decide(&rev.id, &glass("corp")).expect("own break-glass");
+    let d = r
+        .decide(&rev.id, &glass("corp"))
+        .now()
+        .expect("own break-glass");
     assert!(d.last && d.review.break_glass);
 
     // A fingerprint approval by a reviewer covers the requester at "corp" only.
     let rev = r
         .open_review(request("UPDATE t SET a = 2", 1))
+        .now()
         .expect("open");
     r.decide(&rev.id, &approve("ann", "reviewer"))
+        .now()
         .expect("approve");
-    r.transition(&rev.id, &Action::Execute).expect("execute");
-    assert!(r.granted(&key("agent", "ai-agent", "fp")).is_some());
+    r.transition(&rev.id, &Action::Execute)
+        .now()
+        .expect("execute");
+    assert!(r.granted(&key("agent", "ai-agent", "fp")).now().is_some());
     let other = GrantKey {
         issuer: "partner".into(),
         ..key("agent", "ai-agent", "fp")
     };
-    assert!(r.granted(&other).is_none(), "a namesake is not covered");
+    assert!(
+        r.granted(&other).now().is_none(),
+        "a namesake is not covered"
+    );
 }
 
 /// Exactly one of racing transitions wins, whatever they are; the others see its state.
@@ -228,7 +282,10 @@ fn item6_break_glass_needs_the_requesters_issuer_too() {
 fn racing_transitions_have_exactly_one_winner() {
     for round in 0..50 {
         let r = Arc::new(Approvals::open(None));
-        let rev = r.open_review(request("DELETE FROM t", 1)).expect("open");
+        let rev = r
+            .open_review(request("DELETE FROM t", 1))
+            .now()
+            .expect("open");
         let barrier = Arc::new(Barrier::new(6));
         let threads: Vec<_> = (0..6)
             .map(|n| {
@@ -245,7 +302,7 @@ fn racing_transitions_have_exactly_one_winner() {
                             reason: Some("client disconnected"),
                         },
                     };
-                    r.transition(&id, &action).map(|r| r.status)
+                    r.transition(&id, &action).now().map(|r| r.status)
                 })
             })
             .collect();
@@ -268,14 +325,18 @@ fn racing_transitions_have_exactly_one_winner() {
 fn an_approved_statement_runs_or_is_forfeited_once() {
     for _ in 0..20 {
         let r = Arc::new(Approvals::open(None));
-        let rev = r.open_review(request("DELETE FROM t", 1)).expect("open");
+        let rev = r
+            .open_review(request("DELETE FROM t", 1))
+            .now()
+            .expect("open");
         r.decide(&rev.id, &approve("ann", "reviewer"))
+            .now()
             .expect("approve");
         let threads: Vec<_> = [Action::Execute, Action::Forfeit { reason: None }]
             .into_iter()
             .map(|a| {
                 let (r, id) = (r.clone(), rev.id.clone());
-                std::thread::spawn(move || r.transition(&id, &a).is_ok())
+                std::thread::spawn(move || r.transition(&id, &a).now().is_ok())
             })
             .collect();
         let won = threads
@@ -647,7 +708,7 @@ async fn held(
     let (a, c) = (approvals.clone(), cancel.clone());
     let actor = tokio::spawn(async move {
         loop {
-            let pending = a.list(false).unwrap_or_default();
+            let pending = a.list(false).now().unwrap_or_default();
             if let Some(r) = pending.first() {
                 act(&a, &r.id, &c);
                 return;
@@ -686,7 +747,7 @@ async fn held(
         actor.abort();
     }
     let id = client.opened.clone().expect("a review was opened");
-    let review = approvals.get(&id).ok().flatten().expect("review");
+    let review = approvals.get(&id).now().ok().flatten().expect("review");
     (settlement, review, client)
 }
 
@@ -694,6 +755,7 @@ async fn held(
 async fn a_hold_runs_once_a_reviewer_approves() {
     let (s, review, client) = held(600, fake(true), |a, id, _| {
         a.decide(id, &approve("reviewer", "reviewer"))
+            .now()
             .expect("approve");
     })
     .await;
@@ -705,7 +767,7 @@ async fn a_hold_runs_once_a_reviewer_approves() {
 #[tokio::test]
 async fn a_hold_is_refused_when_denied_or_the_session_cannot_run_it() {
     let (s, review, _) = held(600, fake(true), |a, id, _| {
-        a.decide(id, &deny("reviewer")).expect("deny");
+        a.decide(id, &deny("reviewer")).now().expect("deny");
     })
     .await;
     assert!(
@@ -714,6 +776,7 @@ async fn a_hold_is_refused_when_denied_or_the_session_cannot_run_it() {
     assert_eq!(review.status, Status::Denied);
     let (s, review, _) = held(600, fake(false), |a, id, _| {
         a.decide(id, &approve("reviewer", "reviewer"))
+            .now()
             .expect("approve");
     })
     .await;
@@ -786,8 +849,8 @@ async fn a_fingerprint_approval_covers_the_next_statement_like_it() {
         s = approvals.hold(req("UPDATE t SET a = 1 WHERE id = 7"), &mut client, interrupts()) => s,
         _ = async {
             loop {
-                if let Some(r) = approvals.list(false).unwrap_or_default().first() {
-                    approvals.decide(&r.id, &approve("reviewer", "reviewer")).expect("approve");
+                if let Some(r) = approvals.list(false).now().unwrap_or_default().first() {
+                    approvals.decide(&r.id, &approve("reviewer", "reviewer")).now().expect("approve");
                     return std::future::pending::<()>().await;
                 }
                 tokio::task::yield_now().await;
@@ -846,7 +909,7 @@ async fn access_requests_are_rate_limited_bounded_and_expire_on_time() {
         .expect("bob");
     let full = approvals.open_elevation(None, elevation("cat", long)).await;
     assert!(matches!(full, Err(OpenError::QueueFull(3))), "{full:?}");
-    assert_eq!(approvals.expire_due(), 0, "nothing is due yet");
+    assert_eq!(approvals.expire_due().now(), 0, "nothing is due yet");
 
     let quick = Approvals::open(None);
     let due = quick
@@ -858,12 +921,13 @@ async fn access_requests_are_rate_limited_bounded_and_expire_on_time() {
             timeout: Duration::ZERO,
             ..request("DELETE FROM t", 1)
         })
+        .now()
         .expect("held");
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(quick.expire_due(), 2);
+    assert_eq!(quick.expire_due().now(), 2);
     for id in [&due.id, &held.id] {
-        let r = quick.get(id).expect("store").expect("kept");
+        let r = quick.get(id).now().expect("store").expect("kept");
         assert_eq!(r.status, Status::Expired, "{id}");
     }
-    assert!(quick.list(false).expect("list").is_empty());
+    assert!(quick.list(false).now().expect("list").is_empty());
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 mod approvals;
 mod audit;
 pub mod auth;
+mod cluster;
 mod console;
 mod limits;
 mod listen;
@@ -25,6 +26,7 @@ mod upstream;
 pub use approvals::{ApprovalsConfig, WebhookFormat};
 pub use audit::{AuditConfig, Durability, ReadDurability, StatementText};
 pub use auth::{AuthConfig, BindingConfig, FailedLogins, OidcConfig, StaticIdentity};
+pub use cluster::{valid_node_id, ClusterConfig};
 pub use console::ConsoleConfig;
 pub use limits::Limits;
 pub use listen::{Listen, Log, LogFormat, MetricsAccess, Runtime, ServerTls};
@@ -131,6 +133,9 @@ pub struct Config {
     /// Rules tried in order before the grants: deny, hold for approval, or allow.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Many nodes on one PostgreSQL control database (docs/cluster.md); a single node without.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 fn default_true() -> bool {
@@ -213,6 +218,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.upstream.check_password_source()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         let policy = self.policy()?;
         // Views and built-in functions are read from the configured database; with the client
         // choosing, a restricted role's checks would be made against another database's catalog.

@@ -182,6 +182,7 @@ fn demo_config(
     let password_file = data_dir.join("upstream.password");
     write_private(&password_file, app_password)?;
     Ok(Config {
+        cluster: None,
         listen: Listen {
             address: ([127, 0, 0, 1], opts.pg_port).into(),
             http_address: Some(([127, 0, 0, 1], opts.http_port).into()),

@@ -148,7 +148,7 @@ pub async fn metrics(
         shared.admission.connections(),
     ));
     sessions_by_role(&shared, &mut out);
-    holds_pending(&shared, &mut out);
+    holds_pending(&shared, &mut out).await;
     shared.metrics.render(&mut out);
     out
 }
@@ -175,8 +175,8 @@ fn sessions_by_role(shared: &Shared, out: &mut String) {
 }
 
 /// `phigate_holds_pending` (held statements) and `phigate_access_requests_pending`.
-fn holds_pending(shared: &Shared, out: &mut String) {
-    let Ok(pending) = shared.approvals.reviews.list(false) else {
+async fn holds_pending(shared: &Shared, out: &mut String) {
+    let Ok(pending) = shared.approvals.reviews.list(false).await else {
         return;
     };
     let pending: Vec<_> = pending

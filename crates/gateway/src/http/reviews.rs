@@ -27,6 +27,7 @@ pub async fn list(
         .approvals
         .reviews
         .list(all)
+        .await
         .map_err(|_| ApiError::unavailable("the review store is unavailable"))?;
     // Only the reviews this reviewer may decide: a statement's exact text may carry PHI.
     let mine: Vec<_> = list
@@ -42,7 +43,7 @@ pub async fn show(
     Path(id): Path<String>,
     Reviewer(who): Reviewer,
 ) -> ApiResult<Json<Value>> {
-    match shared.approvals.reviews.get(&id).ok().flatten() {
+    match shared.approvals.reviews.get(&id).await.ok().flatten() {
         Some(r) if r.reviewer_roles.contains(&who.role.0) => Ok(Json(json!(r))),
         _ => Err(not_for_you()),
     }
@@ -134,7 +135,7 @@ pub async fn decide_review(
     approve: bool,
     d: &DecisionBody,
 ) -> ApiResult<crate::approvals::Review> {
-    let Some(review) = shared.approvals.reviews.get(id).ok().flatten() else {
+    let Some(review) = shared.approvals.reviews.get(id).await.ok().flatten() else {
         return Err(not_for_you());
     };
     // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
@@ -185,7 +186,7 @@ pub async fn decide_review(
         break_glass: d.break_glass,
         break_glass_roles: &approvals.break_glass_roles,
     };
-    let done = match shared.approvals.reviews.decide(id, &decision) {
+    let done = match shared.approvals.reviews.decide(id, &decision).await {
         Ok(done) => done,
         Err(crate::approvals::DecideError::NotFound(_)) => return Err(not_for_you()),
         // Break-glass on someone else's review tells only those who may see it why not.

@@ -130,7 +130,7 @@ fn tool_list(with_execute: bool) -> Vec<Tool> {
     tools.push(
         Tool::new(
             "approval_wait",
-            "Waits (at most timeout_s, up to 300) for a held execute of yours: {status: pending/executed/failed/denied/expired/withdrawn, rows_affected?, error?, reason?, timed_out}.",
+            "Waits (at most timeout_s, up to 300) for a held execute of yours: {status: pending/executed/failed/denied/expired/withdrawn/abandoned, rows_affected?, error?, reason?, timed_out}.",
             schema(json!({"type": "object", "required": ["review_id"], "properties": {
                 "review_id": {"type": "string"},
                 "timeout_s": {"type": "integer", "minimum": 0, "maximum": super::tools::MAX_WAIT_SECS}}})),

@@ -442,7 +442,7 @@ impl Tools {
                 stop_on_drop.disarm();
                 return Ok(finished_reply(f));
             }
-            if let Some(review) = self.review_of(&session) {
+            if let Some(review) = self.review_of(&session).await {
                 cancel.disarm();
                 stop_on_drop.disarm();
                 self.held.insert(seat, &review.id, done_rx);
@@ -466,8 +466,8 @@ impl Tools {
         }
     }
 
-    fn review_of(&self, session: &str) -> Option<crate::approvals::Review> {
-        let reviews = self.shared.approvals.reviews.list(false).ok()?;
+    async fn review_of(&self, session: &str) -> Option<crate::approvals::Review> {
+        let reviews = self.shared.approvals.reviews.list(false).await.ok()?;
         reviews.into_iter().find(|r| r.session == session)
     }
 
@@ -498,6 +498,7 @@ impl Tools {
             .approvals
             .reviews
             .get(&a.review_id)
+            .await
             .ok()
             .flatten();
         let review_status = review
@@ -510,7 +511,7 @@ impl Tools {
             Ok(Finished::Completed { rows_affected }) => json!({
                 "status": "executed", "rows_affected": rows_affected, "timed_out": false}),
             Ok(Finished::Failed { message }) => match review_status {
-                s @ ("denied" | "expired" | "withdrawn") => {
+                s @ ("denied" | "expired" | "withdrawn" | "abandoned") => {
                     json!({"status": s, "reason": reason.unwrap_or(message), "timed_out": false})
                 }
                 // Approved, but the statement failed when it ran: its error as the session

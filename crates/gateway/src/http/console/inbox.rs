@@ -84,7 +84,7 @@ async fn visible(c: &Console, v: &Viewer, f: &Filters) -> Result<Vec<Review>, Re
     )
     .await
     .map_err(|e| layout::api_error(v, e))?;
-    let list = shared.approvals.reviews.list(false).map_err(|_| {
+    let list = shared.approvals.reviews.list(false).await.map_err(|_| {
         layout::error_for(
             v,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -273,8 +273,8 @@ fn has_parameters(sql: &str) -> bool {
 }
 
 /// A review the viewer may see: its reviewers, and its requester.
-fn viewable(c: &Console, v: &Viewer, id: &str) -> Option<Review> {
-    let r = c.shared.approvals.reviews.get(id).ok().flatten()?;
+async fn viewable(c: &Console, v: &Viewer, id: &str) -> Option<Review> {
+    let r = c.shared.approvals.reviews.get(id).await.ok().flatten()?;
     (may_decide(&r, v) || is_requester(&r, v)).then_some(r)
 }
 
@@ -386,7 +386,7 @@ async fn review_page(
 
 /// `GET /console/reviews/{id}`
 pub async fn review(State(c): State<Arc<Console>>, v: Viewer, Path(id): Path<String>) -> Response {
-    match viewable(&c, &v, &id) {
+    match viewable(&c, &v, &id).await {
         Some(r) => review_page(&c, &v, &r, StatusCode::OK, None).await,
         None => layout::error_for(&v, StatusCode::NOT_FOUND, "No such review for you."),
     }
@@ -418,7 +418,7 @@ pub async fn decide(
             "This form has expired or did not come from this console; reload the page.",
         );
     }
-    let Some(r) = viewable(&c, &v, &id) else {
+    let Some(r) = viewable(&c, &v, &id).await else {
         return layout::error_for(&v, StatusCode::NOT_FOUND, "No such review for you.");
     };
     let approve = match f.decision.as_str() {
@@ -478,7 +478,7 @@ pub async fn decide(
     match decide_review(shared, &credentials, &caller, &id, approve, &body).await {
         Ok(_) => Redirect::to(&format!("/console/reviews/{id}")).into_response(),
         Err(e) => {
-            let r = viewable(&c, &v, &id).unwrap_or(r);
+            let r = viewable(&c, &v, &id).await.unwrap_or(r);
             review_page(&c, &v, &r, e.status(), Some(e.message())).await
         }
     }
@@ -491,6 +491,7 @@ pub async fn my_requests(State(c): State<Arc<Console>>, v: Viewer) -> Response {
         .approvals
         .reviews
         .list(true)
+        .await
         .unwrap_or_default()
         .into_iter()
         .filter(|r| is_requester(r, &v))

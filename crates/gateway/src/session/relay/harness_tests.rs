@@ -106,7 +106,7 @@ impl Peer {
 async fn session() -> (Peer, Peer) {
     let config = Config::parse(CONFIG, std::path::Path::new("harness.toml")).expect("config");
     let addr: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
-    let shared = Arc::new(Shared::from_config(&config, addr, None).expect("shared"));
+    let shared = Arc::new(Shared::from_config(&config, addr, None, None).expect("shared"));
     let identity = Identity {
         subject: Subject("agent@harness".into()),
         role: RoleName("ai-agent".into()),

@@ -1,0 +1,309 @@
+//! The store of a cluster: reviews in the control database (docs/cluster.md).
+//!
+//! A review is one row: its state machine's `version` is the compare-and-set (`UPDATE ... WHERE
+//! version = $n`: among racing transitions on any nodes exactly one row is updated), and every
+//! write notifies `phigate_reviews` at commit, which ticks [`changes`](ApprovalStore::changes)
+//! on every node. Holding nodes also read their reviews again on the cluster's poll interval
+//! and after every reconnect, so a lost notification costs a poll, never a decision.
+//!
+//! The node that opened a review holds its client and alone runs the statement (approvals never
+//! migrate); the row names the node and its instance, and a review whose instance no longer
+//! holds a live lease is orphaned ([`ApprovalStore::orphaned`]). A held statement's text may
+//! carry PHI: it is kept whole only while it can still run, and redacted (literals out) once
+//! the review is settled.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tokio_postgres::Row;
+
+use super::store::{ApprovalStore, GrantKey, StoreError, StoreFuture};
+use super::{Kind, Review, Run, Status};
+use crate::control::{Control, OPERATION_TIMEOUT};
+
+pub struct SharedStore {
+    control: Arc<Control>,
+}
+
+impl SharedStore {
+    pub fn new(control: Arc<Control>) -> SharedStore {
+        SharedStore { control }
+    }
+}
+
+/// Runs `op` against the control database, failing (closed) when it is unreachable or slow.
+async fn on<T, F, Fut>(control: &Control, op: F) -> Result<T, StoreError>
+where
+    F: FnOnce(Arc<tokio_postgres::Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let client = control.client().map_err(|e| StoreError(e.to_string()))?;
+    match tokio::time::timeout(OPERATION_TIMEOUT, op(client)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a control database operation failed");
+            Err(StoreError(
+                "the control database refused the operation".into(),
+            ))
+        }
+        Err(_) => Err(StoreError(
+            "the control database did not answer in time".into(),
+        )),
+    }
+}
+
+const COLUMNS: &str = "version, run, fingerprint, body";
+
+fn run_text(run: Option<Run>) -> Option<&'static str> {
+    run.map(|r| match r {
+        Run::Executed => "executed",
+        Run::Forfeited => "forfeited",
+    })
+}
+
+/// A review as stored: its body, with the statement redacted once nothing can run it.
+fn body(review: &Review) -> Result<String, StoreError> {
+    let settled = review.status != Status::Pending
+        && (review.kind == Kind::Elevation
+            || review.status != Status::Approved
+            || review.run.is_some());
+    let json = if settled {
+        let mut r = review.clone();
+        r.statement = phigate_sql::redact_literals(&review.statement).0;
+        serde_json::to_string(&r)
+    } else {
+        serde_json::to_string(review)
+    };
+    json.map_err(|e| StoreError(format!("cannot encode a review: {e}")))
+}
+
+fn review(row: &Row) -> Result<Review, StoreError> {
+    let body: String = row.get("body");
+    let mut r: Review = serde_json::from_str(&body)
+        .map_err(|_| StoreError("a review in the control database cannot be read".into()))?;
+    r.version = row.get::<_, i64>("version") as u64;
+    r.run = match row.get::<_, Option<String>>("run").as_deref() {
+        Some("executed") => Some(Run::Executed),
+        Some("forfeited") => Some(Run::Forfeited),
+        _ => None,
+    };
+    r.fingerprint = row.get("fingerprint");
+    Ok(r)
+}
+
+fn reviews(rows: &[Row]) -> Result<Vec<Review>, StoreError> {
+    rows.iter().map(review).collect()
+}
+
+fn kind_text(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Statement => "statement",
+        Kind::Elevation => "elevation",
+    }
+}
+
+impl ApprovalStore for SharedStore {
+    fn create<'a>(&'a self, r: &'a Review) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let body = body(r)?;
+            on(&self.control, |c| async move {
+                c.execute(
+                    "INSERT INTO phigate.reviews (id, version, status, kind, node_id, instance,
+                         run, fingerprint, body)
+                     VALUES ($1, 0, $2, $3, $4, $5, NULL, $6, $7)",
+                    &[
+                        &r.id,
+                        &r.status.as_str(),
+                        &kind_text(r.kind),
+                        &self.control.node_id(),
+                        &self.control.instance(),
+                        &r.fingerprint,
+                        &body,
+                    ],
+                )
+                .await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Review>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query(
+                    &format!("SELECT {COLUMNS} FROM phigate.reviews WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+            })
+            .await?;
+            rows.first().map(review).transpose()
+        })
+    }
+
+    fn list(&self, all: bool) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(async move {
+            let sql = if all {
+                format!(
+                    "SELECT {COLUMNS} FROM phigate.reviews ORDER BY created_at DESC LIMIT 10000"
+                )
+            } else {
+                format!(
+                    "SELECT {COLUMNS} FROM phigate.reviews WHERE status = 'pending'
+                     ORDER BY created_at LIMIT 10000"
+                )
+            };
+            let rows = on(&self.control, |c| async move { c.query(&sql, &[]).await }).await?;
+            reviews(&rows)
+        })
+    }
+
+    fn swap<'a>(&'a self, expected: u64, next: &'a Review) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let body = body(next)?;
+            let n = on(&self.control, |c| async move {
+                c.execute(
+                    "UPDATE phigate.reviews SET version = version + 1, status = $3, run = $4,
+                         body = $5, updated_at = now()
+                     WHERE id = $1 AND version = $2",
+                    &[
+                        &next.id,
+                        &(expected as i64),
+                        &next.status.as_str(),
+                        &run_text(next.run),
+                        &body,
+                    ],
+                )
+                .await
+            })
+            .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.control.changes()
+    }
+
+    fn recheck(&self) -> std::time::Duration {
+        self.control.poll_interval()
+    }
+
+    fn grant<'a>(
+        &'a self,
+        key: &'a GrantKey,
+        review: &'a str,
+        until: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            on(&self.control, |c| async move {
+                c.execute(
+                    "INSERT INTO phigate.fingerprint_grants
+                         (issuer, subject, role, rule, fingerprint, review, until)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (issuer, subject, role, rule, fingerprint)
+                     DO UPDATE SET review = EXCLUDED.review, until = EXCLUDED.until",
+                    &[
+                        &key.issuer,
+                        &key.subject,
+                        &key.role,
+                        &key.rule,
+                        &key.fingerprint,
+                        &review,
+                        &until,
+                    ],
+                )
+                .await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn granted<'a>(&'a self, key: &'a GrantKey) -> StoreFuture<'a, Option<(String, SystemTime)>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query(
+                    "SELECT review, until FROM phigate.fingerprint_grants
+                     WHERE issuer = $1 AND subject = $2 AND role = $3 AND rule = $4
+                       AND fingerprint = $5",
+                    &[
+                        &key.issuer,
+                        &key.subject,
+                        &key.role,
+                        &key.rule,
+                        &key.fingerprint,
+                    ],
+                )
+                .await
+            })
+            .await?;
+            Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn orphaned(&self) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM phigate.reviews r
+                         WHERE r.status = 'pending' AND r.kind = 'statement'
+                           AND NOT EXISTS (SELECT FROM phigate.nodes n
+                               WHERE n.node_id = r.node_id AND n.instance = r.instance
+                                 AND n.lease_until > now())
+                         LIMIT 1000"
+                    ),
+                    &[],
+                )
+                .await
+            })
+            .await?;
+            reviews(&rows)
+        })
+    }
+
+    fn elevate<'a>(
+        &'a self,
+        issuer: &'a str,
+        subject: &'a str,
+        role: &'a str,
+        review: &'a str,
+        until: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            on(&self.control, |c| async move {
+                c.execute(
+                    "INSERT INTO phigate.elevations (issuer, subject, role, review, until)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (issuer, subject, role)
+                     DO UPDATE SET review = EXCLUDED.review, until = EXCLUDED.until",
+                    &[&issuer, &subject, &role, &review, &until],
+                )
+                .await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn elevations(&self) -> StoreFuture<'_, Vec<(String, String, String, SystemTime)>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query(
+                    "SELECT issuer, subject, role, until FROM phigate.elevations
+                     WHERE until > now() LIMIT 10000",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect())
+        })
+    }
+}

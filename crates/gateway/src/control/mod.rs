@@ -1,0 +1,383 @@
+//! The control database that many gateway nodes share (docs/cluster.md): a PostgreSQL
+//! database of its own, never the protected one.
+//!
+//! One connection per node, kept by a supervisor task: it listens for `phigate_reviews`
+//! notifications (a wake-up hint: every change to a review notifies at commit), renews the
+//! node's lease, and reconnects when the connection is lost. After every (re)connect the
+//! [`changes`](Control::changes) watch ticks, so whoever waits on shared state reads it again:
+//! nothing relies on a notification arriving. While the database is unreachable, every
+//! operation on shared state fails at once ([`Unreachable`]); its callers fail closed.
+//!
+//! Nothing here is on the path of an ordinary statement: only holds, decisions, the lease and
+//! the sweeps touch the control database.
+
+pub mod schema;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+
+/// The control database cannot be reached now.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the control database is unreachable")]
+pub struct Unreachable;
+
+/// How long one operation on the control database may take before it counts as unreachable.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where this node serves, as the cluster lists it.
+pub struct NodeAddress {
+    pub pg: String,
+    pub http: Option<String>,
+}
+
+pub struct Control {
+    node_id: String,
+    /// This process: a node restarted under the same id is another instance, and the reviews
+    /// its previous instance held are abandoned.
+    instance: String,
+    pg: tokio_postgres::Config,
+    lease: Duration,
+    poll: Duration,
+    client: Mutex<Option<Arc<Client>>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Control {
+    /// Connects, migrates the schema and registers this node (waiting out the lease of an
+    /// earlier instance under the same id, killed without leaving), then keeps the connection
+    /// until `stop`.
+    pub async fn start(
+        config: &ClusterConfig,
+        data_dir: Option<&Path>,
+        address: NodeAddress,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Control>> {
+        let node_id = node_id(config, data_dir)?;
+        let mut pg = tokio_postgres::Config::from_str(&config.control_database)
+            .map_err(|_| anyhow::anyhow!("cluster.control_database is not a connection URL"))?;
+        if let Some(pw) = config.resolve_password()? {
+            pg.password(pw);
+        }
+        pg.connect_timeout(Duration::from_secs(10));
+        pg.application_name(format!("phigate node {node_id}"));
+        let control = Arc::new(Control {
+            node_id,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            pg,
+            lease: Duration::from_secs(config.lease_secs),
+            poll: Duration::from_millis(config.poll_interval_ms),
+            client: Mutex::new(None),
+            changes: watch::Sender::new(0),
+        });
+        let (mut client, connection) = control.connect().await?;
+        let driver = tokio::spawn(drive(connection, control.changes.clone()));
+        let before = schema::migrate(&mut client).await?;
+        if before < schema::VERSION {
+            tracing::info!(
+                from = before,
+                to = schema::VERSION,
+                "migrated the control database's schema"
+            );
+        }
+        control.register(&client, &address).await?;
+        tracing::info!(node = %control.node_id, "joined the cluster");
+        tokio::spawn(control.clone().supervise(client, driver, address, stop));
+        Ok(control)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Ticks on every notification of a changed review and after every reconnect.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// How often waiters read shared state again without a wake-up.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
+    /// The connection, if the database is reachable now.
+    pub fn client(&self) -> Result<Arc<Client>, Unreachable> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Unreachable)
+    }
+
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<(
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    )> {
+        self.pg
+            .connect(NoTls)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {e}"))
+    }
+
+    /// Takes this node's row: free, lapsed, or ours. A live lease of another instance under
+    /// this id (a node killed a moment ago, or a second process given the same id) is waited
+    /// out, up to one lease; after that the id is in use and the start fails.
+    async fn register(&self, client: &Client, address: &NodeAddress) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(1);
+        while !self.take(client, address).await? {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "node id {} is in use by a running node (its lease keeps being renewed): give this node another cluster.node_id",
+                    self.node_id
+                );
+            }
+            tracing::info!(node = %self.node_id, "an earlier instance of this node still holds its lease; waiting for it to lapse");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    /// One try at this node's row; false while another instance's lease on it runs.
+    async fn take(
+        &self,
+        client: &Client,
+        address: &NodeAddress,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let taken = client
+            .execute(
+                "INSERT INTO phigate.nodes AS n (node_id, instance, started_at, renewed_at,
+                     lease_until, pg_address, http_address, pid, version)
+                 VALUES ($1, $2, now(), now(), now() + $3::bigint * interval '1 millisecond',
+                     $4, $5, $6, $7)
+                 ON CONFLICT (node_id) DO UPDATE SET instance = EXCLUDED.instance,
+                     started_at = now(), renewed_at = now(), lease_until = EXCLUDED.lease_until,
+                     pg_address = EXCLUDED.pg_address, http_address = EXCLUDED.http_address,
+                     pid = EXCLUDED.pid, version = EXCLUDED.version
+                 WHERE n.lease_until < now() OR n.instance = EXCLUDED.instance",
+                &[
+                    &self.node_id,
+                    &self.instance,
+                    &(self.lease.as_millis() as i64),
+                    &address.pg,
+                    &address.http,
+                    &(std::process::id() as i32),
+                    &env!("CARGO_PKG_VERSION"),
+                ],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Renews the lease; false if another instance took this node's id meanwhile.
+    async fn renew(&self, client: &Client) -> Result<bool, tokio_postgres::Error> {
+        let n = client
+            .execute(
+                "UPDATE phigate.nodes SET renewed_at = now(),
+                     lease_until = now() + $3::bigint * interval '1 millisecond'
+                 WHERE node_id = $1 AND instance = $2",
+                &[
+                    &self.node_id,
+                    &self.instance,
+                    &(self.lease.as_millis() as i64),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Ends this node's lease at a clean stop: what it still held is abandoned at once rather
+    /// than after the lease.
+    pub async fn leave(&self) {
+        let Ok(client) = self.client() else {
+            return;
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&self.node_id, &self.instance];
+        let left = client.execute(
+            "UPDATE phigate.nodes SET lease_until = now() WHERE node_id = $1 AND instance = $2",
+            &params,
+        );
+        match tokio::time::timeout(OPERATION_TIMEOUT, left).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not end this node's lease"),
+            Err(_) => tracing::warn!("ending this node's lease timed out"),
+        }
+    }
+
+    /// Keeps the connection: renews the lease a few times per lease, sweeps settled state now
+    /// and then, and reconnects (with LISTEN again, then a tick for the catch-up re-read).
+    async fn supervise(
+        self: Arc<Self>,
+        first: Client,
+        first_driver: tokio::task::JoinHandle<String>,
+        address: NodeAddress,
+        stop: CancellationToken,
+    ) {
+        let mut next = Some((first, first_driver));
+        let mut failures = 0u32;
+        loop {
+            let (client, driver) = match next.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok((client, connection)) => (
+                        client,
+                        tokio::spawn(drive(connection, self.changes.clone())),
+                    ),
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            tracing::warn!(error = %e, "the control database is unreachable; shared reviews fail closed until it is back");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                },
+            };
+            // A lease that lapsed while the database was away is taken back if nobody else
+            // took the id (the reviews held under it meanwhile were abandoned).
+            let ready = async {
+                client.batch_execute("LISTEN phigate_reviews").await?;
+                if !self.renew(&client).await? && !self.take(&client, &address).await? {
+                    tracing::error!(node = %self.node_id, "another instance holds this node's id");
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            match tokio::time::timeout(OPERATION_TIMEOUT * 2, ready).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the control database refused this node's LISTEN or lease");
+                    driver.abort();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => {
+                    driver.abort();
+                    continue;
+                }
+            }
+            if failures > 0 {
+                tracing::info!("the control database is reachable again");
+            }
+            failures = 0;
+            let client = Arc::new(client);
+            *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+            self.changes.send_modify(|v| *v += 1);
+            let ended = self.keep(&client, driver, &stop).await;
+            *self.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.changes.send_modify(|v| *v += 1);
+            match ended {
+                Some(why) => tracing::warn!(error = %why, "lost the control database connection"),
+                None => return,
+            }
+        }
+    }
+
+    /// Renews the lease and sweeps until the connection ends (its reason) or `stop` (`None`).
+    async fn keep(
+        &self,
+        client: &Client,
+        mut driver: tokio::task::JoinHandle<String>,
+        stop: &CancellationToken,
+    ) -> Option<String> {
+        let mut renewals = tokio::time::interval(self.lease / 4);
+        let mut sweeps = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                end = &mut driver => return Some(end.unwrap_or_else(|e| e.to_string())),
+                _ = stop.cancelled() => {
+                    driver.abort();
+                    return None;
+                }
+                _ = renewals.tick() => {
+                    match tokio::time::timeout(OPERATION_TIMEOUT, self.renew(client)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => tracing::error!(node = %self.node_id, "another instance took this node's id; this node's held reviews are abandoned"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew this node's lease"),
+                        Err(_) => {
+                            driver.abort();
+                            return Some("renewing the lease timed out".into());
+                        }
+                    }
+                }
+                _ = sweeps.tick() => sweep(client).await,
+            }
+        }
+    }
+}
+
+/// Drives a connection, turning its notifications into ticks; returns why it ended.
+async fn drive(
+    mut connection: tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        tokio_postgres::tls::NoTlsStream,
+    >,
+    changes: watch::Sender<u64>,
+) -> String {
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(_)) => changes.send_modify(|v| *v += 1),
+            Ok(_) => {}
+            Err(e) => return e.to_string(),
+        }
+    }
+    "the connection closed".into()
+}
+
+/// Settled reviews older than a week, and grants that ran out, leave the control database
+/// (the audit log keeps every step).
+async fn sweep(client: &Client) {
+    let swept = client.batch_execute(
+        "DELETE FROM phigate.reviews WHERE status <> 'pending' AND updated_at < now() - interval '7 days';
+         DELETE FROM phigate.fingerprint_grants WHERE until < now();
+         DELETE FROM phigate.elevations WHERE until < now();",
+    );
+    match tokio::time::timeout(OPERATION_TIMEOUT, swept).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the control database"),
+        Err(_) => tracing::warn!("sweeping the control database timed out"),
+    }
+}
+
+/// `cluster.node_id`, else the id kept in `<data_dir>/node_id` (generated on first start).
+fn node_id(config: &ClusterConfig, data_dir: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let Some(dir) = data_dir else {
+        anyhow::bail!("a cluster node needs cluster.node_id or a data_dir to keep one in");
+    };
+    let path = dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_owned();
+            if !crate::config::valid_node_id(&id) {
+                anyhow::bail!("{} does not hold a valid node id", path.display());
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{:08x}", rand::random::<u32>());
+            crate::fsutil::private_dir_all(dir)?;
+            crate::fsutil::write_private_new(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
