@@ -288,6 +288,19 @@ impl Cluster {
         check("pg_ctl stop", out).map(|_| ())
     }
 
+    /// Stops the server at once, as a crash would (`pg_ctl -m immediate`): clients' connections
+    /// drop without a goodbye, and the next start recovers from the WAL.
+    pub fn stop_immediate(&mut self) -> Result<(), ClusterError> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-m", "immediate", "stop"])
+            .output()?;
+        self.running = false;
+        check("pg_ctl stop -m immediate", out).map(|_| ())
+    }
+
     fn with_log(&self, e: ClusterError) -> ClusterError {
         match e {
             ClusterError::Command { step, detail } => {

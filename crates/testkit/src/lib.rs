@@ -213,24 +213,7 @@ impl Gateway {
         );
         let config_path = dir.path().join("phigate.toml");
         std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let mut command = match opts.nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "phigate=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn_serve(bin, dir.path(), opts.nofile)?;
         let mut gw = Gateway {
             child,
             bin: bin.to_owned(),
@@ -241,6 +224,23 @@ impl Gateway {
         };
         gw.wait_ready()?;
         Ok(gw)
+    }
+
+    /// Kills the process with SIGKILL (no clean stop) and reaps it.
+    pub fn kill9(&mut self) -> Result<(), Error> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the gateway again on the same config, data directory and ports (after
+    /// [`kill9`](Gateway::kill9) or an exit), and waits until it accepts connections.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        if self.child.try_wait()?.is_none() {
+            return Err("the gateway is still running".into());
+        }
+        self.child = spawn_serve(&self.bin, self.dir.path(), None)?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<(), Error> {
@@ -431,6 +431,31 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `phigate serve` on `<dir>/phigate.toml`, its output appended to `<dir>/gateway.log`.
+fn spawn_serve(bin: &Path, dir: &Path, nofile: Option<u64>) -> Result<Child, Error> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))?;
+    let mut command = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    Ok(command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("phigate.toml"))
+        .env("RUST_LOG", "phigate=debug,info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).

@@ -42,7 +42,7 @@ where
     match tokio::time::timeout(OPERATION_TIMEOUT, op(client)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "a control database operation failed");
+            tracing::warn!(error = %crate::control::describe(&e), "a control database operation failed");
             Err(StoreError(
                 "the control database refused the operation".into(),
             ))

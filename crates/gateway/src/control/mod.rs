@@ -89,8 +89,12 @@ impl Control {
             );
         }
         control.register(&client, &address).await?;
+        control.rejoin(&mut client, &address).await?;
+        // Reachable from here on: the supervisor publishes the connection before it returns.
+        *control.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(client));
+        let joined = control.client()?;
         tracing::info!(node = %control.node_id, "joined the cluster");
-        tokio::spawn(control.clone().supervise(client, driver, address, stop));
+        tokio::spawn(control.clone().supervise(joined, driver, address, stop));
         Ok(control)
     }
 
@@ -127,10 +131,9 @@ impl Control {
         Client,
         tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
     )> {
-        self.pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {e}"))
+        self.pg.connect(NoTls).await.map_err(|e| {
+            anyhow::anyhow!("cannot connect to the control database: {}", describe(&e))
+        })
     }
 
     /// Takes this node's row: free, lapsed, or ours. A live lease of another instance under
@@ -213,69 +216,30 @@ impl Control {
         );
         match tokio::time::timeout(OPERATION_TIMEOUT, left).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not end this node's lease"),
+            Ok(Err(e)) => tracing::warn!(error = %describe(&e), "could not end this node's lease"),
             Err(_) => tracing::warn!("ending this node's lease timed out"),
         }
     }
 
     /// Keeps the connection: renews the lease a few times per lease, sweeps settled state now
-    /// and then, and reconnects (with LISTEN again, then a tick for the catch-up re-read).
+    /// and then, and reconnects (the schema, LISTEN and the lease again, then a tick for the
+    /// catch-up re-read).
     async fn supervise(
         self: Arc<Self>,
-        first: Client,
-        first_driver: tokio::task::JoinHandle<String>,
+        joined: Arc<Client>,
+        driver: tokio::task::JoinHandle<String>,
         address: NodeAddress,
         stop: CancellationToken,
     ) {
-        let mut next = Some((first, first_driver));
-        let mut failures = 0u32;
+        let mut current = Some((joined, driver));
         loop {
-            let (client, driver) = match next.take() {
+            let (client, driver) = match current.take() {
                 Some(c) => c,
-                None => match self.connect().await {
-                    Ok((client, connection)) => (
-                        client,
-                        tokio::spawn(drive(connection, self.changes.clone())),
-                    ),
-                    Err(e) => {
-                        failures += 1;
-                        if failures == 1 || failures.is_multiple_of(30) {
-                            tracing::warn!(error = %e, "the control database is unreachable; shared reviews fail closed until it is back");
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                            _ = stop.cancelled() => return,
-                        }
-                    }
+                None => match self.reconnect(&address, &stop).await {
+                    Some(c) => c,
+                    None => return,
                 },
             };
-            // A lease that lapsed while the database was away is taken back if nobody else
-            // took the id (the reviews held under it meanwhile were abandoned).
-            let ready = async {
-                client.batch_execute("LISTEN phigate_reviews").await?;
-                if !self.renew(&client).await? && !self.take(&client, &address).await? {
-                    tracing::error!(node = %self.node_id, "another instance holds this node's id");
-                }
-                Ok::<_, tokio_postgres::Error>(())
-            };
-            match tokio::time::timeout(OPERATION_TIMEOUT * 2, ready).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "the control database refused this node's LISTEN or lease");
-                    driver.abort();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(_) => {
-                    driver.abort();
-                    continue;
-                }
-            }
-            if failures > 0 {
-                tracing::info!("the control database is reachable again");
-            }
-            failures = 0;
-            let client = Arc::new(client);
             *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
             self.changes.send_modify(|v| *v += 1);
             let ended = self.keep(&client, driver, &stop).await;
@@ -286,6 +250,75 @@ impl Control {
                 None => return,
             }
         }
+    }
+
+    /// Connects and rejoins, every second until it works (`None`: stopped meanwhile).
+    async fn reconnect(
+        &self,
+        address: &NodeAddress,
+        stop: &CancellationToken,
+    ) -> Option<(Arc<Client>, tokio::task::JoinHandle<String>)> {
+        let mut failures = 0u32;
+        loop {
+            let attempt = async {
+                let (mut client, connection) = self.connect().await?;
+                let driver = tokio::spawn(drive(connection, self.changes.clone()));
+                let rejoined =
+                    tokio::time::timeout(OPERATION_TIMEOUT * 2, self.rejoin(&mut client, address))
+                        .await;
+                match rejoined {
+                    Ok(Ok(())) => Ok((Arc::new(client), driver)),
+                    Ok(Err(e)) => {
+                        driver.abort();
+                        Err(e)
+                    }
+                    Err(_) => {
+                        driver.abort();
+                        Err(anyhow::anyhow!("rejoining the cluster timed out"))
+                    }
+                }
+            };
+            match attempt.await {
+                Ok(c) => {
+                    tracing::info!("the control database is reachable again");
+                    return Some(c);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, "the control database is unreachable; shared reviews fail closed until it is back");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// After a reconnect: the schema again (the database may be a restored or promoted copy
+    /// that lost recent commits), LISTEN, and the lease (taken back if it lapsed meanwhile and
+    /// nobody else took the id; the reviews held under it were abandoned).
+    async fn rejoin(&self, client: &mut Client, address: &NodeAddress) -> anyhow::Result<()> {
+        schema::migrate(client).await?;
+        client
+            .batch_execute("LISTEN phigate_reviews")
+            .await
+            .map_err(|e| anyhow::anyhow!("LISTEN: {}", describe(&e)))?;
+        let kept = self
+            .renew(client)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+        if !kept
+            && !self
+                .take(client, address)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?
+        {
+            tracing::error!(node = %self.node_id, "another instance holds this node's id");
+        }
+        Ok(())
     }
 
     /// Renews the lease and sweeps until the connection ends (its reason) or `stop` (`None`).
@@ -308,7 +341,7 @@ impl Control {
                     match tokio::time::timeout(OPERATION_TIMEOUT, self.renew(client)).await {
                         Ok(Ok(true)) => {}
                         Ok(Ok(false)) => tracing::error!(node = %self.node_id, "another instance took this node's id; this node's held reviews are abandoned"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew this node's lease"),
+                        Ok(Err(e)) => tracing::warn!(error = %describe(&e), "cannot renew this node's lease"),
                         Err(_) => {
                             driver.abort();
                             return Some("renewing the lease timed out".into());
@@ -318,6 +351,15 @@ impl Control {
                 _ = sweeps.tick() => sweep(client).await,
             }
         }
+    }
+}
+
+/// An error of the control database as a log line: its SQLSTATE and message when the server
+/// sent one (tokio-postgres's own text says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 
@@ -334,7 +376,7 @@ async fn drive(
         match m {
             Ok(AsyncMessage::Notification(_)) => changes.send_modify(|v| *v += 1),
             Ok(_) => {}
-            Err(e) => return e.to_string(),
+            Err(e) => return describe(&e),
         }
     }
     "the connection closed".into()
@@ -350,7 +392,7 @@ async fn sweep(client: &Client) {
     );
     match tokio::time::timeout(OPERATION_TIMEOUT, swept).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the control database"),
+        Ok(Err(e)) => tracing::warn!(error = %describe(&e), "cannot sweep the control database"),
         Err(_) => tracing::warn!("sweeping the control database timed out"),
     }
 }

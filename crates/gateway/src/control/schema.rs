@@ -71,7 +71,13 @@ pub enum MigrateError {
     #[error("the control database's schema is version {found}, newer than this gateway knows ({VERSION}): upgrade this node")]
     Newer { found: i32 },
     #[error("cannot migrate the control database: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(String),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Database(super::describe(&e))
+    }
 }
 
 /// Brings the schema to [`VERSION`], each migration in the transaction that records it.

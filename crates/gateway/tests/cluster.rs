@@ -1,0 +1,477 @@
+//! Many gateway nodes on one PostgreSQL control database (docs/cluster.md), with real
+//! processes and a real PostgreSQL: a statement held on one node is decided through another
+//! and runs once where it is held; racing decisions on different nodes have exactly one
+//! winner; a node killed with SIGKILL has its held reviews abandoned and its audit chain
+//! verifies after a restart; a control database that goes away makes holds fail closed while
+//! ordinary statements go on, and everything works again once it is back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phigate::approvals::{Action, Approvals, DecideError, Decision, Request, SharedStore, Status};
+use phigate::config::ClusterConfig;
+use phigate::control::{Control, NodeAddress};
+use phigate_testkit::{Cluster, ClusterOptions, Gateway, GatewayOptions};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_phigate"))
+}
+
+fn clinic() -> &'static Cluster {
+    phigate_testkit::clinic("CREATE TABLE notes (id serial PRIMARY KEY, body text);")
+}
+
+const POLICY: &str = r#"
+[[role]]
+name = "ai-agent"
+[[role.grant]]
+schema = "public"
+actions = ["select", "write"]
+
+[[role]]
+name = "reviewer"
+
+[[rule]]
+name = "writes-need-approval"
+roles = ["ai-agent"]
+kinds = ["write"]
+action = "require_approval"
+"#;
+
+/// A control database of its own (in `cluster`), reached as a login of its own whose
+/// password the nodes read from a file.
+struct ControlDb {
+    url: String,
+    password_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn control_db(cluster: &Cluster, name: &str) -> ControlDb {
+    let password = format!("pw-{name}-{}", std::process::id());
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {name} LOGIN PASSWORD '{password}';\nCREATE DATABASE {name} OWNER {name};"
+            ),
+        )
+        .expect("create the control database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password_file = dir.path().join("control-password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+    ControlDb {
+        url: format!("postgres://{name}@127.0.0.1:{}/{name}", cluster.port()),
+        password_file,
+        _dir: dir,
+    }
+}
+
+fn node(db: &ControlDb, node_id: &str, timeout_secs: u64) -> Gateway {
+    let mut opts = GatewayOptions::for_cluster(clinic());
+    opts.policy = POLICY.into();
+    opts.extra = format!(
+        "[approvals]\ntimeout_secs = {timeout_secs}\n\n[cluster]\ncontrol_database = \"{}\"\n\
+         password_file = \"{}\"\nnode_id = \"{node_id}\"\nlease_secs = 2\npoll_interval_ms = 200\n",
+        db.url,
+        db.password_file.display()
+    );
+    Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+        .unwrap_or_else(|e| panic!("node {node_id} did not start: {e}"))
+}
+
+async fn connect(info: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(info, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+fn api(gw: &Gateway, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", gw.http_port)
+}
+
+async fn review(gw: &Gateway, token: &str, id: &str) -> Value {
+    reqwest::Client::new()
+        .get(api(gw, &format!("/v1/reviews/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get review")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// The first pending review `gw` lists, waiting up to 10 s for one.
+async fn first_pending(gw: &Gateway, token: &str) -> Value {
+    for _ in 0..200 {
+        let v: Value = reqwest::Client::new()
+            .get(api(gw, "/v1/reviews"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if let Some(r) = v["reviews"].as_array().and_then(|l| l.first()) {
+            return r.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pending review appeared");
+}
+
+async fn decide(gw: &Gateway, token: &str, id: &str, verb: &str) -> u16 {
+    reqwest::Client::new()
+        .post(api(gw, &format!("/v1/reviews/{id}/{verb}")))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "reason": "cluster test" }))
+        .send()
+        .await
+        .expect("decide")
+        .status()
+        .as_u16()
+}
+
+fn count(marker: &str) -> String {
+    clinic()
+        .psql(
+            "clinic",
+            &format!("SELECT count(*) FROM notes WHERE body = '{marker}'"),
+        )
+        .expect("count")
+        .trim()
+        .to_owned()
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} {}", d.code().code(), d.message()))
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn audit_verify(gw: &Gateway) -> (bool, String) {
+    let (ok, out, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["audit", "verify", "--data-dir"])
+            .arg(gw.data_dir()),
+    )
+    .expect("phigate audit verify");
+    (ok, format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_held_on_one_node_is_decided_through_another() {
+    let db = control_db(clinic(), "control_decide");
+    let a = node(&db, "node-a", 20);
+    let b = node(&db, "node-b", 20);
+    let agent = connect(&a.conninfo("agent")).await;
+    let reviewer_b = b.token("reviewer").to_owned();
+
+    // Held on A, approved through B: it runs once, on A.
+    let insert = agent.simple_query("INSERT INTO notes (body) VALUES ('across-nodes')");
+    let approve = async {
+        let r = first_pending(&b, &reviewer_b).await;
+        assert_eq!(r["requester"], "agent@test.phigate");
+        let id = r["id"].as_str().expect("id").to_owned();
+        assert_eq!(decide(&b, &reviewer_b, &id, "approve").await, 200);
+        (id, Instant::now())
+    };
+    let (inserted, (id, approved_at)) = tokio::join!(insert, approve);
+    inserted.expect("the approved INSERT runs on node A");
+    let approval_to_execution = approved_at.elapsed();
+    assert_eq!(count("across-nodes"), "1");
+    // B lists it settled; a second decision on A is refused as already made (409).
+    assert_eq!(review(&b, &reviewer_b, &id).await["status"], "approved");
+    let reviewer_a = a.token("reviewer").to_owned();
+    assert_eq!(decide(&a, &reviewer_a, &id, "deny").await, 409);
+
+    // Denied through B: refused on A with B's reviewer's reason; nothing runs.
+    let denied = agent.simple_query("INSERT INTO notes (body) VALUES ('denied-across')");
+    let deny = async {
+        let id = first_pending(&b, &reviewer_b).await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        assert_eq!(decide(&b, &reviewer_b, &id, "deny").await, 200);
+    };
+    let (denied, ()) = tokio::join!(denied, deny);
+    let msg = db_message(&denied.expect_err("denied"));
+    assert!(msg.contains("denied by reviewer@test.phigate"), "{msg}");
+    assert_eq!(count("denied-across"), "0");
+
+    // The decision is in B's audit chain, the statement it let run in A's: the same review.
+    let decided: Vec<Value> = b
+        .audit_records("review_decided")
+        .into_iter()
+        .filter(|r| r["review"] == id.as_str())
+        .collect();
+    assert_eq!(decided.len(), 1, "B records the approval once");
+    assert!(a
+        .audit_records("statement")
+        .iter()
+        .any(|r| r["approval"] == id.as_str()));
+    eprintln!("approval to execution across nodes: {approval_to_execution:?}");
+}
+
+/// Three nodes' stores on one control database, in this process: each race between two
+/// nodes' transitions on one review has exactly one winner, and the loser is told the
+/// winner's state (the HTTP API answers it 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transitions_on_different_nodes_have_one_winner() {
+    let db = control_db(clinic(), "control_races");
+    let stop = CancellationToken::new();
+    let mut nodes = Vec::new();
+    for id in ["race-a", "race-b", "race-c"] {
+        let config: ClusterConfig = toml::from_str(&format!(
+            "control_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"{id}\"",
+            db.url,
+            db.password_file.display()
+        ))
+        .expect("cluster config");
+        let address = NodeAddress {
+            pg: format!("127.0.0.1:{}", 1),
+            http: None,
+        };
+        let control = Control::start(&config, None, address, stop.clone())
+            .await
+            .expect("join the cluster");
+        nodes.push(Arc::new(Approvals::with_store(Box::new(SharedStore::new(
+            control,
+        )))));
+    }
+    let approve = |who: &'static str| {
+        Action::Decide(Decision {
+            approve: true,
+            reviewer: who,
+            reviewer_issuer: "static",
+            role: "reviewer",
+            reason: "race",
+            break_glass: false,
+            break_glass_roles: &[],
+        })
+    };
+    let deny = Action::Decide(Decision {
+        approve: false,
+        reviewer: "dee",
+        reviewer_issuer: "static",
+        role: "reviewer",
+        reason: "race",
+        break_glass: false,
+        break_glass_roles: &[],
+    });
+    let races: [(&str, Action<'static>, Action<'static>); 3] = [
+        ("approve on B against deny on C", approve("bea"), deny),
+        ("approve against expiry", approve("bea"), Action::Expire),
+        (
+            "withdraw against approve",
+            Action::Withdraw {
+                reason: Some("the client cancelled"),
+            },
+            approve("bea"),
+        ),
+    ];
+    for (name, first, second) in &races {
+        let mut wins = [0usize; 2];
+        for round in 0..100 {
+            let review = nodes[0]
+                .open_review(request())
+                .await
+                .expect("open a review");
+            let (b, c) = (nodes[1].clone(), nodes[2].clone());
+            // Alternate which node's task starts first.
+            let (x, y) = if round % 2 == 0 {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            let (rx, ry) = tokio::join!(b.transition(&review.id, x), c.transition(&review.id, y));
+            let (rx, ry) = if round % 2 == 0 { (rx, ry) } else { (ry, rx) };
+            let winner = match (&rx, &ry) {
+                (Ok(w), Err(DecideError::NotPending { status, .. })) => {
+                    wins[0] += 1;
+                    assert_eq!(*status, w.status, "{name}, round {round}");
+                    w.status
+                }
+                (Err(DecideError::NotPending { status, .. }), Ok(w)) => {
+                    wins[1] += 1;
+                    assert_eq!(*status, w.status, "{name}, round {round}");
+                    w.status
+                }
+                other => panic!("{name}, round {round}: not exactly one winner: {other:?}"),
+            };
+            let stored = nodes[0].get(&review.id).await.expect("read").expect("kept");
+            assert_eq!(stored.status, winner, "{name}, round {round}");
+            assert_ne!(stored.status, Status::Pending);
+        }
+        eprintln!("{name}: first won {}, second won {}", wins[0], wins[1]);
+    }
+    stop.cancel();
+}
+
+fn request() -> Request<'static> {
+    Request {
+        requester: "agent@test.phigate",
+        issuer: "static",
+        role: "ai-agent",
+        session: "s-race",
+        statement: "DELETE FROM notes",
+        kinds: vec!["write".into()],
+        tables: vec!["public.notes".into()],
+        rule: "writes-need-approval",
+        timeout: Duration::from_secs(60),
+        approvals_required: 1,
+        reviewer_roles: vec!["reviewer".into()],
+        scope: None,
+        phi_columns: Vec::new(),
+        session_reason: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_leaves_its_reviews_abandoned_and_its_chain_sound() {
+    let db = control_db(clinic(), "control_kill");
+    let mut a = node(&db, "kill-a", 60);
+    let b = node(&db, "kill-b", 60);
+    let reviewer_b = b.token("reviewer").to_owned();
+    let agent = connect(&a.conninfo("agent")).await;
+    let held = tokio::spawn(async move {
+        agent
+            .simple_query("INSERT INTO notes (body) VALUES ('killed-node')")
+            .await
+            .map(drop)
+            .map_err(|e| db_message(&e))
+    });
+    let id = first_pending(&b, &reviewer_b).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    a.kill9().expect("kill -9 node A");
+    // Its client sees the connection end, never a result.
+    let ended = held.await.expect("task");
+    assert!(ended.is_err(), "{ended:?}");
+    // B abandons the review once A's lease (2 s) has lapsed; an approval then is refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = review(&b, &reviewer_b, &id).await;
+        if r["status"] == "abandoned" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not abandoned: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(decide(&b, &reviewer_b, &id, "approve").await, 409);
+    assert_eq!(count("killed-node"), "0");
+    assert!(b
+        .audit_records("review_decided")
+        .iter()
+        .any(|r| r["review"] == id.as_str() && r["status"] == "abandoned"));
+    // A comes back under the same id; its chain verifies.
+    a.restart().expect("restart node A");
+    let (ok, out) = audit_verify(&a);
+    assert!(ok, "{out}");
+    // And it holds and runs statements again.
+    let agent = connect(&a.conninfo("agent")).await;
+    let insert = agent.simple_query("INSERT INTO notes (body) VALUES ('after-restart')");
+    let approve = async {
+        let id = first_pending(&b, &reviewer_b).await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        decide(&b, &reviewer_b, &id, "approve").await
+    };
+    let (inserted, code) = tokio::join!(insert, approve);
+    assert_eq!(code, 200);
+    inserted.expect("runs after the restart");
+    assert_eq!(count("after-restart"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_fail_closed_while_the_control_database_is_away() {
+    // The control database in a PostgreSQL of its own, so it can stop alone.
+    // Commits are durable there (the test default turns synchronous_commit off), as in
+    // production: an immediate stop loses none.
+    let mut control = Cluster::start(ClusterOptions {
+        settings: vec![("synchronous_commit".into(), "on".into())],
+        ..Default::default()
+    })
+    .expect("control PostgreSQL");
+    let db = control_db(&control, "control_away");
+    let a = node(&db, "away-a", 20);
+    let b = node(&db, "away-b", 20);
+    let reviewer_b = b.token("reviewer").to_owned();
+    let agent = connect(&a.conninfo("agent")).await;
+
+    control
+        .stop_immediate()
+        .expect("stop the control database (immediate)");
+    // Ordinary statements need no shared state: they go on.
+    let rows = agent
+        .simple_query("SELECT count(*) FROM notes")
+        .await
+        .expect("a read while the control database is away");
+    assert!(!rows.is_empty());
+    // A statement that needs a review is refused at once, with a clear error; nothing runs.
+    let err = agent
+        .simple_query("INSERT INTO notes (body) VALUES ('control-away')")
+        .await
+        .expect_err("refused while the control database is away");
+    let msg = db_message(&err);
+    assert!(msg.contains("review"), "{msg}");
+    assert_eq!(count("control-away"), "0");
+    // The review API says the store is unavailable rather than showing nothing.
+    let code = reqwest::Client::new()
+        .get(api(&b, "/v1/reviews"))
+        .bearer_auth(&reviewer_b)
+        .send()
+        .await
+        .expect("list")
+        .status()
+        .as_u16();
+    assert_eq!(code, 503);
+
+    control
+        .start_server()
+        .expect("start the control database again");
+    // Both nodes reconnect (their review lists answer again); then a held statement is
+    // decided across nodes as before.
+    let reviewer_a = a.token("reviewer").to_owned();
+    for (gw, token) in [(&a, &reviewer_a), (&b, &reviewer_b)] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let code = reqwest::Client::new()
+                .get(api(gw, "/v1/reviews"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("list")
+                .status()
+                .as_u16();
+            if code == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a node did not reconnect: {code}\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let insert = agent.simple_query("INSERT INTO notes (body) VALUES ('control-back')");
+    let approve = async {
+        let id = first_pending(&b, &reviewer_b).await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        decide(&b, &reviewer_b, &id, "approve").await
+    };
+    let (inserted, code) = tokio::join!(insert, approve);
+    assert_eq!(code, 200);
+    inserted.expect("runs once the control database is back");
+    assert_eq!(count("control-back"), "1");
+}
