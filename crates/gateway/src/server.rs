@@ -98,6 +98,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 cluster_stop.clone(),
             )
             .await?;
+            // The node's own keys and revocations join the cluster's, then it takes a copy
+            // of them all before it authenticates anyone.
+            if let Some(dir) = &config.data_dir {
+                let client = c.client()?;
+                crate::auth::shared::join(&client, dir).await?;
+                crate::auth::shared::copy(&client, dir).await?;
+            }
             Some(c)
         }
         None => None,
@@ -112,6 +119,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     crate::masking::retire_earlier_keys(config, &shared.upstream).await;
     let http = http_listener.map(|l| crate::http::HttpServer::new(l, shared.clone()));
     spawn_key_watch(&shared);
+    spawn_credential_copy(&shared, config.data_dir.as_deref());
     spawn_review_expiry(&shared);
     let stop = CancellationToken::new();
     let grace = Duration::from_secs(config.listen.shutdown_grace_secs);
@@ -262,6 +270,54 @@ fn spawn_review_expiry(shared: &Arc<Shared>) {
                         abandoned,
                         "reviews held by nodes that are gone were abandoned"
                     );
+                }
+            }
+        }
+    });
+}
+
+/// A cluster node: copies the control database's API keys and token revocations into the
+/// data directory on every notification and every second, and reloads them at once when that
+/// changed something (sessions opened with a revoked credential end).
+fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path>) {
+    let (Some(control), Some(dir)) = (shared.control.clone(), data_dir) else {
+        return;
+    };
+    let dir = dir.to_owned();
+    let stop = shared.lifecycle.force_close.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut changes = control.changes();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                c = changes.changed() => if c.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+            let Ok(client) = control.client() else {
+                continue;
+            };
+            let copied = tokio::time::timeout(
+                crate::control::OPERATION_TIMEOUT,
+                crate::auth::shared::copy(&client, &dir),
+            )
+            .await;
+            match copied {
+                Ok(Ok(true)) => {
+                    if let Some(keys) = shared.auth.keys() {
+                        if let Err(e) = keys.reload_if_changed() {
+                            tracing::error!(error = %e, "cannot read the API key file");
+                        }
+                    }
+                    shared.auth.reload_token_revocations();
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot copy the cluster's API keys and revocations")
+                }
+                Err(_) => {
+                    tracing::warn!("copying the cluster's API keys and revocations timed out")
                 }
             }
         }

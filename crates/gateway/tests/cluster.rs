@@ -475,3 +475,94 @@ async fn holds_fail_closed_while_the_control_database_is_away() {
     inserted.expect("runs once the control database is back");
     assert_eq!(count("control-back"), "1");
 }
+
+fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
+    phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(config),
+    )
+    .expect("phigate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_works_on_every_node_and_its_revocation_ends_sessions_everywhere() {
+    let db = control_db(clinic(), "control_keys");
+    let a = node(&db, "keys-a", 20);
+    let b = node(&db, "keys-b", 20);
+    // Created through A's configuration: the control database has it, and B accepts it.
+    let (ok, out, err) = cli(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "nightly-etl",
+            "--role",
+            "ai-agent",
+            "--json",
+        ],
+        &a.config_path(),
+    );
+    assert!(ok, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).expect("json");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let info = |gw: &Gateway| {
+        format!(
+            "host=127.0.0.1 port={} dbname=clinic user=ai-agent password={key} sslmode=disable",
+            gw.pg_port
+        )
+    };
+    let mut sessions = Vec::new();
+    for gw in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let client = loop {
+            match tokio_postgres::connect(&info(gw), NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    break c;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "the key is refused: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        client.simple_query("SELECT 1").await.expect("a read");
+        sessions.push(client);
+    }
+    // A node's data directory holds a copy: the CLI refuses to change keys there.
+    let (ok, _, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["keys", "revoke", "nightly-etl", "--data-dir"])
+            .arg(a.data_dir()),
+    )
+    .expect("phigate");
+    assert!(!ok && err.contains("cluster node"), "{err}");
+    // Listed through B's configuration, revoked through it: both sessions end.
+    let (ok, out, err) = cli(&["keys", "list", "--json"], &b.config_path());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("nightly-etl") && out.contains("\"active\""),
+        "{out}"
+    );
+    let revoked_at = Instant::now();
+    let (ok, out, err) = cli(&["keys", "revoke", "nightly-etl"], &b.config_path());
+    assert!(ok, "{out}{err}");
+    for (n, s) in sessions.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.simple_query("SELECT 1").await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "session {n} outlived the revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ended_after = revoked_at.elapsed();
+    for gw in [&a, &b] {
+        assert!(tokio_postgres::connect(&info(gw), NoTls).await.is_err());
+    }
+    eprintln!("sessions on both nodes ended {ended_after:?} after the revocation");
+    // The control database is the only copy that counts: it lists the key revoked.
+    let (ok, out, _) = cli(&["keys", "list", "--json"], &a.config_path());
+    assert!(ok && out.contains("\"revoked\""), "{out}");
+}

@@ -115,6 +115,34 @@ pub fn create(
     roles: &[String],
     ttl: Duration,
 ) -> anyhow::Result<(String, ApiKey)> {
+    let (key, record) = new_key(name, subject, roles, ttl)?;
+    let now = record.created_at;
+    modify(dir, |file| {
+        if file
+            .keys
+            .iter()
+            .any(|k| k.name == name && k.status(now) == "active")
+        {
+            anyhow::bail!(
+                "an active key named {name} exists; revoke it first or pick another name"
+            );
+        }
+        if file.keys.iter().any(|k| k.id == record.id) {
+            anyhow::bail!("key id collision; try again");
+        }
+        file.keys.push(record.clone());
+        Ok(())
+    })?;
+    Ok((key, record))
+}
+
+/// A new key (checked: name, roles, subject, lifetime) and its record, stored nowhere yet.
+pub fn new_key(
+    name: &str,
+    subject: Option<&str>,
+    roles: &[String],
+    ttl: Duration,
+) -> anyhow::Result<(String, ApiKey)> {
     let valid_name = !name.is_empty()
         && name.len() <= 64
         && name
@@ -152,23 +180,29 @@ pub fn create(
         revoked_at: None,
         secret_sha256: secret_hash(&secret),
     };
+    Ok((format!("{PREFIX}{id}_{secret}"), record))
+}
+
+/// Every key record in the file.
+pub fn all(dir: &Path) -> anyhow::Result<Vec<ApiKey>> {
+    Ok(read_file(dir)?.keys)
+}
+
+/// Makes the file hold exactly `keys` (a cluster node's copy of its control database's);
+/// true if that changed it.
+pub fn replace_all(dir: &Path, mut keys: Vec<ApiKey>) -> anyhow::Result<bool> {
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut current = all(dir)?;
+    current.sort_by(|a, b| a.id.cmp(&b.id));
+    if current == keys {
+        // Unchanged: the file (and its modification time, which the gateway watches) stays.
+        return Ok(false);
+    }
     modify(dir, |file| {
-        if file
-            .keys
-            .iter()
-            .any(|k| k.name == name && k.status(now) == "active")
-        {
-            anyhow::bail!(
-                "an active key named {name} exists; revoke it first or pick another name"
-            );
-        }
-        if file.keys.iter().any(|k| k.id == id) {
-            anyhow::bail!("key id collision; try again");
-        }
-        file.keys.push(record.clone());
+        file.keys = keys;
         Ok(())
     })?;
-    Ok((format!("{PREFIX}{id}_{secret}"), record))
+    Ok(true)
 }
 
 /// Revokes the key with this id or (active) name.

@@ -19,6 +19,7 @@ pub mod limiter;
 pub mod revocations;
 pub mod saml;
 pub mod saml_state;
+pub mod shared;
 pub mod signer;
 pub mod trust;
 

@@ -58,13 +58,63 @@ fn read_file(dir: &Path) -> anyhow::Result<RevocationFile> {
     }
 }
 
-/// Revokes every token of `subject` at `issuer` issued until now; returns the record.
-pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocation> {
+/// The revocation of every token of `subject` at `issuer` issued until now (checked), stored
+/// nowhere yet.
+pub fn new_revocation(issuer: &str, subject: &str) -> anyhow::Result<Revocation> {
     let printable =
         |s: &str| !s.trim().is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
     if !printable(issuer) || !printable(subject) {
         anyhow::bail!("--issuer and --subject must be 1 to 256 printable characters");
     }
+    // A token issued in this very second is refused too (its `iat` equals `revoked_at`).
+    Ok(Revocation {
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+        revoked_at: unix_now() + 1,
+    })
+}
+
+/// Every revocation in the file.
+pub fn all(dir: &Path) -> anyhow::Result<Vec<Revocation>> {
+    Ok(read_file(dir)?.revocations)
+}
+
+/// Revokes every token of `subject` at `issuer` issued until now; returns the record.
+pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocation> {
+    let record = new_revocation(issuer, subject)?;
+    modify(dir, |file| {
+        file.revocations
+            .retain(|r| !(r.issuer == issuer && r.subject == subject));
+        file.revocations.push(record.clone());
+        Ok(())
+    })?;
+    Ok(record)
+}
+
+/// Makes the file hold exactly `revocations` (a cluster node's copy of its control
+/// database's); true if that changed it.
+pub fn replace_all(dir: &Path, mut revocations: Vec<Revocation>) -> anyhow::Result<bool> {
+    let order =
+        |a: &Revocation, b: &Revocation| (&a.issuer, &a.subject).cmp(&(&b.issuer, &b.subject));
+    revocations.sort_by(order);
+    let mut current = all(dir)?;
+    current.sort_by(order);
+    if current == revocations {
+        // Unchanged: the file (which the gateway watches) stays as it is.
+        return Ok(false);
+    }
+    modify(dir, |file| {
+        file.revocations = revocations;
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// Runs `f` on the file under an exclusive lock and writes the result back.
+fn modify(
+    dir: &Path,
+    f: impl FnOnce(&mut RevocationFile) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     crate::fsutil::private_dir_all(dir)?;
     // Written by anyone but the gateway's own user, the file would be unreadable to it, and an
     // unreadable file refuses every token.
@@ -83,18 +133,10 @@ pub fn revoke(dir: &Path, issuer: &str, subject: &str) -> anyhow::Result<Revocat
         .open(dir.join("token-revocations.lock"))?;
     lock.lock()?;
     let mut file = read_file(dir)?;
-    // A token issued in this very second is refused too (its `iat` equals `revoked_at`).
-    let record = Revocation {
-        issuer: issuer.to_owned(),
-        subject: subject.to_owned(),
-        revoked_at: unix_now() + 1,
-    };
-    file.revocations
-        .retain(|r| !(r.issuer == issuer && r.subject == subject));
-    file.revocations.push(record.clone());
+    f(&mut file)?;
     file.version = 1;
     crate::fsutil::write_private_atomic(&path(dir), &serde_json::to_vec_pretty(&file)?)?;
-    Ok(record)
+    Ok(())
 }
 
 #[derive(Default)]

@@ -68,7 +68,19 @@ fn revoke(issuer: &str, subject: &str, dir: &StateDir) -> anyhow::Result<()> {
             );
         }
     }
-    let r = crate::auth::revocations::revoke(&dir, issuer, subject)?;
+    let r = match super::keys::cluster_of(config.as_ref()) {
+        Some(cluster) => {
+            let r = crate::auth::revocations::new_revocation(issuer, subject)?;
+            super::keys::on_control(cluster, |c| async move {
+                crate::auth::shared::upsert_revocation(&c, &r).await?;
+                Ok(r)
+            })?
+        }
+        None => {
+            crate::auth::shared::refuse_copy(&dir)?;
+            crate::auth::revocations::revoke(&dir, issuer, subject)?
+        }
+    };
     println!(
         "Revoked the tokens of {} at issuer {} issued before {}; their sessions end within a second.",
         r.subject,

@@ -303,7 +303,7 @@ impl Control {
     async fn rejoin(&self, client: &mut Client, address: &NodeAddress) -> anyhow::Result<()> {
         schema::migrate(client).await?;
         client
-            .batch_execute("LISTEN phigate_reviews")
+            .batch_execute("LISTEN phigate_reviews; LISTEN phigate_credentials")
             .await
             .map_err(|e| anyhow::anyhow!("LISTEN: {}", describe(&e)))?;
         let kept = self
@@ -352,6 +352,25 @@ impl Control {
             }
         }
     }
+}
+
+/// A connection of the CLI's own (`phigate keys --config`, `phigate token revoke --config`):
+/// the schema brought up to date first, so the CLI works before any node has started.
+pub async fn connect_once(config: &ClusterConfig) -> anyhow::Result<Client> {
+    let mut pg = tokio_postgres::Config::from_str(&config.control_database)
+        .map_err(|_| anyhow::anyhow!("cluster.control_database is not a connection URL"))?;
+    if let Some(pw) = config.resolve_password()? {
+        pg.password(pw);
+    }
+    pg.connect_timeout(Duration::from_secs(10));
+    pg.application_name("phigate cli");
+    let (mut client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {}", describe(&e)))?;
+    tokio::spawn(connection);
+    schema::migrate(&mut client).await?;
+    Ok(client)
 }
 
 /// An error of the control database as a log line: its SQLSTATE and message when the server

@@ -6,7 +6,8 @@ use tokio_postgres::Client;
 /// Migrations in order; the schema's version is how many have been applied.
 const MIGRATIONS: &[&str] = &[
     // 1: nodes and their leases, reviews (compare-and-set on `version`; every write notifies
-    // `phigate_reviews` at commit), fingerprint grants, elevations.
+    // `phigate_reviews` at commit), fingerprint grants, elevations, API keys and token
+    // revocations (every change notifies `phigate_credentials`).
     "CREATE TABLE phigate.nodes (
         node_id text PRIMARY KEY,
         instance text NOT NULL,
@@ -57,7 +58,33 @@ const MIGRATIONS: &[&str] = &[
         review text NOT NULL,
         until timestamptz NOT NULL,
         PRIMARY KEY (issuer, subject, role)
-    );",
+    );
+    CREATE TABLE phigate.api_keys (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        subject text NOT NULL,
+        roles text[] NOT NULL,
+        created_at bigint NOT NULL,
+        expires_at bigint NOT NULL,
+        revoked_at bigint,
+        secret_sha256 text NOT NULL
+    );
+    CREATE TABLE phigate.token_revocations (
+        issuer text NOT NULL,
+        subject text NOT NULL,
+        revoked_at bigint NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    );
+    CREATE FUNCTION phigate.credentials_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('phigate_credentials', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON phigate.api_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION phigate.credentials_changed();
+    CREATE TRIGGER token_revocations_changed AFTER INSERT OR UPDATE OR DELETE
+        ON phigate.token_revocations
+        FOR EACH STATEMENT EXECUTE FUNCTION phigate.credentials_changed();",
 ];
 
 /// The schema version this build writes.
