@@ -8,8 +8,10 @@
 //! a file is reloaded at once, so a revocation on any node ends the matching sessions on
 //! every node within about a second (two at most, when a notification is lost).
 //!
-//! When a node joins, the keys and revocations already in its data directory (from its days
-//! as a single node) are added to the control database first: joining loses none of them.
+//! Both sides only grow, and each copy goes both ways ([`copy`]): when a node joins, the keys
+//! and revocations already in its data directory (from its days as a single node) are added
+//! to the control database, and a control database restored from an older backup gets back
+//! the revocations it lost from the nodes' copies.
 
 use std::path::Path;
 
@@ -39,34 +41,10 @@ pub fn refuse_copy(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds the data directory's keys and revocations to the control database (none replaced;
-/// a later revocation time wins), and marks the directory as a cluster node's.
+/// Adds the data directory's keys and revocations to the control database and marks the
+/// directory as a cluster node's.
 pub async fn join(client: &Client, dir: &Path) -> anyhow::Result<()> {
-    for k in keys::all(dir)? {
-        client
-            .execute(
-                "INSERT INTO phigate.api_keys (id, name, subject, roles, created_at, expires_at,
-                     revoked_at, secret_sha256)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (id) DO UPDATE SET revoked_at =
-                     coalesce(phigate.api_keys.revoked_at, EXCLUDED.revoked_at)",
-                &[
-                    &k.id,
-                    &k.name,
-                    &k.subject,
-                    &k.roles,
-                    &(k.created_at as i64),
-                    &(k.expires_at as i64),
-                    &k.revoked_at.map(|t| t as i64),
-                    &k.secret_sha256,
-                ],
-            )
-            .await
-            .map_err(db)?;
-    }
-    for r in revocations::all(dir)? {
-        upsert_revocation(client, &r).await?;
-    }
+    copy(client, dir).await?;
     crate::fsutil::private_dir_all(dir)?;
     crate::fsutil::write_private_atomic(
         &dir.join(MARKER),
@@ -75,9 +53,113 @@ pub async fn join(client: &Client, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the control database's keys and revocations into `dir`; true if a file changed.
+/// Brings the data directory's copy and the control database to the same keys and
+/// revocations; true if the copy changed.
+///
+/// Both only grow: a key is never removed, a revocation never undone. What one side lacks it
+/// gets from the other, and of two revocation times of a key the earlier holds, of an
+/// individual's tokens the later. So a control database restored from an older backup cannot
+/// bring a revoked key back to life: the nodes give it their revocations again.
 pub async fn copy(client: &Client, dir: &Path) -> anyhow::Result<bool> {
-    let keys = list_keys(client).await?;
+    let shared = list_keys(client).await?;
+    let local = keys::all(dir)?;
+    let (merged, push) = merge_keys(&local, &shared);
+    for k in &push {
+        upsert_key(client, k).await?;
+    }
+    let shared_revoked = list_revocations(client).await?;
+    let local_revoked = revocations::all(dir)?;
+    let (revoked, push) = merge_revocations(&local_revoked, &shared_revoked);
+    for r in &push {
+        upsert_revocation(client, r).await?;
+    }
+    let k = keys::replace_all(dir, merged)?;
+    let r = revocations::replace_all(dir, revoked)?;
+    Ok(k || r)
+}
+
+/// The union of two key lists (the earlier revocation of a key holds), and the records the
+/// control database lacks or holds unrevoked.
+fn merge_keys(local: &[ApiKey], shared: &[ApiKey]) -> (Vec<ApiKey>, Vec<ApiKey>) {
+    let mut merged: std::collections::BTreeMap<&str, ApiKey> =
+        shared.iter().map(|k| (k.id.as_str(), k.clone())).collect();
+    let mut push = Vec::new();
+    for k in local {
+        match merged.get_mut(k.id.as_str()) {
+            None => {
+                merged.insert(&k.id, k.clone());
+                push.push(k.clone());
+            }
+            Some(m) => {
+                let earliest = match (m.revoked_at, k.revoked_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if earliest != m.revoked_at {
+                    m.revoked_at = earliest;
+                    push.push(m.clone());
+                }
+            }
+        }
+    }
+    (merged.into_values().collect(), push)
+}
+
+/// The union of two revocation lists (the later time of an individual holds), and the
+/// records the control database lacks or holds earlier.
+fn merge_revocations(
+    local: &[Revocation],
+    shared: &[Revocation],
+) -> (Vec<Revocation>, Vec<Revocation>) {
+    let mut merged: std::collections::BTreeMap<(&str, &str), Revocation> = shared
+        .iter()
+        .map(|r| ((r.issuer.as_str(), r.subject.as_str()), r.clone()))
+        .collect();
+    let mut push = Vec::new();
+    for r in local {
+        let key = (r.issuer.as_str(), r.subject.as_str());
+        match merged.get_mut(&key) {
+            Some(m) if m.revoked_at >= r.revoked_at => {}
+            Some(m) => {
+                m.revoked_at = r.revoked_at;
+                push.push(r.clone());
+            }
+            None => {
+                merged.insert(key, r.clone());
+                push.push(r.clone());
+            }
+        }
+    }
+    (merged.into_values().collect(), push)
+}
+
+async fn upsert_key(client: &Client, k: &ApiKey) -> anyhow::Result<()> {
+    client
+        .execute(
+            "INSERT INTO phigate.api_keys (id, name, subject, roles, created_at, expires_at,
+                 revoked_at, secret_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET revoked_at = CASE
+                 WHEN phigate.api_keys.revoked_at IS NULL THEN EXCLUDED.revoked_at
+                 WHEN EXCLUDED.revoked_at IS NULL THEN phigate.api_keys.revoked_at
+                 ELSE least(phigate.api_keys.revoked_at, EXCLUDED.revoked_at) END",
+            &[
+                &k.id,
+                &k.name,
+                &k.subject,
+                &k.roles,
+                &(k.created_at as i64),
+                &(k.expires_at as i64),
+                &k.revoked_at.map(|t| t as i64),
+                &k.secret_sha256,
+            ],
+        )
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+async fn list_revocations(client: &Client) -> anyhow::Result<Vec<Revocation>> {
     let rows = client
         .query(
             "SELECT issuer, subject, revoked_at FROM phigate.token_revocations",
@@ -85,17 +167,14 @@ pub async fn copy(client: &Client, dir: &Path) -> anyhow::Result<bool> {
         )
         .await
         .map_err(db)?;
-    let revoked = rows
+    Ok(rows
         .iter()
         .map(|r| Revocation {
             issuer: r.get(0),
             subject: r.get(1),
             revoked_at: r.get::<_, i64>(2) as u64,
         })
-        .collect();
-    let k = keys::replace_all(dir, keys)?;
-    let r = revocations::replace_all(dir, revoked)?;
-    Ok(k || r)
+        .collect())
 }
 
 /// Every key of the cluster.
@@ -199,4 +278,56 @@ pub async fn upsert_revocation(client: &Client, r: &Revocation) -> anyhow::Resul
         .await
         .map_err(db)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, revoked_at: Option<u64>) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            name: format!("n-{id}"),
+            subject: "s".into(),
+            roles: vec!["r".into()],
+            created_at: 1,
+            expires_at: 100,
+            revoked_at,
+            secret_sha256: "h".into(),
+        }
+    }
+
+    fn revocation(subject: &str, at: u64) -> Revocation {
+        Revocation {
+            issuer: "corp".into(),
+            subject: subject.into(),
+            revoked_at: at,
+        }
+    }
+
+    #[test]
+    fn copies_only_grow_and_a_revocation_is_never_undone() {
+        // The control database lost a revocation (restored from a backup) and a key; it has
+        // a key the node has not seen yet.
+        let local = [key("a", Some(50)), key("b", None), key("c", Some(70))];
+        let shared = [key("a", None), key("c", Some(60)), key("d", None)];
+        let (merged, push) = merge_keys(&local, &shared);
+        let by_id = |id: &str| merged.iter().find(|k| k.id == id).cloned();
+        assert_eq!(by_id("a").and_then(|k| k.revoked_at), Some(50));
+        assert_eq!(by_id("c").and_then(|k| k.revoked_at), Some(60));
+        assert!(by_id("b").is_some() && by_id("d").is_some());
+        let pushed: Vec<_> = push.iter().map(|k| (k.id.as_str(), k.revoked_at)).collect();
+        assert_eq!(pushed, [("a", Some(50)), ("b", None)]);
+
+        let (merged, push) = merge_revocations(
+            &[revocation("ann", 10), revocation("bob", 30)],
+            &[revocation("bob", 20), revocation("cy", 5)],
+        );
+        let at = |s: &str| merged.iter().find(|r| r.subject == s).map(|r| r.revoked_at);
+        assert_eq!(
+            (at("ann"), at("bob"), at("cy")),
+            (Some(10), Some(30), Some(5))
+        );
+        assert_eq!(push.len(), 2);
+    }
 }
