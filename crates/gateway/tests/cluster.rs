@@ -566,3 +566,159 @@ async fn an_api_key_works_on_every_node_and_its_revocation_ends_sessions_everywh
     let (ok, out, _) = cli(&["keys", "list", "--json"], &a.config_path());
     assert!(ok && out.contains("\"revoked\""), "{out}");
 }
+
+fn alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn demo_runs_a_cluster_of_three_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready_file = dir.path().join("ready.json");
+    let data_dir = dir.path().join("state");
+    let log = std::fs::File::create(dir.path().join("demo.log")).expect("log");
+    let mut demo = std::process::Command::new(bin())
+        .args(["demo", "--nodes", "3", "--pg-port", "0", "--http-port", "0"])
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("phigate demo");
+    let read_log = || std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default();
+    let started = Instant::now();
+    while !ready_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{}",
+            read_log()
+        );
+        if let Ok(Some(s)) = demo.try_wait() {
+            panic!("demo exited early ({s}):\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready: Value =
+        serde_json::from_slice(&std::fs::read(&ready_file).expect("ready")).expect("json");
+    let nodes = ready["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(nodes.len(), 3);
+    // The top-level postgres and http stay the first node's.
+    assert_eq!(nodes[0]["postgres"], ready["postgres"]);
+    assert_eq!(nodes[0]["http"], ready["http"]);
+    let psql = |node: &Value, who: &str, sql: &str| {
+        let id = &ready["identities"][who];
+        phigate_testkit::run(
+            std::process::Command::new("psql")
+                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .arg(format!(
+                    "host=127.0.0.1 port={} dbname=clinic user={} sslmode=disable",
+                    node["postgres"]["port"],
+                    id["user"].as_str().expect("user")
+                ))
+                .env("PGPASSWORD", id["password"].as_str().expect("password")),
+        )
+        .expect("psql")
+    };
+    // Every node serves every identity with the same tokens, masks the same way.
+    let mut masked = Vec::new();
+    for n in &nodes {
+        let (ok, out, err) = psql(n, "agent", "SELECT first_name FROM patients WHERE id = 7");
+        assert!(ok, "{}: {err}", n["node_id"]);
+        masked.push(out.trim().to_owned());
+    }
+    assert!(masked[0].starts_with("tok_") && masked.iter().all(|m| *m == masked[0]));
+    // Held on node 1, approved through node 2's API, it runs on node 1.
+    let held = {
+        let n1 = nodes[1].clone();
+        let ready = ready.clone();
+        std::thread::spawn(move || {
+            let id = &ready["identities"]["agent"];
+            phigate_testkit::run(
+                std::process::Command::new("psql")
+                    .args(["-X", "-A", "-t", "-c"])
+                    .arg("UPDATE departments SET name = name || '' WHERE id = 1")
+                    .arg(format!(
+                        "host=127.0.0.1 port={} dbname=clinic user=ai-agent sslmode=disable",
+                        n1["postgres"]["port"]
+                    ))
+                    .env("PGPASSWORD", id["password"].as_str().expect("password")),
+            )
+            .expect("psql")
+        })
+    };
+    let reviewer = ready["identities"]["reviewer"]["password"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let http2 = nodes[2]["http"].as_str().expect("http").to_owned();
+    let port2: u16 = http2
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let (_, body) =
+            phigate_testkit::http_request(port2, "GET", "/v1/reviews", Some(&reviewer), None)
+                .expect("list");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        if let Some(id) = v["reviews"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no review: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (code, body) = phigate_testkit::http_request(
+        port2,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        Some(&reviewer),
+        Some(r#"{"reason":"cluster demo"}"#),
+    )
+    .expect("approve");
+    assert_eq!(code, 200, "{body}");
+    let (ok, out, err) = held.join().expect("thread");
+    assert!(ok && out.contains("UPDATE 1"), "{out}{err}");
+    // Node 2 killed: the others serve on.
+    let pid2 = nodes[2]["pid"].as_u64().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid2.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    for n in &nodes[..2] {
+        let (ok, _, err) = psql(n, "clinician", "SELECT count(*) FROM patients");
+        assert!(ok, "{err}");
+    }
+    // One command verifies every node's audit chain.
+    let (ok, out, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data_dir),
+    )
+    .expect("verify");
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("node node-1: ok") && out.contains("node node-2: ok"),
+        "{out}"
+    );
+    // SIGTERM stops the demo and its nodes.
+    let pid1 = nodes[1]["pid"].as_u64().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while demo.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(pid1), "node 1 outlived the demo");
+}

@@ -179,56 +179,61 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     anyhow::bail!("{}: the mirror names another signing key", m.display());
                 }
             }
-            match phigate_audit::verify::verify(&dir, &key, &mirror, recordings.as_deref()) {
-                Ok(report) => {
-                    if json {
-                        writeln!(out, "{}", serde_json::json!({"ok": true, "report": report}))?;
-                    } else {
-                        writeln!(
-                            out,
-                            "ok: {} (seq {}..{}) in {}; {} signed by key {}; last checkpoint at {}, {} after it",
-                            plural(report.records, "record", "records"),
-                            report.first_seq,
-                            report.last_seq,
-                            plural(report.segments as u64, "segment", "segments"),
-                            plural(report.checkpoints as u64, "checkpoint", "checkpoints"),
-                            report.key_id,
-                            report.last_checkpoint_seq,
-                            plural(report.unsigned_tail, "record", "records")
-                        )?;
-                        if recordings.is_some() {
+            let nodes = cluster_nodes(&dir);
+            let mut reports = Vec::new();
+            let checked = std::iter::once((None, dir.clone(), Some(key), mirror, recordings))
+                .chain(nodes.into_iter().map(|(id, data)| {
+                    let log = data.join("audit");
+                    let rec = Some(data.join("recordings")).filter(|d| d.is_dir());
+                    (Some(id), log, None, Vec::new(), rec)
+                }));
+            for (node, log, key, mirror, recordings) in checked {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        phigate_audit::PublicKey::load(&log.join(phigate_audit::store::PUBLIC_KEY))?
+                    }
+                };
+                let name = node
+                    .as_deref()
+                    .map(|n| format!("node {n}: "))
+                    .unwrap_or_default();
+                match phigate_audit::verify::verify(&log, &key, &mirror, recordings.as_deref()) {
+                    Ok(report) => {
+                        if !json {
+                            print_verified(&mut out, &name, &report, recordings.is_some())?;
+                        }
+                        reports.push((node, report));
+                    }
+                    Err(f) => {
+                        if json {
                             writeln!(
                                 out,
-                                "ok: {} {} their digests",
-                                plural(
-                                    report.recordings,
-                                    "session recording",
-                                    "session recordings"
-                                ),
-                                if report.recordings == 1 {
-                                    "matches"
-                                } else {
-                                    "match"
-                                }
+                                "{}",
+                                serde_json::json!({"ok": false, "node": node, "failure": f})
                             )?;
+                            out.flush()?;
                         }
-                        for w in &report.warnings {
-                            writeln!(out, "warning: {w}")?;
-                        }
+                        let place = match (&f.file, f.line) {
+                            (Some(file), Some(line)) => format!(" ({file}, line {line})"),
+                            (Some(file), None) => format!(" ({file})"),
+                            _ => String::new(),
+                        };
+                        anyhow::bail!("{name}audit log NOT intact: {}{place}", f.what);
                     }
                 }
-                Err(f) => {
-                    if json {
-                        writeln!(out, "{}", serde_json::json!({"ok": false, "failure": f}))?;
-                        out.flush()?;
-                    }
-                    let place = match (&f.file, f.line) {
-                        (Some(file), Some(line)) => format!(" ({file}, line {line})"),
-                        (Some(file), None) => format!(" ({file})"),
-                        _ => String::new(),
-                    };
-                    anyhow::bail!("audit log NOT intact: {}{place}", f.what);
+            }
+            if json {
+                let mut reports = reports.into_iter();
+                let first = reports.next().map(|(_, r)| r);
+                let mut doc = serde_json::json!({"ok": true, "report": first});
+                let nodes: Vec<_> = reports
+                    .map(|(n, r)| serde_json::json!({"node_id": n, "report": r}))
+                    .collect();
+                if !nodes.is_empty() {
+                    doc["nodes"] = serde_json::Value::Array(nodes);
                 }
+                writeln!(out, "{doc}")?;
             }
         }
         AuditCommand::Search { dir, filter, limit } => {
@@ -316,4 +321,64 @@ mod tests {
             .collect();
         assert_eq!(decisions, phigate_audit::record::DECISIONS);
     }
+}
+
+/// The other nodes of a demo cluster whose first node's log is `log`
+/// (`<data_dir>/nodes/<node_id>/data`), by node id.
+fn cluster_nodes(log: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let Some(root) = log.parent().filter(|_| log.ends_with("audit")) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(root.join("nodes")) else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("data"),
+            )
+        })
+        .filter(|(_, data)| data.join("audit").is_dir())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// What `audit verify` prints for one intact log (`name`: which node's, in a cluster).
+fn print_verified(
+    out: &mut impl std::io::Write,
+    name: &str,
+    report: &phigate_audit::verify::Report,
+    recordings: bool,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{name}ok: {} (seq {}..{}) in {}; {} signed by key {}; last checkpoint at {}, {} after it",
+        plural(report.records, "record", "records"),
+        report.first_seq,
+        report.last_seq,
+        plural(report.segments as u64, "segment", "segments"),
+        plural(report.checkpoints as u64, "checkpoint", "checkpoints"),
+        report.key_id,
+        report.last_checkpoint_seq,
+        plural(report.unsigned_tail, "record", "records")
+    )?;
+    if recordings {
+        writeln!(
+            out,
+            "{name}ok: {} {} their digests",
+            plural(report.recordings, "session recording", "session recordings"),
+            if report.recordings == 1 {
+                "matches"
+            } else {
+                "match"
+            }
+        )?;
+    }
+    for w in &report.warnings {
+        writeln!(out, "{name}warning: {w}")?;
+    }
+    Ok(())
 }

@@ -18,6 +18,10 @@ pub struct DemoArgs {
     /// Write connection details (JSON) here once the gateway accepts connections.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Run this many gateway nodes on one control database (a cluster; node i listens on
+    /// --pg-port + 2i and --http-port + 2i).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             http_port: args.http_port,
             data_dir: args.data_dir,
             ready_file: args.ready_file,
+            nodes: args.nodes,
         }))
     })
 }

@@ -4,6 +4,8 @@
 //! dataset, puts the gateway in front of it on loopback, prints ready-to-paste `psql` commands
 //! for each demo identity, and cleans everything up on Ctrl-C.
 
+mod nodes;
+
 use std::path::{Path, PathBuf};
 
 use phigate_cluster::{Cluster, ClusterOptions};
@@ -45,6 +47,8 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     /// Written (JSON) once the gateway accepts connections.
     pub ready_file: Option<PathBuf>,
+    /// Gateway nodes (1: a single node; more: a cluster on a control database).
+    pub nodes: usize,
 }
 
 fn token() -> String {
@@ -69,9 +73,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    if !(1..=nodes::MAX_NODES).contains(&opts.nodes) {
+        anyhow::bail!("--nodes: 1 to {}", nodes::MAX_NODES);
+    }
     let (cluster, app_password) = start_database(&data_dir).await?;
     let tls = self_signed(&data_dir.join("tls"))?;
-    let config = demo_config(&opts, &data_dir, &cluster, &tls, &app_password)?;
+    let mut config = demo_config(&opts, &data_dir, &cluster, &tls, &app_password)?;
+    if opts.nodes > 1 {
+        config.cluster = Some(nodes::control_database(&cluster, &data_dir)?);
+    }
     let mut signals = crate::server::Signals::install();
     let running = crate::server::start(&config).await?;
     let signer = running
@@ -104,14 +114,47 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .http_addr
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
+    let others = if opts.nodes > 1 {
+        let (first, dir, count) = (written.clone(), data_dir.clone(), opts.nodes);
+        let ports = (opts.pg_port, opts.http_port);
+        tokio::task::spawn_blocking(move || nodes::start(&first, &dir, count, ports)).await??
+    } else {
+        nodes::Nodes(Vec::new())
+    };
     if let Some(path) = &opts.ready_file {
-        let ready = ready_json(pg, &http, &tokens, &cluster, &data_dir, &tls);
+        let mut ready = ready_json(pg, &http, &tokens, &cluster, &data_dir, &tls);
+        if opts.nodes > 1 {
+            let mut list = vec![serde_json::json!({
+                "node_id": "node-0",
+                "postgres": {"host": pg.ip().to_string(), "port": pg.port(), "database": DATABASE},
+                "http": http,
+                "pid": std::process::id(),
+            })];
+            list.extend(others.0.iter().map(|n| {
+                serde_json::json!({
+                    "node_id": n.node_id,
+                    "postgres": {"host": n.pg.ip().to_string(), "port": n.pg.port(), "database": DATABASE},
+                    "http": format!("http://{}", n.http),
+                    "pid": n.pid(),
+                })
+            }));
+            ready["nodes"] = serde_json::Value::Array(list);
+        }
         let tmp = path.with_extension("tmp");
         // It holds every token and the superuser password: owner-only.
         write_private(&tmp, &serde_json::to_string_pretty(&ready)?)?;
         std::fs::rename(&tmp, path)?;
     }
     print_ready(started, pg, &http, &tokens, &tls, &data_dir);
+    for n in &others.0 {
+        println!(
+            "Cluster node {}: postgresql://{}/{DATABASE}   HTTP: http://{} (pid {})",
+            n.node_id,
+            n.pg,
+            n.http,
+            n.pid()
+        );
+    }
 
     let stop = running.stop_token();
     tokio::spawn(async move {
@@ -119,6 +162,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         stop.cancel();
     });
     running.wait().await;
+    tokio::task::spawn_blocking(move || drop(others)).await?;
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
     }
