@@ -302,27 +302,6 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::ValueEnum;
-
-    #[test]
-    fn the_choices_are_the_logs_own() {
-        let names = |v: &[super::RecordType]| -> Vec<String> {
-            v.iter().filter_map(|x| super::value_name(*x)).collect()
-        };
-        assert_eq!(
-            names(super::RecordType::value_variants()),
-            phigate_audit::record::TYPES
-        );
-        let decisions: Vec<String> = super::DecisionArg::value_variants()
-            .iter()
-            .filter_map(|x| super::value_name(*x))
-            .collect();
-        assert_eq!(decisions, phigate_audit::record::DECISIONS);
-    }
-}
-
 /// The other nodes of a demo cluster whose first node's log is `log`
 /// (`<data_dir>/nodes/<node_id>/data`), by node id.
 fn cluster_nodes(log: &std::path::Path) -> Vec<(String, PathBuf)> {
@@ -381,4 +360,25 @@ fn print_verified(
         writeln!(out, "{name}warning: {w}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    #[test]
+    fn the_choices_are_the_logs_own() {
+        let names = |v: &[super::RecordType]| -> Vec<String> {
+            v.iter().filter_map(|x| super::value_name(*x)).collect()
+        };
+        assert_eq!(
+            names(super::RecordType::value_variants()),
+            phigate_audit::record::TYPES
+        );
+        let decisions: Vec<String> = super::DecisionArg::value_variants()
+            .iter()
+            .filter_map(|x| super::value_name(*x))
+            .collect();
+        assert_eq!(decisions, phigate_audit::record::DECISIONS);
+    }
 }
