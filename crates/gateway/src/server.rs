@@ -276,14 +276,15 @@ fn spawn_review_expiry(shared: &Arc<Shared>) {
     });
 }
 
-/// A cluster node: copies the control database's API keys and token revocations into the
-/// data directory on every notification and every second, and reloads them at once when that
-/// changed something (sessions opened with a revoked credential end).
+/// A cluster node: shares its failed-login counts every second, and copies the control
+/// database's API keys and token revocations into the data directory on every notification
+/// and every second, reloading them at once when that changed something (sessions opened with
+/// a revoked credential end).
 fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path>) {
-    let (Some(control), Some(dir)) = (shared.control.clone(), data_dir) else {
+    let Some(control) = shared.control.clone() else {
         return;
     };
-    let dir = dir.to_owned();
+    let dir = data_dir.map(std::path::Path::to_owned);
     let stop = shared.lifecycle.force_close.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -298,9 +299,20 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
             let Ok(client) = control.client() else {
                 continue;
             };
+            let failures = tokio::time::timeout(
+                crate::control::OPERATION_TIMEOUT,
+                crate::auth::shared::share_failures(&client, shared.auth.failed_logins()),
+            )
+            .await;
+            if !matches!(failures, Ok(Ok(()))) {
+                tracing::warn!("cannot share failed-login counts with the cluster");
+            }
+            let Some(dir) = &dir else {
+                continue;
+            };
             let copied = tokio::time::timeout(
                 crate::control::OPERATION_TIMEOUT,
-                crate::auth::shared::copy(&client, &dir),
+                crate::auth::shared::copy(&client, dir),
             )
             .await;
             match copied {

@@ -71,11 +71,15 @@ fn control_db(cluster: &Cluster, name: &str) -> ControlDb {
 }
 
 fn node(db: &ControlDb, node_id: &str, timeout_secs: u64) -> Gateway {
+    node_with(db, node_id, timeout_secs, "")
+}
+
+fn node_with(db: &ControlDb, node_id: &str, timeout_secs: u64, extra: &str) -> Gateway {
     let mut opts = GatewayOptions::for_cluster(clinic());
     opts.policy = POLICY.into();
     opts.extra = format!(
         "[approvals]\ntimeout_secs = {timeout_secs}\n\n[cluster]\ncontrol_database = \"{}\"\n\
-         password_file = \"{}\"\nnode_id = \"{node_id}\"\nlease_secs = 2\npoll_interval_ms = 200\n",
+         password_file = \"{}\"\nnode_id = \"{node_id}\"\nlease_secs = 2\npoll_interval_ms = 200\n\n{extra}",
         db.url,
         db.password_file.display()
     );
@@ -721,4 +725,56 @@ fn demo_runs_a_cluster_of_three_nodes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!alive(pid1), "node 1 outlived the demo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_count_across_the_cluster() {
+    let db = control_db(clinic(), "control_failures");
+    let limits = "[auth.failed_logins]\nmax_failures = 3\nwindow_secs = 120\n";
+    let a = node_with(&db, "fail-a", 20, limits);
+    let b = node_with(&db, "fail-b", 20, limits);
+    let wrong = |gw: &Gateway| {
+        format!(
+            "host=127.0.0.1 port={} dbname=clinic user=ai-agent password=not-a-token sslmode=disable",
+            gw.pg_port
+        )
+    };
+    // Two failures on A, one on B: neither node alone saw three.
+    for gw in [&a, &a, &b] {
+        assert!(tokio_postgres::connect(&wrong(gw), NoTls).await.is_err());
+    }
+    // The cluster did: once the counts have been shared (every second), B refuses the next
+    // guess as over the limit although it saw one failure itself. A valid token still logs in
+    // (an attacker sharing the address cannot lock its owners out).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let e = tokio_postgres::connect(&wrong(&b), NoTls)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        db_message(&e).contains("too many failed logins"),
+        "{}",
+        db_message(&e)
+    );
+    let (c, conn) = tokio_postgres::connect(&b.conninfo("agent"), NoTls)
+        .await
+        .expect("a valid token still works");
+    tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.expect("a read");
+    // Every failure on any node counts (the fourth reaches the control database within a
+    // second or two).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = clinic()
+            .psql(
+                "control_failures",
+                "SELECT failures FROM phigate.failed_logins",
+            )
+            .expect("counts");
+        if counts.trim() == "4" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts: {counts}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

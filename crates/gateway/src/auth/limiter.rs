@@ -1,6 +1,10 @@
 //! Failed logins per source address. Past the limit, an address is refused without any check
 //! until its window passes: guessing tokens or keys gets `max_failures` tries per window.
 //!
+//! In a cluster each node adds its failures to the control database's counts every second and
+//! reads every node's back (docs/cluster.md): an address is refused on every node once the
+//! cluster's count reaches the limit, a second or so after it does.
+//!
 //! IPv6 addresses count per /64 (one host usually holds a whole /64, and could otherwise rotate
 //! through it). A success does not reset the count: one valid credential must not buy an attacker
 //! fresh guesses.
@@ -17,6 +21,12 @@ pub struct FailedLogins {
     max: u32,
     window: Duration,
     by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// A cluster: failures counted here and not yet added to the control database's counts
+    /// (bounded like `by_source`).
+    unpublished: Mutex<HashMap<IpAddr, u32>>,
+    /// A cluster: every node's failures per source within its window, as last read from the
+    /// control database (at most `SWEEP_AT`).
+    cluster: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 pub fn source(ip: IpAddr) -> IpAddr {
@@ -39,14 +49,57 @@ impl FailedLogins {
             max,
             window,
             by_source: Mutex::new(HashMap::new()),
+            unpublished: Mutex::new(HashMap::new()),
+            cluster: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// A cluster: the failures counted here since the last call, to add to the control
+    /// database's counts.
+    pub fn take_unpublished(&self) -> Vec<(IpAddr, u32)> {
+        let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *u).into_iter().collect()
+    }
+
+    /// A cluster: every node's failures per source, each with the age of its window.
+    pub fn set_cluster_counts(&self, counts: Vec<(IpAddr, u32, Duration)>) {
+        let now = Instant::now();
+        let map = counts
+            .into_iter()
+            .take(SWEEP_AT)
+            .map(|(ip, n, age)| (ip, (n, now.checked_sub(age).unwrap_or(now))))
+            .collect();
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// Failures of `source` in its current window: this node's, or the cluster's if more.
+    fn count(
+        &self,
+        map: &HashMap<IpAddr, (u32, Instant)>,
+        source: IpAddr,
+    ) -> Option<(u32, Instant)> {
+        let here = map.get(&source).copied();
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&source)
+            .copied();
+        match (here, cluster) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
         }
     }
 
     /// `Err(seconds to wait)` while the address is over its limit.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&source(ip)) {
-            Some((n, since)) if *n >= self.max => {
+        match self.count(&map, source(ip)) {
+            Some((n, since)) if n >= self.max => {
                 let elapsed = since.elapsed();
                 if elapsed < self.window {
                     Err(self.window.saturating_sub(elapsed).as_secs() + 1)
@@ -70,7 +123,13 @@ impl FailedLogins {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
-        entry.0
+        let n = entry.0;
+        drop(map);
+        let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+        if u.len() < SWEEP_AT || u.contains_key(&source(ip)) {
+            *u.entry(source(ip)).or_insert(0) += 1;
+        }
+        n
     }
 }
 

@@ -272,6 +272,11 @@ impl Authenticator {
         self.signer.as_ref()
     }
 
+    /// The failed-login limiter (a cluster shares its counts).
+    pub fn failed_logins(&self) -> &limiter::FailedLogins {
+        &self.failed
+    }
+
     pub fn keys(&self) -> Option<&Arc<keys::KeyStore>> {
         self.keys.as_ref()
     }

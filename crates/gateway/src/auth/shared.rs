@@ -177,6 +177,52 @@ async fn list_revocations(client: &Client) -> anyhow::Result<Vec<Revocation>> {
         .collect())
 }
 
+/// Adds this node's new failed logins to the cluster's counts and reads every node's back.
+pub async fn share_failures(
+    client: &Client,
+    limiter: &super::limiter::FailedLogins,
+) -> anyhow::Result<()> {
+    let window = limiter.window().as_secs_f64();
+    for (source, n) in limiter.take_unpublished() {
+        client
+            .execute(
+                "INSERT INTO phigate.failed_logins AS f (source, failures, window_start)
+                 VALUES ($1, $2, now())
+                 ON CONFLICT (source) DO UPDATE SET
+                     failures = CASE WHEN f.window_start < now() - $3 * interval '1 second'
+                         THEN EXCLUDED.failures ELSE f.failures + EXCLUDED.failures END,
+                     window_start = CASE WHEN f.window_start < now() - $3 * interval '1 second'
+                         THEN now() ELSE f.window_start END",
+                &[&source, &(n.min(i32::MAX as u32) as i32), &window],
+            )
+            .await
+            .map_err(db)?;
+    }
+    let rows = client
+        .query(
+            "SELECT source, failures, extract(epoch FROM now() - window_start)::float8
+             FROM phigate.failed_logins
+             WHERE window_start >= now() - $1 * interval '1 second'
+             ORDER BY failures DESC LIMIT 10000",
+            &[&window],
+        )
+        .await
+        .map_err(db)?;
+    limiter.set_cluster_counts(
+        rows.iter()
+            .map(|r| {
+                let age: f64 = r.get(2);
+                (
+                    r.get(0),
+                    r.get::<_, i32>(1).max(0) as u32,
+                    std::time::Duration::from_secs_f64(age.max(0.0)),
+                )
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
 /// Every key of the cluster.
 pub async fn list_keys(client: &Client) -> anyhow::Result<Vec<ApiKey>> {
     let rows = client

@@ -407,7 +407,8 @@ async fn sweep(client: &Client) {
     let swept = client.batch_execute(
         "DELETE FROM phigate.reviews WHERE status <> 'pending' AND updated_at < now() - interval '7 days';
          DELETE FROM phigate.fingerprint_grants WHERE until < now();
-         DELETE FROM phigate.elevations WHERE until < now();",
+         DELETE FROM phigate.elevations WHERE until < now();
+         DELETE FROM phigate.failed_logins WHERE window_start < now() - interval '1 day';",
     );
     match tokio::time::timeout(OPERATION_TIMEOUT, swept).await {
         Ok(Ok(())) => {}

@@ -75,6 +75,11 @@ const MIGRATIONS: &[&str] = &[
         revoked_at bigint NOT NULL,
         PRIMARY KEY (issuer, subject)
     );
+    CREATE TABLE phigate.failed_logins (
+        source inet PRIMARY KEY,
+        failures integer NOT NULL,
+        window_start timestamptz NOT NULL
+    );
     CREATE FUNCTION phigate.credentials_changed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_notify('phigate_credentials', '');
