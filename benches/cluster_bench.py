@@ -12,6 +12,9 @@ and counts the control database's transactions during each run (pg_stat_database
 that no statement touches it: what it serves is the nodes' background work (leases, copies of
 keys and revocations, failed-login counts), the same whatever the load.
 
+Then it holds 50 of the agent's writes on node 1 and approves each through node 2's API, and
+reports the time from the approval's answer to the statement's result.
+
     benches/cluster_bench.py [--duration 10] [--clients 16] [--mode extended] [--json FILE]
 
 On a machine with few cores the protected database and the nodes share the CPU, so three nodes
@@ -84,6 +87,49 @@ def run_split(nodes, ident, clients, args, work, label):
             "p99_us": max(r["p99_us"] for r in results)}
 
 
+def approval_latency(ready, rounds):
+    """Statements held on node 1 and approved through node 2's API: from the approval's answer
+    to the statement's result on node 1, in ms (sorted)."""
+    import urllib.request
+    try:
+        import psycopg
+    except ImportError:
+        sys.exit("needs psycopg: scripts/bench installs it in target/bench-venv")
+    agent, reviewer = ready["identities"]["agent"], ready["identities"]["reviewer"]
+    n1, n2 = ready["nodes"][1], ready["nodes"][2]
+    conn = psycopg.connect(host="127.0.0.1", port=n1["postgres"]["port"], dbname="clinic",
+                           user=agent["user"], password=agent["password"], sslmode="disable",
+                           autocommit=True)
+    api = n2["http"]
+
+    def call(path, body=None):
+        req = urllib.request.Request(api + path, data=body, headers={
+            "Authorization": "Bearer " + reviewer["password"], "Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(req))
+
+    out = []
+    for _ in range(rounds):
+        done = {}
+
+        def held():
+            conn.execute("UPDATE departments SET name = name WHERE id = 1", prepare=False)
+            done["at"] = time.perf_counter()
+
+        t = threading.Thread(target=held)
+        t.start()
+        while True:
+            reviews = call("/v1/reviews")["reviews"]
+            if reviews:
+                break
+            time.sleep(0.01)
+        call(f"/v1/reviews/{reviews[0]['id']}/approve", json.dumps({"reason": "bench"}).encode())
+        approved = time.perf_counter()
+        t.join()
+        out.append((done["at"] - approved) * 1000)
+    conn.close()
+    return sorted(out)
+
+
 def main():
     signal.signal(signal.SIGTERM, pc._interrupt)
     ap = argparse.ArgumentParser(description=__doc__,
@@ -119,6 +165,10 @@ def main():
             print(f"  {label:12} {r['tps']:9.0f} tps  p50 {r['p50_us']:6.0f} µs  p99 "
                   f"{r['p99_us']:6.0f} µs  control database: {after - before} transactions "
                   f"({r['control_xacts_per_s']:.1f}/s)", file=sys.stderr)
+        lat = approval_latency(ready, 50)
+        print(f"  approval on node 2 to result on node 1, 50 holds: p50 {lat[24]:.1f} ms, "
+              f"p99 {lat[-1]:.1f} ms (max)", file=sys.stderr)
+        rows.append({"label": "approval to execution", "p50_ms": lat[24], "max_ms": lat[-1]})
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
@@ -128,6 +178,7 @@ def main():
                 demo.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 demo.kill()
+    latency = rows.pop()
     base = rows[0]["tps"]
     print(f"| nodes | clients | TPS | vs one node | p50 µs | p99 µs | statements | control database transactions (per s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -135,8 +186,10 @@ def main():
         print(f"| {r['label']} | {args.clients} | {r['tps']:.0f} | {r['tps'] / base:.2f}× | "
               f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['statements']:.0f} | "
               f"{r['control_xacts']} ({r['control_xacts_per_s']:.1f}) |")
+    print(f"\nApproval on node 2 to the held statement's result on node 1 (50 holds): "
+          f"p50 {latency['p50_ms']:.1f} ms, max {latency['max_ms']:.1f} ms.")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows + [latency], indent=2))
 
 
 if __name__ == "__main__":

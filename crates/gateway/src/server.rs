@@ -288,7 +288,7 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
     let stop = shared.lifecycle.force_close.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let mut changes = control.changes();
+        let mut changes = control.credential_changes();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -296,6 +296,8 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
                 c = changes.changed() => if c.is_err() { break },
                 _ = stop.cancelled() => break,
             }
+            // At most ten copies a second, however many notifications arrive.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let Ok(client) = control.client() else {
                 continue;
             };

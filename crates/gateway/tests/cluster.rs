@@ -56,7 +56,8 @@ fn control_db(cluster: &Cluster, name: &str) -> ControlDb {
         .psql(
             "postgres",
             &format!(
-                "CREATE ROLE {name} LOGIN PASSWORD '{password}';\nCREATE DATABASE {name} OWNER {name};"
+                "CREATE ROLE {name} LOGIN PASSWORD '{password}';\nCREATE DATABASE {name} OWNER {name};\n\
+                 REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC;"
             ),
         )
         .expect("create the control database");
@@ -342,22 +343,68 @@ async fn a_node_killed_with_sigkill_leaves_its_reviews_abandoned_and_its_chain_s
     let mut a = node(&db, "kill-a", 60);
     let b = node(&db, "kill-b", 60);
     let reviewer_b = b.token("reviewer").to_owned();
-    let agent = connect(&a.conninfo("agent")).await;
-    let held = tokio::spawn(async move {
-        agent
-            .simple_query("INSERT INTO notes (body) VALUES ('killed-node')")
-            .await
-            .map(drop)
-            .map_err(|e| db_message(&e))
-    });
+    let hold = |sql: &'static str| {
+        let info = a.conninfo("agent");
+        tokio::spawn(async move {
+            connect(&info)
+                .await
+                .simple_query(sql)
+                .await
+                .map(drop)
+                .map_err(|e| db_message(&e))
+        })
+    };
+    let held = hold("INSERT INTO notes (body) VALUES ('killed-node')");
     let id = first_pending(&b, &reviewer_b).await["id"]
         .as_str()
         .expect("id")
         .to_owned();
+    let approved_late = hold("INSERT INTO notes (body) VALUES ('approved-after-kill')");
+    let late = loop {
+        let list: Value = reqwest::Client::new()
+            .get(api(&b, "/v1/reviews"))
+            .bearer_auth(&reviewer_b)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let other = list["reviews"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["id"] != id.as_str()).cloned());
+        if let Some(r) = other {
+            break r["id"].as_str().expect("id").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     a.kill9().expect("kill -9 node A");
-    // Its client sees the connection end, never a result.
-    let ended = held.await.expect("task");
-    assert!(ended.is_err(), "{ended:?}");
+    // Its clients see the connection end, never a result.
+    for task in [held, approved_late] {
+        let ended = task.await.expect("task");
+        assert!(ended.is_err(), "{ended:?}");
+    }
+    // Approved before A's lease lapses, for a client that is gone: nobody can run it. It is
+    // forfeited once the lease lapses, and its text (with its literal) leaves the control
+    // database.
+    assert_eq!(decide(&b, &reviewer_b, &late, "approve").await, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = clinic()
+            .psql(
+                "control_kill",
+                &format!(
+                    "SELECT run, body LIKE '%approved-after-kill%' FROM phigate.reviews WHERE id = '{late}'"
+                ),
+            )
+            .expect("row");
+        if row.trim() == "forfeited|f" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not forfeited: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count("approved-after-kill"), "0");
     // B abandons the review once A's lease (2 s) has lapsed; an approval then is refused.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -777,4 +824,40 @@ async fn failed_logins_count_across_the_cluster() {
         assert!(Instant::now() < deadline, "counts: {counts}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Only the node holding a statement expires its review (by the control database's clock): a
+/// node whose clock runs ahead cannot end the holds of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_holding_node_expires_its_held_statements() {
+    let db = control_db(clinic(), "control_due");
+    let stop = CancellationToken::new();
+    let mut nodes = Vec::new();
+    for id in ["due-a", "due-b"] {
+        let config: ClusterConfig = toml::from_str(&format!(
+            "control_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"{id}\"",
+            db.url,
+            db.password_file.display()
+        ))
+        .expect("cluster config");
+        let address = NodeAddress {
+            pg: "127.0.0.1:1".into(),
+            http: None,
+        };
+        let control = Control::start(&config, None, address, stop.clone())
+            .await
+            .expect("join the cluster");
+        nodes.push(Approvals::with_store(Box::new(SharedStore::new(control))));
+    }
+    let mut req = request();
+    req.timeout = Duration::ZERO;
+    let review = nodes[0].open_review(req).await.expect("open");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(nodes[1].expire_due().await, 0, "not B's to expire");
+    let stored = nodes[1].get(&review.id).await.expect("read").expect("kept");
+    assert_eq!(stored.status, Status::Pending);
+    assert_eq!(nodes[0].expire_due().await, 1, "A expires its own");
+    let stored = nodes[1].get(&review.id).await.expect("read").expect("kept");
+    assert_eq!(stored.status, Status::Expired);
+    stop.cancel();
 }

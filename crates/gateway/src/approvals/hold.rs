@@ -406,15 +406,24 @@ impl Approvals {
         // The store's wake-ups are a hint: the review is read again on each, and now and then
         // without one.
         let mut woken = true;
+        let mut unreadable = false;
         let recheck = self.store.recheck();
         loop {
-            match self.store.get(id).await {
-                Ok(Some(r)) if r.status == Status::Pending => {}
+            match self.store.pending(id).await {
+                Ok(Some(true)) => unreadable = false,
                 Ok(_) => return WaitEnd::Decided,
-                Err(e) => tracing::warn!(review = %id, error = %e, "cannot read a held review"),
+                // Once per outage, not on every read.
+                Err(e) if !std::mem::replace(&mut unreadable, true) => {
+                    tracing::warn!(review = %id, error = %e, "cannot read a held review")
+                }
+                Err(_) => {}
             }
             tokio::select! {
-                c = changes.changed(), if woken => woken = c.is_ok(),
+                // A burst of wake-ups costs one read per 50 ms.
+                c = changes.changed(), if woken => {
+                    woken = c.is_ok();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 _ = tokio::time::sleep(recheck) => {}
                 _ = &mut deadline => return WaitEnd::TimedOut,
                 _ = interrupts.cancel.notified() => return WaitEnd::Withdrawn,
@@ -463,16 +472,21 @@ impl Approvals {
                 }
                 Err(DecideError::Store(e)) => {
                     tracing::error!(review = %id, error = %e, "cannot store how a held statement ended");
+                    // The review must not stay open (or approved) for a statement that will
+                    // never run: it is withdrawn once the store answers again.
+                    self.left_behind(id.to_owned());
                     if !matches!(settled.settlement, Settlement::Run { .. }) {
                         return settled.settlement;
                     }
-                    break;
+                    return unavailable(id.to_owned(), rule);
                 }
                 // Lost a race: settle from the winner's state.
                 Err(_) => continue,
             }
         }
-        // Fail closed: nothing runs that could not be settled.
+        // Fail closed: nothing runs that could not be settled, and its review is withdrawn
+        // once the store answers again.
+        self.left_behind(id.to_owned());
         unavailable(id.to_owned(), rule)
     }
 }

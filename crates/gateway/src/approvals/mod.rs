@@ -502,15 +502,11 @@ impl Approvals {
     /// Expires every pending review whose time has passed (run now and then, so that a request
     /// nobody decides does not wait, nor stay in memory, forever). Returns how many.
     pub async fn expire_due(&self) -> usize {
-        let now = SystemTime::now();
-        let Ok(pending) = self.store.list(false).await else {
+        let Ok(due) = self.store.due().await else {
             return 0;
         };
         let mut expired = 0;
-        for r in pending
-            .iter()
-            .filter(|r| humantime::parse_rfc3339_weak(&r.expires_at).is_ok_and(|t| t < now))
-        {
+        for r in &due {
             if self.transition(&r.id, &Action::Expire).await.is_ok() {
                 expired += 1;
             }
@@ -518,15 +514,24 @@ impl Approvals {
         expired
     }
 
-    /// Marks abandoned every pending review of a statement held by a node whose lease lapsed
-    /// (a cluster: that node's client is gone with it). Returns how many.
+    /// Marks abandoned every pending review of a statement held by a node whose lease lapsed,
+    /// and forfeits every approved one it had not run (a cluster: that node's client is gone
+    /// with it). Returns how many.
     pub async fn abandon_orphans(&self) -> usize {
         let Ok(orphans) = self.store.orphaned().await else {
             return 0;
         };
         let mut abandoned = 0;
         for r in &orphans {
-            if self.transition(&r.id, &Action::Abandon).await.is_ok() {
+            // Pending: abandoned. Approved but not run: it never will be (its client went with
+            // its node): forfeited.
+            let action = match r.status {
+                Status::Pending => Action::Abandon,
+                _ => Action::Forfeit {
+                    reason: Some("the node holding the statement is gone"),
+                },
+            };
+            if self.transition(&r.id, &action).await.is_ok() {
                 abandoned += 1;
             }
         }

@@ -69,8 +69,11 @@ fn body(review: &Review) -> Result<String, StoreError> {
             || review.status != Status::Approved
             || review.run.is_some());
     let json = if settled {
+        // The audit log keeps the justification; here it is free text that may name a
+        // patient, and nothing needs it any more.
         let mut r = review.clone();
         r.statement = phigate_sql::redact_literals(&review.statement).0;
+        r.justification = None;
         serde_json::to_string(&r)
     } else {
         serde_json::to_string(review)
@@ -92,6 +95,25 @@ fn review(row: &Row) -> Result<Review, StoreError> {
     Ok(r)
 }
 
+/// Seconds from now until `until` by this node's clock (0 if past): stored as the control
+/// database's `now()` plus that, so that times in the control database are all its clock's.
+fn remaining(until: SystemTime) -> f64 {
+    until
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A time the control database gave as seconds from its `now()`, on this node's clock.
+fn local_until(seconds: f64) -> SystemTime {
+    let now = SystemTime::now();
+    if seconds.is_finite() && seconds > 0.0 {
+        now + std::time::Duration::from_secs_f64(seconds.min(1e9))
+    } else {
+        now
+    }
+}
+
 fn reviews(rows: &[Row]) -> Result<Vec<Review>, StoreError> {
     rows.iter().map(review).collect()
 }
@@ -107,11 +129,18 @@ impl ApprovalStore for SharedStore {
     fn create<'a>(&'a self, r: &'a Review) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let body = body(r)?;
+            // When it expires, by the control database's clock: every node then agrees.
+            let left = humantime::parse_rfc3339_weak(&r.expires_at)
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or_default()
+                .as_secs_f64();
             on(&self.control, |c| async move {
                 c.execute(
                     "INSERT INTO phigate.reviews (id, version, status, kind, node_id, instance,
-                         run, fingerprint, body)
-                     VALUES ($1, 0, $2, $3, $4, $5, NULL, $6, $7)",
+                         run, fingerprint, expires_at, body)
+                     VALUES ($1, 0, $2, $3, $4, $5, NULL, $6,
+                         now() + $8::float8 * interval '1 second', $7)",
                     &[
                         &r.id,
                         &r.status.as_str(),
@@ -120,6 +149,7 @@ impl ApprovalStore for SharedStore {
                         &self.control.instance(),
                         &r.fingerprint,
                         &body,
+                        &left,
                     ],
                 )
                 .await
@@ -140,6 +170,19 @@ impl ApprovalStore for SharedStore {
             })
             .await?;
             rows.first().map(review).transpose()
+        })
+    }
+
+    fn pending<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query("SELECT status FROM phigate.reviews WHERE id = $1", &[&id])
+                    .await
+            })
+            .await?;
+            Ok(rows
+                .first()
+                .map(|r| r.get::<_, String>(0) == Status::Pending.as_str()))
         })
     }
 
@@ -202,7 +245,7 @@ impl ApprovalStore for SharedStore {
                 c.execute(
                     "INSERT INTO phigate.fingerprint_grants
                          (issuer, subject, role, rule, fingerprint, review, until)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     VALUES ($1, $2, $3, $4, $5, $6, now() + $7::float8 * interval '1 second')
                      ON CONFLICT (issuer, subject, role, rule, fingerprint)
                      DO UPDATE SET review = EXCLUDED.review, until = EXCLUDED.until",
                     &[
@@ -212,7 +255,7 @@ impl ApprovalStore for SharedStore {
                         &key.rule,
                         &key.fingerprint,
                         &review,
-                        &until,
+                        &remaining(until),
                     ],
                 )
                 .await
@@ -226,7 +269,8 @@ impl ApprovalStore for SharedStore {
         Box::pin(async move {
             let rows = on(&self.control, |c| async move {
                 c.query(
-                    "SELECT review, until FROM phigate.fingerprint_grants
+                    "SELECT review, extract(epoch FROM until - now())::float8
+                     FROM phigate.fingerprint_grants
                      WHERE issuer = $1 AND subject = $2 AND role = $3 AND rule = $4
                        AND fingerprint = $5",
                     &[
@@ -240,7 +284,26 @@ impl ApprovalStore for SharedStore {
                 .await
             })
             .await?;
-            Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+            Ok(rows.first().map(|r| (r.get(0), local_until(r.get(1)))))
+        })
+    }
+
+    fn due(&self) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(async move {
+            let rows = on(&self.control, |c| async move {
+                c.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM phigate.reviews
+                         WHERE status = 'pending' AND expires_at < now()
+                           AND (kind = 'elevation' OR instance = $1)
+                         LIMIT 1000"
+                    ),
+                    &[&self.control.instance()],
+                )
+                .await
+            })
+            .await?;
+            reviews(&rows)
         })
     }
 
@@ -250,7 +313,8 @@ impl ApprovalStore for SharedStore {
                 c.query(
                     &format!(
                         "SELECT {COLUMNS} FROM phigate.reviews r
-                         WHERE r.status = 'pending' AND r.kind = 'statement'
+                         WHERE r.kind = 'statement'
+                           AND (r.status = 'pending' OR (r.status = 'approved' AND r.run IS NULL))
                            AND NOT EXISTS (SELECT FROM phigate.nodes n
                                WHERE n.node_id = r.node_id AND n.instance = r.instance
                                  AND n.lease_until > now())
@@ -277,10 +341,10 @@ impl ApprovalStore for SharedStore {
             on(&self.control, |c| async move {
                 c.execute(
                     "INSERT INTO phigate.elevations (issuer, subject, role, review, until)
-                     VALUES ($1, $2, $3, $4, $5)
+                     VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 second')
                      ON CONFLICT (issuer, subject, role)
                      DO UPDATE SET review = EXCLUDED.review, until = EXCLUDED.until",
-                    &[&issuer, &subject, &role, &review, &until],
+                    &[&issuer, &subject, &role, &review, &remaining(until)],
                 )
                 .await
             })
@@ -293,8 +357,8 @@ impl ApprovalStore for SharedStore {
         Box::pin(async move {
             let rows = on(&self.control, |c| async move {
                 c.query(
-                    "SELECT issuer, subject, role, until FROM phigate.elevations
-                     WHERE until > now() LIMIT 10000",
+                    "SELECT issuer, subject, role, extract(epoch FROM until - now())::float8
+                     FROM phigate.elevations WHERE until > now() LIMIT 10000",
                     &[],
                 )
                 .await
@@ -302,7 +366,7 @@ impl ApprovalStore for SharedStore {
             .await?;
             Ok(rows
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .map(|r| (r.get(0), r.get(1), r.get(2), local_until(r.get(3))))
                 .collect())
         })
     }

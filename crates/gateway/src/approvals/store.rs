@@ -40,6 +40,11 @@ pub trait ApprovalStore: Send + Sync {
     /// Keeps a new review (its `version` 0).
     fn create<'a>(&'a self, review: &'a Review) -> StoreFuture<'a, ()>;
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Review>>;
+    /// Whether review `id` is still pending (`None`: no such review): what a held statement
+    /// reads on every wake-up, without the review's text.
+    fn pending<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<bool>> {
+        Box::pin(async move { Ok(self.get(id).await?.map(|r| r.status == Status::Pending)) })
+    }
     /// Pending reviews, or all recent ones with `all` (any order).
     fn list(&self, all: bool) -> StoreFuture<'_, Vec<Review>>;
     /// Compare-and-set: stores `next` in place of its review, with its version one more than
@@ -62,8 +67,22 @@ pub trait ApprovalStore: Send + Sync {
     ) -> StoreFuture<'a, ()>;
     /// The review and end of the latest grant for `key` (possibly run out).
     fn granted<'a>(&'a self, key: &'a GrantKey) -> StoreFuture<'a, Option<(String, SystemTime)>>;
-    /// Pending reviews of statements held by nodes whose lease has lapsed (a store shared by
-    /// several nodes); none for a single node.
+    /// Pending reviews whose time has passed and that this node expires: all of them for a
+    /// single node; in a cluster, access requests and this node's own held statements (by the
+    /// control database's clock, so that a node whose clock runs fast cannot expire others').
+    fn due(&self) -> StoreFuture<'_, Vec<Review>> {
+        Box::pin(async move {
+            let now = SystemTime::now();
+            Ok(self
+                .list(false)
+                .await?
+                .into_iter()
+                .filter(|r| humantime::parse_rfc3339_weak(&r.expires_at).is_ok_and(|t| t < now))
+                .collect())
+        })
+    }
+    /// Reviews of statements held by nodes whose lease has lapsed, pending or approved and not
+    /// run (a store shared by several nodes); none for a single node.
     fn orphaned(&self) -> StoreFuture<'_, Vec<Review>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }

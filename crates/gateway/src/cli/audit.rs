@@ -188,6 +188,14 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     (Some(id), log, None, Vec::new(), rec)
                 }));
             for (node, log, key, mirror, recordings) in checked {
+                if !log.is_dir() {
+                    // A node's log gone is a log not intact.
+                    anyhow::bail!(
+                        "node {}: audit log NOT intact: no log at {}",
+                        text::display(node.as_deref().unwrap_or_default()),
+                        log.display()
+                    );
+                }
                 let key = match key {
                     Some(k) => k,
                     None => {
@@ -303,7 +311,8 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 /// The other nodes of a demo cluster whose first node's log is `log`
-/// (`<data_dir>/nodes/<node_id>/data`), by node id.
+/// (`<data_dir>/nodes/<node_id>/data`), by node id: every directory there, so that a node
+/// whose log is missing fails the verification.
 fn cluster_nodes(log: &std::path::Path) -> Vec<(String, PathBuf)> {
     let Some(root) = log.parent().filter(|_| log.ends_with("audit")) else {
         return Vec::new();
@@ -313,13 +322,13 @@ fn cluster_nodes(log: &std::path::Path) -> Vec<(String, PathBuf)> {
     };
     let mut nodes: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),
                 e.path().join("data"),
             )
         })
-        .filter(|(_, data)| data.join("audit").is_dir())
         .collect();
     nodes.sort();
     nodes

@@ -22,6 +22,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config: path,
         log_format,
     } = args;
+    crate::demo::nodes::exit_with_demo()?;
     let (config, warnings) = Config::load_with_warnings(&path)?;
     let format = match log_format.as_deref() {
         Some("json") => LogFormat::Json,

@@ -49,6 +49,22 @@ pub struct Control {
     poll: Duration,
     client: Mutex<Option<Arc<Client>>>,
     changes: watch::Sender<u64>,
+    /// Ticks on every notification of changed keys or revocations and after every reconnect.
+    credentials: watch::Sender<u64>,
+}
+
+/// The two watches a connection's notifications tick, by channel.
+#[derive(Clone)]
+struct Ticks {
+    reviews: watch::Sender<u64>,
+    credentials: watch::Sender<u64>,
+}
+
+impl Ticks {
+    fn all(&self) {
+        self.reviews.send_modify(|v| *v += 1);
+        self.credentials.send_modify(|v| *v += 1);
+    }
 }
 
 impl Control {
@@ -77,9 +93,10 @@ impl Control {
             poll: Duration::from_millis(config.poll_interval_ms),
             client: Mutex::new(None),
             changes: watch::Sender::new(0),
+            credentials: watch::Sender::new(0),
         });
         let (mut client, connection) = control.connect().await?;
-        let driver = tokio::spawn(drive(connection, control.changes.clone()));
+        let driver = tokio::spawn(drive(connection, control.ticks()));
         let before = schema::migrate(&mut client).await?;
         if before < schema::VERSION {
             tracing::info!(
@@ -109,6 +126,19 @@ impl Control {
     /// Ticks on every notification of a changed review and after every reconnect.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Ticks on every notification of changed API keys or token revocations, and after every
+    /// reconnect.
+    pub fn credential_changes(&self) -> watch::Receiver<u64> {
+        self.credentials.subscribe()
+    }
+
+    fn ticks(&self) -> Ticks {
+        Ticks {
+            reviews: self.changes.clone(),
+            credentials: self.credentials.clone(),
+        }
     }
 
     /// How often waiters read shared state again without a wake-up.
@@ -241,10 +271,10 @@ impl Control {
                 },
             };
             *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
-            self.changes.send_modify(|v| *v += 1);
-            let ended = self.keep(&client, driver, &stop).await;
+            self.ticks().all();
+            let ended = self.keep(&client, driver, &address, &stop).await;
             *self.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.changes.send_modify(|v| *v += 1);
+            self.ticks().all();
             match ended {
                 Some(why) => tracing::warn!(error = %why, "lost the control database connection"),
                 None => return,
@@ -262,7 +292,7 @@ impl Control {
         loop {
             let attempt = async {
                 let (mut client, connection) = self.connect().await?;
-                let driver = tokio::spawn(drive(connection, self.changes.clone()));
+                let driver = tokio::spawn(drive(connection, self.ticks()));
                 let rejoined =
                     tokio::time::timeout(OPERATION_TIMEOUT * 2, self.rejoin(&mut client, address))
                         .await;
@@ -326,6 +356,7 @@ impl Control {
         &self,
         client: &Client,
         mut driver: tokio::task::JoinHandle<String>,
+        address: &NodeAddress,
         stop: &CancellationToken,
     ) -> Option<String> {
         let mut renewals = tokio::time::interval(self.lease / 4);
@@ -340,7 +371,12 @@ impl Control {
                 _ = renewals.tick() => {
                     match tokio::time::timeout(OPERATION_TIMEOUT, self.renew(client)).await {
                         Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => tracing::error!(node = %self.node_id, "another instance took this node's id; this node's held reviews are abandoned"),
+                        // Lost the id (the lease lapsed and another instance took it): take it
+                        // back as soon as that instance's lease lapses in turn.
+                        Ok(Ok(false)) => match self.take(client, address).await {
+                            Ok(true) => tracing::warn!(node = %self.node_id, "took this node's lease back; the reviews held meanwhile were abandoned"),
+                            _ => tracing::error!(node = %self.node_id, "another instance holds this node's id: held statements here are refused"),
+                        },
                         Ok(Err(e)) => tracing::warn!(error = %describe(&e), "cannot renew this node's lease"),
                         Err(_) => {
                             driver.abort();
@@ -388,12 +424,18 @@ async fn drive(
         tokio_postgres::Socket,
         tokio_postgres::tls::NoTlsStream,
     >,
-    changes: watch::Sender<u64>,
+    ticks: Ticks,
 ) -> String {
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     while let Some(m) = messages.next().await {
         match m {
-            Ok(AsyncMessage::Notification(_)) => changes.send_modify(|v| *v += 1),
+            // Anyone who can connect can NOTIFY: a notification only says "read again", and
+            // each watch coalesces a burst into one wake-up.
+            Ok(AsyncMessage::Notification(n)) => match n.channel() {
+                "phigate_reviews" => ticks.reviews.send_modify(|v| *v += 1),
+                "phigate_credentials" => ticks.credentials.send_modify(|v| *v += 1),
+                _ => {}
+            },
             Ok(_) => {}
             Err(e) => return describe(&e),
         }

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
         instance text NOT NULL,
         run text,
         fingerprint text,
+        expires_at timestamptz NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now(),
         body text NOT NULL

@@ -4,7 +4,7 @@
 //! dataset, puts the gateway in front of it on loopback, prints ready-to-paste `psql` commands
 //! for each demo identity, and cleans everything up on Ctrl-C.
 
-mod nodes;
+pub mod nodes;
 
 use std::path::{Path, PathBuf};
 
@@ -115,9 +115,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
     let others = if opts.nodes > 1 {
-        let (first, dir, count) = (written.clone(), data_dir.clone(), opts.nodes);
-        let ports = (opts.pg_port, opts.http_port);
-        tokio::task::spawn_blocking(move || nodes::start(&first, &dir, count, ports)).await??
+        // Started here, on the demo's main thread (see nodes::start), waited for elsewhere.
+        let started = nodes::start(
+            &written,
+            &data_dir,
+            opts.nodes,
+            (opts.pg_port, opts.http_port),
+        )?;
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || nodes::wait_ready_all(started, &dir)).await??
     } else {
         nodes::Nodes(Vec::new())
     };

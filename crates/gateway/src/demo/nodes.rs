@@ -65,7 +65,8 @@ pub fn control_database(cluster: &Cluster, data_dir: &Path) -> anyhow::Result<Cl
         "postgres",
         &format!(
             "CREATE ROLE {CONTROL_DATABASE} LOGIN PASSWORD '{password}';\n\
-             CREATE DATABASE {CONTROL_DATABASE} OWNER {CONTROL_DATABASE};"
+             CREATE DATABASE {CONTROL_DATABASE} OWNER {CONTROL_DATABASE};\n\
+             REVOKE CONNECT, TEMPORARY ON DATABASE {CONTROL_DATABASE} FROM PUBLIC;"
         ),
     )?;
     let password_file = data_dir.join("control.password");
@@ -84,8 +85,9 @@ pub fn control_database(cluster: &Cluster, data_dir: &Path) -> anyhow::Result<Cl
     })
 }
 
-/// Starts nodes 1..`count` from node 0's running configuration `first` (its issuer pinned)
-/// and waits until each accepts connections.
+/// Starts nodes 1..`count` from node 0's running configuration `first` (its issuer pinned).
+/// Call it on a thread that lives as long as the demo (the main thread): the kernel's signal
+/// to a node when the demo ends follows the thread that started it.
 pub fn start(
     first: &Config,
     data_dir: &Path,
@@ -137,6 +139,12 @@ pub fn start(
             child,
         });
     }
+    Ok(nodes)
+}
+
+/// Waits until each node accepts connections (blocking; a node that exits or stays silent
+/// for a minute fails the demo, and dropping `nodes` stops the others).
+pub fn wait_ready_all(mut nodes: Nodes, data_dir: &Path) -> anyhow::Result<Nodes> {
     for n in &mut nodes.0 {
         wait_ready(n, data_dir)?;
     }
@@ -149,10 +157,32 @@ fn spawn(config: &Path, log: &Path) -> anyhow::Result<Child> {
         .arg("serve")
         .arg("--config")
         .arg(config)
+        // The node stops with the demo, even when the demo is killed without a goodbye.
+        .env(PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?)
+}
+
+/// Set by the demo for the nodes it starts: the demo's pid.
+pub const PARENT_ENV: &str = "PHIGATE_DEMO_PARENT";
+
+/// A node started by `phigate demo --nodes`: asks the kernel for SIGTERM when the demo's
+/// process ends, and stops at once if it already has.
+pub fn exit_with_demo() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+    let now = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    if now != Some(parent) {
+        anyhow::bail!("the demo that started this node has ended");
+    }
+    Ok(())
 }
 
 fn wait_ready(n: &mut Node, data_dir: &Path) -> anyhow::Result<()> {

@@ -43,7 +43,13 @@ pub async fn show(
     Path(id): Path<String>,
     Reviewer(who): Reviewer,
 ) -> ApiResult<Json<Value>> {
-    match shared.approvals.reviews.get(&id).await.ok().flatten() {
+    let found = shared
+        .approvals
+        .reviews
+        .get(&id)
+        .await
+        .map_err(|_| ApiError::unavailable("the review store is unavailable"))?;
+    match found {
         Some(r) if r.reviewer_roles.contains(&who.role.0) => Ok(Json(json!(r))),
         _ => Err(not_for_you()),
     }
@@ -135,7 +141,13 @@ pub async fn decide_review(
     approve: bool,
     d: &DecisionBody,
 ) -> ApiResult<crate::approvals::Review> {
-    let Some(review) = shared.approvals.reviews.get(id).await.ok().flatten() else {
+    let found = shared
+        .approvals
+        .reviews
+        .get(id)
+        .await
+        .map_err(|_| ApiError::unavailable("the review store is unavailable"))?;
+    let Some(review) = found else {
         return Err(not_for_you());
     };
     // The review's own reviewer roles (its rule's, else approvals.reviewer_roles).
