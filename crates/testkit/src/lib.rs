@@ -170,6 +170,20 @@ impl Gateway {
         opts: GatewayOptions,
         names: &[&str],
     ) -> Result<Gateway, Error> {
+        // A free port can be taken by another test's process between choosing it and the
+        // gateway's bind: then start again on other ports.
+        let mut attempt = 0;
+        loop {
+            match Gateway::start_once(bin, opts.clone(), names) {
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(bin: &Path, opts: GatewayOptions, names: &[&str]) -> Result<Gateway, Error> {
         let dir = tempfile::Builder::new().prefix("phigate-gw-").tempdir()?;
         let pg_port = free_port()?;
         let http_port = free_port()?;
