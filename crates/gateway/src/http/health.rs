@@ -31,7 +31,14 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
     // An unreachable IdP degrades the gateway but does not make it unready: sessions still
     // open with API keys, static identities, gateway tokens and tokens whose keys are cached.
     let issuers = shared.auth.probe_issuers().await;
-    let degraded = issuers.iter().any(|(_, ok)| !ok);
+    // A cluster node without its control database serves ordinary statements but refuses
+    // holds and works from its last copy of keys and revocations: degraded, not unready.
+    let control = shared
+        .control
+        .as_ref()
+        .map(|c| (c.node_id(), c.client().is_ok()));
+    let degraded =
+        issuers.iter().any(|(_, ok)| !ok) || control.is_some_and(|(_, reachable)| !reachable);
     let status = match (ready, degraded) {
         (false, _) => "not ready",
         (true, true) => "degraded",
@@ -41,20 +48,24 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Valu
         .into_iter()
         .map(|(name, ok)| (name, json!(if ok { "reachable" } else { "unreachable" })))
         .collect();
-    (
-        code,
-        Json(json!({
-            "status": status,
-            "issuers": issuers,
-            "accepting": accepting,
-            "upstream": if reachable { "reachable" } else { "unreachable" },
-            "audit": match &shared.audit.log {
-                None => "disabled",
-                Some(a) if a.healthy() => "ok",
-                Some(_) => "failing",
-            },
-        })),
-    )
+    let mut body = json!({
+        "status": status,
+        "issuers": issuers,
+        "accepting": accepting,
+        "upstream": if reachable { "reachable" } else { "unreachable" },
+        "audit": match &shared.audit.log {
+            None => "disabled",
+            Some(a) if a.healthy() => "ok",
+            Some(_) => "failing",
+        },
+    });
+    if let Some((node_id, reachable)) = control {
+        body["cluster"] = json!({
+            "node_id": node_id,
+            "control_database": if reachable { "reachable" } else { "unreachable" },
+        });
+    }
+    (code, Json(body))
 }
 
 /// Whether the database accepts a connection: while it does, probed at most once per
