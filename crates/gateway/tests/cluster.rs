@@ -861,3 +861,66 @@ async fn only_the_holding_node_expires_its_held_statements() {
     assert_eq!(stored.status, Status::Expired);
     stop.cancel();
 }
+
+/// A node reaches the control database over TLS when told to, verifying its certificate: the
+/// right CA connects (the server lists the node's connection as TLS), another CA does not
+/// start the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_database_is_reached_over_verified_tls() {
+    let certs = phigate_testkit::Certs::generate().expect("certificates");
+    let control = Cluster::start(ClusterOptions {
+        tls: Some((certs.cert(), certs.key())),
+        ..Default::default()
+    })
+    .expect("control PostgreSQL with TLS");
+    let db = control_db(&control, "control_tls");
+    let tls = |ca: &Path| {
+        format!(
+            "[cluster]\ncontrol_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"tls-a\"\n\
+             tls = \"verify-full\"\nca_file = \"{}\"\n",
+            db.url,
+            db.password_file.display(),
+            ca.display()
+        )
+    };
+    let start = |cluster: String| {
+        let mut opts = GatewayOptions::for_cluster(clinic());
+        opts.policy = POLICY.into();
+        opts.extra = cluster;
+        Gateway::start_with_identities(bin(), opts, &["agent", "reviewer"])
+    };
+    // The listener is bound before the node joins its cluster: the refusal is the process
+    // ending, with the reason.
+    let refused = match start(tls(&certs.other_ca())) {
+        Ok(mut gw) => {
+            let status = gw
+                .wait_exit(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{e}:\n{}", gw.log()));
+            assert!(!status.success());
+            gw.log()
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("cannot connect to the control database"),
+        "{refused}"
+    );
+    let _node = start(tls(&certs.ca())).expect("the right CA connects");
+    // (The node joins its cluster after it binds its listener: wait for its connection.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ssl = control
+            .psql(
+                "postgres",
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'phigate node tls-a'",
+            )
+            .expect("pg_stat_ssl");
+        if !ssl.trim().is_empty() {
+            assert_eq!(ssl.trim(), "t", "the node's connection is TLS");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never connected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

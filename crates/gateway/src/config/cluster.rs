@@ -31,6 +31,12 @@ pub struct ClusterConfig {
     /// again this often. Between 50 and 10000.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
+    /// TLS to the control database, as `upstream.tls`: `disable`, `require` (encrypted, any
+    /// certificate) or `verify-full` (the chain and the host name).
+    #[serde(default)]
+    pub tls: super::UpstreamTlsMode,
+    /// CA bundle for `verify-full`; the Mozilla roots if unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_lease() -> u64 {
@@ -58,8 +64,11 @@ impl ClusterConfig {
         if self.password_env.is_some() && self.password_file.is_some() {
             return bad("set only one of password_env, password_file".into());
         }
-        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return bad("sslmode=require: TLS to the control database is not supported yet; reach it over a private link".into());
+        if pg.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+            return bad("control_database: say how to reach it over TLS with cluster.tls (disable, require, verify-full), not sslmode".into());
+        }
+        if self.ca_file.is_some() && self.tls != super::UpstreamTlsMode::VerifyFull {
+            return bad("ca_file is for tls = \"verify-full\"".into());
         }
         if let Some(id) = &self.node_id {
             if !valid_node_id(id) {

@@ -12,6 +12,7 @@
 //! the sweeps touch the control database.
 
 pub mod schema;
+mod tls;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
@@ -45,6 +46,7 @@ pub struct Control {
     /// its previous instance held are abandoned.
     instance: String,
     pg: tokio_postgres::Config,
+    tls: tls::MakeRustls,
     lease: Duration,
     poll: Duration,
     client: Mutex<Option<Arc<Client>>>,
@@ -78,17 +80,12 @@ impl Control {
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Control>> {
         let node_id = node_id(config, data_dir)?;
-        let mut pg = tokio_postgres::Config::from_str(&config.control_database)
-            .map_err(|_| anyhow::anyhow!("cluster.control_database is not a connection URL"))?;
-        if let Some(pw) = config.resolve_password()? {
-            pg.password(pw);
-        }
-        pg.connect_timeout(Duration::from_secs(10));
-        pg.application_name(format!("phigate node {node_id}"));
+        let (pg, tls) = pg_config(config, &format!("phigate node {node_id}"))?;
         let control = Arc::new(Control {
             node_id,
             instance: format!("{:016x}", rand::random::<u64>()),
             pg,
+            tls,
             lease: Duration::from_secs(config.lease_secs),
             poll: Duration::from_millis(config.poll_interval_ms),
             client: Mutex::new(None),
@@ -155,13 +152,8 @@ impl Control {
             .ok_or(Unreachable)
     }
 
-    async fn connect(
-        &self,
-    ) -> anyhow::Result<(
-        Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    )> {
-        self.pg.connect(NoTls).await.map_err(|e| {
+    async fn connect(&self) -> anyhow::Result<(Client, Connection)> {
+        self.pg.connect(self.tls.clone()).await.map_err(|e| {
             anyhow::anyhow!("cannot connect to the control database: {}", describe(&e))
         })
     }
@@ -393,20 +385,47 @@ impl Control {
 /// A connection of the CLI's own (`phigate keys --config`, `phigate token revoke --config`):
 /// the schema brought up to date first, so the CLI works before any node has started.
 pub async fn connect_once(config: &ClusterConfig) -> anyhow::Result<Client> {
+    let (pg, tls) = pg_config(config, "phigate cli")?;
+    let (mut client, connection) = pg
+        .connect(tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {}", describe(&e)))?;
+    tokio::spawn(connection);
+    schema::migrate(&mut client).await?;
+    Ok(client)
+}
+
+/// A connection to the control database (TLS or not, as `cluster.tls` says).
+type Connection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tls::Stream<tokio_postgres::Socket>>;
+
+/// How to reach the control database: the URL's settings with the password from where the
+/// config says, `sslmode` from `cluster.tls`, and the TLS configuration.
+fn pg_config(
+    config: &ClusterConfig,
+    application: &str,
+) -> anyhow::Result<(tokio_postgres::Config, tls::MakeRustls)> {
+    use crate::config::UpstreamTlsMode;
     let mut pg = tokio_postgres::Config::from_str(&config.control_database)
         .map_err(|_| anyhow::anyhow!("cluster.control_database is not a connection URL"))?;
     if let Some(pw) = config.resolve_password()? {
         pg.password(pw);
     }
     pg.connect_timeout(Duration::from_secs(10));
-    pg.application_name("phigate cli");
-    let (mut client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {}", describe(&e)))?;
-    tokio::spawn(connection);
-    schema::migrate(&mut client).await?;
-    Ok(client)
+    pg.application_name(application);
+    pg.ssl_mode(match config.tls {
+        UpstreamTlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    // With `disable` the configuration is never used; verify-full is the safe one to hold.
+    let mode = match config.tls {
+        UpstreamTlsMode::Disable => UpstreamTlsMode::VerifyFull,
+        m => m,
+    };
+    let tls = crate::tls::upstream_config(mode, config.ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("cluster TLS: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("cluster TLS: no configuration"))?;
+    Ok((pg, tls::MakeRustls(tls)))
 }
 
 /// An error of the control database as a log line: its SQLSTATE and message when the server
@@ -419,13 +438,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Drives a connection, turning its notifications into ticks; returns why it ended.
-async fn drive(
-    mut connection: tokio_postgres::Connection<
-        tokio_postgres::Socket,
-        tokio_postgres::tls::NoTlsStream,
-    >,
-    ticks: Ticks,
-) -> String {
+async fn drive(mut connection: Connection, ticks: Ticks) -> String {
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     while let Some(m) = messages.next().await {
         match m {

@@ -82,6 +82,8 @@ pub fn control_database(cluster: &Cluster, data_dir: &Path) -> anyhow::Result<Cl
         node_id: Some("node-0".into()),
         lease_secs: 10,
         poll_interval_ms: 500,
+        tls: Default::default(),
+        ca_file: None,
     })
 }
 
