@@ -924,3 +924,47 @@ async fn the_control_database_is_reached_over_verified_tls() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `phigate check` names the cluster; `--connect` reaches its control database, and says so
+/// when it cannot (here: a wrong password), never printing the password.
+#[test]
+fn check_reaches_the_control_database() {
+    let db = control_db(clinic(), "control_check");
+    let a = node(&db, "check-a", 20);
+    let (ok, out, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["check", "--connect", "--config"])
+            .arg(a.config_path()),
+    )
+    .expect("phigate check");
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("A cluster node (node id check-a)") && out.contains("/control_check"),
+        "{out}"
+    );
+    let wrong = tempfile::tempdir().expect("tempdir");
+    let password_file = wrong.path().join("pw");
+    std::fs::write(&password_file, "not-the-password").expect("write");
+    let config = std::fs::read_to_string(a.config_path()).expect("config");
+    let bad = wrong.path().join("phigate.toml");
+    std::fs::write(
+        &bad,
+        config.replace(
+            &db.password_file.display().to_string(),
+            &password_file.display().to_string(),
+        ),
+    )
+    .expect("write");
+    let (ok, out, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["check", "--connect", "--config"])
+            .arg(&bad),
+    )
+    .expect("phigate check");
+    assert!(!ok);
+    assert!(
+        out.contains("[cluster]: cannot connect to the control database"),
+        "{out}{err}"
+    );
+    assert!(!format!("{out}{err}").contains("not-the-password"));
+}

@@ -27,6 +27,11 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         .upstream
         .resolve_password()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if let Some(cluster) = &config.cluster {
+        cluster
+            .resolve_password()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    }
     // A SAML metadata file the gateway would refuse to start with (unreadable, no signing
     // certificate, ...).
     for s in &config.auth.saml {
@@ -58,7 +63,39 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         }
     );
     println!("{}", config.audit.guarantee());
+    if let Some(cluster) = &config.cluster {
+        println!(
+            "A cluster node ({}): reviews, API keys and token revocations are shared through \
+             the control database {} (docs/cluster.md).",
+            cluster
+                .node_id
+                .as_deref()
+                .map(|id| format!("node id {id}"))
+                .unwrap_or_else(|| "node id kept in its data directory".into()),
+            control_place(&cluster.control_database)
+        );
+    }
     Ok(())
+}
+
+/// Where the control database is, for people: host, port and database of its URL (never a
+/// password, if one was put there).
+fn control_place(url: &str) -> String {
+    use std::str::FromStr;
+    let Ok(c) = tokio_postgres::Config::from_str(url) else {
+        return "(unparsable URL)".into();
+    };
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    crate::text::display(&format!(
+        "{host}:{port}/{}",
+        c.get_dbname().unwrap_or_default()
+    ))
+    .into_owned()
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -76,6 +113,11 @@ async fn connect(config: &Config) -> Vec<String> {
     match crate::upstream::UpstreamTarget::from_config(&config.upstream) {
         Ok(target) => problems.extend(database(config, &target).await),
         Err(e) => problems.push(format!("[upstream]: {e:#}")),
+    }
+    if let Some(cluster) = &config.cluster {
+        if let Err(e) = crate::control::probe(cluster).await {
+            problems.push(format!("[cluster]: {e:#}"));
+        }
     }
     for o in &config.auth.oidc {
         if let Err(e) = issuer(o).await {

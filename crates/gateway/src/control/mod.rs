@@ -395,6 +395,33 @@ pub async fn connect_once(config: &ClusterConfig) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// `phigate check --connect`: reaches the control database (as a node would, without changing
+/// it) and returns the version of its schema (0: none yet; the first node creates it).
+pub async fn probe(config: &ClusterConfig) -> anyhow::Result<i32> {
+    let (pg, tls) = pg_config(config, "phigate check")?;
+    let (client, connection) = tokio::time::timeout(OPERATION_TIMEOUT * 2, pg.connect(tls))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot connect to the control database: timed out"))?
+        .map_err(|e| anyhow::anyhow!("cannot connect to the control database: {}", describe(&e)))?;
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('phigate.schema_version') IS NULL THEN 0
+                    ELSE (SELECT coalesce(max(version), 0) FROM phigate.schema_version) END",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("the control database: {}", describe(&e)))?;
+    let version: i32 = row.get(0);
+    if version > schema::VERSION {
+        anyhow::bail!(
+            "the control database's schema is version {version}, newer than this gateway knows ({})",
+            schema::VERSION
+        );
+    }
+    Ok(version)
+}
+
 /// A connection to the control database (TLS or not, as `cluster.tls` says).
 type Connection =
     tokio_postgres::Connection<tokio_postgres::Socket, tls::Stream<tokio_postgres::Socket>>;
