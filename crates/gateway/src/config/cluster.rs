@@ -89,19 +89,11 @@ impl ClusterConfig {
     /// The control database's password, from wherever the config says it lives (read only
     /// when the gateway connects).
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map(Some).map_err(|_| {
-                ConfigError::Invalid(format!("cluster.password_env: variable {var} is not set"))
-            });
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
-        }
-        Ok(None)
+        super::secret_from(
+            "cluster",
+            self.password_env.as_ref(),
+            self.password_file.as_ref(),
+        )
     }
 }
 

@@ -138,6 +138,28 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
 }
 
+/// A secret from an environment variable or a file (the file's trailing newline dropped):
+/// how `upstream` and `cluster` read their passwords. `section` names the setting in errors.
+fn secret_from(
+    section: &str,
+    env: Option<&String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| {
+            ConfigError::Invalid(format!("{section}.password_env: variable {var} is not set"))
+        });
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(None)
+}
+
 fn default_true() -> bool {
     true
 }

@@ -89,19 +89,11 @@ impl Upstream {
         if let Some(p) = &self.password {
             return Ok(Some(p.clone()));
         }
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map(Some).map_err(|_| {
-                ConfigError::Invalid(format!("upstream.password_env: variable {var} is not set"))
-            });
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
-        }
-        Ok(None)
+        super::secret_from(
+            "upstream",
+            self.password_env.as_ref(),
+            self.password_file.as_ref(),
+        )
     }
 
     pub fn connect_timeout(&self) -> Duration {
