@@ -30,6 +30,21 @@ impl SharedStore {
     pub fn new(control: Arc<Control>) -> SharedStore {
         SharedStore { control }
     }
+
+    /// The reviews `rest` selects (`r` is the reviews table: a WHERE, ORDER BY and LIMIT).
+    async fn select(
+        &self,
+        rest: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Review>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM phigate.reviews r {rest}");
+        let rows = on(
+            &self.control,
+            |c| async move { c.query(&sql, params).await },
+        )
+        .await?;
+        rows.iter().map(review).collect()
+    }
 }
 
 /// Runs `op` against the control database, failing (closed) when it is unreachable or slow.
@@ -114,10 +129,6 @@ fn local_until(seconds: f64) -> SystemTime {
     }
 }
 
-fn reviews(rows: &[Row]) -> Result<Vec<Review>, StoreError> {
-    rows.iter().map(review).collect()
-}
-
 fn kind_text(kind: Kind) -> &'static str {
     match kind {
         Kind::Statement => "statement",
@@ -160,17 +171,7 @@ impl ApprovalStore for SharedStore {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Review>> {
-        Box::pin(async move {
-            let rows = on(&self.control, |c| async move {
-                c.query(
-                    &format!("SELECT {COLUMNS} FROM phigate.reviews WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-            })
-            .await?;
-            rows.first().map(review).transpose()
-        })
+        Box::pin(async move { Ok(self.select("WHERE id = $1", &[&id]).await?.pop()) })
     }
 
     fn pending<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<bool>> {
@@ -188,18 +189,12 @@ impl ApprovalStore for SharedStore {
 
     fn list(&self, all: bool) -> StoreFuture<'_, Vec<Review>> {
         Box::pin(async move {
-            let sql = if all {
-                format!(
-                    "SELECT {COLUMNS} FROM phigate.reviews ORDER BY created_at DESC LIMIT 10000"
-                )
+            let rest = if all {
+                "ORDER BY created_at DESC LIMIT 10000"
             } else {
-                format!(
-                    "SELECT {COLUMNS} FROM phigate.reviews WHERE status = 'pending'
-                     ORDER BY created_at LIMIT 10000"
-                )
+                "WHERE status = 'pending' ORDER BY created_at LIMIT 10000"
             };
-            let rows = on(&self.control, |c| async move { c.query(&sql, &[]).await }).await?;
-            reviews(&rows)
+            self.select(rest, &[]).await
         })
     }
 
@@ -290,42 +285,28 @@ impl ApprovalStore for SharedStore {
 
     fn due(&self) -> StoreFuture<'_, Vec<Review>> {
         Box::pin(async move {
-            let rows = on(&self.control, |c| async move {
-                c.query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM phigate.reviews
-                         WHERE status = 'pending' AND expires_at < now()
-                           AND (kind = 'elevation' OR instance = $1)
-                         LIMIT 1000"
-                    ),
-                    &[&self.control.instance()],
-                )
-                .await
-            })
-            .await?;
-            reviews(&rows)
+            self.select(
+                "WHERE status = 'pending' AND expires_at < now()
+                   AND (kind = 'elevation' OR instance = $1)
+                 LIMIT 1000",
+                &[&self.control.instance()],
+            )
+            .await
         })
     }
 
     fn orphaned(&self) -> StoreFuture<'_, Vec<Review>> {
         Box::pin(async move {
-            let rows = on(&self.control, |c| async move {
-                c.query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM phigate.reviews r
-                         WHERE r.kind = 'statement'
-                           AND (r.status = 'pending' OR (r.status = 'approved' AND r.run IS NULL))
-                           AND NOT EXISTS (SELECT FROM phigate.nodes n
-                               WHERE n.node_id = r.node_id AND n.instance = r.instance
-                                 AND n.lease_until > now())
-                         LIMIT 1000"
-                    ),
-                    &[],
-                )
-                .await
-            })
-            .await?;
-            reviews(&rows)
+            self.select(
+                "WHERE r.kind = 'statement'
+                   AND (r.status = 'pending' OR (r.status = 'approved' AND r.run IS NULL))
+                   AND NOT EXISTS (SELECT FROM phigate.nodes n
+                       WHERE n.node_id = r.node_id AND n.instance = r.instance
+                         AND n.lease_until > now())
+                 LIMIT 1000",
+                &[],
+            )
+            .await
         })
     }
 
