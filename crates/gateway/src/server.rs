@@ -98,12 +98,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 cluster_stop.clone(),
             )
             .await?;
-            // The node's own keys and revocations join the cluster's, then it takes a copy
-            // of them all before it authenticates anyone.
+            // The node's own keys and revocations join the cluster's, and it takes a copy of
+            // them all (one two-way copy) before it authenticates anyone.
             if let Some(dir) = &config.data_dir {
                 let client = c.client()?;
                 crate::auth::shared::join(&client, dir).await?;
-                crate::auth::shared::copy(&client, dir).await?;
             }
             Some(c)
         }

@@ -103,7 +103,7 @@ impl Control {
             );
         }
         control.register(&client, &address).await?;
-        control.rejoin(&mut client, &address).await?;
+        listen(&client).await?;
         // Reachable from here on: the supervisor publishes the connection before it returns.
         *control.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(client));
         let joined = control.client()?;
@@ -324,10 +324,7 @@ impl Control {
     /// nobody else took the id; the reviews held under it were abandoned).
     async fn rejoin(&self, client: &mut Client, address: &NodeAddress) -> anyhow::Result<()> {
         schema::migrate(client).await?;
-        client
-            .batch_execute("LISTEN phigate_reviews; LISTEN phigate_credentials")
-            .await
-            .map_err(|e| anyhow::anyhow!("LISTEN: {}", describe(&e)))?;
+        listen(client).await?;
         let kept = self
             .renew(client)
             .await
@@ -393,6 +390,14 @@ pub async fn connect_once(config: &ClusterConfig) -> anyhow::Result<Client> {
     tokio::spawn(connection);
     schema::migrate(&mut client).await?;
     Ok(client)
+}
+
+/// Asks for the notifications of changed reviews and credentials on this connection.
+async fn listen(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("LISTEN phigate_reviews; LISTEN phigate_credentials")
+        .await
+        .map_err(|e| anyhow::anyhow!("LISTEN: {}", describe(&e)))
 }
 
 /// `phigate check --connect`: reaches the control database (as a node would, without changing
