@@ -66,10 +66,10 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
                 }
             }
             let ttl = parse_ttl(&ttl)?;
-            let (key, rec) = match cluster_of(config.as_ref()) {
+            let (key, rec) = match super::cluster_of(config.as_ref()) {
                 Some(cluster) => {
                     let (key, rec) = keys::new_key(&name, subject.as_deref(), &roles, ttl)?;
-                    on_control(cluster, |mut c| async move {
+                    super::on_control(cluster, |mut c| async move {
                         crate::auth::shared::create_key(&mut c, &rec).await?;
                         Ok((key, rec))
                     })?
@@ -101,7 +101,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::List { json, dir } => {
             let (dir, config) = dir.resolve()?;
             let now = crate::auth::jwt::unix_now();
-            let list = match cluster_of(config.as_ref()) {
+            let list = match super::cluster_of(config.as_ref()) {
                 // The cluster's keys, with their last use on this node.
                 Some(cluster) => {
                     let here: std::collections::HashMap<String, Option<u64>> = keys::list(&dir)
@@ -109,7 +109,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
                         .into_iter()
                         .map(|(k, used)| (k.id, used))
                         .collect();
-                    on_control(cluster, |c| async move {
+                    super::on_control(cluster, |c| async move {
                         crate::auth::shared::list_keys(&c).await
                     })?
                     .into_iter()
@@ -157,8 +157,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id_or_name, dir } => {
             let (dir, config) = dir.resolve()?;
-            let k = match cluster_of(config.as_ref()) {
-                Some(cluster) => on_control(cluster, |c| async move {
+            let k = match super::cluster_of(config.as_ref()) {
+                Some(cluster) => super::on_control(cluster, |c| async move {
                     let now = crate::auth::jwt::unix_now();
                     crate::auth::shared::revoke_key(&c, &id_or_name, now).await
                 })?,
@@ -174,30 +174,4 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The config's cluster, if it has one: keys and revocations then live in its control
-/// database.
-pub(super) fn cluster_of(
-    config: Option<&crate::config::Config>,
-) -> Option<&crate::config::ClusterConfig> {
-    config.and_then(|c| c.cluster.as_ref())
-}
-
-/// Runs `f` on a connection of the CLI's own to the control database.
-pub(super) fn on_control<T, F, Fut>(
-    cluster: &crate::config::ClusterConfig,
-    f: F,
-) -> anyhow::Result<T>
-where
-    F: FnOnce(tokio_postgres::Client) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let client = crate::control::connect_once(cluster).await?;
-        f(client).await
-    })
 }

@@ -244,6 +244,29 @@ fn time_bound(text: &Option<String>) -> anyhow::Result<Option<String>> {
     anyhow::bail!("{t}: not a time (RFC 3339, YYYY-MM-DD, or an age such as 24h)")
 }
 
+/// The config's cluster, if it has one: keys and revocations then live in its control
+/// database.
+pub(crate) fn cluster_of(
+    config: Option<&crate::config::Config>,
+) -> Option<&crate::config::ClusterConfig> {
+    config.and_then(|c| c.cluster.as_ref())
+}
+
+/// Runs `f` on a connection of the CLI's own to the control database.
+pub(crate) fn on_control<T, F, Fut>(
+    cluster: &crate::config::ClusterConfig,
+    f: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    runtime_with(Some(1))?.block_on(async move {
+        let client = crate::control::connect_once(cluster).await?;
+        f(client).await
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -68,10 +68,10 @@ fn revoke(issuer: &str, subject: &str, dir: &StateDir) -> anyhow::Result<()> {
             );
         }
     }
-    let r = match super::keys::cluster_of(config.as_ref()) {
+    let r = match super::cluster_of(config.as_ref()) {
         Some(cluster) => {
             let r = crate::auth::revocations::new_revocation(issuer, subject)?;
-            super::keys::on_control(cluster, |c| async move {
+            super::on_control(cluster, |c| async move {
                 crate::auth::shared::upsert_revocation(&c, &r).await?;
                 Ok(r)
             })?
