@@ -99,29 +99,33 @@ fn api(gw: &Gateway, path: &str) -> String {
 }
 
 async fn review(gw: &Gateway, token: &str, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(api(gw, &format!("/v1/reviews/{id}")))
+    get(gw, token, &format!("/v1/reviews/{id}")).await.1
+}
+
+/// `GET path` on `gw`'s API as `token`: the status and the JSON body (null if none).
+async fn get(gw: &Gateway, token: &str, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(api(gw, path))
         .bearer_auth(token)
         .send()
         .await
-        .expect("get review")
-        .json()
-        .await
-        .expect("json")
+        .expect("GET");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The id of the first pending review `gw` lists, waiting up to 10 s for one.
+async fn first_pending_id(gw: &Gateway, token: &str) -> String {
+    first_pending(gw, token).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
 }
 
 /// The first pending review `gw` lists, waiting up to 10 s for one.
 async fn first_pending(gw: &Gateway, token: &str) -> Value {
     for _ in 0..200 {
-        let v: Value = reqwest::Client::new()
-            .get(api(gw, "/v1/reviews"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let (_, v) = get(gw, token, "/v1/reviews").await;
         if let Some(r) = v["reviews"].as_array().and_then(|l| l.first()) {
             return r.clone();
         }
@@ -140,6 +144,25 @@ async fn decide(gw: &Gateway, token: &str, id: &str, verb: &str) -> u16 {
         .expect("decide")
         .status()
         .as_u16()
+}
+
+/// The agent's INSERT of `marker` (on `agent`'s node) is held, approved through `b`, and runs
+/// once.
+async fn runs_once_approved_through(
+    agent: &tokio_postgres::Client,
+    marker: &str,
+    b: &Gateway,
+    reviewer: &str,
+) {
+    let sql = format!("INSERT INTO notes (body) VALUES ('{marker}')");
+    let approve = async {
+        let id = first_pending_id(b, reviewer).await;
+        decide(b, reviewer, &id, "approve").await
+    };
+    let (inserted, code) = tokio::join!(agent.simple_query(&sql), approve);
+    assert_eq!(code, 200);
+    inserted.unwrap_or_else(|e| panic!("{marker}: the approved INSERT fails: {e}"));
+    assert_eq!(count(marker), "1");
 }
 
 fn count(marker: &str) -> String {
@@ -198,10 +221,7 @@ async fn a_statement_held_on_one_node_is_decided_through_another() {
     // Denied through B: refused on A with B's reviewer's reason; nothing runs.
     let denied = agent.simple_query("INSERT INTO notes (body) VALUES ('denied-across')");
     let deny = async {
-        let id = first_pending(&b, &reviewer_b).await["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let id = first_pending_id(&b, &reviewer_b).await;
         assert_eq!(decide(&b, &reviewer_b, &id, "deny").await, 200);
     };
     let (denied, ()) = tokio::join!(denied, deny);
@@ -230,25 +250,7 @@ async fn a_statement_held_on_one_node_is_decided_through_another() {
 async fn racing_transitions_on_different_nodes_have_one_winner() {
     let db = control_db(clinic(), "control_races");
     let stop = CancellationToken::new();
-    let mut nodes = Vec::new();
-    for id in ["race-a", "race-b", "race-c"] {
-        let config: ClusterConfig = toml::from_str(&format!(
-            "control_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"{id}\"",
-            db.url,
-            db.password_file.display()
-        ))
-        .expect("cluster config");
-        let address = NodeAddress {
-            pg: format!("127.0.0.1:{}", 1),
-            http: None,
-        };
-        let control = Control::start(&config, None, address, stop.clone())
-            .await
-            .expect("join the cluster");
-        nodes.push(Arc::new(Approvals::with_store(Box::new(SharedStore::new(
-            control,
-        )))));
-    }
+    let nodes = in_process_nodes(&db, &["race-a", "race-b", "race-c"], &stop).await;
     let approve = |who: &'static str| {
         Action::Decide(Decision {
             approve: true,
@@ -318,6 +320,34 @@ async fn racing_transitions_on_different_nodes_have_one_winner() {
     stop.cancel();
 }
 
+/// Nodes in this process (their review stores on the control database), one per id.
+async fn in_process_nodes(
+    db: &ControlDb,
+    ids: &[&str],
+    stop: &CancellationToken,
+) -> Vec<Arc<Approvals>> {
+    let mut nodes = Vec::new();
+    for id in ids {
+        let config: ClusterConfig = toml::from_str(&format!(
+            "control_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"{id}\"",
+            db.url,
+            db.password_file.display()
+        ))
+        .expect("cluster config");
+        let address = NodeAddress {
+            pg: "127.0.0.1:1".into(),
+            http: None,
+        };
+        let control = Control::start(&config, None, address, stop.clone())
+            .await
+            .expect("join the cluster");
+        nodes.push(Arc::new(Approvals::with_store(Box::new(SharedStore::new(
+            control,
+        )))));
+    }
+    nodes
+}
+
 fn request() -> Request<'static> {
     Request {
         requester: "agent@test.phigate",
@@ -355,21 +385,10 @@ async fn a_node_killed_with_sigkill_leaves_its_reviews_abandoned_and_its_chain_s
         })
     };
     let held = hold("INSERT INTO notes (body) VALUES ('killed-node')");
-    let id = first_pending(&b, &reviewer_b).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = first_pending_id(&b, &reviewer_b).await;
     let approved_late = hold("INSERT INTO notes (body) VALUES ('approved-after-kill')");
     let late = loop {
-        let list: Value = reqwest::Client::new()
-            .get(api(&b, "/v1/reviews"))
-            .bearer_auth(&reviewer_b)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let (_, list) = get(&b, &reviewer_b, "/v1/reviews").await;
         let other = list["reviews"]
             .as_array()
             .and_then(|l| l.iter().find(|r| r["id"] != id.as_str()).cloned());
@@ -427,18 +446,7 @@ async fn a_node_killed_with_sigkill_leaves_its_reviews_abandoned_and_its_chain_s
     assert!(ok, "{out}");
     // And it holds and runs statements again.
     let agent = connect(&a.conninfo("agent")).await;
-    let insert = agent.simple_query("INSERT INTO notes (body) VALUES ('after-restart')");
-    let approve = async {
-        let id = first_pending(&b, &reviewer_b).await["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
-        decide(&b, &reviewer_b, &id, "approve").await
-    };
-    let (inserted, code) = tokio::join!(insert, approve);
-    assert_eq!(code, 200);
-    inserted.expect("runs after the restart");
-    assert_eq!(count("after-restart"), "1");
+    runs_once_approved_through(&agent, "after-restart", &b, &reviewer_b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,15 +483,7 @@ async fn holds_fail_closed_while_the_control_database_is_away() {
     assert!(msg.contains("review"), "{msg}");
     assert_eq!(count("control-away"), "0");
     // The review API says the store is unavailable rather than showing nothing.
-    let code = reqwest::Client::new()
-        .get(api(&b, "/v1/reviews"))
-        .bearer_auth(&reviewer_b)
-        .send()
-        .await
-        .expect("list")
-        .status()
-        .as_u16();
-    assert_eq!(code, 503);
+    assert_eq!(get(&b, &reviewer_b, "/v1/reviews").await.0, 503);
 
     control
         .start_server()
@@ -494,14 +494,7 @@ async fn holds_fail_closed_while_the_control_database_is_away() {
     for (gw, token) in [(&a, &reviewer_a), (&b, &reviewer_b)] {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let code = reqwest::Client::new()
-                .get(api(gw, "/v1/reviews"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("list")
-                .status()
-                .as_u16();
+            let (code, _) = get(gw, token, "/v1/reviews").await;
             if code == 200 {
                 break;
             }
@@ -513,18 +506,7 @@ async fn holds_fail_closed_while_the_control_database_is_away() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let insert = agent.simple_query("INSERT INTO notes (body) VALUES ('control-back')");
-    let approve = async {
-        let id = first_pending(&b, &reviewer_b).await["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
-        decide(&b, &reviewer_b, &id, "approve").await
-    };
-    let (inserted, code) = tokio::join!(insert, approve);
-    assert_eq!(code, 200);
-    inserted.expect("runs once the control database is back");
-    assert_eq!(count("control-back"), "1");
+    runs_once_approved_through(&agent, "control-back", &b, &reviewer_b).await;
 }
 
 fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
@@ -832,23 +814,7 @@ async fn failed_logins_count_across_the_cluster() {
 async fn only_the_holding_node_expires_its_held_statements() {
     let db = control_db(clinic(), "control_due");
     let stop = CancellationToken::new();
-    let mut nodes = Vec::new();
-    for id in ["due-a", "due-b"] {
-        let config: ClusterConfig = toml::from_str(&format!(
-            "control_database = \"{}\"\npassword_file = \"{}\"\nnode_id = \"{id}\"",
-            db.url,
-            db.password_file.display()
-        ))
-        .expect("cluster config");
-        let address = NodeAddress {
-            pg: "127.0.0.1:1".into(),
-            http: None,
-        };
-        let control = Control::start(&config, None, address, stop.clone())
-            .await
-            .expect("join the cluster");
-        nodes.push(Approvals::with_store(Box::new(SharedStore::new(control))));
-    }
+    let nodes = in_process_nodes(&db, &["due-a", "due-b"], &stop).await;
     let mut req = request();
     req.timeout = Duration::ZERO;
     let review = nodes[0].open_review(req).await.expect("open");
