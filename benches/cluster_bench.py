@@ -34,24 +34,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_bench  # noqa: E402
 import pgbench_compare as pc  # noqa: E402
 
-BIN = pc.ROOT / "target" / "release" / "phigate"
+BIN = demo_bench.BIN
 SCRIPT = "\\set id random(1, 10000)\nSELECT * FROM patients WHERE id = :id;\n"
-
-
-def start_demo(work):
-    ready = work / "ready.json"
-    log = open(work / "demo.log", "w")
-    p = subprocess.Popen([str(BIN), "demo", "--nodes", "3", "--pg-port", "0", "--http-port", "0",
-                          "--data-dir", str(work / "demo"), "--ready-file", str(ready)],
-                         stdout=log, stderr=log)
-    deadline = time.time() + 180
-    while not ready.exists():
-        if p.poll() is not None or time.time() > deadline:
-            sys.exit(f"phigate demo did not start: see {work / 'demo.log'}")
-        time.sleep(0.2)
-    return p, json.loads(ready.read_text())
 
 
 def control_xacts(up):
@@ -146,7 +133,7 @@ def main():
     (work / "point-read.sql").write_text(SCRIPT)
     demo = None
     try:
-        demo, ready = start_demo(work)
+        demo, _, ready = demo_bench.start_demo(work, ["--nodes", "3"])
         up, nodes = ready["upstream"], ready["nodes"]
         ident = ready["identities"]["clinician"]
         rows = []

@@ -58,11 +58,14 @@ SCRIPT = "\\set id random(1, 10000)\nSELECT * FROM patients WHERE id = :id;\n"
 GATEWAYS = ["pass-through", "strict", "process", "tmpfs", "unmasked-tmpfs"]
 
 
-def start_demo(work):
+def start_demo(work, extra=()):
+    """`phigate demo` (with `extra` arguments) in `work`: the process, its data directory and
+    its ready file's contents."""
     data, ready = work / "demo", work / "ready.json"
     log = open(work / "demo.log", "w")
     p = subprocess.Popen([str(BIN), "demo", "--data-dir", str(data), "--ready-file", str(ready),
-                          "--pg-port", str(pc.free_port()), "--http-port", str(pc.free_port())],
+                          "--pg-port", str(pc.free_port()), "--http-port", str(pc.free_port()),
+                          *extra],
                          stdout=log, stderr=log)
     deadline = time.time() + 180
     while not ready.exists():
