@@ -275,10 +275,10 @@ fn spawn_review_expiry(shared: &Arc<Shared>) {
     });
 }
 
-/// A cluster node: shares its failed-login counts every second, and copies the control
-/// database's API keys and token revocations into the data directory on every notification
-/// and every second, reloading them at once when that changed something (sessions opened with
-/// a revoked credential end).
+/// A cluster node: copies the control database's API keys and token revocations into the data
+/// directory on every notification and every second, reloading them at once when that changed
+/// something (sessions opened with a revoked credential end); and shares its failed-login
+/// counts ([`spawn_failure_sharing`]).
 fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path>) {
     let Some(control) = shared.control.clone() else {
         return;
@@ -286,6 +286,7 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
     let dir = data_dir.map(std::path::Path::to_owned);
     let stop = shared.lifecycle.force_close.clone();
     let shared = shared.clone();
+    spawn_failure_sharing(&shared, &control);
     tokio::spawn(async move {
         let mut changes = control.credential_changes();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -297,18 +298,7 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
             }
             // At most ten copies a second, however many notifications arrive.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let Ok(client) = control.client() else {
-                continue;
-            };
-            let failures = tokio::time::timeout(
-                crate::control::OPERATION_TIMEOUT,
-                crate::auth::shared::share_failures(&client, shared.auth.failed_logins()),
-            )
-            .await;
-            if !matches!(failures, Ok(Ok(()))) {
-                tracing::warn!("cannot share failed-login counts with the cluster");
-            }
-            let Some(dir) = &dir else {
+            let (Ok(client), Some(dir)) = (control.client(), &dir) else {
                 continue;
             };
             let copied = tokio::time::timeout(
@@ -332,6 +322,29 @@ fn spawn_credential_copy(shared: &Arc<Shared>, data_dir: Option<&std::path::Path
                 Err(_) => {
                     tracing::warn!("copying the cluster's API keys and revocations timed out")
                 }
+            }
+        }
+    });
+}
+
+/// A cluster node: adds its failed logins to the cluster's counts and reads them back every
+/// second, in a task of its own (a flood of failures never holds up the copy of revocations).
+fn spawn_failure_sharing(shared: &Arc<Shared>, control: &Arc<crate::control::Control>) {
+    let (shared, control) = (shared.clone(), control.clone());
+    let stop = shared.lifecycle.force_close.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let Ok(client) = control.client() else {
+                continue;
+            };
+            let limiter = shared.auth.failed_logins();
+            if let Err(e) = crate::auth::shared::share_failures(&client, limiter).await {
+                tracing::warn!(error = %e, "cannot share failed-login counts with the cluster");
             }
         }
     });

@@ -868,7 +868,8 @@ async fn the_control_database_is_reached_over_verified_tls() {
         Err(e) => e.to_string(),
     };
     assert!(
-        refused.contains("cannot connect to the control database"),
+        refused.contains("cannot connect to the control database")
+            && refused.contains("certificate"),
         "{refused}"
     );
     let _node = start(tls(&certs.ca())).expect("the right CA connects");
@@ -933,4 +934,18 @@ fn check_reaches_the_control_database() {
         "{out}{err}"
     );
     assert!(!format!("{out}{err}").contains("not-the-password"));
+    // What the server says (it quotes the database's name) reaches the terminal escaped.
+    std::fs::write(
+        &bad,
+        config.replace("/control_check\"", "/control_check%1b[31m\""),
+    )
+    .expect("write");
+    let (ok, out, err) = phigate_testkit::run(
+        std::process::Command::new(bin())
+            .args(["check", "--connect", "--config"])
+            .arg(&bad),
+    )
+    .expect("phigate check");
+    assert!(!ok && out.contains("3D000"), "{out}{err}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
 }

@@ -65,6 +65,18 @@ impl FailedLogins {
         std::mem::take(&mut *u).into_iter().collect()
     }
 
+    /// A cluster: failures taken with [`take_unpublished`](Self::take_unpublished) that could
+    /// not be shared, to share the next time (within the same bound).
+    pub fn put_back(&self, counts: Vec<(IpAddr, u32)>) {
+        let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+        for (ip, n) in counts {
+            if u.len() < SWEEP_AT || u.contains_key(&ip) {
+                let e = u.entry(ip).or_insert(0);
+                *e = e.saturating_add(n);
+            }
+        }
+    }
+
     /// A cluster: every node's failures per source, each with the age of its window.
     pub fn set_cluster_counts(&self, counts: Vec<(IpAddr, u32, Duration)>) {
         let now = Instant::now();
@@ -82,13 +94,17 @@ impl FailedLogins {
         map: &HashMap<IpAddr, (u32, Instant)>,
         source: IpAddr,
     ) -> Option<(u32, Instant)> {
-        let here = map.get(&source).copied();
+        // Only counts of a window still running: a stale higher count must not hide a
+        // current one over the limit.
+        let current = |e: &(u32, Instant)| e.1.elapsed() < self.window;
+        let here = map.get(&source).copied().filter(current);
         let cluster = self
             .cluster
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&source)
-            .copied();
+            .copied()
+            .filter(current);
         match (here, cluster) {
             (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
             (a, b) => a.or(b),
@@ -127,7 +143,8 @@ impl FailedLogins {
         drop(map);
         let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
         if u.len() < SWEEP_AT || u.contains_key(&source(ip)) {
-            *u.entry(source(ip)).or_insert(0) += 1;
+            let e = u.entry(source(ip)).or_insert(0);
+            *e = e.saturating_add(1);
         }
         n
     }
@@ -153,6 +170,22 @@ mod tests {
         l.failed(v6a);
         l.failed(v6b);
         assert!(l.check(v6a).is_err(), "same /64 counts together");
+        // The cluster's counts: over the limit refuses here too; a count whose window has
+        // passed counts for nothing, even when higher than a current one over the limit.
+        let c = FailedLogins::new(2, Duration::from_secs(60));
+        let d: IpAddr = "10.0.0.4".parse().expect("ip");
+        c.set_cluster_counts(vec![(d, 2, Duration::from_secs(1))]);
+        assert!(c.check(d).is_err(), "the cluster's count applies");
+        c.failed(d);
+        c.failed(d);
+        c.failed(d);
+        c.set_cluster_counts(vec![(d, 9, Duration::from_secs(120))]);
+        assert!(c.check(d).is_err(), "this node's current count applies");
+        // Counts that could not be shared are shared the next time.
+        let taken = c.take_unpublished();
+        assert_eq!(taken, vec![(d, 3)]);
+        c.put_back(taken);
+        assert_eq!(c.take_unpublished(), vec![(d, 3)]);
         let w = FailedLogins::new(1, Duration::ZERO);
         w.failed(a);
         assert!(w.check(a).is_ok(), "window passed");

@@ -183,30 +183,50 @@ pub async fn share_failures(
     limiter: &super::limiter::FailedLogins,
 ) -> anyhow::Result<()> {
     let window = limiter.window().as_secs_f64();
-    for (source, n) in limiter.take_unpublished() {
-        client
-            .execute(
-                "INSERT INTO phigate.failed_logins AS f (source, failures, window_start)
-                 VALUES ($1, $2, now())
+    // One statement for every source counted since the last time: a flood of failures from
+    // many addresses costs one round trip, and counts that could not be written are put back
+    // for the next time, never dropped.
+    let counts = limiter.take_unpublished();
+    let (sources, failures): (Vec<std::net::IpAddr>, Vec<i32>) = counts
+        .iter()
+        .map(|(ip, n)| (*ip, (*n).min(i32::MAX as u32) as i32))
+        .unzip();
+    if !sources.is_empty() {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&sources, &failures, &window];
+        let insert = client.execute(
+            "INSERT INTO phigate.failed_logins AS f (source, failures, window_start)
+                 SELECT s, n, now() FROM unnest($1::inet[], $2::int4[]) AS u(s, n)
                  ON CONFLICT (source) DO UPDATE SET
                      failures = CASE WHEN f.window_start < now() - $3 * interval '1 second'
                          THEN EXCLUDED.failures ELSE f.failures + EXCLUDED.failures END,
                      window_start = CASE WHEN f.window_start < now() - $3 * interval '1 second'
                          THEN now() ELSE f.window_start END",
-                &[&source, &(n.min(i32::MAX as u32) as i32), &window],
-            )
-            .await
-            .map_err(db)?;
+            &params,
+        );
+        match tokio::time::timeout(crate::control::OPERATION_TIMEOUT, insert).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                limiter.put_back(counts);
+                return Err(db(e));
+            }
+            Err(_) => {
+                limiter.put_back(counts);
+                anyhow::bail!("the control database did not take the failed-login counts in time");
+            }
+        }
     }
-    let rows = client
-        .query(
-            "SELECT source, failures, extract(epoch FROM now() - window_start)::float8
-             FROM phigate.failed_logins
-             WHERE window_start >= now() - $1 * interval '1 second'
-             ORDER BY failures DESC LIMIT 10000",
-            &[&window],
-        )
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&window];
+    let read = client.query(
+        "SELECT source, failures, extract(epoch FROM now() - window_start)::float8
+         FROM phigate.failed_logins
+         WHERE window_start >= now() - $1 * interval '1 second'
+         ORDER BY failures DESC LIMIT 10000",
+        &params,
+    );
+    let rows = tokio::time::timeout(crate::control::OPERATION_TIMEOUT, read)
         .await
+        .map_err(|_| anyhow::anyhow!("the control database did not answer in time"))?
         .map_err(db)?;
     limiter.set_cluster_counts(
         rows.iter()

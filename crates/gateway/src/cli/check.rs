@@ -44,8 +44,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     if args.connect {
         let problems = super::runtime()?.block_on(connect(&config));
         if !problems.is_empty() {
+            // A problem may quote what a server sent (a database's error): escaped.
             for p in &problems {
-                println!("error: {p}");
+                println!("error: {}", crate::text::display(p));
             }
             anyhow::bail!(
                 "{}: {} found by --connect",

@@ -465,7 +465,11 @@ fn pg_config(
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        // With its cause (a TLS handshake's says which certificate check failed).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
